@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install whatever is missing for trackerdcs on Debian/Ubuntu: apt packages, then a virtualenv
+# with the pinned requirements. Idempotent: a second run with everything present takes ~1 s.
+#   scripts/setup.sh          runtime + test dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(mosquitto mosquitto-clients socat python3-venv)
+VENV=${TRACKERDCS_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+sudo_cmd() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    sudo_cmd apt-get update -qq
+    sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts a system-wide mosquitto on 0.0.0.0:1883 after installing it; the local stack
+# runs its own broker on 127.0.0.1, so stop the packaged service where systemd runs it.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+    say "stopping the packaged mosquitto service (the stack runs its own broker)"
+    sudo_cmd systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.requirements.sha256"
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "installing Python requirements into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+    echo "$want" > "$stamp"
+fi
+say "ready"

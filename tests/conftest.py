@@ -1,0 +1,201 @@
+"""Fixtures: real Mosquitto, the simulated crate over real Channel Access, the real daemons.
+
+Everything listens on free 127.0.0.1 ports and is stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.mqttclient import TestClient
+from tests.simca import ca_get, ca_put
+from trackerdcs.power.pvnames import channel_pv
+from trackerdcs.stack.mosquitto import mosquitto_process
+from trackerdcs.stack.process import ManagedProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_LAB = ROOT / "examples" / "lab.yml"
+_systems = itertools.count()
+
+
+class Broker:
+    """A Mosquitto on a free loopback port; restartable on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.process = mosquitto_process(workdir, self.port)
+
+    def start(self) -> Broker:
+        self.process.start()
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def client(self, **kw) -> TestClient:
+        return TestClient(self.port, **kw)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="module")
+def broker(workdir):
+    b = Broker(workdir).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def client(broker):
+    c = broker.client()
+    yield c
+    c.close()
+
+
+def write_lab(path: Path, *, mqtt_port: int, ca_port: int, system: str | None = None,
+              **overrides) -> Path:  # fmt: skip
+    """The example lab with this test's ports and a unique EPICS system name."""
+    data = yaml.safe_load(EXAMPLE_LAB.read_text())
+    data["mqtt"]["port"] = mqtt_port
+    data["mqtt"]["reconnect_max_delay"] = 0.5
+    crate = data["crates"][0]
+    crate["address"] = f"127.0.0.1:{ca_port}"
+    crate["system"] = system or f"test{next(_systems)}"
+    for key, value in overrides.items():
+        target = data
+        *parents, last = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def python_process(name: str, module: str, args: list[str], log: Path, **kw) -> ManagedProcess:
+    return ManagedProcess(name, [sys.executable, "-m", module, *args], log_path=log, **kw)
+
+
+def _logged(text: str):
+    return lambda proc: text in proc.output()
+
+
+class PowerLab:
+    """Broker (shared), a simulated crate and the power daemon, with a test client."""
+
+    def __init__(self, workdir: Path, broker: Broker, name: str, **overrides) -> None:
+        self.workdir = workdir
+        self.broker = broker
+        self.ca_port = free_port()
+        overrides.setdefault("power.defaults", FAST_DEFAULTS)
+        self.config = write_lab(
+            workdir / f"{name}.yml", mqtt_port=broker.port, ca_port=self.ca_port, **overrides
+        )
+        data = yaml.safe_load(self.config.read_text())
+        self.system = data["crates"][0]["system"]
+        self.crate = python_process(
+            "sim crate",
+            "trackerdcs.sim.crate",
+            ["--config", str(self.config), "--noise", "0", "--tick", "0.05"],
+            workdir / f"{name}-crate.log",
+            ready=_logged("serving"),
+        )
+        self.daemon = python_process(
+            "power daemon",
+            "trackerdcs.power.daemon",
+            ["--config", str(self.config)],
+            workdir / f"{name}-daemon.log",
+            ready=_logged("serving crate"),
+        )
+        self.client: TestClient | None = None
+
+    def start(self) -> PowerLab:
+        self.client = self.broker.client()
+        self.crate.start()
+        self.daemon.start()
+        for prefix in ("/hv", "/lv"):
+            self.wait_status(prefix, lambda chs: all(c["state"] != "DISCONNECTED" for c in chs))
+        return self
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.crate.stop()
+        if self.client:
+            self.client.close()
+
+    # simulator side (Channel Access, as a crate client would see it)
+    def pv(self, board: int, channel: int, param: str) -> str:
+        return channel_pv(self.system, board, channel, param)
+
+    def get(self, pv: str):
+        return ca_get(self.ca_port, pv)
+
+    def put(self, pv: str, value) -> None:
+        ca_put(self.ca_port, pv, value)
+
+    def writes(self) -> int:
+        return int(self.get(f"{self.system}:Sim:Writes"))
+
+    # MQTT side
+    def command(self, topic: str, payload, timeout: float = 5.0) -> dict:
+        prefix = "/" + topic.split("/")[1]
+        return self.client.command(topic, payload, f"{prefix}/response", timeout)
+
+    def wait_status(self, prefix: str, predicate, timeout: float = 5.0, since: int = 0):
+        """The first `<prefix>/status` (from `since`) whose channel list satisfies `predicate`."""
+        return self.client.wait_for(
+            f"{prefix}/status", lambda m: predicate(m.json), timeout, since
+        ).json
+
+    def wait_channel(self, prefix: str, name: str, predicate, timeout: float = 5.0, since=0):
+        def match(channels):
+            return any(c["name"] == name and predicate(c) for c in channels)
+
+        channels = self.wait_status(prefix, match, timeout, since)
+        return next(c for c in channels if c["name"] == name)
+
+    def reset(self) -> None:
+        """All channels off and at rest, trips cleared, no injected leakage."""
+        for board, n in ((0, 4), (2, 4)):
+            for ch in range(n):
+                self.put(self.pv(board, ch, "SimLeak"), 0.0)
+        for prefix in ("/hv", "/lv"):
+            self.command(f"{prefix}/cmd/switch/all", "off")
+        self.command("/hv/cmd/clear", "")
+        for prefix in ("/hv", "/lv"):
+            self.wait_status(
+                prefix,
+                lambda chs: all(c["state"] == "OFF" for c in chs),
+                timeout=10,
+                since=0,
+            )
+
+
+# Fast ramps keep the tests short; the physics is the same.
+FAST_DEFAULTS = {
+    "hv": {"vset": 0, "vmax": 600, "iset": 10, "imax": 100, "rup": 200, "rdwn": 400, "trip": 0.2,
+           "pdwn": "Kill"},
+    "lv": {"vset": 10.5, "vmax": 12, "iset": 2.5, "imax": 4, "rup": 20, "rdwn": 40, "trip": 0.5},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def power_lab_module(workdir, broker, request):
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    lab = PowerLab(workdir, broker, name).start()
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture
+def power_lab(power_lab_module):
+    """The module's lab, reset to all-off before each test."""
+    power_lab_module.reset()
+    return power_lab_module

@@ -1,0 +1,221 @@
+"""The power-supply daemon against the simulated crate over real Channel Access and real MQTT."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.simca import wait_for
+
+HV_BOARD, LV_BOARD = 0, 2
+
+
+def states_seen(lab, prefix: str, name: str, since: int) -> list[str]:
+    """The successive states of a channel in the status messages received since `since`."""
+    seen: list[str] = []
+    for m in lab.client.messages[since:]:
+        if m.topic == f"{prefix}/status":
+            state = next(c["state"] for c in m.json if c["name"] == name)
+            if not seen or seen[-1] != state:
+                seen.append(state)
+    return seen
+
+
+# -- set points -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("target", "names"),
+    [
+        ("0", ["hv_m1"]),
+        ("hv_m2", ["hv_m2"]),
+        ("M3", ["hv_m3"]),
+        ("all", ["hv_m1", "hv_m2", "hv_m3", "hv_m4"]),
+    ],
+)
+def test_setv_by_number_name_module_and_all(power_lab, target, names):
+    since = power_lab.client.mark()
+    answer = power_lab.command(f"/hv/cmd/setv/{target}", 123.5)
+    assert answer["ok"] is True and answer["error"] is None
+    assert answer["channels"] == names
+    status = power_lab.wait_status(
+        "/hv", lambda chs: all(c["vreq"] == 123.5 for c in chs if c["name"] in names), since=since
+    )
+    assert all(isinstance(c["vreq"], float) for c in status)
+    for name in names:
+        ch = int(name[-1]) - 1
+        assert power_lab.get(power_lab.pv(HV_BOARD, ch, "V0Set")) == 123.5
+
+
+def test_seti_by_module_on_lv(power_lab):
+    since = power_lab.client.mark()
+    answer = power_lab.command("/lv/cmd/seti/M2", 1.25)
+    assert answer["ok"], answer
+    power_lab.wait_channel("/lv", "lv_m2", lambda c: c["ilim"] == 1.25, since=since)
+    assert power_lab.get(power_lab.pv(LV_BOARD, 1, "I0Set")) == 1.25
+
+
+def test_switch_ramps_up_then_on_then_down_then_off(power_lab):
+    assert power_lab.command("/hv/cmd/setv/hv_m1", 100)["ok"]
+    since = power_lab.client.mark()
+    assert power_lab.command("/hv/cmd/switch/hv_m1", "on")["ok"]
+    on = power_lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "ON", since=since)
+    assert on["on"] == 1 and abs(on["vmon"] - 100) <= 2 and "ON" in on["flags"]
+    assert on["imon"] > 0  # the leakage current of the load model
+    assert states_seen(power_lab, "/hv", "hv_m1", since)[-2:] == ["RAMPING_UP", "ON"]
+    state = power_lab.client.wait_for(
+        "/hv/state", lambda m: m.json["state"] == "MIXED", since=since
+    )
+    assert state.json["counts"] == {"ON": 1, "OFF": 3}
+
+    since = power_lab.client.mark()
+    assert power_lab.command("/hv/cmd/switch/hv_m1", "OFF")["ok"]
+    off = power_lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "OFF", since=since)
+    assert off["on"] == 0 and off["vmon"] == 0.0
+    assert states_seen(power_lab, "/hv", "hv_m1", since)[-2:] == ["RAMPING_DOWN", "OFF"]
+
+
+def test_switch_all_lv_then_all_on_state(power_lab):
+    since = power_lab.client.mark()
+    assert power_lab.command("/lv/cmd/switch/all", "on")["ok"]
+    power_lab.client.wait_for(
+        "/lv/state", lambda m: m.json["state"] == "ALL_ON", timeout=5, since=since
+    )
+    status = power_lab.client.latest("/lv/status").json
+    assert all(c["on"] == 1 and abs(c["vmon"] - 10.5) < 0.1 for c in status)
+
+
+# -- trips ------------------------------------------------------------------------------------
+def test_over_current_trips_and_switch_on_needs_clear(power_lab):
+    lab = power_lab
+    assert lab.command("/hv/cmd/setv/hv_m2", 50)["ok"]
+    since = lab.client.mark()
+    assert lab.command("/hv/cmd/switch/hv_m2", "on")["ok"]
+    lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "ON", since=since)
+
+    since = lab.client.mark()
+    lab.put(lab.pv(HV_BOARD, 1, "SimLeak"), 50.0)  # 50 µA over a 10 µA limit
+    tripped = lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "TRIPPED", since=since)
+    assert "INT_TRIP" in tripped["flags"] and tripped["on"] == 0
+    others = lab.client.latest("/hv/status").json
+    assert [c["state"] for c in others if c["name"] != "hv_m2"] == ["OFF", "OFF", "OFF"]
+    lab.client.wait_for("/hv/state", lambda m: m.json["state"] == "ERROR", since=since)
+
+    lab.put(lab.pv(HV_BOARD, 1, "SimLeak"), 0.0)
+    writes = lab.writes()
+    answer = lab.command("/hv/cmd/switch/hv_m2", "on")
+    assert answer["ok"] is False and "TRIPPED" in answer["error"] and "clear" in answer["error"]
+    assert lab.writes() == writes  # nothing reached the crate
+
+    since = lab.client.mark()
+    assert lab.command("/hv/cmd/clear", "")["ok"]
+    lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "OFF" and not c["flags"], since=since)
+    assert lab.command("/hv/cmd/switch/hv_m2", "on")["ok"]
+    lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "ON", since=since)
+
+
+# -- bad input --------------------------------------------------------------------------------
+BAD_COMMANDS = [
+    ("/hv/cmd/setv/0", "abc", "must be a number"),
+    ("/hv/cmd/setv/0", "", "must be a number"),
+    ("/hv/cmd/setv/0", "nan", "must be finite"),
+    ("/hv/cmd/setv/0", "-5", "must not be negative"),
+    ("/hv/cmd/setv/0", "600.5", "exceeds the maximum 600 V of hv_m1"),
+    ("/hv/cmd/setv/hv_m4", "450", "exceeds the maximum 400 V of hv_m4"),
+    ("/hv/cmd/setv/all", "450", "exceeds the maximum 400 V of hv_m4"),
+    ("/hv/cmd/setv/99", "10", "unknown channel '99'"),
+    ("/hv/cmd/setv/nosuch", "10", "unknown channel 'nosuch'"),
+    ("/hv/cmd/setv/lv_m1", "10", "unknown channel 'lv_m1'"),
+    ("/hv/cmd/setv", "10", "malformed command topic"),
+    ("/hv/cmd/setv/0/1", "10", "malformed command topic"),
+    ("/hv/cmd/seti/0", "0", "must be positive"),
+    ("/hv/cmd/seti/0", "1000", "exceeds the maximum 100 uA"),
+    ("/lv/cmd/seti/0", "5", "exceeds the maximum 4 A"),
+    ("/lv/cmd/setv/M1", "12.1", "exceeds the maximum 12 V of lv_m1"),
+    ("/hv/cmd/switch/0", "maybe", "takes 'on' or 'off'"),
+    ("/hv/cmd/switch/0", '{"value": "on", "extra": 1}', "unknown key(s) in payload: extra"),
+    ("/hv/cmd/switch/0", '{"value": "on"', "malformed JSON"),
+    ("/hv/cmd/switch/0", "[1, 2]", "takes 'on' or 'off'"),
+    ("/hv/cmd/setv/0", '{"value": true}', "must be a number"),
+    ("/hv/cmd/explode", "1", "unknown command 'explode'"),
+    ("/hv/cmd/clear/now", "", "malformed command topic"),
+]
+
+
+def test_bad_commands_are_answered_and_write_nothing(power_lab):
+    lab = power_lab
+    writes = lab.writes()
+    vset = lab.get(lab.pv(HV_BOARD, 0, "V0Set"))
+    for topic, payload, expected in BAD_COMMANDS:
+        answer = lab.client.raw_command(topic, payload, topic.split("/cmd")[0] + "/response")
+        assert answer["ok"] is False, (topic, payload, answer)
+        assert expected in answer["error"], (topic, payload, answer["error"])
+        assert answer["topic"] == topic and answer["payload"] == payload
+    assert lab.writes() == writes, "a refused command wrote to the crate"
+    assert lab.get(lab.pv(HV_BOARD, 0, "V0Set")) == vset
+
+
+def test_invalid_utf8_payload_is_refused(power_lab):
+    writes = power_lab.writes()
+    since = power_lab.client.mark()
+    power_lab.client.publish("/hv/cmd/setv/0", b"\xff\xfe")
+    answer = power_lab.client.wait_for("/hv/response", since=since).json
+    assert answer["ok"] is False and "must be a number" in answer["error"]
+    assert power_lab.writes() == writes
+
+
+def test_all_or_nothing_when_one_channel_refuses(power_lab):
+    lab = power_lab
+    lab.put(lab.pv(HV_BOARD, 2, "SimLeak"), 50.0)
+    assert lab.command("/hv/cmd/setv/M3", 20)["ok"]
+    since = lab.client.mark()
+    assert lab.command("/hv/cmd/switch/M3", "on")["ok"]
+    lab.wait_channel("/hv", "hv_m3", lambda c: c["state"] == "TRIPPED", since=since)
+    writes = lab.writes()
+    answer = lab.command("/hv/cmd/switch/all", "on")
+    assert not answer["ok"] and "hv_m3 is TRIPPED" in answer["error"]
+    assert lab.writes() == writes
+
+
+# -- answers ----------------------------------------------------------------------------------
+def test_request_id_and_mqtt5_response_topic(power_lab, broker):
+    got = []
+    subscribed = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_message = lambda cl, ud, msg: got.append(msg)
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        c.subscribe("reply/me", qos=1)
+        assert subscribed.wait(5)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "reply/me"
+        props.CorrelationData = b"corr-42"
+        c.publish("/hv/cmd/setv/1", json.dumps({"value": 12, "id": "abc"}), qos=1, properties=props)
+        answer = power_lab.client.wait_for("/hv/response", lambda m: m.json["id"] == "abc").json
+        assert answer["ok"] is True and answer["topic"] == "/hv/cmd/setv/1"
+        wait_for(lambda: got, timeout=5)
+        assert json.loads(got[0].payload)["id"] == "abc"
+        assert got[0].properties.CorrelationData == b"corr-42"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_refresh_republishes_and_availability_is_retained(power_lab, broker):
+    since = power_lab.client.mark()
+    assert power_lab.command("/hv/cmd/refresh", "")["ok"]
+    power_lab.client.wait_for("/hv/status", since=since)
+    power_lab.client.wait_for("/hv/state", since=since)
+    late = broker.client(topics=("/hv/availability", "/lv/availability", "/hv/status"))
+    try:
+        for prefix in ("/hv", "/lv"):
+            m = late.wait_for(f"{prefix}/availability")
+            assert m.retain and m.text == "online"
+        assert late.wait_for("/hv/status").retain
+    finally:
+        late.close()

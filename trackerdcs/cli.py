@@ -1,0 +1,48 @@
+"""The `trackerdcs` command: the local stack and users' tools.
+
+trackerdcs stack --config examples/lab.yml     start the local stack (what `make run` does)
+trackerdcs check-config FILE                    validate a lab YAML
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trackerdcs.config import ConfigError, load_config
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from trackerdcs.stack.local import run_stack
+
+    cfg = load_config(args.config)
+    return run_stack(cfg, Path(args.config), Path(args.run_dir))
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    print(f"{args.config}: ok ({len(cfg.crates)} crate(s), {len(cfg.power.channels)} channel(s))")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trackerdcs", description="trackerdcs lab tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("stack", help="start the local stack on simulated hardware")
+    p.add_argument("--config", default="examples/lab.yml", help="lab YAML file")
+    p.add_argument("--run-dir", default="run", help="where logs and generated files go")
+    p.set_defaults(func=_cmd_stack)
+    p = sub.add_parser("check-config", help="validate a lab YAML file")
+    p.add_argument("config")
+    p.set_defaults(func=_cmd_check_config)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The lab model: one YAML file, validated with pydantic at start-up.
+
+`load_config(path)` returns a `LabConfig` or raises `ConfigError`, whose message names the file,
+the key (as a dotted path, list indices included) and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(Exception):
+    """An invalid or unreadable configuration file."""
+
+
+class _Model(BaseModel):
+    """Strict base: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class TlsConfig(_Model):
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class MqttConfig(_Model):
+    """The broker. Credentials come from the environment, never from the file."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username_env: str = "TRACKERDCS_MQTT_USERNAME"
+    password_env: str = "TRACKERDCS_MQTT_PASSWORD"
+    keepalive: int = Field(10, ge=2)
+    reconnect_min_delay: PositiveFloat = 0.2
+    reconnect_max_delay: PositiveFloat = 5.0
+    tls: TlsConfig = TlsConfig()
+
+    @property
+    def username(self) -> str | None:
+        return os.environ.get(self.username_env) or None
+
+    @property
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) or None
+
+
+class ChannelKind(StrEnum):
+    HV = "hv"
+    LV = "lv"
+
+
+class PowerDownMode(StrEnum):
+    KILL = "Kill"
+    RAMP = "Ramp"
+
+
+class ChannelLimits(_Model):
+    """Per-channel settings; every field may be given per kind in `defaults` or per channel."""
+
+    vset: NonNegFloat | None = None  # initial V0Set written at start (None: leave the crate's)
+    vmax: PositiveFloat  # highest V0Set accepted from a command, also written to SVMax
+    iset: PositiveFloat  # current limit written at start (I0Set, µA for HV, A for LV)
+    imax: PositiveFloat  # highest I0Set accepted from a command
+    rup: PositiveFloat  # ramp-up rate, V/s
+    rdwn: PositiveFloat  # ramp-down rate, V/s
+    trip: NonNegFloat  # time over the current limit before the channel trips, s
+    pdwn: PowerDownMode = PowerDownMode.KILL
+    vdeadband: NonNegFloat = 0.5  # VMon change that triggers a status publish, V
+    ideadband: NonNegFloat = 0.5  # IMon change that triggers a status publish, µA or A
+    on_tolerance: NonNegFloat = (
+        1.0  # |VMon - V0Set| within which a channel counts as at its set point
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChannelLimits:
+        if self.iset > self.imax:
+            raise ValueError(f"iset {self.iset} exceeds imax {self.imax}")
+        if self.vset is not None and self.vset > self.vmax:
+            raise ValueError(f"vset {self.vset} exceeds vmax {self.vmax}")
+        return self
+
+
+_LIMIT_FIELDS = tuple(ChannelLimits.model_fields)
+
+DEFAULT_LIMITS: dict[ChannelKind, dict[str, Any]] = {
+    ChannelKind.HV: dict(vmax=500.0, iset=500.0, imax=1000.0, rup=50.0, rdwn=50.0, trip=1.0,
+                         pdwn="Kill", vdeadband=0.5, ideadband=0.05, on_tolerance=2.0),
+    ChannelKind.LV: dict(vmax=12.0, iset=2.5, imax=5.0, rup=2.0, rdwn=2.0, trip=10.0,
+                         pdwn="Kill", vdeadband=0.01, ideadband=0.01, on_tolerance=0.1),
+}  # fmt: skip
+
+
+class ChannelConfig(_Model):
+    """One logical channel: where it lives on the crate and what it powers."""
+
+    number: int = Field(ge=0)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    kind: ChannelKind
+    crate: str | None = None  # may be omitted when the lab has a single crate
+    board: int = Field(ge=0, le=99)
+    channel: int = Field(ge=0, le=999)
+    module: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
+    # per-channel overrides of the kind's defaults
+    vset: NonNegFloat | None = None
+    vmax: PositiveFloat | None = None
+    iset: PositiveFloat | None = None
+    imax: PositiveFloat | None = None
+    rup: PositiveFloat | None = None
+    rdwn: PositiveFloat | None = None
+    trip: NonNegFloat | None = None
+    pdwn: PowerDownMode | None = None
+    vdeadband: NonNegFloat | None = None
+    ideadband: NonNegFloat | None = None
+    on_tolerance: NonNegFloat | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == "all" or v.isdigit():
+            raise ValueError("a channel name may not be 'all' or a bare number")
+        return v
+
+
+class BoardConfig(_Model):
+    kind: ChannelKind
+    channels: int = Field(ge=1, le=999)
+    model: str | None = None  # e.g. A1515TG, A2519: documentation only
+
+
+class CrateConfig(_Model):
+    """A CAEN SY4527/SY5527 mainframe."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    backend: Literal["epics", "caenwrapper"] = "epics"
+    system: str = Field(min_length=1, description="EPICS system name, the PV prefix")
+    address: str = Field("127.0.0.1", description="crate IP or host[:port] for Channel Access")
+    username_env: str = "TRACKERDCS_CAEN_USERNAME"  # caenwrapper backend only
+    password_env: str = "TRACKERDCS_CAEN_PASSWORD"  # caenwrapper backend only
+    boards: dict[int, BoardConfig]
+    prefixes: dict[ChannelKind, str] = {ChannelKind.HV: "/hv", ChannelKind.LV: "/lv"}
+    connect_timeout: PositiveFloat = 2.0  # a crate not answering within this is DISCONNECTED
+
+    @field_validator("prefixes")
+    @classmethod
+    def _prefix_form(cls, v: dict[ChannelKind, str]) -> dict[ChannelKind, str]:
+        for kind, prefix in v.items():
+            if not prefix.startswith("/") or prefix.endswith("/") or "#" in prefix or "+" in prefix:
+                raise ValueError(f"prefix for {kind} must look like '/hv': got {prefix!r}")
+        return v
+
+
+class PublishConfig(_Model):
+    heartbeat: PositiveFloat = 10.0  # republish status at least this often, s
+    min_interval: NonNegFloat = 0.02  # coalesce bursts of changes into one publish per interval, s
+
+
+class PowerConfig(_Model):
+    defaults: dict[ChannelKind, dict[str, Any]] = {}
+    channels: list[ChannelConfig] = []
+    publish: PublishConfig = PublishConfig()
+
+    @field_validator("defaults")
+    @classmethod
+    def _known_default_keys(cls, v: dict[ChannelKind, dict[str, Any]]) -> dict:
+        for kind, values in v.items():
+            unknown = set(values) - set(_LIMIT_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown key(s) for {kind}: {', '.join(sorted(unknown))}")
+            ChannelLimits(**{**DEFAULT_LIMITS[kind], **values})
+        return v
+
+
+class LabConfig(_Model):
+    """The whole lab."""
+
+    lab: str = "lab"
+    mqtt: MqttConfig = MqttConfig()
+    crates: list[CrateConfig] = []
+    power: PowerConfig = PowerConfig()
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> LabConfig:
+        crates = {c.name: c for c in self.crates}
+        if len(crates) != len(self.crates):
+            raise ValueError("crate names must be unique")
+        seen_prefix: dict[str, str] = {}
+        for crate in self.crates:
+            for prefix in crate.prefixes.values():
+                if prefix in seen_prefix:
+                    raise ValueError(
+                        f"crates {seen_prefix[prefix]!r} and {crate.name!r} share prefix {prefix!r}"
+                    )
+                seen_prefix[prefix] = crate.name
+        numbers: set[tuple[str, str, int]] = set()
+        names: set[str] = set()
+        places: set[tuple[str, int, int]] = set()
+        for i, ch in enumerate(self.power.channels):
+            where = f"power.channels.{i}"
+            crate_name = ch.crate or (self.crates[0].name if len(self.crates) == 1 else None)
+            if crate_name is None:
+                raise ValueError(f"{where}.crate: required when the lab has several crates")
+            crate = crates.get(crate_name)
+            if crate is None:
+                raise ValueError(f"{where}.crate: no crate named {crate_name!r}")
+            board = crate.boards.get(ch.board)
+            if board is None:
+                raise ValueError(f"{where}.board: crate {crate_name!r} has no board {ch.board}")
+            if board.kind != ch.kind:
+                raise ValueError(f"{where}.kind: board {ch.board} is a {board.kind} board")
+            if ch.channel >= board.channels:
+                raise ValueError(f"{where}.channel: board {ch.board} has {board.channels} channels")
+            if ch.kind not in crate.prefixes:
+                raise ValueError(f"{where}.kind: crate {crate_name!r} has no prefix for {ch.kind}")
+            key = (crate_name, ch.kind.value, ch.number)
+            if key in numbers:
+                raise ValueError(f"{where}.number: {ch.kind} channel {ch.number} is defined twice")
+            numbers.add(key)
+            if ch.name in names:
+                raise ValueError(f"{where}.name: {ch.name!r} is defined twice")
+            names.add(ch.name)
+            place = (crate_name, ch.board, ch.channel)
+            if place in places:
+                raise ValueError(f"{where}: board {ch.board} channel {ch.channel} is used twice")
+            places.add(place)
+            self.limits_for(ch)  # the merged limits must be consistent
+        return self
+
+    def crate(self, name: str) -> CrateConfig:
+        for crate in self.crates:
+            if crate.name == name:
+                return crate
+        raise KeyError(name)
+
+    def crate_of(self, ch: ChannelConfig) -> CrateConfig:
+        return self.crate(ch.crate) if ch.crate else self.crates[0]
+
+    def channels_of(self, crate: str, kind: ChannelKind | None = None) -> list[ChannelConfig]:
+        return [
+            ch
+            for ch in self.power.channels
+            if self.crate_of(ch).name == crate and (kind is None or ch.kind == kind)
+        ]
+
+    def limits_for(self, ch: ChannelConfig) -> ChannelLimits:
+        """Built-in defaults < the kind's `defaults` < the channel's own values."""
+        values = dict(DEFAULT_LIMITS[ch.kind])
+        values.update(self.power.defaults.get(ch.kind, {}))
+        values.update({k: getattr(ch, k) for k in _LIMIT_FIELDS if getattr(ch, k) is not None})
+        try:
+            return ChannelLimits(**values)
+        except ValidationError as exc:
+            raise ValueError(f"channel {ch.name!r}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, path: Path | str = "<config>") -> LabConfig:
+    """Validate already-loaded YAML data."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return LabConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+
+
+def load_config(path: Path | str) -> LabConfig:
+    """Read and validate a lab YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, path)

@@ -1,0 +1,253 @@
+"""The one MQTT client every trackerdcs service uses.
+
+`MqttLink` owns a paho-mqtt 2.x client (MQTT 5) for one topic prefix such as `/hv`:
+
+- availability: a last will sets the retained `<prefix>/availability` to `offline`; `online` is
+  published on every connect, `offline` on a clean stop;
+- reconnect with exponential backoff (paho's own loop), then subscriptions renewed and every
+  retained state topic republished (a restarted broker has lost them);
+- commands: `<prefix>/cmd/#` at QoS 1, handed to the service as `Command` objects;
+- answers: every command is answered on `<prefix>/response`, and also on an MQTT 5 response topic
+  with its correlation data when the caller gave one.
+
+Callbacks run on paho's network thread; services hand them to their own loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from trackerdcs.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+class PayloadError(ValueError):
+    """A command payload that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command received on `<prefix>/cmd/...`."""
+
+    topic: str
+    action: str  # the topic below `<prefix>/cmd/`, e.g. `setv/3`
+    payload: str
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    received: float = 0.0  # time.monotonic() when paho handed it over
+
+    @property
+    def parts(self) -> list[str]:
+        return self.action.split("/")
+
+    def decoded(self) -> tuple[Any, str | None]:
+        """The command's value and the caller's request id.
+
+        A payload is either plain text (`100`, `on`) or a JSON object `{"value": ..., "id": ...}`.
+        A bare JSON number or string is taken as the value. Raises `PayloadError`.
+        """
+        text = self.payload.strip()
+        if text.startswith("{"):
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise PayloadError(f"malformed JSON payload: {exc.msg}") from None
+            if not isinstance(obj, dict):
+                raise PayloadError("a JSON payload must be an object")
+            unknown = set(obj) - {"value", "id"}
+            if unknown:
+                raise PayloadError(f"unknown key(s) in payload: {', '.join(sorted(unknown))}")
+            request_id = obj.get("id")
+            return obj.get("value"), None if request_id is None else str(request_id)
+        return text, None
+
+    def request_id(self) -> str | None:
+        """The caller's id, or None (also when the payload is malformed)."""
+        try:
+            return self.decoded()[1]
+        except PayloadError:
+            return None
+
+
+CommandHandler = Callable[[Command], None]
+ConnectionHandler = Callable[[bool], None]
+
+
+class MqttLink:
+    """A service's connection to the broker for one topic prefix."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        prefix: str,
+        client_id: str,
+        on_command: CommandHandler | None = None,
+        on_connection: ConnectionHandler | None = None,
+        subscribe: tuple[str, ...] = (),
+        on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.prefix = prefix
+        self.client_id = client_id
+        self.availability_topic = f"{prefix}/availability"
+        self.response_topic = f"{prefix}/response"
+        self._on_command = on_command
+        self._on_connection = on_connection
+        self._extra_subscriptions = subscribe
+        self._on_message = on_message
+        self._retained: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._stopping = False
+        self._client = self._make_client()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=True,
+        )
+        cfg = self.cfg
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls.enabled:
+            client.tls_set(
+                ca_certs=cfg.tls.ca_file,
+                certfile=cfg.tls.cert_file,
+                keyfile=cfg.tls.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(cfg.tls.insecure)
+        client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background; paho retries until the broker answers."""
+        log.info("connecting to mqtt://%s:%d as %s", self.cfg.host, self.cfg.port, self.client_id)
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Publish `offline`, wait for it to leave, disconnect and stop the network thread."""
+        self._stopping = True
+        if self._connected.is_set():
+            info = self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # -- paho callbacks (network thread) --------------------------------------------------------
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        log.info("connected to the broker")
+        topics = [(f"{self.prefix}/cmd/#", 1)] if self._on_command else []
+        topics += [(t, 1) for t in self._extra_subscriptions]
+        if topics:
+            client.subscribe(topics)
+        client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        with self._lock:
+            retained = list(self._retained.items())
+        for topic, payload in retained:
+            client.publish(topic, payload, qos=1, retain=True)
+        self._connected.set()
+        if self._on_connection:
+            self._on_connection(True)
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if not self._stopping:
+            log.warning("lost the broker (%s); reconnecting", reason_code)
+        if was and self._on_connection:
+            self._on_connection(False)
+
+    def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        cmd_root = f"{self.prefix}/cmd/"
+        if self._on_command and msg.topic.startswith(cmd_root):
+            props = msg.properties
+            try:
+                payload = msg.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                payload = msg.payload.decode("utf-8", errors="replace")
+            cmd = Command(
+                topic=msg.topic,
+                action=msg.topic[len(cmd_root) :],
+                payload=payload,
+                response_topic=getattr(props, "ResponseTopic", None) if props else None,
+                correlation_data=getattr(props, "CorrelationData", None) if props else None,
+                received=msg.timestamp,
+            )
+            self._on_command(cmd)
+        elif self._on_message:
+            self._on_message(msg)
+
+    # -- publishing (any thread) ----------------------------------------------------------------
+    def publish(self, topic: str, payload: str | bytes, *, qos: int = 0, retain: bool = False):
+        """Publish now (dropped with a debug line while disconnected, unless retained state)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+        return info
+
+    def publish_state(self, topic: str, payload: str | bytes, *, qos: int = 1) -> None:
+        """Publish a retained state topic and remember it for republishing after a reconnect."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        with self._lock:
+            self._retained[topic] = data
+        if self._connected.is_set():
+            self.publish(topic, data, qos=qos, retain=True)
+
+    def respond(self, cmd: Command, ok: bool, error: str | None = None, **extra: Any) -> dict:
+        """Answer a command on `<prefix>/response` and on the caller's MQTT 5 response topic."""
+        answer: dict[str, Any] = {
+            "topic": cmd.topic,
+            "payload": cmd.payload,
+            "ok": ok,
+            "error": error,
+            "id": cmd.request_id(),
+        }
+        answer.update(extra)
+        data = json.dumps(answer)
+        self.publish(self.response_topic, data, qos=1)
+        if cmd.response_topic:
+            props = Properties(PacketTypes.PUBLISH)
+            if cmd.correlation_data is not None:
+                props.CorrelationData = cmd.correlation_data
+            self._client.publish(cmd.response_topic, data, qos=1, properties=props)
+        if ok:
+            log.info("command %s %r: ok", cmd.topic, cmd.payload)
+        else:
+            log.warning("command %s %r refused: %s", cmd.topic, cmd.payload, error)
+        return answer

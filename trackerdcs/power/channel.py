@@ -1,0 +1,176 @@
+"""One power-supply channel: its configuration, its latest readbacks and its state machine.
+
+The state follows the crate: every readback is classified into the state it shows
+(`observed_state`) and the matching observation trigger fires. Commands are triggers too, but
+internal ones (no change of state: the crate's readback will move the state); their sources say in
+which states the command is allowed, so `may_switch_on()` is the guard the service asks before it
+writes anything.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from transitions import Machine
+
+from trackerdcs.config import ChannelConfig, ChannelLimits
+from trackerdcs.power.backend import ChannelAddress
+from trackerdcs.power.status import FAULT_BITS, TRIP_BITS, ChannelStatus, flag_names
+
+
+class ChannelState(StrEnum):
+    DISCONNECTED = "DISCONNECTED"
+    OFF = "OFF"
+    RAMPING_UP = "RAMPING_UP"
+    ON = "ON"
+    RAMPING_DOWN = "RAMPING_DOWN"
+    TRIPPED = "TRIPPED"
+    ERROR = "ERROR"  # a fault bit other than a trip (unplugged, power fail, calibration ...)
+
+
+S = ChannelState
+_ALL = list(S)
+_CONNECTED = [s for s in S if s is not S.DISCONNECTED]
+_HEALTHY = [S.OFF, S.RAMPING_UP, S.ON, S.RAMPING_DOWN]
+
+# Observations: the trigger fired when the readbacks show a state. Allowed from every state,
+# since the crate is the truth; the table names them so that logs and callbacks can.
+OBSERVATIONS: dict[ChannelState, str] = {
+    S.DISCONNECTED: "lose_connection",
+    S.OFF: "reach_off",
+    S.RAMPING_UP: "start_ramp_up",
+    S.ON: "reach_on",
+    S.RAMPING_DOWN: "start_ramp_down",
+    S.TRIPPED: "trip",
+    S.ERROR: "fail",
+}
+
+# Commands: internal transitions; `source` lists the states in which they are allowed.
+COMMANDS: dict[str, list[ChannelState]] = {
+    "switch_on": _HEALTHY,
+    "switch_off": _CONNECTED,
+    "set_voltage": _CONNECTED,
+    "set_current": _CONNECTED,
+}
+
+TRANSITIONS: list[dict[str, Any]] = [
+    *(
+        {"trigger": trigger, "source": "*", "dest": state}
+        for state, trigger in OBSERVATIONS.items()
+    ),
+    *({"trigger": cmd, "source": src, "dest": None} for cmd, src in COMMANDS.items()),
+]
+
+
+def observed_state(connected: bool, status: int) -> ChannelState:
+    """The state the crate's readbacks show. Trips win over faults, faults over ramps."""
+    if not connected:
+        return S.DISCONNECTED
+    if status & TRIP_BITS:
+        return S.TRIPPED
+    if status & FAULT_BITS:
+        return S.ERROR
+    if status & ChannelStatus.RAMP_UP:
+        return S.RAMPING_UP
+    if status & ChannelStatus.RAMP_DOWN:
+        return S.RAMPING_DOWN
+    if status & ChannelStatus.ON:
+        return S.ON
+    return S.OFF
+
+
+class PowerChannel:
+    """A channel as the service sees it. `state` is managed by the shared `Machine`."""
+
+    state: ChannelState
+
+    def __init__(self, cfg: ChannelConfig, limits: ChannelLimits) -> None:
+        self.cfg = cfg
+        self.limits = limits
+        self.address = ChannelAddress(cfg.board, cfg.channel)
+        self.connected = False
+        self.readback: dict[str, float | int] = {
+            "V0Set": 0.0,
+            "I0Set": 0.0,
+            "Pw": 0,
+            "VMon": 0.0,
+            "IMon": 0.0,
+            "Status": 0,
+        }
+        self.inhibits: dict[str, str] = {}  # name -> reason: switching on is refused while set
+        self._fresh: set[str] = set()  # readbacks received since the last disconnection
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and every readback has arrived since: the state can be trusted."""
+        return self.connected and len(self._fresh) == len(self.readback)
+
+    def set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        if not connected:
+            self._fresh.clear()
+
+    @property
+    def number(self) -> int:
+        return self.cfg.number
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def update(self, param: str, value: float | int) -> None:
+        self.readback[param] = value
+        self._fresh.add(param)
+
+    def observe(self) -> bool:
+        """Move the state machine to what the readbacks show; True when the state changed."""
+        seen = observed_state(self.ready, int(self.readback["Status"]))
+        if seen == self.state:
+            return False
+        getattr(self, OBSERVATIONS[seen])()
+        return True
+
+    def refusal(self, command: str) -> str | None:
+        """Why `command` is not allowed now, or None when it is."""
+        if command == "switch_on" and self.inhibits:
+            names = ", ".join(f"{k} ({v})" for k, v in sorted(self.inhibits.items()))
+            return f"channel {self.name}: switching on inhibited by interlock {names}"
+        if getattr(self, f"may_{command}")():
+            return None
+        if self.state is S.TRIPPED:
+            return f"channel {self.name} is TRIPPED: send clear first"
+        if self.state is S.DISCONNECTED:
+            return f"channel {self.name} is DISCONNECTED: the crate does not answer"
+        flags = ",".join(flag_names(int(self.readback["Status"])))
+        return f"channel {self.name} is {self.state} ({flags})"
+
+    def as_status(self) -> dict[str, Any]:
+        """The channel's entry of `/hv/status`: every key with one JSON type forever."""
+        rb = self.readback
+        status = int(rb["Status"])
+        return {
+            "number": self.cfg.number,
+            "name": self.cfg.name,
+            "module": self.cfg.module or "",
+            "on": 1 if int(rb["Pw"]) else 0,
+            "vreq": float(rb["V0Set"]),
+            "vmon": float(rb["VMon"]),
+            "imon": float(rb["IMon"]),
+            "ilim": float(rb["I0Set"]),
+            "status": status,
+            "flags": flag_names(status),
+            "state": str(self.state),
+        }
+
+
+def make_machine(channels: list[PowerChannel]) -> Machine:
+    """One machine driving every channel of a service (cheaper than a machine per channel)."""
+    return Machine(
+        model=channels,
+        states=ChannelState,
+        transitions=TRANSITIONS,
+        initial=S.DISCONNECTED,
+        auto_transitions=False,
+        send_event=False,
+    )

@@ -1,0 +1,352 @@
+"""The MQTT service of one kind of channel on one crate (`/hv` or `/lv`).
+
+Runs on the daemon's asyncio loop: readbacks and commands are handed to it with
+`call_soon_threadsafe`, so its state is only ever touched from one thread.
+
+Topic contract (docs/topics.md): `<prefix>/status` (retained JSON array, one object per channel),
+`<prefix>/state` (retained aggregate), `<prefix>/availability`, `<prefix>/cmd/...`, and answers
+on `<prefix>/response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from trackerdcs.config import ChannelKind, PublishConfig
+from trackerdcs.mqtt import Command, MqttLink, PayloadError
+from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend
+from trackerdcs.power.channel import ChannelState, PowerChannel
+
+log = logging.getLogger(__name__)
+
+
+class CommandError(Exception):
+    """A command that is refused: its message is the answer's `error`."""
+
+
+class ServiceState(StrEnum):
+    DISCONNECTED = "DISCONNECTED"
+    ERROR = "ERROR"
+    RAMPING = "RAMPING"
+    ALL_ON = "ALL_ON"
+    ALL_OFF = "ALL_OFF"
+    MIXED = "MIXED"
+
+
+def aggregate_state(states: list[ChannelState]) -> ServiceState:
+    """The daemon's state from its channels', the most alarming first."""
+    present = set(states)
+    if not states or ChannelState.DISCONNECTED in present:
+        return ServiceState.DISCONNECTED
+    if present & {ChannelState.TRIPPED, ChannelState.ERROR}:
+        return ServiceState.ERROR
+    if present & {ChannelState.RAMPING_UP, ChannelState.RAMPING_DOWN}:
+        return ServiceState.RAMPING
+    if present == {ChannelState.ON}:
+        return ServiceState.ALL_ON
+    if present == {ChannelState.OFF}:
+        return ServiceState.ALL_OFF
+    return ServiceState.MIXED
+
+
+# Readbacks whose every change is published at once; VMon and IMon go through deadbands.
+_EXACT_PARAMS = frozenset({"V0Set", "I0Set", "Pw", "Status"})
+
+
+def parse_number(value: Any, what: str) -> float:
+    """A finite float from a payload value (text or JSON number)."""
+    if isinstance(value, bool) or value is None:
+        raise CommandError(f"{what} must be a number, got {json.dumps(value)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise CommandError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise CommandError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+_ON_WORDS = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
+
+
+def parse_switch(value: Any) -> bool:
+    key = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
+    if key not in _ON_WORDS:
+        raise CommandError(f"switch takes 'on' or 'off', got {value!r}")
+    return _ON_WORDS[key]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One command of the topic contract."""
+
+    usage: str  # as documented, e.g. `setv/{ch}`
+    per_channel: bool
+    handler: str  # method name on PowerService
+
+
+COMMAND_TABLE: dict[str, CommandSpec] = {
+    "setv": CommandSpec("setv/{ch}", True, "_cmd_setv"),
+    "seti": CommandSpec("seti/{ch}", True, "_cmd_seti"),
+    "switch": CommandSpec("switch/{ch}", True, "_cmd_switch"),
+    "clear": CommandSpec("clear", False, "_cmd_clear"),
+    "refresh": CommandSpec("refresh", False, "_cmd_refresh"),
+    "reconnect": CommandSpec("reconnect", False, "_cmd_reconnect"),
+}
+
+
+class PowerService:
+    """Status publishing and command handling for the channels of one prefix."""
+
+    def __init__(
+        self,
+        kind: ChannelKind,
+        prefix: str,
+        channels: list[PowerChannel],
+        backend: PowerBackend,
+        link: MqttLink,
+        publish: PublishConfig,
+        loop: asyncio.AbstractEventLoop,
+        on_command_done: Callable[[Command, dict], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.prefix = prefix
+        self.channels = sorted(channels, key=lambda c: c.number)
+        self.backend = backend
+        self.link = link
+        self.publish_cfg = publish
+        self.loop = loop
+        self.on_command_done = on_command_done
+        self.by_address = {c.address: c for c in self.channels}
+        self._by_number = {c.number: c for c in self.channels}
+        self._by_name = {c.name: c for c in self.channels}
+        self._published: dict[ChannelAddress, dict[str, float]] = {}
+        self._last_publish = 0.0
+        self._publish_handle: asyncio.Handle | None = None
+        self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._state: ServiceState | None = None
+        self._configured: set[ChannelAddress] = set()
+
+    # -- readbacks --------------------------------------------------------------------------------
+    def on_readback(self, addr: ChannelAddress, param: str, value: float | int) -> None:
+        ch = self.by_address.get(addr)
+        if ch is None:
+            return
+        was_ready = ch.ready
+        ch.update(param, value)
+        changed_state = ch.observe()
+        if changed_state:
+            log.info("%s %s -> %s", self.prefix, ch.name, ch.state)
+        if ch.ready and not was_ready:
+            self._configure(ch)
+        if changed_state or param in _EXACT_PARAMS or self._beyond_deadband(ch, param, value):
+            self.request_publish()
+
+    def on_connection(self, addr: ChannelAddress, connected: bool) -> None:
+        ch = self.by_address.get(addr)
+        if ch is None:
+            return
+        was_ready = ch.ready
+        ch.set_connected(connected)
+        if ch.observe():
+            log.info("%s %s -> %s", self.prefix, ch.name, ch.state)
+        if ch.ready and not was_ready:
+            self._configure(ch)
+        self.request_publish()
+
+    def _beyond_deadband(self, ch: PowerChannel, param: str, value: float) -> bool:
+        last = self._published.get(ch.address)
+        if last is None:
+            return True
+        band = ch.limits.vdeadband if param == "VMon" else ch.limits.ideadband
+        return abs(float(value) - last.get(param, math.inf)) > band
+
+    def _configure(self, ch: PowerChannel) -> None:
+        """Write the lab YAML's protection settings; set points only on a first, idle connect."""
+        lim = ch.limits
+        writes: list[tuple[str, float | str]] = [
+            ("SVMax", lim.vmax),
+            ("RUp", lim.rup),
+            ("RDWn", lim.rdwn),
+            ("Trip", lim.trip),
+            ("PDwn", lim.pdwn.value),
+        ]
+        first = ch.address not in self._configured
+        if first and ch.state is ChannelState.OFF:
+            if lim.vset is not None:
+                writes.append(("V0Set", lim.vset))
+            writes.append(("I0Set", lim.iset))
+        try:
+            for param, value in writes:
+                self.backend.write(ch.address, param, value)
+        except BackendError as exc:
+            log.error("%s %s: configuring the channel failed: %s", self.prefix, ch.name, exc)
+            return
+        self._configured.add(ch.address)
+
+    # -- publishing -------------------------------------------------------------------------------
+    def request_publish(self) -> None:
+        """Publish soon: at once after a quiet spell, else coalesced to one per `min_interval`."""
+        if self._publish_handle is not None:
+            return
+        wait = self._last_publish + self.publish_cfg.min_interval - time.monotonic()
+        if wait <= 0:
+            self._publish_handle = self.loop.call_soon(self.publish_status)
+        else:
+            self._publish_handle = self.loop.call_later(wait, self.publish_status)
+
+    def publish_status(self) -> None:
+        self._publish_handle = None
+        self._last_publish = time.monotonic()
+        entries = []
+        for ch in self.channels:
+            entries.append(ch.as_status())
+            self._published[ch.address] = {
+                "VMon": float(ch.readback["VMon"]),
+                "IMon": float(ch.readback["IMon"]),
+            }
+        self.link.publish_state(f"{self.prefix}/status", json.dumps(entries))
+        self._publish_state()
+        if self._heartbeat_handle is not None:
+            self._heartbeat_handle.cancel()
+        self._heartbeat_handle = self.loop.call_later(
+            self.publish_cfg.heartbeat, self.request_publish
+        )
+
+    def _publish_state(self) -> None:
+        states = [c.state for c in self.channels]
+        state = aggregate_state(states)
+        if state != self._state:
+            if self._state is not None:
+                log.info("%s state %s -> %s", self.prefix, self._state, state)
+            self._state = state
+            counts = Counter(str(s) for s in states)
+            payload = {"state": str(state), "channels": len(states), "counts": dict(counts)}
+            self.link.publish_state(f"{self.prefix}/state", json.dumps(payload))
+
+    @property
+    def state(self) -> ServiceState:
+        return aggregate_state([c.state for c in self.channels])
+
+    def stop(self) -> None:
+        for handle in (self._publish_handle, self._heartbeat_handle):
+            if handle is not None:
+                handle.cancel()
+
+    # -- commands ---------------------------------------------------------------------------------
+    def handle_command(self, cmd: Command) -> dict:
+        """Validate, write, answer. A refused command writes nothing."""
+        try:
+            extra = self._dispatch(cmd)
+        except (CommandError, PayloadError, BackendError) as exc:
+            answer = self.link.respond(cmd, False, str(exc))
+        else:
+            answer = self.link.respond(cmd, True, None, **extra)
+        if self.on_command_done is not None:
+            self.on_command_done(cmd, answer)
+        return answer
+
+    def _dispatch(self, cmd: Command) -> dict[str, Any]:
+        parts = cmd.parts
+        spec = COMMAND_TABLE.get(parts[0])
+        known = ", ".join(s.usage for s in COMMAND_TABLE.values())
+        if spec is None:
+            raise CommandError(f"unknown command {cmd.action!r} (known: {known})")
+        if (
+            spec.per_channel != (len(parts) == 2)
+            or len(parts) > 2
+            or (spec.per_channel and not parts[1])
+        ):
+            raise CommandError(
+                f"malformed command topic {cmd.topic!r}: use {self.prefix}/cmd/{spec.usage}"
+            )
+        value, _ = cmd.decoded()
+        handler = getattr(self, spec.handler)
+        if spec.per_channel:
+            return handler(self.resolve(parts[1]), value)
+        return handler(value)
+
+    def resolve(self, target: str) -> list[PowerChannel]:
+        """Channels named by `{ch}`: a number, a channel name, a module name, or `all`."""
+        if target == "all":
+            return list(self.channels)
+        if target.isdigit() and int(target) in self._by_number:
+            return [self._by_number[int(target)]]
+        if target in self._by_name:
+            return [self._by_name[target]]
+        of_module = [c for c in self.channels if c.cfg.module == target]
+        if of_module:
+            return of_module
+        raise CommandError(
+            f"unknown channel {target!r} on {self.prefix}: give a number ("
+            + ", ".join(str(n) for n in self._by_number)
+            + "), a channel name, a module name or 'all'"
+        )
+
+    def _check_allowed(self, targets: list[PowerChannel], command: str) -> None:
+        reasons = [r for r in (c.refusal(command) for c in targets) if r]
+        if reasons:
+            raise CommandError("; ".join(reasons))
+
+    def _cmd_setv(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
+        volts = parse_number(value, "voltage")
+        if volts < 0:
+            raise CommandError(f"voltage must not be negative, got {volts:g} V")
+        too_high = [c for c in targets if volts > c.limits.vmax]
+        if too_high:
+            raise CommandError(
+                "; ".join(
+                    f"{volts:g} V exceeds the maximum {c.limits.vmax:g} V of {c.name}"
+                    for c in too_high
+                )
+            )
+        self._check_allowed(targets, "set_voltage")
+        return self._write_all(targets, "V0Set", volts)
+
+    def _cmd_seti(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
+        unit = "uA" if self.kind is ChannelKind.HV else "A"
+        amps = parse_number(value, "current limit")
+        if amps <= 0:
+            raise CommandError(f"current limit must be positive, got {amps:g} {unit}")
+        too_high = [c for c in targets if amps > c.limits.imax]
+        if too_high:
+            raise CommandError(
+                "; ".join(
+                    f"{amps:g} {unit} exceeds the maximum {c.limits.imax:g} {unit} of {c.name}"
+                    for c in too_high
+                )
+            )
+        self._check_allowed(targets, "set_current")
+        return self._write_all(targets, "I0Set", amps)
+
+    def _cmd_switch(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
+        on = parse_switch(value)
+        self._check_allowed(targets, "switch_on" if on else "switch_off")
+        return self._write_all(targets, "Pw", 1 if on else 0)
+
+    def _write_all(self, targets: list[PowerChannel], param: str, value: float | int) -> dict:
+        for ch in targets:
+            self.backend.write(ch.address, param, value)
+        return {"channels": [c.name for c in targets]}
+
+    def _cmd_clear(self, value: Any) -> dict[str, Any]:
+        self.backend.clear_alarm()
+        return {}
+
+    def _cmd_refresh(self, value: Any) -> dict[str, Any]:
+        self._state = None  # republish the aggregate too
+        self.publish_status()
+        return {}
+
+    def _cmd_reconnect(self, value: Any) -> dict[str, Any]:
+        self.backend.reconnect()
+        return {}

@@ -1,0 +1,1 @@
+"""Simulators speaking the devices' real wire protocols, and the physics that couples them."""

@@ -1,0 +1,153 @@
+"""Child processes with a readiness check, stopped by PID; free loopback ports."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on `host` (CA uses both on the same number)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port found")
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.02):
+    """Return the predicate's first truthy value; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll)
+
+
+class ManagedProcess:
+    """A child process we started, its log file, and how to know it is ready."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        ready: Callable[[ManagedProcess], bool] | None = None,
+        ready_timeout: float = 15.0,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.env = env
+        self.ready = ready
+        self.ready_timeout = ready_timeout
+        self.cwd = cwd
+        self.proc: subprocess.Popen | None = None
+        self._log_offset = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> ManagedProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logfile = self.log_path.open("ab")
+        self._log_offset = logfile.tell()
+        env = {**os.environ, **(self.env or {})}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.cwd,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us in order
+        )
+        logfile.close()
+        log.debug("started %s (pid %d): %s", self.name, self.proc.pid, " ".join(self.argv))
+        if self.ready is not None:
+            try:
+                wait_until(self._ready_or_dead, self.ready_timeout, f"{self.name} to be ready")
+            except Exception:
+                self.stop()
+                raise
+            if not self.alive:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+        return self
+
+    def _ready_or_dead(self) -> bool:
+        return not self.alive or bool(self.ready and self.ready(self))
+
+    def output(self) -> str:
+        """What the process has logged since its last start."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %g s: killing it", self.name, timeout)
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.alive:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ManagedProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
