@@ -73,7 +73,7 @@ def write_lab(path: Path, *, mqtt_port: int, ca_port: int, system: str | None = 
         target = data
         *parents, last = key.split(".")
         for p in parents:
-            target = target[p]
+            target = target[int(p)] if isinstance(target, list) else target[p]
         target[last] = value
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -149,9 +149,12 @@ class PowerLab:
         return self.client.command(topic, payload, f"{prefix}/response", timeout)
 
     def wait_status(self, prefix: str, predicate, timeout: float = 5.0, since: int = 0):
-        """The first `<prefix>/status` (from `since`) whose channel list satisfies `predicate`."""
+        """The first live `<prefix>/status` (from `since`) whose channels satisfy `predicate`.
+
+        Retained copies are skipped: on a shared broker they may come from an earlier lab.
+        """
         return self.client.wait_for(
-            f"{prefix}/status", lambda m: predicate(m.json), timeout, since
+            f"{prefix}/status", lambda m: not m.retain and predicate(m.json), timeout, since
         ).json
 
     def wait_channel(self, prefix: str, name: str, predicate, timeout: float = 5.0, since=0):

@@ -1,0 +1,144 @@
+"""`make run`'s stack, started as the README says, and the README's example commands as written.
+
+This test uses the stack's standard ports (MQTT 1883, Channel Access 5064 on 127.0.0.1), because
+the README's commands do: stop a running `make run` before running the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.mqttclient import TestClient
+from trackerdcs.stack.process import port_open, wait_until
+
+README = ROOT / "README.md"
+
+
+def readme_example(name: str) -> list[str]:
+    """The command lines of the ```sh block after `<!-- readme-example: NAME -->`."""
+    text = README.read_text()
+    match = re.search(rf"<!-- readme-example: {name} -->\s*```sh\n(.*?)```", text, re.S)
+    assert match, f"README has no example block {name!r}"
+    return [line for line in match.group(1).splitlines() if line.strip()]
+
+
+def readme_documented_answer() -> dict:
+    line = next(
+        line for line in README.read_text().splitlines() if line.startswith("/hv/response {")
+    )
+    return json.loads(line.split(" ", 1)[1])
+
+
+class LineReader:
+    """Collects a child's stdout lines on a thread; `wait` for one matching a pattern."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait(self, pattern: str, timeout: float) -> str:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: any(re.search(pattern, line) for line in self.lines), timeout
+            )
+        assert ok, f"no line matching {pattern!r}; got:\n" + "\n".join(self.lines[-30:])
+        return next(line for line in self.lines if re.search(pattern, line))
+
+
+@pytest.fixture
+def stack(tmp_path):
+    for port in (1883, 5064):
+        if port_open("127.0.0.1", port):
+            pytest.fail(f"127.0.0.1:{port} is in use: stop `make run` (or the other server) first")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trackerdcs.cli", "stack", "--config", "examples/lab.yml",
+         "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = LineReader(proc)
+    try:
+        out.wait(r"Ctrl-C stops everything", timeout=60)
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+
+
+def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
+    proc, out = stack
+    summary = "\n".join(out.lines)
+    for name, where in (
+        ("mosquitto", "mqtt://127.0.0.1:1883"),
+        ("sim-crate-sy4527", "ca://127.0.0.1:5064"),
+        ("power-sy4527", "/hv /lv"),
+    ):
+        assert re.search(rf"{name}\s+\d+\s+{re.escape(where)}", summary), summary
+    pids = [int(p) for p in re.findall(r"ok: pid (\d+)", summary)]
+    assert len(pids) == 3
+
+    client = TestClient(1883)
+    try:
+        client.wait_for("/hv/status", lambda m: all(c["state"] == "OFF" for c in m.json), 10)
+        commands = readme_example("power")
+        assert commands[0].startswith("mosquitto_sub")
+        sub = subprocess.Popen(shlex.split(commands[0]), stdout=subprocess.PIPE, text=True)
+        sub_out = LineReader(sub)
+        try:
+            sub_out.wait(r"^/hv/status \[", timeout=5)  # the retained status, at once
+            since = client.mark()
+            for line in commands[1:]:
+                subprocess.run(line, shell=True, check=True, timeout=10)
+            answers = [
+                client.wait_for("/+/response", lambda m, t=topic: m.json["topic"] == t, 5, since)
+                for topic in (shlex.split(line)[4] for line in commands[1:])
+            ]
+            assert [a.json["ok"] for a in answers] == [True] * 4 + [False]
+            assert answers[3].json["id"] == "my-ramp"
+            assert answers[-1].json == readme_documented_answer()
+
+            def hv_m1_on_at_150(m):
+                ch = m.json[0]
+                return ch["state"] == "ON" and ch["vreq"] == 150.0 and abs(ch["vmon"] - 150) < 2
+
+            client.wait_for("/hv/status", hv_m1_on_at_150, timeout=10, since=since)
+            client.wait_for("/lv/status", lambda m: m.json[1]["state"] == "ON", 5, since)
+            sub_out.wait(r"^/hv/response .*my-ramp", timeout=5)
+            sub_out.wait(r'"state": "RAMPING_UP"', timeout=5)
+        finally:
+            sub.terminate()
+            sub.wait(5)
+    finally:
+        client.close()
+
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+    assert proc.wait(20) == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"pid {pid} still runs"
+    wait_until(lambda: not port_open("127.0.0.1", 1883), 5, "port 1883 to close")
+    assert "stopping the stack" in "\n".join(out.lines)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
