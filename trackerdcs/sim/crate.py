@@ -1,0 +1,379 @@
+"""A simulated CAEN SY4527 crate serving the real Channel Access PVs (caproto asyncio server).
+
+PVs, named exactly as the crate's own EPICS server names them (`channel_pv` / `system_pv`):
+
+- per channel `<SYS>:<SS>:<CCC>:<Param>` for every parameter in `crate_model.PARAMS`:
+  V0Set, I0Set, RUp, RDWn, Trip, SVMax (double, writable), Pw (enum Off/On, writable),
+  PDwn (enum Kill/Ramp, writable), VMon, IMon (double, read-only), Status (int, read-only),
+  ChName (string, read-only);
+- `<SYS>:ClearAlarm` (enum No/Yes): writing Yes (or 1) clears every latched trip; reads No.
+
+A client put goes to `SimCrate.write`; the value read back is what the crate stored (V0Set
+capped at SVMax, Pw still Off on a tripped channel). An invalid value is rejected with a put error.
+
+Backdoor PVs (simulator only, never on a real crate; puts to them are not counted):
+
+- `<SYS>:Sim:Writes` (int): client puts to real crate parameters (V0Set, I0Set, Pw, RUp, RDWn,
+  Trip, SVMax, PDwn, ClearAlarm), counted even when the value is unchanged or rejected.
+  Writable: put 0 to reset.
+- `<SYS>:Sim:LastWrite` (string, read-only): `PVNAME=value` of the last such put.
+- `<SYS>:<SS>:<CCC>:SimLeak` (double, writable): extra load current (µA HV, A LV), fault injection.
+- `<SYS>:Sim:TempFactor` (double, writable): crate-wide HV leakage multiplier.
+
+Run: `trackerdcs-sim-crate --config examples/lab.yml [--crate NAME] [--host 127.0.0.1]
+[--port N] [--tick 0.1] [--noise 0.005] [--churn]`. Prints one ready line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from caproto import (
+    AccessRights,
+    AlarmSeverity,
+    AlarmStatus,
+    ChannelData,
+    ChannelDouble,
+    ChannelEnum,
+    ChannelInteger,
+    ChannelString,
+)
+from caproto.asyncio.server import Context
+
+from trackerdcs.config import ConfigError, CrateConfig, load_config
+from trackerdcs.power.pvnames import channel_pv, system_pv
+from trackerdcs.sim.crate_model import (
+    NO_YES,
+    PARAM_BY_NAME,
+    PARAMS,
+    Param,
+    SimChannel,
+    SimCrate,
+    enum_state,
+)
+
+log = logging.getLogger("trackerdcs.sim.crate")
+
+DEFAULT_CA_PORT = 5064
+PHYSICS_PARAMS = ("VMon", "IMon", "Status", "Pw")  # what `SimCrate.step` can change
+PutHook = Callable[[Any], Awaitable[Any]]
+
+
+class _Hooked:
+    """Mixin: a client put calls `on_put(value)`, whose return value is stored and published.
+
+    Without an `on_put` the PV is read-only to clients. Server-side updates must use
+    `write(value, verify_value=False)` so that they bypass the hook.
+    """
+
+    on_put: PutHook | None = None
+
+    def check_access(self, hostname: str, username: str) -> AccessRights:
+        if self.on_put is None:
+            return AccessRights.READ
+        return AccessRights.READ | AccessRights.WRITE
+
+    async def verify_value(self, value: Any) -> Any:
+        if self.on_put is None:
+            raise PermissionError("read-only PV")
+        stored = await self.on_put(value)
+        self.status = AlarmStatus.NO_ALARM  # clear a WRITE alarm left by an earlier bad put
+        self.severity = AlarmSeverity.NO_ALARM
+        return stored
+
+
+class SimDouble(_Hooked, ChannelDouble):
+    pass
+
+
+class SimEnum(_Hooked, ChannelEnum):
+    pass
+
+
+class SimInteger(_Hooked, ChannelInteger):
+    pass
+
+
+class SimString(_Hooked, ChannelString):
+    pass
+
+
+def _make_pv(param: Param, kind: str, value: Any, on_put: PutHook | None) -> ChannelData:
+    """A PV for one table entry, holding `value`."""
+    if param.type == "double":
+        pv: ChannelData = SimDouble(
+            value=float(value), units=param.unit(kind), precision=param.precision
+        )
+    elif param.type == "enum":
+        pv = SimEnum(value=value, enum_strings=param.choices)
+    elif param.type == "int":
+        pv = SimInteger(value=int(value))
+    else:
+        pv = SimString(value=str(value))
+    pv.on_put = on_put if param.writable else None
+    return pv
+
+
+def _format(value: Any, choices: tuple[str, ...] = ()) -> str:
+    """A put value as text for `Sim:LastWrite` (enum indices as their state names)."""
+    if choices:
+        with contextlib.suppress(ValueError):
+            return enum_state("", value, choices)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if hasattr(value, "item"):  # numpy scalar
+        value = value.item()
+    return str(value)
+
+
+def _finite(name: str, value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: not finite: {value!r}")
+    return number
+
+
+class CrateServer:
+    """The PV database around a `SimCrate`, and the task that steps its physics."""
+
+    def __init__(self, system: str, model: SimCrate) -> None:
+        self.system = system
+        self.model = model
+        self.pvdb: dict[str, ChannelData] = {}
+        self.channel_pvs: dict[tuple[int, int], dict[str, ChannelData]] = {}
+        for key, ch in model.channels.items():
+            self.channel_pvs[key] = self._add_channel(ch)
+        self.writes_pv = SimInteger(value=0)
+        self.writes_pv.on_put = self._put_writes
+        self.last_write_pv = SimString(value="")
+        self.temp_pv = SimDouble(value=model.temperature_factor, precision=3)
+        self.temp_pv.on_put = self._put_temperature
+        clear = SimEnum(value="No", enum_strings=NO_YES)
+        clear.on_put = self._put_clear_alarm
+        self.pvdb[system_pv(system, "ClearAlarm")] = clear
+        self.pvdb[system_pv(system, "Sim:Writes")] = self.writes_pv
+        self.pvdb[system_pv(system, "Sim:LastWrite")] = self.last_write_pv
+        self.pvdb[system_pv(system, "Sim:TempFactor")] = self.temp_pv
+
+    def _add_channel(self, ch: SimChannel) -> dict[str, ChannelData]:
+        pvs: dict[str, ChannelData] = {}
+        for param in PARAMS:
+            name = channel_pv(self.system, ch.board, ch.channel, param.name)
+            hook = self._channel_hook(ch, param.name, name)
+            pv = _make_pv(param, ch.kind, ch.reading(param.name), hook)
+            pvs[param.name] = self.pvdb[name] = pv
+        leak = SimDouble(value=ch.leak_extra, precision=4)
+        leak.on_put = self._leak_hook(ch)
+        self.pvdb[channel_pv(self.system, ch.board, ch.channel, "SimLeak")] = leak
+        return pvs
+
+    def _channel_hook(self, ch: SimChannel, param: str, pvname: str) -> PutHook:
+        async def on_put(value: Any) -> Any:
+            try:
+                stored = self.model.write(ch.board, ch.channel, param, value)
+            finally:
+                await self._record_write(pvname, _format(value, PARAM_BY_NAME[param].choices))
+            await self.sync([ch], skip=param)
+            return stored
+
+        return on_put
+
+    def _leak_hook(self, ch: SimChannel) -> PutHook:
+        async def on_put(value: Any) -> float:
+            self.model.set_leak(ch.board, ch.channel, _finite("SimLeak", value))
+            return ch.leak_extra
+
+        return on_put
+
+    async def _put_clear_alarm(self, value: Any) -> str:
+        try:
+            changed = self.model.write_system("ClearAlarm", value)
+        finally:
+            await self._record_write(system_pv(self.system, "ClearAlarm"), _format(value, NO_YES))
+        await self.sync(changed)
+        return "No"  # a momentary command: it reads No once done
+
+    async def _put_writes(self, value: Any) -> int:
+        self.model.writes = int(value)
+        return self.model.writes
+
+    async def _put_temperature(self, value: Any) -> float:
+        factor = _finite("TempFactor", value)
+        if factor < 0:
+            raise ValueError("TempFactor must be >= 0")
+        self.model.temperature_factor = factor
+        return factor
+
+    async def _record_write(self, pvname: str, text: str) -> None:
+        await _post(self.writes_pv, self.model.writes)
+        await _post(self.last_write_pv, f"{pvname}={text}"[:39])  # DBR_STRING: 40 bytes
+
+    async def sync(
+        self,
+        channels: Iterable[SimChannel],
+        params: Iterable[str] | None = None,
+        skip: str | None = None,
+    ) -> int:
+        """Publish every reading of `channels` that differs from its PV; return how many."""
+        names = tuple(params) if params is not None else tuple(p.name for p in PARAMS)
+        posted = 0
+        for ch in channels:
+            pvs = self.channel_pvs[ch.board, ch.channel]
+            for name in names:
+                if name != skip and await _post(pvs[name], ch.reading(name)):
+                    posted += 1
+        return posted
+
+    async def run_physics(self, tick: float) -> None:
+        """Step the model every `tick` seconds of wall time, publishing what changed."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        deadline = last + tick
+        while True:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            now = loop.time()
+            changed = self.model.step(min(now - last, 1.0))
+            last = now
+            await self.sync(changed, PHYSICS_PARAMS)
+            deadline += tick
+            if deadline < now:  # fell behind: don't try to catch up with a burst
+                deadline = now + tick
+
+
+async def _post(pv: ChannelData, value: Any) -> bool:
+    """Write `value` to `pv` (firing monitors) if it differs from the PV's value."""
+    if pv.value == value:
+        return False
+    await pv.write(value, verify_value=False)
+    return True
+
+
+class _QuietCaproto(logging.Filter):
+    """Keep caproto's log readable: no tracebacks for routine events.
+
+    Beacons bounce when no CA repeater listens (ICMP unreachable): dropped. A put the crate
+    rejects is one line with the reason, not a traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to send beacon"):
+            return False
+        if record.exc_info and str(record.msg).startswith("Invalid write request"):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def boards_of(crate: CrateConfig) -> dict[int, tuple[str, int]]:
+    """The model's board map from the lab configuration."""
+    return {slot: (b.kind.value, b.channels) for slot, b in crate.boards.items()}
+
+
+def port_of(address: str) -> int:
+    """The port in a `host[:port]` address, 5064 when absent."""
+    host, sep, port = address.rpartition(":")
+    return int(port) if sep and host and port.isdigit() else DEFAULT_CA_PORT
+
+
+def configure_environment(host: str, port: int, beacon_port: int) -> None:
+    """caproto reads its settings from the environment: bind `host:port` only."""
+    os.environ.update(
+        EPICS_CA_SERVER_PORT=str(port),
+        EPICS_CAS_SERVER_PORT=str(port),
+        EPICS_CAS_INTF_ADDR_LIST=host,
+        EPICS_CAS_BEACON_PORT=str(beacon_port),
+        EPICS_CAS_AUTO_BEACON_ADDR_LIST="NO",
+        EPICS_CAS_BEACON_ADDR_LIST=host,
+    )
+
+
+async def serve(server: CrateServer, host: str, port: int, tick: float, ready_line: str) -> int:
+    """Serve until cancelled (SIGTERM/SIGINT); return the exit status."""
+    ctx = Context(server.pvdb, [host])
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    failure: list[str] = []
+
+    async def startup(_async_lib: Any) -> None:
+        if ctx.port != port:  # caproto silently falls back to a random TCP port
+            failure.append(f"TCP port {host}:{port} is in use")
+            main.cancel()
+            return
+        print(ready_line, file=sys.stderr, flush=True)
+        await server.run_physics(tick)
+
+    with contextlib.suppress(asyncio.CancelledError):
+        await ctx.run(startup_hook=startup)
+    if failure:
+        print(f"trackerdcs-sim-crate: {failure[0]}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trackerdcs-sim-crate",
+        description="Simulated CAEN SY4527 crate serving Channel Access PVs.",
+    )
+    p.add_argument("--config", required=True, help="lab YAML file")
+    p.add_argument("--crate", help="crate name (default: the first crate)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="CA server port (default: from the crate address)")
+    p.add_argument("--beacon-port", type=int, help="CA beacon port (default: port + 1)")
+    p.add_argument("--tick", type=float, default=0.1, help="physics step, s (default 0.1)")
+    p.add_argument("--noise", type=float, default=0.005, help="relative IMon noise (0.005)")
+    p.add_argument("--seed", type=int, default=0, help="noise random seed (default 0)")
+    p.add_argument("--churn", action="store_true", help="benchmark: readings change every second")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        lab = load_config(args.config)
+        crate = lab.crate(args.crate) if args.crate else lab.crates[0]
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (KeyError, IndexError):
+        print(f"{args.config}: no crate {args.crate or ''}".rstrip(), file=sys.stderr)
+        return 2
+    if args.tick <= 0 or args.noise < 0:
+        print("--tick must be > 0 and --noise >= 0", file=sys.stderr)
+        return 2
+    port = args.port or port_of(crate.address)
+    beacon_port = args.beacon_port or (port + 1 if port < 65535 else port)
+    configure_environment(args.host, port, beacon_port)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("caproto.ctx", "caproto.circ"):
+        logging.getLogger(name).addFilter(_QuietCaproto())
+    model = SimCrate(boards_of(crate), args.seed, noise=args.noise, churn=args.churn)
+    server = CrateServer(crate.system, model)
+    ready = (
+        f"sim crate {crate.name} ({crate.system}) serving {len(server.pvdb)} PVs "
+        f"on {args.host}:{port}"
+    )
+    try:
+        return asyncio.run(serve(server, args.host, port, args.tick, ready))
+    except OSError as exc:
+        print(f"trackerdcs-sim-crate: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
