@@ -219,3 +219,15 @@ def test_refresh_republishes_and_availability_is_retained(power_lab, broker):
         assert late.wait_for("/hv/status").retain
     finally:
         late.close()
+
+
+def test_reconnect_command_recreates_the_channels(power_lab):
+    lab = power_lab
+    writes = lab.writes()
+    since = lab.client.mark()
+    assert lab.command("/hv/cmd/reconnect", "")["ok"]
+    # the fresh channels connect and the daemon writes the protection settings again
+    wait_for(lambda: lab.writes() >= writes + 8 * 5, timeout=5)
+    for prefix in ("/hv", "/lv"):
+        lab.wait_status(prefix, lambda chs: all(c["state"] == "OFF" for c in chs), since=since)
+    assert lab.command("/hv/cmd/setv/0", 3)["ok"]

@@ -1,12 +1,19 @@
-"""A crate through its EPICS Channel Access server, with pyepics monitors (no polling).
+"""A crate through its EPICS Channel Access server: pyepics' `ca` layer, monitors, no polling.
 
-Every channel parameter is one PV `<SYSNAME>:<SS>:<CCC>:<Param>`. Readbacks arrive as CA monitor
-callbacks; a channel counts as connected when all its PVs are. When the crate goes away the CA
-circuit drops, every PV reports a disconnection, and libca searches again by itself: when the
-crate is back the PVs reconnect and the monitors resume without any help from the daemon.
+Every channel parameter is one CA channel `<SYSNAME>:<SS>:<CCC>:<Param>`. Readbacks arrive as
+monitor callbacks (subscriptions with an explicit DBR type, so they are installed before the
+channel connects and reinstalled by libca after every reconnection); a channel counts as connected
+when all its parameters are.
 
-libca reads its environment once per process, when it is first used, so the address of the crate
-is put into the environment before pyepics is imported: one daemon process per crate.
+Crate lost: the CA circuit drops and every channel reports a disconnection at once (an
+unresponsive crate is declared lost after `EPICS_CA_CONN_TMO`, set from the crate's
+`connect_timeout`). libca then searches with a growing back-off, which can take tens of seconds to
+notice a crate that reboots. So while the whole crate is gone a watchdog recreates one probe
+channel every `probe_interval` (a fresh channel is searched at once) and, when the probe
+connects, recreates every channel: recovery within about a second of the crate's return.
+
+libca reads its environment once per process, when it is first used, so the crate's address is
+put into the environment before pyepics is imported: one daemon process per crate.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from trackerdcs.config import CrateConfig
@@ -28,11 +36,12 @@ from trackerdcs.power.pvnames import channel_pv, system_pv
 
 log = logging.getLogger(__name__)
 
-# Enumerated parameters: monitored with their control data, so that writes of their names
-# ('On', 'Kill') can be turned into indices without a blocking read.
-ENUM_PARAMS = frozenset({"Pw", "PDwn"})
-# Written but not monitored: connected like the others, read only on demand.
+# The DBR type each monitored parameter is requested as (CA converts from the native type).
+MONITOR_TYPES = {"V0Set": "DOUBLE", "I0Set": "DOUBLE", "VMon": "DOUBLE", "IMon": "DOUBLE",
+                 "Pw": "LONG", "Status": "LONG"}  # fmt: skip
+# Written but not monitored.
 WRITE_ONLY_PARAMS = tuple(p for p in WRITABLE_PARAMS if p not in MONITORED_PARAMS)
+CHANNEL_PARAMS = (*MONITORED_PARAMS, *WRITE_ONLY_PARAMS)
 
 
 def ca_environment(crate: CrateConfig) -> dict[str, str]:
@@ -40,119 +49,186 @@ def ca_environment(crate: CrateConfig) -> dict[str, str]:
     return {
         "EPICS_CA_ADDR_LIST": crate.address,
         "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        # echo timeout: a crate that stops answering is declared lost within this time
         "EPICS_CA_CONN_TMO": f"{crate.connect_timeout:g}",
-        "EPICS_CA_MAX_SEARCH_PERIOD": "60",
     }
+
+
+@dataclass
+class _Chan:
+    """One CA channel we hold, and what keeps its callbacks alive."""
+
+    chid: Any
+    subscription: Any = None
 
 
 class EpicsBackend:
     """`PowerBackend` over Channel Access."""
 
-    def __init__(self, crate: CrateConfig, addresses: list[ChannelAddress]) -> None:
+    def __init__(
+        self, crate: CrateConfig, addresses: list[ChannelAddress], probe_interval: float = 0.5
+    ) -> None:
         self.crate = crate
         self.addresses = list(addresses)
+        self.probe_interval = probe_interval
         self._sink: BackendSink | None = None
-        self._pvs: dict[tuple[ChannelAddress, str], Any] = {}
-        self._clear_pv: Any = None
-        self._connected_pvs: dict[ChannelAddress, set[str]] = {a: set() for a in self.addresses}
+        self._ca: Any = None
+        self._dbr: Any = None
+        self._chans: dict[tuple[ChannelAddress, str], _Chan] = {}
+        self._clear: _Chan | None = None
+        self._up: dict[ChannelAddress, set[str]] = {}
         self._lock = threading.Lock()
-        self._epics: Any = None
+        self._reconnecting = threading.Lock()
+        self._crate_lost = threading.Event()
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._generation = 0  # callbacks of channels from an earlier generation are ignored
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self, sink: BackendSink) -> None:
         self._sink = sink
         os.environ.update(ca_environment(self.crate))
-        import epics
+        from epics import ca, dbr  # libca must see the environment set above
 
-        self._epics = epics
-        self._create_pvs()
-
-    def _create_pvs(self) -> None:
-        epics = self._epics
-        system = self.crate.system
-        for addr in self.addresses:
-            for param in (*MONITORED_PARAMS, *WRITE_ONLY_PARAMS):
-                name = channel_pv(system, addr.board, addr.channel, param)
-                monitored = param in MONITORED_PARAMS or param in ENUM_PARAMS
-                pv = epics.PV(
-                    name,
-                    form="ctrl" if param in ENUM_PARAMS else "native",
-                    auto_monitor=monitored,
-                    callback=self._monitor_callback(addr, param) if monitored else None,
-                    connection_callback=self._connection_callback(addr, param),
-                    connection_timeout=self.crate.connect_timeout,
-                )
-                self._pvs[(addr, param)] = pv
-        self._clear_pv = epics.PV(system_pv(system, "ClearAlarm"), form="ctrl", auto_monitor=False)
-        log.info("created %d PVs for crate %s (%s)", len(self._pvs) + 1, self.crate.name, system)
+        self._ca, self._dbr = ca, dbr
+        ca.initialize_libca()
+        self._create_all()
+        self._watchdog = threading.Thread(target=self._watch, name="ca-watchdog", daemon=True)
+        self._watchdog.start()
 
     def stop(self) -> None:
-        for pv in self._pvs.values():
-            pv.clear_callbacks()
-            pv.disconnect()
-        if self._clear_pv is not None:
-            self._clear_pv.disconnect()
-        self._pvs.clear()
+        self._stop.set()
+        self._crate_lost.set()  # wakes the watchdog
+        if self._watchdog is not None:
+            self._watchdog.join(2)
+        self._clear_all()
 
     def reconnect(self) -> None:
-        """Drop every PV and create them again (CA searches for the crate anew)."""
-        log.info("reconnecting to crate %s", self.crate.name)
-        self.stop()
+        """Drop every channel and create them anew (CA searches for the crate at once)."""
+        log.info("crate %s: reconnecting every channel", self.crate.name)
+        with self._reconnecting:
+            self._ca.use_initial_context()
+            self._clear_all()
+            if self._sink is not None:
+                for addr in self.addresses:
+                    self._sink.on_connection(addr, False)
+            self._create_all()
+
+    def _create_all(self) -> None:
+        ca, dbr = self._ca, self._dbr
         with self._lock:
-            self._connected_pvs = {a: set() for a in self.addresses}
-        if self._sink is not None:
-            for addr in self.addresses:
-                self._sink.on_connection(addr, False)
-        self._create_pvs()
+            self._generation += 1
+            generation = self._generation
+            self._up = {a: set() for a in self.addresses}
+        system = self.crate.system
+        for addr in self.addresses:
+            for param in CHANNEL_PARAMS:
+                name = channel_pv(system, addr.board, addr.channel, param)
+                chid = ca.create_channel(
+                    name, connect=False, auto_cb=False,
+                    callback=self._on_connection(generation, addr, param),
+                )  # fmt: skip
+                chan = _Chan(chid)
+                if param in MONITOR_TYPES:
+                    chan.subscription = ca.create_subscription(
+                        chid,
+                        ftype=getattr(dbr, MONITOR_TYPES[param]),
+                        callback=self._on_monitor(generation, addr, param),
+                    )
+                self._chans[(addr, param)] = chan
+        self._clear = _Chan(ca.create_channel(system_pv(system, "ClearAlarm"), auto_cb=False))
+        log.info("crate %s: %d channels created", self.crate.name, len(self._chans) + 1)
+
+    def _clear_all(self) -> None:
+        ca = self._ca
+        if ca is None:
+            return
+        with self._lock:
+            self._generation += 1
+        chans = list(self._chans.values()) + ([self._clear] if self._clear else [])
+        self._chans.clear()
+        self._clear = None
+        for chan in chans:
+            if chan.subscription is not None:
+                ca.clear_subscription(chan.subscription[2])
+            ca.clear_channel(chan.chid)
+        ca.flush_io()
 
     # -- callbacks (libca threads) ----------------------------------------------------------------
-    def _monitor_callback(self, addr: ChannelAddress, param: str):
-        def callback(value=None, **_: Any) -> None:
-            if value is not None and self._sink is not None and param in MONITORED_PARAMS:
-                self._sink.on_readback(addr, param, value)
+    def _on_monitor(self, generation: int, addr: ChannelAddress, param: str):
+        sink = self._sink
+
+        def callback(value: Any = None, **_: Any) -> None:
+            if value is not None and generation == self._generation:
+                sink.on_readback(addr, param, value)
 
         return callback
 
-    def _connection_callback(self, addr: ChannelAddress, param: str):
-        wanted = len(MONITORED_PARAMS) + len(WRITE_ONLY_PARAMS)
+    def _on_connection(self, generation: int, addr: ChannelAddress, param: str):
+        wanted = len(CHANNEL_PARAMS)
 
         def callback(conn: bool = False, **_: Any) -> None:
             with self._lock:
-                names = self._connected_pvs[addr]
+                if generation != self._generation:
+                    return
+                names = self._up[addr]
                 before = len(names) == wanted
-                if conn:
-                    names.add(param)
-                else:
-                    names.discard(param)
+                (names.add if conn else names.discard)(param)
                 after = len(names) == wanted
-            if before != after and self._sink is not None:
+                lost = not conn and not any(self._up.values())
+            if lost and not self._crate_lost.is_set():
+                log.warning("crate %s lost: every channel disconnected", self.crate.name)
+                self._crate_lost.set()
+            if before != after:
                 self._sink.on_connection(addr, after)
 
         return callback
+
+    # -- recovery ---------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """While the whole crate is gone, probe for it with fresh channels; then reconnect."""
+        ca = self._ca
+        ca.use_initial_context()
+        while not self._stop.is_set():
+            self._crate_lost.wait()
+            if self._stop.is_set():
+                return
+            probe_name = system_pv(self.crate.system, "ClearAlarm")
+            with self._reconnecting:  # the probe takes the place of our ClearAlarm channel
+                if self._clear is not None:
+                    ca.clear_channel(self._clear.chid)
+                    self._clear = None
+            probe = None
+            while not self._stop.is_set():
+                if probe is not None:
+                    ca.clear_channel(probe)
+                probe = ca.create_channel(probe_name, auto_cb=False)
+                if ca.connect_channel(probe, timeout=self.probe_interval):
+                    break
+            if probe is not None:
+                ca.clear_channel(probe)
+            if self._stop.is_set():
+                return
+            log.info("crate %s answers again", self.crate.name)
+            self._crate_lost.clear()
+            if not any(self._up.values()):
+                self.reconnect()
 
     # -- writes -----------------------------------------------------------------------------------
     def write(self, addr: ChannelAddress, param: str, value: float | int | str) -> None:
         if param not in WRITABLE_PARAMS:
             raise BackendError(f"{param} is not a writable parameter")
-        pv = self._pvs.get((addr, param))
-        if pv is None or not pv.connected:
-            raise BackendError(
-                f"{channel_pv(self.crate.system, addr.board, addr.channel, param)} not connected"
-            )
-        if isinstance(value, str):
-            value = self._enum_index(pv, value)
-        pv.put(value, wait=False)
+        chan = self._chans.get((addr, param))
+        self._put(
+            chan, value, lambda: channel_pv(self.crate.system, addr.board, addr.channel, param)
+        )
 
     def clear_alarm(self) -> None:
-        pv = self._clear_pv
-        if pv is None or not pv.connected:
-            raise BackendError(f"{system_pv(self.crate.system, 'ClearAlarm')} not connected")
-        pv.put(1, wait=False)
+        self._put(self._clear, "Yes", lambda: system_pv(self.crate.system, "ClearAlarm"))
 
-    @staticmethod
-    def _enum_index(pv: Any, name: str) -> int:
-        strings = pv.enum_strs or ()
-        if name not in strings:
-            raise BackendError(f"{pv.pvname}: {name!r} is not one of {list(strings)}")
-        return strings.index(name)
+    def _put(self, chan: _Chan | None, value: float | int | str, name) -> None:
+        ca = self._ca
+        if chan is None or not ca.isConnected(chan.chid):
+            raise BackendError(f"{name()} not connected")
+        # names of enum states ('On', 'Kill') go as strings: the server maps them to its indices
+        ftype = self._dbr.STRING if isinstance(value, str) else None
+        ca.put(chan.chid, value, wait=False, ftype=ftype)
