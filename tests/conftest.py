@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 from tests.mqttclient import TestClient
-from tests.simca import ca_get, ca_put
-from trackerdcs.power.pvnames import channel_pv
+from tests.simca import SimCrateProcess
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.process import ManagedProcess, free_port
 
@@ -100,12 +99,11 @@ class PowerLab:
         )
         data = yaml.safe_load(self.config.read_text())
         self.system = data["crates"][0]["system"]
-        self.crate = python_process(
-            "sim crate",
-            "trackerdcs.sim.crate",
-            ["--config", str(self.config), "--noise", "0", "--tick", "0.05"],
-            workdir / f"{name}-crate.log",
-            ready=_logged("serving"),
+        self.crate = SimCrateProcess(
+            self.config,
+            self.ca_port,
+            ["--noise", "0", "--tick", "0.05"],
+            log_path=workdir / f"{name}-crate.log",
         )
         self.daemon = python_process(
             "power daemon",
@@ -132,16 +130,16 @@ class PowerLab:
 
     # simulator side (Channel Access, as a crate client would see it)
     def pv(self, board: int, channel: int, param: str) -> str:
-        return channel_pv(self.system, board, channel, param)
+        return self.crate.pv(board, channel, param)
 
     def get(self, pv: str):
-        return ca_get(self.ca_port, pv)
+        return self.crate.get(pv)
 
     def put(self, pv: str, value) -> None:
-        ca_put(self.ca_port, pv, value)
+        self.crate.put(pv, value)
 
     def writes(self) -> int:
-        return int(self.get(f"{self.system}:Sim:Writes"))
+        return self.crate.writes()
 
     # MQTT side
     def command(self, topic: str, payload, timeout: float = 5.0) -> dict:

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import re
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from caproto import ChannelType
 from caproto.sync import client as ca_client
+
+from trackerdcs.power.pvnames import channel_pv
+from trackerdcs.stack.process import ManagedProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"sim crate (?P<name>\S+) \((?P<system>[^)]+)\) serving (?P<pvs>\d+) PVs on ")
@@ -32,21 +30,6 @@ _env_lock = threading.Lock()
 
 class CAPutError(Exception):
     """The server rejected a put."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on `host` (CA uses the same number for both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free TCP+UDP port")
 
 
 @contextlib.contextmanager
@@ -142,22 +125,15 @@ class CAMonitor:
         self.close()
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.02) -> T:
-    """Poll `predicate` until it returns something truthy; AssertionError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
-        time.sleep(interval)
+def wait_for(predicate: Callable[[], T], timeout: float = 5.0) -> T:
+    """Poll `predicate` until it returns something truthy; TimeoutError after `timeout` s."""
+    return wait_until(predicate, timeout, "the condition")
 
 
-class SimCrateProcess:
+class SimCrateProcess(ManagedProcess):
     """`python -m trackerdcs.sim.crate` on a loopback port, stopped by PID.
 
-    Usable as a context manager. `restart()` comes back on the same port.
+    Usable as a context manager. `start()` again (or `restart()`) comes back on the same port.
     """
 
     def __init__(
@@ -166,96 +142,36 @@ class SimCrateProcess:
         port: int | None = None,
         args: Sequence[str] = (),
         *,
+        log_path: Path | None = None,
         ready_timeout: float = 20.0,
     ) -> None:
         self.config = Path(config)
         self.port = port or free_port()
-        self.args = list(args)
-        self.ready_timeout = ready_timeout
-        self.proc: subprocess.Popen[str] | None = None
         self.system = ""
         self.pv_count = 0
-        self.stderr: list[str] = []
-        self.start_time = 0.0  # s from spawn to the ready line, last start
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "trackerdcs.sim.crate", "--config", str(self.config),
-                "--port", str(self.port), *self.args]  # fmt: skip
-
-    def start(self) -> SimCrateProcess:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        super().__init__(
+            "sim crate",
+            [sys.executable, "-m", "trackerdcs.sim.crate", "--config", str(self.config),
+             "--port", str(self.port), *args],
+            log_path=log_path or self.config.with_name(f"{self.config.stem}-crate-{self.port}.log"),
+            ready=self._ready,
+            ready_timeout=ready_timeout,
             cwd=ROOT,
-        )
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._drain, args=(self.proc, lines), daemon=True).start()
-        self._await_ready(lines)
-        self.start_time = time.monotonic() - t0
-        return self
+        )  # fmt: skip
 
-    def _drain(self, proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            self.stderr.append(line.rstrip("\n"))
-            lines.put(line)
-        lines.put(None)
-
-    def _await_ready(self, lines: queue.Queue[str | None]) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                self.kill()
-                raise RuntimeError(f"sim crate not ready in {self.ready_timeout} s") from None
-            if line is None:
-                code = self.proc.wait() if self.proc else None
-                output = "\n".join(self.stderr)
-                raise RuntimeError(f"sim crate exited ({code}) before ready:\n{output}")
-            match = READY.search(line)
-            if match:
-                self.system = match["system"]
-                self.pv_count = int(match["pvs"])
-                return
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM, wait; SIGKILL if it does not exit in `timeout` s. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, no clean shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    def _ready(self, _: ManagedProcess) -> bool:
+        match = READY.search(self.output())
+        if match:
+            self.system = match["system"]
+            self.pv_count = int(match["pvs"])
+        return bool(match)
 
     def restart(self) -> SimCrateProcess:
-        """Stop and start again on the same port (the crate's state is lost, as on power cycle)."""
-        self.stop()
+        self.stop()  # the old server must be gone: its UDP socket would still answer searches
         return self.start()
 
     def pv(self, board: int, channel: int, param: str) -> str:
-        return f"{self.system}:{board:02d}:{channel:03d}:{param}"
+        return channel_pv(self.system, board, channel, param)
 
     def get(self, pv: str, **kw: Any) -> Any:
         return ca_get(self.port, pv, **kw)
@@ -264,11 +180,5 @@ class SimCrateProcess:
         ca_put(self.port, pv, value, **kw)
 
     def writes(self) -> int:
-        """The crate's count of client puts to real parameters (`<SYS>:Sim:Writes`)."""
+        """The simulator's count of client puts to crate parameters."""
         return int(self.get(f"{self.system}:Sim:Writes"))
-
-    def __enter__(self) -> SimCrateProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
