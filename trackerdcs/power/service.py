@@ -297,18 +297,22 @@ class PowerService:
         if reasons:
             raise CommandError("; ".join(reasons))
 
+    @staticmethod
+    def _check_maximum(targets: list[PowerChannel], value: float, limit: str, unit: str) -> None:
+        """Refuse `value` above the `limit` (a ChannelLimits field) of any target."""
+        reasons = [
+            f"{value:g} {unit} exceeds the maximum {getattr(c.limits, limit):g} {unit} of {c.name}"
+            for c in targets
+            if value > getattr(c.limits, limit)
+        ]
+        if reasons:
+            raise CommandError("; ".join(reasons))
+
     def _cmd_setv(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         volts = parse_number(value, "voltage")
         if volts < 0:
             raise CommandError(f"voltage must not be negative, got {volts:g} V")
-        too_high = [c for c in targets if volts > c.limits.vmax]
-        if too_high:
-            raise CommandError(
-                "; ".join(
-                    f"{volts:g} V exceeds the maximum {c.limits.vmax:g} V of {c.name}"
-                    for c in too_high
-                )
-            )
+        self._check_maximum(targets, volts, "vmax", "V")
         self._check_allowed(targets, "set_voltage")
         return self._write_all(targets, "V0Set", volts)
 
@@ -317,14 +321,7 @@ class PowerService:
         amps = parse_number(value, "current limit")
         if amps <= 0:
             raise CommandError(f"current limit must be positive, got {amps:g} {unit}")
-        too_high = [c for c in targets if amps > c.limits.imax]
-        if too_high:
-            raise CommandError(
-                "; ".join(
-                    f"{amps:g} {unit} exceeds the maximum {c.limits.imax:g} {unit} of {c.name}"
-                    for c in too_high
-                )
-            )
+        self._check_maximum(targets, amps, "imax", unit)
         self._check_allowed(targets, "set_current")
         return self._write_all(targets, "I0Set", amps)
 
