@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -153,7 +154,7 @@ class SimCrateProcess(ManagedProcess):
             "sim crate",
             [sys.executable, "-m", "trackerdcs.sim.crate", "--config", str(self.config),
              "--port", str(self.port), *args],
-            log_path=log_path or self.config.with_name(f"{self.config.stem}-crate-{self.port}.log"),
+            log_path=log_path or Path(tempfile.gettempdir()) / f"sim-crate-{self.port}.log",
             ready=self._ready,
             ready_timeout=ready_timeout,
             cwd=ROOT,
