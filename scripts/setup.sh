@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients socat python3-venv)
+# mosquitto: the broker; influxdb: the time-series store (v1 API); chromium: the UI tests' browser;
+# docker-compose (v1): validates the compose files without a Docker engine.
+APT_PACKAGES=(mosquitto mosquitto-clients socat python3-venv influxdb influxdb-client chromium
+              docker-compose)
 VENV=${TRACKERDCS_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
@@ -19,6 +22,8 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Node.js for Node-RED: any node >= 18 on PATH will do (Debian's packages otherwise).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing apt packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -43,5 +48,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
     "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
     echo "$want" > "$stamp"
+fi
+# Node-RED and its dashboard, pinned by node-red/package.json (and its lock file, when present).
+if [ -f node-red/package.json ]; then
+    nstamp=node-red/node_modules/.package.sha256
+    nwant=$(cat node-red/package.json node-red/package-lock.json 2>/dev/null | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$nstamp" ] || [ "$(cat "$nstamp")" != "$nwant" ]; then
+        say "installing Node-RED packages (npm)"
+        (cd node-red && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+        echo "$nwant" > "$nstamp"
+    fi
 fi
 say "ready"
