@@ -30,12 +30,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     sudo_cmd apt-get update -qq
     sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts a system-wide mosquitto on 0.0.0.0:1883 after installing it; the local stack
-# runs its own broker on 127.0.0.1, so stop the packaged service where systemd runs it.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
-    say "stopping the packaged mosquitto service (the stack runs its own broker)"
-    sudo_cmd systemctl disable --now mosquitto >/dev/null 2>&1 || true
-fi
+# Debian starts system-wide mosquitto and influxdb services (on all interfaces) after installing
+# them; the local stack runs its own, on 127.0.0.1, so stop the packaged ones where systemd runs.
+for service in mosquitto influxdb; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+        say "stopping the packaged $service service (the stack runs its own)"
+        sudo_cmd systemctl disable --now "$service" >/dev/null 2>&1 || true
+    fi
+done
 
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating virtualenv $VENV"
