@@ -85,6 +85,7 @@ class ChannelLimits(_Model):
     rup: PositiveFloat  # ramp-up rate, V/s
     rdwn: PositiveFloat  # ramp-down rate, V/s
     trip: NonNegFloat  # time over the current limit before the channel trips, s
+    kill_rate: PositiveFloat = 1000.0  # ramp-down rate for `kill`, V/s (the board's fastest)
     pdwn: PowerDownMode = PowerDownMode.KILL
     vdeadband: NonNegFloat = 0.5  # VMon change that triggers a status publish, V
     ideadband: NonNegFloat = 0.5  # IMon change that triggers a status publish, µA or A
@@ -129,6 +130,7 @@ class ChannelConfig(_Model):
     rup: PositiveFloat | None = None
     rdwn: PositiveFloat | None = None
     trip: NonNegFloat | None = None
+    kill_rate: PositiveFloat | None = None
     pdwn: PowerDownMode | None = None
     vdeadband: NonNegFloat | None = None
     ideadband: NonNegFloat | None = None
@@ -175,10 +177,21 @@ class PublishConfig(_Model):
     min_interval: NonNegFloat = 0.02  # coalesce bursts of changes into one publish per interval, s
 
 
+class FailsafeConfig(_Model):
+    """What a power daemon does by itself when it loses its supervision (the broker)."""
+
+    enabled: bool = True
+    broker_timeout: PositiveFloat = 30.0  # s without the broker before HV is ramped down
+
+
 class PowerConfig(_Model):
     defaults: dict[ChannelKind, dict[str, Any]] = {}
     channels: list[ChannelConfig] = []
     publish: PublishConfig = PublishConfig()
+    failsafe: FailsafeConfig = FailsafeConfig()
+    # refuse switching a module's LV off while its HV is on (the daemon is where it can be refused)
+    lv_off_requires_hv_off: bool = True
+    interlock_topic: str = "/interlock/status"  # inhibits: switching HV on refused while active
 
     @field_validator("defaults")
     @classmethod
@@ -191,6 +204,136 @@ class PowerConfig(_Model):
         return v
 
 
+_URL_SCHEMES = ("socket://", "tcp://", "serial://", "rfc2217://")
+
+
+def _check_line_url(value: str) -> str:
+    """A serial line: a device path, `serial://PATH`, `socket://HOST:PORT` or `tcp://HOST:PORT`."""
+    if value.startswith("/") or value.startswith(_URL_SCHEMES):
+        if value.startswith(("socket://", "tcp://")):
+            host, sep, port = value.split("://", 1)[1].rpartition(":")
+            if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"expected {value.split('://')[0]}://HOST:PORT, got {value!r}")
+        return value
+    raise ValueError(
+        f"expected a device path (/dev/ttyUSB0), socket://HOST:PORT or tcp://HOST:PORT, "
+        f"got {value!r}"
+    )
+
+
+def _check_prefix(value: str) -> str:
+    if not value.startswith("/") or value.endswith("/") or "#" in value or "+" in value:
+        raise ValueError(f"must look like '/julabo': got {value!r}")
+    return value
+
+
+def loopback_port(url: str) -> int | None:
+    """The port of a `socket://` / `tcp://` URL on 127.0.0.1 or localhost, else None."""
+    if not url.startswith(("socket://", "tcp://")):
+        return None
+    host, _, port = url.split("://", 1)[1].rpartition(":")
+    return int(port) if host in ("127.0.0.1", "localhost") and port.isdigit() else None
+
+
+class SerialLineConfig(_Model):
+    """Serial settings of a line (ignored on `socket://` lines, whose far end owns them)."""
+
+    baudrate: int = Field(4800, gt=0)
+    bytesize: Literal[5, 6, 7, 8] = 7
+    parity: Literal["N", "E", "O", "M", "S"] = "E"
+    stopbits: Literal[1, 1.5, 2] = 1
+    rtscts: bool = True
+    xonxoff: bool = False
+
+
+class JulaboConfig(_Model):
+    """A Julabo chiller on a serial line (or a serial line exposed over TCP)."""
+
+    url: str  # /dev/ttyUSB0, serial:///dev/ttyS0, socket://HOST:PORT, tcp://HOST:PORT
+    serial: SerialLineConfig = SerialLineConfig()
+    write_delay: NonNegFloat = 0.25  # s before and after an OUT_ command (the manual's timing)
+    query_delay: NonNegFloat = 0.1  # s between two queries
+    timeout: PositiveFloat = 0.5  # s to wait for one reply; no reply = line lost
+    setpoint_min: float = -30.0  # lowest set point accepted from a command, °C
+    setpoint_max: float = 40.0  # highest set point accepted from a command, °C
+    poll_interval: PositiveFloat = 1.0  # s from the start of one poll of the unit to the next
+    heartbeat: PositiveFloat = 10.0  # republish the status at least this often, s
+    reconnect_min_delay: PositiveFloat = 0.5  # first retry after the line is lost, s
+    reconnect_max_delay: PositiveFloat = 5.0  # backoff ceiling, s
+    prefix: str = "/julabo"
+
+    @field_validator("url")
+    @classmethod
+    def _url_form(cls, v: str) -> str:
+        return _check_line_url(v)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_form(cls, v: str) -> str:
+        return _check_prefix(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JulaboConfig:
+        if self.setpoint_min >= self.setpoint_max:
+            raise ValueError(
+                f"setpoint_min {self.setpoint_min} must be below setpoint_max {self.setpoint_max}"
+            )
+        if self.reconnect_min_delay > self.reconnect_max_delay:
+            raise ValueError("reconnect_min_delay exceeds reconnect_max_delay")
+        return self
+
+
+class SensorKind(StrEnum):
+    ROOM = "room"  # temperature and relative humidity (and the dew point derived from them)
+    MODULE = "module"  # a module's temperature
+
+
+class SensorConfig(_Model):
+    """One environmental sensor, published on `/<name>/status`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    kind: SensorKind = SensorKind.ROOM
+    module: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")  # kind module only
+    source: str = "sim"  # `sim`, a device path, socket://HOST:PORT or tcp://HOST:PORT
+    baudrate: int = Field(9600, gt=0)  # serial sources only (8N1)
+    stale_timeout: PositiveFloat = 10.0  # no good reading for this long: stale, s
+    publish_interval: PositiveFloat = 2.0  # status published at this period, s
+    max_temperature: float | None = None  # the module's temperature limit, °C (published)
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, v: str) -> str:
+        return v if v == "sim" else _check_line_url(v)
+
+    @model_validator(mode="after")
+    def _module_matches_kind(self) -> SensorConfig:
+        if self.kind is SensorKind.MODULE and not self.module:
+            raise ValueError("a module sensor needs 'module' (the module it measures)")
+        if self.kind is SensorKind.ROOM and self.module:
+            raise ValueError("'module' is only for kind: module")
+        return self
+
+    @property
+    def prefix(self) -> str:
+        return f"/{self.name}"
+
+
+class VirtualLabConfig(_Model):
+    """The coupled simulators of `trackerdcs-sim-lab` (ignored by the daemons)."""
+
+    crate: str | None = None  # the crate the lab serves (default: the first crate)
+    speed: PositiveFloat = 1.0  # simulated seconds per wall second of the thermal physics
+    tick: PositiveFloat = 0.1  # physics step, wall s
+    room_temperature: float = 21.0  # °C: room sensors, the chiller's ambient
+    room_humidity: float = Field(45.0, ge=0, le=100)  # % RH of the room sensors
+    module_lag: PositiveFloat = 120.0  # thermal time constant of a module toward the bath, s
+    leakage_doubling: PositiveFloat = 7.0  # K for the HV leakage current to double
+    reference_temperature: float = 20.0  # °C at which the leakage scale is 1
+    chiller_rate: PositiveFloat = 2.0  # K/min the simulated chiller ramps at
+    line_interval: PositiveFloat = 1.0  # s between two lines of a simulated sensor
+    control_port: int | None = Field(None, ge=1, le=65535)  # backdoor on 127.0.0.1 (tests)
+
+
 class LabConfig(_Model):
     """The whole lab."""
 
@@ -198,6 +341,9 @@ class LabConfig(_Model):
     mqtt: MqttConfig = MqttConfig()
     crates: list[CrateConfig] = []
     power: PowerConfig = PowerConfig()
+    julabo: JulaboConfig | None = None
+    sensors: list[SensorConfig] = []
+    virtual_lab: VirtualLabConfig | None = None
 
     @model_validator(mode="after")
     def _cross_check(self) -> LabConfig:
@@ -244,7 +390,44 @@ class LabConfig(_Model):
                 raise ValueError(f"{where}: board {ch.board} channel {ch.channel} is used twice")
             places.add(place)
             self.limits_for(ch)  # the merged limits must be consistent
+        self._check_cooling(seen_prefix)
         return self
+
+    def _check_cooling(self, prefixes: dict[str, str]) -> None:
+        """Julabo, sensors and virtual lab against the rest of the lab."""
+        taken = dict(prefixes)
+        if self.julabo is not None:
+            if self.julabo.prefix in taken:
+                raise ValueError(
+                    f"julabo.prefix: {self.julabo.prefix!r} is already used by crate "
+                    f"{taken[self.julabo.prefix]!r}"
+                )
+            taken[self.julabo.prefix] = "julabo"
+        modules = {ch.module for ch in self.power.channels if ch.module}
+        for i, sensor in enumerate(self.sensors):
+            where = f"sensors.{i}"
+            if sensor.prefix in taken:
+                owner = taken[sensor.prefix]
+                raise ValueError(
+                    f"{where}.name: topic {sensor.prefix!r} is already used by {owner}"
+                )
+            taken[sensor.prefix] = f"sensor {sensor.name}"
+            if sensor.module and modules and sensor.module not in modules:
+                raise ValueError(
+                    f"{where}.module: no power channel powers module {sensor.module!r} "
+                    f"(known: {', '.join(sorted(modules))})"
+                )
+        lab_crate = self.virtual_lab.crate if self.virtual_lab else None
+        if lab_crate is not None and lab_crate not in {c.name for c in self.crates}:
+            raise ValueError(f"virtual_lab.crate: no crate named {lab_crate!r}")
+
+    def modules(self) -> dict[str, list[ChannelConfig]]:
+        """Module name -> the power channels (HV and LV) that power it, in config order."""
+        out: dict[str, list[ChannelConfig]] = {}
+        for ch in self.power.channels:
+            if ch.module:
+                out.setdefault(ch.module, []).append(ch)
+        return out
 
     def crate(self, name: str) -> CrateConfig:
         for crate in self.crates:

@@ -50,6 +50,7 @@ OBSERVATIONS: dict[ChannelState, str] = {
 COMMANDS: dict[str, list[ChannelState]] = {
     "switch_on": _HEALTHY,
     "switch_off": _CONNECTED,
+    "kill": _CONNECTED,
     "set_voltage": _CONNECTED,
     "set_current": _CONNECTED,
 }
@@ -99,6 +100,7 @@ class PowerChannel:
             "Status": 0,
         }
         self.inhibits: dict[str, str] = {}  # name -> reason: switching on is refused while set
+        self.killed = False  # RDWn was raised by `kill`: restored before switching on again
         self._fresh: set[str] = set()  # readbacks received since the last disconnection
 
     @property
@@ -161,6 +163,7 @@ class PowerChannel:
             "status": status,
             "flags": flag_names(status),
             "state": str(self.state),
+            "interlocks": sorted(self.inhibits),
         }
 
 

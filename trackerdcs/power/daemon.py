@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+import time
 
-from trackerdcs.config import ConfigError, LabConfig, load_config
+from trackerdcs.config import ChannelKind, ConfigError, LabConfig, load_config
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import MqttLink
-from trackerdcs.power.backend import ChannelAddress, PowerBackend, make_backend
-from trackerdcs.power.channel import PowerChannel, make_machine
+from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend, make_backend
+from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,9 @@ log = logging.getLogger(__name__)
 class CrateDaemon:
     """Owns a crate's backend and the services of its prefixes; routes readbacks to them.
 
-    Backend callbacks arrive on foreign threads and are moved onto the asyncio loop here.
+    Backend and MQTT callbacks arrive on foreign threads and are moved onto the asyncio loop
+    here. The daemon also carries the safety duties that must hold even without supervision:
+    interlock inhibits, the LV-before-HV order, and the fail-safe on losing the broker.
     """
 
     def __init__(
@@ -39,23 +43,39 @@ class CrateDaemon:
         self.backend = backend or make_backend(self.crate, [c.address for c in channels])
         self.services: list[PowerService] = []
         self._route: dict[ChannelAddress, PowerService] = {}
+        self._broker_up: dict[str, bool] = {}
+        self._failsafe_timer: asyncio.TimerHandle | None = None
         for kind, prefix in self.crate.prefixes.items():
             mine = [c for c in channels if c.cfg.kind == kind]
-            if not mine:
-                continue
-            link = MqttLink(
-                cfg.mqtt,
-                prefix,
-                client_id=f"trackerdcs-{cfg.lab}-{self.crate.name}-{kind}",
-            )
-            service = PowerService(kind, prefix, mine, self.backend, link, cfg.power.publish, loop)
-            link._on_command = lambda cmd, s=service: loop.call_soon_threadsafe(
-                s.handle_command, cmd
-            )
-            self.services.append(service)
-            self._route.update({c.address: service for c in mine})
+            if mine:
+                self._add_service(kind, prefix, mine)
+        if cfg.power.lv_off_requires_hv_off:
+            for service in self.services:
+                if service.kind is ChannelKind.LV:
+                    service.guards.append(self._lv_off_guard)
 
-    # BackendSink, called from the backend's threads
+    def _add_service(self, kind: ChannelKind, prefix: str, channels: list[PowerChannel]) -> None:
+        loop = self.loop
+        hv = kind is ChannelKind.HV
+        link = MqttLink(
+            self.cfg.mqtt,
+            prefix,
+            client_id=f"trackerdcs-{self.cfg.lab}-{self.crate.name}-{kind}",
+            on_command=lambda cmd: loop.call_soon_threadsafe(service.handle_command, cmd),
+            on_connection=lambda up: loop.call_soon_threadsafe(self._on_broker, prefix, up),
+            subscribe=(self.cfg.power.interlock_topic,) if hv else (),
+            on_message=(
+                lambda msg: loop.call_soon_threadsafe(self.apply_interlocks, msg.payload)
+            ) if hv else None,
+        )  # fmt: skip
+        service = PowerService(
+            kind, prefix, channels, self.backend, link, self.cfg.power.publish, loop
+        )
+        self.services.append(service)
+        self._route.update({c.address: service for c in channels})
+        self._broker_up[prefix] = False
+
+    # -- BackendSink, called from the backend's threads -------------------------------------------
     def on_readback(self, addr: ChannelAddress, param: str, value) -> None:
         service = self._route.get(addr)
         if service is not None:
@@ -66,6 +86,100 @@ class CrateDaemon:
         if service is not None:
             self.loop.call_soon_threadsafe(service.on_connection, addr, connected)
 
+    # -- safety -----------------------------------------------------------------------------------
+    def _hv_channels(self) -> list[PowerChannel]:
+        return [c for s in self.services if s.kind is ChannelKind.HV for c in s.channels]
+
+    def _lv_off_guard(self, ch: PowerChannel, command: str) -> str | None:
+        """Refuse LV off (or kill) while HV of the same module is on."""
+        if command not in ("switch_off", "kill") or not ch.cfg.module:
+            return None
+        live = [
+            h.name
+            for h in self._hv_channels()
+            if h.cfg.module == ch.cfg.module and (h.readback["Pw"] or h.state in _HV_LIVE)
+        ]
+        if live:
+            return (
+                f"LV of module {ch.cfg.module} cannot go off while its HV is on "
+                f"({', '.join(live)}): switch the HV off first"
+            )
+        return None
+
+    def apply_interlocks(self, payload: bytes) -> None:
+        """Inhibit switching HV on for the modules of every active interlock rule.
+
+        `/interlock/status` is `{"rules": [{"name", "active", "reason", "modules"}, ...]}`;
+        `modules` lists module names, or `["*"]` for every module. An empty (deleted) retained
+        status means no rules; a malformed one is ignored and the previous inhibits hold.
+        """
+        if not payload:
+            log.warning("interlock status cleared: no interlock inhibits")
+            payload = b'{"rules": []}'
+        try:
+            rules = json.loads(payload)["rules"]
+            active = [
+                (r["name"], str(r.get("reason") or "active"), set(r.get("modules") or ["*"]))
+                for r in rules
+                if r.get("active")
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring a malformed interlock status (%s): %r", exc, payload[:200])
+            return
+        for service in self.services:
+            if service.kind is not ChannelKind.HV:
+                continue
+            changed = False
+            for ch in service.channels:
+                inhibits = {
+                    name: reason
+                    for name, reason, modules in active
+                    if "*" in modules or ch.cfg.module in modules
+                }
+                if inhibits != ch.inhibits:
+                    log.warning("%s: interlocks now %s", ch.name, sorted(inhibits) or "none")
+                    ch.inhibits = inhibits
+                    changed = True
+            if changed:
+                service.request_publish()
+
+    def _on_broker(self, prefix: str, up: bool) -> None:
+        """Start the fail-safe countdown when a link loses the broker; stop it when all are back."""
+        self._broker_up[prefix] = up
+        failsafe = self.cfg.power.failsafe
+        if all(self._broker_up.values()):
+            if self._failsafe_timer is not None:
+                self._failsafe_timer.cancel()
+                self._failsafe_timer = None
+                log.info("broker back before the fail-safe fired")
+        elif not up and failsafe.enabled and self._failsafe_timer is None:
+            log.warning(
+                "lost the broker: HV ramps down in %g s unless it comes back",
+                failsafe.broker_timeout,
+            )
+            self._failsafe_timer = self.loop.call_later(failsafe.broker_timeout, self._failsafe)
+
+    def _failsafe(self) -> None:
+        """No supervision for too long: switch every HV channel off (ramping down at RDWn)."""
+        self._failsafe_timer = None
+        timeout = self.cfg.power.failsafe.broker_timeout
+        note = (
+            f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: no broker for {timeout:g} s: HV switched off"
+        )
+        for service in self.services:
+            if service.kind is not ChannelKind.HV:
+                continue
+            for ch in service.channels:
+                if ch.readback["Pw"]:
+                    try:
+                        self.backend.write(ch.address, "Pw", 0)
+                    except BackendError as exc:
+                        log.error("fail-safe: %s could not be switched off: %s", ch.name, exc)
+            service.failsafe_note = note
+            service.request_publish()
+        log.error("fail-safe: %s", note)
+
+    # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
         for service in self.services:
             service.link.start()
@@ -78,10 +192,15 @@ class CrateDaemon:
         )  # fmt: skip
 
     def stop(self) -> None:
+        if self._failsafe_timer is not None:
+            self._failsafe_timer.cancel()
         for service in self.services:
             service.stop()
             service.link.stop()
         self.backend.stop()
+
+
+_HV_LIVE = frozenset({ChannelState.ON, ChannelState.RAMPING_UP, ChannelState.RAMPING_DOWN})
 
 
 async def run(cfg: LabConfig, crate_name: str) -> None:

@@ -98,6 +98,7 @@ COMMAND_TABLE: dict[str, CommandSpec] = {
     "setv": CommandSpec("setv/{ch}", True, "_cmd_setv"),
     "seti": CommandSpec("seti/{ch}", True, "_cmd_seti"),
     "switch": CommandSpec("switch/{ch}", True, "_cmd_switch"),
+    "kill": CommandSpec("kill/{ch}", True, "_cmd_kill"),
     "clear": CommandSpec("clear", False, "_cmd_clear"),
     "refresh": CommandSpec("refresh", False, "_cmd_refresh"),
     "reconnect": CommandSpec("reconnect", False, "_cmd_reconnect"),
@@ -134,7 +135,11 @@ class PowerService:
         self._publish_handle: asyncio.Handle | None = None
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._state: ServiceState | None = None
+        self._state_payload: dict[str, Any] | None = None
         self._configured: set[ChannelAddress] = set()
+        # extra refusal rules from outside the channel (e.g. LV off while the module's HV is on)
+        self.guards: list[Callable[[PowerChannel, str], str | None]] = []
+        self.failsafe_note: str | None = None  # set when the daemon acted on its own
 
     # -- readbacks --------------------------------------------------------------------------------
     def on_readback(self, addr: ChannelAddress, param: str, value: float | int) -> None:
@@ -191,6 +196,7 @@ class PowerService:
         except BackendError as exc:
             log.error("%s %s: configuring the channel failed: %s", self.prefix, ch.name, exc)
             return
+        ch.killed = False
         self._configured.add(ch.address)
 
     # -- publishing -------------------------------------------------------------------------------
@@ -225,12 +231,17 @@ class PowerService:
     def _publish_state(self) -> None:
         states = [c.state for c in self.channels]
         state = aggregate_state(states)
-        if state != self._state:
-            if self._state is not None:
+        counts = dict(Counter(str(s) for s in states))
+        payload = {
+            "state": str(state),
+            "channels": len(states),
+            "counts": counts,
+            "failsafe": self.failsafe_note,
+        }
+        if payload != self._state_payload:
+            if self._state is not None and state != self._state:
                 log.info("%s state %s -> %s", self.prefix, self._state, state)
-            self._state = state
-            counts = Counter(str(s) for s in states)
-            payload = {"state": str(state), "channels": len(states), "counts": dict(counts)}
+            self._state, self._state_payload = state, payload
             self.link.publish_state(f"{self.prefix}/state", json.dumps(payload))
 
     @property
@@ -294,6 +305,7 @@ class PowerService:
 
     def _check_allowed(self, targets: list[PowerChannel], command: str) -> None:
         reasons = [r for r in (c.refusal(command) for c in targets) if r]
+        reasons += [r for guard in self.guards for c in targets if (r := guard(c, command))]
         if reasons:
             raise CommandError("; ".join(reasons))
 
@@ -328,7 +340,20 @@ class PowerService:
     def _cmd_switch(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         on = parse_switch(value)
         self._check_allowed(targets, "switch_on" if on else "switch_off")
+        if on:
+            for ch in targets:
+                if ch.killed:  # back to the configured ramp-down rate first
+                    self.backend.write(ch.address, "RDWn", ch.limits.rdwn)
+                    ch.killed = False
         return self._write_all(targets, "Pw", 1 if on else 0)
+
+    def _cmd_kill(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
+        """Switch off at the fastest ramp-down rate (interlocks use it)."""
+        self._check_allowed(targets, "kill")
+        for ch in targets:
+            self.backend.write(ch.address, "RDWn", ch.limits.kill_rate)
+            ch.killed = True
+        return self._write_all(targets, "Pw", 0)
 
     def _write_all(self, targets: list[PowerChannel], param: str, value: float | int) -> dict:
         for ch in targets:
@@ -340,7 +365,7 @@ class PowerService:
         return {}
 
     def _cmd_refresh(self, value: Any) -> dict[str, Any]:
-        self._state = None  # republish the aggregate too
+        self._state_payload = None  # republish the aggregate too
         self.publish_status()
         return {}
 
