@@ -13,6 +13,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from trackerdcs.mqtt import disable_nagle
+
 _ids = itertools.count()
 
 
@@ -48,6 +50,7 @@ class TestClient:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._topics = topics
+        self.client.on_socket_open = disable_nagle
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
