@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.conftest import PowerLab
+from tests.simca import wait_for
 from trackerdcs.config import load_config
 from trackerdcs.power.backend import ChannelAddress
 from trackerdcs.power.caenwrapper_backend import CaenWrapperBackend
@@ -81,6 +82,16 @@ def wrapper_lab(workdir, broker):
     thread.start()
     loop.call_soon_threadsafe(daemon.start)
     lab.wait_status("/hv", lambda chs: all(c["state"] == "OFF" for c in chs))
+    # the settings written at connection go through the session thread's queue: wait for the
+    # last of them (I0Set) on every channel before tests count writes
+    wait_for(
+        lambda: all(
+            model.channel(c.board, c.channel).i0set == cfg.limits_for(c).iset
+            for c in cfg.channels_of(crate.name)
+        )
+        and backend._writes.empty(),
+        timeout=5,
+    )
     yield lab, model, alive, opened
     loop.call_soon_threadsafe(daemon.stop)
     loop.call_soon_threadsafe(loop.stop)

@@ -146,3 +146,100 @@ def test_daemon_refuses_a_broken_file_with_the_key(tmp_path):
         assert result.returncode == 2
         assert "crates.0.boards.0.channels" in result.stderr
         assert str(path) in result.stderr
+
+
+# -- chiller, sensors and the virtual lab -------------------------------------------------------
+
+
+def test_example_cooling_sections():
+    cfg = load_config(EXAMPLE_LAB)
+    assert cfg.julabo is not None and cfg.julabo.prefix == "/julabo"
+    assert (cfg.julabo.setpoint_min, cfg.julabo.setpoint_max) == (-30.0, 40.0)
+    assert cfg.julabo.serial.parity == "E" and cfg.julabo.serial.bytesize == 7
+    assert [(s.name, s.kind.value, s.module) for s in cfg.sensors] == [
+        ("sensor_1", "room", None),
+        *((f"temp_m{i}", "module", f"M{i}") for i in range(1, 5)),
+    ]
+    assert cfg.sensors[1].prefix == "/temp_m1" and cfg.sensors[1].max_temperature == 30.0
+    assert cfg.virtual_lab is not None and cfg.virtual_lab.leakage_doubling == 7.0
+    assert {m: [c.name for c in chs] for m, chs in cfg.modules().items()}["M2"] == [
+        "hv_m2",
+        "lv_m2",
+    ]
+
+
+def test_cooling_sections_are_optional(tmp_path):
+    data = example()
+    for key in ("julabo", "sensors", "virtual_lab"):
+        del data[key]
+    path = tmp_path / "lab.yml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    assert (cfg.julabo, cfg.sensors, cfg.virtual_lab) == (None, [], None)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("url", "COM3", "julabo.url: expected a device path"),
+        ("url", "socket://127.0.0.1", "expected socket://HOST:PORT"),
+        ("setpoint_min", 50, "setpoint_min 50.0 must be below setpoint_max 40.0"),
+        ("poll_interval", 0, "julabo.poll_interval: Input should be greater than 0"),
+        ("prefix", "julabo", "julabo.prefix: must look like '/julabo'"),
+        ("prefix", "/hv", "julabo.prefix: '/hv' is taken by crate sy4527"),
+        ("baud", 9600, "julabo.baud: unknown key"),
+    ],
+)
+def test_julabo_errors_name_the_key(tmp_path, key, value, expected):
+    data = example()
+    data["julabo"][key] = value
+    check_error(tmp_path, data, expected)
+
+
+def test_julabo_serial_settings_are_checked(tmp_path):
+    data = example()
+    data["julabo"]["serial"]["parity"] = "X"
+    check_error(tmp_path, data, "julabo.serial.parity")
+
+
+@pytest.mark.parametrize(
+    ("index", "key", "value", "expected"),
+    [
+        (1, "module", None, "sensors.1: a module sensor needs 'module'"),
+        (0, "module", "M1", "sensors.0: 'module' is only for kind: module"),
+        (2, "module", "M9", "sensors.2.module: no power channel powers module 'M9'"),
+        (3, "name", "hv", "sensors.3.name: topic '/hv' is taken by crate sy4527"),
+        (4, "name", "temp_m1", "sensors.4.name: topic '/temp_m1' is taken by sensor temp_m1"),
+        (0, "source", "COM3", "sensors.0.source: expected a device path"),
+        (0, "kind", "outdoor", "sensors.0.kind"),
+        (0, "stale_timeout", -1, "sensors.0.stale_timeout"),
+        (0, "interval", 1, "sensors.0.interval: unknown key"),
+    ],
+)
+def test_sensor_errors_name_the_key(tmp_path, index, key, value, expected):
+    data = example()
+    data["sensors"][index][key] = value
+    check_error(tmp_path, data, expected)
+
+
+def test_virtual_lab_errors_name_the_key(tmp_path):
+    data = example()
+    data["virtual_lab"]["crate"] = "sy5527"
+    check_error(tmp_path, data, "virtual_lab.crate: no crate named 'sy5527'")
+    data = example()
+    data["virtual_lab"]["room_humidity"] = 120
+    check_error(tmp_path, data, "virtual_lab.room_humidity")
+
+
+def test_cooling_daemons_refuse_a_broken_file_with_the_key(tmp_path):
+    data = example()
+    data["sensors"][0]["stale_timeout"] = "soon"
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(data))
+    for module in ("trackerdcs.julabo.daemon", "trackerdcs.sensors.daemon", "trackerdcs.sim.lab"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--config", str(path)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 2, (module, result.stderr)
+        assert "sensors.0.stale_timeout" in result.stderr and str(path) in result.stderr

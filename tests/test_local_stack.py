@@ -13,6 +13,9 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -64,7 +67,7 @@ class LineReader:
 
 @pytest.fixture
 def stack(tmp_path):
-    for port in (1883, 5064):
+    for port in (1883, 5064, 1880):
         if port_open("127.0.0.1", port):
             pytest.fail(f"127.0.0.1:{port} is in use: stop `make run` (or the other server) first")
     proc = subprocess.Popen(
@@ -88,12 +91,14 @@ def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
     summary = "\n".join(out.lines)
     for name, where in (
         ("mosquitto", "mqtt://127.0.0.1:1883"),
-        ("sim-crate-sy4527", "ca://127.0.0.1:5064"),
+        ("sim-lab", "ca://127.0.0.1:5064"),
         ("power-sy4527", "/hv /lv"),
+        ("julabo", "/julabo"),
+        ("sensors", "/sensor_1 +4"),
     ):
         assert re.search(rf"{name}\s+\d+\s+{re.escape(where)}", summary), summary
     pids = [int(p) for p in re.findall(r"ok: pid (\d+)", summary)]
-    assert len(pids) == 3
+    assert len(pids) == 6  # the five above and node-red (checked below)
 
     client = TestClient(1883)
     try:
@@ -129,6 +134,8 @@ def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
     finally:
         client.close()
 
+    check_control_ui(summary, tmp_path / "run")
+
     proc.send_signal(signal.SIGINT)  # what Ctrl-C does
     assert proc.wait(20) == 0
     for pid in pids:
@@ -137,8 +144,69 @@ def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
     assert "stopping the stack" in "\n".join(out.lines)
 
 
+def check_control_ui(summary: str, run_dir: Path) -> None:
+    """Node-RED: the dashboard answers on 127.0.0.1:1880, the editor wants the logged password."""
+    url = "http://127.0.0.1:1880/"
+    assert re.search(rf"node-red\s+\d+\s+{re.escape(url)}dashboard/", summary), summary
+    password_file = run_dir / "node-red" / "admin-password"
+    assert f"editor {url} (user admin, password in {password_file}" in summary
+    assert password_file.stat().st_mode & 0o077 == 0
+    with urllib.request.urlopen(url + "dashboard/", timeout=5) as reply:
+        assert reply.status == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url + "flows", timeout=5)
+    assert refused.value.code == 401
+    login = {"client_id": "node-red-admin", "grant_type": "password", "scope": "*",
+             "username": "admin", "password": password_file.read_text().strip()}  # fmt: skip
+    data = urllib.parse.urlencode(login).encode()
+    with urllib.request.urlopen(url + "auth/token", data=data, timeout=5) as reply:
+        assert reply.status == 200
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_readme_cooling_commands(stack):
+    """The README's chiller commands, run as written against `make run`'s stack."""
+    commands = readme_example("cooling")
+    documented = next(
+        json.loads(line.split(" ", 1)[1])
+        for line in README.read_text().splitlines()
+        if line.startswith("/julabo/response {")
+    )
+    client = TestClient(1883)
+    try:
+        client.wait_for("/julabo/status", lambda m: m.json["state"] == "STOPPED", 10)
+        client.wait_for("/sensor_1/status", lambda m: not m.json["stale"], 10)
+        since = client.mark()
+        printed = []
+        for line in commands:
+            result = subprocess.run(
+                line, shell=True, check=True, timeout=10, capture_output=True, text=True
+            )
+            printed.append(result.stdout)
+        sent = [shlex.split(line) for line in commands if line.startswith("mosquitto_pub")]
+        answers = [
+            client.wait_for(
+                "/julabo/response",
+                lambda m, t=argv[4], p=argv[6]: (m.json["topic"], m.json["payload"]) == (t, p),
+                5,
+                since,
+            )
+            for argv in sent
+        ]
+        assert [a.json["ok"] for a in answers] == [True, True, False]
+        assert answers[-1].json == documented
+        assert json.loads(printed[0])["state"] == "STOPPED"
+        room = json.loads(printed[-1])
+        assert room["name"] == "sensor_1" and isinstance(room["dewpoint"], float)
+        status = client.wait_for(
+            "/julabo/status", lambda m: m.json["state"] == "RUNNING", 5, since
+        ).json
+        assert status["setpoint"] == -10.0
+    finally:
+        client.close()

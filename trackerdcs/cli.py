@@ -2,6 +2,7 @@
 
 trackerdcs stack --config examples/lab.yml     start the local stack (what `make run` does)
 trackerdcs check-config FILE                    validate a lab YAML
+trackerdcs export|backup|restore ...            history to CSV, InfluxDB backups
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from trackerdcs.config import ConfigError, load_config
+from trackerdcs.ingest.commands import add_data_commands
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="validate a lab YAML file")
     p.add_argument("config")
     p.set_defaults(func=_cmd_check_config)
+    add_data_commands(sub)  # export, backup, restore
     args = parser.parse_args(argv)
     try:
         return args.func(args)

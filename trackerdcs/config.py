@@ -7,6 +7,7 @@ the key (as a dotted path, list indices included) and the reason.
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -173,8 +174,13 @@ class CrateConfig(_Model):
 
 
 class PublishConfig(_Model):
+    """How often a status topic may go out: at once on change, within a byte budget."""
+
     heartbeat: PositiveFloat = 10.0  # republish status at least this often, s
-    min_interval: NonNegFloat = 0.02  # coalesce bursts of changes into one publish per interval, s
+    min_interval: NonNegFloat = 0.002  # never two status messages closer than this, s
+    # bursts are coalesced so that a status topic stays under this rate: a big crate's status
+    # (190 kB for 768 channels) goes out at most ~10 times a second, a small lab's at once
+    max_bytes_per_s: PositiveFloat = 2_000_000
 
 
 class FailsafeConfig(_Model):
@@ -334,6 +340,64 @@ class VirtualLabConfig(_Model):
     control_port: int | None = Field(None, ge=1, le=65535)  # backdoor on 127.0.0.1 (tests)
 
 
+_INFLUX_UNITS = {"ns": 1e-9, "u": 1e-6, "µ": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600,
+                 "d": 86400, "w": 604800}  # fmt: skip
+_INFLUX_DURATION = re.compile(r"(\d+)(ns|u|µ|ms|s|m|h|d|w)")
+
+
+def influx_seconds(value: str) -> float:
+    """Seconds in an InfluxQL duration (`30d`, `1h30m`); `INF` is infinite."""
+    if value == "INF":
+        return float("inf")
+    parts = _INFLUX_DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"expected an InfluxQL duration such as 30d, 52w, 1h30m or INF: {value!r}")
+    return sum(int(n) * _INFLUX_UNITS[u] for n, u in parts)
+
+
+class InfluxConfig(_Model):
+    """InfluxDB (v1 HTTP API) of the local stack and how long the data is kept."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8086, ge=1, le=65535)  # HTTP API
+    rpc_port: int = Field(8088, ge=1, le=65535)  # influxd's RPC service (backup/restore)
+    raw_retention: str = "30d"  # raw points (default retention policy `raw`)
+    downsample_interval: str = "1m"  # the continuous query's GROUP BY time()
+    downsampled_retention: str = "INF"  # the downsampled copy (retention policy `downsampled`)
+    username_env: str = "TRACKERDCS_INFLUX_USERNAME"
+    password_env: str = "TRACKERDCS_INFLUX_PASSWORD"
+
+    @field_validator("raw_retention", "downsample_interval", "downsampled_retention")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        influx_seconds(v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InfluxConfig:
+        if influx_seconds(self.raw_retention) < 3600:
+            raise ValueError("raw_retention: InfluxDB keeps data at least 1h")
+        if influx_seconds(self.downsample_interval) >= influx_seconds(self.raw_retention):
+            raise ValueError("downsample_interval must be shorter than raw_retention")
+        if influx_seconds(self.downsampled_retention) < influx_seconds(self.raw_retention):
+            raise ValueError("downsampled_retention must be at least raw_retention")
+        if self.port == self.rpc_port:
+            raise ValueError("port and rpc_port must differ")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def username(self) -> str | None:
+        return os.environ.get(self.username_env) or None
+
+    @property
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) or None
+
+
 class LabConfig(_Model):
     """The whole lab."""
 
@@ -344,6 +408,7 @@ class LabConfig(_Model):
     julabo: JulaboConfig | None = None
     sensors: list[SensorConfig] = []
     virtual_lab: VirtualLabConfig | None = None
+    influx: InfluxConfig = InfluxConfig()
 
     @model_validator(mode="after")
     def _cross_check(self) -> LabConfig:
@@ -395,22 +460,18 @@ class LabConfig(_Model):
 
     def _check_cooling(self, prefixes: dict[str, str]) -> None:
         """Julabo, sensors and virtual lab against the rest of the lab."""
-        taken = dict(prefixes)
+        taken = {prefix: f"crate {crate}" for prefix, crate in prefixes.items()}
         if self.julabo is not None:
             if self.julabo.prefix in taken:
-                raise ValueError(
-                    f"julabo.prefix: {self.julabo.prefix!r} is already used by crate "
-                    f"{taken[self.julabo.prefix]!r}"
-                )
-            taken[self.julabo.prefix] = "julabo"
+                owner = taken[self.julabo.prefix]
+                raise ValueError(f"julabo.prefix: {self.julabo.prefix!r} is taken by {owner}")
+            taken[self.julabo.prefix] = "the chiller (julabo.prefix)"
         modules = {ch.module for ch in self.power.channels if ch.module}
         for i, sensor in enumerate(self.sensors):
             where = f"sensors.{i}"
             if sensor.prefix in taken:
                 owner = taken[sensor.prefix]
-                raise ValueError(
-                    f"{where}.name: topic {sensor.prefix!r} is already used by {owner}"
-                )
+                raise ValueError(f"{where}.name: topic {sensor.prefix!r} is taken by {owner}")
             taken[sensor.prefix] = f"sensor {sensor.name}"
             if sensor.module and modules and sensor.module not in modules:
                 raise ValueError(
@@ -420,6 +481,19 @@ class LabConfig(_Model):
         lab_crate = self.virtual_lab.crate if self.virtual_lab else None
         if lab_crate is not None and lab_crate not in {c.name for c in self.crates}:
             raise ValueError(f"virtual_lab.crate: no crate named {lab_crate!r}")
+
+    def virtual_lab_crate(self) -> CrateConfig | None:
+        """The crate the virtual lab simulates: `virtual_lab.crate`, else the first EPICS crate
+        on loopback (None without a virtual lab or such a crate)."""
+        if self.virtual_lab is None:
+            return None
+        if self.virtual_lab.crate is not None:
+            return self.crate(self.virtual_lab.crate)
+        for crate in self.crates:
+            host = crate.address.rsplit(":", 1)[0] if ":" in crate.address else crate.address
+            if crate.backend == "epics" and host in ("127.0.0.1", "localhost"):
+                return crate
+        return None
 
     def modules(self) -> dict[str, list[ChannelConfig]]:
         """Module name -> the power channels (HV and LV) that power it, in config order."""

@@ -101,6 +101,7 @@ class PowerChannel:
         }
         self.inhibits: dict[str, str] = {}  # name -> reason: switching on is refused while set
         self.killed = False  # RDWn was raised by `kill`: restored before switching on again
+        self._status: tuple[tuple, dict[str, Any]] | None = None  # as_status() cache
         self._fresh: set[str] = set()  # readbacks received since the last disconnection
 
     @property
@@ -149,6 +150,12 @@ class PowerChannel:
 
     def as_status(self) -> dict[str, Any]:
         """The channel's entry of `/hv/status`: every key with one JSON type forever."""
+        key = (*self.readback.values(), self.state, tuple(self.inhibits))
+        if self._status is None or self._status[0] != key:
+            self._status = (key, self._build_status())
+        return self._status[1]
+
+    def _build_status(self) -> dict[str, Any]:
         rb = self.readback
         status = int(rb["Status"])
         return {

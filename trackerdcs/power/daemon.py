@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 
 from trackerdcs.config import ChannelKind, ConfigError, LabConfig, load_config
@@ -44,6 +45,9 @@ class CrateDaemon:
         self.services: list[PowerService] = []
         self._route: dict[ChannelAddress, PowerService] = {}
         self._broker_up: dict[str, bool] = {}
+        self._inbox: list[tuple[ChannelAddress, str, object]] = []
+        self._inbox_lock = threading.Lock()
+        self._drain_scheduled = False
         self._failsafe_timer: asyncio.TimerHandle | None = None
         for kind, prefix in self.crate.prefixes.items():
             mine = [c for c in channels if c.cfg.kind == kind]
@@ -77,9 +81,23 @@ class CrateDaemon:
 
     # -- BackendSink, called from the backend's threads -------------------------------------------
     def on_readback(self, addr: ChannelAddress, param: str, value) -> None:
-        service = self._route.get(addr)
-        if service is not None:
-            self.loop.call_soon_threadsafe(service.on_readback, addr, param, value)
+        """Queue a readback; one wake-up of the loop drains every readback queued meanwhile."""
+        with self._inbox_lock:
+            self._inbox.append((addr, param, value))
+            wake = not self._drain_scheduled
+            self._drain_scheduled = True
+        if wake:
+            self.loop.call_soon_threadsafe(self._drain_readbacks)
+
+    def _drain_readbacks(self) -> None:
+        with self._inbox_lock:
+            batch, self._inbox = self._inbox, []
+            self._drain_scheduled = False
+        route = self._route
+        for addr, param, value in batch:
+            service = route.get(addr)
+            if service is not None:
+                service.on_readback(addr, param, value)
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None:
         service = self._route.get(addr)

@@ -131,7 +131,7 @@ class PowerService:
         self._by_number = {c.number: c for c in self.channels}
         self._by_name = {c.name: c for c in self.channels}
         self._published: dict[ChannelAddress, dict[str, float]] = {}
-        self._last_publish = 0.0
+        self._next_publish = 0.0  # monotonic time before which no status goes out
         self._publish_handle: asyncio.Handle | None = None
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._state: ServiceState | None = None
@@ -201,10 +201,10 @@ class PowerService:
 
     # -- publishing -------------------------------------------------------------------------------
     def request_publish(self) -> None:
-        """Publish soon: at once after a quiet spell, else coalesced to one per `min_interval`."""
+        """Publish soon: at once after a quiet spell, else coalesced (see PublishConfig)."""
         if self._publish_handle is not None:
             return
-        wait = self._last_publish + self.publish_cfg.min_interval - time.monotonic()
+        wait = self._next_publish - time.monotonic()
         if wait <= 0:
             self._publish_handle = self.loop.call_soon(self.publish_status)
         else:
@@ -212,7 +212,6 @@ class PowerService:
 
     def publish_status(self) -> None:
         self._publish_handle = None
-        self._last_publish = time.monotonic()
         entries = []
         for ch in self.channels:
             entries.append(ch.as_status())
@@ -220,7 +219,12 @@ class PowerService:
                 "VMon": float(ch.readback["VMon"]),
                 "IMon": float(ch.readback["IMon"]),
             }
-        self.link.publish_state(f"{self.prefix}/status", json.dumps(entries))
+        payload = json.dumps(entries)
+        cfg = self.publish_cfg
+        self._next_publish = time.monotonic() + max(
+            cfg.min_interval, len(payload) / cfg.max_bytes_per_s
+        )
+        self.link.publish_state(f"{self.prefix}/status", payload)
         self._publish_state()
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()

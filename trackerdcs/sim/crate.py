@@ -48,6 +48,7 @@ from caproto import (
     ChannelString,
 )
 from caproto.asyncio.server import Context
+from caproto.server import common as caproto_server_common
 
 from trackerdcs.config import ConfigError, CrateConfig, load_config
 from trackerdcs.power.pvnames import channel_pv, system_pv
@@ -299,8 +300,14 @@ def configure_environment(host: str, port: int, beacon_port: int) -> None:
     )
 
 
+# caproto batches monitor updates for up to 10 ms to save packets under load; a crate answers a
+# set point within a millisecond or two, so the simulator should too.
+MONITOR_BATCH_LATENCY = 0.001
+
+
 async def serve(server: CrateServer, host: str, port: int, tick: float, ready_line: str) -> int:
     """Serve until cancelled (SIGTERM/SIGINT); return the exit status."""
+    caproto_server_common.HIGH_LOAD_TIMEOUT = MONITOR_BATCH_LATENCY
     ctx = Context(server.pvdb, [host])
     main = asyncio.current_task()
     assert main is not None

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trackerdcs.config import LabConfig
+from trackerdcs.config import LabConfig, loopback_port
+from trackerdcs.stack.influx import data_path_ports, data_path_processes
 from trackerdcs.stack.mosquitto import mosquitto_process
+from trackerdcs.stack.nodered import NodeRed
 from trackerdcs.stack.process import ManagedProcess, port_open
 
 MAX_RESTARTS = 5
@@ -34,6 +36,7 @@ class StackEntry:
     process: ManagedProcess | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
+    details: list[str] = field(default_factory=list)  # more endpoints, under the summary line
 
 
 def _logged(text: str) -> Callable[[ManagedProcess], bool]:
@@ -44,6 +47,47 @@ def _logged(text: str) -> Callable[[ManagedProcess], bool]:
 def _loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0] if ":" in address else address
     return host in ("127.0.0.1", "localhost")
+
+
+def _python_entry(
+    name: str, module: str, config_path: Path, logs: Path, ready: str, endpoint: str, what: str,
+    details: tuple[str, ...] = (),
+) -> StackEntry:  # fmt: skip
+    """A trackerdcs process `python -m MODULE --config FILE`, ready when it logs `ready`."""
+    argv = [PY, "-m", module, "--config", str(config_path)]
+    log = logs / f"{name}.log"
+    return StackEntry(
+        name,
+        lambda: ManagedProcess(name, argv, log_path=log, ready=_logged(ready)),
+        endpoint,
+        what,
+        details=list(details),
+    )
+
+
+def _lab_entry(cfg: LabConfig, config_path: Path, logs: Path) -> StackEntry:
+    """The coupled virtual lab: the crate it serves, the chiller's and the sensors' lines."""
+    vlab = cfg.virtual_lab
+    assert vlab is not None
+    crate = cfg.virtual_lab_crate()
+    served = []
+    if cfg.julabo is not None and loopback_port(cfg.julabo.url) is not None:
+        served.append(f"Julabo on {cfg.julabo.url}")
+    lines = [s for s in cfg.sensors if loopback_port(s.source) is not None]
+    if lines:
+        served.append(f"{len(lines)} sensor line(s)")
+    parts = [f"simulated SY4527 '{crate.system}'"] if crate else []
+    what = "virtual lab: " + ", ".join(parts + served)
+    details = [f"{s.name} line on {s.source}" for s in lines]
+    if cfg.julabo is not None and loopback_port(cfg.julabo.url) is not None:
+        details.insert(0, f"Julabo simulator on {cfg.julabo.url}")
+    if vlab.control_port is not None:
+        details.append(f"backdoor on 127.0.0.1:{vlab.control_port} (get, set, sensor, julabo)")
+    endpoint = f"ca://{crate.address}" if crate else (cfg.julabo.url if cfg.julabo else "-")
+    return _python_entry(
+        "sim-lab", "trackerdcs.sim.lab", config_path, logs, "virtual lab", endpoint, what,
+        details=tuple(details),
+    )  # fmt: skip
 
 
 def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[StackEntry]:
@@ -59,8 +103,14 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
             "MQTT broker (anonymous, loopback only)",
         )
     )
+    for d in data_path_processes(cfg, run_dir):  # InfluxDB, then Telegraf or trackerdcs-ingest
+        entries.append(StackEntry(d.name, d.make, d.endpoint, d.what, details=d.details))
+    lab_crate = cfg.virtual_lab_crate()
+    if cfg.virtual_lab is not None:
+        entries.append(_lab_entry(cfg, config_path, logs))
     for crate in cfg.crates:
-        if crate.backend == "epics" and _loopback(crate.address):
+        simulated = crate.backend == "epics" and _loopback(crate.address)
+        if simulated and (lab_crate is None or crate.name != lab_crate.name):
             log = logs / f"sim-crate-{crate.name}.log"
             argv = [PY, "-m", "trackerdcs.sim.crate", "--config", str(config_path)]
             argv += ["--crate", crate.name]
@@ -88,6 +138,30 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
                 f"power-supply daemon for crate {crate.name}",
             )
         )
+    if cfg.julabo is not None:
+        julabo = _python_entry(
+            "julabo", "trackerdcs.julabo.daemon", config_path, logs, "serving chiller",
+            cfg.julabo.prefix, f"chiller daemon for the Julabo on {cfg.julabo.url}",
+        )  # fmt: skip
+        entries.append(julabo)
+    if cfg.sensors:
+        topics = [s.prefix for s in cfg.sensors]
+        endpoint = " ".join(topics) if len(topics) <= 2 else f"{topics[0]} +{len(topics) - 1}"
+        sensors = _python_entry(
+            "sensors", "trackerdcs.sensors.daemon", config_path, logs, "serving",
+            endpoint, f"sensor daemon: {', '.join(topics)}",
+        )  # fmt: skip
+        entries.append(sensors)
+    ui = NodeRed(cfg, run_dir / "node-red")
+    entries.append(
+        StackEntry(
+            "node-red",
+            lambda: ui.process(logs / "node-red.log"),
+            ui.dashboard_url,
+            "operators' control UI (Node-RED dashboard)",
+            details=[ui.login_hint()],
+        )
+    )
     return entries
 
 
@@ -110,6 +184,12 @@ class LocalStack:
                 f"{host}:{port} is already in use (another broker, or a stack still running?); "
                 "stop it or set mqtt.port in the lab YAML"
             )
+        for host, port, key in data_path_ports(self.cfg):
+            if port_open(host, port):
+                raise RuntimeError(
+                    f"{host}:{port} is already in use (another InfluxDB, or a stack still "
+                    f"running?); stop it or set {key} in the lab YAML"
+                )
 
     def start(self) -> None:
         self.check_ports()
@@ -136,16 +216,20 @@ class LocalStack:
             if log.is_relative_to(Path.cwd()):
                 log = log.relative_to(Path.cwd())
             lines.append(f"  {e.name:<22} {e.process.pid:>7}  {e.endpoint:<26} {log}")
+            lines += [f"  {'':<22} {'':>7}  - {detail}" for detail in e.details]
         host, port = self.cfg.mqtt.host, self.cfg.mqtt.port
+        pub = f"  mosquitto_pub -h {host} -p {port} -t"
         lines += [
             "",
             "Try:",
             f"  mosquitto_sub -h {host} -p {port} -t '/#' -v",
-            f"  mosquitto_pub -h {host} -p {port} -t /hv/cmd/setv/0 -m 100",
-            f"  mosquitto_pub -h {host} -p {port} -t /hv/cmd/switch/0 -m on",
-            "",
-            "Ctrl-C stops everything.",
+            f"{pub} /hv/cmd/setv/0 -m 100",
+            f"{pub} /hv/cmd/switch/0 -m on",
         ]
+        if self.cfg.julabo is not None:
+            prefix = self.cfg.julabo.prefix
+            lines += [f"{pub} {prefix}/cmd/setpoint -m -10", f"{pub} {prefix}/cmd/switch -m on"]
+        lines += ["", "Ctrl-C stops everything."]
         return "\n".join(lines)
 
     def supervise(self) -> None:

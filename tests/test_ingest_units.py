@@ -1,0 +1,310 @@
+"""The bridge's pieces against Telegraf's documented behaviour: the telegraf.conf subset (and its
+refusals), the json parser, the line protocol, the buffer, the writer against a real InfluxDB,
+and the buffered paho client against a real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import ROOT
+from tests.ingestlab import TELEGRAF_CONF, InfluxServer
+from trackerdcs.ingest.buffer import MetricBuffer
+from trackerdcs.ingest.conf import (
+    InfluxOutputConf,
+    TelegrafConfError,
+    load_telegraf_conf,
+    parse_duration,
+    parse_telegraf_conf,
+    substitute_env,
+)
+from trackerdcs.ingest.consumer import FastClient, UniqueClock
+from trackerdcs.ingest.filters import GlobFilter
+from trackerdcs.ingest.jsonparse import JsonParser, PayloadError, go_format_float
+from trackerdcs.ingest.lineproto import LineSerializer
+from trackerdcs.ingest.writer import InfluxWriter, WriteError
+from trackerdcs.stack.process import free_port
+
+
+# -- telegraf.conf ------------------------------------------------------------------------------
+def test_the_repo_telegraf_conf_is_what_the_bridge_runs():
+    conf = load_telegraf_conf(TELEGRAF_CONF, env={"TRACKERDCS_MQTT_SERVER": "tcp://10.0.0.5:1884"})
+    assert [c.measurement for c in conf.inputs] == ["hv", "lv", "julabo", "sensor"]
+    assert {(c.host, c.port) for c in conf.inputs} == {("10.0.0.5", 1884)}
+    assert all(c.qos == 0 and c.topic_tag == "" for c in conf.inputs)
+    assert conf.output == InfluxOutputConf(
+        url="http://127.0.0.1:8086", database="trackerdcs", skip_database_creation=True
+    )
+    assert conf.agent.omit_hostname and conf.agent.flush_interval == 1.0
+    assert conf.agent.metric_buffer_limit >= 100_000
+
+
+def test_environment_substitution_follows_telegraf():
+    env = {"SET": "x", "EMPTY": ""}
+    commented = "# ${NOPE:?not here}\n"  # comments are left alone
+    assert substitute_env(f'a = "${{SET}}" {commented}', env) == f'a = "x" {commented}'
+    assert substitute_env('a = "${UNSET}"', env) == 'a = ""'
+    assert substitute_env('a = "${EMPTY:-d}|${EMPTY-d}|${UNSET-d}"', env) == 'a = "d||d"'
+    assert substitute_env('a = "# ${SET}"', env) == 'a = "# x"'  # not a comment: inside quotes
+    with pytest.raises(TelegrafConfError, match="NEEDED: give it"):
+        substitute_env('a = "${NEEDED:?give it}"', env)
+
+
+def test_durations():
+    assert parse_duration("10s") == 10 and parse_duration("1m30s") == 90
+    assert parse_duration("500ms") == 0.5 and parse_duration(2) == 2.0
+    for bad in ("10", "1 s", "s", True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+MINIMAL = """
+[agent]
+  flush_interval = "1s"
+[[inputs.mqtt_consumer]]
+  servers = ["tcp://127.0.0.1:1883"]
+  topics = ["/hv/status"]
+  data_format = "json"
+[[outputs.influxdb]]
+  urls = ["http://127.0.0.1:8086"]
+"""
+
+
+def test_a_minimal_file_takes_telegrafs_defaults():
+    conf = parse_telegraf_conf(MINIMAL, "t.conf", env={})
+    c = conf.inputs[0]
+    assert (c.measurement, c.topic_tag, c.qos, c.max_undelivered_messages) == (
+        "mqtt_consumer",
+        "topic",
+        0,
+        1000,
+    )
+    assert conf.agent.metric_batch_size == 1000 and conf.agent.metric_buffer_limit == 10000
+    assert conf.output.database == "telegraf" and conf.output.timeout == 5.0
+    assert not conf.agent.omit_hostname
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (("[agent]", '[agent]\n  precision = "1s"'), r"\[agent\]: option 'precision': not impl"),
+        (('data_format = "json"', 'data_format = "json"\n  json_query = "a"'), "'json_query'"),
+        (('data_format = "json"', 'data_format = "influx"'), "'data_format': .* 'json' only"),
+        (('data_format = "json"', 'data_format = "json"\n  persistent_session = true'), "'persis"),
+        (("tcp://127.0.0.1:1883\"]", 'tcp://a:1", "tcp://b:2"]'), "exactly one server"),
+        (("tcp://127.0.0.1:1883", "ssl://127.0.0.1:8883"), "no TLS"),
+        (('data_format = "json"', 'data_format = "json"\n  tag_keys = ["{a,b}"]'), "braces"),
+        (('data_format = "json"', 'data_format = "json"\n  qos = 3'), "'qos': expected 0, 1"),
+        (('flush_interval = "1s"', 'flush_interval = "soon"'), "'flush_interval'"),
+        (("[[outputs.influxdb]]", '[[outputs.file]]\n  files = ["x"]\n[[outputs.influxdb]]'),
+         r"\[\[outputs.file\]\] is not implemented"),
+        (("[[outputs.influxdb]]", '[[inputs.cpu]]\n[[outputs.influxdb]]'), r"inputs.cpu"),
+        (("[agent]", '[global_tags]\n  lab = "x"\n[agent]'), r"\[global_tags\] is not impl"),
+        (('urls = ["http://127.0.0.1:8086"]', 'urls = ["http://127.0.0.1:8086"]\n  gzip = 1'),
+         r"\[\[outputs.influxdb\]\]: option 'gzip'"),
+        (("[[outputs.influxdb]]", "[[outputs.influxdb]\n"), "not valid TOML"),
+    ],
+)  # fmt: skip
+def test_options_the_bridge_does_not_implement_are_refused(edit, message):
+    old, new = edit
+    assert old in MINIMAL
+    with pytest.raises(TelegrafConfError, match=message) as info:
+        parse_telegraf_conf(MINIMAL.replace(old, new, 1), "lab/telegraf.conf", env={})
+    assert str(info.value).startswith("lab/telegraf.conf: ")
+
+
+def test_the_bridge_refuses_to_start_on_such_a_file(tmp_path: Path):
+    bad = tmp_path / "telegraf.conf"
+    bad.write_text(MINIMAL.replace('data_format = "json"', 'data_format = "json"\n  foo = 1'))
+    proc = subprocess.run(
+        [sys.executable, "-m", "trackerdcs.ingest.bridge", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert f"{bad}: [[inputs.mqtt_consumer]] #1: option 'foo': not implemented" in proc.stderr
+
+
+# -- the json parser (cases from Telegraf's parser documentation) -----------------------------
+def parser(tag_keys=(), string_fields=()) -> JsonParser:
+    return JsonParser(GlobFilter(tag_keys), GlobFilter(string_fields))
+
+
+def test_json_flattens_keeps_numbers_as_floats_and_drops_strings():
+    [(tags, fields)] = parser().parse(b'{"a": 5, "b": {"c": 6}, "ignored": "I\'m a string"}')
+    assert tags == {} and fields == {"a": 5.0, "b_c": 6.0}
+    assert all(type(v) is float for v in fields.values())
+
+
+def test_json_tags_and_string_fields():
+    doc = {"a": 5, "b": {"c": 6, "my_field": "description"}, "my_tag_1": "foo", "on": True}
+    [(tags, fields)] = parser(["my_tag_1"], ["b_my_field", "on"]).parse(json.dumps(doc))
+    assert tags == {"my_tag_1": "foo"}
+    assert fields == {"a": 5.0, "b_c": 6.0, "b_my_field": "description", "on": True}
+
+
+def test_json_array_of_objects_is_one_metric_each():
+    doc = [{"number": 0, "name": "a", "flags": ["ON", "RAMP_UP"]}, {"number": 1, "name": "b"}]
+    metrics = parser(["number", "name"]).parse(json.dumps(doc))
+    assert metrics == [({"number": "0", "name": "a"}, {}), ({"number": "1", "name": "b"}, {})]
+    [(_, fields)] = parser([], ["flags_*"]).parse(json.dumps(doc[:1]))
+    assert fields == {"number": 0.0, "flags_0": "ON", "flags_1": "RAMP_UP"}  # arrays: key_N
+
+
+def test_json_tag_values_are_formatted_like_go():
+    doc = {"i": 3, "f": 0.5, "big": 1e21, "small": 1e-7, "neg": -0.0, "t": True, "s": "x"}
+    [(tags, _)] = parser(["*"]).parse(json.dumps(doc))
+    assert tags == {"i": "3", "f": "0.5", "big": "1000000000000000000000", "small": "0.0000001",
+                    "neg": "-0", "t": "true", "s": "x"}  # fmt: skip
+    assert go_format_float(100.0) == "100" and go_format_float(123.456) == "123.456"
+
+
+def test_json_nulls_are_skipped():
+    [(_, fields)] = parser().parse(b'{"a": null, "b": 1.5, "c": {"d": null}}')
+    assert fields == {"b": 1.5}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"not json", b'{"a": 1', b"[1, 2]", b'"text"', b"42", b'{"a": NaN}', b'{"a": Infinity}',
+     b"\xff\xfe", b'[{"a": 1}, 3]', b'{"a": 1e999}', b'{"a": 1} {"b": 2}', b"true"],
+)  # fmt: skip
+def test_json_payloads_rejected_as_a_whole(payload):
+    with pytest.raises(PayloadError):
+        parser().parse(payload)
+
+
+@pytest.mark.parametrize("payload", [b"", b"  \n", b"null", b"[]", b"\xef\xbb\xbf"])
+def test_json_payloads_without_metrics(payload):
+    assert parser().parse(payload) == []
+
+
+# -- line protocol ------------------------------------------------------------------------------
+def test_line_protocol_as_telegraf_serializes():
+    s = LineSerializer("hv")
+    line = s.line(
+        {"name": "hv m,1", "module": "", "number": "0", "k=": "v\\"},
+        {"vmon": 100.0, "imon": 1e-7, "state": 'say "hi"\n', "ok": True, "": 1.0},
+        "17",
+    )
+    assert line == (
+        'hv,k\\==v,name=hv\\ m\\,1,number=0 vmon=100,imon=0.0000001,state="say \\"hi\\"\\n",'
+        "ok=true 17\n"
+    )
+    assert s.line({"a": "b"}, {}, "1") is None  # no fields: no line
+    assert LineSerializer("my meas,x").line({}, {"v": 1.5}, "1") == "my\\ meas\\,x v=1.5 1\n"
+
+
+def test_unique_clock_never_repeats():
+    clock = UniqueClock()
+    stamps = [clock.now() for _ in range(10000)]
+    assert stamps == sorted(set(stamps))
+
+
+# -- the buffer ---------------------------------------------------------------------------------
+def test_buffer_drops_the_oldest_beyond_its_limit():
+    b = MetricBuffer(limit=5, batch_size=2)
+    for i in range(4):
+        b.add([f"m{i}a\n", f"m{i}b\n"])
+    assert b.snapshot() == {"metrics": 8, "written": 0, "dropped": 3, "buffered": 5}
+    assert b.take() == ["m1b\n", "m2a\n"]
+    assert b.undelivered_messages == 3  # m1 (half dropped, half in flight), m2, m3
+
+
+def test_buffer_retries_a_rejected_batch_first_and_tracks_delivery():
+    b = MetricBuffer(limit=100, batch_size=3)
+    b.add(["a\n", "b\n"])
+    b.add(["c\n", "d\n"])
+    batch = b.take()
+    b.reject(batch)
+    assert b.take() == ["a\n", "b\n", "c\n"]
+    b.accept(["a\n", "b\n", "c\n"], written=2)  # InfluxDB kept 2 of 3
+    assert b.snapshot() == {"metrics": 4, "written": 2, "dropped": 1, "buffered": 1}
+    assert b.undelivered_messages == 1
+    assert not b.wait_undelivered_below(1, 0.01)
+    b.accept(b.take())
+    assert b.wait_undelivered_below(1, 0.01)
+
+
+# -- the writer against a real InfluxDB --------------------------------------------------------
+@pytest.fixture(scope="module")
+def influx(workdir):
+    server = InfluxServer(workdir).start()
+    yield server
+    server.stop()
+
+
+def test_writer_keeps_what_influxdb_refuses_for_good_out_and_retries_the_rest(influx):
+    conf = InfluxOutputConf(url=influx.url, database="trackerdcs", skip_database_creation=True)
+    buffer = MetricBuffer(limit=1000, batch_size=10)
+    writer = InfluxWriter(conf, buffer, flush_interval=1.0)
+    now = time.time_ns()
+    buffer.add([f"wtest,name=a v=1 {now}\n", f"wtest,name=a v=2 {now + 1}\n"])
+    assert writer.flush() and buffer.snapshot()["written"] == 2
+    buffer.add([f'wtest,name=a v="text" {now + 2}\n', f"wtest,name=a v=4 {now + 3}\n"])
+    assert writer.flush()  # a field type conflict: InfluxDB writes what it can, the rest is gone
+    assert buffer.snapshot() == {"metrics": 4, "written": 3, "dropped": 1, "buffered": 0}
+    buffer.add(["wtest,name=a v=5 1000000000\n"])  # 1970: beyond the retention policy
+    assert writer.flush()
+    assert buffer.snapshot() == {"metrics": 5, "written": 3, "dropped": 2, "buffered": 0}
+    assert influx.client.count("wtest", "v") == 3
+
+    down = InfluxOutputConf(url=f"http://127.0.0.1:{free_port()}", database="trackerdcs")
+    buffer2 = MetricBuffer(limit=1000, batch_size=10)
+    buffer2.add(["wtest v=5 5\n"])
+    assert not InfluxWriter(down, buffer2, 1.0).flush()  # nobody listens: kept for a retry
+    assert buffer2.snapshot()["buffered"] == 1
+    with pytest.raises(WriteError):
+        InfluxWriter(down, buffer2, 1.0).write(["wtest v=5 5\n"])
+
+
+def test_writer_creates_a_missing_database_unless_told_not_to(influx):
+    for skip, exists in ((True, False), (False, True)):
+        conf = InfluxOutputConf(url=influx.url, database="fresh", skip_database_creation=skip)
+        with pytest.raises(WriteError, match="database not found"):
+            InfluxWriter(conf, MetricBuffer(10, 10), 1.0).write(["x v=1 1\n"])
+        names = [r["name"] for s in influx.client.series("SHOW DATABASES") for r in s.rows()]
+        assert ("fresh" in names) is exists
+    influx.client.execute('DROP DATABASE "fresh"', database="")
+
+
+# -- the buffered paho client -------------------------------------------------------------------
+def test_fast_client_receives_every_message_whatever_its_size(broker):
+    sizes = [10, 1000, 70_000, 300_000, 5, 200_000] + [64] * 3000
+    got: list[bytes] = []
+    done = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(client, userdata, msg):
+        got.append(msg.payload)
+        if len(got) == len(sizes):
+            done.set()
+
+    sub = FastClient(CallbackAPIVersion.VERSION2, client_id="fast-test", protocol=mqtt.MQTTv311)
+    sub.on_message = on_message
+    sub.on_connect = lambda c, *a: c.subscribe("/fast/#", 0)
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    pub = broker.client()
+    try:
+        assert subscribed.wait(5)
+        payloads = [bytes([65 + i % 26]) * n for i, n in enumerate(sizes)]
+        for p in payloads:
+            pub.client.publish("/fast/x", p, qos=0)
+        assert done.wait(20), f"got {len(got)} of {len(sizes)}"
+        assert got == payloads
+    finally:
+        pub.close()
+        sub.disconnect()
+        sub.loop_stop()

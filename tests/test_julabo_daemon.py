@@ -1,0 +1,402 @@
+"""The Julabo daemon against the simulator over a real pty and real TCP, through real Mosquitto.
+
+The simulator runs in the test process (its backdoor: faults, manual mode, unplugging, the
+count of `OUT_` commands it received); the daemon is a subprocess. Physics is stepped by hand.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLE_LAB, Broker, _logged, python_process, write_lab
+from tests.mqttclient import Message, TestClient
+from trackerdcs.sim.julabo import JulaboSimulator
+from trackerdcs.stack.process import ManagedProcess, free_port
+
+# Fast protocol timing for tests; the line-loss test uses the example's real timing.
+FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 0.3, "poll_interval": 0.2,
+        "heartbeat": 0.5, "reconnect_min_delay": 0.1, "reconnect_max_delay": 0.5}  # fmt: skip
+
+
+def julabo_section(url: str, **overrides: Any) -> dict[str, Any]:
+    section = dict(yaml.safe_load(EXAMPLE_LAB.read_text())["julabo"])
+    section.update(url=url, **overrides)
+    return section
+
+
+class ChillerLab:
+    """A simulated chiller (in this process), the daemon (a subprocess) and a test client."""
+
+    def __init__(
+        self, workdir: Path, broker: Broker, name: str, transport: str, prefix: str = "/julabo",
+        **timing: Any,
+    ) -> None:  # fmt: skip
+        self.prefix = prefix
+        self.sim = JulaboSimulator(tick=None)
+        self.transport = transport
+        self.tcp_port = free_port()
+        self.link = str(workdir / f"{name}-ttyJULABO")
+        url = f"socket://127.0.0.1:{self.tcp_port}" if transport == "tcp" else self.link
+        self.config = write_lab(
+            workdir / f"{name}.yml",
+            mqtt_port=broker.port,
+            ca_port=free_port(),
+            lab=name,  # a unique MQTT client id
+            julabo=julabo_section(url, prefix=prefix, **timing),
+        )
+        self.daemon: ManagedProcess = python_process(
+            "julabo daemon",
+            "trackerdcs.julabo.daemon",
+            ["--config", str(self.config)],
+            workdir / f"{name}-julabo.log",
+            ready=_logged("serving chiller"),
+        )
+        self.client = broker.client()
+
+    def serve(self) -> None:
+        if self.transport == "tcp":
+            self.sim.serve_tcp(port=self.tcp_port)
+        else:
+            self.sim.serve_pty(link=self.link)
+
+    def start(self) -> ChillerLab:
+        self.serve()
+        self.daemon.start()
+        self.wait_status(lambda s: s["state"] == "STOPPED", timeout=10)
+        return self
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.sim.close()
+        self.client.close()
+
+    def command(self, action: str, payload: Any) -> dict[str, Any]:
+        return self.client.command(
+            f"{self.prefix}/cmd/{action}", payload, f"{self.prefix}/response"
+        )
+
+    def raw(self, action: str, payload: str) -> dict[str, Any]:
+        return self.client.raw_command(
+            f"{self.prefix}/cmd/{action}", payload, f"{self.prefix}/response"
+        )
+
+    def wait_message(
+        self, predicate: Callable[[dict], bool], timeout: float = 5.0, since: int | None = None
+    ) -> Message:
+        """The first live (not retained) `<prefix>/status` satisfying `predicate`."""
+        return self.client.wait_for(
+            f"{self.prefix}/status",
+            lambda m: not m.retain and predicate(m.json),
+            timeout,
+            self.client.mark() if since is None else since,
+        )
+
+    def wait_status(self, predicate: Callable[[dict], bool], timeout: float = 5.0, since=None):
+        return self.wait_message(predicate, timeout, since).json
+
+    def reset(self) -> None:
+        """Remote, stopped, no fault, set point 1 active at 20 °C, bath at 20 °C."""
+        device = self.sim.device
+        self.sim.clear_fault()
+        self.sim.set_remote(True)
+        device.set_running(False)
+        for line in ("OUT_SP_03 200", "OUT_SP_04 -50", "OUT_MODE_01 0", "OUT_SP_00 20",
+                     "OUT_SP_01 20", "OUT_SP_02 20", "STATUS"):  # fmt: skip
+            device.handle(line)
+        device.bath = device.external = 20.0
+        self.wait_status(
+            lambda s: s["state"] == "STOPPED" and s["setpoint"] == 20.0 and s["bath_temp"] == 20.0,
+            timeout=5,
+            since=0,
+        )
+
+
+@pytest.fixture(scope="module", params=["pty", "tcp"])
+def chiller_module(request, workdir, broker) -> Iterator[ChillerLab]:
+    lab = ChillerLab(workdir, broker, f"julabo-{request.param}", request.param, **FAST).start()
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture
+def chiller(chiller_module: ChillerLab) -> ChillerLab:
+    chiller_module.reset()
+    return chiller_module
+
+
+STATUS_TYPES = {
+    "state": str, "status_code": int, "status_text": str, "bath_temp": float,
+    "external_temp": float, "power": float, "setpoint": float, "active_setpoint": int,
+    "running": int,
+}  # fmt: skip
+
+
+def test_status_is_published_with_fixed_types(chiller: ChillerLab) -> None:
+    status = chiller.wait_status(lambda s: True)
+    for key, kind in STATUS_TYPES.items():
+        assert type(status[key]) is kind, (key, status[key])
+    assert status["error"] is None
+    assert (status["status_code"], status["status_text"]) == (2, "REMOTE STOP")
+    assert (status["active_setpoint"], status["running"]) == (1, 0)
+    chiller.client.wait_for("/julabo/availability", lambda m: m.text == "online")
+    # nothing changes: what arrives now is the heartbeat (0.5 s in these tests)
+    since = chiller.client.mark()
+    first = chiller.wait_message(lambda s: True, since=since)
+    second = chiller.wait_message(lambda s: True, since=chiller.client.mark())
+    assert second.json == first.json and second.retain is False
+    assert 0.3 < second.t - first.t < 1.0
+
+
+def test_setpoint_start_and_stop(chiller: ChillerLab) -> None:
+    since = chiller.client.mark()
+    answer = chiller.command("setpoint", -12.5)
+    assert answer["ok"] is True and answer["error"] is None, answer
+    assert chiller.sim.device.setpoints[0] == -12.5  # written and verified before the answer
+    chiller.wait_status(lambda s: s["setpoint"] == -12.5, since=since)
+
+    answer = chiller.raw("switch", "on")
+    assert answer["ok"] is True and answer["id"] is None, answer
+    status = chiller.wait_status(lambda s: s["state"] == "RUNNING", since=since)
+    assert (status["running"], status["status_code"], status["status_text"]) == (
+        1, 3, "REMOTE START",
+    )  # fmt: skip
+    chiller.sim.step(60.0)  # one simulated minute at 2 K/min: the bath is cooling
+    status = chiller.wait_status(lambda s: s["bath_temp"] < 19.0)
+    assert status["bath_temp"] == pytest.approx(18.0) and status["power"] < 0
+
+    assert chiller.command("switch", "off")["ok"]
+    status = chiller.wait_status(lambda s: s["state"] == "STOPPED")
+    assert status["running"] == 0 and chiller.sim.device.running is False
+
+
+def test_setpoint_goes_to_the_active_setpoint(chiller: ChillerLab) -> None:
+    chiller.sim.device.handle("OUT_MODE_01 2")  # someone selected set point 3 on the unit
+    chiller.wait_status(lambda s: s["active_setpoint"] == 3)
+    assert chiller.command("setpoint", 15)["ok"]
+    assert chiller.sim.device.setpoints == [20.0, 20.0, 15.0]
+    chiller.wait_status(lambda s: s["setpoint"] == 15.0 and s["active_setpoint"] == 3)
+
+
+@pytest.mark.parametrize(
+    ("action", "payload", "error"),
+    [
+        ("setpoint", "41", "41 C exceeds the maximum set point 40 C"),
+        ("setpoint", "-31", "-31 C is below the minimum set point -30 C"),
+        ("setpoint", "warm", "set point must be a number"),
+        ("setpoint", "nan", "must be finite"),
+        ("setpoint", '{"value": 10, "unit": "C"}', "unknown key(s) in payload: unit"),
+        ("switch", "maybe", "switch takes 'on' or 'off'"),
+        ("pump", "3", "unknown command 'pump'"),
+        ("setpoint/1", "10", "unknown command 'setpoint/1'"),
+    ],
+)
+def test_bad_commands_are_refused_and_nothing_is_sent(
+    chiller: ChillerLab, action: str, payload: str, error: str
+) -> None:
+    sent = chiller.sim.out_count
+    answer = chiller.raw(action, payload)
+    assert answer["ok"] is False and error in answer["error"], answer
+    assert answer["topic"] == f"/julabo/cmd/{action}" and answer["payload"] == payload
+    assert chiller.sim.out_count == sent
+
+
+def test_error_codes_show_as_error_with_their_text(chiller: ChillerLab) -> None:
+    assert chiller.command("switch", "on")["ok"]
+    chiller.wait_status(lambda s: s["state"] == "RUNNING")
+    chiller.sim.inject_fault(-1)  # an alarm: the unit stops
+    status = chiller.wait_status(lambda s: s["state"] == "ERROR")
+    assert (status["status_code"], status["status_text"]) == (-1, "LOW LEVEL ALARM")
+    assert status["error"] == "-01 LOW LEVEL ALARM" and status["running"] == 0
+
+    sent = chiller.sim.out_count
+    answer = chiller.command("switch", "on")
+    assert answer["ok"] is False, answer
+    assert "ERROR" in answer["error"] and "-01 LOW LEVEL ALARM" in answer["error"]
+    assert chiller.sim.out_count == sent
+    assert chiller.command("switch", "off")["ok"]  # stopping is always allowed
+
+    chiller.sim.inject_fault(-3)  # a warning keeps its own text
+    status = chiller.wait_status(lambda s: s["status_code"] == -3)
+    assert (status["state"], status["status_text"]) == ("ERROR", "EXCESS TEMPERATURE WARNING")
+    chiller.sim.clear_fault()
+    status = chiller.wait_status(lambda s: s["state"] == "STOPPED")
+    assert status["error"] is None and status["status_code"] == 2
+
+
+def test_manual_mode_refuses_commands(chiller: ChillerLab) -> None:
+    chiller.sim.set_remote(False)
+    status = chiller.wait_status(lambda s: s["state"] == "MANUAL")
+    assert (status["status_code"], status["status_text"]) == (0, "MANUAL STOP")
+    sent = chiller.sim.out_count
+    for action, payload in (("setpoint", 10), ("switch", "on"), ("switch", "off")):
+        answer = chiller.command(action, payload)
+        assert answer["ok"] is False, answer
+        assert "MANUAL" in answer["error"] and "not under remote control" in answer["error"]
+    assert chiller.sim.out_count == sent
+    chiller.sim.device.set_running(True)  # started on the front panel: still MANUAL
+    status = chiller.wait_status(lambda s: s["status_code"] == 1)
+    assert (status["state"], status["running"]) == ("MANUAL", 1)
+    chiller.sim.set_remote(True)
+    chiller.wait_status(lambda s: s["state"] == "RUNNING")
+
+
+def test_unit_refusal_is_reported_with_its_status(chiller: ChillerLab) -> None:
+    """A value the daemon accepts but the unit refuses: answered with the unit's status."""
+    chiller.sim.device.handle("OUT_SP_03 25")  # the unit's high warning limit: 25 °C
+    answer = chiller.command("setpoint", 30)
+    assert answer["ok"] is False
+    assert answer["error"] == "the unit refused it: -13 VALUE EXCEEDS TEMPERATURE LIMITS"
+    chiller.sim.device.handle("OUT_SP_03 200")
+    assert chiller.command("setpoint", 30)["ok"]
+
+
+def test_line_closed_then_reopened(chiller: ChillerLab) -> None:
+    since = chiller.client.mark()
+    chiller.sim.drop_line()
+    status = chiller.wait_status(lambda s: s["state"] == "DISCONNECTED", timeout=2, since=since)
+    assert status["error"] and status["bath_temp"] is None and status["status_code"] is None
+    sent = chiller.sim.out_count
+    answer = chiller.command("setpoint", 10)
+    assert answer["ok"] is False and "DISCONNECTED" in answer["error"]
+    answer = chiller.command("reconnect", "")
+    assert answer["ok"] is False and answer["error"], answer  # the line is still unplugged
+    chiller.sim.restore_line()
+    status = chiller.wait_status(lambda s: s["state"] == "STOPPED", timeout=5)
+    assert status["error"] is None and status["bath_temp"] == 20.0
+    assert chiller.sim.out_count == sent
+    assert chiller.command("reconnect", "")["ok"]  # drop and reopen a working line
+    assert chiller.command("setpoint", 10)["ok"]
+
+
+def test_refresh_republishes(chiller: ChillerLab) -> None:
+    since = chiller.client.mark()
+    assert chiller.command("refresh", "")["ok"]
+    message = chiller.wait_message(lambda s: s["state"] == "STOPPED", since=since)
+    assert message.t - chiller.client.messages[since].t < 0.5
+
+
+# -- line loss with the example's real timing (1 s poll, 0.5 s timeout, 0.25/0.1 s delays) ------
+
+QUICK_RETRY = {"reconnect_max_delay": 1.0}  # detection is timed for real; the retries need not be
+
+
+class MutingProxy:
+    """A TCP relay between the daemon and the simulator that can go silent (unit switched off
+    behind a ser2net bridge: the TCP connection stays up, no reply ever comes)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.muted = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        with client, upstream:
+            while not self._stop:
+                ready, _, _ = select.select([client, upstream], [], [], 0.1)
+                for sock in ready:
+                    data = sock.recv(4096)
+                    if not data:
+                        return
+                    if sock is client:
+                        upstream.sendall(data)
+                    elif not self.muted.is_set():
+                        client.sendall(data)
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+
+
+@pytest.mark.parametrize("transport", ["pty", "tcp"])
+def test_line_lost_is_disconnected_within_2_s_with_real_timing(
+    workdir: Path, broker: Broker, transport: str
+) -> None:
+    """Also: the daemon starts before the line exists and connects once it appears."""
+    name = f"julabo-real-{transport}"
+    lab = ChillerLab(workdir, broker, name, transport, prefix=f"/{name}", **QUICK_RETRY)
+    try:
+        lab.daemon.start()  # nothing is served yet
+        lab.wait_status(
+            lambda s: s["state"] == "DISCONNECTED" and "cannot open" in s["error"], 5, 0
+        )
+        lab.serve()
+        lab.wait_status(lambda s: s["state"] == "STOPPED", timeout=10)
+        since = lab.client.mark()
+        dropped = time.monotonic()
+        lab.sim.drop_line()
+        message = lab.wait_message(lambda s: s["state"] == "DISCONNECTED", 3, since)
+        assert message.t - dropped < 2.0
+        lab.sim.restore_line()
+        lab.wait_status(lambda s: s["state"] == "STOPPED", timeout=10)
+    finally:
+        lab.stop()
+
+
+def test_silent_unit_is_disconnected_within_2_s(workdir: Path, broker: Broker) -> None:
+    sim = JulaboSimulator(tick=None)
+    proxy = MutingProxy(int(sim.serve_tcp().rsplit(":", 1)[1]))
+    config = write_lab(
+        workdir / "julabo-silent.yml",
+        mqtt_port=broker.port,
+        ca_port=free_port(),
+        lab="silent",
+        julabo=julabo_section(
+            f"socket://127.0.0.1:{proxy.port}", prefix="/julabo-silent", **QUICK_RETRY
+        ),
+    )
+    daemon = python_process(
+        "julabo daemon", "trackerdcs.julabo.daemon", ["--config", str(config)],
+        workdir / "julabo-silent.log", ready=_logged("serving chiller"),
+    )  # fmt: skip
+    client = TestClient(broker.port)
+    try:
+        daemon.start()
+        live = lambda state: lambda m: not m.retain and m.json["state"] == state  # noqa: E731
+        client.wait_for("/julabo-silent/status", live("STOPPED"), 10)
+        since = client.mark()
+        muted = time.monotonic()
+        proxy.muted.set()
+        message = client.wait_for("/julabo-silent/status", live("DISCONNECTED"), 3, since)
+        assert message.t - muted < 2.0
+        assert "no reply" in message.json["error"]
+        proxy.muted.clear()  # the unit answers again: the daemon reconnects by itself
+        client.wait_for("/julabo-silent/status", live("STOPPED"), 10, client.mark())
+    finally:
+        daemon.stop()
+        client.close()
+        proxy.close()
+        sim.close()
+
+
+def test_daemon_refuses_a_lab_without_julabo(tmp_path: Path) -> None:
+    data = yaml.safe_load(EXAMPLE_LAB.read_text())
+    del data["julabo"]
+    path = tmp_path / "lab.yml"
+    path.write_text(yaml.safe_dump(data))
+    proc = python_process(
+        "julabo", "trackerdcs.julabo.daemon", ["--config", str(path)], tmp_path / "j.log"
+    )
+    proc.start()
+    assert proc.proc is not None and proc.proc.wait(20) == 2
+    assert "no 'julabo' section" in proc.output()

@@ -1,0 +1,166 @@
+"""`trackerdcs-ingest`: MQTT -> InfluxDB as `telegraf.conf` says, where Telegraf cannot run.
+
+trackerdcs-ingest --config telegraf.conf [--status-prefix /ingest] [--status-interval 5]
+
+Counters are logged and published (retained JSON) on `<status-prefix>/status`, with the last-will
+availability on `<status-prefix>/availability`, through the first input's connection:
+
+  received   MQTT messages received (every input)
+  rejected   messages skipped: the json parser refused the payload
+  metrics    metrics (points) made from the messages
+  written    points InfluxDB accepted
+  dropped    points lost: pushed out of a full buffer, or refused by InfluxDB as bad data
+  buffered   points waiting to be written
+  write_errors  failed write attempts (each retried)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trackerdcs.ingest.buffer import MetricBuffer
+from trackerdcs.ingest.conf import TelegrafConf, TelegrafConfError, load_telegraf_conf
+from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock
+from trackerdcs.ingest.writer import InfluxWriter
+from trackerdcs.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+READY = "ingest bridge running"  # logged once every input is connected (the stack waits for it)
+
+
+class Bridge:
+    def __init__(
+        self, conf: TelegrafConf, status_prefix: str | None = "/ingest", status_interval=5.0
+    ) -> None:
+        self.conf = conf
+        self.status_prefix = status_prefix
+        self.status_interval = status_interval
+        agent = conf.agent
+        self.buffer = MetricBuffer(agent.metric_buffer_limit, agent.metric_batch_size)
+        self.writer = InfluxWriter(conf.output, self.buffer, agent.flush_interval)
+        clock = UniqueClock()
+        will = (f"{status_prefix}/availability", "offline") if status_prefix else None
+        self.consumers = [
+            MqttConsumer(c, agent, self.buffer, clock, will=will if i == 0 else None)
+            for i, c in enumerate(conf.inputs)
+        ]
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+
+    def counters(self) -> dict[str, Any]:
+        """The counters; every key keeps its JSON type (integers, one string, one float)."""
+        snap = self.buffer.snapshot()
+        up = self.writer.up
+        return {
+            "received": sum(c.received for c in self.consumers),
+            "rejected": sum(c.rejected for c in self.consumers),
+            "metrics": snap["metrics"],
+            "written": snap["written"],
+            "dropped": snap["dropped"],
+            "buffered": snap["buffered"],
+            "write_errors": self.writer.write_errors,
+            "influxdb": {None: "unknown", True: "ok", False: "unreachable"}[up],
+            "uptime": round(time.monotonic() - self.started, 1),
+        }
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.writer.start()
+        for c in self.consumers:
+            c.start()
+        for c in self.consumers:
+            if not c.connected.wait(timeout):
+                raise TimeoutError(f"{c.name}: no connection to the broker in {timeout:g} s")
+        self._publish_online()
+        log.info(
+            "%s: %d input(s) -> %s database %s (batch %d, buffer %d, flush every %g s)",
+            READY,
+            len(self.consumers),
+            self.conf.output.url,
+            self.conf.output.database,
+            self.conf.agent.metric_batch_size,
+            self.conf.agent.metric_buffer_limit,
+            self.conf.agent.flush_interval,
+        )
+
+    def run(self) -> None:
+        """Publish and log the counters until `request_stop`."""
+        last_log = 0.0
+        while not self._stop.wait(self.status_interval):
+            counters = self.counters()
+            self._publish_status(counters)
+            if time.monotonic() - last_log >= 60:
+                last_log = time.monotonic()
+                log.info("counters %s", json.dumps(counters))
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        for c in self.consumers:
+            c.stop_reading()
+        self.writer.stop()
+        counters = self.counters()
+        log.info("stopped; counters %s", json.dumps(counters))
+        if self.status_prefix and self.consumers:
+            first = self.consumers[0].client
+            first.publish(f"{self.status_prefix}/status", json.dumps(counters), qos=1, retain=True)
+            first.publish(f"{self.status_prefix}/availability", "offline", qos=1, retain=True)
+        for c in self.consumers:
+            c.stop()
+
+    def _publish_online(self) -> None:
+        if self.status_prefix:
+            self.consumers[0].client.publish(
+                f"{self.status_prefix}/availability", "online", qos=1, retain=True
+            )
+            self._publish_status(self.counters())
+
+    def _publish_status(self, counters: dict[str, Any]) -> None:
+        if self.status_prefix:
+            self.consumers[0].client.publish(
+                f"{self.status_prefix}/status", json.dumps(counters), qos=1, retain=True
+            )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="trackerdcs-ingest", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="telegraf.conf", help="telegraf.conf (default: %(default)s)")
+    p.add_argument("--status-prefix", default="/ingest", help="'' to publish no counters")
+    p.add_argument("--status-interval", type=float, default=5.0, help="s between counters")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose, "ingest")
+    try:
+        conf = load_telegraf_conf(Path(args.config))
+    except TelegrafConfError as exc:
+        print(f"trackerdcs-ingest: {exc}", file=sys.stderr)
+        return 2
+    bridge = Bridge(conf, args.status_prefix or None, args.status_interval)
+    signal.signal(signal.SIGTERM, bridge.request_stop)
+    signal.signal(signal.SIGINT, bridge.request_stop)
+    try:
+        bridge.start()
+        bridge.run()
+    except TimeoutError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        bridge.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""`telegraf.conf`: the subset of Telegraf's configuration the bridge implements.
+
+The file is read the way Telegraf reads it: environment variables (`${VAR}`, `${VAR:-default}`,
+`${VAR-default}`, `${VAR:?error}`, `${VAR?error}`) are substituted first (outside comments), then
+it is parsed as TOML, and options left out take Telegraf's defaults. Any plugin, table or option
+not listed below is refused with an error naming the file, the plugin and the option, so that the
+bridge and the real Telegraf can never read the same file differently.
+
+Implemented:
+
+- `[agent]`: interval, flush_interval, metric_batch_size, metric_buffer_limit, omit_hostname,
+  hostname;
+- `[[inputs.mqtt_consumer]]`: servers (one `tcp://` or `mqtt://` URL), topics, qos, client_id,
+  username, password, topic_tag, max_undelivered_messages, name_override, data_format (`json`),
+  tag_keys, json_string_fields, and the metric filter `[inputs.mqtt_consumer.tagpass]`;
+- `[[outputs.influxdb]]` (exactly one): urls (one `http://` or `https://` URL), database,
+  retention_policy, skip_database_creation, timeout, username, password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trackerdcs.ingest.filters import FilterError, GlobFilter, TagPass
+
+
+class TelegrafConfError(Exception):
+    """A telegraf.conf the bridge cannot run: unreadable, invalid, or using an option it lacks."""
+
+
+# -- values -----------------------------------------------------------------------------------
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a Telegraf duration: a Go duration string (`10s`, `1m30s`, `500ms`) or a
+    number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '10s', got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as '10s', got {value!r}")
+    parts = _GO_DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"expected a duration such as '10s' or '1m30s', got {value!r}")
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def substitute_env(text: str, env: Mapping[str, str]) -> str:
+    """Telegraf's `${...}` expansion, applied to every line outside its comment."""
+
+    def expand(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        value = env.get(name)
+        if op is None:
+            return value or ""
+        empty_counts = op.startswith(":")
+        missing = value is None or (empty_counts and value == "")
+        if op.endswith("-"):
+            return arg if missing else value or ""
+        if missing:
+            raise TelegrafConfError(f"environment variable {name}: {arg or 'not set'}")
+        return value or ""
+
+    lines = []
+    for line in text.splitlines(keepends=True):
+        code, comment = _split_comment(line)
+        lines.append(_ENV.sub(expand, code) + comment)
+    return "".join(lines)
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """The line before its `#` comment (a `#` inside a quoted string does not count), and the
+    comment."""
+    quote: str | None = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return line[:i], line[i:]
+        i += 1
+    return line, ""
+
+
+# -- the model ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AgentConf:
+    """`[agent]`, with Telegraf's defaults."""
+
+    interval: float = 10.0  # service inputs: how often a lost broker connection is retried
+    flush_interval: float = 10.0
+    metric_batch_size: int = 1000
+    metric_buffer_limit: int = 10000
+    omit_hostname: bool = False
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class ConsumerConf:
+    """One `[[inputs.mqtt_consumer]]` with `data_format = "json"`."""
+
+    where: str  # "[[inputs.mqtt_consumer]] #1" (for messages)
+    host: str
+    port: int
+    topics: tuple[str, ...]
+    qos: int = 0
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    topic_tag: str = "topic"
+    max_undelivered_messages: int = 1000
+    measurement: str = "mqtt_consumer"
+    tag_keys: GlobFilter = field(default_factory=lambda: GlobFilter(()))
+    string_fields: GlobFilter = field(default_factory=lambda: GlobFilter(()))
+    tagpass: TagPass | None = None
+
+
+@dataclass(frozen=True)
+class InfluxOutputConf:
+    """The one `[[outputs.influxdb]]`, with Telegraf's defaults."""
+
+    url: str = "http://localhost:8086"
+    database: str = "telegraf"
+    retention_policy: str = ""
+    skip_database_creation: bool = False
+    timeout: float = 5.0
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class TelegrafConf:
+    path: Path
+    agent: AgentConf
+    inputs: tuple[ConsumerConf, ...]
+    output: InfluxOutputConf
+
+
+# -- option readers -----------------------------------------------------------------------------
+class _Options:
+    """The options of one table: typed getters; `done()` refuses whatever was not read."""
+
+    def __init__(self, path: Path, where: str, table: dict[str, Any]) -> None:
+        self.path, self.where, self.table = path, where, dict(table)
+        self._used: set[str] = set()
+
+    def error(self, key: str, reason: str) -> TelegrafConfError:
+        return TelegrafConfError(f"{self.path}: {self.where}: option '{key}': {reason}")
+
+    def get(self, key: str, default: Any, check: Callable[[Any], Any]) -> Any:
+        self._used.add(key)
+        if key not in self.table:
+            return default
+        try:
+            return check(self.table[key])
+        except (ValueError, TypeError, FilterError) as exc:
+            raise self.error(key, str(exc)) from None
+
+    def done(self, implemented: str) -> None:
+        for key in self.table:
+            if key not in self._used:
+                raise self.error(
+                    key,
+                    f"not implemented by the trackerdcs bridge (it implements: {implemented}); "
+                    "remove it or run the real Telegraf",
+                )
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"expected a positive integer, got {v!r}")
+    return v
+
+
+def _strings(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise TypeError(f"expected a list of strings, got {v!r}")
+    return tuple(v)
+
+
+def _globs(v: Any) -> GlobFilter:
+    return GlobFilter(_strings(v))
+
+
+def _positive_duration(v: Any) -> float:
+    seconds = parse_duration(v)
+    if seconds <= 0:
+        raise ValueError(f"must be positive, got {v!r}")
+    return seconds
+
+
+def _qos(v: Any) -> int:
+    if v not in (0, 1, 2) or isinstance(v, bool):
+        raise ValueError(f"expected 0, 1 or 2, got {v!r}")
+    return v
+
+
+def _broker(v: Any) -> tuple[str, int]:
+    servers = _strings(v)
+    if len(servers) != 1:
+        raise ValueError(f"the bridge implements exactly one server, got {len(servers)}")
+    url = urllib.parse.urlsplit(servers[0])
+    if url.scheme not in ("tcp", "mqtt") or not url.hostname:
+        raise ValueError(f"expected tcp://HOST:PORT (the bridge has no TLS), got {servers[0]!r}")
+    return url.hostname, url.port or 1883
+
+
+def _influx_url(v: Any) -> str:
+    urls = _strings(v)
+    if len(urls) != 1:
+        raise ValueError(f"the bridge implements exactly one URL, got {len(urls)}")
+    url = urllib.parse.urlsplit(urls[0])
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"expected http://HOST:PORT, got {urls[0]!r}")
+    return urls[0].rstrip("/")
+
+
+def _tagpass(v: Any) -> TagPass:
+    if not isinstance(v, dict):
+        raise TypeError(f"expected a table of tag -> patterns, got {v!r}")
+    return TagPass({key: _strings(patterns) for key, patterns in v.items()})
+
+
+# -- the tables -------------------------------------------------------------------------------
+AGENT_OPTIONS = (
+    "interval",
+    "flush_interval",
+    "metric_batch_size",
+    "metric_buffer_limit",
+    "omit_hostname",
+    "hostname",
+)
+CONSUMER_OPTIONS = (
+    "servers",
+    "topics",
+    "qos",
+    "client_id",
+    "username",
+    "password",
+    "topic_tag",
+    "max_undelivered_messages",
+    "name_override",
+    "data_format",
+    "tag_keys",
+    "json_string_fields",
+    "tagpass",
+)
+OUTPUT_OPTIONS = (
+    "urls",
+    "database",
+    "retention_policy",
+    "skip_database_creation",
+    "timeout",
+    "username",
+    "password",
+)
+
+
+def _agent(path: Path, table: dict[str, Any]) -> AgentConf:
+    o = _Options(path, "[agent]", table)
+    d = AgentConf()
+    agent = AgentConf(
+        interval=o.get("interval", d.interval, _positive_duration),
+        flush_interval=o.get("flush_interval", d.flush_interval, _positive_duration),
+        metric_batch_size=o.get("metric_batch_size", d.metric_batch_size, _positive_int),
+        metric_buffer_limit=o.get("metric_buffer_limit", d.metric_buffer_limit, _positive_int),
+        omit_hostname=o.get("omit_hostname", d.omit_hostname, _bool),
+        hostname=o.get("hostname", d.hostname, _string),
+    )
+    o.done(", ".join(AGENT_OPTIONS))
+    return agent
+
+
+def _consumer(path: Path, index: int, table: dict[str, Any]) -> ConsumerConf:
+    where = f"[[inputs.mqtt_consumer]] #{index}"
+    o = _Options(path, where, table)
+    data_format = o.get("data_format", "influx", _string)
+    if data_format != "json":
+        raise o.error("data_format", f"the bridge implements 'json' only, got {data_format!r}")
+    host, port = o.get("servers", ("127.0.0.1", 1883), _broker)
+    topics = o.get("topics", (), _strings)
+    if not topics:
+        raise o.error("topics", "at least one topic is needed")
+    conf = ConsumerConf(
+        where=where,
+        host=host,
+        port=port,
+        topics=topics,
+        qos=o.get("qos", 0, _qos),
+        client_id=o.get("client_id", "", _string),
+        username=o.get("username", "", _string),
+        password=o.get("password", "", _string),
+        topic_tag=o.get("topic_tag", "topic", _string),
+        max_undelivered_messages=o.get("max_undelivered_messages", 1000, _positive_int),
+        measurement=o.get("name_override", "", _string) or "mqtt_consumer",
+        tag_keys=o.get("tag_keys", GlobFilter(()), _globs),
+        string_fields=o.get("json_string_fields", GlobFilter(()), _globs),
+        tagpass=o.get("tagpass", None, _tagpass),
+    )
+    o.done(", ".join(CONSUMER_OPTIONS))
+    return conf
+
+
+def _output(path: Path, table: dict[str, Any]) -> InfluxOutputConf:
+    o = _Options(path, "[[outputs.influxdb]]", table)
+    d = InfluxOutputConf()
+    out = InfluxOutputConf(
+        url=o.get("urls", d.url, _influx_url),
+        database=o.get("database", d.database, _string),
+        retention_policy=o.get("retention_policy", d.retention_policy, _string),
+        skip_database_creation=o.get("skip_database_creation", False, _bool),
+        timeout=o.get("timeout", d.timeout, _positive_duration),
+        username=o.get("username", "", _string),
+        password=o.get("password", "", _string),
+    )
+    o.done(", ".join(OUTPUT_OPTIONS))
+    if not out.database:
+        raise o.error("database", "must not be empty")
+    return out
+
+
+def parse_telegraf_conf(text: str, path: Path | str = "telegraf.conf", env=None) -> TelegrafConf:
+    """Validate telegraf.conf text (environment from `env`, default `os.environ`)."""
+    path = Path(path)
+    text = substitute_env(text, os.environ if env is None else env)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TelegrafConfError(f"{path}: not valid TOML: {exc}") from None
+    top = dict(data)
+    agent = _agent(path, top.pop("agent", {}))
+    inputs_table = dict(top.pop("inputs", {}))
+    outputs_table = dict(top.pop("outputs", {}))
+    for key in top:
+        raise TelegrafConfError(
+            f"{path}: [{key}] is not implemented by the trackerdcs bridge "
+            "(it implements [agent], [[inputs.mqtt_consumer]] and [[outputs.influxdb]])"
+        )
+    consumers = inputs_table.pop("mqtt_consumer", [])
+    outputs = outputs_table.pop("influxdb", [])
+    for kind, rest in (("inputs", inputs_table), ("outputs", outputs_table)):
+        for plugin in rest:
+            raise TelegrafConfError(
+                f"{path}: [[{kind}.{plugin}]] is not implemented by the trackerdcs bridge"
+            )
+    if not isinstance(consumers, list) or not consumers:
+        raise TelegrafConfError(f"{path}: no [[inputs.mqtt_consumer]]")
+    if not isinstance(outputs, list) or len(outputs) != 1:
+        raise TelegrafConfError(f"{path}: the bridge implements exactly one [[outputs.influxdb]]")
+    return TelegrafConf(
+        path=path,
+        agent=agent,
+        inputs=tuple(_consumer(path, i, t) for i, t in enumerate(consumers, 1)),
+        output=_output(path, outputs[0]),
+    )
+
+
+def load_telegraf_conf(path: Path | str, env: Mapping[str, str] | None = None) -> TelegrafConf:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TelegrafConfError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_telegraf_conf(text, path, env)

@@ -1,0 +1,217 @@
+"""One `[[inputs.mqtt_consumer]]`: its own MQTT connection, messages -> metrics -> the buffer.
+
+As Telegraf's mqtt_consumer: MQTT 3.1.1, a clean session, every topic subscribed at `qos` on each
+(re)connect, lost connections retried every `[agent] interval` at most; the measurement is
+`name_override` (else `mqtt_consumer`); the topic goes into the `topic_tag` tag (none when it is
+empty); metrics failing `tagpass` are left out; while `max_undelivered_messages` messages wait
+for InfluxDB, no further message is read. A payload the json parser rejects is counted, logged
+and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from trackerdcs.ingest.buffer import MetricBuffer
+from trackerdcs.ingest.conf import AgentConf, ConsumerConf
+from trackerdcs.ingest.jsonparse import JsonParser, PayloadError
+from trackerdcs.ingest.lineproto import LineSerializer
+
+log = logging.getLogger(__name__)
+
+_LOG_FIRST_REJECTS = 10  # then every 100th, so a flood of garbage cannot flood the log
+
+
+class UniqueClock:
+    """Nanosecond timestamps, strictly increasing: two messages never share one, so no point
+    overwrites another of the same series."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def now(self) -> int:
+        with self._lock:
+            t = time.time_ns()
+            if t <= self._last:
+                t = self._last + 1
+            self._last = t
+            return t
+
+
+class _BufferedSocket:
+    """A TCP socket read 256 kB at a time. paho reads a packet in three to four `recv` calls;
+    from this buffer those cost no system call, and `pending()` tells paho's loop to go on
+    reading without `select`."""
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        pos, buf = self._pos, self._buf
+        if pos >= len(buf):
+            buf = self._sock.recv(262144)
+            if not buf:
+                return buf
+            self._buf, pos = buf, 0
+        self._pos = pos + n
+        return buf[pos : pos + n]
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class FastClient(mqtt.Client):
+    """paho's client (2.2) reading through `_BufferedSocket` and draining it in one `loop_read`.
+
+    Relies on two internals of paho-mqtt 2.2 (pinned in requirements.txt): `_create_socket` and
+    `_packet_read`; `tests/test_ingest_units.py` checks it still receives every message.
+    """
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        return _BufferedSocket(sock) if isinstance(sock, socket.socket) else sock
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket):
+            if not sock.pending():
+                break
+            rc = self._packet_read()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            sock = self._sock
+        return rc
+
+
+class MqttConsumer:
+    """One input: connects, subscribes, and turns each message into buffered lines."""
+
+    def __init__(
+        self,
+        conf: ConsumerConf,
+        agent: AgentConf,
+        buffer: MetricBuffer,
+        clock: UniqueClock,
+        will: tuple[str, str] | None = None,
+    ) -> None:
+        self.conf = conf
+        self.buffer = buffer
+        self.clock = clock
+        self.parser = JsonParser(conf.tag_keys, conf.string_fields)
+        self.serializer = LineSerializer(conf.measurement)
+        self.host_tag = None if agent.omit_hostname else (agent.hostname or socket.gethostname())
+        self.received = 0
+        self.rejected = 0
+        self.connected = threading.Event()
+        self._stopping = False
+        client_id = conf.client_id or f"trackerdcs-ingest-{secrets.token_hex(4)}"
+        self.client = FastClient(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        if conf.username:
+            self.client.username_pw_set(conf.username, conf.password or None)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.reconnect_delay_set(1, max(1, int(agent.interval)))
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    @property
+    def name(self) -> str:
+        return f"{self.conf.where} ({self.conf.measurement})"
+
+    def start(self) -> None:
+        log.info(
+            "%s: mqtt://%s:%d %s", self.name, self.conf.host, self.conf.port, list(self.conf.topics)
+        )
+        self.client.connect_async(self.conf.host, self.conf.port, keepalive=60)
+        self.client.loop_start()
+
+    def stop_reading(self) -> None:
+        """Unsubscribe (on stopping: what was received is still written)."""
+        self._stopping = True
+        if self.connected.is_set():
+            self.client.unsubscribe(list(self.conf.topics))
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- paho callbacks (network thread) ----------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("%s: broker refused the connection: %s", self.name, reason_code)
+            return
+        client.subscribe([(t, self.conf.qos) for t in self.conf.topics])
+        self.connected.set()
+        log.info("%s: connected, subscribed", self.name)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._stopping:
+            log.warning("%s: lost the broker (%s); reconnecting", self.name, reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        limit = self.conf.max_undelivered_messages
+        while not self.buffer.wait_undelivered_below(limit, 1.0):
+            if self._stopping:
+                return
+        self.received += 1
+        self.handle(msg.topic, msg.payload)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Parse one message and buffer its lines (a rejected payload is counted and skipped)."""
+        try:
+            metrics = self.parser.parse(payload)
+        except PayloadError as exc:
+            self.rejected += 1
+            if self.rejected <= _LOG_FIRST_REJECTS or self.rejected % 100 == 0:
+                log.warning(
+                    "%s: skipped a payload on %s (%d so far): %s: %.200r",
+                    self.name,
+                    topic,
+                    self.rejected,
+                    exc,
+                    payload,
+                )
+            return
+        if not metrics:
+            return
+        timestamp = str(self.clock.now())
+        topic_tag, tagpass, host = self.conf.topic_tag, self.conf.tagpass, self.host_tag
+        lines = []
+        for tags, fields in metrics:
+            if topic_tag:
+                tags[topic_tag] = topic
+            if tagpass is not None and not tagpass.select(tags):
+                continue
+            if host is not None and "host" not in tags:
+                tags["host"] = host
+            line = self.serializer.line(tags, fields, timestamp)
+            if line is not None:
+                lines.append(line)
+        self.buffer.add(lines)

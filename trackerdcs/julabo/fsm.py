@@ -1,0 +1,143 @@
+"""The chiller as the daemon sees it: its latest poll and its state machine.
+
+The state follows the unit: every poll (or lost line) is classified into the state it shows
+(`observed_state`) and the matching observation trigger fires. Commands are internal triggers
+(no change of state: the next poll moves it); their sources say in which states a command is
+allowed, so `may_switch_on()` is the guard the service asks before anything is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from transitions import Machine
+
+from trackerdcs.julabo.protocol import JulaboStatus
+
+
+class ChillerState(StrEnum):
+    DISCONNECTED = "DISCONNECTED"  # the line is down or the unit does not answer
+    STOPPED = "STOPPED"  # remote control, temperature control off (02 REMOTE STOP)
+    RUNNING = "RUNNING"  # remote control, temperature control on (03 REMOTE START)
+    ERROR = "ERROR"  # a negative status code: warning or alarm, decoded in `status_text`
+    MANUAL = "MANUAL"  # 00/01: the unit is not under remote control; commands are refused
+
+
+S = ChillerState
+
+OBSERVATIONS: dict[ChillerState, str] = {
+    S.DISCONNECTED: "lose_line",
+    S.STOPPED: "see_stopped",
+    S.RUNNING: "see_running",
+    S.ERROR: "see_error",
+    S.MANUAL: "see_manual",
+}
+
+# Commands: internal transitions; `source` lists the states in which they are allowed.
+COMMANDS: dict[str, list[ChillerState]] = {
+    "set_setpoint": [S.STOPPED, S.RUNNING, S.ERROR],  # a new set point may cure a warning
+    "switch_on": [S.STOPPED, S.RUNNING],
+    "switch_off": [S.STOPPED, S.RUNNING, S.ERROR],  # stopping is always allowed when connected
+}
+
+TRANSITIONS: list[dict[str, Any]] = [
+    *({"trigger": t, "source": "*", "dest": s} for s, t in OBSERVATIONS.items()),
+    *({"trigger": cmd, "source": src, "dest": None} for cmd, src in COMMANDS.items()),
+]
+
+
+@dataclass(frozen=True)
+class Poll:
+    """One complete reading of the unit."""
+
+    status: JulaboStatus
+    bath: float  # IN_PV_00, °C
+    external: float  # IN_PV_02, °C
+    power: float  # IN_PV_01, %
+    setpoint: float  # the active set point's value, °C
+    active_setpoint: int  # 1..3 (the unit's IN_MODE_01 + 1)
+    running: bool  # IN_MODE_05
+
+
+def observed_state(poll: Poll | None) -> ChillerState:
+    """The state a poll shows (None: no answer). Errors win over the mode."""
+    if poll is None:
+        return S.DISCONNECTED
+    if poll.status.is_error:
+        return S.ERROR
+    if not poll.status.is_remote:
+        return S.MANUAL
+    return S.RUNNING if poll.running else S.STOPPED
+
+
+class Chiller:
+    """The unit's latest poll, why it is not connected, and the state (set by the `Machine`)."""
+
+    state: ChillerState
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.poll: Poll | None = None
+        self.line_error: str | None = "not connected yet"
+
+    def observe(self, poll: Poll | None, line_error: str | None = None) -> bool:
+        """Record a poll (or a lost line, with its reason); True when the state changed."""
+        self.poll = poll
+        self.line_error = line_error if poll is None else None
+        seen = observed_state(poll)
+        if seen == self.state:
+            return False
+        getattr(self, OBSERVATIONS[seen])()
+        return True
+
+    def refusal(self, command: str) -> str | None:
+        """Why `command` is not allowed now, or None when it is."""
+        if getattr(self, f"may_{command}")():
+            return None
+        if self.state is S.DISCONNECTED:
+            return f"the chiller is DISCONNECTED ({self.line_error}): nothing was sent"
+        status = self.poll.status if self.poll else None
+        if self.state is S.MANUAL:
+            return (
+                f"the chiller is in MANUAL mode (status {status}): it is not under remote "
+                "control; switch it to remote on its front panel"
+            )
+        return f"the chiller is in {self.state} (status {status}): clear the cause on the unit"
+
+    def as_status(self) -> dict[str, Any]:
+        """`/julabo/status`: every key keeps one JSON type; readings are null when unknown."""
+        p = self.poll
+        return {
+            "state": str(self.state),
+            "status_code": p.status.code if p else None,
+            "status_text": p.status.text if p else None,
+            "bath_temp": float(p.bath) if p else None,
+            "external_temp": float(p.external) if p else None,
+            "power": float(p.power) if p else None,
+            "setpoint": float(p.setpoint) if p else None,
+            "active_setpoint": p.active_setpoint if p else None,
+            "running": int(p.running) if p else None,
+            "error": self.error,
+        }
+
+    @property
+    def error(self) -> str | None:
+        """Why the chiller is not healthy: the lost line, or the decoded error status."""
+        if self.state is S.DISCONNECTED:
+            return self.line_error
+        if self.poll is not None and self.poll.status.is_error:
+            return str(self.poll.status)
+        return None
+
+
+def make_machine(chiller: Chiller) -> Machine:
+    return Machine(
+        model=chiller,
+        states=ChillerState,
+        transitions=TRANSITIONS,
+        initial=S.DISCONNECTED,
+        auto_transitions=False,
+        send_event=False,
+    )

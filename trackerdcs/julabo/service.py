@@ -1,0 +1,197 @@
+"""The chiller's MQTT service (`/julabo`), on the daemon's asyncio loop.
+
+Polls and lost lines arrive from the line worker through `call_soon_threadsafe`, so the service's
+state is only touched from the loop. A command is checked here (payload, range, state) before
+anything is queued for the line: a refused command sends nothing. An accepted command is answered
+once the worker has written it and read it back.
+
+Topic contract (docs/topics.md): `<prefix>/status` (retained JSON, on change and every
+`heartbeat` s), `<prefix>/availability`, `<prefix>/cmd/{setpoint,switch,refresh,reconnect}`,
+answers on `<prefix>/response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from trackerdcs.config import JulaboConfig
+from trackerdcs.julabo.device import Julabo
+from trackerdcs.julabo.fsm import Chiller, Poll
+from trackerdcs.julabo.protocol import ReadbackMismatch
+from trackerdcs.julabo.worker import DoneFn, JobFn
+from trackerdcs.mqtt import Command, MqttLink, PayloadError
+from trackerdcs.power.service import CommandError, parse_number, parse_switch
+
+log = logging.getLogger(__name__)
+
+
+class Line(Protocol):
+    """What the service needs from the line worker."""
+
+    def submit(self, fn: JobFn, done: DoneFn) -> None: ...
+
+    def reconnect(self, done: DoneFn) -> None: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """A command accepted by the service, to be run on the line."""
+
+    fn: JobFn | None  # None: reconnect the line
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    usage: str
+    handler: str  # method name on JulaboService
+    payload: str  # as documented
+
+
+COMMAND_TABLE: dict[str, CommandSpec] = {
+    "setpoint": CommandSpec("setpoint", "_cmd_setpoint", "°C"),
+    "switch": CommandSpec("switch", "_cmd_switch", "`on` / `off`"),
+    "refresh": CommandSpec("refresh", "_cmd_refresh", "anything"),
+    "reconnect": CommandSpec("reconnect", "_cmd_reconnect", "anything"),
+}
+
+
+def write_setpoint(value: float) -> JobFn:
+    """Write the set point the unit regulates to (the active one), verified by read-back."""
+
+    def job(device: Julabo) -> float:
+        return device.set_setpoint(device.active_setpoint + 1, value)
+
+    return job
+
+
+def switch(on: bool) -> JobFn:
+    def job(device: Julabo) -> None:
+        if on:
+            device.start()
+        else:
+            device.stop()
+
+    return job
+
+
+class JulaboService:
+    """Status publishing and command handling for one chiller."""
+
+    def __init__(
+        self,
+        cfg: JulaboConfig,
+        chiller: Chiller,
+        line: Line,
+        link: MqttLink,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.cfg = cfg
+        self.prefix = cfg.prefix
+        self.chiller = chiller
+        self.line = line
+        self.link = link
+        self.loop = loop
+        self._published: dict[str, Any] | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None
+
+    # -- from the line worker (on the loop) ------------------------------------------------------
+    def on_poll(self, poll: Poll) -> None:
+        self._observe(poll, None)
+
+    def on_line_lost(self, reason: str) -> None:
+        self._observe(None, reason)
+
+    def _observe(self, poll: Poll | None, reason: str | None) -> None:
+        before = self.chiller.state
+        if self.chiller.observe(poll, reason):
+            log.info("chiller %s -> %s%s", before, self.chiller.state, _why(self.chiller.error))
+        if self.chiller.as_status() != self._published:
+            self.publish_status()
+
+    # -- publishing ------------------------------------------------------------------------------
+    def publish_status(self) -> None:
+        status = self.chiller.as_status()
+        self._published = status
+        self.link.publish_state(f"{self.prefix}/status", json.dumps(status))
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self.publish_status)
+
+    def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+
+    # -- commands --------------------------------------------------------------------------------
+    def handle_command(self, cmd: Command) -> None:
+        """Check, queue for the line, answer when done. A refused command sends nothing."""
+        try:
+            outcome = self._dispatch(cmd)
+        except (CommandError, PayloadError) as exc:
+            self.link.respond(cmd, False, str(exc))
+            return
+        if not isinstance(outcome, Job):
+            self.link.respond(cmd, True, None)
+            return
+        done = self._answer_later(cmd)
+        if outcome.fn is None:
+            self.line.reconnect(done)
+        else:
+            self.line.submit(outcome.fn, done)
+
+    def _answer_later(self, cmd: Command) -> DoneFn:
+        def done(result: Any, error: Exception | None) -> None:
+            self.loop.call_soon_threadsafe(self._finish, cmd, error)
+
+        return done
+
+    def _finish(self, cmd: Command, error: Exception | None) -> None:
+        if error is None:
+            self.link.respond(cmd, True, None)
+        elif isinstance(error, ReadbackMismatch) and error.status is not None:
+            self.link.respond(cmd, False, f"the unit refused it: {error.status}")
+        else:
+            self.link.respond(cmd, False, str(error))
+
+    def _dispatch(self, cmd: Command) -> Job | None:
+        spec = COMMAND_TABLE.get(cmd.action)
+        if spec is None:
+            known = ", ".join(f"{self.prefix}/cmd/{s.usage}" for s in COMMAND_TABLE.values())
+            raise CommandError(f"unknown command {cmd.action!r} (known: {known})")
+        value, _ = cmd.decoded()
+        handler: Callable[[Any], Job | None] = getattr(self, spec.handler)
+        return handler(value)
+
+    def _check_allowed(self, command: str) -> None:
+        reason = self.chiller.refusal(command)
+        if reason:
+            raise CommandError(reason)
+
+    def _cmd_setpoint(self, value: Any) -> Job:
+        celsius = parse_number(value, "set point")
+        low, high = self.cfg.setpoint_min, self.cfg.setpoint_max
+        if celsius > high:
+            raise CommandError(f"{celsius:g} C exceeds the maximum set point {high:g} C")
+        if celsius < low:
+            raise CommandError(f"{celsius:g} C is below the minimum set point {low:g} C")
+        self._check_allowed("set_setpoint")
+        return Job(write_setpoint(celsius))
+
+    def _cmd_switch(self, value: Any) -> Job:
+        on = parse_switch(value)
+        self._check_allowed("switch_on" if on else "switch_off")
+        return Job(switch(on))
+
+    def _cmd_refresh(self, value: Any) -> None:
+        self.publish_status()
+
+    def _cmd_reconnect(self, value: Any) -> Job:
+        return Job(None)
+
+
+def _why(error: str | None) -> str:
+    return f" ({error})" if error else ""

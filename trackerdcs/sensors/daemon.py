@@ -1,0 +1,119 @@
+"""The environmental-sensor daemon: every sensor of the lab YAML, one MQTT topic each.
+
+trackerdcs-sensors --config examples/lab.yml [--sensor NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from trackerdcs.config import ConfigError, LabConfig, SensorConfig, SensorKind, load_config
+from trackerdcs.logs import setup_logging
+from trackerdcs.sensors.sensor import SensorState
+from trackerdcs.sensors.service import SensorService
+from trackerdcs.sensors.sources import LineSource, SimSource, Source
+
+log = logging.getLogger(__name__)
+
+SIM_MODULE_TEMPERATURE = 20.0  # °C, a `sim` module sensor without a virtual lab
+
+
+def make_source(lab: LabConfig, cfg: SensorConfig, service: SensorService) -> Source:
+    """The sensor's source; its callbacks are moved onto the service's loop."""
+    loop = service.loop
+
+    def on_line(line: str) -> None:
+        loop.call_soon_threadsafe(service.on_line, line)
+
+    def on_error(reason: str) -> None:
+        loop.call_soon_threadsafe(service.on_error, reason)
+
+    if cfg.source != "sim":
+        return LineSource(cfg.source, on_line, on_error, baudrate=cfg.baudrate)
+    room = lab.virtual_lab
+    room_temperature = room.room_temperature if room else 21.0
+    if cfg.kind is SensorKind.ROOM:
+        humidity: float | None = room.room_humidity if room else 45.0
+        temperature = room_temperature
+    else:
+        humidity, temperature = None, SIM_MODULE_TEMPERATURE
+    interval = min(1.0, cfg.publish_interval, cfg.stale_timeout / 4)
+    return SimSource(on_line, temperature=temperature, humidity=humidity, interval=interval)
+
+
+class SensorDaemon:
+    def __init__(
+        self, lab: LabConfig, loop: asyncio.AbstractEventLoop, names: list[str] | None = None
+    ) -> None:
+        chosen = [s for s in lab.sensors if not names or s.name in names]
+        self.services: list[SensorService] = []
+        self.sources: list[Source] = []
+        for cfg in chosen:
+            client_id = f"trackerdcs-{lab.lab}-{cfg.name}"
+            service = SensorService(SensorState(cfg), lab.mqtt, client_id, loop)
+            self.services.append(service)
+            self.sources.append(make_source(lab, cfg, service))
+
+    def start(self) -> None:
+        for service, source in zip(self.services, self.sources, strict=True):
+            service.link.start()
+            service.start()  # stale until the first reading
+            source.start()
+        log.info(
+            "serving %d sensor(s): %s",
+            len(self.services),
+            ", ".join(f"{s.cfg.prefix} ({s.cfg.source})" for s in self.services),
+        )
+
+    def stop(self) -> None:
+        for source in self.sources:
+            source.stop()
+        for source in self.sources:
+            source.join()
+        for service in self.services:
+            service.stop()
+            service.link.stop()
+
+
+async def run(lab: LabConfig, names: list[str] | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    daemon = SensorDaemon(lab, loop, names)
+    daemon.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        daemon.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trackerdcs-sensors", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="lab YAML file")
+    parser.add_argument("--sensor", action="append", help="serve only this sensor (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, name="sensors")
+    try:
+        lab = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    known = {s.name for s in lab.sensors}
+    unknown = sorted(set(args.sensor or ()) - known)
+    if not lab.sensors or unknown:
+        what = f"no sensor named {', '.join(unknown)}" if unknown else "no 'sensors' section"
+        print(f"{args.config}: {what}: nothing to serve", file=sys.stderr)
+        return 2
+    asyncio.run(run(lab, args.sensor))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""One sensor's MQTT service (`/<name>`), on the daemon's asyncio loop.
+
+Lines and source errors arrive from the source's thread through `call_soon_threadsafe`.
+`/<name>/status` (retained) is published every `publish_interval` s, and at once when `stale` or
+`error` change (a line that fails, a reading that goes stale, a sensor that comes back).
+`/<name>/availability` follows the service (last will); `/<name>/cmd/refresh` republishes now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from trackerdcs.config import MqttConfig
+from trackerdcs.mqtt import Command, MqttLink
+from trackerdcs.sensors.sensor import SensorState
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("refresh",)
+
+
+class SensorService:
+    def __init__(
+        self,
+        state: SensorState,
+        mqtt: MqttConfig,
+        client_id: str,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.cfg = state.cfg
+        self.loop = loop
+        self.link = MqttLink(
+            mqtt,
+            self.cfg.prefix,
+            client_id=client_id,
+            on_command=lambda cmd: loop.call_soon_threadsafe(self.handle_command, cmd),
+        )
+        self.clock = clock
+        self._flags: tuple[bool, str | None] | None = None  # (stale, error) last published
+        self._periodic: asyncio.TimerHandle | None = None
+        self._stale_check: asyncio.TimerHandle | None = None
+
+    @property
+    def topic(self) -> str:
+        return f"{self.cfg.prefix}/status"
+
+    # -- from the source (on the loop) -----------------------------------------------------------
+    def on_line(self, line: str) -> None:
+        self.state.ingest(line, self.clock())
+        if self.state.read_at is not None and self._stale_check is None:
+            self._watch_staleness()
+        self._publish_if_flags_changed()
+
+    def on_error(self, reason: str) -> None:
+        self.state.source_failed(reason)
+        self._publish_if_flags_changed()
+
+    # -- publishing ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.publish()
+
+    def stop(self) -> None:
+        for handle in (self._periodic, self._stale_check):
+            if handle is not None:
+                handle.cancel()
+
+    def publish(self) -> None:
+        snapshot = self.state.snapshot(self.clock())
+        self._note_flags(snapshot)
+        self.link.publish_state(self.topic, json.dumps(snapshot))
+        if self._periodic is not None:
+            self._periodic.cancel()
+        self._periodic = self.loop.call_later(self.cfg.publish_interval, self.publish)
+
+    def _note_flags(self, snapshot: dict[str, Any]) -> None:
+        flags = (snapshot["stale"], snapshot["error"])
+        if self._flags is not None and flags != self._flags:
+            if snapshot["error"]:
+                log.warning("%s: stale=%s, %s", self.cfg.name, flags[0], snapshot["error"])
+            else:
+                log.info("%s: reading again", self.cfg.name)
+        self._flags = flags
+
+    def _publish_if_flags_changed(self) -> None:
+        snapshot = self.state.snapshot(self.clock())
+        if (snapshot["stale"], snapshot["error"]) != self._flags:
+            self.publish()
+
+    def _watch_staleness(self) -> None:
+        """Check again just after the latest reading would go stale."""
+        self._stale_check = None
+        read_at = self.state.read_at
+        if read_at is None:
+            return
+        due = read_at + self.cfg.stale_timeout - self.clock()
+        if due < 0:
+            self._publish_if_flags_changed()
+            return  # stale now: the next good line restarts the watch
+        self._stale_check = self.loop.call_later(due + 0.01, self._watch_staleness)
+
+    # -- commands --------------------------------------------------------------------------------
+    def handle_command(self, cmd: Command) -> None:
+        if cmd.action == "refresh":
+            self.publish()
+            self.link.respond(cmd, True, None)
+            return
+        known = ", ".join(f"{self.cfg.prefix}/cmd/{c}" for c in COMMANDS)
+        self.link.respond(cmd, False, f"unknown command {cmd.action!r} (known: {known})")
