@@ -118,8 +118,11 @@ class PowerLab:
         self.client = self.broker.client()
         self.crate.start()
         self.daemon.start()
-        for prefix in ("/hv", "/lv"):
-            self.wait_status(prefix, lambda chs: all(c["state"] != "DISCONNECTED" for c in chs))
+        # up, and configured: I0Set is the last setting written at the first connection, and the
+        # lab's `iset` differs from the simulator's default, so `ilim` shows it has landed
+        for prefix, iset in (("/hv", FAST_DEFAULTS["hv"]["iset"]),
+                             ("/lv", FAST_DEFAULTS["lv"]["iset"])):  # fmt: skip
+            self.wait_status(prefix, lambda chs, i=iset: all(c["ilim"] == i for c in chs))
         return self
 
     def stop(self) -> None:
@@ -183,7 +186,7 @@ class PowerLab:
 FAST_DEFAULTS = {
     "hv": {"vset": 0, "vmax": 600, "iset": 10, "imax": 100, "rup": 200, "rdwn": 400, "trip": 0.2,
            "pdwn": "Kill"},
-    "lv": {"vset": 10.5, "vmax": 12, "iset": 2.5, "imax": 4, "rup": 20, "rdwn": 40, "trip": 0.5},
+    "lv": {"vset": 10.5, "vmax": 12, "iset": 2.0, "imax": 4, "rup": 20, "rdwn": 40, "trip": 0.5},
 }  # fmt: skip
 
 

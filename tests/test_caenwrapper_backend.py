@@ -85,11 +85,13 @@ def wrapper_lab(workdir, broker):
     # the settings written at connection go through the session thread's queue: wait for the
     # last of them (I0Set) on every channel before tests count writes
     wait_for(
-        lambda: all(
-            model.channel(c.board, c.channel).i0set == cfg.limits_for(c).iset
-            for c in cfg.channels_of(crate.name)
-        )
-        and backend._writes.empty(),
+        lambda: (
+            all(
+                model.channel(c.board, c.channel).i0set == cfg.limits_for(c).iset
+                for c in cfg.channels_of(crate.name)
+            )
+            and backend._writes.empty()
+        ),
         timeout=5,
     )
     yield lab, model, alive, opened

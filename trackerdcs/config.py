@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from trackerdcs.safety.config import AlarmsConfig, InterlocksConfig, SequencerConfig
+
 
 class ConfigError(Exception):
     """An invalid or unreadable configuration file."""
@@ -179,8 +181,8 @@ class PublishConfig(_Model):
     heartbeat: PositiveFloat = 10.0  # republish status at least this often, s
     min_interval: NonNegFloat = 0.002  # never two status messages closer than this, s
     # bursts are coalesced so that a status topic stays under this rate: a big crate's status
-    # (190 kB for 768 channels) goes out at most ~10 times a second, a small lab's at once
-    max_bytes_per_s: PositiveFloat = 2_000_000
+    # (~100 kB per prefix for 768 channels) goes out about 5 times a second, a small lab's at once
+    max_bytes_per_s: PositiveFloat = 500_000
 
 
 class FailsafeConfig(_Model):
@@ -409,6 +411,9 @@ class LabConfig(_Model):
     sensors: list[SensorConfig] = []
     virtual_lab: VirtualLabConfig | None = None
     influx: InfluxConfig = InfluxConfig()
+    interlocks: InterlocksConfig = InterlocksConfig()  # safety: trackerdcs.safety.config
+    alarms: AlarmsConfig = AlarmsConfig()
+    sequencer: SequencerConfig = SequencerConfig()
 
     @model_validator(mode="after")
     def _cross_check(self) -> LabConfig:

@@ -9,6 +9,7 @@ writes anything.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Any
 
@@ -101,7 +102,7 @@ class PowerChannel:
         }
         self.inhibits: dict[str, str] = {}  # name -> reason: switching on is refused while set
         self.killed = False  # RDWn was raised by `kill`: restored before switching on again
-        self._status: tuple[tuple, dict[str, Any]] | None = None  # as_status() cache
+        self._status: tuple[tuple, dict[str, Any], str] | None = None  # as_status() cache
         self._fresh: set[str] = set()  # readbacks received since the last disconnection
 
     @property
@@ -150,10 +151,18 @@ class PowerChannel:
 
     def as_status(self) -> dict[str, Any]:
         """The channel's entry of `/hv/status`: every key with one JSON type forever."""
+        return self._cached_status()[1]
+
+    def status_json(self) -> str:
+        """`as_status()` encoded as JSON (cached like it: most channels change rarely)."""
+        return self._cached_status()[2]
+
+    def _cached_status(self) -> tuple[tuple, dict[str, Any], str]:
         key = (*self.readback.values(), self.state, tuple(self.inhibits))
         if self._status is None or self._status[0] != key:
-            self._status = (key, self._build_status())
-        return self._status[1]
+            status = self._build_status()
+            self._status = (key, status, json.dumps(status))
+        return self._status
 
     def _build_status(self) -> dict[str, Any]:
         rb = self.readback

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,6 +46,7 @@ class CrateDaemon:
         self.services: list[PowerService] = []
         self._route: dict[ChannelAddress, PowerService] = {}
         self._broker_up: dict[str, bool] = {}
+        self._stopping = False
         self._inbox: list[tuple[ChannelAddress, str, object]] = []
         self._inbox_lock = threading.Lock()
         self._drain_scheduled = False
@@ -164,6 +166,8 @@ class CrateDaemon:
     def _on_broker(self, prefix: str, up: bool) -> None:
         """Start the fail-safe countdown when a link loses the broker; stop it when all are back."""
         self._broker_up[prefix] = up
+        if self._stopping:
+            return
         failsafe = self.cfg.power.failsafe
         if all(self._broker_up.values()):
             if self._failsafe_timer is not None:
@@ -210,6 +214,7 @@ class CrateDaemon:
         )  # fmt: skip
 
     def stop(self) -> None:
+        self._stopping = True  # our own disconnection must not arm the fail-safe
         if self._failsafe_timer is not None:
             self._failsafe_timer.cancel()
         for service in self.services:
@@ -253,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: choose a crate with --crate (one of {names})", file=sys.stderr)
         return 2
     asyncio.run(run(cfg, crate))
-    return 0
+    # Everything is released by now (MQTT `offline` sent, CA channels cleared). pyepics' atexit
+    # hook then destroys the CA context, which takes tens of seconds with thousands of
+    # subscriptions; a daemon that has stopped cleanly need not wait for it.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

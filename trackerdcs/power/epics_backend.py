@@ -120,21 +120,25 @@ class EpicsBackend:
             generation = self._generation
             self._up = {a: set() for a in self.addresses}
         system = self.crate.system
-        for addr in self.addresses:
-            for param in CHANNEL_PARAMS:
-                name = channel_pv(system, addr.board, addr.channel, param)
-                chid = ca.create_channel(
-                    name, connect=False, auto_cb=False,
-                    callback=self._on_connection(generation, addr, param),
-                )  # fmt: skip
-                chan = _Chan(chid)
-                if param in MONITOR_TYPES:
-                    chan.subscription = ca.create_subscription(
-                        chid,
-                        ftype=getattr(dbr, MONITOR_TYPES[param]),
-                        callback=self._on_monitor(generation, addr, param),
-                    )
-                self._chans[(addr, param)] = chan
+        # readbacks first: CA searches in creation order, so every channel's state is known
+        # before the settings channels (write-only, needed a little later) are searched for
+        for addr, param in [
+            *((a, p) for a in self.addresses for p in MONITORED_PARAMS),
+            *((a, p) for a in self.addresses for p in WRITE_ONLY_PARAMS),
+        ]:
+            name = channel_pv(system, addr.board, addr.channel, param)
+            chid = ca.create_channel(
+                name, connect=False, auto_cb=False,
+                callback=self._on_connection(generation, addr, param),
+            )  # fmt: skip
+            chan = _Chan(chid)
+            if param in MONITOR_TYPES:
+                chan.subscription = ca.create_subscription(
+                    chid,
+                    ftype=getattr(dbr, MONITOR_TYPES[param]),
+                    callback=self._on_monitor(generation, addr, param),
+                )
+            self._chans[(addr, param)] = chan
         self._clear = _Chan(ca.create_channel(system_pv(system, "ClearAlarm"), auto_cb=False))
         log.info("crate %s: %d channels created", self.crate.name, len(self._chans) + 1)
 
@@ -164,7 +168,9 @@ class EpicsBackend:
         return callback
 
     def _on_connection(self, generation: int, addr: ChannelAddress, param: str):
-        wanted = len(CHANNEL_PARAMS)
+        # a channel is connected when its readbacks are: the write-only settings may connect a
+        # little later (a write to one that is not connected yet fails and is retried)
+        wanted = len(MONITORED_PARAMS)
 
         def callback(conn: bool = False, **_: Any) -> None:
             with self._lock:
@@ -172,7 +178,8 @@ class EpicsBackend:
                     return
                 names = self._up[addr]
                 before = len(names) == wanted
-                (names.add if conn else names.discard)(param)
+                if param in MONITOR_TYPES:
+                    (names.add if conn else names.discard)(param)
                 after = len(names) == wanted
                 lost = not conn and not any(self._up.values())
             if lost and not self._crate_lost.is_set():

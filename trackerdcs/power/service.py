@@ -58,6 +58,8 @@ def aggregate_state(states: list[ChannelState]) -> ServiceState:
     return ServiceState.MIXED
 
 
+CONFIGURE_RETRY = 0.5  # s before writing a channel's settings again when the crate refused them
+
 # Readbacks whose every change is published at once; VMon and IMon go through deadbands.
 _EXACT_PARAMS = frozenset({"V0Set", "I0Set", "Pw", "Status"})
 
@@ -136,7 +138,8 @@ class PowerService:
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._state: ServiceState | None = None
         self._state_payload: dict[str, Any] | None = None
-        self._configured: set[ChannelAddress] = set()
+        self._configured: set[ChannelAddress] = set()  # configured at least once (set points)
+        self._settings_written: set[ChannelAddress] = set()  # since the last (re)connection
         # extra refusal rules from outside the channel (e.g. LV off while the module's HV is on)
         self.guards: list[Callable[[PowerChannel, str], str | None]] = []
         self.failsafe_note: str | None = None  # set when the daemon acted on its own
@@ -162,6 +165,8 @@ class PowerService:
             return
         was_ready = ch.ready
         ch.set_connected(connected)
+        if not connected:
+            self._settings_written.discard(addr)
         if ch.observe():
             log.info("%s %s -> %s", self.prefix, ch.name, ch.state)
         if ch.ready and not was_ready:
@@ -194,10 +199,16 @@ class PowerService:
             for param, value in writes:
                 self.backend.write(ch.address, param, value)
         except BackendError as exc:
-            log.error("%s %s: configuring the channel failed: %s", self.prefix, ch.name, exc)
+            log.info("%s %s: configuring waits for the crate (%s)", self.prefix, ch.name, exc)
+            self.loop.call_later(CONFIGURE_RETRY, self._configure_if_ready, ch)
             return
         ch.killed = False
         self._configured.add(ch.address)
+        self._settings_written.add(ch.address)
+
+    def _configure_if_ready(self, ch: PowerChannel) -> None:
+        if ch.ready and ch.address not in self._settings_written:
+            self._configure(ch)
 
     # -- publishing -------------------------------------------------------------------------------
     def request_publish(self) -> None:
@@ -212,14 +223,12 @@ class PowerService:
 
     def publish_status(self) -> None:
         self._publish_handle = None
-        entries = []
         for ch in self.channels:
-            entries.append(ch.as_status())
             self._published[ch.address] = {
                 "VMon": float(ch.readback["VMon"]),
                 "IMon": float(ch.readback["IMon"]),
             }
-        payload = json.dumps(entries)
+        payload = "[" + ", ".join(ch.status_json() for ch in self.channels) + "]"
         cfg = self.publish_cfg
         self._next_publish = time.monotonic() + max(
             cfg.min_interval, len(payload) / cfg.max_bytes_per_s

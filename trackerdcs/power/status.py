@@ -1,5 +1,6 @@
 """The CAEN channel `Status` bit field (SY4527/SY5527), decoded as an IntFlag."""
 
+import functools
 from enum import IntFlag
 
 
@@ -36,6 +37,14 @@ FAULT_BITS = (
 )
 
 
+_BITS = tuple((int(flag), flag.name) for flag in ChannelStatus)
+
+
+@functools.lru_cache(maxsize=1024)
+def _flag_names(status: int) -> tuple[str, ...]:
+    return tuple(name for bit, name in _BITS if status & bit)
+
+
 def flag_names(status: int) -> list[str]:
     """Names of every set bit, lowest first (several faults can be set at once)."""
-    return [flag.name for flag in ChannelStatus if status & flag and flag.name]
+    return list(_flag_names(status))

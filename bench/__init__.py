@@ -1,0 +1,1 @@
+"""Benchmarks of trackerdcs: `python -m bench.run` (see bench/README.md)."""
