@@ -5,20 +5,18 @@ trackerdcs-julabo --config examples/lab.yml
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
 import sys
 
-from trackerdcs.config import ConfigError, JulaboConfig, LabConfig, load_config
+from trackerdcs.config import ConfigError, JulaboConfig, LabConfig
 from trackerdcs.julabo.device import Julabo
 from trackerdcs.julabo.fsm import Chiller, Poll, make_machine
 from trackerdcs.julabo.service import JulaboService
 from trackerdcs.julabo.transport import SerialSettings
 from trackerdcs.julabo.worker import LineWorker
-from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import MqttLink
+from trackerdcs.runner import daemon_main
 
 log = logging.getLogger(__name__)
 
@@ -81,35 +79,14 @@ class JulaboDaemon:
         self.link.stop()
 
 
-async def run(lab: LabConfig) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    daemon = JulaboDaemon(lab, loop)
-    daemon.start()
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping")
-        daemon.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trackerdcs-julabo", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="lab YAML file")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose, name="julabo")
-    try:
-        lab = load_config(args.config)
-        if lab.julabo is None:
-            raise ConfigError(f"{args.config}: no 'julabo' section: nothing to serve")
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    asyncio.run(run(lab))
-    return 0
+    return daemon_main(
+        "trackerdcs-julabo",
+        __doc__,
+        lambda lab, loop, args: JulaboDaemon(lab, loop),
+        argv,
+        validate=lambda lab, args: None if lab.julabo else "no 'julabo' section: nothing to serve",
+    )
 
 
 if __name__ == "__main__":

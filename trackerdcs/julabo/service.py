@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import JulaboConfig
 from trackerdcs.julabo.device import Julabo
 from trackerdcs.julabo.fsm import Chiller, Poll
 from trackerdcs.julabo.protocol import ReadbackMismatch
 from trackerdcs.julabo.worker import DoneFn, JobFn
 from trackerdcs.mqtt import Command, MqttLink, PayloadError
-from trackerdcs.power.service import CommandError, parse_number, parse_switch
 
 log = logging.getLogger(__name__)
 

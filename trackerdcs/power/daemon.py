@@ -9,18 +9,16 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
 import sys
 import threading
 import time
 
-from trackerdcs.config import ChannelKind, ConfigError, LabConfig, load_config
-from trackerdcs.logs import setup_logging
+from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend, make_backend
 from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
+from trackerdcs.runner import daemon_main
 
 log = logging.getLogger(__name__)
 
@@ -226,44 +224,28 @@ class CrateDaemon:
 _HV_LIVE = frozenset({ChannelState.ON, ChannelState.RAMPING_UP, ChannelState.RAMPING_DOWN})
 
 
-async def run(cfg: LabConfig, crate_name: str) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    daemon = CrateDaemon(cfg, crate_name, loop)
-    daemon.start()
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping")
-        daemon.stop()
+def _crate_name(cfg: LabConfig, args: argparse.Namespace) -> str | None:
+    names = [c.name for c in cfg.crates]
+    return args.crate or (names[0] if len(names) == 1 else None)
+
+
+def _validate(cfg: LabConfig, args: argparse.Namespace) -> str | None:
+    names = [c.name for c in cfg.crates]
+    if _crate_name(cfg, args) not in names:
+        return f"choose a crate with --crate (one of {names})"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trackerdcs-power", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="lab YAML file")
-    parser.add_argument("--crate", help="crate name (default: the only crate)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose, name="power")
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    names = [c.name for c in cfg.crates]
-    crate = args.crate or (names[0] if len(names) == 1 else None)
-    if crate not in names:
-        print(f"{args.config}: choose a crate with --crate (one of {names})", file=sys.stderr)
-        return 2
-    asyncio.run(run(cfg, crate))
-    # Everything is released by now (MQTT `offline` sent, CA channels cleared). pyepics' atexit
-    # hook then destroys the CA context, which takes tens of seconds with thousands of
-    # subscriptions; a daemon that has stopped cleanly need not wait for it.
-    logging.shutdown()
-    sys.stdout.flush()
-    os._exit(0)
+    return daemon_main(
+        "trackerdcs-power",
+        __doc__,
+        lambda cfg, loop, args: CrateDaemon(cfg, _crate_name(cfg, args), loop),
+        argv,
+        add_arguments=lambda p: p.add_argument("--crate", help="crate name (default: the only)"),
+        validate=_validate,
+        skip_exit_handlers=True,  # pyepics' CA context teardown is slow: see daemon_main
+    )
 
 
 if __name__ == "__main__":

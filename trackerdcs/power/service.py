@@ -21,16 +21,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import ChannelKind, PublishConfig
 from trackerdcs.mqtt import Command, MqttLink, PayloadError
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend
 from trackerdcs.power.channel import ChannelState, PowerChannel
 
 log = logging.getLogger(__name__)
-
-
-class CommandError(Exception):
-    """A command that is refused: its message is the answer's `error`."""
 
 
 class ServiceState(StrEnum):
@@ -62,29 +59,6 @@ CONFIGURE_RETRY = 0.5  # s before writing a channel's settings again when the cr
 
 # Readbacks whose every change is published at once; VMon and IMon go through deadbands.
 _EXACT_PARAMS = frozenset({"V0Set", "I0Set", "Pw", "Status"})
-
-
-def parse_number(value: Any, what: str) -> float:
-    """A finite float from a payload value (text or JSON number)."""
-    if isinstance(value, bool) or value is None:
-        raise CommandError(f"{what} must be a number, got {json.dumps(value)}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise CommandError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise CommandError(f"{what} must be finite, got {value!r}")
-    return number
-
-
-_ON_WORDS = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
-
-
-def parse_switch(value: Any) -> bool:
-    key = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
-    if key not in _ON_WORDS:
-        raise CommandError(f"switch takes 'on' or 'off', got {value!r}")
-    return _ON_WORDS[key]
 
 
 @dataclass(frozen=True)

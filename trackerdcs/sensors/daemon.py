@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
-from trackerdcs.config import ConfigError, LabConfig, SensorConfig, SensorKind, load_config
-from trackerdcs.logs import setup_logging
+from trackerdcs.config import LabConfig, SensorConfig, SensorKind
+from trackerdcs.runner import daemon_main
 from trackerdcs.sensors.sensor import SensorState
 from trackerdcs.sensors.service import SensorService
 from trackerdcs.sensors.sources import LineSource, SimSource, Source
@@ -79,40 +78,27 @@ class SensorDaemon:
             service.link.stop()
 
 
-async def run(lab: LabConfig, names: list[str] | None) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    daemon = SensorDaemon(lab, loop, names)
-    daemon.start()
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping")
-        daemon.stop()
+def _validate(lab: LabConfig, args: argparse.Namespace) -> str | None:
+    known = {s.name for s in lab.sensors}
+    unknown = sorted(set(args.sensor or ()) - known)
+    if unknown:
+        return f"no sensor named {', '.join(unknown)}: nothing to serve"
+    if not lab.sensors:
+        return "no 'sensors' section: nothing to serve"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="trackerdcs-sensors", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="lab YAML file")
-    parser.add_argument("--sensor", action="append", help="serve only this sensor (repeatable)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose, name="sensors")
-    try:
-        lab = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    known = {s.name for s in lab.sensors}
-    unknown = sorted(set(args.sensor or ()) - known)
-    if not lab.sensors or unknown:
-        what = f"no sensor named {', '.join(unknown)}" if unknown else "no 'sensors' section"
-        print(f"{args.config}: {what}: nothing to serve", file=sys.stderr)
-        return 2
-    asyncio.run(run(lab, args.sensor))
-    return 0
+    return daemon_main(
+        "trackerdcs-sensors",
+        __doc__,
+        lambda lab, loop, args: SensorDaemon(lab, loop, args.sensor),
+        argv,
+        add_arguments=lambda p: p.add_argument(
+            "--sensor", action="append", help="serve only this sensor (repeatable)"
+        ),
+        validate=_validate,
+    )
 
 
 if __name__ == "__main__":
