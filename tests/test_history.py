@@ -126,7 +126,7 @@ def test_backup_and_restore_round_trip(lab: DataLab, tmp_path: Path):
         for measurement in ("hv", "lv", "julabo", "sensor"):
             before = count_between(lab.db, measurement, "true", "1970-01-01T00:00:00Z", end)
             after = count_between(fresh.client, measurement, "true", "1970-01-01T00:00:00Z", end)
-            assert after == before > 0, measurement
+            assert after == before > 0, (measurement, before, after)
         policies = {r["name"]: r for s in fresh.client.series("SHOW RETENTION POLICIES")
                     for r in s.rows()}  # fmt: skip
         assert policies["raw"]["default"] is True and "downsampled" in policies

@@ -17,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import ROOT
 from tests.ingestlab import TELEGRAF_CONF, InfluxServer
+from trackerdcs.config import ConfigError, influx_seconds, parse_config
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import (
     InfluxOutputConf,
@@ -26,7 +27,7 @@ from trackerdcs.ingest.conf import (
     parse_telegraf_conf,
     substitute_env,
 )
-from trackerdcs.ingest.consumer import FastClient, UniqueClock
+from trackerdcs.ingest.consumer import FastClient, MqttConsumer, UniqueClock
 from trackerdcs.ingest.filters import GlobFilter
 from trackerdcs.ingest.jsonparse import JsonParser, PayloadError, go_format_float
 from trackerdcs.ingest.lineproto import LineSerializer
@@ -308,3 +309,65 @@ def test_fast_client_receives_every_message_whatever_its_size(broker):
         pub.close()
         sub.disconnect()
         sub.loop_stop()
+
+
+# -- the lab YAML's influx section --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "influx,message",
+    [
+        ({"raw_retention": "30 days"}, "expected an InfluxQL duration"),
+        ({"raw_retention": "30m"}, "at least 1h"),
+        ({"downsample_interval": "2d", "raw_retention": "1d"}, "shorter than raw_retention"),
+        ({"downsampled_retention": "1d"}, "at least raw_retention"),
+        ({"rpc_port": 8086}, "must differ"),
+        ({"bucket": "x"}, "influx.bucket: unknown key"),
+    ],
+)
+def test_influx_section_is_validated(influx, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"influx": influx}, "lab.yml")
+
+
+def test_influx_section_defaults_and_durations():
+    cfg = parse_config({"influx": {"raw_retention": "2w", "downsampled_retention": "520w"}}).influx
+    assert (cfg.url, cfg.rpc_port, cfg.downsample_interval) == ("http://127.0.0.1:8086", 8088, "1m")
+    assert influx_seconds("1h30m") == 5400 and influx_seconds("INF") == float("inf")
+
+
+# -- the consumer's delivery limit ----------------------------------------------------------------
+def test_no_message_is_read_while_max_undelivered_messages_wait_for_influxdb():
+    conf = parse_telegraf_conf(
+        MINIMAL.replace(
+            'data_format = "json"', 'data_format = "json"\n  max_undelivered_messages = 2'
+        ),
+        env={},
+    )
+    buffer = MetricBuffer(limit=100, batch_size=10)
+    consumer = MqttConsumer(conf.inputs[0], conf.agent, buffer, UniqueClock())
+    msg = mqtt.MQTTMessage(topic=b"/hv/status")
+    msg.payload = b'{"v": 1}'
+    for _ in range(2):
+        consumer._on_message(None, None, msg)
+    third = threading.Thread(target=consumer._on_message, args=(None, None, msg), daemon=True)
+    third.start()
+    third.join(0.3)
+    assert third.is_alive() and consumer.received == 2  # held back: two undelivered
+    buffer.accept(buffer.take())  # InfluxDB took them
+    third.join(5)
+    assert not third.is_alive() and consumer.received == 3
+    [line] = buffer.take()
+    assert line.startswith("mqtt_consumer,host=") and ",topic=/hv/status v=1 " in line
+
+
+def test_a_payload_that_breaks_the_parser_is_skipped_not_fatal(monkeypatch):
+    conf = parse_telegraf_conf(MINIMAL, env={})
+    consumer = MqttConsumer(conf.inputs[0], conf.agent, MetricBuffer(100, 10), UniqueClock())
+    deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    consumer.handle("/hv/status", deep)
+
+    def broken(payload):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(consumer.parser, "parse", broken)
+    consumer.handle("/hv/status", b"{}")
+    assert consumer.rejected == 2

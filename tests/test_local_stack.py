@@ -67,7 +67,7 @@ class LineReader:
 
 @pytest.fixture
 def stack(tmp_path):
-    for port in (1883, 5064, 1880):
+    for port in (1883, 5064, 1880, 8086, 8088):
         if port_open("127.0.0.1", port):
             pytest.fail(f"127.0.0.1:{port} is in use: stop `make run` (or the other server) first")
     proc = subprocess.Popen(
@@ -95,10 +95,12 @@ def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
         ("power-sy4527", "/hv /lv"),
         ("julabo", "/julabo"),
         ("sensors", "/sensor_1 +4"),
+        ("influxdb", "http://127.0.0.1:8086"),
+        ("(?:ingest|telegraf)", "MQTT -> trackerdcs"),
     ):
         assert re.search(rf"{name}\s+\d+\s+{re.escape(where)}", summary), summary
     pids = [int(p) for p in re.findall(r"ok: pid (\d+)", summary)]
-    assert len(pids) == 6  # the five above and node-red (checked below)
+    assert len(pids) == 11  # the seven above, interlock, alarms, dcs and node-red
 
     client = TestClient(1883)
     try:
@@ -210,3 +212,30 @@ def test_readme_cooling_commands(stack):
         assert status["setpoint"] == -10.0
     finally:
         client.close()
+
+
+def test_readme_data_commands(stack):
+    """`make run` keeps every status in InfluxDB; the README's data commands, as written."""
+    from trackerdcs.ingest.influxdb import InfluxClient
+
+    db = InfluxClient("http://127.0.0.1:8086")
+    for measurement, field in (("hv", "vmon"), ("lv", "vmon"), ("julabo", "bath_temp"),
+                               ("sensor", "dewpoint")):  # fmt: skip
+        wait_until(lambda m=measurement, f=field: db.count(m, f) > 0, 15, f"{measurement} points")
+    client = TestClient(1883)
+    try:  # the retained counters, once they count what was written (published every 5 s)
+        client.wait_for("/ingest/status", lambda m: m.json["written"] > 0, 10)
+    finally:
+        client.close()
+    printed = [
+        subprocess.run(
+            line, shell=True, check=True, timeout=30, capture_output=True, text=True, cwd=ROOT
+        ).stdout
+        for line in readme_example("data")
+    ]
+    assert "name: hv" in printed[0] and "hv_m4" in printed[0]
+    counters = json.loads(printed[1])
+    assert counters["written"] > 0 and counters["dropped"] == 0
+    header, *rows = printed[2].splitlines()
+    assert header.startswith("time,measurement,") and rows
+    assert all(",hv," in row and ",hv_m1," in row for row in rows)

@@ -3,6 +3,7 @@
 trackerdcs stack --config examples/lab.yml     start the local stack (what `make run` does)
 trackerdcs check-config FILE                    validate a lab YAML
 trackerdcs export|backup|restore ...            history to CSV, InfluxDB backups
+trackerdcs audit [--since 1h] [--module M1] ...  the audit log (commands, automatic actions)
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from trackerdcs.config import ConfigError, load_config
 from trackerdcs.ingest.commands import add_data_commands
+from trackerdcs.safety.cli import add_safety_commands
+from trackerdcs.safety.config import check_safety
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
@@ -24,6 +27,11 @@ def _cmd_stack(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    try:
+        check_safety(cfg)  # the safety sections against the rest of the lab
+    except ValueError as exc:
+        print(f"{args.config}: invalid configuration\n  {exc}", file=sys.stderr)
+        return 2
     print(f"{args.config}: ok ({len(cfg.crates)} crate(s), {len(cfg.power.channels)} channel(s))")
     return 0
 
@@ -39,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.set_defaults(func=_cmd_check_config)
     add_data_commands(sub)  # export, backup, restore
+    add_safety_commands(sub)  # audit
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -9,5 +9,6 @@ job for the subset of options that file uses (and refuses any other option):
 - `buffer`, `writer`: the bounded metric buffer and the batching InfluxDB writer with retry;
 - `consumer`: one MQTT connection per `[[inputs.mqtt_consumer]]`;
 - `bridge`: wires them, counts and publishes counters (`/ingest/status`); the console script;
-- `influxdb`: a small v1 HTTP API client; `export`, `backup`: the users' tools.
+- `influxdb`: a small v1 HTTP API client;
+- `export`, `backup`, `commands`: the users' tools (`trackerdcs export|backup|restore`).
 """

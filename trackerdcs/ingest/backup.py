@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trackerdcs.config import InfluxConfig
-from trackerdcs.ingest.influxdb import DATABASE, InfluxClient, InfluxError
+from trackerdcs.ingest.influxdb import DATABASE, InfluxClient, InfluxError, quote_ident
 
 
 class BackupError(Exception):
@@ -76,15 +76,36 @@ def restore(
     return _run(argv, f"influxd restore to {host}", timeout)
 
 
+_TRANSIENT = ("shard is disabled", "engine is closed")
+
+
 def wait_queryable(client: InfluxClient, database: str, timeout: float = 15.0) -> None:
-    """Return once `database` answers queries: InfluxDB 1.6 re-enables the shards of a live
-    restore shortly after `influxd restore` has returned ("shard is disabled" until then)."""
+    """Return once every shard of `database` answers queries, three rounds in a row.
+
+    InfluxDB 1.6 opens the shards of a live restore shortly after `influxd restore` returned: a
+    query meanwhile fails with "shard is disabled" or "engine is closed". Each round reads one
+    point from every shard (its retention policy and time range), so none is missed.
+    """
     deadline = time.monotonic() + timeout
-    while True:
+    good = 0
+    while good < 3:
         try:
-            client.series("SELECT * FROM /.*/ LIMIT 1", database=database)
-            return
+            shards = [
+                row
+                for series in client.series("SHOW SHARDS", database="")
+                if series.name == database
+                for row in series.rows()
+            ]
+            for shard in shards:
+                client.series(
+                    f"SELECT * FROM {quote_ident(shard['retention_policy'])}./.*/ "
+                    f"WHERE time >= '{shard['start_time']}' AND time < '{shard['end_time']}' "
+                    "LIMIT 1",
+                    database=database,
+                )
+            good += 1
         except InfluxError as exc:
-            if "shard is disabled" not in str(exc) or time.monotonic() > deadline:
+            good = 0
+            if not any(t in str(exc) for t in _TRANSIENT) or time.monotonic() > deadline:
                 raise BackupError(f"restored database {database} does not answer: {exc}") from None
         time.sleep(0.1)

@@ -17,6 +17,7 @@ availability on `<status-prefix>/availability`, through the first input's connec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -113,7 +114,11 @@ class Bridge:
         if self.status_prefix and self.consumers:
             first = self.consumers[0].client
             first.publish(f"{self.status_prefix}/status", json.dumps(counters), qos=1, retain=True)
-            first.publish(f"{self.status_prefix}/availability", "offline", qos=1, retain=True)
+            info = first.publish(
+                f"{self.status_prefix}/availability", "offline", qos=1, retain=True
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(2.0)
         for c in self.consumers:
             c.stop()
 

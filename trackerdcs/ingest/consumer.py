@@ -187,7 +187,7 @@ class MqttConsumer:
         """Parse one message and buffer its lines (a rejected payload is counted and skipped)."""
         try:
             metrics = self.parser.parse(payload)
-        except PayloadError as exc:
+        except Exception as exc:  # PayloadError, or anything else: the bridge goes on
             self.rejected += 1
             if self.rejected <= _LOG_FIRST_REJECTS or self.rejected % 100 == 0:
                 log.warning(
@@ -195,7 +195,7 @@ class MqttConsumer:
                     self.name,
                     topic,
                     self.rejected,
-                    exc,
+                    exc if isinstance(exc, PayloadError) else repr(exc),
                     payload,
                 )
             return

@@ -213,7 +213,7 @@ def data_path_processes(
             log_path=logs / "influxdb.log", ready=_influx_ready(influx),
         )  # fmt: skip
 
-    kept = f"raw {influx.raw_retention}, {influx.downsample_interval} means "
+    kept = f"raw points kept {influx.raw_retention}, {influx.downsample_interval} means kept "
     kept += influx.downsampled_retention
     processes = [
         DataProcess(
@@ -222,8 +222,9 @@ def data_path_processes(
             influx.url,
             "InfluxDB 1.x (v1 API), loopback only",
             details=[
-                f"database {DATABASE} ({kept}), data in {datadir}",
+                f"database {DATABASE}: {kept}; data in {datadir}",
                 f"backup/restore RPC on {influx.host}:{influx.rpc_port}",
+                f"query: influx -host {influx.host} -port {influx.port} -database {DATABASE}",
             ],
         )
     ]
@@ -242,9 +243,10 @@ def data_path_processes(
             lambda: ManagedProcess(
                 name, argv, log_path=log, env=env, ready=lambda p: ready in p.output()
             ),
-            f"{telegraf_conf.name} -> {DATABASE}",
+            f"MQTT -> {DATABASE}",
             what,
-            details=["counters on /ingest/status"] if not telegraf else [],
+            details=[f"runs {telegraf_conf}"]
+            + (["counters on /ingest/status"] if not telegraf else []),
         )
     )
     return processes

@@ -51,10 +51,10 @@ def _loopback(address: str) -> bool:
 
 def _python_entry(
     name: str, module: str, config_path: Path, logs: Path, ready: str, endpoint: str, what: str,
-    details: tuple[str, ...] = (),
+    details: tuple[str, ...] = (), args: tuple[str, ...] = (),
 ) -> StackEntry:  # fmt: skip
-    """A trackerdcs process `python -m MODULE --config FILE`, ready when it logs `ready`."""
-    argv = [PY, "-m", module, "--config", str(config_path)]
+    """A trackerdcs process `python -m MODULE --config FILE [ARGS]`, ready when it logs `ready`."""
+    argv = [PY, "-m", module, "--config", str(config_path), *args]
     log = logs / f"{name}.log"
     return StackEntry(
         name,
@@ -152,6 +152,7 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
             endpoint, f"sensor daemon: {', '.join(topics)}",
         )  # fmt: skip
         entries.append(sensors)
+    entries += _safety_entries(cfg, config_path, run_dir)
     ui = NodeRed(cfg, run_dir / "node-red")
     entries.append(
         StackEntry(
@@ -162,6 +163,31 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
             details=[ui.login_hint()],
         )
     )
+    return entries
+
+
+def _safety_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[StackEntry]:
+    """Interlocks (when the lab has rules), alarms and audit log, module sequencer."""
+    logs, entries = run_dir / "logs", []
+    if cfg.interlocks.rules:
+        names = ", ".join(r.name for r in cfg.interlocks.rules)
+        entries.append(_python_entry(
+            "interlock", "trackerdcs.safety.interlock_daemon", config_path, logs,
+            "serving interlocks", cfg.power.interlock_topic.rsplit("/", 1)[0],
+            f"interlock service: {names}",
+        ))  # fmt: skip
+    db = Path(cfg.alarms.db)
+    db = db if db.is_absolute() else run_dir / db.name
+    entries.append(_python_entry(
+        "alarms", "trackerdcs.safety.alarms_daemon", config_path, logs, "serving alarms",
+        "/alarms /audit", "latching alarms, audit log (/dcs/log)",
+        details=(f"alarms and audit log in {db}",), args=("--db", str(db)),
+    ))  # fmt: skip
+    if cfg.modules():
+        entries.append(_python_entry(
+            "dcs", "trackerdcs.safety.dcs_daemon", config_path, logs, "serving the sequencer",
+            "/dcs", "module on/off sequencer (/dcs/cmd/module/{name})",
+        ))  # fmt: skip
     return entries
 
 
