@@ -85,7 +85,7 @@ def test_heartbeat_republishes_an_unchanged_status(workdir, broker):
         times = [lab.client.wait_for("/hv/status", since=lab.client.mark(), timeout=3).t]
         while len(times) < 5:
             t = lab.client.wait_for("/hv/status", since=lab.client.mark(), timeout=3).t
-            times = times + [t] if t - times[-1] > 0.2 or len(times) > 1 else [t]
+            times = [*times, t] if t - times[-1] > 0.2 or len(times) > 1 else [t]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(0.2 < gap < 1.5 for gap in gaps), gaps
     finally:
