@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import ingest, power
+from bench import ingest, power, safety
 from bench.common import Figure, Options, Result
 
 Benchmark = Callable[[Options], list[Result]]
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, tuple[Figure, ...]]] = {
     "command_latency": (power.command_latency, power.LATENCY_FIGURES),
     "scale": (power.scale, power.SCALE_FIGURES),
     "ingest": (ingest.ingest, ingest.INGEST_FIGURES),
+    "interlock": (safety.interlock, safety.FIGURES),
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 

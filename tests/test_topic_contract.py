@@ -153,3 +153,121 @@ def test_sensor_status_matches_the_contract_fresh_and_stale(contract_sensors):
     }  # fmt: skip
     for status in seen:
         check_nullable_object(status, "sensor-status")
+
+
+# -- safety: interlocks, alarms, sequencer, audit log (their own broker and power lab) ----------
+
+SAFETY_TYPES = {
+    **NULLABLE_TYPES,
+    "array of object": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+    "boolean or null": lambda v: v is None or isinstance(v, bool),
+}
+CONTRACT_INTERLOCKS = {
+    "startup_grace": 0.2,
+    "rules": [
+        {"name": "chiller_running", "kind": "chiller_running"},
+        {"name": "module_temperature", "kind": "module_temperature", "action": "kill"},
+        {"name": "heartbeat", "kind": "heartbeat", "action": "none", "sources": {"/temp_m2": 0.5}},
+    ],
+}
+
+
+def check_safety_object(obj: dict, table: str) -> None:
+    spec = {row[0]: row[1] for row in contract_table(table)}
+    assert set(obj) == set(spec), f"{table}: published {sorted(obj)}, documented {sorted(spec)}"
+    for key, kind in spec.items():
+        assert SAFETY_TYPES[kind](obj[key]), f"{table}.{key}: {obj[key]!r} is not {kind}"
+
+
+@pytest.fixture(scope="module")
+def safety_lab(workdir):
+    from tests.conftest import Broker, PowerLab, _logged, python_process
+
+    broker = Broker(workdir).start()
+    lab = PowerLab(workdir, broker, "contract-safety", interlocks=CONTRACT_INTERLOCKS,
+                   alarms={"db": str(workdir / "contract-safety.sqlite")})  # fmt: skip
+    daemons = [
+        python_process(name, f"trackerdcs.safety.{name}_daemon", ["--config", str(lab.config)],
+                       workdir / f"contract-safety-{name}.log", ready=_logged(ready))
+        for name, ready in (("interlock", "serving interlocks"), ("alarms", "serving alarms"),
+                            ("dcs", "serving the sequencer"))
+    ]  # fmt: skip
+    lab.start()
+    for daemon in daemons:
+        daemon.start()
+    yield lab
+    for daemon in reversed(daemons):
+        daemon.stop()
+    lab.stop()
+    broker.stop()
+
+
+def test_interlock_status_and_action_match_the_contract(safety_lab):
+    from tests.test_interlocks import sensor
+
+    lab = safety_lab
+    since = lab.client.mark()
+    lab.client.publish("/temp_m1/status", sensor("temp_m1", 35.0, module="M1"), retain=True)
+    status = lab.client.wait_for("/interlock/status", lambda m: "module_temperature" in
+                                 m.json["active"], 5, since).json  # fmt: skip
+    check_safety_object(status, "interlock-status")
+    assert {r["active"] for r in status["rules"]} == {True, False}
+    for rule in status["rules"]:
+        check_safety_object(rule, "interlock-rule")
+    lab.client.publish("/temp_m1/status", sensor("temp_m1", 20.0, module="M1"), retain=True)
+    lab.client.wait_for("/interlock/action", lambda m: m.json["event"] == "cleared", 5, since)
+    events = [m.json for m in lab.client.messages[since:] if m.topic == "/interlock/action"]
+    assert {"fired", "cleared"} <= {e["event"] for e in events}
+    for event in events:
+        check_safety_object(event, "interlock-action")
+    answer = lab.client.command("/interlock/cmd/refresh", "", "/interlock/response")
+    assert answer["ok"] and {"topic", "payload", "ok", "error", "id"} <= set(answer)
+
+
+def test_alarms_match_the_contract(safety_lab):
+    lab = safety_lab
+    alarms = lab.client.wait_for("/alarms", lambda m: m.json["alarms"], 5).json
+    check_safety_object(alarms, "alarms")
+    for alarm in alarms["alarms"]:
+        check_safety_object(alarm, "alarm")
+    answer = lab.client.command("/alarms/cmd/ack/all", "", "/alarms/response")
+    assert answer["ok"] and isinstance(answer["acknowledged"], list)
+
+
+def test_sequencer_and_audit_log_match_the_contract(safety_lab):
+    lab = safety_lab
+    since = lab.client.mark()
+    assert lab.command("/hv/cmd/setv/M3", 30)["ok"]
+    for value in ("on", "off"):
+        answer = lab.client.command("/dcs/cmd/module/M3", value, "/dcs/response", 20)
+        assert answer["ok"] and {"topic", "payload", "ok", "error", "id"} <= set(answer)
+        outcome = answer["modules"]["M3"]
+        assert set(outcome) == {"ok", "error", "steps"}
+        for step in outcome["steps"]:
+            check_safety_object(step, "dcs-step")
+    for event in (m.json for m in lab.client.messages[since:] if m.topic == "/dcs/action"):
+        check_safety_object(event, "dcs-action")
+    status = lab.client.latest("/dcs/status").json
+    check_safety_object(status, "dcs-status")
+    for module in status["modules"].values():
+        check_safety_object(module, "dcs-module")
+    answer = lab.client.command("/audit/cmd/query", {"since": "5m"}, "/audit/response")
+    assert answer["ok"] and answer["count"] == len(answer["records"]) and not answer["truncated"]
+    records = answer["records"] + [m.json for m in lab.client.messages[since:]
+                                   if m.topic == "/dcs/log"]  # fmt: skip
+    assert {r["kind"] for r in records} == {"command", "action"}
+    for record in records:
+        check_safety_object(record, "audit-record")
+
+
+def test_safety_documented_commands_are_the_implemented_ones():
+    from trackerdcs.safety import alarms, audit, interlock, sequencer
+
+    for table, prefix, implemented in (
+        ("interlock-commands", "/interlock", interlock.COMMANDS),
+        ("alarms-commands", "/alarms", alarms.COMMANDS),
+        ("dcs-commands", "/dcs", sequencer.COMMANDS),
+        ("audit-commands", "/audit", audit.COMMANDS),
+    ):
+        documented = {row[0] for row in contract_table(table)}
+        assert documented == {f"{prefix}/cmd/{c}" for c in implemented}, table

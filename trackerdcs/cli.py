@@ -4,6 +4,7 @@ trackerdcs stack --config examples/lab.yml     start the local stack (what `make
 trackerdcs check-config FILE                    validate a lab YAML
 trackerdcs export|backup|restore ...            history to CSV, InfluxDB backups
 trackerdcs audit [--since 1h] [--module M1] ...  the audit log (commands, automatic actions)
+trackerdcs influx-setup --config F --user telegraf:write   InfluxDB users and database
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from trackerdcs.config import ConfigError, load_config
+from trackerdcs.deploy import add_deploy_commands
 from trackerdcs.ingest.commands import add_data_commands
 from trackerdcs.safety.cli import add_safety_commands
 from trackerdcs.safety.config import check_safety
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_check_config)
     add_data_commands(sub)  # export, backup, restore
     add_safety_commands(sub)  # audit
+    add_deploy_commands(sub)  # influx-setup (the container stack)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,457 @@
+"""Interlock rules: the evaluators on a world built from messages, the config checks, and the
+real `trackerdcs-interlock` on a real broker, fed by the test acting as the other daemons."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLE_LAB, ROOT, Broker, _logged, python_process, write_lab
+from trackerdcs.config import ConfigError, LabConfig, parse_config
+from trackerdcs.safety.config import check_safety
+from trackerdcs.safety.rules import RULE_KINDS, RuleState
+from trackerdcs.safety.world import World
+from trackerdcs.stack.process import free_port
+
+MODULES = ("M1", "M2", "M3", "M4")
+
+
+def example() -> dict[str, Any]:
+    return yaml.safe_load(EXAMPLE_LAB.read_text())
+
+
+def lab_with(rules: list[dict], **extra: Any) -> LabConfig:
+    data = example()
+    data["interlocks"] = {"rules": rules, **extra}
+    cfg = parse_config(data)
+    check_safety(cfg)
+    return cfg
+
+
+def channel(name: str, module: str, on: int = 0, state: str = "OFF", vmon: float = 0.0,
+            vreq: float = 100.0) -> dict:  # fmt: skip
+    return {"number": int(name[-1]) - 1, "name": name, "module": module, "on": on,
+            "vreq": vreq, "vmon": vmon, "imon": 0.0, "ilim": 10.0, "status": 1 if on else 0,
+            "flags": ["ON"] if on else [], "state": state, "interlocks": []}  # fmt: skip
+
+
+def hv_status(on: tuple[str, ...] = ()) -> list[dict]:
+    return [
+        channel(f"hv_m{i}", f"M{i}", *((1, "ON", 100.0) if f"M{i}" in on else ()))
+        for i in range(1, 5)
+    ]
+
+
+def sensor(name: str, temperature: float | None, *, module: str = "", humidity=None,
+           dewpoint=None, stale: bool = False, age: float = 0.1) -> dict:  # fmt: skip
+    return {"name": name, "kind": "module" if module else "room", "module": module,
+            "temperature": temperature, "humidity": humidity, "dewpoint": dewpoint,
+            "max_temperature": 30.0 if module else None, "stale": stale, "age": age,
+            "error": "no good reading within 1 s" if stale else None}  # fmt: skip
+
+
+def chiller(state: str, setpoint: float = 15.0) -> dict:
+    return {"state": state, "status_code": 3 if state == "RUNNING" else 2,
+            "status_text": f"REMOTE {'START' if state == 'RUNNING' else 'STOP'}",
+            "bath_temp": 15.0, "external_temp": None, "power": -20.0, "setpoint": setpoint,
+            "active_setpoint": 1, "running": int(state == "RUNNING"), "error": None}  # fmt: skip
+
+
+def evaluate(cfg: LabConfig, world: World, state: RuleState, now: float) -> dict[str, str]:
+    return RULE_KINDS[state.rule.kind].evaluate(state.rule, world, state, now)
+
+
+def new_state(cfg: LabConfig, index: int = 0) -> RuleState:
+    rule = cfg.interlocks.rules[index]
+    return RuleState(rule, frozenset(MODULES), started=0.0, since=0.0,
+                     armed=rule.kind != "chiller_running")  # fmt: skip
+
+
+def feed(world: World, topic: str, payload: Any, now: float) -> None:
+    data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+    world.update(topic, data, now)
+
+
+# -- the evaluators, on a world built from messages ---------------------------------------------
+
+
+def test_chiller_rule_fires_only_once_the_chiller_has_run():
+    cfg = lab_with([{"name": "chiller", "kind": "chiller_running"}])
+    world, state = World(cfg), new_state(cfg)
+    assert evaluate(cfg, world, state, 1.0) == {}  # nothing known yet
+    feed(world, "/julabo/status", chiller("STOPPED"), 1.0)
+    assert evaluate(cfg, world, state, 1.0) == {}  # never ran: the lab is warm on purpose
+    feed(world, "/julabo/status", chiller("RUNNING"), 2.0)
+    assert evaluate(cfg, world, state, 2.0) == {} and state.armed
+    feed(world, "/julabo/status", chiller("STOPPED"), 3.0)
+    verdict = evaluate(cfg, world, state, 3.0)
+    assert set(verdict) == set(MODULES)
+    assert verdict["M1"] == "chiller STOPPED (REMOTE STOP)"
+
+
+def test_module_temperature_rule_per_module_with_hysteresis():
+    cfg = lab_with([{"name": "hot", "kind": "module_temperature", "hysteresis": 1.0}])
+    world, state = World(cfg), new_state(cfg)
+    feed(world, "/temp_m2/status", sensor("temp_m2", 30.5, module="M2"), 0.0)
+    feed(world, "/temp_m3/status", sensor("temp_m3", 29.9, module="M3"), 0.0)
+    feed(world, "/temp_m4/status", sensor("temp_m4", None, module="M4", stale=True), 0.0)
+    verdict = evaluate(cfg, world, state, 0.0)
+    assert verdict == {"M2": "M2 at 30.5 C (limit 30 C)"}  # a stale one is not judged here
+    state.active, state.affected = True, frozenset(verdict)
+    feed(world, "/temp_m2/status", sensor("temp_m2", 29.5, module="M2"), 1.0)
+    assert set(evaluate(cfg, world, state, 1.0)) == {"M2"}  # not yet 1 K below the limit
+    feed(world, "/temp_m2/status", sensor("temp_m2", 28.9, module="M2"), 2.0)
+    assert evaluate(cfg, world, state, 2.0) == {}
+
+
+def test_dewpoint_rule_uses_the_coldest_module():
+    cfg = lab_with([{"name": "dew", "kind": "dewpoint_margin", "sensor": "sensor_1",
+                     "margin": 2.0, "chiller_setpoint": 20}])  # fmt: skip
+    world, state = World(cfg), new_state(cfg)
+    feed(world, "/sensor_1/status", sensor("sensor_1", 21.0, humidity=45.0, dewpoint=8.6), 0)
+    feed(world, "/temp_m1/status", sensor("temp_m1", 12.0, module="M1"), 0)
+    feed(world, "/temp_m2/status", sensor("temp_m2", 11.0, module="M2"), 0)
+    assert evaluate(cfg, world, state, 0) == {}  # the coldest, M2, is 2.4 K above it
+    feed(world, "/sensor_1/status", sensor("sensor_1", 21.0, humidity=60.0, dewpoint=12.9), 1)
+    verdict = evaluate(cfg, world, state, 1)
+    assert set(verdict) == set(MODULES)
+    assert verdict["M1"] == "-1.9 K from the dew point 12.9 C (temp_m2 at 11.0 C; needs 2 K)"
+
+
+def test_heartbeat_rule_timeout_offline_and_stale():
+    cfg = lab_with([{"name": "hb", "kind": "heartbeat",
+                     "sources": {"/temp_m1": 1.0, "/julabo": 2.0, "/hv": 2.0}}])  # fmt: skip
+    world, state = World(cfg), new_state(cfg)
+    rule = state.rule
+    assert evaluate(cfg, world, state, 0.5) == {}  # within the first timeout after start
+    assert RULE_KINDS["heartbeat"].deadline(rule, world, state, 0.5) == 1.0
+    verdict = evaluate(cfg, world, state, 1.0)
+    assert verdict == {"M1": "no data from /temp_m1 for 1.0 s"}  # a module sensor: its module
+    feed(world, "/temp_m1/status", sensor("temp_m1", 20.0, module="M1", age=0.25), 1.5)
+    feed(world, "/julabo/status", chiller("RUNNING"), 1.5)
+    feed(world, "/hv/status", hv_status(), 1.5)
+    assert evaluate(cfg, world, state, 1.5) == {}
+    # the reading was 0.25 s old when published: it is too old 0.75 s later
+    assert RULE_KINDS["heartbeat"].deadline(rule, world, state, 1.5) == pytest.approx(2.25)
+    assert set(evaluate(cfg, world, state, 2.25)) == {"M1"}
+    feed(world, "/temp_m1/status", sensor("temp_m1", None, module="M1", stale=True), 2.3)
+    assert "stale" in evaluate(cfg, world, state, 2.3)["M1"]
+    feed(world, "/temp_m1/status", sensor("temp_m1", 20.0, module="M1"), 2.4)
+    feed(world, "/julabo/availability", "offline", 2.4)
+    verdict = evaluate(cfg, world, state, 2.4)
+    assert set(verdict) == set(MODULES) and verdict["M3"] == "/julabo offline"  # every module
+
+
+def test_rule_table_covers_every_kind_of_the_config():
+    from trackerdcs.safety import config
+
+    kinds = {
+        model.model_fields["kind"].annotation.__args__[0]
+        for model in (config.ChillerRunningRule, config.ModuleTemperatureRule,
+                      config.DewpointMarginRule, config.HeartbeatRule)
+    }  # fmt: skip
+    assert kinds == set(RULE_KINDS)
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def test_example_lab_rules():
+    cfg = parse_config(example())
+    check_safety(cfg)
+    kinds = {r.name: (r.kind, r.action.value) for r in cfg.interlocks.rules}
+    assert kinds == {
+        "chiller_running": ("chiller_running", "ramp_down"),
+        "module_temperature": ("module_temperature", "kill"),
+        "dewpoint": ("dewpoint_margin", "ramp_down"),
+        "heartbeat": ("heartbeat", "ramp_down"),
+    }
+    assert cfg.power.lv_off_requires_hv_off  # the LV-before-HV rule: the power daemon's own
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        ([{"name": "x", "kind": "nope"}], "interlocks.rules.0"),
+        ([{"name": "x", "kind": "module_temperature", "limitt": 3}],
+         "interlocks.rules.0.module_temperature.limitt: unknown key"),
+        ([{"name": "x", "kind": "dewpoint_margin", "sensor": "sensor_1", "margin": -1}],
+         "interlocks.rules.0.dewpoint_margin.margin"),
+        ([{"name": "x", "kind": "chiller_running"}, {"name": "x", "kind": "chiller_running"}],
+         "rule name 'x' is used twice"),
+    ],
+)  # fmt: skip
+def test_bad_rules_are_named_by_load_config(tmp_path, rules, expected):
+    data = example()
+    data["interlocks"] = {"rules": rules}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path / "lab.yml")
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ({"kind": "chiller_running", "modules": ["M9"]},
+         "interlocks.rules.0.modules: no power channel powers M9"),
+        ({"kind": "dewpoint_margin", "sensor": "temp_m1"},
+         "interlocks.rules.0.sensor: no room sensor named 'temp_m1'"),
+        ({"kind": "heartbeat", "sources": {"/nope": 3}},
+         "interlocks.rules.0.sources./nope: not a prefix of the lab"),
+        ({"kind": "chiller_running", "chiller_setpoint": 80},
+         "interlocks.rules.0.chiller_setpoint: 80 is outside the chiller's range -30..40"),
+    ],
+)  # fmt: skip
+def test_rules_are_checked_against_the_lab(tmp_path, rule, expected):
+    data = example()
+    data["interlocks"] = {"rules": [{"name": "r", **rule}]}
+    path = tmp_path / "lab.yml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="interlocks") as info:
+        check_safety(parse_config(data))
+    assert expected in str(info.value)
+    result = subprocess.run(
+        [sys.executable, "-m", "trackerdcs.cli", "check-config", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2 and expected in result.stderr
+
+
+def test_a_lab_without_a_chiller_refuses_a_chiller_rule():
+    data = example()
+    del data["julabo"]
+    data["interlocks"]["rules"] = [r for r in data["interlocks"]["rules"]
+                                   if r["name"] != "heartbeat"]  # fmt: skip
+    cfg = parse_config(data)  # loads: the other daemons do not read this section
+    with pytest.raises(ValueError, match=r"interlocks.rules.0: needs a chiller"):
+        check_safety(cfg)
+
+
+# -- the interlock daemon on a real broker ----------------------------------------------------
+
+RULES = [
+    {"name": "chiller_running", "kind": "chiller_running", "modules": "all"},
+    {"name": "module_temperature", "kind": "module_temperature", "action": "kill"},
+    {"name": "dewpoint", "kind": "dewpoint_margin", "sensor": "sensor_1", "margin": 2.0,
+     "chiller_setpoint": 20},
+    {"name": "heartbeat", "kind": "heartbeat", "action": "ramp_down",
+     "sources": {"/temp_m4": 0.4}},
+]  # fmt: skip
+SAFETY = {"rules": RULES, "reassert_interval": 0.3, "startup_grace": 0.2}
+
+
+class InterlockLab:
+    """The interlock daemon; the test client plays the power, chiller and sensor daemons.
+
+    A thread keeps `/temp_m4` (the heartbeat rule's source, 0.4 s timeout) coming unless paused.
+    """
+
+    def __init__(self, workdir: Path, broker: Broker, name: str) -> None:
+        self.broker = broker
+        self.config = write_lab(workdir / f"{name}.yml", mqtt_port=broker.port,
+                                ca_port=free_port(), lab=name, interlocks=SAFETY)  # fmt: skip
+        self.daemon = python_process(
+            "interlock", "trackerdcs.safety.interlock_daemon", ["--config", str(self.config)],
+            workdir / f"{name}-interlock.log", ready=_logged("serving interlocks"),
+        )  # fmt: skip
+        self.client = broker.client()
+        self.feeding = threading.Event()
+        self._closed = threading.Event()
+        self._feeder = threading.Thread(target=self._feed, daemon=True)
+
+    def _feed(self) -> None:
+        while not self._closed.wait(0.1):
+            if self.feeding.is_set():
+                self.temperature("M4", 20.0)
+
+    def start(self) -> InterlockLab:
+        self.publish_world()
+        self.feeding.set()
+        self._feeder.start()
+        self.daemon.start()
+        self.calm()
+        return self
+
+    def stop(self) -> None:
+        self._closed.set()
+        self._feeder.join()
+        self.daemon.stop()
+        self.client.close()
+
+    def publish_world(self, hv_on: tuple[str, ...] = ()) -> None:
+        """A calm lab: everything in range, the chiller stopped (never ran)."""
+        self.client.publish("/julabo/status", chiller("STOPPED"), retain=True)
+        self.client.publish("/hv/status", json.dumps(hv_status(hv_on)), retain=True)
+        self.client.publish("/sensor_1/status", sensor("sensor_1", 21.0, humidity=45.0,
+                                                       dewpoint=8.6), retain=True)  # fmt: skip
+        for i in range(1, 5):
+            self.temperature(f"M{i}", 20.0)
+
+    def calm(self) -> None:
+        """The calm lab, and no rule active (asked with `refresh` after it is published)."""
+        self.publish_world()
+        self.feeding.set()
+        since = self.client.mark()
+        assert self.client.command("/interlock/cmd/refresh", "", "/interlock/response")["ok"]
+        self.wait_rules(lambda rules: not any(r["active"] for r in rules.values()), since=since)
+
+    def temperature(self, module: str, value: float | None, **kw: Any) -> None:
+        name = f"temp_{module.lower()}"
+        self.client.publish(f"/{name}/status", sensor(name, value, module=module, **kw),
+                            retain=True)  # fmt: skip
+
+    def wait_rules(self, predicate, timeout: float = 5.0, since: int = 0) -> dict[str, dict]:
+        def match(m) -> bool:
+            return predicate({r["name"]: r for r in m.json["rules"]})
+
+        msg = self.client.wait_for("/interlock/status", match, timeout, since)
+        return {r["name"]: r for r in msg.json["rules"]}
+
+    def wait_command(self, topic: str, since: int, timeout: float = 5.0):
+        return self.client.wait_for(topic, lambda m: True, timeout, since)
+
+    def commands(self, since: int) -> list[str]:
+        return [m.topic for m in self.client.messages[since:] if "/cmd/" in m.topic
+                and not m.topic.startswith("/interlock/")]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ilab(workdir, broker):
+    lab = InterlockLab(workdir, broker, "interlocks").start()
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture
+def calm(ilab):
+    """Every test starts from a calm lab with no rule active."""
+    ilab.calm()
+    return ilab
+
+
+def test_hot_module_kills_its_hv_only(calm):
+    lab = calm
+    lab.publish_world(hv_on=("M1", "M2"))
+    since = lab.client.mark()
+    t0 = time.monotonic()
+    lab.temperature("M2", 31.5)
+    kill = lab.wait_command("/hv/cmd/+/+", since)
+    assert kill.topic == "/hv/cmd/kill/M2" and kill.t - t0 < 0.5
+    request = kill.json
+    assert request["value"] == "off" and request["id"].startswith("interlock:module_temperature:")
+    rules = lab.wait_rules(lambda r: r["module_temperature"]["active"], since=since)
+    rule = rules["module_temperature"]
+    assert rule["modules"] == ["M2"] and rule["reason"] == "M2 at 31.5 C (limit 30 C)"
+    assert rule["fired_at"] and rule["kind"] == "module_temperature" and rule["action"] == "kill"
+    event = lab.client.wait_for("/interlock/action", lambda m: m.json["event"] == "fired",
+                                since=since).json  # fmt: skip
+    assert event["commands"] == ["/hv/cmd/kill/M2"] and event["modules"] == ["M2"]
+    assert lab.commands(since) == ["/hv/cmd/kill/M2"]
+
+    # the module comes back on behind the interlock's back: it is killed again
+    since = lab.client.mark()
+    lab.client.publish("/hv/status", json.dumps(hv_status(("M1", "M2"))), retain=True)
+    again = lab.wait_command("/hv/cmd/kill/M2", since)
+    assert again.json["id"] != request["id"]
+    lab.client.publish("/hv/status", json.dumps(hv_status(("M1",))), retain=True)
+
+    since = lab.client.mark()
+    lab.temperature("M2", 29.8)  # within the hysteresis: still held
+    lab.temperature("M2", 29.0)
+    rules = lab.wait_rules(lambda r: not r["module_temperature"]["active"], since=since)
+    assert rules["module_temperature"]["reason"] == "M2 at 29.8 C (limit 30 C)"  # the last one
+    assert rules["module_temperature"]["cleared_at"]
+
+
+def test_silent_sensor_fires_the_heartbeat_on_its_deadline(calm):
+    lab = calm
+    lab.publish_world(hv_on=("M3", "M4"))
+    lab.feeding.clear()
+    since = lab.client.mark()
+    lab.temperature("M4", 20.0, age=0.0)
+    last = lab.client.wait_for("/temp_m4/status", since=since).t  # as the broker sent it
+    rules = lab.wait_rules(lambda r: r["heartbeat"]["active"], since=since)
+    fired = lab.client.latest("/interlock/status").t
+    assert 0.4 <= fired - last < 0.4 + 0.15  # the timeout, plus little
+    assert rules["heartbeat"]["modules"] == ["M4"]  # the module of that sensor only
+    assert "no data from /temp_m4" in rules["heartbeat"]["reason"]
+    lab.wait_command("/hv/cmd/switch/M4", since)  # ramp down: switch off
+    assert lab.commands(since) == ["/hv/cmd/switch/M4"]
+
+    since = lab.client.mark()
+    lab.feeding.set()
+    lab.wait_rules(lambda r: not r["heartbeat"]["active"], since=since)
+    lab.client.publish("/temp_m4/availability", "offline", retain=True)
+    rules = lab.wait_rules(lambda r: r["heartbeat"]["active"], since=since)
+    assert rules["heartbeat"]["reason"] == "/temp_m4 offline"
+    lab.client.publish("/temp_m4/availability", "online", retain=True)
+    lab.wait_rules(lambda r: not r["heartbeat"]["active"], since=since)
+
+
+def test_chiller_stop_ramps_down_and_reset_disarms(calm):
+    lab = calm
+    lab.publish_world(hv_on=("M1", "M3"))
+    since = lab.client.mark()
+    lab.client.publish("/julabo/status", chiller("RUNNING"), retain=True)
+    lab.wait_rules(lambda r: r["chiller_running"]["armed"], since=since)
+    lab.client.publish("/julabo/status", chiller("STOPPED"), retain=True)
+    rules = lab.wait_rules(lambda r: r["chiller_running"]["active"], since=since)
+    assert rules["chiller_running"]["modules"] == list(MODULES)
+    assert rules["chiller_running"]["reason"] == "chiller STOPPED (REMOTE STOP)"
+    lab.wait_command("/hv/cmd/switch/M3", since)
+    assert sorted(lab.commands(since)) == ["/hv/cmd/switch/M1", "/hv/cmd/switch/M3"]  # M2, M4 off
+
+    answer = lab.client.command("/interlock/cmd/reset/module_temperature", "",
+                                "/interlock/response")  # fmt: skip
+    assert not answer["ok"] and "clears by itself" in answer["error"]
+    since = lab.client.mark()
+    assert lab.client.command("/interlock/cmd/reset/chiller_running", "",
+                              "/interlock/response")["ok"]  # fmt: skip
+    rules = lab.wait_rules(lambda r: not r["chiller_running"]["active"], since=since)
+    assert rules["chiller_running"]["armed"] is False
+
+
+def test_dewpoint_raises_the_chiller_and_reasserts_it(calm):
+    lab = calm
+    since = lab.client.mark()
+    lab.client.publish("/julabo/status", chiller("RUNNING", setpoint=-10.0), retain=True)
+    lab.client.publish("/sensor_1/status", sensor("sensor_1", 21.0, humidity=90.0,
+                                                  dewpoint=19.3), retain=True)  # fmt: skip
+    setpoint = lab.wait_command("/julabo/cmd/setpoint", since)
+    assert setpoint.json["value"] == 20.0
+    assert lab.commands(since) == ["/julabo/cmd/setpoint"]  # every HV is off already
+    since = lab.client.mark()
+    lab.client.publish("/julabo/status", chiller("RUNNING", setpoint=-10.0), retain=True)
+    lab.wait_command("/julabo/cmd/setpoint", since)  # still low: raised again
+    lab.client.publish("/julabo/status", chiller("STOPPED", setpoint=20.0), retain=True)
+    assert lab.client.command("/interlock/cmd/reset/chiller_running", "",
+                              "/interlock/response")["ok"]  # fmt: skip
+
+
+def test_restarted_interlock_remembers_the_arming(workdir):
+    broker = Broker(workdir).start()
+    lab = InterlockLab(workdir, broker, "interlock-restart")
+    try:
+        lab.publish_world()
+        lab.client.publish("/julabo/status", chiller("RUNNING"), retain=True)
+        lab.feeding.set()
+        lab._feeder.start()
+        lab.daemon.start()
+        lab.wait_rules(lambda r: r["chiller_running"]["armed"])
+        lab.daemon.stop()
+        lab.client.publish("/julabo/status", chiller("STOPPED"), retain=True)
+        since = lab.client.mark()
+        lab.daemon.start()
+        rules = lab.wait_rules(lambda r: r["chiller_running"]["active"], since=since)
+        assert rules["chiller_running"]["armed"]
+    finally:
+        lab.stop()
+        broker.stop()

@@ -1,0 +1,293 @@
+"""Safety scenarios on the coupled virtual lab, every process real: the simulators, the power,
+chiller and sensor daemons, the interlock, alarm/audit and sequencer daemons, Mosquitto.
+
+The lab's physics runs 300 times faster than the wall clock (tests/test_virtual_lab.py): the
+chiller reaches its set point and the modules follow it within about a second.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Broker, _logged, python_process
+from tests.simca import ca_get, ca_put, wait_for
+from tests.test_virtual_lab import VirtualLab
+from trackerdcs.power.pvnames import channel_pv
+from trackerdcs.stack.process import ManagedProcess
+
+HV, LV = 0, 2
+SENSOR_TIMEOUT = 1.5  # s: the sensors publish every 0.2 s, and go stale after 1 s of silence
+INTERLOCKS = {
+    "reassert_interval": 0.5,
+    "startup_grace": 0.5,
+    "rules": [
+        {"name": "chiller_running", "kind": "chiller_running", "action": "ramp_down"},
+        {"name": "module_temperature", "kind": "module_temperature", "action": "kill"},
+        {"name": "dewpoint", "kind": "dewpoint_margin", "sensor": "sensor_1", "margin": 2.0,
+         "action": "ramp_down", "chiller_setpoint": 20},
+        {"name": "heartbeat", "kind": "heartbeat", "action": "ramp_down",
+         "sources": {"/sensor_1": SENSOR_TIMEOUT, "/temp_m1": SENSOR_TIMEOUT,
+                     "/temp_m2": SENSOR_TIMEOUT, "/temp_m3": SENSOR_TIMEOUT,
+                     "/temp_m4": SENSOR_TIMEOUT, "/julabo": 5.0, "/hv": 25.0, "/lv": 25.0}},
+    ],
+}  # fmt: skip
+
+
+class SafetyLab(VirtualLab):
+    """The virtual lab with the safety daemons, and helpers to drive and watch them."""
+
+    def __init__(self, workdir: Path, broker: Broker, name: str = "safety") -> None:
+        super().__init__(workdir, broker, name)
+        self.broker = broker
+        data = yaml.safe_load(self.config.read_text())
+        data["interlocks"] = INTERLOCKS
+        data["alarms"] = {"db": str(workdir / f"{name}-alarms.sqlite")}
+        data["power"]["failsafe"] = {"broker_timeout": 1.0}
+        self.config.write_text(yaml.safe_dump(data, sort_keys=False))
+        crate = data["crates"][0]
+        self.ca_port, self.system = int(crate["address"].rsplit(":", 1)[1]), crate["system"]
+
+        def daemon(what: str, module: str, ready: str) -> ManagedProcess:
+            log = workdir / f"{name}-{what}.log"
+            return python_process(what, module, ["--config", str(self.config)], log,
+                                  ready=_logged(ready))  # fmt: skip
+
+        self.alarm_daemon = daemon("alarms", "trackerdcs.safety.alarms_daemon", "serving alarms")
+        self.processes += [
+            daemon("interlock", "trackerdcs.safety.interlock_daemon", "serving interlocks"),
+            self.alarm_daemon,
+            daemon("dcs", "trackerdcs.safety.dcs_daemon", "serving the sequencer"),
+        ]
+
+    # -- the crate, as the simulator sees it ------------------------------------------------------
+    def pv(self, board: int, channel: int, param: str) -> str:
+        return channel_pv(self.system, board, channel, param)
+
+    def crate(self, board: int, channel: int, param: str) -> Any:
+        return ca_get(self.ca_port, self.pv(board, channel, param))
+
+    def put(self, board: int, channel: int, param: str, value: Any) -> None:
+        ca_put(self.ca_port, self.pv(board, channel, param), value)
+
+    # -- MQTT -------------------------------------------------------------------------------------
+    def module(self, name: str, value: str) -> dict[str, Any]:
+        return self.client.command(f"/dcs/cmd/module/{name}", value, "/dcs/response", 30)
+
+    def rules(self, predicate: Callable[[dict], bool], timeout: float = 10.0,
+              since: int | None = None) -> dict[str, dict]:  # fmt: skip
+        status = self.wait("/interlock/status",
+                           lambda s: predicate({r["name"]: r for r in s["rules"]}), timeout,
+                           since)  # fmt: skip
+        return {r["name"]: r for r in status["rules"]}
+
+    def alarms(self, predicate: Callable[[list], bool], since: int | None = None) -> list[dict]:
+        return self.wait("/alarms", lambda s: predicate(s["alarms"]), 10, since)["alarms"]
+
+    def hv(self, predicate: Callable[[dict[str, dict]], bool], since: int | None = None,
+           timeout: float = 10.0) -> dict[str, dict]:  # fmt: skip
+        status = self.wait("/hv/status", lambda chs: predicate({c["module"]: c for c in chs}),
+                           timeout, since)  # fmt: skip
+        return {c["module"]: c for c in status}
+
+    def audit(self, **query: Any) -> list[dict]:
+        answer = self.client.command("/audit/cmd/query", query, "/audit/response")
+        assert answer["ok"], answer
+        return answer["records"]
+
+    def all_off(self) -> None:
+        """Every module off through the sequencer (HV first)."""
+        answer = self.module("all", "off")
+        assert answer["ok"], answer
+
+
+@pytest.fixture(scope="module")
+def lab(workdir: Path, broker: Broker) -> Iterator[SafetyLab]:
+    lab = SafetyLab(workdir, broker).start()
+    lab.rules(lambda r: not any(rule["active"] for rule in r.values()), since=0)
+    yield lab
+    assert lab.stop() == [0] * 7  # every process exits cleanly on SIGTERM
+
+
+def on_at(volts: float) -> Callable[[dict], bool]:
+    return lambda c: c["state"] == "ON" and abs(c["vmon"] - volts) <= 2.0
+
+
+def by_text(alarms: list[dict], text: str) -> list[dict]:
+    return [a for a in alarms if text in a["text"]]
+
+
+def test_chiller_stopped_at_full_hv_ramps_down_latches_and_is_audited(lab: SafetyLab) -> None:
+    assert lab.command("/julabo/cmd/setpoint", 15)["ok"]
+    assert lab.command("/julabo/cmd/switch", "on")["ok"]
+    lab.rules(lambda r: r["chiller_running"]["armed"])
+    assert lab.command("/hv/cmd/setv/M1", 150)["ok"] and lab.command("/hv/cmd/setv/M2", 150)["ok"]
+    for module in ("M1", "M2"):
+        assert lab.module(module, "on")["ok"]
+    lab.hv(lambda m: on_at(150)(m["M1"]) and on_at(150)(m["M2"]), since=0)
+
+    since = lab.client.mark()
+    assert lab.command("/julabo/cmd/switch", "off")["ok"]
+    rules = lab.rules(lambda r: r["chiller_running"]["active"], since=since)
+    assert rules["chiller_running"]["reason"].startswith("chiller STOPPED")
+    lab.hv(lambda m: m["M1"]["state"] == "OFF" and m["M2"]["state"] == "OFF", since=since)
+    assert lab.crate(HV, 0, "Pw") == 0 and lab.crate(HV, 1, "Pw") == 0
+    assert lab.crate(LV, 0, "Pw") == 1  # the LV is left to the operator
+
+    alarms = lab.alarms(lambda a: by_text(a, "interlock chiller_running fired"), since)
+    alarm = by_text(alarms, "interlock chiller_running fired")[0]
+    assert alarm["severity"] == "critical" and alarm["active"] and not alarm["acknowledged"]
+
+    # HV on is refused while the interlock holds, by the power daemon and so by the sequencer
+    answer = lab.command("/hv/cmd/switch/M1", "on")
+    assert not answer["ok"] and "interlock chiller_running (chiller STOPPED" in answer["error"]
+    answer = lab.module("M3", "on")
+    assert not answer["ok"] and "hv_on: /hv/cmd/switch/M3 on refused" in answer["error"]
+    assert lab.crate(LV, 2, "Pw") == 0  # rolled back
+
+    # the chain, from the audit log: the chiller stopped, the rule fired, HV switched off
+    records = lab.audit(module="M1", since="5m")
+    fired = max(i for i, r in enumerate(records) if r["event"] == "fired"
+                and json.loads(r["payload"])["rule"] == "chiller_running")  # fmt: skip
+    assert "chiller STOPPED" in records[fired]["text"]
+    after = [(r["source"], r["topic"], r["ok"]) for r in records[fired:] if r["kind"] == "command"]
+    assert ("interlock", "/hv/cmd/switch/M1", True) in after
+    stop = [r for r in lab.audit(since="5m", kind="command")
+            if r["topic"] == "/julabo/cmd/switch" and '"off"' in r["payload"]][-1]  # fmt: skip
+    assert stop["time"] <= records[fired]["time"]
+
+    # running again: the rule clears, the alarm stays latched until acknowledged
+    since = lab.client.mark()
+    assert lab.command("/julabo/cmd/switch", "on")["ok"]
+    lab.rules(lambda r: not r["chiller_running"]["active"], since=since)
+    alarms = lab.alarms(lambda a: not by_text(a, "chiller_running fired")[0]["active"], since)
+    assert not by_text(alarms, "chiller_running fired")[0]["acknowledged"]
+    answer = lab.client.command(f"/alarms/cmd/ack/{alarm['id']}", "", "/alarms/response")
+    assert answer["ok"]
+    lab.all_off()
+
+
+def test_dewpoint_margin_breached(lab: SafetyLab) -> None:
+    lab.wait("/julabo/status", lambda s: s["state"] == "RUNNING", since=0)
+    assert lab.command("/hv/cmd/setv/M1", 100)["ok"]
+    assert lab.module("M1", "on")["ok"]
+    lab.wait("/temp_m1/status", lambda s: abs((s["temperature"] or 99) - 15) < 1, 10)
+    since = lab.client.mark()
+    assert lab.backdoor("set room_humidity=75")["ok"]  # dew point 16.4 C: above the modules
+    rules = lab.rules(lambda r: r["dewpoint"]["active"], since=since)
+    assert "from the dew point 16.4 C" in rules["dewpoint"]["reason"]
+    assert rules["dewpoint"]["modules"] == ["M1", "M2", "M3", "M4"]
+    lab.hv(lambda m: m["M1"]["state"] == "OFF", since=since)
+    chiller = lab.wait("/julabo/status", lambda s: s["setpoint"] == 20.0, since=since)
+    assert chiller["state"] == "RUNNING"  # raised to the safe set point, still cooling
+    assert lab.backdoor("set room_humidity=45")["ok"]
+    lab.rules(lambda r: not r["dewpoint"]["active"], since=since)
+    lab.all_off()
+
+
+def test_silent_sensor_ramps_down_its_module_only(lab: SafetyLab) -> None:
+    for module in ("M2", "M3"):
+        assert lab.command(f"/hv/cmd/setv/{module}", 80)["ok"]
+        assert lab.module(module, "on")["ok"]
+    since = lab.client.mark()
+    assert lab.backdoor("sensor temp_m3 silent")["ok"]
+    rules = lab.rules(lambda r: r["heartbeat"]["active"], since=since)
+    assert rules["heartbeat"]["modules"] == ["M3"]
+    assert "/temp_m3 stale" in rules["heartbeat"]["reason"]
+    hv = lab.hv(lambda m: m["M3"]["state"] == "OFF", since=since)
+    assert hv["M2"]["state"] == "ON"
+    lab.alarms(lambda a: by_text(a, "sensor temp_m3 stale"), since)
+    assert lab.backdoor("sensor temp_m3 ok")["ok"]
+    lab.rules(lambda r: not r["heartbeat"]["active"], since=since)
+    lab.all_off()
+
+
+def test_one_module_trips_only_it_goes_off(lab: SafetyLab) -> None:
+    for module in ("M1", "M2"):
+        assert lab.command(f"/hv/cmd/setv/{module}", 100)["ok"]
+        assert lab.module(module, "on")["ok"]
+    since = lab.client.mark()
+    lab.put(HV, 1, "SimLeak", 50.0)  # 50 uA over hv_m2's 10 uA limit
+    hv = lab.hv(lambda m: m["M2"]["state"] == "TRIPPED", since=since)
+    assert on_at(100)(hv["M1"])
+    alarms = lab.alarms(lambda a: by_text(a, "hv_m2 (M2) TRIPPED"), since)
+    assert by_text(alarms, "hv_m2 (M2) TRIPPED")[0]["severity"] == "major"
+    status = lab.client.latest("/interlock/status").json
+    assert status["active"] == []  # a trip is the crate's business: no interlock fires
+    # the LV of a module whose HV is on stays on (the power daemon refuses it)
+    answer = lab.command("/lv/cmd/switch/M1", "off")
+    assert not answer["ok"] and "switch the HV off first" in answer["error"]
+    lab.put(HV, 1, "SimLeak", 0.0)
+    assert lab.command("/hv/cmd/clear", "")["ok"]
+    lab.all_off()
+
+
+def test_module_on_off_order_from_the_audit_log(lab: SafetyLab) -> None:
+    assert lab.command("/hv/cmd/setv/M4", 120)["ok"]
+    assert lab.module("M4", "on")["ok"]
+    assert lab.module("M4", "off")["ok"]
+    records = lab.audit(module="M4", source="dcs", since="1m")
+    commands = [(r["topic"], json.loads(r["payload"])["value"], r["ok"], r["time"])
+                for r in records if r["kind"] == "command"][-4:]  # fmt: skip
+    assert [c[:3] for c in commands] == [
+        ("/lv/cmd/switch/M4", "on", True), ("/hv/cmd/switch/M4", "on", True),
+        ("/hv/cmd/switch/M4", "off", True), ("/lv/cmd/switch/M4", "off", True),
+    ]  # fmt: skip
+    last = [(json.loads(r["payload"])["step"], r) for r in records if r["event"] == "step"][-8:]
+    assert [name for name, _ in last] == ["lv_on", "lv_ready", "hv_on", "hv_ready",
+                                          "hv_off", "hv_down", "lv_off", "lv_down"]  # fmt: skip
+    steps = dict(last)
+    assert steps["lv_ready"]["text"] == "lv_m4 ON 10.5/10.5 V"
+    assert steps["hv_down"]["text"].startswith("hv_m4 OFF 0/120 V")
+    assert steps["lv_ready"]["time"] <= commands[1][3]  # HV on only once the LV was ready
+    assert steps["hv_down"]["time"] <= commands[3][3]  # LV off only once the HV was down
+
+
+def test_acknowledgement_kept_across_a_restart_of_the_alarm_service(lab: SafetyLab) -> None:
+    since = lab.client.mark()
+    assert lab.backdoor("sensor temp_m4 silent")["ok"]
+    alarms = lab.alarms(lambda a: by_text(a, "sensor temp_m4 stale")
+                        and by_text(a, "interlock heartbeat fired"), since)  # fmt: skip
+    stale = by_text(alarms, "sensor temp_m4 stale")[0]
+    fired = by_text(alarms, "interlock heartbeat fired")[0]
+    assert lab.client.command(f"/alarms/cmd/ack/{stale['id']}", "", "/alarms/response")["ok"]
+    lab.alarms(lambda a: by_text(a, "sensor temp_m4 stale")[0]["acknowledged"], since)
+
+    lab.alarm_daemon.stop()
+    since = lab.client.mark()
+    lab.alarm_daemon.start()
+    alarms = {a["id"]: a for a in lab.alarms(lambda a: True, since)}
+    assert alarms[stale["id"]]["acknowledged"] and alarms[stale["id"]]["active"]
+    assert not alarms[fired["id"]]["acknowledged"]
+
+    assert lab.backdoor("sensor temp_m4 ok")["ok"]
+    alarms = lab.alarms(
+        lambda a: (
+            not any(x["id"] == stale["id"] for x in a)  # ack'd, cleared
+            and any(x["id"] == fired["id"] and not x["active"] for x in a)
+        ),
+        since,
+    )
+    assert not next(a for a in alarms if a["id"] == fired["id"])["acknowledged"]  # latched
+    assert lab.client.command("/alarms/cmd/ack/all", "", "/alarms/response")["ok"]
+
+
+def test_power_daemon_cut_from_the_broker_ramps_hv_down_by_itself(lab: SafetyLab) -> None:
+    assert lab.command("/hv/cmd/setv/M2", 100)["ok"]
+    assert lab.module("M2", "on")["ok"]
+    lab.client.close()
+    lab.broker.stop()
+    wait_for(lambda: lab.crate(HV, 1, "Pw") == 0, timeout=5)  # the crate sees it: 1 s fail-safe
+    assert lab.crate(LV, 1, "Pw") == 1
+    lab.broker.start()
+    lab.client = lab.broker.client()
+    state = lab.client.wait_for("/hv/state", lambda m: m.json["failsafe"], timeout=10).json
+    assert "HV switched off" in state["failsafe"]
+    lab.alarms(lambda a: by_text(a, "/hv fail-safe"), since=0)
+    answer = lab.module("M2", "off")
+    assert answer["ok"], answer

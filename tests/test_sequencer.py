@@ -1,0 +1,172 @@
+"""Module sequencing (`trackerdcs-dcs`) on the simulated crate with the real power daemon:
+the order of the steps, the waits, a failure midway left safe, `all`, busy and cancelled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import PowerLab, _logged, python_process
+from trackerdcs.stack.process import ManagedProcess
+
+HV, LV = 0, 2
+
+
+class SequencerLab:
+    def __init__(self, lab: PowerLab, workdir) -> None:
+        self.lab = lab
+        self.daemon: ManagedProcess = python_process(
+            "dcs", "trackerdcs.safety.dcs_daemon", ["--config", str(lab.config)],
+            workdir / "sequencer-dcs.log", ready=_logged("serving the sequencer"),
+        )  # fmt: skip
+
+    def module(self, name: str, value: str, timeout: float = 20.0) -> dict[str, Any]:
+        return self.lab.client.command(f"/dcs/cmd/module/{name}", value, "/dcs/response", timeout)
+
+    def commands(self, since: int) -> list[tuple[str, str, float]]:
+        """(topic, value, time) of the power commands seen since `since`."""
+        return [
+            (m.topic, m.json["value"], m.t)
+            for m in self.lab.client.messages[since:]
+            if m.topic.startswith(("/hv/cmd/", "/lv/cmd/"))
+        ]
+
+    def first(self, prefix: str, name: str, predicate, since: int) -> float:
+        """When `<prefix>/status` first showed channel `name` satisfying `predicate`."""
+        for m in self.lab.client.messages[since:]:
+            if (
+                m.topic == f"{prefix}/status"
+                and not m.retain
+                and any(c["name"] == name and predicate(c) for c in m.json)
+            ):
+                return m.t
+        raise AssertionError(f"{prefix}/status never showed {name} so")
+
+
+@pytest.fixture(scope="module")
+def seq(power_lab_module, workdir):
+    s = SequencerLab(power_lab_module, workdir)
+    s.daemon.start()
+    yield s
+    s.daemon.stop()
+
+
+@pytest.fixture
+def sequencer(seq, power_lab):
+    """The sequencer on a lab reset to all off; any interlock status cleared afterwards."""
+    yield seq
+    power_lab.client.publish("/interlock/status", b"", retain=True)
+
+
+def steps(outcome: dict, module: str) -> list[str]:
+    return [s["step"] for s in outcome["modules"][module]["steps"]]
+
+
+def test_on_then_off_in_order(sequencer):
+    lab = sequencer.lab
+    assert lab.command("/hv/cmd/setv/M1", 150)["ok"]
+    since = lab.client.mark()
+    answer = sequencer.module("M1", "on")
+    assert answer["ok"] and answer["error"] is None, answer
+    assert steps(answer, "M1") == ["lv_on", "lv_ready", "hv_on", "hv_ready"]
+    sent = sequencer.commands(since)
+    assert [(t, v) for t, v, _ in sent] == [("/lv/cmd/switch/M1", "on"),
+                                            ("/hv/cmd/switch/M1", "on")]  # fmt: skip
+    lv_ready = sequencer.first("/lv", "lv_m1", lambda c: c["state"] == "ON"
+                               and abs(c["vmon"] - 10.5) <= 0.1, since)  # fmt: skip
+    assert lv_ready < sent[1][2]  # HV only once the LV is at its set point
+    hv = lab.client.latest("/hv/status").json[0]
+    assert hv["state"] == "ON" and abs(hv["vmon"] - 150) <= 2.0
+    status = lab.client.wait_for("/dcs/status", lambda m: m.json["modules"]["M1"]["state"] == "ON",
+                                 since=since).json  # fmt: skip
+    assert status["modules"]["M1"]["error"] is None
+
+    since = lab.client.mark()
+    answer = sequencer.module("M1", "off")
+    assert answer["ok"], answer
+    assert steps(answer, "M1") == ["hv_off", "hv_down", "lv_off", "lv_down"]
+    sent = sequencer.commands(since)
+    assert [(t, v) for t, v, _ in sent] == [("/hv/cmd/switch/M1", "off"),
+                                            ("/lv/cmd/switch/M1", "off")]  # fmt: skip
+    hv_down = sequencer.first("/hv", "hv_m1", lambda c: c["state"] == "OFF", since)
+    assert hv_down < sent[1][2]  # LV only once the HV is at 0 V
+    assert lab.get(lab.pv(LV, 0, "Pw")) == 0 and lab.get(lab.pv(HV, 0, "Pw")) == 0
+    steps_seen = [m.json for m in lab.client.messages[since:] if m.topic == "/dcs/action"]
+    assert [e["step"] for e in steps_seen if e["event"] == "step"] == steps(answer, "M1")
+    assert steps_seen[-1]["event"] == "done" and steps_seen[0]["event"] == "start"
+
+
+def test_hv_refused_by_an_interlock_rolls_the_module_back(sequencer):
+    lab = sequencer.lab
+    since = lab.client.mark()
+    lab.client.publish("/interlock/status", {"rules": [
+        {"name": "chiller_running", "active": True, "reason": "chiller STOPPED",
+         "modules": ["M2"]}]}, retain=True)  # fmt: skip
+    lab.wait_channel("/hv", "hv_m2", lambda c: c["interlocks"] == ["chiller_running"],
+                     since=since)  # fmt: skip
+    answer = sequencer.module("M2", "on")
+    assert not answer["ok"]
+    error = answer["modules"]["M2"]["error"]
+    assert error.startswith("hv_on: /hv/cmd/switch/M2 on refused: ")
+    assert "chiller_running (chiller STOPPED)" in error
+    assert error.endswith("rolled back: module off")
+    assert steps(answer, "M2") == [
+        "lv_on",
+        "lv_ready",
+        "hv_on",
+        "rollback_hv_off",
+        "rollback_hv_down",
+        "rollback_lv_off",
+        "rollback_lv_down",
+    ]
+    assert lab.get(lab.pv(LV, 1, "Pw")) == 0  # the module is off again: LV too
+    dcs = lab.client.wait_for("/dcs/status", lambda m: m.json["modules"]["M2"]["state"] ==
+                              "FAILED", since=since).json["modules"]["M2"]  # fmt: skip
+    assert dcs["error"] == error
+
+
+def test_a_trip_while_ramping_fails_fast_and_leaves_it_off(sequencer):
+    lab = sequencer.lab
+    assert lab.command("/hv/cmd/setv/M3", 300)["ok"]  # 1.5 s of ramp at 200 V/s
+    lab.put(lab.pv(HV, 2, "SimLeak"), 50.0)  # 50 uA over the 10 uA limit: trips in 0.2 s
+    answer = sequencer.module("M3", "on")
+    assert not answer["ok"]
+    error = answer["modules"]["M3"]["error"]
+    assert error.startswith("hv_ready: hv_m3 is TRIPPED") and "rolled back" in error, error
+    assert steps(answer, "M3")[-2:] == ["rollback_lv_off", "rollback_lv_down"]
+    assert lab.get(lab.pv(LV, 2, "Pw")) == 0
+
+
+def test_all_busy_and_off_cancels_on(sequencer):
+    lab = sequencer.lab
+    assert lab.command("/hv/cmd/setv/all", 40)["ok"]
+    answer = sequencer.module("all", "on")
+    assert answer["ok"], answer
+    assert sorted(answer["modules"]) == ["M1", "M2", "M3", "M4"]
+    states = {c["name"]: c["state"] for c in lab.client.latest("/hv/status").json}
+    assert set(states.values()) == {"ON"}
+    assert sequencer.module("all", "off")["ok"]
+
+    assert lab.command("/hv/cmd/setv/M4", 300)["ok"]
+    first = "req-seq-on"
+    since = lab.client.mark()
+    lab.client.publish("/dcs/cmd/module/M4", {"value": "on", "id": first})
+    lab.client.wait_for("/dcs/action", lambda m: m.json["step"] == "hv_on", since=since)
+    busy = sequencer.module("M4", "on")
+    assert not busy["ok"] and busy["error"] == "M4 is busy switching on"
+    off = sequencer.module("M4", "off")  # cancels the ramp up, then switches off
+    assert off["ok"], off
+    cancelled = lab.client.wait_for("/dcs/response", lambda m: m.json["id"] == first).json
+    assert not cancelled["ok"] and "cancelled by an off command" in cancelled["error"]
+    assert steps(cancelled, "M4") == ["lv_on", "lv_ready", "hv_on", "cancelled"]
+    assert lab.get(lab.pv(HV, 3, "Pw")) == 0 and lab.get(lab.pv(LV, 3, "Pw")) == 0
+
+
+def test_bad_commands_are_refused(sequencer):
+    answer = sequencer.module("M9", "on")
+    assert not answer["ok"] and "unknown module 'M9'" in answer["error"]
+    answer = sequencer.module("M1", "sideways")
+    assert not answer["ok"] and "switch takes 'on' or 'off'" in answer["error"]
+    answer = sequencer.lab.client.command("/dcs/cmd/reboot", "", "/dcs/response")
+    assert not answer["ok"] and "/dcs/cmd/module/{name}" in answer["error"]

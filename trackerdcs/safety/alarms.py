@@ -1,0 +1,306 @@
+"""Latching alarms: detectors per topic, the alarm book, and the `/alarms` service.
+
+Detectors (one table) turn a topic's latest message into the conditions present on it. The
+book raises an alarm for a new condition and marks it cleared when its topic no longer shows it;
+an alarm stays listed (latched) until it is both cleared and acknowledged. A condition that
+comes back while its alarm is still listed reactivates it (`count` + 1) instead of adding one.
+Every change goes to SQLite first, so alarms and acknowledgements survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trackerdcs.config import LabConfig
+from trackerdcs.mqtt import Command, MqttLink, PayloadError
+from trackerdcs.safety.clock import iso
+from trackerdcs.safety.store import Alarm, Store
+
+log = logging.getLogger(__name__)
+
+ALARMS_PREFIX = "/alarms"  # the retained list is `/alarms` itself
+SEVERITIES = ("critical", "major", "minor")
+COMMANDS = ("ack/{id}", "ack/all")  # under /alarms/cmd/
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    severity: str
+    source: str
+    text: str
+
+
+Detector = Callable[[str, Any], list[Condition]]
+
+
+def channel_faults(prefix: str, status: Any) -> list[Condition]:
+    """`<power>/status`: a channel TRIPPED or in ERROR."""
+    found = []
+    for ch in status if isinstance(status, list) else []:
+        if isinstance(ch, dict) and ch.get("state") in ("TRIPPED", "ERROR"):
+            name, module = ch.get("name"), ch.get("module")
+            flags = ", ".join(ch.get("flags") or []) or "no flags"
+            where = f"{name} ({module})" if module else str(name)
+            found.append(
+                Condition(
+                    f"channel:{prefix}:{name}", "major", prefix, f"{where} {ch['state']}: {flags}"
+                )
+            )
+    return found
+
+
+def crate_faults(prefix: str, state: Any) -> list[Condition]:
+    """`<power>/state`: the crate disconnected; the daemon's fail-safe switched HV off."""
+    if not isinstance(state, dict):
+        return []
+    found = []
+    if state.get("state") == "DISCONNECTED":
+        found.append(
+            Condition(f"disconnected:{prefix}", "major", prefix, f"crate of {prefix} disconnected")
+        )
+    if state.get("failsafe"):
+        found.append(
+            Condition(
+                f"failsafe:{prefix}", "critical", prefix, f"{prefix} fail-safe: {state['failsafe']}"
+            )
+        )
+    return found
+
+
+def chiller_faults(prefix: str, status: Any) -> list[Condition]:
+    """`/julabo/status`: an error code, or the chiller disconnected."""
+    if not isinstance(status, dict):
+        return []
+    state, why = status.get("state"), status.get("error") or status.get("status_text")
+    if state == "ERROR":
+        return [Condition(f"chiller_error:{prefix}", "critical", prefix, f"chiller error: {why}")]
+    if state == "DISCONNECTED":
+        return [
+            Condition(f"disconnected:{prefix}", "major", prefix, f"chiller disconnected: {why}")
+        ]
+    return []
+
+
+def sensor_faults(prefix: str, status: Any) -> list[Condition]:
+    """`/<sensor>/status`: no good reading (silent, garbled or lost)."""
+    if isinstance(status, dict) and status.get("stale"):
+        return [
+            Condition(
+                f"stale:{prefix}",
+                "minor",
+                prefix,
+                f"sensor {prefix[1:]} stale: {status.get('error')}",
+            )
+        ]
+    return []
+
+
+def interlocks_fired(prefix: str, status: Any) -> list[Condition]:
+    """`/interlock/status`: every active rule."""
+    rules = status.get("rules") if isinstance(status, dict) else None
+    return (
+        [
+            Condition(
+                f"interlock:{r.get('name')}",
+                "critical",
+                prefix,
+                f"interlock {r.get('name')} fired: {r.get('reason')}",
+            )
+            for r in rules
+            if isinstance(rules, list) and isinstance(r, dict) and r.get("active")
+        ]
+        if isinstance(rules, list)
+        else []
+    )
+
+
+def service_offline(prefix: str, payload: Any) -> list[Condition]:
+    """`<prefix>/availability`: the daemon is gone (last will) or stopped."""
+    if payload == "offline":
+        return [Condition(f"offline:{prefix}", "major", prefix, f"{prefix} daemon offline")]
+    return []
+
+
+# role -> (detector, whether the payload is JSON)
+DETECTORS: dict[str, tuple[Detector, bool]] = {
+    "channels": (channel_faults, True),
+    "crate": (crate_faults, True),
+    "chiller": (chiller_faults, True),
+    "sensor": (sensor_faults, True),
+    "interlock": (interlocks_fired, True),
+    "availability": (service_offline, False),
+}
+
+
+def alarm_routes(lab: LabConfig) -> dict[str, tuple[str, str]]:
+    """Topic -> (detector role, source prefix) for the lab's topics. Availability topics are
+    matched by `/+/availability`."""
+    routes: dict[str, tuple[str, str]] = {}
+    for crate in lab.crates:
+        for prefix in crate.prefixes.values():
+            routes[f"{prefix}/status"] = ("channels", prefix)
+            routes[f"{prefix}/state"] = ("crate", prefix)
+    if lab.julabo is not None:
+        routes[f"{lab.julabo.prefix}/status"] = ("chiller", lab.julabo.prefix)
+    for sensor in lab.sensors:
+        routes[f"{sensor.prefix}/status"] = ("sensor", sensor.prefix)
+    interlock = lab.power.interlock_topic
+    routes[interlock] = ("interlock", interlock.rsplit("/", 1)[0])
+    return routes
+
+
+class AlarmBook:
+    """The listed alarms (active or unacknowledged), kept in step with the store."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.listed: dict[str, Alarm] = {a.key: a for a in store.listed_alarms()}
+        self._owned: dict[str, set[str]] = {}  # topic -> keys of its active alarms
+        for alarm in self.listed.values():
+            if alarm.active:
+                self._owned.setdefault(alarm.topic, set()).add(alarm.key)
+
+    def observe(self, topic: str, conditions: list[Condition]) -> bool:
+        """The conditions a topic shows now; True when the listed alarms changed."""
+        now = self.clock()
+        present = {c.key: c for c in conditions}
+        changed = False
+        for key, cond in present.items():
+            alarm = self.listed.get(key)
+            if alarm is None:
+                alarm = Alarm(0, key, topic, cond.severity, cond.source, cond.text, now)
+                alarm.id = self.store.add_alarm(alarm)
+                self.listed[key] = alarm
+                log.warning("alarm %d raised (%s): %s", alarm.id, cond.severity, cond.text)
+                changed = True
+            elif not alarm.active:
+                alarm.active, alarm.cleared, alarm.text = True, None, cond.text
+                alarm.count += 1
+                self.store.update_alarm(alarm)
+                log.warning("alarm %d active again: %s", alarm.id, cond.text)
+                changed = True
+        for key in self._owned.get(topic, set()) - present.keys():
+            alarm = self.listed.get(key)
+            if alarm is None or not alarm.active:
+                continue
+            alarm.active, alarm.cleared = False, now
+            self.store.update_alarm(alarm)
+            log.info("alarm %d cleared: %s", alarm.id, alarm.text)
+            if not alarm.listed:
+                del self.listed[key]
+            changed = True
+        self._owned[topic] = set(present)
+        return changed
+
+    def acknowledge(self, target: str, by: str | None) -> list[int]:
+        """Acknowledge alarm `target` (an id) or `all`; the ids acknowledged now.
+        KeyError for an id that is not listed."""
+        if target == "all":
+            chosen = [a for a in self.listed.values() if not a.acknowledged]
+        else:
+            chosen = [a for a in self.listed.values() if str(a.id) == target]
+            if not chosen:
+                raise KeyError(target)
+        now = self.clock()
+        done = []
+        for alarm in chosen:
+            if alarm.acknowledged:
+                continue
+            alarm.acknowledged, alarm.ack_time, alarm.ack_by = True, now, by
+            self.store.update_alarm(alarm)
+            log.info("alarm %d acknowledged by %s", alarm.id, by or "?")
+            if not alarm.listed:
+                del self.listed[alarm.key]
+            done.append(alarm.id)
+        return done
+
+    def summary(self) -> dict[str, Any]:
+        alarms = sorted(self.listed.values(), key=lambda a: a.id)
+        return {
+            "alarms": [a.as_json() for a in alarms],
+            "active": sum(a.active for a in alarms),
+            "unacknowledged": sum(not a.acknowledged for a in alarms),
+            "time": iso(self.clock()),
+        }
+
+
+def sender_of(request_id: str | None) -> str | None:
+    """Who sent a command, from its id `<sender>:...` (the convention of the safety services)."""
+    if request_id and ":" in request_id:
+        return request_id.split(":", 1)[0] or None
+    return None
+
+
+class AlarmService:
+    """`/alarms` (retained list) and `/alarms/cmd/ack/{id|all}`."""
+
+    def __init__(
+        self, lab: LabConfig, store: Store, link: MqttLink, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.link = link
+        self.book = AlarmBook(store, clock)
+        self.routes = alarm_routes(lab)
+        self._own = {ALARMS_PREFIX, "/audit"}
+
+    @staticmethod
+    def subscriptions(lab: LabConfig) -> tuple[str, ...]:
+        return (*alarm_routes(lab), "/+/availability")
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        route = self.routes.get(topic)
+        if route is None and topic.endswith("/availability"):
+            prefix = topic.rsplit("/", 1)[0]
+            route = None if prefix in self._own else ("availability", prefix)
+        if route is None:
+            return
+        role, prefix = route
+        detector, is_json = DETECTORS[role]
+        text = payload.decode(errors="replace")
+        if is_json:
+            try:
+                value = json.loads(text) if text else None
+            except ValueError:
+                log.error("ignoring malformed %s: %r", topic, text[:200])
+                return
+        else:
+            value = text.strip()
+        if self.book.observe(topic, detector(prefix, value)):
+            self.publish()
+
+    def publish(self) -> None:
+        self.link.publish_state(ALARMS_PREFIX, json.dumps(self.book.summary()))
+
+    def handle_command(self, cmd: Command) -> None:
+        parts = cmd.parts
+        try:
+            _, request_id = cmd.decoded()
+        except PayloadError as exc:
+            self.link.respond(cmd, False, str(exc))
+            return
+        if len(parts) != 2 or parts[0] != "ack" or not parts[1]:
+            self.link.respond(
+                cmd,
+                False,
+                f"unknown command {cmd.action!r} (known: "
+                + ", ".join(f"{ALARMS_PREFIX}/cmd/{c}" for c in COMMANDS)
+                + ")",
+            )
+            return
+        try:
+            acked = self.book.acknowledge(parts[1], sender_of(request_id))
+        except KeyError:
+            listed = ", ".join(str(a.id) for a in self.book.listed.values()) or "none"
+            self.link.respond(cmd, False, f"no listed alarm {parts[1]!r} (listed: {listed})")
+            return
+        self.publish()
+        self.link.respond(cmd, True, None, acknowledged=acked)
+
+    def start(self) -> None:
+        self.publish()

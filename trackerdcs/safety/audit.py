@@ -1,0 +1,245 @@
+"""The audit log: every command seen on the broker with its answer, and every automatic action
+the safety services report, kept in SQLite and published on `/dcs/log`.
+
+- commands: `/+/cmd/#`; the sender is the MQTT 5 user property `client_id` when the caller set
+  one, else the part of the request id before `:` (`interlock:chiller_running:3`), else
+  `unknown`. MQTT gives subscribers no client id of their own.
+- answers: `/+/response`, matched to the oldest unanswered command with the same topic and
+  payload; the record is published again with `ok` and `error`.
+- actions: `/+/action` (`/interlock/action`, `/dcs/action`), JSON objects with `time`, `source`,
+  `event`, `modules`, `text`.
+
+`/audit/cmd/query` lists records by time range, module, source and kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from trackerdcs.config import LabConfig
+from trackerdcs.mqtt import Command, MqttLink, PayloadError
+from trackerdcs.safety.alarms import sender_of
+from trackerdcs.safety.clock import parse_when
+from trackerdcs.safety.store import Store
+
+log = logging.getLogger(__name__)
+
+AUDIT_PREFIX = "/audit"
+LOG_TOPIC = "/dcs/log"
+PENDING_FOR = 60.0  # s a command waits for its answer before it is no longer matched
+COMMANDS = ("query",)  # under /audit/cmd/
+QUERY_KEYS = {"since", "until", "module", "source", "kind", "limit"}
+
+
+class ModuleResolver:
+    """The modules a command concerns, from its topic (`/hv/cmd/switch/hv_m1` -> M1)."""
+
+    def __init__(self, lab: LabConfig) -> None:
+        self.power: dict[str, dict[str, str]] = {}  # prefix -> channel number or name -> module
+        for ch in lab.power.channels:
+            prefix = lab.crate_of(ch).prefixes[ch.kind]
+            names = self.power.setdefault(prefix, {})
+            if ch.module:
+                names[str(ch.number)] = names[ch.name] = names[ch.module] = ch.module
+        self.modules = set(lab.modules())
+
+    def __call__(self, topic: str) -> list[str]:
+        prefix, _, action = topic.partition("/cmd/")
+        parts = action.split("/")
+        if prefix in self.power and len(parts) == 2:
+            if parts[1] == "all":
+                return ["*"]
+            module = self.power[prefix].get(parts[1])
+            return [module] if module else []
+        if prefix == "/dcs" and len(parts) == 2 and parts[0] == "module":
+            return ["*"] if parts[1] == "all" else [parts[1]] if parts[1] in self.modules else []
+        return []
+
+
+def user_property(properties: Any, name: str) -> str | None:
+    for key, value in getattr(properties, "UserProperty", None) or []:
+        if key == name:
+            return value
+    return None
+
+
+def request_id_of(payload: str) -> str | None:
+    if not payload.lstrip().startswith("{"):
+        return None
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return None if rid is None else str(rid)
+
+
+def _epoch(text: Any, default: float) -> float:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return default
+
+
+class AuditService:
+    def __init__(
+        self, lab: LabConfig, store: Store, link: MqttLink, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.cfg = lab.alarms
+        self.store = store
+        self.link = link
+        self.clock = clock
+        self.modules_of = ModuleResolver(lab)
+        self._pending: dict[tuple[str, str], deque[tuple[int, float]]] = {}
+
+    @staticmethod
+    def subscriptions() -> tuple[str, ...]:
+        return ("/+/cmd/#", "/+/response", "/+/action")
+
+    # -- input (on the loop) ----------------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, properties: Any = None) -> None:
+        """Every message of `subscriptions()`. The service's own commands come this way too
+        (its link has no command subscription: Mosquitto would deliver them twice)."""
+        text = payload.decode(errors="replace")
+        if "/cmd/" in topic:
+            self.record_command(topic, text, user_property(properties, "client_id"))
+            own = f"{AUDIT_PREFIX}/cmd/"
+            if topic.startswith(own):
+                self.handle_command(Command(
+                    topic=topic, action=topic[len(own):], payload=text,
+                    response_topic=getattr(properties, "ResponseTopic", None),
+                    correlation_data=getattr(properties, "CorrelationData", None),
+                ))  # fmt: skip
+        elif topic.endswith("/response"):
+            self._answer(text)
+        elif topic.endswith("/action"):
+            self._action(topic, text)
+
+    def record_command(self, topic: str, payload: str, client: str | None = None) -> int:
+        now = self.clock()
+        request_id = request_id_of(payload)
+        seq = self.store.add_record(
+            t=now,
+            kind="command",
+            source=client or sender_of(request_id) or "unknown",
+            topic=topic,
+            payload=payload,
+            request_id=request_id,
+            modules=self.modules_of(topic),
+        )
+        self._pending.setdefault((topic, payload), deque()).append((seq, now))
+        self._expire(now)
+        self._publish(seq)
+        return seq
+
+    def _answer(self, text: str) -> None:
+        try:
+            answer = json.loads(text)
+            key = (answer["topic"], answer["payload"])
+        except (ValueError, KeyError, TypeError):
+            return
+        waiting = self._pending.get(key)
+        if not waiting:
+            return
+        seq, _ = waiting.popleft()
+        if not waiting:
+            del self._pending[key]
+        self.store.set_answer(seq, bool(answer.get("ok")), answer.get("error"))
+        self._publish(seq)
+
+    def _action(self, topic: str, text: str) -> None:
+        try:
+            event = json.loads(text)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            log.error("ignoring malformed %s: %r", topic, text[:200])
+            return
+        modules = event.get("modules") or []
+        ok = event.get("ok")
+        seq = self.store.add_record(
+            t=_epoch(event.get("time"), self.clock()),
+            kind="action",
+            source=str(event.get("source") or topic.split("/")[1]),
+            topic=topic,
+            payload=text,
+            event=event.get("event"),
+            request_id=event.get("id"),
+            modules=[str(m) for m in modules if isinstance(m, str)],
+            text=event.get("text"),
+            ok=ok if isinstance(ok, bool) else None,
+        )
+        self._publish(seq)
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, q in self._pending.items() if q and now - q[0][1] > PENDING_FOR]:
+            queue = self._pending[key]
+            while queue and now - queue[0][1] > PENDING_FOR:
+                queue.popleft()
+            if not queue:
+                del self._pending[key]
+
+    def _publish(self, seq: int) -> None:
+        self.link.publish(LOG_TOPIC, json.dumps(self.store.record(seq)), qos=1)
+
+    # -- queries ----------------------------------------------------------------------------------
+    def query(self, spec: Any) -> tuple[list[dict[str, Any]], bool]:
+        """Records for a query object (`since`, `until`, `module`, `source`, `kind`, `limit`);
+        ValueError for a bad one. Default: the last hour."""
+        if spec in (None, ""):
+            spec = {}
+        if not isinstance(spec, dict):
+            raise ValueError("a query is a JSON object: since, until, module, source, kind, limit")
+        unknown = set(spec) - QUERY_KEYS
+        if unknown:
+            raise ValueError(
+                f"unknown query key(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(QUERY_KEYS))})"
+            )
+        now = self.clock()
+        limit = spec.get("limit", self.cfg.query_limit)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        return self.store.records(
+            since=parse_when(spec.get("since", "1h"), now),
+            until=None if spec.get("until") is None else parse_when(spec["until"], now),
+            module=spec.get("module"),
+            source=spec.get("source"),
+            kind=spec.get("kind"),
+            limit=min(limit, self.cfg.query_limit),
+        )
+
+    def handle_command(self, cmd: Command) -> None:
+        """`/audit/cmd/query`: answered with the records."""
+        if cmd.action != "query":
+            self.link.respond(
+                cmd,
+                False,
+                f"unknown command {cmd.action!r} (known: {AUDIT_PREFIX}/cmd/{COMMANDS[0]})",
+            )
+            return
+        try:
+            value, _ = cmd.decoded()
+            if isinstance(value, str) and value.strip().startswith("{"):
+                value = json.loads(value)
+            records, truncated = self.query(value)
+        except (PayloadError, ValueError) as exc:
+            self.link.respond(cmd, False, str(exc))
+            return
+        self.link.respond(cmd, True, None, records=records, count=len(records), truncated=truncated)
+
+    def prune(self) -> None:
+        removed = self.store.prune(self.clock() - self.cfg.audit_keep_days * 86400)
+        if removed:
+            log.info(
+                "removed %d audit record(s) older than %g days", removed, self.cfg.audit_keep_days
+            )
+
+    def start(self) -> None:
+        self.prune()

@@ -1,0 +1,183 @@
+"""The safety sections of the lab YAML: `interlocks`, `alarms` and `sequencer`.
+
+Strict pydantic models (unknown keys are errors), checked by `load_config` like every section.
+`check_safety(lab)` checks them against the rest of the lab (modules, sensors, chiller,
+prefixes) and names the key that is wrong; the safety daemons and `trackerdcs check-config` run
+it, so that a lab derived from the example (say, without its chiller) still loads for the
+daemons that do not read these sections. This module imports nothing from `trackerdcs.config`,
+which imports it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from trackerdcs.config import LabConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")]
+ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class Action(StrEnum):
+    """What a rule does to the HV of the modules it finds unsafe."""
+
+    RAMP_DOWN = "ramp_down"  # /hv/cmd/switch/{module} off: ramp down at RDWn
+    KILL = "kill"  # /hv/cmd/kill/{module}: the fastest ramp-down
+    NONE = "none"  # inhibit switching on and raise the alarm only
+
+
+class _Rule(_Strict):
+    name: Name
+    modules: list[ModuleName] | Literal["all"] = "all"  # the modules the rule protects
+    action: Action = Action.RAMP_DOWN
+    chiller_setpoint: float | None = None  # °C the chiller is raised to while the rule holds
+    clear_delay: NonNegFloat = 0.0  # s the condition must stay clear before the rule clears
+
+
+class ChillerRunningRule(_Rule):
+    """The chiller stopped (or failed) after it had been RUNNING."""
+
+    kind: Literal["chiller_running"]
+
+
+class ModuleTemperatureRule(_Rule):
+    """A module's temperature above its limit."""
+
+    kind: Literal["module_temperature"]
+    action: Action = Action.KILL
+    limit: float | None = None  # °C; default: each module sensor's max_temperature
+    hysteresis: NonNegFloat = 0.5  # K below the limit before a module counts as safe again
+
+
+class DewpointMarginRule(_Rule):
+    """The coldest module temperature too close to the room's dew point."""
+
+    kind: Literal["dewpoint_margin"]
+    sensor: Name  # the room sensor giving the dew point
+    margin: PositiveFloat = 2.0  # K: unsafe when coldest - dewpoint < margin
+    hysteresis: NonNegFloat = 0.5  # K above the margin before it counts as safe again
+
+
+class HeartbeatRule(_Rule):
+    """Data from a source older than its timeout, its daemon offline, or a sensor stale."""
+
+    kind: Literal["heartbeat"]
+    sources: dict[str, PositiveFloat] = Field(min_length=1)  # prefix (`/temp_m1`) -> timeout, s
+
+
+InterlockRule = Annotated[
+    ChillerRunningRule | ModuleTemperatureRule | DewpointMarginRule | HeartbeatRule,
+    Field(discriminator="kind"),
+]
+
+
+class InterlocksConfig(_Strict):
+    """The interlock service (`trackerdcs-interlock`): its rules, evaluated on every message."""
+
+    rules: list[InterlockRule] = []
+    reassert_interval: PositiveFloat = 1.0  # s before an action is sent again while it holds
+    startup_grace: NonNegFloat = 1.0  # s to gather the retained statuses before publishing
+    heartbeat: PositiveFloat = 10.0  # s between two `/interlock/status` at the latest
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice")
+            seen.add(rule.name)
+        return rules
+
+
+class AlarmsConfig(_Strict):
+    """The alarm and audit service (`trackerdcs-alarms`)."""
+
+    db: str = "trackerdcs-alarms.sqlite"  # SQLite file (relative: to the working directory)
+    audit_keep_days: PositiveFloat = 365.0  # older audit records are deleted
+    query_limit: int = Field(1000, ge=1)  # most records one audit query returns
+
+
+class SequencerConfig(_Strict):
+    """Module on/off sequences (`trackerdcs-dcs`)."""
+
+    answer_timeout: PositiveFloat = 5.0  # s for a power daemon to answer a command
+    ramp_factor: float = Field(1.5, ge=1.0)  # allowed ramp time = factor x |dV| / rate ...
+    settle_time: PositiveFloat = 10.0  # ... + this, s
+    tolerance: NonNegFloat | None = None  # V; default: each channel's on_tolerance
+
+
+def check_safety(lab: LabConfig) -> None:
+    """Check the safety sections against the lab; ValueError naming the key otherwise."""
+    modules = set(lab.modules())
+    sensors = {s.name: s for s in lab.sensors}
+    prefixes = {p for crate in lab.crates for p in crate.prefixes.values()}
+    prefixes |= {s.prefix for s in lab.sensors}
+    if lab.julabo is not None:
+        prefixes.add(lab.julabo.prefix)
+    if lab.interlocks.rules and not lab.power.interlock_topic.endswith("/status"):
+        raise ValueError("power.interlock_topic: must end with /status when interlocks are set")
+    for i, rule in enumerate(lab.interlocks.rules):
+        where = f"interlocks.rules.{i}"
+        if rule.modules != "all":
+            unknown = sorted(set(rule.modules) - modules)
+            if unknown:
+                raise ValueError(
+                    f"{where}.modules: no power channel powers {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(modules)) or 'none'})"
+                )
+        needs_chiller = rule.kind == "chiller_running" or rule.chiller_setpoint is not None
+        if needs_chiller and lab.julabo is None:
+            raise ValueError(f"{where}: needs a chiller (the lab has no julabo section)")
+        if rule.chiller_setpoint is not None and lab.julabo is not None:
+            low, high = lab.julabo.setpoint_min, lab.julabo.setpoint_max
+            if not low <= rule.chiller_setpoint <= high:
+                raise ValueError(
+                    f"{where}.chiller_setpoint: {rule.chiller_setpoint:g} is outside the "
+                    f"chiller's range {low:g}..{high:g} (julabo.setpoint_min/max)"
+                )
+        if rule.kind == "dewpoint_margin":
+            sensor = sensors.get(rule.sensor)
+            if sensor is None or sensor.kind.value != "room":
+                raise ValueError(f"{where}.sensor: no room sensor named {rule.sensor!r}")
+        if rule.kind == "heartbeat":
+            for prefix in rule.sources:
+                if prefix not in prefixes:
+                    raise ValueError(
+                        f"{where}.sources.{prefix}: not a prefix of the lab "
+                        f"(known: {', '.join(sorted(prefixes))})"
+                    )
+        if rule.kind == "module_temperature":
+            watched = modules if rule.modules == "all" else set(rule.modules)
+            measured = {s.module for s in lab.sensors if s.module}
+            if not watched & measured:
+                raise ValueError(f"{where}.modules: none of them has a module sensor")
+            if rule.limit is None:
+                missing = sorted(
+                    s.name for s in lab.sensors if s.module in watched and s.max_temperature is None
+                )
+                if missing:
+                    raise ValueError(
+                        f"{where}.limit: required, since sensor(s) {', '.join(missing)} "
+                        "have no max_temperature"
+                    )
+
+
+def safety_problem(lab: LabConfig, args: object = None) -> str | None:
+    """`check_safety` as a daemon's `validate` hook (trackerdcs.runner): the message, or None."""
+    try:
+        check_safety(lab)
+    except ValueError as exc:
+        return f"invalid configuration\n  {exc}"
+    return None

@@ -1,0 +1,59 @@
+"""The DCS supervisor daemon: module on/off sequences on `/dcs/cmd/module/{name}`.
+
+trackerdcs-dcs --config examples/lab.yml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from trackerdcs.config import LabConfig
+from trackerdcs.mqtt import MqttLink
+from trackerdcs.runner import daemon_main
+from trackerdcs.safety.config import safety_problem
+from trackerdcs.safety.sequencer import PREFIX, SequencerService
+
+log = logging.getLogger(__name__)
+
+
+class DcsDaemon:
+    def __init__(self, lab: LabConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.link = MqttLink(
+            lab.mqtt,
+            PREFIX,
+            client_id=f"trackerdcs-{lab.lab}-dcs",
+            on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
+            subscribe=SequencerService.subscriptions(lab),
+            on_message=lambda msg: loop.call_soon_threadsafe(
+                self.service.on_message, msg.topic, msg.payload
+            ),
+        )
+        self.service = SequencerService(lab, self.link, loop)
+
+    def start(self) -> None:
+        self.link.start()
+        self.service.start()
+        log.info(
+            "serving the sequencer on %s (modules %s)",
+            PREFIX,
+            ", ".join(self.service.modules) or "none",
+        )
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.link.stop()
+
+
+def build(lab: LabConfig, loop: asyncio.AbstractEventLoop, args: argparse.Namespace):
+    return DcsDaemon(lab, loop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return daemon_main("trackerdcs-dcs", __doc__, build, argv, validate=safety_problem)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

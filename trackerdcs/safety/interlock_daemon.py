@@ -1,0 +1,57 @@
+"""The interlock daemon: the lab YAML's `interlocks` rules, evaluated on every message.
+
+trackerdcs-interlock --config examples/lab.yml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from trackerdcs.config import LabConfig
+from trackerdcs.mqtt import MqttLink
+from trackerdcs.runner import daemon_main
+from trackerdcs.safety.config import safety_problem
+from trackerdcs.safety.interlock import InterlockService, interlock_prefix, subscriptions
+
+log = logging.getLogger(__name__)
+
+
+class InterlockDaemon:
+    def __init__(self, lab: LabConfig, loop: asyncio.AbstractEventLoop) -> None:
+        prefix = interlock_prefix(lab)
+        self.link = MqttLink(
+            lab.mqtt,
+            prefix,
+            client_id=f"trackerdcs-{lab.lab}-interlock",
+            on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
+            subscribe=subscriptions(lab),
+            on_message=lambda msg: loop.call_soon_threadsafe(
+                self.service.on_message, msg.topic, msg.payload, bool(msg.retain)
+            ),
+        )
+        self.service = InterlockService(lab, self.link, loop)
+        self.prefix = prefix
+
+    def start(self) -> None:
+        self.link.start()
+        self.service.start()
+        log.info("serving interlocks on %s (%d rule(s))", self.prefix, len(self.service.states))
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.link.stop()
+
+
+def build(lab: LabConfig, loop: asyncio.AbstractEventLoop, args: argparse.Namespace):
+    return InterlockDaemon(lab, loop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return daemon_main("trackerdcs-interlock", __doc__, build, argv, validate=safety_problem)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

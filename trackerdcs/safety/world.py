@@ -1,0 +1,146 @@
+"""The lab as the safety services see it on MQTT: every source's latest status, whether its
+daemon is online, and when the status arrived. Pure state: the caller passes the time.
+
+A source is a service prefix of the lab YAML: a power prefix (`/hv`, `/lv`: a JSON array of
+channels), the chiller (`/julabo`) or a sensor (`/temp_m1`), each with `<prefix>/status` and
+`<prefix>/availability` (docs/topics.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from trackerdcs.config import ChannelKind, LabConfig
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = frozenset({"ON", "RAMPING_UP", "RAMPING_DOWN"})
+
+
+@dataclass
+class Source:
+    prefix: str
+    kind: str  # "power", "chiller" or "sensor"
+    status: Any = None  # the latest status (dict, or list of channels for power)
+    received: float | None = None  # monotonic time it arrived
+    online: bool | None = None  # from `<prefix>/availability`; None before the first
+
+    @property
+    def age(self) -> float:
+        """Age of the reading when it was published (sensors say; others: 0)."""
+        if self.kind == "sensor" and isinstance(self.status, dict):
+            age = self.status.get("age")
+            if isinstance(age, int | float) and not isinstance(age, bool):
+                return float(age)
+        return 0.0
+
+
+class World:
+    def __init__(self, lab: LabConfig) -> None:
+        self.lab = lab
+        self.sources: dict[str, Source] = {}
+        self._power_kind: dict[str, ChannelKind] = {}
+        for crate in lab.crates:
+            for kind, prefix in crate.prefixes.items():
+                self.sources[prefix] = Source(prefix, "power")
+                self._power_kind[prefix] = kind
+        self.chiller_prefix = lab.julabo.prefix if lab.julabo else None
+        if self.chiller_prefix:
+            self.sources[self.chiller_prefix] = Source(self.chiller_prefix, "chiller")
+        for sensor in lab.sensors:
+            self.sources[sensor.prefix] = Source(sensor.prefix, "sensor")
+        self.modules: list[str] = list(lab.modules())
+        # (module, kind) -> [(prefix, channel name)]
+        self._channels: dict[tuple[str, ChannelKind], list[tuple[str, str]]] = {}
+        for module, channels in lab.modules().items():
+            for ch in channels:
+                prefix = lab.crate_of(ch).prefixes[ch.kind]
+                self._channels.setdefault((module, ch.kind), []).append((prefix, ch.name))
+        self.module_sensors: dict[str, list[str]] = {}  # module -> its sensors' prefixes
+        for sensor in lab.sensors:
+            if sensor.module:
+                self.module_sensors.setdefault(sensor.module, []).append(sensor.prefix)
+        self.sensor_limits = {s.prefix: s.max_temperature for s in lab.sensors}
+        self._by_name: dict[str, dict[str, dict[str, Any]]] = {}  # power prefix -> name -> entry
+
+    # -- input ------------------------------------------------------------------------------------
+    def topics(self) -> list[str]:
+        return [f"{p}/{leaf}" for p in self.sources for leaf in ("status", "availability")]
+
+    def update(self, topic: str, payload: bytes, now: float) -> Source | None:
+        """Take a message; the source it updated, or None (not a source's topic, or unusable)."""
+        prefix, _, leaf = topic.rpartition("/")
+        source = self.sources.get(prefix)
+        if source is None:
+            return None
+        if leaf == "availability":
+            source.online = payload.decode(errors="replace").strip() != "offline"
+            return source
+        if leaf != "status":
+            return None
+        if not payload:  # a deleted retained status
+            source.status, source.received = None, None
+            self._by_name.pop(prefix, None)
+            return source
+        try:
+            status = json.loads(payload)
+        except ValueError:
+            log.error("ignoring malformed %s: %r", topic, payload[:200])
+            return None
+        expected = list if source.kind == "power" else dict
+        if not isinstance(status, expected):
+            log.error("ignoring %s: expected a JSON %s", topic, expected.__name__)
+            return None
+        source.status, source.received = status, now
+        if source.kind == "power":
+            self._by_name[prefix] = {c.get("name"): c for c in status if isinstance(c, dict)}
+        return source
+
+    # -- queries ----------------------------------------------------------------------------------
+    def chiller(self) -> dict[str, Any] | None:
+        source = self.sources.get(self.chiller_prefix or "")
+        return source.status if source else None
+
+    def sensor(self, prefix: str) -> dict[str, Any] | None:
+        source = self.sources.get(prefix)
+        return source.status if source and source.kind == "sensor" else None
+
+    def channel_names(self, module: str, kind: ChannelKind) -> list[tuple[str, str]]:
+        """(prefix, channel name) of the module's channels of this kind."""
+        return list(self._channels.get((module, kind), []))
+
+    def prefixes(self, module: str, kind: ChannelKind) -> list[str]:
+        return sorted({prefix for prefix, _ in self._channels.get((module, kind), [])})
+
+    def channels(self, module: str, kind: ChannelKind) -> list[dict[str, Any] | None]:
+        """The module's channels' status entries (None for one not seen yet)."""
+        return [
+            self._by_name.get(prefix, {}).get(name)
+            for prefix, name in self._channels.get((module, kind), [])
+        ]
+
+    def hv_off(self, module: str) -> bool:
+        """Every HV channel of the module is known to be switched off and at rest."""
+        entries = self.channels(module, ChannelKind.HV)
+        return all(c is not None and not c.get("on") and c.get("state") == "OFF" for c in entries)
+
+    def hv_on(self, module: str) -> bool:
+        """Some HV channel of the module is known to be switched on (`Pw`)."""
+        return any(c is not None and c.get("on") for c in self.channels(module, ChannelKind.HV))
+
+    def modules_of(self, prefix: str) -> set[str] | None:
+        """The modules a source concerns: a power prefix its modules', a module sensor its
+        module; None for a source of every module (the chiller, a room sensor)."""
+        if prefix in self._power_kind:
+            return {
+                module
+                for (module, _), channels in self._channels.items()
+                if any(p == prefix for p, _ in channels)
+            }
+        for module, prefixes in self.module_sensors.items():
+            if prefix in prefixes:
+                return {module}
+        return None
