@@ -1,0 +1,275 @@
+"""`trackerdcs-health`: is a trackerdcs daemon up? The healthcheck of every container.
+
+A daemon is healthy when every MQTT prefix it serves says `online` on `<prefix>/availability`
+(retained; the broker's last will turns it `offline` as soon as the daemon dies or loses the
+broker). The check logs in with the daemon's own credentials (the lab YAML's `mqtt` section and
+the environment variables it names). A simulator is healthy when its ports accept connections.
+
+    trackerdcs-health                          the daemon that is PID 1 (in its container)
+    trackerdcs-health --pid 1234               the daemon that is process 1234
+    trackerdcs-health --config lab.yml --service power [--crate sy4527]
+    trackerdcs-health --config lab.yml /hv /lv these prefixes
+
+Which daemon, lab YAML, crate and sensors: from the process's command line (`trackerdcs-power
+--config /etc/trackerdcs/lab.yml --crate sy4527`, or `python -m trackerdcs.power.daemon ...`),
+unless given. Exit status 0 healthy, 1 not, or cannot tell (one line says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from trackerdcs.config import ConfigError, LabConfig, MqttConfig, load_config, loopback_port
+
+ONLINE = "online"
+SERVICES = ("power", "julabo", "sensors", "interlock", "alarms", "dcs", "sim-lab", "sim-crate")
+
+
+class HealthError(Exception):
+    """The check cannot be made (usage, configuration)."""
+
+
+@dataclass
+class Target:
+    """What to check: the daemon's service name, its lab YAML and its own options."""
+
+    service: str
+    config: str | None = None
+    crate: str | None = None
+    sensors: list[str] = field(default_factory=list)
+    host: str | None = None
+    port: int | None = None
+
+
+def _script_modules() -> dict[str, str]:
+    """`trackerdcs.power.daemon` -> `power`, from the console scripts: the installed ones, and
+    in a source checkout (an editable install not yet refreshed) pyproject.toml's."""
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        scripts.update(tomllib.loads(pyproject.read_text())["project"].get("scripts", {}))
+    return {
+        value.split(":")[0]: name.removeprefix("trackerdcs-")
+        for name, value in scripts.items()
+        if name.startswith("trackerdcs-")
+    }
+
+
+def target_from_argv(argv: list[str]) -> Target:
+    """The daemon a command line runs, and the options the check needs."""
+    service, rest = None, []
+    modules = _script_modules()
+    for i, arg in enumerate(argv):
+        name = Path(arg).name
+        if name.startswith("trackerdcs-"):
+            service, rest = name.removeprefix("trackerdcs-"), argv[i + 1 :]
+            break
+        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] in modules:
+            service, rest = modules[argv[i + 1]], argv[i + 2 :]
+            break
+    if service is None:
+        raise HealthError(f"not a trackerdcs daemon: {' '.join(argv) or '(empty command line)'}")
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config")
+    p.add_argument("--crate")
+    p.add_argument("--sensor", action="append", default=[])
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    opts, _ = p.parse_known_args(rest)
+    return Target(service, opts.config, opts.crate, opts.sensor, opts.host, opts.port)
+
+
+def process_argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError as exc:
+        raise HealthError(f"cannot read the command line of process {pid}: {exc}") from None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def prefixes(lab: LabConfig, target: Target) -> list[str]:
+    """The MQTT prefixes the daemon serves, each with its own availability topic."""
+    service = target.service
+    if service == "power":
+        if target.crate is None and len(lab.crates) != 1:
+            raise HealthError("the lab has several crates: give --crate")
+        try:
+            crate = lab.crate(target.crate) if target.crate else lab.crates[0]
+        except KeyError:
+            raise HealthError(f"no crate named {target.crate!r}") from None
+        return [p for k, p in crate.prefixes.items() if lab.channels_of(crate.name, k)]
+    if service == "julabo":
+        if lab.julabo is None:
+            raise HealthError("the lab has no julabo section")
+        return [lab.julabo.prefix]
+    if service == "sensors":
+        return [s.prefix for s in lab.sensors if not target.sensors or s.name in target.sensors]
+    if service == "interlock":
+        from trackerdcs.safety.interlock import interlock_prefix
+
+        return [interlock_prefix(lab)]
+    if service == "alarms":
+        from trackerdcs.safety.alarms import ALARMS_PREFIX
+        from trackerdcs.safety.audit import AUDIT_PREFIX
+
+        return [ALARMS_PREFIX, AUDIT_PREFIX]
+    if service == "dcs":
+        from trackerdcs.safety.sequencer import PREFIX
+
+        return [PREFIX]
+    raise HealthError(f"no MQTT check for {service!r} (known: {', '.join(SERVICES)})")
+
+
+def simulator_ports(lab: LabConfig, target: Target) -> list[int]:
+    """The TCP ports a simulator serves (Channel Access: its TCP port), on this host."""
+    from trackerdcs.sim.crate import port_of
+
+    if target.service == "sim-crate":
+        crate = lab.crate(target.crate) if target.crate else lab.crates[0]
+        return [target.port or port_of(crate.address)]
+    ports = []
+    crate = lab.virtual_lab_crate()
+    if crate is not None:
+        ports.append(port_of(crate.address))
+    lines = [lab.julabo.url] if lab.julabo else []
+    lines += [s.source for s in lab.sensors]
+    ports += [p for p in map(loopback_port, lines) if p is not None]
+    if lab.virtual_lab and lab.virtual_lab.control_port:
+        ports.append(lab.virtual_lab.control_port)
+    return ports
+
+
+def check_ports(host: str, ports: list[int], timeout: float) -> list[str]:
+    """The problems: one per port that does not accept a TCP connection."""
+    problems = []
+    for port in ports:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            problems.append(f"{host}:{port} {exc.strerror or exc}")
+    return problems
+
+
+def availability(cfg: MqttConfig, prefixes: list[str], timeout: float) -> dict[str, str | None]:
+    """`<prefix>/availability` of each prefix (None: nothing within `timeout`).
+
+    Raises OSError when the broker cannot be reached or refuses the login.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    topics = {f"{p}/availability": p for p in prefixes}
+    seen: dict[str, str | None] = dict.fromkeys(prefixes)
+    done, refused = threading.Event(), []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.tls.enabled:
+        client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file,
+                       keyfile=cfg.tls.key_file)  # fmt: skip
+        client.tls_insecure_set(cfg.tls.insecure)
+
+    def on_connect(c, userdata, flags, reason, props) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+            done.set()
+        else:
+            c.subscribe([(t, 0) for t in topics])
+
+    def on_message(c, userdata, msg) -> None:
+        seen[topics[msg.topic]] = msg.payload.decode(errors="replace")
+        if all(v is not None for v in seen.values()):
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout) + 2))
+    client.loop_start()
+    try:
+        done.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if refused:
+        raise PermissionError(f"login refused ({refused[0]})")
+    return seen
+
+
+def check(lab: LabConfig, target: Target, timeout: float) -> tuple[bool, str]:
+    """(healthy, one line that says so)."""
+    if target.service in ("sim-lab", "sim-crate"):
+        host = target.host if target.host not in (None, "0.0.0.0", "") else "127.0.0.1"
+        ports = simulator_ports(lab, target)
+        problems = check_ports(host, ports, timeout)
+        if problems:
+            return False, f"{target.service} unhealthy: {'; '.join(problems)}"
+        return True, f"{target.service} healthy: {', '.join(map(str, ports))} open on {host}"
+    wanted = prefixes(lab, target)
+    if not wanted:
+        raise HealthError(f"{target.service} serves no prefix in this lab")
+    try:
+        seen = availability(lab.mqtt, wanted, timeout)
+    except OSError as exc:
+        return False, f"{target.service} unhealthy: broker {lab.mqtt.host}:{lab.mqtt.port}: {exc}"
+    bad = [f"{p} {v}" if v is not None else f"{p} silent" for p, v in seen.items() if v != ONLINE]
+    if bad:
+        return False, f"{target.service} unhealthy: {', '.join(bad)}"
+    return True, f"{target.service} healthy: {', '.join(seen)} online"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trackerdcs-health",
+        description="Exit 0 when a trackerdcs daemon is up: its prefixes are online on MQTT.",
+    )
+    p.add_argument("prefixes", nargs="*", help="check these prefixes (with --config)")
+    p.add_argument("--config", help="lab YAML (default: the daemon's own --config)")
+    p.add_argument("--service", choices=SERVICES, help="the daemon (default: from --pid)")
+    p.add_argument("--crate", help="power: the crate (default: the daemon's own --crate)")
+    p.add_argument("--pid", type=int, default=1, help="the daemon's process (default 1)")
+    p.add_argument("--timeout", type=float, default=5.0, help="s to wait (default 5)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    try:
+        if args.prefixes:
+            target = Target("prefixes", args.config)
+        elif args.service:
+            target = Target(args.service, args.config, args.crate)
+        else:
+            target = target_from_argv(process_argv(args.pid))
+            target.config = args.config or target.config
+            target.crate = args.crate or target.crate
+        if not target.config:
+            raise HealthError("no lab YAML: give --config")
+        lab = load_config(target.config)
+        if args.prefixes:
+            seen = availability(lab.mqtt, args.prefixes, args.timeout)
+            bad = [f"{p} {v or 'silent'}" for p, v in seen.items() if v != ONLINE]
+            ok, line = not bad, (f"unhealthy: {', '.join(bad)}" if bad else "healthy")
+        else:
+            ok, line = check(lab, target, args.timeout)
+    except (HealthError, ConfigError) as exc:  # unhealthy too: Docker reserves exit status 2
+        print(f"trackerdcs-health: cannot check: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"trackerdcs-health: unhealthy: {exc}", file=sys.stderr)
+        return 1
+    print(f"{line} ({time.monotonic() - started:.2f} s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
