@@ -35,6 +35,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _EnvCredentials:
+    """A user name and password read from the environment variables a config names."""
+
+    username_env: str
+    password_env: str
+
+    @property
+    def username(self) -> str | None:
+        return os.environ.get(self.username_env) or None
+
+    @property
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) or None
+
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 
@@ -47,7 +62,7 @@ class TlsConfig(_Model):
     insecure: bool = False
 
 
-class MqttConfig(_Model):
+class MqttConfig(_EnvCredentials, _Model):
     """The broker. Credentials come from the environment, never from the file."""
 
     host: str = "127.0.0.1"
@@ -58,14 +73,6 @@ class MqttConfig(_Model):
     reconnect_min_delay: PositiveFloat = 0.2
     reconnect_max_delay: PositiveFloat = 5.0
     tls: TlsConfig = TlsConfig()
-
-    @property
-    def username(self) -> str | None:
-        return os.environ.get(self.username_env) or None
-
-    @property
-    def password(self) -> str | None:
-        return os.environ.get(self.password_env) or None
 
 
 class ChannelKind(StrEnum):
@@ -357,7 +364,7 @@ def influx_seconds(value: str) -> float:
     return sum(int(n) * _INFLUX_UNITS[u] for n, u in parts)
 
 
-class InfluxConfig(_Model):
+class InfluxConfig(_EnvCredentials, _Model):
     """InfluxDB (v1 HTTP API) of the local stack and how long the data is kept."""
 
     host: str = "127.0.0.1"
@@ -390,14 +397,6 @@ class InfluxConfig(_Model):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def username(self) -> str | None:
-        return os.environ.get(self.username_env) or None
-
-    @property
-    def password(self) -> str | None:
-        return os.environ.get(self.password_env) or None
 
 
 class LabConfig(_Model):

@@ -3,7 +3,8 @@
 A daemon is healthy when every MQTT prefix it serves says `online` on `<prefix>/availability`
 (retained; the broker's last will turns it `offline` as soon as the daemon dies or loses the
 broker). The check logs in with the daemon's own credentials (the lab YAML's `mqtt` section and
-the environment variables it names). A simulator is healthy when its ports accept connections.
+the environment variables it names). A simulator is healthy when its Channel Access and backdoor
+ports accept connections (never its serial-line ports: each has one client, the daemon).
 
     trackerdcs-health                          the daemon that is PID 1 (in its container)
     trackerdcs-health --pid 1234               the daemon that is process 1234
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from trackerdcs.config import ConfigError, LabConfig, MqttConfig, load_config, loopback_port
+from trackerdcs.config import ConfigError, LabConfig, MqttConfig, load_config
 
 ONLINE = "online"
 SERVICES = ("power", "julabo", "sensors", "interlock", "alarms", "dcs", "sim-lab", "sim-crate")
@@ -136,13 +137,12 @@ def simulator_ports(lab: LabConfig, target: Target) -> list[int]:
     if target.service == "sim-crate":
         crate = lab.crate(target.crate) if target.crate else lab.crates[0]
         return [target.port or port_of(crate.address)]
+    # Not the serial-line ports (chiller, sensors): a serial line has one client, and a probe
+    # connection would take the line from the daemon that owns it.
     ports = []
     crate = lab.virtual_lab_crate()
     if crate is not None:
         ports.append(port_of(crate.address))
-    lines = [lab.julabo.url] if lab.julabo else []
-    lines += [s.source for s in lab.sensors]
-    ports += [p for p in map(loopback_port, lines) if p is not None]
     if lab.virtual_lab and lab.virtual_lab.control_port:
         ports.append(lab.virtual_lab.control_port)
     return ports
