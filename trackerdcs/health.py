@@ -28,6 +28,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from trackerdcs.config import ConfigError, LabConfig, MqttConfig, load_config
+from trackerdcs.mqtt import apply_broker_settings
 
 ONLINE = "online"
 SERVICES = ("power", "julabo", "sensors", "interlock", "alarms", "dcs", "sim-lab", "sim-crate")
@@ -171,12 +172,7 @@ def availability(cfg: MqttConfig, prefixes: list[str], timeout: float) -> dict[s
     seen: dict[str, str | None] = dict.fromkeys(prefixes)
     done, refused = threading.Event(), []
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
-    if cfg.username:
-        client.username_pw_set(cfg.username, cfg.password)
-    if cfg.tls.enabled:
-        client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file,
-                       keyfile=cfg.tls.key_file)  # fmt: skip
-        client.tls_insecure_set(cfg.tls.insecure)
+    apply_broker_settings(client, cfg)
 
     def on_connect(c, userdata, flags, reason, props) -> None:
         if reason.is_failure:

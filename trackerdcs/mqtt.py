@@ -93,6 +93,20 @@ def disable_nagle(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def apply_broker_settings(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """Credentials (from the environment) and TLS of the lab's broker, for any paho client."""
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.tls.enabled:
+        client.tls_set(
+            ca_certs=cfg.tls.ca_file,
+            certfile=cfg.tls.cert_file,
+            keyfile=cfg.tls.key_file,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        client.tls_insecure_set(cfg.tls.insecure)
+
+
 CommandHandler = Callable[[Command], None]
 ConnectionHandler = Callable[[bool], None]
 
@@ -134,16 +148,7 @@ class MqttLink:
             reconnect_on_failure=True,
         )
         cfg = self.cfg
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls.enabled:
-            client.tls_set(
-                ca_certs=cfg.tls.ca_file,
-                certfile=cfg.tls.cert_file,
-                keyfile=cfg.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(cfg.tls.insecure)
+        apply_broker_settings(client, cfg)
         client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
         client.on_socket_open = disable_nagle

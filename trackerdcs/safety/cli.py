@@ -75,6 +75,7 @@ def _from_service(args: argparse.Namespace, query: dict[str, Any]) -> list[dict[
     from paho.mqtt.properties import Properties
 
     from trackerdcs.config import load_config
+    from trackerdcs.mqtt import apply_broker_settings
 
     cfg = load_config(args.config).mqtt
     token = uuid.uuid4().hex[:12]
@@ -83,12 +84,7 @@ def _from_service(args: argparse.Namespace, query: dict[str, Any]) -> list[dict[
     subscribed, answered = threading.Event(), threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"trackerdcs-audit-{token}",
                          protocol=mqtt.MQTTv5)  # fmt: skip
-    if cfg.username:
-        client.username_pw_set(cfg.username, cfg.password)
-    if cfg.tls.enabled:
-        client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file,
-                       keyfile=cfg.tls.key_file)  # fmt: skip
-        client.tls_insecure_set(cfg.tls.insecure)
+    apply_broker_settings(client, cfg)
     client.on_connect = lambda c, *_: c.subscribe(reply_topic, qos=1)
     client.on_subscribe = lambda *_: subscribed.set()
 

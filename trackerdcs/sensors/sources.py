@@ -44,7 +44,31 @@ def normalize_url(url: str) -> str:
     return url.removeprefix("serial://")
 
 
-class LineSource:
+class _SourceThread:
+    """The life cycle both sources share: one reading thread, stopped by an event."""
+
+    thread_name = "sensor source"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float = 2.0) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class LineSource(_SourceThread):
     """Reads lines from a serial device or a TCP socket; reconnects by itself."""
 
     def __init__(
@@ -57,20 +81,9 @@ class LineSource:
         self.baudrate = baudrate
         self.read_timeout = read_timeout
         self.backoff = backoff
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_failure: str | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"line {self.url}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float = 2.0) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.thread_name = f"line {url}"
+        super().__init__()
 
     def _run(self) -> None:
         delay = self.backoff[0]
@@ -119,7 +132,7 @@ class LineSource:
         self.on_error(reason)
 
 
-class SimSource:
+class SimSource(_SourceThread):
     """A simulated sensor: `format_line` of constant values plus gaussian noise, every
     `interval` s."""
 
@@ -133,24 +146,13 @@ class SimSource:
         self.interval = interval
         self.noise = noise
         self.rng = random.Random(seed)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.thread_name = "sim sensor"
+        super().__init__()
 
     def line(self) -> str:
         t = self.temperature + self.rng.gauss(0.0, self.noise)
         rh = None if self.humidity is None else self.humidity + self.rng.gauss(0.0, self.noise)
         return format_line(t, rh)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sim sensor", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float = 2.0) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
