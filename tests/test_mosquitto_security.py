@@ -555,6 +555,14 @@ def test_every_daemon_works_under_the_production_acl(broker, stack: Stack) -> No
         viewer.wait_for("/interlock/status")
         viewer.wait_for("/alarms")
         viewer.wait_for("/dcs/status")
+
+        # availability says the daemon runs; its device may still be connecting: wait for it
+        def connected(m: Message) -> bool:
+            states = [c["state"] for c in m.json] if isinstance(m.json, list) else [m.json["state"]]
+            return bool(states) and "DISCONNECTED" not in states
+
+        viewer.wait_for("/hv/status", connected, timeout=20)
+        viewer.wait_for("/julabo/status", connected, timeout=20)
         # an operator's command, answered by the power daemon; the audit log records it
         command = {"value": "on", "id": "op-1"}
         assert operator.publish("/hv/cmd/switch/hv_m1", json.dumps(command)) == 0
