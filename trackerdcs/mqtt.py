@@ -191,11 +191,10 @@ class MqttLink:
         if topics:
             client.subscribe(topics)
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
-        with self._lock:
-            retained = list(self._retained.items())
-        for topic, payload in retained:
-            client.publish(topic, payload, qos=1, retain=True)
-        self._connected.set()
+        with self._lock:  # one step with publish_state: no state is lost or overtaken
+            for topic, payload in self._retained.items():
+                client.publish(topic, payload, qos=1, retain=True)
+            self._connected.set()
         if self._on_connection:
             self._on_connection(True)
 
@@ -238,10 +237,10 @@ class MqttLink:
     def publish_state(self, topic: str, payload: str | bytes, *, qos: int = 1) -> None:
         """Publish a retained state topic and remember it for republishing after a reconnect."""
         data = payload.encode() if isinstance(payload, str) else payload
-        with self._lock:
+        with self._lock:  # a state stored while connecting is either republished or sent here
             self._retained[topic] = data
-        if self._connected.is_set():
-            self.publish(topic, data, qos=qos, retain=True)
+            if self._connected.is_set():
+                self.publish(topic, data, qos=qos, retain=True)
 
     def respond(self, cmd: Command, ok: bool, error: str | None = None, **extra: Any) -> dict:
         """Answer a command on `<prefix>/response` and on the caller's MQTT 5 response topic."""
