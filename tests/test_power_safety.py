@@ -111,6 +111,35 @@ def test_failsafe_switches_hv_off_when_the_broker_is_gone(workdir):
         broker.stop()
 
 
+def test_failsafe_covers_a_daemon_started_without_the_broker(workdir):
+    """A daemon restarted while the broker is away finds HV on and nobody watching: it arms the
+    fail-safe at start; a daemon that finds its broker at start does not fire it."""
+    broker = Broker(workdir).start()
+    lab = PowerLab(workdir, broker, "failsafe_start",
+                   **{"power.failsafe": {"broker_timeout": 0.5}}).start()  # fmt: skip
+    try:
+        wait_for(lambda: "fail-safe countdown stopped" in lab.daemon.output(), timeout=5)
+        switch_on(lab, "/hv", "hv_m1", 60)
+        assert "fail-safe:" not in lab.daemon.output()  # the broker was there: it never fired
+        lab.daemon.stop()  # a restart leaves the crate as it was
+        assert lab.get(lab.pv(HV, 0, "Pw")) == 1
+        lab.client.close()
+        broker.stop()
+        lab.daemon.start()
+        wait_for(lambda: lab.get(lab.pv(HV, 0, "Pw")) == 0, timeout=5)
+        assert "fail-safe armed until the broker connects" in lab.daemon.output()
+        lab.put(lab.pv(HV, 0, "Pw"), 1)  # the front panel, while nobody watches: off again
+        wait_for(lambda: "hv_m1 is on without supervision" in lab.daemon.output(), timeout=5)
+        wait_for(lambda: lab.get(lab.pv(HV, 0, "Pw")) == 0, timeout=5)
+        broker.start()
+        lab.client = broker.client()
+        state = lab.client.wait_for("/hv/state", lambda m: m.json["failsafe"], timeout=10).json
+        assert "no broker for 0.5 s" in state["failsafe"]
+    finally:
+        lab.stop()
+        broker.stop()
+
+
 def test_short_broker_outage_does_not_trigger_the_failsafe(workdir):
     broker = Broker(workdir).start()
     lab = PowerLab(workdir, broker, "failsafe_short",

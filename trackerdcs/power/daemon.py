@@ -49,6 +49,7 @@ class CrateDaemon:
         self._inbox_lock = threading.Lock()
         self._drain_scheduled = False
         self._failsafe_timer: asyncio.TimerHandle | None = None
+        self._failsafe_holding = False  # fired, broker still away: HV switched on goes off again
         for kind, prefix in self.crate.prefixes.items():
             mine = [c for c in channels if c.cfg.kind == kind]
             if mine:
@@ -98,6 +99,8 @@ class CrateDaemon:
             service = route.get(addr)
             if service is not None:
                 service.on_readback(addr, param, value)
+                if self._failsafe_holding and param == "Pw" and value:
+                    self._hold_off(service, addr)
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None:
         service = self._route.get(addr)
@@ -166,17 +169,21 @@ class CrateDaemon:
         self._broker_up[prefix] = up
         if self._stopping:
             return
-        failsafe = self.cfg.power.failsafe
         if all(self._broker_up.values()):
+            self._failsafe_holding = False
             if self._failsafe_timer is not None:
                 self._failsafe_timer.cancel()
                 self._failsafe_timer = None
-                log.info("broker back before the fail-safe fired")
-        elif not up and failsafe.enabled and self._failsafe_timer is None:
-            log.warning(
-                "lost the broker: HV ramps down in %g s unless it comes back",
-                failsafe.broker_timeout,
-            )
+                log.info("broker connected: fail-safe countdown stopped")
+        elif not up:
+            self._arm_failsafe("lost the broker", logging.WARNING)
+
+    def _arm_failsafe(self, why: str, level: int) -> None:
+        """Count down to `_failsafe` (once) unless every link has the broker by then."""
+        failsafe = self.cfg.power.failsafe
+        if failsafe.enabled and self._failsafe_timer is None:
+            log.log(level, "%s: HV ramps down in %g s unless the broker is there",
+                    why, failsafe.broker_timeout)  # fmt: skip
             self._failsafe_timer = self.loop.call_later(failsafe.broker_timeout, self._failsafe)
 
     def _failsafe(self) -> None:
@@ -197,13 +204,27 @@ class CrateDaemon:
                         log.error("fail-safe: %s could not be switched off: %s", ch.name, exc)
             service.failsafe_note = note
             service.request_publish()
+        self._failsafe_holding = True  # a crate that answers only now, or a front panel
         log.error("fail-safe: %s", note)
+
+    def _hold_off(self, service: PowerService, addr: ChannelAddress) -> None:
+        """The fail-safe has fired and the broker is still away: no HV channel may stay on."""
+        if service.kind is not ChannelKind.HV:
+            return
+        name = service.by_address[addr].name
+        log.error("fail-safe: %s is on without supervision: switching it off", name)
+        try:
+            self.backend.write(addr, "Pw", 0)
+        except BackendError as exc:
+            log.error("fail-safe: %s could not be switched off: %s", name, exc)
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
         for service in self.services:
             service.link.start()
             service.publish_status()  # everything DISCONNECTED until the crate answers
+        # a daemon (re)started while the broker is away would leave HV on unsupervised
+        self._arm_failsafe("fail-safe armed until the broker connects", logging.INFO)
         self.backend.start(self)
         log.info(
             "serving crate %s (%s at %s) on %s",
