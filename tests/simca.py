@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"sim crate (?P<name>\S+) \((?P<system>[^)]+)\) serving (?P<pvs>\d+) PVs on ")
 T = TypeVar("T")
 _env_lock = threading.Lock()
+CA_TIMEOUT = 10.0  # s; generous: a loaded machine answers a search late, a healthy one at once
 
 
 class CAPutError(Exception):
@@ -63,7 +64,7 @@ def _scalar(data: Any) -> Any:
     return value
 
 
-def ca_get(port: int, pv: str, *, as_string: bool = False, timeout: float = 2.0) -> Any:
+def ca_get(port: int, pv: str, *, as_string: bool = False, timeout: float = CA_TIMEOUT) -> Any:
     """Read one PV: float, int (enums as their index, like pyepics) or str."""
     with ca_environment(port):
         response = ca_client.read(
@@ -76,7 +77,7 @@ def ca_get(port: int, pv: str, *, as_string: bool = False, timeout: float = 2.0)
     return _scalar(response.data)
 
 
-def ca_put(port: int, pv: str, value: Any, *, timeout: float = 2.0) -> None:
+def ca_put(port: int, pv: str, value: Any, *, timeout: float = CA_TIMEOUT) -> None:
     """Write one PV and wait for the server's completion; CAPutError if it refused."""
     with ca_environment(port):
         try:
@@ -93,7 +94,7 @@ class CAMonitor:
     The client searches only while connecting, so the environment is set just for that.
     """
 
-    def __init__(self, port: int, pv: str, *, timeout: float = 2.0) -> None:
+    def __init__(self, port: int, pv: str, *, timeout: float = CA_TIMEOUT) -> None:
         from caproto.threading.client import Context, SharedBroadcaster
 
         self.values: list[Any] = []
