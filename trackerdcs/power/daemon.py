@@ -198,10 +198,7 @@ class CrateDaemon:
                 continue
             for ch in service.channels:
                 if ch.readback["Pw"]:
-                    try:
-                        self.backend.write(ch.address, "Pw", 0)
-                    except BackendError as exc:
-                        log.error("fail-safe: %s could not be switched off: %s", ch.name, exc)
+                    self._failsafe_off(ch)
             service.failsafe_note = note
             service.request_publish()
         self._failsafe_holding = True  # a crate that answers only now, or a front panel
@@ -211,12 +208,15 @@ class CrateDaemon:
         """The fail-safe has fired and the broker is still away: no HV channel may stay on."""
         if service.kind is not ChannelKind.HV:
             return
-        name = service.by_address[addr].name
-        log.error("fail-safe: %s is on without supervision: switching it off", name)
+        ch = service.by_address[addr]
+        log.error("fail-safe: %s is on without supervision: switching it off", ch.name)
+        self._failsafe_off(ch)
+
+    def _failsafe_off(self, ch: PowerChannel) -> None:
         try:
-            self.backend.write(addr, "Pw", 0)
+            self.backend.write(ch.address, "Pw", 0)
         except BackendError as exc:
-            log.error("fail-safe: %s could not be switched off: %s", name, exc)
+            log.error("fail-safe: %s could not be switched off: %s", ch.name, exc)
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
