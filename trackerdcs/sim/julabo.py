@@ -47,7 +47,7 @@ import tty
 from collections import deque
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 from trackerdcs.julabo.protocol import STATUS_TABLE, StatusKind, format_status_code
 
@@ -346,15 +346,44 @@ class _Wakeup:
         os.close(self.write_fd)
 
 
-class PtyServer:
+class _LineServer:
+    """A select() loop on its own thread that serves `LineSession`s; `stop()` ends it."""
+
+    def __init__(self, new_session: Callable[[], LineSession]) -> None:
+        self._new_session = new_session
+        self._thread: threading.Thread | None = None
+        self._wakeup: _Wakeup | None = None
+
+    def _launch(self, name: str, *args: object) -> None:
+        """Run `_run(*args, wakeup)` on a new thread."""
+        self._wakeup = _Wakeup()
+        self._thread = threading.Thread(
+            target=self._run, args=(*args, self._wakeup), name=name, daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, *args: Any, **kwargs: Any) -> None:  # the loop; its last argument: wakeup
+        raise NotImplementedError
+
+    def stop(self) -> bool:
+        """End the loop (it closes what it serves); False if it was not running."""
+        thread, wakeup = self._thread, self._wakeup
+        if thread is None or wakeup is None:
+            return False
+        wakeup.send(b"q")
+        thread.join()
+        wakeup.close()
+        self._thread = self._wakeup = None
+        return True
+
+
+class PtyServer(_LineServer):
     """Serves sessions on a pseudo-terminal; `start()` returns the slave path clients open."""
 
     def __init__(self, new_session: Callable[[], LineSession], link: str | None = None) -> None:
-        self._new_session = new_session
+        super().__init__(new_session)
         self.link = link
         self.path: str | None = None
-        self._thread: threading.Thread | None = None
-        self._wakeup: _Wakeup | None = None
 
     def start(self) -> str:
         if self._thread is not None:
@@ -368,24 +397,15 @@ class PtyServer:
             temporary = f"{self.link}.tmp{os.getpid()}"
             os.symlink(self.path, temporary)
             os.replace(temporary, self.link)
-        self._wakeup = _Wakeup()
-        self._thread = threading.Thread(
-            target=self._run, args=(master, slave, self._wakeup), name="julabo-sim-pty", daemon=True
-        )
-        self._thread.start()
+        self._launch("julabo-sim-pty", master, slave)
         return self.path
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
         """Close the pty (clients see the line drop) and remove the symlink."""
-        thread, wakeup = self._thread, self._wakeup
-        if thread is None or wakeup is None:
-            return
-        wakeup.send(b"q")
-        thread.join()
-        wakeup.close()
-        self._thread = self._wakeup = None
-        if self.link and os.path.islink(self.link):
+        stopped = super().stop()
+        if stopped and self.link and os.path.islink(self.link):
             os.unlink(self.link)
+        return stopped
 
     def _run(self, master: int, slave: int, wakeup: _Wakeup) -> None:
         session = self._new_session()
@@ -412,18 +432,19 @@ class PtyServer:
             os.close(slave)
 
 
-class TcpServer:
-    """Serves one TCP client at a time; a new client takes over, the server keeps listening."""
+class TcpServer(_LineServer):
+    """Serves one TCP client at a time; a new client takes over, the server keeps listening.
+
+    `stop()` closes the client and the listening socket (connections are then refused).
+    """
 
     def __init__(
         self, new_session: Callable[[], LineSession], host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        self._new_session = new_session
+        super().__init__(new_session)
         self.host = host
         self.port = port
         self.connections = 0
-        self._thread: threading.Thread | None = None
-        self._wakeup: _Wakeup | None = None
 
     @property
     def url(self) -> str:
@@ -442,22 +463,8 @@ class TcpServer:
             listener.close()
             raise
         self.port = listener.getsockname()[1]
-        self._wakeup = _Wakeup()
-        self._thread = threading.Thread(
-            target=self._run, args=(listener, self._wakeup), name="julabo-sim-tcp", daemon=True
-        )
-        self._thread.start()
+        self._launch("julabo-sim-tcp", listener)
         return self.url
-
-    def stop(self) -> None:
-        """Close the client and the listening socket (connections are then refused)."""
-        thread, wakeup = self._thread, self._wakeup
-        if thread is None or wakeup is None:
-            return
-        wakeup.send(b"q")
-        thread.join()
-        wakeup.close()
-        self._thread = self._wakeup = None
 
     def disconnect_client(self) -> None:
         """Close the current client's connection; keep listening."""
