@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -114,16 +115,8 @@ def _ca_environment(port: int) -> Iterator[None]:
         "EPICS_CA_SERVER_PORT": str(port),
         "EPICS_CA_REPEATER_PORT": str(free_port()),
     }
-    saved = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    try:
+    with mock.patch.dict(os.environ, settings):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class CrateWrites:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 from caproto import ChannelType
 from caproto.sync import client as ca_client
@@ -42,17 +43,8 @@ def ca_environment(port: int) -> Iterator[None]:
         "EPICS_CA_AUTO_ADDR_LIST": "NO",
         "EPICS_CA_SERVER_PORT": str(port),
     }
-    with _env_lock:
-        saved = {key: os.environ.get(key) for key in settings}
-        os.environ.update(settings)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with _env_lock, mock.patch.dict(os.environ, settings):
+        yield
 
 
 def _scalar(data: Any) -> Any:
