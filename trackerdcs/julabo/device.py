@@ -17,7 +17,6 @@ Floats are sent with two decimals.
 from __future__ import annotations
 
 import math
-from types import TracebackType
 from typing import Any, Generic, Never, NoReturn, Self, TypeVar, overload
 
 from trackerdcs.julabo.protocol import (
@@ -26,7 +25,7 @@ from trackerdcs.julabo.protocol import (
     ProtocolError,
     parse_number,
 )
-from trackerdcs.julabo.transport import SerialSettings, SerialTransport
+from trackerdcs.julabo.transport import OpenedInWith, SerialSettings, SerialTransport
 
 T = TypeVar("T", bound=float)  # float, int or bool
 
@@ -117,7 +116,7 @@ class Control(_Parameter[T]):
         return str(value) if self.kind is int else f"{value:.2f}"
 
 
-class Julabo:
+class Julabo(OpenedInWith):
     """A Julabo circulator/chiller. Thread-safe (the protocol serialises exchanges).
 
     `temperature_range` (°C), when given, is checked before sending set points and warning
@@ -197,18 +196,6 @@ class Julabo:
 
     def close(self) -> None:
         self.protocol.transport.close()
-
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- commands ----------------------------------------------------------------------------------
 

@@ -127,7 +127,29 @@ class Transport(Protocol):
         ...
 
 
-class SerialTransport:
+class OpenedInWith:
+    """`with x:` calls `x.open()` and, at the end, `x.close()`."""
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SerialTransport(OpenedInWith):
     """A pyserial line opened from a URL or device path; see the module docstring."""
 
     def __init__(self, url: str, settings: SerialSettings | None = None) -> None:
@@ -192,18 +214,6 @@ class SerialTransport:
             port.reset_input_buffer()
         except _IO_ERRORS as exc:
             raise TransportError(f"{self._url}: line failed: {exc}") from exc
-
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
