@@ -57,12 +57,17 @@ def rules() -> dict[str, Any]:
     }
 
 
+def _script_snippet(name: str) -> str:
+    """A shared piece of a page's options object, without its comment line."""
+    return (SRC / name).read_text().split("\n", 1)[1].strip()
+
+
 def page_source(name: str) -> str:
     """A page's Vue component with the shared snippets put in."""
     text = (SRC / name).read_text()
-    common = (SRC / "common.js").read_text().split("\n", 1)[1]  # without its comment line
     for marker, snippet in (
-        ("/*@common*/", common.strip()),
+        ("/*@lifecycle*/", _script_snippet("lifecycle.js")),
+        ("/*@common*/", _script_snippet("common.js")),
         ("<!--@answers-->", (SRC / "answers.html").read_text().strip()),
         ("<!--@confirm-->", (SRC / "confirm.html").read_text().strip()),
     ):
