@@ -19,7 +19,8 @@ import yaml
 
 from tests.conftest import EXAMPLE_LAB, Broker, _logged, python_process, write_lab
 from tests.mqttclient import Message, TestClient
-from trackerdcs.sim.julabo import JulaboSimulator
+from trackerdcs.sim.julabo import JulaboSimulator, SimulatedJulabo
+from trackerdcs.sim.lineservers import IN_USE
 from trackerdcs.stack.process import ManagedProcess, free_port
 
 # Fast protocol timing for tests; the line-loss test uses the example's real timing.
@@ -38,10 +39,10 @@ class ChillerLab:
 
     def __init__(
         self, workdir: Path, broker: Broker, name: str, transport: str, prefix: str = "/julabo",
-        **timing: Any,
+        unit: SimulatedJulabo | None = None, **timing: Any,
     ) -> None:  # fmt: skip
         self.prefix = prefix
-        self.sim = JulaboSimulator(tick=None)
+        self.sim = JulaboSimulator(unit, tick=None)
         self.transport = transport
         self.tcp_port = free_port()
         self.link = str(workdir / f"{name}-ttyJULABO")
@@ -134,9 +135,9 @@ def chiller(chiller_module: ChillerLab) -> ChillerLab:
 
 
 STATUS_TYPES = {
-    "state": str, "status_code": int, "status_text": str, "bath_temp": float,
+    "state": str, "model": str, "status_code": int, "status_text": str, "bath_temp": float,
     "external_temp": float, "power": float, "setpoint": float, "active_setpoint": int,
-    "running": int,
+    "high_limit": float, "low_limit": float, "running": int,
 }  # fmt: skip
 
 
@@ -251,12 +252,28 @@ def test_manual_mode_refuses_commands(chiller: ChillerLab) -> None:
 
 def test_unit_refusal_is_reported_with_its_status(chiller: ChillerLab) -> None:
     """A value the daemon accepts but the unit refuses: answered with the unit's status."""
+    chiller.sim.device.setpoint_range = (-50.0, 25.0)  # this unit goes up to 25 °C only
+    try:
+        answer = chiller.command("setpoint", 30)
+    finally:
+        chiller.sim.device.setpoint_range = (-50.0, 200.0)
+    assert answer["ok"] is False
+    assert answer["error"] == "the unit refused it: -11 VALUE TOO LARGE"
+    assert chiller.sim.device.setpoints[0] == 20.0
+
+
+def test_a_value_stored_outside_the_limits_is_accepted_with_a_warning(
+    chiller: ChillerLab,
+) -> None:
+    """-13: stored, but outside the warning limits (Presto manual): ok, with the warning."""
     chiller.sim.device.handle("OUT_SP_03 25")  # the unit's high warning limit: 25 °C
     answer = chiller.command("setpoint", 30)
-    assert answer["ok"] is False
-    assert answer["error"] == "the unit refused it: -13 VALUE EXCEEDS TEMPERATURE LIMITS"
+    assert answer["ok"] is True and answer["error"] is None, answer
+    assert answer["warning"] == "the unit reported -13 VALUE EXCEEDS TEMPERATURE LIMITS"
+    status = chiller.wait_status(lambda s: s["setpoint"] == 30.0)
+    assert status["high_limit"] == 25.0 and status["state"] == "STOPPED"
     chiller.sim.device.handle("OUT_SP_03 200")
-    assert chiller.command("setpoint", 30)["ok"]
+    assert "warning" not in chiller.command("setpoint", 20)
 
 
 def test_line_closed_then_reopened(chiller: ChillerLab) -> None:
@@ -282,6 +299,164 @@ def test_refresh_republishes(chiller: ChillerLab) -> None:
     assert chiller.command("refresh", "")["ok"]
     message = chiller.wait_message(lambda s: s["state"] == "STOPPED", since=since)
     assert message.t - chiller.client.messages[since].t < 0.5
+
+
+# -- model families: the daemon on each simulated profile ---------------------------------------
+
+# what each model publishes; every other reading is null. `generic` runs against an FL unit: the
+# readings it lacks are dropped from the poll once the unit turns out not to answer them.
+MODEL_READINGS = {
+    ("full", "full"): {"external_temp", "power", "high_limit", "low_limit"},
+    ("fl", "fl"): set(),
+    ("fp50-mh", "fp50-mh"): {"external_temp", "power", "high_limit", "low_limit"},
+    ("big", "big"): {"external_temp", "power", "high_limit", "low_limit"},
+    ("generic", "fl"): set(),
+}
+OPTIONAL_READINGS = {"external_temp", "power", "high_limit", "low_limit"}
+
+
+@pytest.mark.parametrize(("model", "unit_model"), list(MODEL_READINGS))
+def test_the_daemon_on_each_model(
+    workdir: Path, broker: Broker, model: str, unit_model: str
+) -> None:
+    unit = SimulatedJulabo(model=unit_model, setpoint_range=(-40.0, 90.0))
+    unit.pid["xp_internal"] = 3.0
+    name = f"julabo-model-{model}-{unit_model}"
+    lab = ChillerLab(workdir, broker, name, "tcp", prefix=f"/{name}", unit=unit, model=model,
+                     **FAST)  # fmt: skip
+    try:
+        lab.start()
+        status = lab.wait_status(lambda s: s["bath_temp"] is not None)
+        assert status["model"] == model and status["error"] is None
+        present = {k for k in OPTIONAL_READINGS if status[k] is not None}
+        assert present == MODEL_READINGS[(model, unit_model)], status
+        assert (status["active_setpoint"], status["setpoint"]) == (1, 20.0)
+        assert lab.command("setpoint", -5)["ok"] and unit.setpoints[0] == -5.0
+        assert unit.setpoints[1:] == [20.0, 20.0]  # SP_01/SP_02 are limits on some models
+        assert lab.command("switch", "on")["ok"]
+        status = lab.wait_status(lambda s: s["state"] == "RUNNING")
+        assert (status["running"], status["setpoint"]) == (1, -5.0)
+        if status["high_limit"] is not None:  # read as limits, never as set points 2 and 3
+            assert (status["high_limit"], status["low_limit"]) == (90.0, -40.0)
+        assert lab.command("switch", "off")["ok"]
+        lab.wait_status(lambda s: s["state"] == "STOPPED")
+        assert unit.pid["xp_internal"] == 3.0  # nothing but what the command said was written
+    finally:
+        lab.stop()
+    log = (workdir / f"{name}-julabo.log").read_text()
+    if model == "generic":  # reported once each, then dropped from the poll
+        assert log.count("(external_temperature) dropped from the poll") == 1
+        assert log.count("(active_setpoint) dropped from the poll") == 1
+    assert "line lost" not in log
+
+
+def test_without_external_sensor_it_runs_with_external_temp_null(
+    workdir: Path, broker: Broker
+) -> None:
+    """The usual case: no Pt100 plugged in, IN_PV_02 answers `---.--`."""
+    unit = SimulatedJulabo(external_sensor=False)
+    lab = ChillerLab(workdir, broker, "julabo-no-pt100", "pty", prefix="/julabo-no-pt100",
+                     unit=unit, **FAST)  # fmt: skip
+    try:
+        lab.start()
+        assert lab.command("switch", "on")["ok"]
+        status = lab.wait_status(lambda s: s["state"] == "RUNNING")
+        assert status["external_temp"] is None and status["bath_temp"] == 20.0
+        assert status["error"] is None and isinstance(status["power"], float)
+    finally:
+        lab.stop()
+    assert "line lost" not in (workdir / "julabo-no-pt100-julabo.log").read_text()
+
+
+def test_a_second_client_is_refused_and_the_daemon_keeps_its_line(
+    workdir: Path, broker: Broker
+) -> None:
+    """ser2net's behaviour: a second TCP client is turned away; the first keeps the line."""
+    lab = ChillerLab(workdir, broker, "julabo-intruder", "tcp", prefix="/julabo-intruder", **FAST)
+    try:
+        lab.start()
+        since = lab.client.mark()
+        with socket.create_connection(("127.0.0.1", lab.tcp_port), timeout=2) as intruder:
+            received = b""
+            while chunk := intruder.recv(100):  # the message, then the close
+                received += chunk
+        assert received == IN_USE
+        assert lab.command("setpoint", 12)["ok"]  # the daemon still has the line
+        lab.wait_status(lambda s: s["setpoint"] == 12.0)
+        states = {m.json["state"] for m in lab.client.messages[since:]
+                  if m.topic == lab.prefix + "/status"}  # fmt: skip
+        assert states == {"STOPPED"}
+        assert lab.sim.tcp is not None and (lab.sim.tcp.refused, lab.sim.tcp.connections) == (1, 1)
+    finally:
+        lab.stop()
+
+
+def test_single_dropped_replies_are_retried_not_a_lost_line(chiller: ChillerLab) -> None:
+    assert chiller.command("switch", "on")["ok"]
+    chiller.wait_status(lambda s: s["state"] == "RUNNING")
+    since = chiller.client.mark()
+    chiller.sim.device.drop_every = 4  # a lossy line: never two replies in a row
+    try:
+        dropped = chiller.sim.device.dropped
+        chiller.wait_status(lambda s: chiller.sim.device.dropped >= dropped + 10, timeout=10)
+        assert chiller.command("setpoint", 10)["ok"]  # commands go through as well
+        chiller.wait_status(lambda s: s["setpoint"] == 10.0)
+    finally:
+        chiller.sim.device.drop_every = 0
+    states = {m.json["state"] for m in chiller.client.messages[since:]
+              if m.topic == "/julabo/status"}  # fmt: skip
+    assert states == {"RUNNING"}
+
+
+# -- the worker on a fake device: an unexpected error is a line fault, not a dead thread -------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.polls: list[Any] = []
+        self.lost: list[str] = []
+        self.event = threading.Event()
+
+    def on_poll(self, poll: Any) -> None:
+        self.polls.append(poll)
+        self.event.set()
+
+    def on_line_lost(self, reason: str) -> None:
+        self.lost.append(reason)
+        self.event.set()
+
+
+def test_an_unexpected_error_in_a_poll_reopens_the_line() -> None:
+    from trackerdcs.julabo.device import Julabo
+    from trackerdcs.julabo.worker import LineWorker
+
+    sim = JulaboSimulator(tick=None)
+    device = Julabo.from_url(sim.serve_tcp(), write_delay=0, query_delay=0)
+    broken = threading.Event()
+    broken.set()
+    original = device.read
+
+    def read(name: str) -> Any:
+        if name == "bath_temperature" and broken.is_set():
+            broken.clear()
+            raise KeyError("a bug")
+        return original(name)
+
+    device.read = read  # type: ignore[method-assign]
+    sink = Sink()
+    worker = LineWorker(device, sink, poll_interval=0.05, backoff=(0.05, 0.1))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not (sink.lost and sink.polls) and time.monotonic() < deadline:
+            sink.event.wait(0.1)
+            sink.event.clear()
+        assert sink.lost and "unexpected error while polling: KeyError('a bug')" in sink.lost[0]
+        assert sink.polls and sink.polls[-1].bath == 20.0  # reconnected, polling again
+        assert worker._thread is not None and worker._thread.is_alive()
+    finally:
+        worker.stop()
+        sim.close()
 
 
 # -- line loss with the example's real timing (1 s poll, 0.5 s timeout, 0.25/0.1 s delays) ------

@@ -18,27 +18,31 @@ from pathlib import Path
 import pytest
 
 from trackerdcs.julabo import (
+    PROFILES,
     STATUS_TABLE,
     ErrorReply,
     Julabo,
     JulaboProtocol,
     JulaboStatus,
     JulaboTimeout,
+    NotSupported,
     ProtocolError,
     ReadbackMismatch,
     SerialSettings,
     StatusKind,
     TransportError,
 )
+from trackerdcs.julabo.protocol import is_placeholder
 from trackerdcs.julabo.transport import effective_settings, normalize_url
 from trackerdcs.sim.julabo import JulaboSimulator, SimulatedJulabo
+from trackerdcs.sim.lineservers import IN_USE
 
 SETTINGS = SerialSettings(timeout=1.0)
 
 
-def connect(url: str, settings: SerialSettings = SETTINGS) -> Julabo:
+def connect(url: str, settings: SerialSettings = SETTINGS, **kw) -> Julabo:
     """A device with the small protocol delays tests use (not opened yet)."""
-    return Julabo.from_url(url, settings, write_delay=0.002, query_delay=0.001)
+    return Julabo.from_url(url, settings, write_delay=0.002, query_delay=0.001, **kw)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
@@ -90,12 +94,18 @@ class ReplayTransport:
 def expected_protocol(
     script: Sequence[tuple[bytes, bytes | None]],
     temperature_range: tuple[float, float] | None = None,
+    *,
+    retries: int = 0,
+    profile: str = "full",
 ) -> Iterator[Julabo]:
     """A `Julabo` on a `ReplayTransport`; on exit every scripted exchange must have happened."""
     transport = ReplayTransport(script)
-    protocol = JulaboProtocol(transport, write_delay=0, query_delay=0)
-    yield Julabo(protocol, temperature_range=temperature_range)
+    protocol = JulaboProtocol(transport, write_delay=0, query_delay=0, retries=retries)
+    yield Julabo(protocol, temperature_range=temperature_range, profile=profile)
     assert transport.script == [], f"never sent: {transport.script}"
+
+
+OK_STATUS = (b"STATUS\r", b"02 REMOTE STOP\r\n")  # read after every OUT_: nothing refused
 
 
 def test_replay_identify_and_readings() -> None:
@@ -116,14 +126,22 @@ def test_replay_write_is_read_back_and_verified() -> None:
     script: list[tuple[bytes, bytes | None]] = [
         (b"OUT_SP_00 18.50\r", None),
         (b"IN_SP_00\r", b"18.50\r\n"),
+        OK_STATUS,
         (b"OUT_MODE_01 2\r", None),
         (b"IN_MODE_01\r", b"2\r\n"),
+        OK_STATUS,
         (b"OUT_MODE_05 1\r", None),
         (b"IN_MODE_05\r", b"1\r\n"),
+        OK_STATUS,
         (b"OUT_MODE_05 0\r", None),
         (b"IN_MODE_05\r", b"0\r\n"),
+        OK_STATUS,
         (b"OUT_SP_07 3\r", None),
         (b"IN_SP_07\r", b"3\r\n"),
+        OK_STATUS,
+        (b"OUT_PAR_06 3.5\r", None),  # Xp: one decimal, as the manual's range 0.1..99.9
+        (b"IN_PAR_06\r", b"3.5\r\n"),
+        OK_STATUS,
     ]
     with expected_protocol(script) as chiller:
         assert chiller.set_setpoint(1, 18.5) == 18.5
@@ -131,6 +149,20 @@ def test_replay_write_is_read_back_and_verified() -> None:
         chiller.start()
         chiller.stop()
         assert chiller.write("pump_stage", 3) == 3
+        assert chiller.write("xp_internal", 3.5) == 3.5
+
+
+def test_replay_a_value_stored_with_a_complaint_is_a_warning() -> None:
+    """-13: "Value lies outside the ... temperature warning limits. But the value is stored."""
+    script: list[tuple[bytes, bytes | None]] = [
+        (b"OUT_SP_00 30.00\r", None),
+        (b"IN_SP_00\r", b"30.00\r\n"),
+        (b"STATUS\r", b"-13 VALUE EXCEEDS TEMPERATURE LIMITS\r\n"),
+    ]
+    with expected_protocol(script) as chiller:
+        applied = chiller.apply("setpoint_1", 30.0)
+    assert applied.value == 30.0
+    assert applied.warning == JulaboStatus(-13, "VALUE EXCEEDS TEMPERATURE LIMITS")
 
 
 def test_replay_mismatch_reads_status() -> None:
@@ -151,7 +183,7 @@ def test_replay_mismatch_reads_status() -> None:
     [
         ("bath_temperature", b"IN_PV_00\r", b"abc\r\n", "IN_PV_00: expected a number, got 'abc'"),
         ("bath_temperature", b"IN_PV_00\r", b"nan\r\n", "got 'nan'"),
-        ("safety_temperature", b"IN_PV_03\r", b"---.--\r\n", "IN_PV_03"),
+        ("safety_temperature", b"IN_PV_03\r", b"-1-.5\r\n", "IN_PV_03"),
         ("pump_stage", b"IN_SP_07\r", b"2.5\r\n", "IN_SP_07: expected an integer"),
         ("running", b"IN_MODE_05\r", b"2\r\n", "IN_MODE_05: expected 0 or 1"),
         ("bath_temperature", b"IN_PV_00\r", b"\xb2\xb1.5\r\n", "parity"),
@@ -163,6 +195,43 @@ def test_replay_strict_parsing(attribute: str, command: bytes, reply: bytes, mat
         pytest.raises(ProtocolError, match=match),
     ):
         getattr(chiller, attribute)
+
+
+@pytest.mark.parametrize("reply", [b"---.--\r\n", b"----\r\n", b"--.-\r\n", b" -.-- \r\n"])
+def test_replay_placeholder_is_a_missing_value(reply: bytes) -> None:
+    """No external Pt100: the unit answers `---.--` (ISIS's driver ignores the same reply)."""
+    with expected_protocol([(b"IN_PV_02\r", reply)]) as chiller:
+        assert chiller.external_temperature is None
+    assert not is_placeholder("-1.5") and not is_placeholder("-") and not is_placeholder("")
+
+
+def test_replay_a_transient_is_retried_and_counted() -> None:
+    script: list[tuple[bytes, bytes | None]] = [
+        (b"IN_PV_00\r", b""),  # no reply before the timeout
+        (b"IN_PV_00\r", b"21.50\r\n"),
+        (b"STATUS\r", b"03 REMO"),  # cut short
+        (b"STATUS\r", b"03 REMOTE START\r\n"),
+        (b"IN_SP_00\r", b"2#.5\r\n"),  # garbled
+        (b"IN_SP_00\r", b"20.00\r\n"),
+    ]
+    with expected_protocol(script, retries=1) as chiller:
+        assert chiller.bath_temperature == 21.5
+        assert chiller.status() == JulaboStatus(3, "REMOTE START")
+        assert chiller.setpoint(1) == 20.0
+        assert chiller.protocol.transients == 3
+
+
+def test_replay_a_second_failure_is_raised_and_an_error_line_at_once() -> None:
+    script: list[tuple[bytes, bytes | None]] = [
+        (b"IN_PV_00\r", b""),
+        (b"IN_PV_00\r", b"\r\n"),
+        (b"IN_PV_02\r", b"-08 INVALID COMMAND\r\n"),  # an answer: not retried
+    ]
+    with expected_protocol(script, retries=1) as chiller:
+        with pytest.raises(ProtocolError, match="IN_PV_00"):
+            _ = chiller.bath_temperature
+        with pytest.raises(ErrorReply):
+            _ = chiller.external_temperature
 
 
 def test_replay_error_line_is_decoded() -> None:
@@ -199,27 +268,75 @@ def test_replay_invalid_values_send_nothing() -> None:
             chiller.bath_temperature = 3.0  # type: ignore[assignment]
         with pytest.raises(AttributeError):
             chiller.write("heating_power", 3.0)
+        for name, bad in (("xp_internal", 0.05), ("tn_internal", 10000), ("tv_internal", -1),
+                          ("selftuning", 3), ("external_input", 2)):  # fmt: skip
+            with pytest.raises(ValueError):
+                chiller.write(name, bad)
 
 
-def test_command_table_matches_the_manual() -> None:
-    """Guards against register mix-ups: every name against its commands from hardware.md."""
-    table = {name: (p.query, getattr(p, "write", None)) for name, p in Julabo.parameters().items()}
-    assert table == {
-        "bath_temperature": ("IN_PV_00", None),
+def test_a_model_without_a_parameter_sends_nothing() -> None:
+    with expected_protocol([], profile="fl") as chiller:
+        for bad in (
+            lambda: chiller.active_setpoint,
+            lambda: chiller.external_temperature,
+            lambda: chiller.set_setpoint(2, 10.0),
+            lambda: chiller.write("xp_internal", 3.0),
+        ):
+            with pytest.raises(NotSupported, match="model 'fl' has no"):
+                bad()
+    with expected_protocol([], profile="fp50-mh") as chiller, pytest.raises(NotSupported):
+        chiller.write("high_limit", 50.0)  # read-only there
+
+
+def command_table(model: str) -> dict[str, tuple[str, str | None]]:
+    return {name: (r.query, r.write) for name, r in PROFILES[model].registers.items()}
+
+
+MINIMAL = {
+    "bath_temperature": ("IN_PV_00", None),
+    "setpoint_1": ("IN_SP_00", "OUT_SP_00"),
+    "running": ("IN_MODE_05", "OUT_MODE_05"),
+}
+
+
+def test_command_tables_match_the_manuals() -> None:
+    """Guards against register mix-ups: every model's names against the manuals' commands
+    (hardware.md; FL manuals; ISIS EPICS-julabo protocol README for FP50-MH and BIG)."""
+    assert command_table("full") == {
+        **MINIMAL,
         "heating_power": ("IN_PV_01", None),
         "external_temperature": ("IN_PV_02", None),
         "safety_temperature": ("IN_PV_03", None),
         "excess_temperature_limit": ("IN_PV_04", None),
-        "setpoint_1": ("IN_SP_00", "OUT_SP_00"),
         "setpoint_2": ("IN_SP_01", "OUT_SP_01"),
         "setpoint_3": ("IN_SP_02", "OUT_SP_02"),
         "high_limit": ("IN_SP_03", "OUT_SP_03"),
         "low_limit": ("IN_SP_04", "OUT_SP_04"),
         "pump_stage": ("IN_SP_07", "OUT_SP_07"),
         "active_setpoint": ("IN_MODE_01", "OUT_MODE_01"),
+        "selftuning": ("IN_MODE_02", "OUT_MODE_02"),
+        "external_input": ("IN_MODE_03", "OUT_MODE_03"),
         "external_control": ("IN_MODE_04", "OUT_MODE_04"),
-        "running": ("IN_MODE_05", "OUT_MODE_05"),
+        "xp_internal": ("IN_PAR_06", "OUT_PAR_06"),
+        "tn_internal": ("IN_PAR_07", "OUT_PAR_07"),
+        "tv_internal": ("IN_PAR_08", "OUT_PAR_08"),
+        "xp_cascade": ("IN_PAR_09", "OUT_PAR_09"),
+        "p_cascade": ("IN_PAR_10", "OUT_PAR_10"),
+        "tn_cascade": ("IN_PAR_11", "OUT_PAR_11"),
+        "tv_cascade": ("IN_PAR_12", "OUT_PAR_12"),
     }
+    assert command_table("fl") == MINIMAL
+    limits = {"high_limit": ("IN_SP_01", None), "low_limit": ("IN_SP_02", None)}
+    assert command_table("fp50-mh") == {
+        **MINIMAL, **limits,
+        "external_temperature": ("IN_PV_01", None), "heating_power": ("IN_PV_02", None),
+    }  # fmt: skip
+    assert command_table("big") == {
+        **MINIMAL, **limits,
+        "external_temperature": ("IN_PV_02", None), "heating_power": ("IN_PV_01", None),
+    }  # fmt: skip
+    assert command_table("generic") == command_table("full")
+    assert PROFILES["generic"].optional == set(command_table("full")) - set(MINIMAL)
 
 
 def test_status_decoding() -> None:
@@ -271,6 +388,7 @@ def test_pacing_is_a_minimum_gap_since_the_previous_command() -> None:
             (b"IN_PV_00\r", b"20.00\r\n"),
             (b"OUT_SP_00 5.00\r", None),
             (b"IN_SP_00\r", b"5.00\r\n"),
+            OK_STATUS,
         ]
     )
     protocol = JulaboProtocol(
@@ -284,8 +402,8 @@ def test_pacing_is_a_minimum_gap_since_the_previous_command() -> None:
     clock.now += 1.0
     protocol.query("IN_PV_00")  # long enough ago: no wait
     assert clock.sleeps == [0.06]
-    protocol.send("OUT_SP_00 5.00")  # 0.25 s before a write, and after it before its read-back
-    assert clock.sleeps == [0.06, 0.25, 0.25]
+    protocol.send("OUT_SP_00 5.00")  # 0.25 s before a write and before its read-back, then
+    assert clock.sleeps == [0.06, 0.25, 0.25, 0.1]  # the query gap before STATUS
 
 
 # == the driver against the simulator over a real pty and real TCP ===============================
@@ -417,6 +535,140 @@ def test_one_exchange_at_a_time(sim: JulaboSimulator, chiller: Julabo) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_pid_parameters_and_modes_round_trip(sim: JulaboSimulator, chiller: Julabo) -> None:
+    """What facility code drives on full-featured units: IN_/OUT_PAR_06..12, MODE_02/03."""
+    assert (chiller.xp_internal, chiller.tn_internal, chiller.tv_internal) == (2.5, 60, 10)
+    assert (chiller.xp_cascade, chiller.p_cascade, chiller.tn_cascade, chiller.tv_cascade) == (
+        5.0, 1.0, 120, 20,
+    )  # fmt: skip
+    assert chiller.write("xp_internal", 4.2) == 4.2 and sim.device.pid["xp_internal"] == 4.2
+    assert chiller.write("tn_cascade", 300) == 300
+    chiller.selftuning = 2
+    chiller.external_input = 1
+    assert (chiller.selftuning, chiller.external_input) == (2, 1)
+    with pytest.raises(ReadbackMismatch) as info:
+        chiller.protocol.send("OUT_PAR_07 2")  # Tn below 3 s: the unit refuses it
+    assert info.value.status == JulaboStatus(-10, "VALUE TOO SMALL")
+    assert chiller.tn_internal == 60
+
+
+def test_a_value_outside_the_limits_is_stored_with_a_warning(
+    sim: JulaboSimulator, chiller: Julabo
+) -> None:
+    chiller.high_limit = 25.0
+    applied = chiller.apply("setpoint_1", 30.0)
+    assert applied.value == 30.0 and sim.device.setpoints[0] == 30.0
+    assert applied.warning == JulaboStatus(-13, "VALUE EXCEEDS TEMPERATURE LIMITS")
+    assert chiller.status() == JulaboStatus(2, "REMOTE STOP")  # read once, by `apply`
+
+
+def test_a_refusal_is_reported_until_the_next_out_command() -> None:
+    """The manuals' command errors describe "the most recently received command"."""
+    unit = SimulatedJulabo()
+    unit.handle("OUT_SP_07 9")  # -11, then an accepted command: the refusal is gone
+    unit.handle("OUT_SP_07 3")
+    assert unit.handle("STATUS") == "02 REMOTE STOP"
+    unit.handle("OUT_SP_07 9")
+    assert unit.handle("IN_SP_07") == "3"  # a query leaves it pending
+    assert unit.handle("STATUS") == "-11 VALUE TOO LARGE"
+    unit.handle("OUT_SP_07 9")
+    unit.handle("OUT_SP_07 0")  # the next refusal replaces it
+    assert unit.handle("STATUS") == "-10 VALUE TOO SMALL"
+    unit.handle("IN_PV_99")  # unknown: -08 ...
+    unit.handle("OUT_SP_07 2")  # ... until an accepted command
+    assert unit.handle("STATUS") == "02 REMOTE STOP"
+
+
+ALL_QUERIES = sorted({r.query for p in PROFILES.values() for r in p.registers.values()})
+
+
+@pytest.mark.parametrize("model", list(PROFILES))
+def test_the_simulator_answers_exactly_its_models_commands(model: str) -> None:
+    unit = SimulatedJulabo(model=model)
+    registers = PROFILES[model].registers
+    queries = {r.query for r in registers.values()}
+    writes = {r.write for r in registers.values() if r.write}
+    for query in ALL_QUERIES:
+        reply = unit.handle(query)
+        status = unit.handle("STATUS")
+        if query in queries:
+            assert reply is not None and status == "02 REMOTE STOP", (model, query, reply)
+        else:
+            assert reply is None and status == "-08 INVALID COMMAND", (model, query, reply)
+        write = "OUT_" + query.removeprefix("IN_")
+        unit.handle(f"{write} {reply or 1}")  # its own value back: always in range
+        status = unit.handle("STATUS")
+        assert (status == "02 REMOTE STOP") == (write in writes), (model, write, status)
+    assert unit.commands == queries | writes | {"VERSION", "STATUS"}
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("fl", {"external_temperature": None, "high_limit": None}),
+        ("fp50-mh", {"external_temperature": "IN_PV_01", "high_limit": "IN_SP_01"}),
+        ("big", {"external_temperature": "IN_PV_02", "high_limit": "IN_SP_01"}),
+    ],
+)
+def test_driver_on_each_model(model: str, expected: dict[str, str | None]) -> None:
+    unit = SimulatedJulabo(model=model, setpoint_range=(-40.0, 90.0))
+    with JulaboSimulator(unit, tick=None) as sim, connect(sim.serve_tcp(), profile=model) as dev:
+        assert dev.identify().startswith("JULABO") and dev.status().code == 2
+        assert dev.set_setpoint(1, -5.0) == -5.0 and unit.setpoints[0] == -5.0
+        dev.start()
+        assert dev.running is True and dev.status() == JulaboStatus(3, "REMOTE START")
+        for name, query in expected.items():
+            assert dev.has(name) == (query is not None)
+            if query is not None:
+                assert dev.parameters()[name].query == query
+        if dev.has("high_limit"):  # the limits read as limits, not as set points 2 and 3
+            assert (dev.high_limit, dev.low_limit) == (90.0, -40.0)
+        sent = sim.out_count
+        with pytest.raises(NotSupported):
+            dev.set_setpoint(2, 10.0)
+        assert sim.out_count == sent
+        dev.stop()
+
+
+def test_without_external_sensor_the_reading_is_missing() -> None:
+    unit = SimulatedJulabo(external_sensor=False)
+    with JulaboSimulator(unit, tick=None) as sim, connect(sim.serve_tcp()) as chiller:
+        assert chiller.external_temperature is None
+        assert chiller.bath_temperature == 20.0
+
+
+def test_a_second_tcp_client_is_refused_while_one_is_connected(sim: JulaboSimulator) -> None:
+    """As ser2net: the line belongs to the first client."""
+    url = sim.serve_tcp()
+    with connect(url) as first:
+        assert first.identify().startswith("JULABO")
+        second = socket.create_connection(("127.0.0.1", sim.tcp.port), timeout=2)
+        with second:
+            received = b""
+            while chunk := second.recv(100):  # the message, then the close
+                received += chunk
+        assert received == IN_USE
+        assert first.status().code == 2  # the first one keeps the line
+        assert (sim.tcp.refused, sim.tcp.connections) == (1, 1)
+    with connect(url) as again:  # free again once the first is gone
+        assert again.identify().startswith("JULABO")
+
+
+def test_a_dropped_reply_is_retried(sim: JulaboSimulator) -> None:
+    with connect(sim.serve_tcp(), SerialSettings(timeout=0.2), retries=1) as chiller:
+        sim.drop_replies(1)
+        assert chiller.bath_temperature == 20.0
+        assert (chiller.protocol.transients, sim.device.dropped) == (1, 1)
+        sim.device.drop_every = 3  # never two in a row: every read succeeds
+        for _ in range(9):
+            assert chiller.status().code == 2
+        assert chiller.protocol.transients == sim.device.dropped >= 4  # each one retried
+        sim.device.drop_every = 0
+        sim.drop_replies(2)
+        with pytest.raises(JulaboTimeout):
+            _ = chiller.bath_temperature
 
 
 def test_tcp_line_drop_and_reconnect(sim: JulaboSimulator) -> None:
@@ -562,6 +814,7 @@ def test_simulator_refusals_and_limits() -> None:
     unit.handle("OUT_SP_03 50")
     unit.handle("OUT_SP_00 60")
     assert unit.handle("STATUS") == "-13 VALUE EXCEEDS TEMPERATURE LIMITS"
+    assert unit.setpoints[0] == 60.0  # "But the value is stored." (Presto manual)
     unit.handle("OUT_SP_00 45")
     unit.handle("OUT_MODE_05 1")
     unit.bath = 55.0

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
 from trackerdcs.safety.config import AlarmsConfig, InterlocksConfig, SequencerConfig
 
 
@@ -261,14 +262,26 @@ class SerialLineConfig(_Model):
     xonxoff: bool = False
 
 
+def _check_model(value: str) -> str:
+    """A model family of `trackerdcs.julabo.models.PROFILES`."""
+    if value not in PROFILES:
+        raise ValueError(f"unknown Julabo model {value!r} (known: {', '.join(PROFILES)})")
+    return value
+
+
 class JulaboConfig(_Model):
-    """A Julabo chiller on a serial line (or a serial line exposed over TCP)."""
+    """A Julabo chiller on a serial line (or a serial line exposed over TCP).
+
+    The per-chiller settings a list of chillers would repeat: `model`, the line, its timing.
+    """
 
     url: str  # /dev/ttyUSB0, serial:///dev/ttyS0, socket://HOST:PORT, tcp://HOST:PORT
+    model: str = DEFAULT_PROFILE  # the command profile: full, fl, fp50-mh, big or generic
     serial: SerialLineConfig = SerialLineConfig()
     write_delay: NonNegFloat = 0.25  # s before and after an OUT_ command (the manual's timing)
     query_delay: NonNegFloat = 0.1  # s between two queries
-    timeout: PositiveFloat = 0.5  # s to wait for one reply; no reply = line lost
+    timeout: PositiveFloat = 0.5  # s to wait for one reply
+    retries: int = Field(1, ge=0, le=5)  # a missed/garbled reply is asked again this often
     setpoint_min: float = -30.0  # lowest set point accepted from a command, °C
     setpoint_max: float = 40.0  # highest set point accepted from a command, °C
     poll_interval: PositiveFloat = 1.0  # s from the start of one poll of the unit to the next
@@ -281,6 +294,11 @@ class JulaboConfig(_Model):
     @classmethod
     def _url_form(cls, v: str) -> str:
         return _check_line_url(v)
+
+    @field_validator("model")
+    @classmethod
+    def _model_known(cls, v: str) -> str:
+        return _check_model(v)
 
     @field_validator("prefix")
     @classmethod
@@ -333,6 +351,19 @@ class SensorConfig(_Model):
         return f"/{self.name}"
 
 
+class SimChillerConfig(_Model):
+    """How the virtual lab's Julabo behaves (one chiller's simulator settings)."""
+
+    model: str | None = None  # the profile it impersonates; default: `julabo.model`
+    external_sensor: bool = True  # false: no Pt100 plugged in, IN_PV_02 answers `---.--`
+    drop_every: int = Field(0, ge=0)  # drop every n-th reply (0: none); the backdoor can too
+
+    @field_validator("model")
+    @classmethod
+    def _model_known(cls, v: str | None) -> str | None:
+        return None if v is None else _check_model(v)
+
+
 class VirtualLabConfig(_Model):
     """The coupled simulators of `trackerdcs-sim-lab` (ignored by the daemons)."""
 
@@ -345,6 +376,7 @@ class VirtualLabConfig(_Model):
     leakage_doubling: PositiveFloat = 7.0  # K for the HV leakage current to double
     reference_temperature: float = 20.0  # °C at which the leakage scale is 1
     chiller_rate: PositiveFloat = 2.0  # K/min the simulated chiller ramps at
+    chiller: SimChillerConfig = SimChillerConfig()  # the simulated Julabo's model and faults
     line_interval: PositiveFloat = 1.0  # s between two lines of a simulated sensor
     control_port: int | None = Field(None, ge=1, le=65535)  # backdoor on 127.0.0.1 (tests)
 

@@ -1,13 +1,15 @@
-"""Julabo circulator/chiller driver in three layers: transport, protocol, device.
+"""Julabo circulator/chiller driver in layers: transport, protocol, model profiles, device.
 
 - `transport`: bytes over a serial device, a pty or `socket://host:port` (`SerialTransport`).
-- `protocol`: CR / CR LF framing, XON/XOFF stripping, pacing, `OUT_` read-back, STATUS table.
-- `device`: the typed `Julabo` API, declared as a table of parameters.
+- `protocol`: CR / CR LF framing, XON/XOFF stripping, pacing, retries, `OUT_` read-back, STATUS.
+- `models`: the model families (`PROFILES`): which parameters a model has, under which command.
+- `device`: the typed `Julabo` API for one profile.
 
 Nothing is opened at import time.
 """
 
-from trackerdcs.julabo.device import Control, Julabo, Reading
+from trackerdcs.julabo.device import Applied, Julabo
+from trackerdcs.julabo.models import PARAMETERS, PROFILES, NotSupported, Profile, profile
 from trackerdcs.julabo.protocol import (
     STATUS_TABLE,
     ErrorReply,
@@ -16,24 +18,30 @@ from trackerdcs.julabo.protocol import (
     JulaboTimeout,
     ProtocolError,
     ReadbackMismatch,
+    Sent,
     StatusKind,
 )
 from trackerdcs.julabo.transport import SerialSettings, SerialTransport, Transport, TransportError
 
 __all__ = [
+    "PARAMETERS",
+    "PROFILES",
     "STATUS_TABLE",
-    "Control",
+    "Applied",
     "ErrorReply",
     "Julabo",
     "JulaboProtocol",
     "JulaboStatus",
     "JulaboTimeout",
+    "NotSupported",
+    "Profile",
     "ProtocolError",
     "ReadbackMismatch",
-    "Reading",
+    "Sent",
     "SerialSettings",
     "SerialTransport",
     "StatusKind",
     "Transport",
     "TransportError",
+    "profile",
 ]

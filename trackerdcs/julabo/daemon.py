@@ -29,8 +29,10 @@ def make_device(cfg: JulaboConfig) -> Julabo:
     return Julabo.from_url(
         cfg.url,
         settings,
+        profile=cfg.model,
         write_delay=cfg.write_delay,
         query_delay=cfg.query_delay,
+        retries=cfg.retries,
         temperature_range=(cfg.setpoint_min, cfg.setpoint_max),
     )
 
@@ -43,7 +45,7 @@ class JulaboDaemon:
             raise ConfigError("the lab YAML has no 'julabo' section")
         cfg = lab.julabo
         self.loop = loop
-        self.chiller = Chiller(cfg.url)
+        self.chiller = Chiller(cfg.url, cfg.model)
         self.machine = make_machine(self.chiller)
         self.link = MqttLink(
             lab.mqtt,
@@ -71,7 +73,9 @@ class JulaboDaemon:
         self.link.start()
         self.service.publish_status()  # DISCONNECTED until the unit answers
         self.worker.start()
-        log.info("serving chiller %s on %s", self.cfg.url, self.cfg.prefix)
+        log.info(
+            "serving chiller %s (model %s) on %s", self.cfg.url, self.cfg.model, self.cfg.prefix
+        )
 
     def stop(self) -> None:
         self.worker.stop()

@@ -22,7 +22,8 @@ class ChillerState(StrEnum):
     STOPPED = "STOPPED"  # remote control, temperature control off (02 REMOTE STOP)
     RUNNING = "RUNNING"  # remote control, temperature control on (03 REMOTE START)
     ERROR = "ERROR"  # a negative status code: warning or alarm, decoded in `status_text`
-    MANUAL = "MANUAL"  # 00/01: the unit is not under remote control; commands are refused
+    MANUAL = "MANUAL"  # 00/01: operated from the front panel; commands are refused. 01 MANUAL
+    # START still cools: `running` is 1 and the interlocks count it as running.
 
 
 S = ChillerState
@@ -50,15 +51,18 @@ TRANSITIONS: list[dict[str, Any]] = [
 
 @dataclass(frozen=True)
 class Poll:
-    """One complete reading of the unit."""
+    """One complete reading of the unit. A reading the model does not have, a placeholder
+    reply (`---.--`) or an optional reading the unit did not answer is None."""
 
     status: JulaboStatus
-    bath: float  # IN_PV_00, °C
-    external: float  # IN_PV_02, °C
-    power: float  # IN_PV_01, %
-    setpoint: float  # the active set point's value, °C
-    active_setpoint: int  # 1..3 (the unit's IN_MODE_01 + 1)
-    running: bool  # IN_MODE_05
+    running: bool  # IN_MODE_05 (from the status code when the unit gave a placeholder)
+    bath: float | None = None  # IN_PV_00, °C
+    setpoint: float | None = None  # the active set point's value, °C
+    active_setpoint: int | None = None  # 1..3 (IN_MODE_01 + 1); 1 for single-set-point models
+    external: float | None = None  # the external Pt100, °C (IN_PV_02 on most models)
+    power: float | None = None  # heating power, % (IN_PV_01 on most models)
+    high_limit: float | None = None  # high-temperature warning limit, °C
+    low_limit: float | None = None  # low-temperature warning limit, °C
 
 
 def observed_state(poll: Poll | None) -> ChillerState:
@@ -77,8 +81,9 @@ class Chiller:
 
     state: ChillerState
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, model: str = "full") -> None:
         self.url = url
+        self.model = model
         self.poll: Poll | None = None
         self.line_error: str | None = "not connected yet"
 
@@ -107,17 +112,21 @@ class Chiller:
         return f"the chiller is in {self.state} (status {status}): clear the cause on the unit"
 
     def as_status(self) -> dict[str, Any]:
-        """`/julabo/status`: every key keeps one JSON type; readings are null when unknown."""
+        """`/julabo/status`: every key keeps one JSON type; readings are null when unknown
+        (not connected, not on this model, a placeholder, or an optional reading dropped)."""
         p = self.poll
         return {
             "state": str(self.state),
+            "model": self.model,
             "status_code": p.status.code if p else None,
             "status_text": p.status.text if p else None,
-            "bath_temp": float(p.bath) if p else None,
-            "external_temp": float(p.external) if p else None,
-            "power": float(p.power) if p else None,
-            "setpoint": float(p.setpoint) if p else None,
+            "bath_temp": _float(p.bath if p else None),
+            "external_temp": _float(p.external if p else None),
+            "power": _float(p.power if p else None),
+            "setpoint": _float(p.setpoint if p else None),
             "active_setpoint": p.active_setpoint if p else None,
+            "high_limit": _float(p.high_limit if p else None),
+            "low_limit": _float(p.low_limit if p else None),
             "running": int(p.running) if p else None,
             "error": self.error,
         }
@@ -130,6 +139,10 @@ class Chiller:
         if self.poll is not None and self.poll.status.is_error:
             return str(self.poll.status)
         return None
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def make_machine(chiller: Chiller) -> Machine:

@@ -1,12 +1,24 @@
-"""The Julabo RS-232 protocol: framing, pacing, read-back, and the STATUS vocabulary.
+"""The Julabo RS-232 protocol: framing, pacing, retries, read-back, and the STATUS vocabulary.
 
 - A command is ASCII text ended by CR. A reply is ASCII text ended by CR LF; XON/XOFF bytes
   (0x11, 0x13) may appear anywhere in it and are dropped.
-- `OUT_...` commands get no reply: `send()` reads the matching `IN_...` back and checks it.
+- `OUT_...` commands get no reply: `send()` reads the matching `IN_...` back and checks it, then
+  reads `STATUS`: the manuals' command errors (-08 .. -13) describe "the most recently received
+  command" (Presto and Magio manuals, "Status messages as reply to sent commands"), so a refusal
+  is only visible until the next command; `-13 VALUE EXCEEDS TEMPERATURE LIMITS` is reported for
+  a value that *is* stored ("But the value is stored", Presto manual), so a read-back that agrees
+  is not enough to know that nothing was wrong.
 - The unit needs time between commands. Pacing is a *minimum gap since the end of the previous
   exchange* (monotonic clock), never an unconditional sleep: `write_delay` when either this
   command or the previous one is an `OUT_` (the unit is applying a change), `query_delay`
-  between two queries.
+  between two queries (the manuals: 250 ms between commands, 10 ms after a reply).
+- A transient is not a lost line: a query that times out or gets a garbled reply is tried again
+  (`retries` times, after `write_delay`, with the input discarded so that a late reply is not
+  taken for the next one) and each retry is logged with the reply that failed. Only when every
+  attempt failed does the caller get the error. A reply that is an error line
+  (`-08 INVALID COMMAND`) is an answer, not a transient: it is raised at once (`ErrorReply`).
+- A placeholder reply (`---.--`: no sensor connected) is a missing value, not a garbled one
+  (`is_placeholder`).
 - One exchange at a time: a lock covers the write, the read and (for `send`) the read-back.
 - `STATUS` replies `NN TEXT`; `STATUS_TABLE` is the one table of codes (the device API,
   the error messages and the simulator all use it).
@@ -14,6 +26,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -21,9 +34,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeVar
 
 from trackerdcs.julabo.transport import Transport
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CR: Final = b"\r"
 LF: Final = b"\n"
@@ -73,6 +89,7 @@ STATUS_TABLE: Final[dict[int, tuple[str, StatusKind]]] = {
 _STATUS_RE: Final = re.compile(r"^\s*(-?\d{1,3})(?:\s+(.*?))?\s*$")
 _ERROR_LINE_RE: Final = re.compile(r"^\s*(-\d{1,3})\s+([A-Za-z].*?)\s*$")
 _NUMBER_RE: Final = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_PLACEHOLDER_RE: Final = re.compile(r"^[+-]?-+\.?-*$")
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,24 @@ class ReadbackMismatch(ProtocolError):
         self.status = status
 
 
+@dataclass(frozen=True)
+class Sent:
+    """An `OUT_` command the unit applied: its read-back, and the command error STATUS then
+    reported about it (`-13 VALUE EXCEEDS TEMPERATURE LIMITS`: stored, but outside the limits),
+    or None."""
+
+    readback: str
+    warning: JulaboStatus | None = None
+
+
+def is_placeholder(reply: str) -> bool:
+    """A reply made of dashes (`---.--`, `----`, `--.-`): the unit has no value to give (no
+    external sensor connected). ISIS's EPICS driver matches the same reply for `IN_PV_02`
+    (EPICS-julabo, julaboVariable.proto, `readExtTemp`: `@mismatch { in "---.--"; }`)."""
+    text = reply.strip()
+    return text.count("-") >= 2 and bool(_PLACEHOLDER_RE.match(text))
+
+
 def parse_number(command: str, reply: str) -> float:
     """A decimal number (`-12.50`, `3`), strictly: anything else raises `ProtocolError`."""
     text = reply.strip()
@@ -200,9 +235,12 @@ def readback_command(command: str) -> str:
 
 
 class JulaboProtocol:
-    """Framing, pacing and read-back over a `Transport`. Thread-safe: one exchange at a time.
+    """Framing, pacing, retries and read-back over a `Transport`. Thread-safe: one exchange at
+    a time.
 
-    The read timeout is the transport's (`SerialSettings.timeout`).
+    The read timeout is the transport's (`SerialSettings.timeout`). `retries`: how many times a
+    query that timed out or got a garbled reply is tried again before its error is raised;
+    `transients` counts those retries.
     """
 
     def __init__(
@@ -212,41 +250,62 @@ class JulaboProtocol:
         write_delay: float = 0.25,
         query_delay: float = 0.1,
         readback_tolerance: float = 0.005,
+        retries: int = 1,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if write_delay < 0 or query_delay < 0 or readback_tolerance < 0:
-            raise ValueError("delays and tolerance must not be negative")
+        if write_delay < 0 or query_delay < 0 or readback_tolerance < 0 or retries < 0:
+            raise ValueError("delays, tolerance and retries must not be negative")
         self.transport = transport
         self.write_delay = write_delay
         self.query_delay = query_delay
         self.readback_tolerance = readback_tolerance
+        self.retries = retries
+        self.transients = 0
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.RLock()
         self._last_end: float | None = None
         self._last_was_write = False
+        self._settle = False  # the previous exchange failed: wait `write_delay` before the next
 
     # -- public -------------------------------------------------------------------------------
 
-    def query(self, command: str) -> str:
-        """Send a query, return its reply with framing and XON/XOFF removed.
+    def query(self, command: str, decode: Callable[[str], T] | None = None) -> T | str:
+        """Send a query, return its reply (framing and XON/XOFF removed), decoded by `decode`.
 
-        Raises `JulaboTimeout`, `ProtocolError` (garbled reply) or `TransportError`.
+        A timeout or a reply `decode` refuses (`ProtocolError`) is retried `retries` times.
+        Raises `JulaboTimeout` or `ProtocolError` once every attempt failed, `ErrorReply` at once
+        when the unit answers with an error line, `TransportError` when the line fails.
         """
         with self._lock:
-            return self._checked_reply(command)
+            for attempt in range(self.retries + 1):
+                try:
+                    reply = self._checked_reply(command)
+                    return reply if decode is None else decode(reply)
+                except ErrorReply:
+                    raise
+                except ProtocolError as exc:
+                    self._settle = True
+                    if attempt == self.retries:
+                        raise
+                    self.transients += 1
+                    log.warning("%s (attempt %d of %d): trying again", exc, attempt + 1,
+                                self.retries + 1)  # fmt: skip
+            raise AssertionError("unreachable")  # pragma: no cover
 
     def write(self, command: str) -> None:
         """Send a command that gets no reply, without read-back (paced like any command)."""
         with self._lock:
             self._exchange(command, expect_reply=False)
 
-    def send(self, command: str) -> str:
-        """Send `OUT_xx value`, read `IN_xx` back, and return the read-back reply.
+    def send(self, command: str) -> Sent:
+        """Send `OUT_xx value`, read `IN_xx` back, then STATUS; return what was applied.
 
-        Numeric values must agree within `readback_tolerance`; otherwise STATUS is read and
-        `ReadbackMismatch` raised (the unit refused the value, or is in manual mode).
+        Numeric values must agree within `readback_tolerance`; otherwise `ReadbackMismatch` is
+        raised with the STATUS that explains it (the unit refused the value, or is in manual
+        mode). A value that was applied but that STATUS complains about (`-13`) comes back with
+        that status as `Sent.warning`.
         """
         parts = command.split()
         if len(parts) != 2:
@@ -255,16 +314,18 @@ class JulaboProtocol:
         with self._lock:
             self._exchange(command, expect_reply=False)
             try:
-                readback = self._checked_reply(check)
+                readback = self.query(check)
             except ErrorReply as exc:
                 raise ReadbackMismatch(command, str(exc.status), exc.status) from exc
+            status = self._status_or_none()
             if not self._agrees(parts[1], readback):
-                raise ReadbackMismatch(command, readback, self._status_or_none())
-            return readback
+                raise ReadbackMismatch(command, readback, status)
+            refused = status is not None and status.kind is StatusKind.COMMAND_ERROR
+            return Sent(readback, status if refused else None)
 
     def status(self) -> JulaboStatus:
-        """Query and decode STATUS."""
-        return JulaboStatus.parse(self.query("STATUS"))
+        """Query and decode STATUS (retried like any query)."""
+        return self.query("STATUS", JulaboStatus.parse)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -310,7 +371,9 @@ class JulaboProtocol:
     def _pace(self, is_write: bool) -> None:
         if self._last_end is None:
             return
-        gap = self.write_delay if (is_write or self._last_was_write) else self.query_delay
+        slow = is_write or self._last_was_write or self._settle
+        self._settle = False
+        gap = self.write_delay if slow else self.query_delay
         wait = self._last_end + gap - self._clock()
         if wait > 0:
             self._sleep(wait)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import JulaboConfig
-from trackerdcs.julabo.device import Julabo
+from trackerdcs.julabo.device import Applied, Julabo
 from trackerdcs.julabo.fsm import Chiller, Poll
 from trackerdcs.julabo.protocol import ReadbackMismatch
 from trackerdcs.julabo.worker import DoneFn, JobFn
@@ -61,20 +61,21 @@ COMMAND_TABLE: dict[str, CommandSpec] = {
 
 
 def write_setpoint(value: float) -> JobFn:
-    """Write the set point the unit regulates to (the active one), verified by read-back."""
+    """Write the set point the unit regulates to (the active one; a model with one set point:
+    set point 1), verified by read-back."""
 
-    def job(device: Julabo) -> float:
-        return device.set_setpoint(device.active_setpoint + 1, value)
+    def job(device: Julabo) -> Applied:
+        index = device.read("active_setpoint") if device.has("active_setpoint") else 0
+        return device.apply(f"setpoint_{int(index or 0) + 1}", value)
 
     return job
 
 
 def switch(on: bool) -> JobFn:
-    def job(device: Julabo) -> None:
-        if on:
-            device.start()
-        else:
-            device.stop()
+    """Start or stop temperature control (`OUT_MODE_05`), verified by read-back."""
+
+    def job(device: Julabo) -> Applied:
+        return device.apply("running", on)
 
     return job
 
@@ -145,12 +146,15 @@ class JulaboService:
 
     def _answer_later(self, cmd: Command) -> DoneFn:
         def done(result: Any, error: Exception | None) -> None:
-            self.loop.call_soon_threadsafe(self._finish, cmd, error)
+            self.loop.call_soon_threadsafe(self._finish, cmd, result, error)
 
         return done
 
-    def _finish(self, cmd: Command, error: Exception | None) -> None:
-        if error is None:
+    def _finish(self, cmd: Command, result: Any, error: Exception | None) -> None:
+        if error is None and isinstance(result, Applied) and result.warning is not None:
+            # applied, but the unit complained (-13: outside its warning limits, stored anyway)
+            self.link.respond(cmd, True, None, warning=f"the unit reported {result.warning}")
+        elif error is None:
             self.link.respond(cmd, True, None)
         elif isinstance(error, ReadbackMismatch) and error.status is not None:
             self.link.respond(cmd, False, f"the unit refused it: {error.status}")

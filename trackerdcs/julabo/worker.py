@@ -4,11 +4,26 @@ Nothing else touches the `Julabo` device, so exchanges never interleave. The wor
 `WorkerSink` from its own thread (the daemon moves the calls onto its asyncio loop):
 
 - `on_poll(poll)` after every complete poll (every `poll_interval` s, and right after a command);
-- `on_line_lost(reason)` when the line fails, the unit stops answering (a read timeout) or a
-  reopen attempt fails. The line is then closed and reopened with exponential backoff.
+- `on_line_lost(reason)` when the line fails, the unit stops answering or a reopen attempt
+  fails. The line is then closed and reopened with exponential backoff.
 
-Jobs (`submit`) run between polls; each job's `done(result, error)` is called from the worker
-thread. While the line is down, jobs fail at once with the reason, except `reconnect()`.
+When the line counts as lost (the rule `docs/topics.md` documents):
+
+- a transport failure (closed, unplugged, refused) at once;
+- a query that timed out or got a garbled reply is tried again (`julabo.retries` times, default
+  1): one missed reply is a transient, logged with its reply, not a lost line. When every attempt
+  of STATUS or of a required reading (bath, set point, running) failed, the line is lost: with
+  the defaults (0.5 s timeout, one retry) about 1.3 s after the unit fell silent;
+- an optional reading (external sensor, power, active set point, limits) that fails every
+  attempt, or that the unit answers with `-08 INVALID COMMAND`, while STATUS still answers, is
+  reported once and dropped from the poll (published as null) until the line is reopened: the
+  unit does not have it. A placeholder (`---.--`) is a missing value, never a failure;
+- an unexpected exception in a poll or a command (a bug, a reply no parser foresaw) is logged
+  with its input and handled as a line fault: the line is reopened, the thread goes on.
+
+Jobs (`submit`) run between polls, before the next poll when one is waiting; each job's
+`done(result, error)` is called from the worker thread. While the line is down, jobs fail at once
+with the reason, except `reconnect()`.
 """
 
 from __future__ import annotations
@@ -21,14 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from trackerdcs.julabo.device import Julabo
+from trackerdcs.julabo.device import Julabo, Value
 from trackerdcs.julabo.fsm import Poll
-from trackerdcs.julabo.protocol import JulaboTimeout, ProtocolError, StatusKind
+from trackerdcs.julabo.protocol import ErrorReply, JulaboTimeout, ProtocolError, StatusKind
 from trackerdcs.julabo.transport import TransportError
 
 log = logging.getLogger(__name__)
 
-MAX_BAD_POLLS = 3  # garbled replies in a row before the line is declared lost
+SETTINGS_EVERY = 10  # polls between two readings of the warning limits (they seldom change;
+# they are also read at every (re)connection and right after every command)
 
 JobFn = Callable[[Julabo], Any]
 DoneFn = Callable[[Any, Exception | None], None]
@@ -50,23 +66,97 @@ class _Job:
     done: DoneFn
 
 
-def read_poll(device: Julabo) -> Poll:
-    """Read everything `/julabo/status` shows, in one pass over the line."""
-    status = device.status()
-    if status.kind is StatusKind.COMMAND_ERROR:
-        # a refused command's code is reported once by STATUS; reading it cleared it
-        log.warning("the unit reported %s; reading STATUS again", status)
+class Poller:
+    """Reads what `/julabo/status` shows from the unit's model, in one pass over the line.
+
+    Marks the optional readings the unit turned out not to have (`Julabo.missing`, forgotten
+    when the line is reopened) and keeps the warning limits between two readings of them.
+    """
+
+    def __init__(self, device: Julabo, settings_every: int = SETTINGS_EVERY) -> None:
+        self.device = device
+        self.settings_every = settings_every
+        self._polls = 0
+        self._limits: tuple[float | None, float | None] = (None, None)
+
+    def reset(self) -> None:
+        """A new connection: read everything again."""
+        self.refresh_settings()
+        self._limits = (None, None)
+
+    def refresh_settings(self) -> None:
+        """Read the warning limits at the next poll (after a command: it may have moved them)."""
+        self._polls = 0
+
+    def read(self) -> Poll:
+        """One poll. Raises `TransportError` / `ProtocolError` when the line is to count as
+        lost (STATUS or a required reading failed every attempt)."""
+        device = self.device
         status = device.status()
-    active = device.active_setpoint + 1
-    return Poll(
-        status=status,
-        bath=device.bath_temperature,
-        external=device.external_temperature,
-        power=device.heating_power,
-        setpoint=device.setpoint(active),
-        active_setpoint=active,
-        running=device.running,
-    )
+        if status.kind is StatusKind.COMMAND_ERROR:
+            # a refused or unknown command's code is reported once by STATUS; reading cleared it
+            log.warning("the unit reported %s; reading STATUS again", status)
+            status = device.status()
+        running = self._required("running")
+        index = self._optional("active_setpoint")
+        active = 1 if index is None else int(index) + 1
+        name = f"setpoint_{active}" if device.has(f"setpoint_{active}") else "setpoint_1"
+        if self._polls % self.settings_every == 0:
+            self._limits = (self._optional("high_limit"), self._optional("low_limit"))
+        self._polls += 1
+        return Poll(
+            status=status,
+            running=status.is_running if running is None else bool(running),
+            bath=self._required("bath_temperature"),
+            setpoint=self._required(name),
+            active_setpoint=active,
+            external=self._optional("external_temperature"),
+            power=self._optional("heating_power"),
+            high_limit=self._limits[0],
+            low_limit=self._limits[1],
+        )
+
+    def _required(self, name: str) -> Any:
+        """A reading every Julabo has: a failure (after the retries) propagates."""
+        try:
+            return self.device.read(name)
+        except ErrorReply as exc:  # e.g. -05 WORKING SENSOR ALARM instead of a value
+            log.warning("%s", exc)
+            return None
+
+    def _optional(self, name: str) -> Any:
+        """A reading the model may lack: None if it has not, or the unit does not answer it."""
+        if not self.device.has(name):
+            return None
+        try:
+            value: Value | None = self.device.read(name)
+        except ErrorReply as exc:
+            if exc.status.kind is StatusKind.COMMAND_ERROR:
+                self._drop(name, str(exc))
+            else:
+                log.warning("%s", exc)
+            return None
+        except ProtocolError as exc:  # no reply, or garbled, every attempt
+            self.device.status()  # the line is alive? (if not, this raises: a line fault)
+            self._drop(name, str(exc))
+            return None
+        return value
+
+    def _drop(self, name: str, why: str) -> None:
+        self.device.mark_missing(name)
+        profile = self.device.profile
+        level = logging.INFO if name in profile.optional else logging.WARNING
+        log.log(
+            level,
+            "%s (%s) dropped from the poll until the line is reopened: %s; published as null "
+            "(julabo.model is %r: see the README to pick the unit's model)",
+            profile.register(name).query, name, why, profile.name,
+        )  # fmt: skip
+
+
+def read_poll(device: Julabo) -> Poll:
+    """One poll of `device` (a fresh `Poller`: nothing dropped, limits read)."""
+    return Poller(device).read()
 
 
 class LineWorker:
@@ -82,12 +172,12 @@ class LineWorker:
     ) -> None:
         self.device = device
         self.sink = sink
+        self.poller = Poller(device)
         self.poll_interval = poll_interval
         self.backoff_min, self.backoff_max = backoff
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._bad_polls = 0
         self._last_reason: str | None = None
 
     # -- any thread ------------------------------------------------------------------------------
@@ -126,21 +216,24 @@ class LineWorker:
                     continue
                 delay, next_poll = self.backoff_min, 0.0
             now = time.monotonic()
-            if now >= next_poll:
-                next_poll += self.poll_interval
-                if next_poll <= now:  # first poll, or fell behind: keep the period from now
-                    next_poll = now + self.poll_interval
-                self._poll()
-                continue
-            job = self._wait_job(next_poll - now)
-            if job is not None:
+            job = self._wait_job(0.0 if now >= next_poll else next_poll - now)
+            if job is not None:  # a waiting command goes before the next poll
                 self._run_job(job)
                 if self.device.is_open:
+                    self.poller.refresh_settings()
                     self._poll()  # show the command's effect at once
+                continue
+            if time.monotonic() >= next_poll:
+                next_poll += self.poll_interval
+                if next_poll <= time.monotonic():  # first poll, or fell behind: from now
+                    next_poll = time.monotonic() + self.poll_interval
+                self._poll()
 
     def _wait_job(self, timeout: float) -> _Job | None:
         try:
-            return self._jobs.get(timeout=max(0.0, timeout))
+            if timeout <= 0:
+                return self._jobs.get_nowait()
+            return self._jobs.get(timeout=timeout)
         except queue.Empty:
             return None
 
@@ -151,10 +244,19 @@ class LineWorker:
         except (TransportError, ProtocolError) as exc:
             self._lost(str(exc))
             return False
-        log.info("connected to %r on %s", version, self.device.protocol.transport.url)
+        except Exception as exc:  # a bug must not end the thread: a line fault, logged
+            log.exception("unexpected error opening %s", self._url)
+            self._lost(f"unexpected error: {exc!r}")
+            return False
+        log.info("connected to %r on %s (model %s)", version, self._url,
+                 self.device.profile.name)  # fmt: skip
         self._last_reason = None
-        self._bad_polls = 0
+        self.poller.reset()
         return True
+
+    @property
+    def _url(self) -> str:
+        return self.device.protocol.transport.url
 
     def _lost(self, reason: str) -> None:
         self.device.close()
@@ -167,17 +269,14 @@ class LineWorker:
 
     def _poll(self) -> None:
         try:
-            poll = read_poll(self.device)
-        except (TransportError, JulaboTimeout) as exc:
+            poll = self.poller.read()
+        except (TransportError, ProtocolError) as exc:
             self._lost(str(exc))
             return
-        except ProtocolError as exc:
-            self._bad_polls += 1
-            log.warning("poll failed (%d/%d): %s", self._bad_polls, MAX_BAD_POLLS, exc)
-            if self._bad_polls >= MAX_BAD_POLLS:
-                self._lost(f"{MAX_BAD_POLLS} garbled replies in a row, last: {exc}")
+        except Exception as exc:  # a bug, or a reply no parser foresaw: a line fault
+            log.exception("unexpected error polling %s", self._url)
+            self._lost(f"unexpected error while polling: {exc!r}")
             return
-        self._bad_polls = 0
         self.sink.on_poll(poll)
 
     def _run_job(self, job: _Job) -> None:
@@ -187,10 +286,15 @@ class LineWorker:
             return
         try:
             result = job.fn(self.device)
-        except (TransportError, JulaboTimeout) as exc:
+        except (TransportError, JulaboTimeout) as exc:  # no reply after the retries: lost
             self._lost(str(exc))
             job.done(None, exc)
-        except (ProtocolError, ValueError) as exc:
+        except (ProtocolError, ValueError, AttributeError) as exc:
+            # refused by the unit (read-back, error line), or before anything was sent
+            job.done(None, exc)
+        except Exception as exc:
+            log.exception("unexpected error in a command on %s", self._url)
+            self._lost(f"unexpected error in a command: {exc!r}")
             job.done(None, exc)
         else:
             job.done(result, None)

@@ -1,163 +1,106 @@
 """A Julabo chiller simulator speaking the real RS-232 protocol on a pty and/or a TCP port.
 
-Layers (lewis-style): `SimulatedJulabo` holds the state, the physics (`step(dt)`, driven by
-simulated time) and the command interpreter (`handle(line)`); `LineSession` does the framing;
-`PtyServer` and `TcpServer` move bytes; `JulaboSimulator` ties them together with a physics
-tick thread and a backdoor for tests.
+Layers (as lewis splits a simulated device): `JulaboUnit` (`julabo_model`) holds the state and
+the physics; `SimulatedJulabo` adds the command interpreter of one model family (`handle(line)`,
+from the profile table `trackerdcs.julabo.models.PROFILES`); `LineSession` does the framing;
+`PtyServer` and `TcpServer` (`lineservers`) move bytes; `JulaboSimulator` ties them together
+with a physics tick thread and a backdoor for tests.
 
-Behaviour where the manual leaves a choice (documented here, relied upon by the tests):
+What it does, from the manuals where they say (see `trackerdcs.julabo.models` for the command
+sets), and the simulator's choice where they do not (relied upon by the tests):
 
+- It answers exactly its profile's commands: an FL unit knows `VERSION`, `STATUS`, `IN_PV_00`,
+  `IN_SP_00`, `IN_MODE_05`, `OUT_SP_00` and `OUT_MODE_05`; the FP50-MH reads its external sensor
+  on `IN_PV_01` and its limits on `IN_SP_01`/`IN_SP_02`; a full unit answers the PID parameters
+  (`IN_PAR_06`..`12`, `OUT_PAR_...`) and `MODE_02`/`MODE_03` with plausible values and read-back.
+  Without an external sensor (`external_sensor=False`) the external reading is `---.--`.
 - Commands are case-insensitive, end with CR; LF, XON and XOFF bytes from the client are ignored.
   Replies end with CR LF; with `xon=True` every reply carries XON/XOFF bytes (start, middle,
   between CR and LF) to exercise the client's stripping.
 - An unknown or malformed command (unknown name, missing or non-numeric value, a query with an
   argument) gets no reply; STATUS then reports `-08 INVALID COMMAND`.
 - `OUT_` commands get no reply. In manual mode (status 00/01) they are not executed and STATUS
-  reports `-09`. Out-of-range values are not applied: `-10 VALUE TOO SMALL` /
-  `-11 VALUE TOO LARGE` against the unit's set point range (pump stage 1..4, active set point
-  0..2, modes 0/1); a set point outside the warning limits gives `-13`. Starting while an alarm
-  is active gives `-09`.
-- Command errors (-08..-13) are reported by the next STATUS only (reading it clears them).
+  reports `-09` ("the out commands are valid only in remote control mode"). Out-of-range values
+  are not applied: `-10 VALUE TOO SMALL` / `-11 VALUE TOO LARGE` against the unit's set point
+  range and the parameter ranges (pump stage 1..4, active set point 0..2, PID: Xp 0.1..99.9,
+  Tn 3..9999, Tv 0..999). A set point outside the warning limits is stored and reported as `-13`
+  ("Value lies outside the adjusted range for the high and low temperature warning limits. But
+  the value is stored.", Presto manual). Starting while an alarm is active gives `-09`.
+- A command error describes "the most recently received command" (Presto, Magio manuals): every
+  `OUT_` command replaces the pending one (an accepted command clears it), so a refusal followed
+  by another accepted `OUT_` before `STATUS` is no longer reported. Queries leave it alone; an
+  unknown line sets `-08`. STATUS reports it once (reading it clears it: the simulator's choice).
   Injected faults persist until `clear_fault()`; an alarm stops the unit. While running, a bath
-  above the high / below the low warning limit reports `-03` / `-04`.
-  Priority: pending command error, then injected fault, then limit warning, then mode 00..03.
-- TCP: one client at a time; a new client takes the line over (the previous one is closed), a
-  client disconnecting leaves the server listening.
-- Pty: the simulator keeps the slave side open too, so clients may close and reopen the path;
-  `drop_line()` closes the pty (clients get I/O errors) and `restore_line()` makes a new one
-  (a new /dev/pts path; `--pty-link` keeps a stable symlink to it).
+  above the high / below the low warning limit reports `-03` / `-04`. Priority: pending command
+  error, then injected fault, then limit warning, then mode 00..03.
+- Transients on request: `drop_replies(n)` loses the next `n` replies, `drop_every = k` every
+  k-th (the command is executed, its answer never arrives), as a long RS-232 or ser2net line does.
+- TCP: one client at a time, a second one is refused while the first is connected (as ser2net).
 
-Run standalone: `python -m trackerdcs.sim.julabo --tcp 127.0.0.1:5050 --pty`.
+Run standalone: `python -m trackerdcs.sim.julabo --tcp 127.0.0.1:5050 --pty [--model fl]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
-import os
 import re
-import select
 import signal
-import socket
 import sys
 import threading
 import time
-import tty
 from collections import deque
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, Final, Self
 
+from trackerdcs.julabo.models import DEFAULT_PROFILE, PARAMETERS, PROFILES, Profile, profile
 from trackerdcs.julabo.protocol import STATUS_TABLE, StatusKind, format_status_code
+from trackerdcs.sim.julabo_model import JulaboUnit
+from trackerdcs.sim.lineservers import PtyServer, TcpServer
 
-DEFAULT_VERSION: Final = "JULABO CF31 VERSION 1.0 (trackerdcs simulator)"
 CR, LF, XON, XOFF = b"\r", b"\n", b"\x11", b"\x13"
+PLACEHOLDER: Final = "---.--"  # what a unit without an external Pt100 answers (IN_PV_02)
 _NUMBER_RE: Final = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+VERSIONS: Final = {
+    "full": "JULABO CF31 VERSION 1.0 (trackerdcs simulator)",
+    "fl": "JULABO FL601 VERSION 1.0 (trackerdcs simulator)",
+    "fp50-mh": "JULABO FP50-MH VERSION 1.0 (trackerdcs simulator)",
+    "big": "JULABO BIG VERSION 1.0 (trackerdcs simulator)",
+    "generic": "JULABO VERSION 1.0 (trackerdcs simulator)",
+}
+DEFAULT_VERSION: Final = VERSIONS[DEFAULT_PROFILE]
+
+Reader = Callable[[], str]
+Writer = Callable[[float], int | None]  # the error code, or None when applied
 
 
-class SimulatedJulabo:
-    """State, physics and command interpreter of one unit. Thread-safe; no I/O.
-
-    Physics: when running, the bath moves toward the active set point at `rate` K/min; when
-    stopped it relaxes toward `ambient` with time constant `ambient_tau` (s). Heating power is
-    `power_gain` %/K of the remaining error plus a holding term, clipped to ±100 (negative when
-    cooling). The external sensor follows the bath with first-order lag `external_lag` (s).
-    """
+class SimulatedJulabo(JulaboUnit):
+    """A `JulaboUnit` that speaks the command set of one model family. Thread-safe; no I/O."""
 
     def __init__(
-        self,
-        *,
-        rate: float = 2.0,
-        ambient: float = 20.0,
-        ambient_tau: float = 600.0,
-        external_lag: float = 30.0,
-        power_gain: float = 25.0,
-        setpoint_range: tuple[float, float] = (-50.0, 200.0),
-        temperature: float | None = None,
-        remote: bool = True,
-        version: str = DEFAULT_VERSION,
+        self, *, model: Profile | str = DEFAULT_PROFILE, version: str | None = None, **unit: Any
     ) -> None:
-        low, high = setpoint_range
-        if low >= high or rate <= 0 or ambient_tau <= 0 or external_lag <= 0:
-            raise ValueError("invalid simulator parameters")
-        self._lock = threading.RLock()
-        self.rate = rate
-        self.ambient = ambient
-        self.ambient_tau = ambient_tau
-        self.external_lag = external_lag
-        self.power_gain = power_gain
-        self.setpoint_range = (low, high)
-        self.version = version
-        self.bath = ambient if temperature is None else temperature
-        self.external = self.bath
-        self.power = 0.0
-        start = min(max(20.0, low), high)
-        self.setpoints = [start, start, start]
-        self.high_limit = high
-        self.low_limit = low
-        self.excess_limit = high + 10.0
-        self.pump_stage = 2
-        self.active = 0
-        self.external_control = False
-        self.running = False
-        self.remote = remote
-        self.fault: int | None = None
+        super().__init__(**unit)
+        self.profile = model if isinstance(model, Profile) else profile(model)
+        self.version = version or VERSIONS.get(self.profile.name, DEFAULT_VERSION)
         self._command_error: int | None = None
         self.out_count = 0
         self.history: deque[str] = deque(maxlen=1000)
-
-    # -- physics -----------------------------------------------------------------------------
-
-    def step(self, dt: float) -> None:
-        """Advance the physics by `dt` simulated seconds."""
-        if dt <= 0:
-            return
-        with self._lock:
-            target = self.setpoints[self.active]
-            if self.running:
-                max_delta = self.rate * dt / 60.0
-                self.bath += max(-max_delta, min(max_delta, target - self.bath))
-                hold = 0.5 * (target - self.ambient)
-                raw = self.power_gain * (target - self.bath) + hold
-                self.power = max(-100.0, min(100.0, raw))
-            else:
-                self.bath += (self.ambient - self.bath) * -math.expm1(-dt / self.ambient_tau)
-                self.power = 0.0
-            self.external += (self.bath - self.external) * -math.expm1(-dt / self.external_lag)
+        self.drop_every = 0  # lose every n-th reply (0: none)
+        self.dropped = 0  # replies lost so far
+        self._drop_next = 0
+        self._replies = 0
+        accessors = self._accessors()
+        self._readers: dict[str, Reader] = {"VERSION": lambda: self.version,
+                                            "STATUS": self._status_line}  # fmt: skip
+        self._writers: dict[str, Writer] = {}
+        for name, register in self.profile.registers.items():
+            read, write = accessors[name]
+            self._readers[register.query] = read
+            if register.write is not None and write is not None:
+                self._writers[register.write] = write
 
     # -- backdoor ------------------------------------------------------------------------------
-
-    def set_remote(self, remote: bool) -> None:
-        """Remote (status 02/03, OUT_ accepted) or manual (00/01, OUT_ refused with -09)."""
-        with self._lock:
-            self.remote = remote
-
-    def set_running(self, running: bool) -> None:
-        """The front panel's start/stop key (works in any mode)."""
-        with self._lock:
-            self.running = running
-
-    def inject_fault(self, code: int) -> None:
-        """Make STATUS report `code` (negative); an alarm stops the unit."""
-        if code >= 0:
-            raise ValueError(f"fault codes are negative, got {code}")
-        with self._lock:
-            self.fault = code
-            if self.alarm_active:
-                self.running = False
-
-    def clear_fault(self) -> None:
-        with self._lock:
-            self.fault = None
-
-    @property
-    def alarm_active(self) -> bool:
-        """Whether the injected fault is an alarm (unknown codes count as alarms)."""
-        fault = self.fault
-        if fault is None:
-            return False
-        return STATUS_TABLE.get(fault, ("", StatusKind.ALARM))[1] is StatusKind.ALARM
 
     @property
     def status_code(self) -> int:
@@ -165,13 +108,17 @@ class SimulatedJulabo:
         with self._lock:
             if self._command_error is not None:
                 return self._command_error
-            if self.fault is not None:
-                return self.fault
-            if self.running and self.bath > self.high_limit:
-                return -3
-            if self.running and self.bath < self.low_limit:
-                return -4
-            return (2 if self.remote else 0) + (1 if self.running else 0)
+            return self.operating_code()
+
+    def drop_replies(self, count: int = 1) -> None:
+        """Lose the next `count` replies (the commands are executed, the answers never arrive)."""
+        with self._lock:
+            self._drop_next += count
+
+    @property
+    def commands(self) -> frozenset[str]:
+        """Every command name this model answers or takes."""
+        return frozenset(self._readers) | frozenset(self._writers)
 
     # -- protocol ------------------------------------------------------------------------------
 
@@ -187,16 +134,26 @@ class SimulatedJulabo:
                 self.out_count += 1
                 self._execute(name, args)
                 return None
-            reader = self._readers().get(name)
+            reader = self._readers.get(name)
             if reader is None or args:
                 self._command_error = -8
                 return None
-            return reader()
+            return self._deliver(reader())
 
     def invalid_command(self) -> None:
         """Record an unparseable line (garbage, overlong) as -08."""
         with self._lock:
             self._command_error = -8
+
+    def _deliver(self, reply: str) -> str | None:
+        """The reply, unless the line is to lose it."""
+        self._replies += 1
+        lose = self._drop_next > 0 or (self.drop_every > 0 and self._replies % self.drop_every == 0)
+        if not lose:
+            return reply
+        self._drop_next = max(0, self._drop_next - 1)
+        self.dropped += 1
+        return None
 
     def _status_line(self) -> str:
         code = self.status_code
@@ -204,42 +161,43 @@ class SimulatedJulabo:
         text = STATUS_TABLE.get(code, ("UNKNOWN STATUS", StatusKind.ALARM))[0]
         return f"{format_status_code(code)} {text}"
 
-    def _readers(self) -> dict[str, Callable[[], str]]:
-        return {
-            "VERSION": lambda: self.version,
-            "STATUS": self._status_line,
-            "IN_PV_00": lambda: f"{self.bath:.2f}",
-            "IN_PV_01": lambda: f"{self.power:.1f}",
-            "IN_PV_02": lambda: f"{self.external:.2f}",
-            "IN_PV_03": lambda: f"{self.bath:.2f}",
-            "IN_PV_04": lambda: f"{self.excess_limit:.2f}",
-            "IN_SP_00": lambda: f"{self.setpoints[0]:.2f}",
-            "IN_SP_01": lambda: f"{self.setpoints[1]:.2f}",
-            "IN_SP_02": lambda: f"{self.setpoints[2]:.2f}",
-            "IN_SP_03": lambda: f"{self.high_limit:.2f}",
-            "IN_SP_04": lambda: f"{self.low_limit:.2f}",
-            "IN_SP_07": lambda: str(self.pump_stage),
-            "IN_MODE_01": lambda: str(self.active),
-            "IN_MODE_04": lambda: str(int(self.external_control)),
-            "IN_MODE_05": lambda: str(int(self.running)),
-        }
+    def _external_text(self) -> str:
+        return f"{self.external:.2f}" if self.external_sensor else PLACEHOLDER
 
-    def _writers(self) -> dict[str, Callable[[float], int | None]]:
-        """OUT_ name -> apply(value), returning an error code or None when applied."""
-        return {
-            "OUT_SP_00": lambda v: self._set_setpoint(0, v),
-            "OUT_SP_01": lambda v: self._set_setpoint(1, v),
-            "OUT_SP_02": lambda v: self._set_setpoint(2, v),
-            "OUT_SP_03": lambda v: self._set_limit("high_limit", v),
-            "OUT_SP_04": lambda v: self._set_limit("low_limit", v),
-            "OUT_SP_07": lambda v: self._set_int("pump_stage", v, 1, 4),
-            "OUT_MODE_01": lambda v: self._set_int("active", v, 0, 2),
-            "OUT_MODE_04": lambda v: self._set_flag("external_control", v),
-            "OUT_MODE_05": self._set_running,
-        }
+    def _accessors(self) -> dict[str, tuple[Reader, Writer | None]]:
+        """Parameter name -> (its reply text, apply(value)); the profile picks the registers."""
+        table: dict[str, tuple[Reader, Writer | None]] = {
+            "bath_temperature": (lambda: f"{self.bath:.2f}", None),
+            "heating_power": (lambda: f"{self.power:.1f}", None),
+            "external_temperature": (self._external_text, None),
+            "safety_temperature": (lambda: f"{self.bath:.2f}", None),
+            "excess_temperature_limit": (lambda: f"{self.excess_limit:.2f}", None),
+            "high_limit": (lambda: f"{self.high_limit:.2f}",
+                           lambda v: self._set_limit("high_limit", v)),
+            "low_limit": (lambda: f"{self.low_limit:.2f}",
+                          lambda v: self._set_limit("low_limit", v)),
+            "pump_stage": (lambda: str(self.pump_stage), lambda v: self._set_int("pump_stage", v)),
+            "active_setpoint": (lambda: str(self.active),
+                                lambda v: self._set_int("active", v, "active_setpoint")),
+            "selftuning": (lambda: str(self.selftuning), lambda v: self._set_int("selftuning", v)),
+            "external_input": (lambda: str(self.external_input),
+                               lambda v: self._set_int("external_input", v)),
+            "external_control": (lambda: str(int(self.external_control)),
+                                 lambda v: self._set_flag("external_control", v)),
+            "running": (lambda: str(int(self.running)), self._set_running),
+        }  # fmt: skip
+        for index in range(3):
+            table[f"setpoint_{index + 1}"] = (
+                lambda i=index: f"{self.setpoints[i]:.2f}",
+                lambda v, i=index: self._set_setpoint(i, v),
+            )
+        for name in self.pid:
+            table[name] = (lambda n=name: self._pid_text(n), lambda v, n=name: self._set_pid(n, v))
+        return table
 
     def _execute(self, name: str, args: list[str]) -> None:
-        writer = self._writers().get(name)
+        """An `OUT_` command: its outcome replaces the pending command error."""
+        writer = self._writers.get(name)
         if writer is None or len(args) != 1 or not _NUMBER_RE.match(args[0]):
             self._command_error = -8
         elif not self.remote:
@@ -248,20 +206,21 @@ class SimulatedJulabo:
             self._command_error = writer(float(args[0]))
 
     @staticmethod
-    def _range_error(value: float, low: float, high: float) -> int | None:
-        if value < low:
+    def _range_error(value: float, low: float | None, high: float | None) -> int | None:
+        if low is not None and value < low:
             return -10
-        if value > high:
+        if high is not None and value > high:
             return -11
         return None
 
     def _set_setpoint(self, index: int, value: float) -> int | None:
         error = self._range_error(value, *self.setpoint_range)
-        if error is None and not self.low_limit <= value <= self.high_limit:
-            error = -13
-        if error is None:
-            self.setpoints[index] = round(value, 2)
-        return error
+        if error is not None:
+            return error
+        self.setpoints[index] = round(value, 2)
+        if not self.low_limit <= value <= self.high_limit:
+            return -13  # stored all the same (Presto manual)
+        return None
 
     def _set_limit(self, attribute: str, value: float) -> int | None:
         error = self._range_error(value, *self.setpoint_range)
@@ -269,16 +228,19 @@ class SimulatedJulabo:
             setattr(self, attribute, round(value, 2))
         return error
 
-    def _set_int(self, attribute: str, value: float, low: int, high: int) -> int | None:
+    def _set_int(self, attribute: str, value: float, parameter: str | None = None) -> int | None:
         if not value.is_integer():
             return -8
-        error = self._range_error(value, low, high)
+        spec = PARAMETERS[parameter or attribute]
+        error = self._range_error(value, spec.minimum, spec.maximum)
         if error is None:
             setattr(self, attribute, int(value))
         return error
 
     def _set_flag(self, attribute: str, value: float) -> int | None:
-        error = self._set_int(attribute, value, 0, 1)
+        if not value.is_integer():
+            return -8
+        error = self._range_error(value, 0, 1)
         if error is None:
             setattr(self, attribute, bool(value))
         return error
@@ -287,6 +249,20 @@ class SimulatedJulabo:
         if value == 1 and self.alarm_active:
             return -9
         return self._set_flag("running", value)
+
+    def _pid_text(self, name: str) -> str:
+        spec = PARAMETERS[name]
+        value = self.pid[name]
+        return f"{value:.{spec.decimals}f}" if spec.kind is float else str(int(value))
+
+    def _set_pid(self, name: str, value: float) -> int | None:
+        spec = PARAMETERS[name]
+        if spec.kind is int and not value.is_integer():
+            return -8
+        error = self._range_error(value, spec.minimum, spec.maximum)
+        if error is None:
+            self.pid[name] = round(value, spec.decimals) if spec.kind is float else int(value)
+        return error
 
 
 class LineSession:
@@ -323,198 +299,6 @@ class LineSession:
         if not self._sprinkle_xon():
             return body + CR + LF
         return XON + body[:1] + XOFF + XON + body[1:] + CR + XON + LF
-
-
-class _Wakeup:
-    """A pipe to interrupt a select() loop from another thread with one-byte messages."""
-
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-
-    def send(self, message: bytes) -> None:
-        os.write(self.write_fd, message)
-
-    def receive(self) -> bytes:
-        try:
-            return os.read(self.read_fd, 64)
-        except BlockingIOError:
-            return b""
-
-    def close(self) -> None:
-        os.close(self.read_fd)
-        os.close(self.write_fd)
-
-
-class _LineServer:
-    """A select() loop on its own thread that serves `LineSession`s; `stop()` ends it."""
-
-    def __init__(self, new_session: Callable[[], LineSession]) -> None:
-        self._new_session = new_session
-        self._thread: threading.Thread | None = None
-        self._wakeup: _Wakeup | None = None
-
-    def _launch(self, name: str, *args: object) -> None:
-        """Run `_run(*args, wakeup)` on a new thread."""
-        self._wakeup = _Wakeup()
-        self._thread = threading.Thread(
-            target=self._run, args=(*args, self._wakeup), name=name, daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, *args: Any, **kwargs: Any) -> None:  # the loop; its last argument: wakeup
-        raise NotImplementedError
-
-    def stop(self) -> bool:
-        """End the loop (it closes what it serves); False if it was not running."""
-        thread, wakeup = self._thread, self._wakeup
-        if thread is None or wakeup is None:
-            return False
-        wakeup.send(b"q")
-        thread.join()
-        wakeup.close()
-        self._thread = self._wakeup = None
-        return True
-
-
-class PtyServer(_LineServer):
-    """Serves sessions on a pseudo-terminal; `start()` returns the slave path clients open."""
-
-    def __init__(self, new_session: Callable[[], LineSession], link: str | None = None) -> None:
-        super().__init__(new_session)
-        self.link = link
-        self.path: str | None = None
-
-    def start(self) -> str:
-        if self._thread is not None:
-            assert self.path is not None
-            return self.path
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self.path = os.ttyname(slave)
-        if self.link:
-            temporary = f"{self.link}.tmp{os.getpid()}"
-            os.symlink(self.path, temporary)
-            os.replace(temporary, self.link)
-        self._launch("julabo-sim-pty", master, slave)
-        return self.path
-
-    def stop(self) -> bool:
-        """Close the pty (clients see the line drop) and remove the symlink."""
-        stopped = super().stop()
-        if stopped and self.link and os.path.islink(self.link):
-            os.unlink(self.link)
-        return stopped
-
-    def _run(self, master: int, slave: int, wakeup: _Wakeup) -> None:
-        session = self._new_session()
-        try:
-            while True:
-                ready, _, _ = select.select([master, wakeup.read_fd], [], [])
-                if wakeup.read_fd in ready and b"q" in wakeup.receive():
-                    return
-                if master not in ready:
-                    continue
-                try:
-                    data = os.read(master, 4096)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
-                reply = session.feed(data)
-                if reply:
-                    # if nobody reads the line and its buffer is full, the reply is lost
-                    with contextlib.suppress(BlockingIOError):
-                        os.write(master, reply)
-        finally:
-            os.close(master)
-            os.close(slave)
-
-
-class TcpServer(_LineServer):
-    """Serves one TCP client at a time; a new client takes over, the server keeps listening.
-
-    `stop()` closes the client and the listening socket (connections are then refused).
-    """
-
-    def __init__(
-        self, new_session: Callable[[], LineSession], host: str = "127.0.0.1", port: int = 0
-    ) -> None:
-        super().__init__(new_session)
-        self.host = host
-        self.port = port
-        self.connections = 0
-
-    @property
-    def url(self) -> str:
-        return f"socket://{self.host}:{self.port}"
-
-    def start(self) -> str:
-        """Listen (on the same port again after `stop()`); returns the `socket://` URL."""
-        if self._thread is not None:
-            return self.url
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind((self.host, self.port))
-            listener.listen(4)
-        except OSError:
-            listener.close()
-            raise
-        self.port = listener.getsockname()[1]
-        self._launch("julabo-sim-tcp", listener)
-        return self.url
-
-    def disconnect_client(self) -> None:
-        """Close the current client's connection; keep listening."""
-        if self._wakeup is not None:
-            self._wakeup.send(b"d")
-
-    def _run(self, listener: socket.socket, wakeup: _Wakeup) -> None:
-        client: socket.socket | None = None
-        session = self._new_session()
-        try:
-            while True:
-                watched: list[socket.socket | int] = [listener, wakeup.read_fd]
-                if client is not None:
-                    watched.append(client)
-                ready, _, _ = select.select(watched, [], [])
-                if wakeup.read_fd in ready:
-                    message = wakeup.receive()
-                    if b"q" in message:
-                        return
-                    if b"d" in message and client is not None:
-                        client.close()
-                        client = None
-                if listener in ready:
-                    connection, _ = listener.accept()
-                    connection.settimeout(2.0)
-                    if client is not None:
-                        client.close()
-                    client, session = connection, self._new_session()
-                    self.connections += 1
-                if client is not None and client in ready:
-                    client = self._serve(client, session)
-        finally:
-            if client is not None:
-                client.close()
-            listener.close()
-
-    @staticmethod
-    def _serve(client: socket.socket, session: LineSession) -> socket.socket | None:
-        """Handle readable data; the client, or None once it is gone."""
-        try:
-            data = client.recv(4096)
-            if data:
-                reply = session.feed(data)
-                if reply:
-                    client.sendall(reply)
-                return client
-        except OSError:
-            pass
-        client.close()
-        return None
 
 
 class JulaboSimulator:
@@ -611,6 +395,14 @@ class JulaboSimulator:
     def set_remote(self, remote: bool) -> None:
         self.device.set_remote(remote)
 
+    def set_running(self, running: bool) -> None:
+        """The front panel's start/stop key."""
+        self.device.set_running(running)
+
+    def drop_replies(self, count: int = 1) -> None:
+        """Lose the next `count` replies."""
+        self.device.drop_replies(count)
+
     def inject_fault(self, code: int) -> None:
         self.device.inject_fault(code)
 
@@ -667,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--manual", action="store_true", help="start in manual mode")
     parser.add_argument("--xon", action="store_true", help="sprinkle XON/XOFF in replies")
+    parser.add_argument("--model", choices=list(PROFILES), default=DEFAULT_PROFILE,
+                        help="the model family it impersonates (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--no-external-sensor", action="store_true",
+                        help="no Pt100 plugged in: the external reading is ---.--")  # fmt: skip
+    parser.add_argument("--drop-every", type=int, default=0, metavar="N",
+                        help="lose every N-th reply (0: none)")  # fmt: skip
     return parser
 
 
@@ -675,12 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.tcp is None and not args.pty:
         build_parser().error("give --tcp HOST:PORT and/or --pty")
     device = SimulatedJulabo(
+        model=args.model,
         rate=args.rate,
         ambient=args.ambient,
         temperature=args.temperature,
         setpoint_range=tuple(args.setpoint_range),
         remote=not args.manual,
+        external_sensor=not args.no_external_sensor,
     )
+    device.drop_every = max(0, args.drop_every)
     sim = JulaboSimulator(device, tick=args.tick, speed=args.speed, xon=args.xon)
     done = threading.Event()
 

@@ -6,7 +6,10 @@ What it serves, from the lab YAML (everything on 127.0.0.1):
   Access, as
   `trackerdcs-sim-crate` does (`trackerdcs.sim.crate`);
 - the Julabo simulator on the TCP port of `julabo.url` (a loopback `socket://`), or on a pty
-  whose symlink is `julabo.url` when it is a path outside /dev (and `--julabo-pty LINK`);
+  whose symlink is `julabo.url` when it is a path outside /dev (and `--julabo-pty LINK`),
+  impersonating `virtual_lab.chiller.model` (default: `julabo.model`), with or without an
+  external sensor (`virtual_lab.chiller.external_sensor`), losing every n-th reply if asked
+  (`virtual_lab.chiller.drop_every`);
 - one line server per sensor whose source is a loopback `socket://` (`trackerdcs.sim.sensors`):
   room sensors print the room's T and RH, module sensors their module's temperature;
 - a backdoor on `virtual_lab.control_port` (see `LabControl`).
@@ -45,6 +48,7 @@ from trackerdcs.config import (
     load_config,
     loopback_port,
 )
+from trackerdcs.julabo.models import DEFAULT_PROFILE
 from trackerdcs.sensors.lineformat import format_line
 from trackerdcs.sim.crate import CrateServer, boards_of, configure_environment, port_of, serve
 from trackerdcs.sim.crate_model import SimChannel, SimCrate
@@ -111,6 +115,7 @@ class LabPhysics:
             "room_humidity": self.room_humidity,
             "bath": round(self.chiller.bath, 4),
             "chiller_running": self.chiller.running,
+            "chiller_replies_dropped": self.chiller.dropped,
             "modules": {
                 m.name: {"temperature": round(m.temperature, 4),
                          "leakage_scale": round(m.leakage_scale, 6)}
@@ -126,13 +131,16 @@ class LabControl:
     - `set KEY=VALUE ...` with `room_temperature`, `room_humidity` (0..100) or `speed`;
     - `sensor NAME ok|garbage|silent` -> a sensor line server's mode;
     - `julabo fault CODE` | `julabo clear` | `julabo manual` | `julabo remote` |
-      `julabo unplug` | `julabo plug`.
+      `julabo start` | `julabo stop` (the front panel's keys) | `julabo unplug` | `julabo plug` |
+      `julabo drop N` (lose the next N replies) | `julabo drop-every N` (every N-th; 0: none).
 
     Every answer has `ok` (and `error` when false) and the snapshot. Try it with
     `nc 127.0.0.1 5059` and type `get`.
     """
 
-    SETTABLE = {"room_temperature": (-50.0, 60.0), "room_humidity": (0.0, 100.0),
+    # room_humidity is what the room sensors print: an unclipped SHT4x spans -6..119 % RH
+    # (Sensirion SHT4x datasheet, RH = -6 + 125 * S / 65535), so a sensor's edges can be played
+    SETTABLE = {"room_temperature": (-50.0, 60.0), "room_humidity": (-6.0, 119.0),
                 "speed": (1e-3, 1e5)}  # fmt: skip
 
     def __init__(
@@ -188,15 +196,25 @@ class LabControl:
             "clear": self.chiller.clear_fault,
             "manual": lambda: self.chiller.set_remote(False),
             "remote": lambda: self.chiller.set_remote(True),
+            "start": lambda: self.chiller.set_running(True),
+            "stop": lambda: self.chiller.set_running(False),
             "unplug": self.chiller.drop_line,
             "plug": self.chiller.restore_line,
         }
-        if len(args) == 2 and args[0] == "fault":
-            self.chiller.inject_fault(int(args[1]))
+        counted: dict[str, Callable[[int], None]] = {
+            "fault": self.chiller.inject_fault,
+            "drop": self.chiller.drop_replies,
+            "drop-every": lambda n: setattr(self.chiller.device, "drop_every", n),
+        }
+        if len(args) == 2 and args[0] in counted:
+            number = int(args[1])
+            if args[0] != "fault" and number < 0:
+                raise ValueError(f"julabo {args[0]} takes a count >= 0")
+            counted[args[0]](number)
         elif len(args) == 1 and args[0] in actions:
             actions[args[0]]()
         else:
-            raise ValueError(f"julabo fault CODE | {' | '.join(actions)}")
+            raise ValueError(f"julabo fault CODE | drop N | drop-every N | {' | '.join(actions)}")
         log.info("backdoor: julabo %s", " ".join(args))
 
 
@@ -214,13 +232,26 @@ class VirtualLab:
         self.crate = lab.virtual_lab_crate()
         self.model = SimCrate(boards_of(self.crate), seed, noise=noise) if self.crate else None
         self.crate_server = CrateServer(self.crate.system, self.model) if self.crate else None
-        device = SimulatedJulabo(rate=self.cfg.chiller_rate, ambient=self.cfg.room_temperature)
+        device = self._chiller_unit()
         self.chiller = JulaboSimulator(device, tick=None)
         self.physics = LabPhysics(self.cfg, device, self._modules(device.bath))
         self.julabo_pty = julabo_pty
         self.sensor_servers: dict[str, SensorLineServer] = {}
         self.control = LabControl(self.physics, self.chiller, self.sensor_servers)
         self.endpoints: list[str] = []
+
+    def _chiller_unit(self) -> SimulatedJulabo:
+        """The simulated Julabo: the lab's model (or `virtual_lab.chiller.model`), its faults."""
+        settings = self.cfg.chiller
+        model = settings.model or (self.lab.julabo.model if self.lab.julabo else None)
+        unit = SimulatedJulabo(
+            model=model or DEFAULT_PROFILE,
+            rate=self.cfg.chiller_rate,
+            ambient=self.cfg.room_temperature,
+            external_sensor=settings.external_sensor,
+        )
+        unit.drop_every = settings.drop_every
+        return unit
 
     def _modules(self, temperature: float) -> dict[str, Module]:
         """Every module of the power channels and of the module sensors, at `temperature`."""
