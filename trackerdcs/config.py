@@ -332,6 +332,8 @@ class SensorConfig(_Model):
     stale_timeout: PositiveFloat = 10.0  # no good reading for this long: stale, s
     publish_interval: PositiveFloat = 2.0  # status published at this period, s
     max_temperature: float | None = None  # the module's temperature limit, °C (published)
+    # % RH a reading may lie outside 0..100 and still count (clamped, flagged): see lineformat
+    humidity_tolerance: NonNegFloat = Field(5.0, le=20.0)
 
     @field_validator("source")
     @classmethod

@@ -6,7 +6,10 @@ Rules (docs/topics.md, "Sensors"):
 - a bad line or a failing source sets `error`; the last good reading stays valid until it is
   older than `stale_timeout`;
 - `stale` is true when there is no good reading younger than `stale_timeout` (none yet
-  included); the numbers are then null, never the last values passed off as current.
+  included); the numbers are then null, never the last values passed off as current;
+- humidity at its edges (`lineformat`): a reading slightly outside 0..100 % is clamped and
+  `humidity_clamped` says so; at 0 % there is no dew point: `dewpoint` is null and `too_dry` true
+  (the dew-point rule reads that as safe); at 100 % the dew point is the temperature.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class SensorState:
         if not is_reading(line):
             return
         try:
-            reading = parse_line(line, humidity=self.room)
+            reading = parse_line(line, humidity=self.room, tolerance=self.cfg.humidity_tolerance)
         except LineError as exc:
             self.bad_lines += 1
             self.error = f"unparsable line {_clip(line)!r}: {exc}"
@@ -49,9 +52,10 @@ class SensorState:
         """`/<name>/status`: every key keeps one JSON type; numbers are null unless valid."""
         stale = self.stale(now)
         valid = None if stale else self.reading
-        dewpoint = None
+        dewpoint, too_dry = None, False
         if valid is not None and valid.humidity is not None:
-            dewpoint = round(dew_point(valid.temperature, valid.humidity), 2)
+            point = dew_point(valid.temperature, valid.humidity)
+            dewpoint, too_dry = (None, True) if point is None else (round(point, 2), False)
         error = self.error
         if stale and error is None:
             error = f"no good reading within {self.cfg.stale_timeout:g} s"
@@ -62,6 +66,8 @@ class SensorState:
             "temperature": float(valid.temperature) if valid else None,
             "humidity": float(valid.humidity) if valid and valid.humidity is not None else None,
             "dewpoint": dewpoint,
+            "too_dry": too_dry,
+            "humidity_clamped": bool(valid is not None and valid.clamped),
             "max_temperature": _float_or_none(self.cfg.max_temperature),
             "stale": stale,
             "age": None if self.read_at is None else round(now - self.read_at, 3),
