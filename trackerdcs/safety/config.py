@@ -46,12 +46,27 @@ class _Rule(_Strict):
 
 
 class ChillerRunningRule(_Rule):
-    """The chiller stopped (or failed) after it had been RUNNING."""
+    """The chiller stopped cooling after it had been cooling: a STOP status, an alarm code (the
+    unit stops), or no valid status for `status_timeout` s (DISCONNECTED that long). Warning
+    codes with the unit still running, and `01 MANUAL START`, count as cooling."""
 
     kind: Literal["chiller_running"]
+    # s without a valid status (the chiller daemon says DISCONNECTED) before that counts as
+    # stopped: longer than a transient the daemon rides through (a reply retried, a reconnect
+    # backing off up to julabo.reconnect_max_delay), short against the minutes modules take to
+    # warm; a silent daemon is the heartbeat rule's business
+    status_timeout: PositiveFloat = 30.0
 
 
-class ModuleTemperatureRule(_Rule):
+class _ValueRule(_Rule):
+    """A rule on measured values: `hold` s the condition must persist (per module) before it
+    fires. Default 0: at once, the safe choice when nothing is known of the sensors. Loss of data
+    is the heartbeat rule's business, on its own timer."""
+
+    hold: NonNegFloat = 0.0
+
+
+class ModuleTemperatureRule(_ValueRule):
     """A module's temperature above its limit."""
 
     kind: Literal["module_temperature"]
@@ -60,7 +75,7 @@ class ModuleTemperatureRule(_Rule):
     hysteresis: NonNegFloat = 0.5  # K below the limit before a module counts as safe again
 
 
-class DewpointMarginRule(_Rule):
+class DewpointMarginRule(_ValueRule):
     """The coldest module temperature too close to the room's dew point."""
 
     kind: Literal["dewpoint_margin"]

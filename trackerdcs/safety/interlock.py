@@ -9,6 +9,9 @@
   `/interlock/action` (for the audit log).
 - While a rule holds, an action whose effect is undone (HV seen on again, the set point seen
   lower) is sent again, at most every `reassert_interval` s.
+- A value rule with a `hold` fires for a module only once its condition has held `hold` s
+  without a break (a timer, not a poll, notices the end of the hold): one glitched sample does
+  not act. Modules the rule already holds are not held again.
 - A rule clears by itself when its condition has cleared (for `clear_delay` s); nothing is
   switched back on. Its alarm stays latched in the alarm service until acknowledged.
 """
@@ -125,12 +128,29 @@ class InterlockService:
         now, wall = self.loop.time(), self.clock()
         for state in self.states:
             verdict = RULE_KINDS[state.rule.kind].evaluate(state.rule, self.world, state, now)
-            self._apply(state, verdict, now, wall)
+            self._apply(state, self._held(state, verdict, now), now, wall)
             if state.active:
                 self._reassert(state, now)
         if self._key() != self._published:
             self._maybe_publish(now)
         self._schedule(now)
+
+    def _held(self, state: RuleState, verdict: Verdict, now: float) -> Verdict:
+        """The part of `verdict` that has held for the rule's `hold` s (all of it without one)."""
+        hold = getattr(state.rule, "hold", 0.0)
+        if hold <= 0:
+            return verdict
+        for module in [m for m in state.pending if m not in verdict]:
+            del state.pending[module]
+        ready: Verdict = {}
+        for module, why in verdict.items():
+            if module not in state.pending and module not in state.affected:
+                state.pending[module] = now
+                log.warning("interlock %s: %s; acting if it holds %g s", state.rule.name, why,
+                            hold)  # fmt: skip
+            if module in state.affected or now + EPSILON >= state.pending[module] + hold:
+                ready[module] = why
+        return ready
 
     def _apply(self, state: RuleState, verdict: Verdict, now: float, wall: float) -> None:
         """Update one rule from its verdict: fire, extend or clear it."""
@@ -314,6 +334,8 @@ class InterlockService:
                     times.append(due)
             if state.clear_pending is not None:
                 times.append(state.clear_pending + state.rule.clear_delay)
+            hold = getattr(state.rule, "hold", 0.0)
+            times += [since + hold for since in state.pending.values()]
         future = [t for t in times if t > now]
         when = min(future) if future else math.inf
         if when >= self._timer_at:

@@ -2,7 +2,9 @@
 
 An evaluator returns the modules it finds unsafe now, each with why (`{"M1": "M1 at 31.2 C
 ..."}`); an empty dict means safe. Unknown data (no status yet, a null reading) is not judged by
-the value rules: telling that data is missing or old is the `heartbeat` kind's job.
+the value rules: telling that data is missing or old is the `heartbeat` kind's job. A value rule's
+`hold` (the time a condition must persist) is applied by the interlock service on top of the
+verdict (`RuleState.pending`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trackerdcs.julabo.protocol import JulaboStatus, StatusKind
 from trackerdcs.safety.world import World
 
 EPSILON = 0.001  # s: a deadline timer may fire this early
@@ -24,7 +27,9 @@ class RuleState:
     protects: frozenset[str]  # the modules the rule protects
     started: float  # monotonic time the service started (heartbeats count from there)
     since: float  # wall time of the last change of `active`
-    armed: bool = True  # chiller_running: armed once the chiller was seen RUNNING
+    armed: bool = True  # chiller_running: armed once the chiller was seen cooling
+    seen_at: float | None = None  # chiller_running: monotonic time of the last valid status
+    pending: dict[str, float] = field(default_factory=dict)  # hold: module -> unsafe since
     active: bool = False
     affected: frozenset[str] = frozenset()  # modules it holds unsafe while active
     reason: str | None = None  # why it fired (the last firing's, once cleared)
@@ -43,20 +48,65 @@ def _every(state: RuleState, why: str) -> Verdict:
     return dict.fromkeys(sorted(state.protects), why)
 
 
+COOLING_STATES = frozenset({"RUNNING", "STOPPED", "ERROR", "MANUAL"})  # a status from the unit
+
+
+def chiller_cooling(status: dict[str, Any]) -> tuple[bool | None, str]:
+    """Whether a `/julabo/status` shows the unit cooling (None: no valid status), and why not.
+
+    Running (`03 REMOTE START`, and `01 MANUAL START`: operated from the front panel, still
+    cooling) is cooling; so is a warning code (-03 excess temperature, -20 check cooling water,
+    ...) while `running` is 1: the unit goes on. A STOP status, an alarm code (the unit stops;
+    an unknown negative code counts as one) or `running` 0 is not."""
+    state = status.get("state")
+    if state not in COOLING_STATES:
+        return None, f"chiller {state}"
+    code, running = status.get("status_code"), status.get("running")
+    detail = status.get("error") or status.get("status_text")
+    why = f"chiller {state}" + (f" ({detail})" if detail else "")
+    if isinstance(code, int) and code < 0:
+        kind = JulaboStatus(code, "").kind
+        if kind is StatusKind.ALARM:
+            return False, why
+    return running == 1, why
+
+
 def chiller_not_running(rule: Any, world: World, state: RuleState, now: float) -> Verdict:
-    """Unsafe when the chiller is not RUNNING once it has been: a chiller that never ran
-    leaves the lab warm on purpose. `/interlock/cmd/reset/{rule}` disarms it again."""
+    """Unsafe when the chiller has stopped cooling once it has been cooling (`chiller_cooling`):
+    a chiller that never ran leaves the lab warm on purpose. No valid status (DISCONNECTED) counts
+    as stopped only after `status_timeout` s without one; until then an active rule stays active
+    (not knowing is not safe). `/interlock/cmd/reset/{rule}` disarms it again."""
     status = world.chiller()
     if status is None:
         return {}
-    chiller_state = status.get("state")
-    if chiller_state == "RUNNING":
-        state.armed = True
-        return {}
+    cooling, why = chiller_cooling(status)
+    if cooling is not None:
+        state.seen_at = world.sources[world.chiller_prefix or ""].received
+        if cooling:
+            state.armed = True
+            return {}
+        return _every(state, why) if state.armed else {}
     if not state.armed:
         return {}
-    detail = status.get("error") or status.get("status_text")
-    return _every(state, f"chiller {chiller_state}" + (f" ({detail})" if detail else ""))
+    last = state.started if state.seen_at is None else state.seen_at
+    silent = now - last
+    if silent + EPSILON >= rule.status_timeout:
+        error = status.get("error")
+        return _every(
+            state,
+            f"{why}: no valid status for {silent:.0f} s (status_timeout {rule.status_timeout:g} s)"
+            + (f"; {error}" if error else ""),
+        )
+    return _every(state, state.reason or why) if state.active else {}
+
+
+def chiller_deadline(rule: Any, world: World, state: RuleState, now: float) -> float | None:
+    """When a DISCONNECTED chiller counts as stopped, if no valid status comes before."""
+    status = world.chiller()
+    if status is None or not state.armed or chiller_cooling(status)[0] is not None:
+        return None
+    last = state.started if state.seen_at is None else state.seen_at
+    return last + rule.status_timeout
 
 
 def module_too_hot(rule: Any, world: World, state: RuleState, now: float) -> Verdict:
@@ -81,8 +131,8 @@ def dewpoint_too_close(rule: Any, world: World, state: RuleState, now: float) ->
     K above the room's dew point; safe again at `margin + hysteresis`."""
     room = world.sensor(f"/{rule.sensor}") or {}
     dewpoint = room.get("dewpoint")
-    if not isinstance(dewpoint, int | float):
-        return {}
+    if room.get("too_dry") is True or not isinstance(dewpoint, int | float):
+        return {}  # RH 0: no dew point, nothing can condense (null: the heartbeat's business)
     temperatures = [
         (t, prefix[1:])
         for module in state.protects
@@ -155,7 +205,9 @@ class RuleKind:
 
 RULE_KINDS: dict[str, RuleKind] = {
     "chiller_running": RuleKind(
-        chiller_not_running, summary="the chiller is not RUNNING (once it has run)"
+        chiller_not_running,
+        chiller_deadline,
+        summary="the chiller stopped cooling (once it has cooled), or gave no status too long",
     ),
     "module_temperature": RuleKind(
         module_too_hot, summary="a module's temperature is above its limit"
