@@ -63,10 +63,20 @@ def test_dew_point_against_a_published_table_and_another_formulation() -> None:
     assert dew_point(15.0, 100.0) == pytest.approx(15.0, abs=1e-9)  # saturated: Td = T
 
 
-@pytest.mark.parametrize("rh", [0.0, -1.0, 100.5, math.nan])
+@pytest.mark.parametrize("rh", [-0.1, 100.5, math.nan])
 def test_dew_point_refuses_impossible_humidity(rh: float) -> None:
     with pytest.raises(ValueError):
         dew_point(20.0, rh)
+
+
+def test_dew_point_at_the_edges_of_humidity() -> None:
+    """0 %: no water vapour, no dew point (None, never -inf); 100 %: Td = T; finite between."""
+    assert dew_point(21.0, 0.0) is None
+    for t in (-45.0, -10.0, 0.0, 21.0, 60.0):
+        assert dew_point(t, 100.0) == pytest.approx(t, abs=1e-9)
+        for rh in (1e-9, 0.1, 1.0, 50.0, 99.9):
+            point = dew_point(t, rh)
+            assert point is not None and math.isfinite(point) and point < t
 
 
 # == the line format =============================================================================
@@ -80,12 +90,32 @@ def test_dew_point_refuses_impossible_humidity(rh: float) -> None:
         ("temp:-8.5, hum:30", -8.5, 30.0),
         ("ID=3;Temperature=20;Humidity=100;P=1013.2", 20.0, 100.0),
         ("  rh=5  t=+.5  ", 0.5, 5.0),
+        ("T=21.5 RH=0.0", 21.5, 0.0),  # a box flushed with dry nitrogen
+        ("T=21.5 RH=0", 21.5, 0.0),
+        ("T=21.5 RH=100", 21.5, 100.0),
     ],
 )
 def test_lines_that_parse(line: str, t: float, rh: float) -> None:
     reading = parse_line(line, humidity=True)
-    assert (reading.temperature, reading.humidity) == (t, rh)
+    assert (reading.temperature, reading.humidity, reading.clamped) == (t, rh, False)
     assert parse_line(line, humidity=False).humidity is None
+
+
+@pytest.mark.parametrize(
+    ("line", "rh", "tolerance"),
+    [
+        ("T=21.5 RH=100.4", 100.0, 5.0),  # condensing air, an unclipped sensor
+        ("T=21.5 RH=-0.3", 0.0, 5.0),  # an SHT4x's raw formula goes below 0
+        ("T=21.5 RH=105", 100.0, 5.0),
+        ("T=21.5 RH=-5", 0.0, 5.0),
+        ("T=21.5 RH=101", 100.0, 1.0),
+    ],
+)
+def test_humidity_slightly_outside_is_clamped_and_flagged(
+    line: str, rh: float, tolerance: float
+) -> None:
+    reading = parse_line(line, humidity=True, tolerance=tolerance)
+    assert (reading.humidity, reading.clamped) == (rh, True)
 
 
 @pytest.mark.parametrize(
@@ -95,8 +125,9 @@ def test_lines_that_parse(line: str, t: float, rh: float) -> None:
         ("T=nan RH=40", "not a number: 'nan'"),
         ("T=21.5C RH=40", "not a number: '21.5C'"),
         ("T=21.5", "no humidity"),
-        ("T=21.5 RH=0", "outside (0, 100]"),
-        ("T=21.5 RH=101", "outside (0, 100]"),
+        ("T=21.5 RH=105.1", "humidity 105.1 % outside 0..100 (and beyond the tolerance of 5"),
+        ("T=21.5 RH=-6", "humidity -6 % outside 0..100"),
+        ("T=21.5 RH=119", "outside 0..100"),
         ("T=-999 RH=40", "outside -80..150"),
         ("T=1 T=2 RH=3", "given twice"),
         ("T=" + "1" * 300, "longer than"),
@@ -142,6 +173,26 @@ def test_stale_and_error_rules() -> None:
 
     state.ingest("T=21 RH=50", 12.0)
     assert state.snapshot(12.0)["stale"] is False and state.snapshot(12.0)["error"] is None
+
+
+def test_dry_and_condensing_air_in_the_status() -> None:
+    state = SensorState(SensorConfig(name="box"))
+    state.ingest("T=21.0 RH=0.0", 1.0)
+    dry = state.snapshot(1.5)
+    assert (dry["humidity"], dry["dewpoint"], dry["too_dry"]) == (0.0, None, True)
+    assert (dry["stale"], dry["error"], dry["humidity_clamped"]) == (False, None, False)
+    state.ingest("T=21.0 RH=100.4", 2.0)
+    wet = state.snapshot(2.5)
+    assert (wet["humidity"], wet["dewpoint"], wet["humidity_clamped"]) == (100.0, 21.0, True)
+    assert wet["too_dry"] is False
+    state.ingest("T=21.0 RH=45", 3.0)
+    assert state.snapshot(3.0)["humidity_clamped"] is False
+    state.ingest("T=21.0 RH=130", 4.0)  # far outside: an error, the last good reading stays
+    bad = state.snapshot(4.0)
+    assert bad["humidity"] == 45.0 and "outside 0..100" in bad["error"]
+    strict = SensorState(SensorConfig(name="strict", humidity_tolerance=0.0))
+    strict.ingest("T=21.0 RH=100.4", 1.0)
+    assert strict.snapshot(1.0)["stale"] is True  # nothing valid came
 
 
 # == the daemon ==================================================================================
@@ -246,6 +297,22 @@ def test_room_sensor_over_tcp(sensors: SensorLab) -> None:
     sensors.room.update(t=18.0, rh=70.0)  # the room changes: so does the dew point
     status = sensors.wait("room_tcp", lambda s: s["temperature"] == 18.0)
     assert status["dewpoint"] == round(dew_point(18.0, 70.0), 2)
+
+
+def test_dry_and_condensing_air_over_tcp(sensors: SensorLab) -> None:
+    """RH 0.0 (dry nitrogen) is a good reading, not a stale sensor; 100.4 is clamped to 100."""
+    before = dict(sensors.room)
+    sensors.room.update(t=21.0, rh=0.0)
+    try:
+        dry = sensors.wait("room_tcp", lambda s: s["humidity"] == 0.0)
+        assert (dry["dewpoint"], dry["too_dry"], dry["stale"], dry["error"]) == (
+            None, True, False, None,
+        )  # fmt: skip
+        sensors.room.update(rh=100.4)
+        wet = sensors.wait("room_tcp", lambda s: s["humidity"] == 100.0)
+        assert (wet["dewpoint"], wet["humidity_clamped"], wet["too_dry"]) == (21.0, True, False)
+    finally:
+        sensors.room.update(before)
 
 
 def test_module_sensor_over_a_pty(sensors: SensorLab) -> None:
