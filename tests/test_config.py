@@ -188,6 +188,8 @@ def test_cooling_sections_are_optional(tmp_path):
         ("prefix", "julabo", "julabo.prefix: must look like '/julabo'"),
         ("prefix", "/hv", "julabo.prefix: '/hv' is taken by crate sy4527"),
         ("baud", 9600, "julabo.baud: unknown key"),
+        ("model", "fl900", "julabo.model: unknown Julabo model 'fl900' (known: full, fl, fp50-mh"),
+        ("retries", -1, "julabo.retries"),
     ],
 )
 def test_julabo_errors_name_the_key(tmp_path, key, value, expected):
@@ -214,6 +216,7 @@ def test_julabo_serial_settings_are_checked(tmp_path):
         (0, "kind", "outdoor", "sensors.0.kind"),
         (0, "stale_timeout", -1, "sensors.0.stale_timeout"),
         (0, "interval", 1, "sensors.0.interval: unknown key"),
+        (0, "humidity_tolerance", -1, "sensors.0.humidity_tolerance"),
     ],
 )
 def test_sensor_errors_name_the_key(tmp_path, index, key, value, expected):
@@ -229,6 +232,9 @@ def test_virtual_lab_errors_name_the_key(tmp_path):
     data = example()
     data["virtual_lab"]["room_humidity"] = 120
     check_error(tmp_path, data, "virtual_lab.room_humidity")
+    data = example()
+    data["virtual_lab"]["chiller"] = {"model": "fp51"}
+    check_error(tmp_path, data, "virtual_lab.chiller.model: unknown Julabo model 'fp51'")
 
 
 def test_cooling_daemons_refuse_a_broken_file_with_the_key(tmp_path):

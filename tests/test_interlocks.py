@@ -58,11 +58,25 @@ def sensor(name: str, temperature: float | None, *, module: str = "", humidity=N
             "error": "no good reading within 1 s" if stale else None}  # fmt: skip
 
 
-def chiller(state: str, setpoint: float = 15.0) -> dict:
-    return {"state": state, "status_code": 3 if state == "RUNNING" else 2,
-            "status_text": f"REMOTE {'START' if state == 'RUNNING' else 'STOP'}",
-            "bath_temp": 15.0, "external_temp": None, "power": -20.0, "setpoint": setpoint,
-            "active_setpoint": 1, "running": int(state == "RUNNING"), "error": None}  # fmt: skip
+def chiller(state: str, setpoint: float = 15.0, code: int | None = None,
+            running: int | None = None) -> dict:  # fmt: skip
+    """A `/julabo/status`; `code` (and `running`) for the ERROR and MANUAL states."""
+    from trackerdcs.julabo.protocol import JulaboStatus
+
+    if code is None:
+        code = {"RUNNING": 3, "STOPPED": 2, "MANUAL": 0}.get(state)
+    status = JulaboStatus.from_code(code) if code is not None else None
+    if running is None:
+        running = int(state == "RUNNING" or code in (1, 3))
+    connected = state != "DISCONNECTED"
+    return {"state": state, "model": "full", "status_code": code,
+            "status_text": status.text if status else None,
+            "bath_temp": 15.0 if connected else None, "external_temp": None,
+            "power": -20.0 if connected else None, "setpoint": setpoint if connected else None,
+            "active_setpoint": 1 if connected else None, "high_limit": None, "low_limit": None,
+            "running": running if connected else None,
+            "error": ("no reply" if not connected else str(status) if code and code < 0
+                      else None)}  # fmt: skip
 
 
 def evaluate(cfg: LabConfig, world: World, state: RuleState, now: float) -> dict[str, str]:
@@ -95,6 +109,75 @@ def test_chiller_rule_fires_only_once_the_chiller_has_run():
     verdict = evaluate(cfg, world, state, 3.0)
     assert set(verdict) == set(MODULES)
     assert verdict["M1"] == "chiller STOPPED (REMOTE STOP)"
+
+
+@pytest.mark.parametrize(
+    ("status", "cooling"),
+    [
+        (chiller("RUNNING"), True),
+        (chiller("MANUAL", code=1), True),  # 01 MANUAL START: still cooling
+        (chiller("ERROR", code=-3, running=1), True),  # a warning: the unit goes on
+        (chiller("ERROR", code=-20, running=1), True),  # check cooling water: a warning
+        (chiller("STOPPED"), False),
+        (chiller("MANUAL", code=0), False),  # 00 MANUAL STOP
+        (chiller("ERROR", code=-1, running=0), False),  # low level alarm: the unit stops
+        (chiller("ERROR", code=-14, running=1), False),  # an alarm, whatever `running` says
+        (chiller("ERROR", code=-99, running=1), False),  # unknown codes count as alarms
+        (chiller("ERROR", code=-3, running=0), False),  # a warning on a stopped unit
+    ],
+)
+def test_what_counts_as_a_cooling_chiller(status: dict, cooling: bool) -> None:
+    cfg = lab_with([{"name": "chiller", "kind": "chiller_running"}])
+    world, state = World(cfg), new_state(cfg)
+    feed(world, "/julabo/status", chiller("RUNNING"), 1.0)
+    assert evaluate(cfg, world, state, 1.0) == {} and state.armed
+    feed(world, "/julabo/status", status, 2.0)
+    verdict = evaluate(cfg, world, state, 2.0)
+    assert (verdict == {}) is cooling, verdict
+    fresh = new_state(cfg)  # and it arms the rule just as a remote start does
+    evaluate(cfg, world, fresh, 2.0)
+    assert fresh.armed is cooling
+
+
+def test_a_disconnected_chiller_counts_as_stopped_after_its_status_timeout():
+    cfg = lab_with([{"name": "chiller", "kind": "chiller_running", "status_timeout": 30}])
+    world, state = World(cfg), new_state(cfg)
+    deadline = RULE_KINDS["chiller_running"].deadline
+    feed(world, "/julabo/status", chiller("RUNNING"), 10.0)
+    assert evaluate(cfg, world, state, 10.0) == {}
+    assert deadline(state.rule, world, state, 10.0) is None
+    feed(world, "/julabo/status", chiller("DISCONNECTED"), 10.8)  # the line lost
+    assert evaluate(cfg, world, state, 10.8) == {}
+    assert deadline(state.rule, world, state, 10.8) == 40.8  # 30 s after the status went bad
+    feed(world, "/julabo/status", chiller("DISCONNECTED"), 20.8)  # its heartbeat: no change
+    assert evaluate(cfg, world, state, 40.7) == {}
+    verdict = evaluate(cfg, world, state, 40.8)
+    assert set(verdict) == set(MODULES)
+    assert verdict["M1"] == (
+        "chiller DISCONNECTED: no valid status for 30 s (status_timeout 30 s); no reply"
+    )
+    feed(world, "/julabo/status", chiller("RUNNING"), 41.0)
+    assert evaluate(cfg, world, state, 41.0) == {}
+    assert deadline(state.rule, world, state, 41.0) is None
+    # an active rule stays active while the chiller says nothing valid: not knowing is not safe
+    feed(world, "/julabo/status", chiller("STOPPED"), 42.0)
+    stopped = evaluate(cfg, world, state, 42.0)
+    state.active, state.affected, state.reason = True, frozenset(stopped), stopped["M1"]
+    feed(world, "/julabo/status", chiller("DISCONNECTED"), 43.0)
+    assert evaluate(cfg, world, state, 43.0) == stopped
+
+
+def test_dewpoint_rule_at_the_edges_of_humidity():
+    cfg = lab_with([{"name": "dew", "kind": "dewpoint_margin", "sensor": "sensor_1"}])
+    world, state = World(cfg), new_state(cfg)
+    feed(world, "/temp_m1/status", sensor("temp_m1", -20.0, module="M1"), 0)
+    dry = {**sensor("sensor_1", 21.0, humidity=0.0), "too_dry": True}
+    feed(world, "/sensor_1/status", dry, 0)
+    assert evaluate(cfg, world, state, 0) == {}  # no water vapour: nothing can condense
+    wet = {**sensor("sensor_1", 21.0, humidity=100.0, dewpoint=21.0), "humidity_clamped": True}
+    feed(world, "/sensor_1/status", wet, 1)
+    verdict = evaluate(cfg, world, state, 1)
+    assert verdict["M1"] == "-41.0 K from the dew point 21.0 C (temp_m1 at -20.0 C; needs 2 K)"
 
 
 def test_module_temperature_rule_per_module_with_hysteresis():
@@ -187,6 +270,12 @@ def test_example_lab_rules():
          "interlocks.rules.0.dewpoint_margin.margin"),
         ([{"name": "x", "kind": "chiller_running"}, {"name": "x", "kind": "chiller_running"}],
          "rule name 'x' is used twice"),
+        ([{"name": "x", "kind": "module_temperature", "hold": -1}],
+         "interlocks.rules.0.module_temperature.hold"),
+        ([{"name": "x", "kind": "heartbeat", "sources": {"/hv": 3}, "hold": 2}],
+         "interlocks.rules.0.heartbeat.hold: unknown key"),  # its timeout is its hold
+        ([{"name": "x", "kind": "chiller_running", "status_timeout": 0}],
+         "interlocks.rules.0.chiller_running.status_timeout"),
     ],
 )  # fmt: skip
 def test_bad_rules_are_named_by_load_config(tmp_path, rules, expected):
@@ -244,7 +333,10 @@ RULES = [
      "chiller_setpoint": 20},
     {"name": "heartbeat", "kind": "heartbeat", "action": "ramp_down",
      "sources": {"/temp_m4": 0.4}},
+    {"name": "held", "kind": "module_temperature", "modules": ["M3"], "action": "none",
+     "hold": 0.5},
 ]  # fmt: skip
+HOLD = 0.5
 SAFETY = {"rules": RULES, "reassert_interval": 0.3, "startup_grace": 0.2}
 
 
@@ -369,6 +461,31 @@ def test_hot_module_kills_its_hv_only(calm):
     rules = lab.wait_rules(lambda r: not r["module_temperature"]["active"], since=since)
     assert rules["module_temperature"]["reason"] == "M2 at 29.8 C (limit 30 C)"  # the last one
     assert rules["module_temperature"]["cleared_at"]
+
+
+def test_a_spike_does_not_fire_a_rule_with_a_hold_a_sustained_breach_does(calm):
+    lab = calm
+    since = lab.client.mark()
+    lab.temperature("M3", 35.0)  # one glitched sample ...
+    lab.temperature("M3", 20.0)  # ... and the next one is fine again
+    fired = lab.client.wait_for("/interlock/action", lambda m: m.json["event"] == "fired",
+                                since=since)  # fmt: skip
+    assert fired.json["rule"] == "module_temperature"  # the rule without a hold acts at once
+    with pytest.raises(TimeoutError):
+        lab.client.wait_for("/interlock/action", lambda m: m.json["rule"] == "held",
+                            HOLD + 0.5, since)  # fmt: skip
+
+    since = lab.client.mark()
+    started = time.monotonic()
+    lab.temperature("M3", 35.0)  # sustained
+    event = lab.client.wait_for("/interlock/action", lambda m: m.json["rule"] == "held"
+                                and m.json["event"] == "fired", 3, since)  # fmt: skip
+    assert HOLD - 0.05 <= event.t - started < HOLD + 0.3  # a timer ends the hold, not a message
+    assert event.json["modules"] == ["M3"] and event.json["commands"] == []  # action none
+    rules = lab.wait_rules(lambda r: r["held"]["active"], since=since)
+    assert rules["held"]["reason"] == "M3 at 35.0 C (limit 30 C)"
+    lab.temperature("M3", 20.0)
+    lab.wait_rules(lambda r: not r["held"]["active"], since=since)
 
 
 def test_silent_sensor_fires_the_heartbeat_on_its_deadline(calm):

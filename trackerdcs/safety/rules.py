@@ -28,7 +28,7 @@ class RuleState:
     started: float  # monotonic time the service started (heartbeats count from there)
     since: float  # wall time of the last change of `active`
     armed: bool = True  # chiller_running: armed once the chiller was seen cooling
-    seen_at: float | None = None  # chiller_running: monotonic time of the last valid status
+    invalid_since: float | None = None  # chiller_running: when its status stopped being valid
     pending: dict[str, float] = field(default_factory=dict)  # hold: module -> unsafe since
     active: bool = False
     affected: frozenset[str] = frozenset()  # modules it holds unsafe while active
@@ -74,22 +74,24 @@ def chiller_cooling(status: dict[str, Any]) -> tuple[bool | None, str]:
 def chiller_not_running(rule: Any, world: World, state: RuleState, now: float) -> Verdict:
     """Unsafe when the chiller has stopped cooling once it has been cooling (`chiller_cooling`):
     a chiller that never ran leaves the lab warm on purpose. No valid status (DISCONNECTED) counts
-    as stopped only after `status_timeout` s without one; until then an active rule stays active
-    (not knowing is not safe). `/interlock/cmd/reset/{rule}` disarms it again."""
+    as stopped only `status_timeout` s after the status stopped being valid (the first such status
+    arrived); until then an active rule stays active (not knowing is not safe).
+    `/interlock/cmd/reset/{rule}` disarms it again."""
     status = world.chiller()
     if status is None:
         return {}
     cooling, why = chiller_cooling(status)
     if cooling is not None:
-        state.seen_at = world.sources[world.chiller_prefix or ""].received
+        state.invalid_since = None
         if cooling:
             state.armed = True
             return {}
         return _every(state, why) if state.armed else {}
+    if state.invalid_since is None:
+        state.invalid_since = world.sources[world.chiller_prefix or ""].received or now
     if not state.armed:
         return {}
-    last = state.started if state.seen_at is None else state.seen_at
-    silent = now - last
+    silent = now - state.invalid_since
     if silent + EPSILON >= rule.status_timeout:
         error = status.get("error")
         return _every(
@@ -103,10 +105,11 @@ def chiller_not_running(rule: Any, world: World, state: RuleState, now: float) -
 def chiller_deadline(rule: Any, world: World, state: RuleState, now: float) -> float | None:
     """When a DISCONNECTED chiller counts as stopped, if no valid status comes before."""
     status = world.chiller()
-    if status is None or not state.armed or chiller_cooling(status)[0] is not None:
+    if status is None or not state.armed or state.invalid_since is None:
         return None
-    last = state.started if state.seen_at is None else state.seen_at
-    return last + rule.status_timeout
+    if chiller_cooling(status)[0] is not None:
+        return None
+    return state.invalid_since + rule.status_timeout
 
 
 def module_too_hot(rule: Any, world: World, state: RuleState, now: float) -> Verdict:
