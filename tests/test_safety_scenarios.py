@@ -8,6 +8,9 @@ chiller reaches its set point and the modules follow it within about a second.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +26,14 @@ from trackerdcs.stack.process import ManagedProcess
 
 HV, LV = 0, 2
 SENSOR_TIMEOUT = 1.5  # s: the sensors publish every 0.2 s, and go stale after 1 s of silence
+STATUS_TIMEOUT = 2.0  # s: a DISCONNECTED chiller counts as stopped after this
+SOAK = 15.0  # s of a loaded machine and a lossy chiller line
 INTERLOCKS = {
     "reassert_interval": 0.5,
     "startup_grace": 0.5,
     "rules": [
-        {"name": "chiller_running", "kind": "chiller_running", "action": "ramp_down"},
+        {"name": "chiller_running", "kind": "chiller_running", "action": "ramp_down",
+         "status_timeout": STATUS_TIMEOUT},
         {"name": "module_temperature", "kind": "module_temperature", "action": "kill"},
         {"name": "dewpoint", "kind": "dewpoint_margin", "sensor": "sensor_1", "margin": 2.0,
          "action": "ramp_down", "chiller_setpoint": 20},
@@ -291,3 +297,127 @@ def test_power_daemon_cut_from_the_broker_ramps_hv_down_by_itself(lab: SafetyLab
     lab.alarms(lambda a: by_text(a, "/hv fail-safe"), since=0)
     answer = lab.module("M2", "off")
     assert answer["ok"], answer
+
+
+# -- the chiller and the room as labs have them -------------------------------------------------
+
+
+def cooling_with_hv(lab: SafetyLab, *modules: str, volts: float = 100.0) -> int:
+    """The chiller running at 15 C (the rule armed), these modules' HV on; a message mark."""
+    assert lab.command("/julabo/cmd/setpoint", 15)["ok"]
+    assert lab.command("/julabo/cmd/switch", "on")["ok"]
+    lab.rules(lambda r: r["chiller_running"]["armed"] and not r["chiller_running"]["active"])
+    for module in modules:
+        assert lab.command(f"/hv/cmd/setv/{module}", volts)["ok"]
+        assert lab.module(module, "on")["ok"]
+    lab.hv(lambda m: all(on_at(volts)(m[x]) for x in modules), since=0)
+    return lab.client.mark()
+
+
+def statuses(lab: SafetyLab, topic: str, since: int) -> list[dict]:
+    return [m.json for m in lab.client.messages[since:] if m.topic == topic and not m.retain]
+
+
+def no_fired_rule_for(lab: SafetyLab, seconds: float, since: int) -> None:
+    """No interlock fires within `seconds` (waiting for the event that must not come)."""
+    with pytest.raises(TimeoutError):
+        lab.client.wait_for("/interlock/action", lambda m: m.json["event"] == "fired",
+                            seconds, since)  # fmt: skip
+
+
+def test_dry_box_then_condensing_air_through_the_interlock_service(lab: SafetyLab) -> None:
+    cooling_with_hv(lab, "M1")
+    lab.wait("/temp_m1/status", lambda s: abs((s["temperature"] or 99) - 15) < 1, 10)
+    since = lab.client.mark()
+    assert lab.backdoor("set room_humidity=0")["ok"]  # the box flushed with dry nitrogen
+    dry = lab.wait("/sensor_1/status", lambda s: s["humidity"] == 0.0, since=since)
+    assert (dry["dewpoint"], dry["too_dry"], dry["stale"]) == (None, True, False)
+    no_fired_rule_for(lab, SENSOR_TIMEOUT + 0.5, since)  # longer than the sensors' timeout
+    assert lab.client.latest("/interlock/status").json["active"] == []
+    assert on_at(100)(lab.hv(lambda m: True)["M1"])
+
+    since = lab.client.mark()
+    assert lab.backdoor("set room_humidity=100.4")["ok"]  # condensing air, unclipped sensor
+    rules = lab.rules(lambda r: r["dewpoint"]["active"], since=since)
+    assert "from the dew point 21.0 C" in rules["dewpoint"]["reason"]  # Td = T at 100 %
+    room = lab.client.latest("/sensor_1/status").json
+    assert (room["humidity"], room["humidity_clamped"], room["dewpoint"]) == (100.0, True, 21.0)
+    lab.hv(lambda m: m["M1"]["state"] == "OFF", since=since)
+    lab.wait("/julabo/status", lambda s: s["setpoint"] == 20.0, since=since)  # raised
+    assert lab.backdoor("set room_humidity=45")["ok"]
+    lab.rules(lambda r: not r["dewpoint"]["active"], since=since)
+    lab.all_off()
+
+
+def test_manual_start_keeps_hv_on_manual_stop_does_not(lab: SafetyLab) -> None:
+    since = cooling_with_hv(lab, "M2")
+    assert lab.backdoor("julabo manual")["ok"]  # the operator takes the front panel
+    status = lab.wait("/julabo/status", lambda s: s["state"] == "MANUAL", since=since)
+    assert (status["status_code"], status["status_text"], status["running"]) == (
+        1, "MANUAL START", 1,
+    )  # fmt: skip
+    answer = lab.command("/julabo/cmd/setpoint", 10)
+    assert not answer["ok"] and "MANUAL mode" in answer["error"]
+    no_fired_rule_for(lab, 1.0, since)  # still cooling: the HV stays on
+    assert on_at(100)(lab.hv(lambda m: True)["M2"])
+
+    since = lab.client.mark()
+    assert lab.backdoor("julabo stop")["ok"]  # 00 MANUAL STOP: not cooling any more
+    rules = lab.rules(lambda r: r["chiller_running"]["active"], since=since)
+    assert rules["chiller_running"]["reason"].startswith("chiller MANUAL (MANUAL STOP)")
+    lab.hv(lambda m: m["M2"]["state"] == "OFF", since=since)
+    assert lab.backdoor("julabo remote")["ok"]
+    lab.wait("/julabo/status", lambda s: s["state"] == "STOPPED", since=since)
+    assert lab.command("/julabo/cmd/switch", "on")["ok"]
+    lab.rules(lambda r: not r["chiller_running"]["active"], since=since)
+    lab.all_off()
+
+
+def test_a_lossy_chiller_line_never_fires_the_chiller_rule_a_lost_one_does(
+    lab: SafetyLab,
+) -> None:
+    since = cooling_with_hv(lab, "M1")
+    dropped = lab.backdoor("julabo drop-every 3")["chiller_replies_dropped"]
+    try:
+        lab.wait("/julabo/status", lambda s: lab.backdoor("get")["chiller_replies_dropped"]
+                 >= dropped + 20, timeout=15, since=since)  # fmt: skip
+    finally:
+        assert lab.backdoor("julabo drop-every 0")["ok"]
+    assert {s["state"] for s in statuses(lab, "/julabo/status", since)} == {"RUNNING"}
+    assert not lab.client.latest("/interlock/status").json["active"]
+    assert on_at(100)(lab.hv(lambda m: True)["M1"])
+
+    since = lab.client.mark()
+    unplugged = time.monotonic()
+    assert lab.backdoor("julabo unplug")["ok"]
+    lab.wait("/julabo/status", lambda s: s["state"] == "DISCONNECTED", since=since)
+    fired = lab.client.wait_for("/interlock/action", lambda m: m.json["event"] == "fired"
+                                and m.json["rule"] == "chiller_running", 10, since)  # fmt: skip
+    assert fired.t - unplugged >= STATUS_TIMEOUT - 0.1  # its own time, not at once
+    assert "no valid status" in fired.json["text"]
+    lab.hv(lambda m: m["M1"]["state"] == "OFF", since=since)
+    assert lab.backdoor("julabo plug")["ok"]
+    lab.rules(lambda r: not r["chiller_running"]["active"], timeout=15, since=since)
+    lab.all_off()
+
+
+def test_soak_a_loaded_machine_and_a_lossy_line_trip_nothing(lab: SafetyLab) -> None:
+    """Every module on, the chiller cooling over a line that loses every 7th reply, both cores
+    busy with other work: for SOAK s nothing fires, nothing goes DISCONNECTED or stale."""
+    since = cooling_with_hv(lab, "M1", "M2", "M3", "M4", volts=60.0)
+    start = lab.backdoor("julabo drop-every 7")["chiller_replies_dropped"]
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        no_fired_rule_for(lab, SOAK, since)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+        assert lab.backdoor("julabo drop-every 0")["ok"]
+    dropped = lab.backdoor("get")["chiller_replies_dropped"] - start
+    assert dropped >= 10  # the line did lose replies, and every one was retried
+    assert {s["state"] for s in statuses(lab, "/julabo/status", since)} == {"RUNNING"}
+    for name in ("sensor_1", "temp_m1", "temp_m4"):
+        assert not any(s["stale"] for s in statuses(lab, f"/{name}/status", since)), name
+    assert all(on_at(60)(c) for c in lab.hv(lambda m: True).values())
+    lab.all_off()
