@@ -107,7 +107,9 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
 
     assert vlab.command("/julabo/cmd/setpoint", -10)["ok"]
     assert vlab.command("/julabo/cmd/switch", "on")["ok"]
-    vlab.wait("/julabo/status", lambda s: s["state"] == "RUNNING")
+    running = vlab.wait("/julabo/status", lambda s: s["state"] == "RUNNING")
+    assert running["external_temp"] is None  # the example's unit has no Pt100 plugged in
+    assert running["model"] == "full" and isinstance(running["bath_temp"], float)
     cold = vlab.wait("/temp_m1/status", lambda s: (s["temperature"] or 99) < -7, timeout=10)
     cold_hv = hv_m1(vlab.wait("/hv/status", lambda chs: hv_m1(chs)["imon"] < warm["imon"] / 8))
     assert cold_hv["state"] == "ON"
@@ -160,3 +162,11 @@ def test_backdoor_faults_reach_the_daemons(vlab: VirtualLab) -> None:
     vlab.wait("/temp_m2/status", lambda s: not s["stale"])
     answer = vlab.backdoor("sensor nope ok")
     assert answer["ok"] is False and "sensor NAME MODE" in answer["error"]
+    answer = vlab.backdoor("julabo drop-every -1")
+    assert answer["ok"] is False and "a count >= 0" in answer["error"]
+    answer = vlab.backdoor("julabo slow")
+    assert answer["ok"] is False and "drop N | drop-every N" in answer["error"]
+    dropped = vlab.backdoor("julabo drop 1")["chiller_replies_dropped"]
+    vlab.wait("/julabo/status", lambda s: vlab.backdoor("get")["chiller_replies_dropped"]
+              > dropped, timeout=5)  # fmt: skip
+    assert vlab.wait("/julabo/status", lambda s: True)["state"] == "STOPPED"  # retried

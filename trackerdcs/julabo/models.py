@@ -147,11 +147,6 @@ class Profile:
         except KeyError:
             raise NotSupported(f"a Julabo of model {self.name!r} has no {name}") from None
 
-    @property
-    def setpoints(self) -> int:
-        """How many set points the model has (1 or 3)."""
-        return sum(self.has(f"setpoint_{i}") for i in (1, 2, 3))
-
 
 _FULL: Final = {
     "bath_temperature": ro("PV_00"),

@@ -154,11 +154,6 @@ class Poller:
         )  # fmt: skip
 
 
-def read_poll(device: Julabo) -> Poll:
-    """One poll of `device` (a fresh `Poller`: nothing dropped, limits read)."""
-    return Poller(device).read()
-
-
 class LineWorker:
     """Polls a `Julabo` every `poll_interval` s and runs submitted jobs, in one thread."""
 

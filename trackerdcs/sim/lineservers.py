@@ -30,6 +30,20 @@ log = logging.getLogger(__name__)
 IN_USE = b"Port already in use\r\n"  # what a refused second client reads before the close
 
 
+def listen(host: str, port: int, backlog: int = 4) -> socket.socket:
+    """A listening TCP socket on `host:port` (0: a free port; the same port again after a stop,
+    SO_REUSEADDR). OSError if the port is taken."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(backlog)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 class Session(Protocol):
     def feed(self, data: bytes) -> bytes:
         """Consume received bytes; return the bytes to send back."""
@@ -167,14 +181,7 @@ class TcpServer(_LineServer):
         """Listen (on the same port again after `stop()`); returns the `socket://` URL."""
         if self._thread is not None:
             return self.url
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind((self.host, self.port))
-            listener.listen(4)
-        except OSError:
-            listener.close()
-            raise
+        listener = listen(self.host, self.port)
         self.port = listener.getsockname()[1]
         self._launch("sim-tcp", listener)
         return self.url

@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Final, Literal, cast
 
 from trackerdcs.sensors.lineformat import format_line
+from trackerdcs.sim.lineservers import listen
 
 Mode = Literal["ok", "garbage", "silent"]
 MODES: Final = ("ok", "garbage", "silent")
@@ -69,14 +70,7 @@ class SensorLineServer:
 
     def start(self) -> str:
         """Listen (OSError if the port is taken); returns the `socket://` URL."""
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind((self.host, self.port))
-            listener.listen(8)
-        except OSError:
-            listener.close()
-            raise
+        listener = listen(self.host, self.port, backlog=8)
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._stop.clear()
