@@ -111,7 +111,9 @@ PARAMETERS: Final[Mapping[str, Parameter]] = MappingProxyType({p.name: p for p i
        minimum=0, maximum=999),
     _P("xp_cascade", float, "K", "Xp of the cascade (external) controller.",
        minimum=0.1, maximum=99.9, decimals=1),
-    _P("p_cascade", float, "", "Proportional portion of the cascade controller.",
+    _P("p_cascade", float, "",
+       "Proportional portion of the cascade controller (the manuals list the command, not its "
+       "range: Xp's range is assumed).",
        minimum=0.1, maximum=99.9, decimals=1),
     _P("tn_cascade", int, "s", "Tn of the cascade controller.", minimum=3, maximum=9999),
     _P("tv_cascade", int, "s", "Tv of the cascade controller.", minimum=0, maximum=999),
