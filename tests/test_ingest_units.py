@@ -473,8 +473,10 @@ def test_a_status_delivered_again_makes_the_same_point():
     for _ in range(2):
         consumer.handle("/hv/status", json.dumps(status).encode())
     first, second = buffer.take()
-    assert first == second == (
-        "hv,module=M1,name=hv_m1,number=0 on=1,vmon=99.5,state=\"ON\" 1717171717122999906\n"
+    assert (
+        first
+        == second
+        == ('hv,module=M1,name=hv_m1,number=0 on=1,vmon=99.5,state="ON" 1717171717122999906\n')
     )
     consumer.handle("/hv/status", json.dumps([{**status[0], "time": None}]).encode())
     assert consumer.rejected == 1 and buffer.take() == []  # no time: rejected, as Telegraf

@@ -136,7 +136,7 @@ def chiller(chiller_module: ChillerLab) -> ChillerLab:
 STATUS_TYPES = {
     "state": str, "status_code": int, "status_text": str, "bath_temp": float,
     "external_temp": float, "power": float, "setpoint": float, "active_setpoint": int,
-    "running": int,
+    "running": int, "time": float,
 }  # fmt: skip
 
 
@@ -152,7 +152,9 @@ def test_status_is_published_with_fixed_types(chiller: ChillerLab) -> None:
     since = chiller.client.mark()
     first = chiller.wait_message(lambda s: True, since=since)
     second = chiller.wait_message(lambda s: True, since=chiller.client.mark())
-    assert second.json == first.json and second.retain is False
+    # the same values, with a new time: the daemon's clock when it published them
+    assert {**second.json, "time": 0} == {**first.json, "time": 0} and second.retain is False
+    assert 0.3 < second.json["time"] - first.json["time"] < 1.0
     assert 0.3 < second.t - first.t < 1.0
 
 
