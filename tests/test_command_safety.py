@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -311,3 +312,30 @@ def test_the_rate_limit_on_a_real_daemon(workdir, broker):
         assert all(lab.command("/hv/cmd/switch/hv_m1", "off")["ok"] for _ in range(5))
     finally:
         lab.stop()
+
+
+def test_the_readme_commands_that_are_refused(lab):
+    from tests.test_local_stack import readme_example
+
+    retained, old, clear = readme_example("refused")
+    port = f"-h 127.0.0.1 -p {lab.broker.port}"
+
+    def run(line: str) -> None:
+        done = subprocess.run(["bash", "-c", line.replace("-h 127.0.0.1", port)],
+                              capture_output=True, text=True, timeout=10)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    def answer(since: int, payload) -> dict:
+        return lab.client.wait_for("/hv/response", lambda m: payload(m.json["payload"]), 10,
+                                   since).json  # fmt: skip
+
+    since = lab.client.mark()
+    run(retained)
+    assert "retain flag" in answer(since, lambda p: p == "on")["error"]
+    run(old)
+    assert "older than" in answer(since, lambda p: p.startswith("{"))["error"]
+    run(clear)
+    lab.alarms(lambda a: any(x["key"] == "retained:/hv/cmd/switch/0" and not x["active"]
+                             for x in a), since)  # fmt: skip
+    assert lab.crate(HV, 0, "Pw") == 0
+    assert lab.client.command("/alarms/cmd/ack/all", "", "/alarms/response")["ok"]
