@@ -32,7 +32,7 @@ import json
 import re
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import Any
 
 from trackerdcs.ingest.filters import GlobFilter
 
@@ -40,10 +40,9 @@ Fields = dict[str, float | str | bool]
 Tags = dict[str, str]
 
 
-class Metric(NamedTuple):
-    tags: Tags
-    fields: Fields
-    time: int | None  # ns since the epoch, from `json_time_key`; None: when received
+# (tags, fields, time): time in ns since the epoch from `json_time_key`, None: when received
+# (a plain tuple: a named one costs a fifth of the parse of a small status)
+Metric = tuple[Tags, Fields, int | None]
 
 
 class PayloadError(ValueError):
@@ -60,7 +59,10 @@ _RAT_FRACTION = re.compile(r"[+-]?\d+/\d+", re.ASCII)
 def unix_timestamp(value: Any, factor: int) -> int:
     """Nanoseconds from a `unix*` timestamp value (see the module docstring)."""
     t = type(value)
-    if t is float or t is int:
+    if t is float and value - value == 0.0:  # finite: the usual case, straight away
+        numerator, denominator = value.as_integer_ratio()
+        ns = numerator * factor // denominator
+    elif t is float or t is int:
         numerator, denominator = _number("time", value).as_integer_ratio()
         ns = numerator * factor // denominator
     elif t is str:
@@ -205,9 +207,7 @@ class JsonParser:
                 when = value
                 continue
             self._put(key, value, type(value), role_of(key), tags, fields)
-        if not time_key:
-            return Metric(tags, fields, None)
-        return Metric(tags, fields, self._timestamp(when))
+        return tags, fields, self._timestamp(when) if time_key else None
 
     def _timestamp(self, value: Any) -> int:
         if value is None:
