@@ -339,3 +339,59 @@ def test_the_readme_commands_that_are_refused(lab):
                              for x in a), since)  # fmt: skip
     assert lab.crate(HV, 0, "Pw") == 0
     assert lab.client.command("/alarms/cmd/ack/all", "", "/alarms/response")["ok"]
+
+
+class RecordingLink:
+    """Stands in for the audit service's MqttLink: what it publishes and answers."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+        self.refused: list[str] = []
+
+    def publish(self, topic: str, payload: str, *, qos: int = 0, retain: bool = False) -> None:
+        self.published.append((topic, payload))
+
+    def admit(self, cmd: Command) -> bool:
+        if cmd.retained:
+            self.refused.append(cmd.topic)
+        return not cmd.retained
+
+
+def test_the_audit_records_a_retained_command_once_and_sees_it_cleared(tmp_path):
+    from tests.conftest import EXAMPLE_LAB
+    from trackerdcs.config import load_config
+    from trackerdcs.safety.audit import AuditService
+    from trackerdcs.safety.store import Store
+
+    lab, path = load_config(EXAMPLE_LAB), tmp_path / "a.sqlite"
+    told: list[tuple[str, str | None]] = []
+
+    def service() -> AuditService:
+        audit = AuditService(lab, Store(path), RecordingLink())
+        audit.on_retained = lambda topic, payload: told.append((topic, payload))
+        return audit
+
+    audit = service()
+    for _ in range(2):  # delivered, then delivered again after a reconnection
+        audit.on_message("/hv/cmd/switch/0", b"on", retained=True)
+    audit.on_message("/hv/cmd/switch/0", b"off")  # a live command is recorded as ever
+    audit.on_message("/audit/cmd/query", b"{}", retained=True)  # its own: refused by the gate
+    records, _ = audit.store.records(kind="command")
+    assert [(r["topic"], r["payload"], (r["text"] or "")[:8]) for r in records] == [
+        ("/hv/cmd/switch/0", "on", "retained"), ("/hv/cmd/switch/0", "off", ""),
+        ("/audit/cmd/query", "{}", "retained"),
+    ]  # fmt: skip
+    assert told == [("/hv/cmd/switch/0", "on"), ("/audit/cmd/query", "{}")]
+    assert audit.link.refused == ["/audit/cmd/query"]
+    audit.store.close()
+
+    audit = service()  # restarted: still known, not recorded again
+    audit.on_message("/hv/cmd/switch/0", b"on", retained=True)
+    audit.on_message("/hv/cmd/switch/0", b"", retained=True)  # cleared
+    assert told[2:] == [("/hv/cmd/switch/0", None)]
+    # /audit/cmd/query was cleared while the service was away: not delivered after connecting
+    audit._retained_seen = set()
+    audit._sweep_retained()
+    assert told[3:] == [("/audit/cmd/query", None)] and audit.store.retained_commands() == {}
+    assert len(audit.store.records(kind="command")[0]) == 3
+    audit.store.close()

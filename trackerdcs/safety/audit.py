@@ -132,15 +132,16 @@ class AuditService:
             else:
                 self.record_command(topic, text, client)
             own = f"{AUDIT_PREFIX}/cmd/"
-            cmd = Command(
-                topic=topic, action=topic[len(own):], payload=text,
-                response_topic=getattr(properties, "ResponseTopic", None),
-                correlation_data=getattr(properties, "CorrelationData", None),
-                retained=retained, arrived=self.clock(),
-                expiry=getattr(properties, "MessageExpiryInterval", None),
-            )  # fmt: skip
-            if topic.startswith(own) and self.link.admit(cmd):
-                self.handle_command(cmd)
+            if topic.startswith(own):
+                cmd = Command(
+                    topic=topic, action=topic[len(own):], payload=text,
+                    response_topic=getattr(properties, "ResponseTopic", None),
+                    correlation_data=getattr(properties, "CorrelationData", None),
+                    retained=retained, arrived=self.clock(),
+                    expiry=getattr(properties, "MessageExpiryInterval", None),
+                )  # fmt: skip
+                if self.link.admit(cmd):
+                    self.handle_command(cmd)
         elif topic.endswith("/response"):
             self._answer(text)
         elif topic.endswith("/action"):
