@@ -63,12 +63,14 @@ INGEST_FIGURES = (
 
 
 def _payloads(run: str, n: int) -> list[bytes]:
+    """Sensor statuses, each with its own `time` (10 us apart: a point each, none overwritten)."""
     lines = []
+    start = time.time()
     for i in range(n):
         doc = {"name": f"bench_{i % SERIES}", "kind": "room", "module": run,
                "temperature": 20.0 + (i % 1000) / 100, "humidity": 45.0 + (i % 7) / 10,
                "dewpoint": 8.61, "max_temperature": None, "stale": False, "age": 0.1,
-               "error": None}  # fmt: skip
+               "error": None, "time": round(start + i * 1e-5, 6)}  # fmt: skip
         lines.append(json.dumps(doc).encode() + b"\n")
     return lines
 

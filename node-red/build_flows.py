@@ -34,6 +34,7 @@ CHARTS = [  # label, y-axis unit
 ]
 SUBSCRIPTIONS = ["/+/status", "/+/state", "/+/availability", "/+/response"]
 TREND_PERIOD_S = 5
+TICK_PERIOD_S = 1  # the model checks every source's liveness this often
 
 
 def nid(name: str) -> str:
@@ -138,11 +139,13 @@ def flow(tab: str) -> list[dict[str, Any]]:
          "willTopic": "", "willQos": "0", "willRetain": "false", "willPayload": "",
          "willMsg": {}, "userProps": "", "sessionExpiry": ""},
     ]  # fmt: skip
+    # "rap" (retain as published) off: `msg.retain` then means "the broker's stored copy", which
+    # the model's liveness needs (a live status counts, a retained one does not)
     for i, topic in enumerate(SUBSCRIPTIONS):
         nodes.append(
             {"id": nid(f"mqtt in {topic}"), "type": "mqtt in", "z": tab, "name": "",
              "topic": topic, "qos": "1", "datatype": "auto-detect", "broker": broker,
-             "nl": False, "rap": True, "rh": 0, "inputs": 0, "x": 150, "y": 100 + 50 * i,
+             "nl": False, "rap": False, "rh": 0, "inputs": 0, "x": 150, "y": 100 + 50 * i,
              "wires": [[model]]}
         )  # fmt: skip
     nodes += [
@@ -154,6 +157,10 @@ def flow(tab: str) -> list[dict[str, Any]]:
         {"id": out, "type": "mqtt out", "z": tab, "name": "commands", "topic": "", "qos": "1",
          "retain": "false", "respTopic": "", "contentType": "", "userProps": "", "correl": "",
          "expiry": "", "broker": broker, "x": 650, "y": 400, "wires": []},
+        {"id": nid("inject tick"), "type": "inject", "z": tab,
+         "name": f"every {TICK_PERIOD_S} s: liveness", "props": [{"p": "topic", "vt": "str"}],
+         "repeat": str(TICK_PERIOD_S), "crontab": "", "once": True, "onceDelay": "1",
+         "topic": "ui/tick", "x": 160, "y": 320, "wires": [[model]]},
         {"id": nid("inject trends"), "type": "inject", "z": tab,
          "name": f"every {TREND_PERIOD_S} s", "props": [], "repeat": str(TREND_PERIOD_S),
          "crontab": "", "once": True, "onceDelay": "2", "topic": "", "x": 160, "y": 480,

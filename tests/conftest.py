@@ -23,11 +23,13 @@ _systems = itertools.count()
 
 
 class Broker:
-    """A Mosquitto on a free loopback port; restartable on the same port."""
+    """A Mosquitto on a free loopback port; restartable on the same port. `persistent`: retained
+    messages survive a restart (as in production); `extra`: more mosquitto.conf lines."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False, extra: str = "") -> None:
         self.port = free_port()
-        self.process = mosquitto_process(workdir, self.port)
+        store = workdir / f"mosquitto-{self.port}-data" if persistent else None
+        self.process = mosquitto_process(workdir, self.port, extra=extra, persistence=store)
 
     def start(self) -> Broker:
         self.process.start()

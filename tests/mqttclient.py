@@ -12,6 +12,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from trackerdcs.mqtt import disable_nagle
 
@@ -36,11 +38,16 @@ class Message:
 
 
 class TestClient:
-    """Subscribes to `#` (or given topics) and keeps every message it sees."""
+    """Subscribes to `#` (or given topics) and keeps every message it sees.
+
+    `session_expiry` (s, MQTT 5): a persistent session, resumed when it reconnects by itself
+    (a broker with persistence keeps it, and the messages that arrived meanwhile, across its
+    restart)."""
 
     __test__ = False
 
-    def __init__(self, port: int, host: str = "127.0.0.1", topics=("#",), v5: bool = True):
+    def __init__(self, port: int, host: str = "127.0.0.1", topics=("#",), v5: bool = True,
+                 session_expiry: int | None = None):  # fmt: skip
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"test-{next(_ids)}-{time.monotonic_ns()}",
@@ -54,7 +61,13 @@ class TestClient:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.connect(host, port)
+        if session_expiry is None:
+            self.client.connect(host, port)
+        else:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry
+            self.client.reconnect_delay_set(0.1, 0.5)
+            self.client.connect(host, port, clean_start=False, properties=props)
         self.client.loop_start()
         if not self._subscribed.wait(5):
             raise TimeoutError("test client did not subscribe")
@@ -116,12 +129,13 @@ class TestClient:
         return None
 
     def command(
-        self, topic: str, payload: Any, response: str, timeout: float = 5.0
+        self, topic: str, payload: Any, response: str, timeout: float = 5.0, **extra: Any
     ) -> dict[str, Any]:
-        """Send a command with a fresh id and return its answer from `response`."""
+        """Send a command with a fresh id (and `extra` keys: `time=...`) and return its answer
+        from `response`."""
         request_id = f"req-{next(_ids)}"
         since = self.mark()
-        self.publish(topic, {"value": payload, "id": request_id})
+        self.publish(topic, {"value": payload, "id": request_id, **extra})
         return self.wait_for(
             response, lambda m: m.json.get("id") == request_id, timeout, since
         ).json

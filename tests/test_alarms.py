@@ -144,8 +144,10 @@ def test_audit_queries_by_time_module_source_and_kind(tmp_path):
 class AlarmsLab:
     def __init__(self, workdir: Path, broker: Broker, name: str = "alarms") -> None:
         self.db = workdir / f"{name}.sqlite"
+        # the test plays the daemons: liveness (no live status -> alarm) has its own tests
         self.config = write_lab(workdir / f"{name}.yml", mqtt_port=broker.port,
-                                ca_port=free_port(), lab=name)  # fmt: skip
+                                ca_port=free_port(), lab=name,
+                                **{"alarms.liveness_factor": 1000})  # fmt: skip
         self.daemon = python_process(
             "alarms", "trackerdcs.safety.alarms_daemon",
             ["--config", str(self.config), "--db", str(self.db)],
@@ -186,7 +188,7 @@ def test_chiller_error_alarm_ack_and_restart(alab):
     assert chiller["severity"] == "critical" and chiller["text"] == (
         "chiller error: -01 LOW LEVEL ALARM"
     )
-    assert chiller["active"] and not chiller["acknowledged"] and chiller["time"].endswith("Z")
+    assert chiller["active"] and not chiller["acknowledged"] and isinstance(chiller["time"], float)
     sensor = by_source(alarms, "/temp_m3")[0]
 
     answer = lab.client.command(f"/alarms/cmd/ack/{chiller['id']}", "", "/alarms/response")
@@ -232,7 +234,7 @@ def test_every_command_and_action_is_audited(alab, tmp_path):
     record = lab.log(lambda r: r["topic"] == "/lv/cmd/switch/1", since)
     assert record["source"] == "interlock" and record["modules"] == ["M2"]
     assert record["id"] == "interlock:dewpoint:7"
-    event = {"time": "2024-05-01T08:00:00.000Z", "source": "interlock", "event": "fired",
+    event = {"time": 1714550400.0, "source": "interlock", "event": "fired",  # 2024-05-01T08Z
              "rule": "dewpoint", "modules": ["M2", "M3"], "text": "0.5 K from the dew point",
              "commands": []}  # fmt: skip
     lab.client.publish("/interlock/action", event)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_LAB
-from trackerdcs.config import ConfigError, load_config
+from trackerdcs.config import ConfigError, load_config, parse_config
 
 
 def example() -> dict:
@@ -249,3 +249,33 @@ def test_cooling_daemons_refuse_a_broken_file_with_the_key(tmp_path):
         )  # fmt: skip
         assert result.returncode == 2, (module, result.stderr)
         assert "sensors.0.stale_timeout" in result.stderr and str(path) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("mqtt.command_max_age", 0, "mqtt.command_max_age: Input should be greater than 0"),
+        ("mqtt.command_clock_skew", -1, "mqtt.command_clock_skew"),
+        ("mqtt.command_rate_limit", {"rate": 0}, "mqtt.command_rate_limit.rate"),
+        ("mqtt.command_rate_limit", {"rate": 5, "bust": 2}, "command_rate_limit.bust: unknown key"),
+        ("power.command_max_age", -2, "power.command_max_age"),
+        ("alarms.liveness_factor", 1, "alarms.liveness_factor: Input should be greater than"),
+        ("sequencer.heartbeat", 0, "sequencer.heartbeat"),
+    ],
+)
+def test_command_safety_settings_are_checked(tmp_path, path, value, expected):
+    data = example()
+    section, key = path.split(".")
+    data.setdefault(section, {})[key] = value
+    check_error(tmp_path, data, expected)
+
+
+def test_command_safety_settings_and_their_overrides():
+    data = example()
+    lab = parse_config(data)
+    assert (lab.mqtt.command_max_age, lab.mqtt.command_clock_skew) == (5.0, 2.0)
+    assert lab.mqtt.command_rate_limit is None and lab.power.command_max_age is None
+    data["julabo"]["command_max_age"] = 30
+    data["mqtt"]["command_rate_limit"] = {"rate": 10}
+    lab = parse_config(data)
+    assert lab.julabo.command_max_age == 30.0 and lab.mqtt.command_rate_limit.burst == 10

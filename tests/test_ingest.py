@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -48,6 +49,8 @@ def expected_schema(topic: str, measurement: str, name: str):
     assert any(mqtt.topic_matches_sub(sub, topic) for sub in consumer.topics)
     tags, required, types = set(), set(), {}
     for key, kind in contract(name).items():
+        if key == consumer.time_key:
+            continue  # the point's timestamp (json_time_key), no field
         nullable = "null" in kind
         if consumer.tag_keys.match(key):
             tags.add(key)
@@ -141,8 +144,11 @@ BAD_PAYLOADS = [
     b"\xff\xfe garbage",
     b'[{"bath_temp": 1}, 3]',
     b'{"bath_temp": 1e999}',
+    b'{"bath_temp": 1}',  # no `time` (json_time_key): "JSON time key could not be found"
+    b'{"bath_temp": 1, "time": "yesterday"}',
 ]
-EMPTY_PAYLOADS = [b"", b"null", b"{}", b"[]", b'{"note": "strings only"}']
+EMPTY_PAYLOADS = [b"", b"null", b"[]", b'{"time": 1717171717.0}',
+                  b'{"note": "strings only", "time": 1717171717.0}']  # fmt: skip
 
 
 def test_malformed_payloads_are_counted_and_skipped(lab: DataLab) -> None:
@@ -153,7 +159,8 @@ def test_malformed_payloads_are_counted_and_skipped(lab: DataLab) -> None:
     for payload in BAD_PAYLOADS + EMPTY_PAYLOADS:
         client.publish("/julabo/status", payload)
     probe = {"name": "ingest_probe", "kind": "room", "module": "", "temperature": 12.25,
-             "humidity": 40.0, "dewpoint": -1.5, "stale": False, "error": None}  # fmt: skip
+             "humidity": 40.0, "dewpoint": -1.5, "stale": False, "error": None,
+             "time": time.time()}  # fmt: skip
     client.publish("/ingest_probe/status", json.dumps(probe))
     after = lab.counters(
         client.mark(),

@@ -34,10 +34,11 @@ class PacedPublisher(threading.Thread):
     def run(self) -> None:
         start = time.monotonic()
         while not self.stopping.is_set():
+            now = time.time()  # each message its own time, as a daemon stamps it
             channels = [
                 {"number": n, "name": f"out_{n}", "module": f"O{n}", "on": 1, "vreq": 100.0,
                  "vmon": 100.0 + self.sent * 1e-3, "imon": 0.5, "ilim": 10.0, "status": 1,
-                 "flags": ["ON"], "state": "ON"}
+                 "flags": ["ON"], "state": "ON", "time": now}
                 for n in range(CHANNELS)
             ]  # fmt: skip
             self.client.publish("/hv/status", json.dumps(channels), qos=1)

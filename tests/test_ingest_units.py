@@ -5,6 +5,7 @@ and the buffered paho client against a real Mosquitto."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import ROOT
@@ -29,7 +32,13 @@ from trackerdcs.ingest.conf import (
 )
 from trackerdcs.ingest.consumer import FastClient, MqttConsumer, UniqueClock
 from trackerdcs.ingest.filters import GlobFilter
-from trackerdcs.ingest.jsonparse import JsonParser, PayloadError, go_format_float
+from trackerdcs.ingest.jsonparse import (
+    UNIX_FORMATS,
+    JsonParser,
+    PayloadError,
+    go_format_float,
+    unix_timestamp,
+)
 from trackerdcs.ingest.lineproto import LineSerializer
 from trackerdcs.ingest.writer import InfluxWriter, WriteError
 from trackerdcs.stack.process import free_port
@@ -142,14 +151,14 @@ def parser(tag_keys=(), string_fields=()) -> JsonParser:
 
 
 def test_json_flattens_keeps_numbers_as_floats_and_drops_strings():
-    [(tags, fields)] = parser().parse(b'{"a": 5, "b": {"c": 6}, "ignored": "I\'m a string"}')
-    assert tags == {} and fields == {"a": 5.0, "b_c": 6.0}
+    [(tags, fields, when)] = parser().parse(b'{"a": 5, "b": {"c": 6}, "ignored": "I\'m a string"}')
+    assert tags == {} and fields == {"a": 5.0, "b_c": 6.0} and when is None  # no time key
     assert all(type(v) is float for v in fields.values())
 
 
 def test_json_tags_and_string_fields():
     doc = {"a": 5, "b": {"c": 6, "my_field": "description"}, "my_tag_1": "foo", "on": True}
-    [(tags, fields)] = parser(["my_tag_1"], ["b_my_field", "on"]).parse(json.dumps(doc))
+    [(tags, fields, _)] = parser(["my_tag_1"], ["b_my_field", "on"]).parse(json.dumps(doc))
     assert tags == {"my_tag_1": "foo"}
     assert fields == {"a": 5.0, "b_c": 6.0, "b_my_field": "description", "on": True}
 
@@ -157,21 +166,24 @@ def test_json_tags_and_string_fields():
 def test_json_array_of_objects_is_one_metric_each():
     doc = [{"number": 0, "name": "a", "flags": ["ON", "RAMP_UP"]}, {"number": 1, "name": "b"}]
     metrics = parser(["number", "name"]).parse(json.dumps(doc))
-    assert metrics == [({"number": "0", "name": "a"}, {}), ({"number": "1", "name": "b"}, {})]
-    [(_, fields)] = parser([], ["flags_*"]).parse(json.dumps(doc[:1]))
+    assert metrics == [
+        ({"number": "0", "name": "a"}, {}, None),
+        ({"number": "1", "name": "b"}, {}, None),
+    ]
+    [(_, fields, _)] = parser([], ["flags_*"]).parse(json.dumps(doc[:1]))
     assert fields == {"number": 0.0, "flags_0": "ON", "flags_1": "RAMP_UP"}  # arrays: key_N
 
 
 def test_json_tag_values_are_formatted_like_go():
     doc = {"i": 3, "f": 0.5, "big": 1e21, "small": 1e-7, "neg": -0.0, "t": True, "s": "x"}
-    [(tags, _)] = parser(["*"]).parse(json.dumps(doc))
+    [(tags, _, _)] = parser(["*"]).parse(json.dumps(doc))
     assert tags == {"i": "3", "f": "0.5", "big": "1000000000000000000000", "small": "0.0000001",
                     "neg": "-0", "t": "true", "s": "x"}  # fmt: skip
     assert go_format_float(100.0) == "100" and go_format_float(123.456) == "123.456"
 
 
 def test_json_nulls_are_skipped():
-    [(_, fields)] = parser().parse(b'{"a": null, "b": 1.5, "c": {"d": null}}')
+    [(_, fields, _)] = parser().parse(b'{"a": null, "b": 1.5, "c": {"d": null}}')
     assert fields == {"b": 1.5}
 
 
@@ -188,6 +200,82 @@ def test_json_payloads_rejected_as_a_whole(payload):
 @pytest.mark.parametrize("payload", [b"", b"  \n", b"null", b"[]", b"\xef\xbb\xbf"])
 def test_json_payloads_without_metrics(payload):
     assert parser().parse(payload) == []
+
+
+# -- json_time_key / json_time_format (Telegraf 1.36: parsers/json, internal.ParseTimestamp) ----
+def timed(format: str = "unix", tag_keys=()) -> JsonParser:
+    return JsonParser(GlobFilter(tag_keys), GlobFilter(()), "time", format)
+
+
+@pytest.mark.parametrize(
+    ("value", "format", "ns"),
+    [
+        (1700000000, "unix", 1_700_000_000_000_000_000),
+        # the float's exact binary value x 1e9, truncated: not the decimal's 1700000000100000000
+        (1700000000.1, "unix", 1_700_000_000_099_999_904),
+        (1717171717.123, "unix", 1_717_171_717_122_999_906),
+        (0.5, "unix", 500_000_000),
+        (-1.5, "unix", -1_500_000_000),  # Euclidean division: toward minus infinity
+        (1e-10, "unix", 0),
+        (1700000000123.0, "unix_ms", 1_700_000_000_123_000_000),
+        (1700000000123456, "unix_us", 1_700_000_000_123_456_000),
+        (1.5, "unix_ns", 1),
+        ("1700000000.1", "unix", 1_700_000_000_100_000_000),  # a string is exact decimal
+        ("1700000000,25", "unix", 1_700_000_000_250_000_000),  # `,` is a decimal point too
+        (" 17 00000000 ", "unix", 1_700_000_000_000_000_000),  # spaces removed
+        ("3/2", "unix", 1_500_000_000),
+        ("1.7e9", "unix", 1_700_000_000_000_000_000),
+    ],
+)  # fmt: skip
+def test_time_key_gives_telegrafs_exact_nanoseconds(value, format, ns):
+    [(_, fields, when)] = timed(format).parse(json.dumps({"time": value, "v": 1.0}))
+    assert when == ns and fields == {"v": 1.0}  # the time key is no field
+    assert unix_timestamp(value, UNIX_FORMATS[format]) == ns
+
+
+def test_time_key_equals_the_exact_rational_floor_for_any_float():
+    from fractions import Fraction
+
+    @given(st.floats(min_value=-9e9, max_value=9e9))
+    def check(t: float) -> None:
+        assert unix_timestamp(t, 10**9) == math.floor(Fraction(t) * 10**9)
+
+    check()
+
+
+def test_time_key_is_neither_tag_nor_field_and_may_be_nested():
+    [metric] = timed(tag_keys=["*"]).parse(b'{"time": 2.0, "name": "a"}')
+    assert metric == ({"name": "a"}, {}, 2_000_000_000)
+    parser = JsonParser(GlobFilter(()), GlobFilter(()), "meta_t", "unix")
+    [metric] = parser.parse(b'{"meta": {"t": 3}, "v": 1}')
+    assert metric == ({}, {"v": 1.0}, 3_000_000_000)
+
+
+def test_every_object_of_an_array_needs_the_time_key():
+    ok = [{"time": 1.0, "v": 1}, {"time": 2.0, "v": 2}]
+    assert [when for _, _, when in timed().parse(json.dumps(ok))] == [10**9, 2 * 10**9]
+    for doc in ([{"time": 1.0}, {"v": 2}], {"v": 1}, {"time": None}, {"time": {"a": 1}}):
+        with pytest.raises(PayloadError, match="JSON time key could not be found"):
+            timed().parse(json.dumps(doc))  # json_strict (Telegraf's default): all or nothing
+
+
+@pytest.mark.parametrize("value", [True, "2024-05-01T08:00:00Z", "1.5.5", "1/0", "", "٣", 1e300])
+def test_unusable_times_reject_the_message(value):
+    with pytest.raises(PayloadError):
+        timed().parse(json.dumps({"time": value, "v": 1}))
+
+
+def test_time_options_are_checked_when_the_file_is_read():
+    base = 'data_format = "json"\ntopics = ["/x"]\n'
+    table = "[[inputs.mqtt_consumer]]\n{}[[outputs.influxdb]]\n"
+    conf = parse_telegraf_conf(table.format(base + 'json_time_key = "time"\n'
+                                            'json_time_format = "unix_ms"\n'), env={})  # fmt: skip
+    assert (conf.inputs[0].time_key, conf.inputs[0].time_format) == ("time", "unix_ms")
+    with pytest.raises(TelegrafConfError, match="requires 'json_time_format'"):
+        parse_telegraf_conf(table.format(base + 'json_time_key = "time"\n'), env={})
+    with pytest.raises(TelegrafConfError, match="not Go time layouts"):
+        parse_telegraf_conf(table.format(base + 'json_time_key = "t"\n'
+                                         'json_time_format = "2006-01-02"\n'), env={})  # fmt: skip
 
 
 # -- line protocol ------------------------------------------------------------------------------
@@ -371,3 +459,24 @@ def test_a_payload_that_breaks_the_parser_is_skipped_not_fatal(monkeypatch):
     monkeypatch.setattr(consumer.parser, "parse", broken)
     consumer.handle("/hv/status", b"{}")
     assert consumer.rejected == 2
+
+
+def test_a_status_delivered_again_makes_the_same_point():
+    """The repo's telegraf.conf: a retained status re-delivered (the bridge restarted) gives the
+    same line, timestamp included, which InfluxDB overwrites instead of adding a point."""
+    conf = load_telegraf_conf(TELEGRAF_CONF, env={})
+    hv = next(c for c in conf.inputs if c.measurement == "hv")
+    buffer = MetricBuffer(limit=100, batch_size=100)
+    consumer = MqttConsumer(hv, conf.agent, buffer, UniqueClock())
+    status = [{"number": 0, "name": "hv_m1", "module": "M1", "on": 1, "vmon": 99.5,
+               "state": "ON", "time": 1717171717.123}]  # fmt: skip
+    for _ in range(2):
+        consumer.handle("/hv/status", json.dumps(status).encode())
+    first, second = buffer.take()
+    assert (
+        first
+        == second
+        == ('hv,module=M1,name=hv_m1,number=0 on=1,vmon=99.5,state="ON" 1717171717122999906\n')
+    )
+    consumer.handle("/hv/status", json.dumps([{**status[0], "time": None}]).encode())
+    assert consumer.rejected == 1 and buffer.take() == []  # no time: rejected, as Telegraf

@@ -137,7 +137,7 @@ def chiller(chiller_module: ChillerLab) -> ChillerLab:
 STATUS_TYPES = {
     "state": str, "model": str, "status_code": int, "status_text": str, "bath_temp": float,
     "external_temp": float, "power": float, "setpoint": float, "active_setpoint": int,
-    "high_limit": float, "low_limit": float, "running": int,
+    "high_limit": float, "low_limit": float, "running": int, "time": float,
 }  # fmt: skip
 
 
@@ -153,7 +153,9 @@ def test_status_is_published_with_fixed_types(chiller: ChillerLab) -> None:
     since = chiller.client.mark()
     first = chiller.wait_message(lambda s: True, since=since)
     second = chiller.wait_message(lambda s: True, since=chiller.client.mark())
-    assert second.json == first.json and second.retain is False
+    # the same values, with a new time: the daemon's clock when it published them
+    assert {**second.json, "time": 0} == {**first.json, "time": 0} and second.retain is False
+    assert 0.3 < second.json["time"] - first.json["time"] < 1.0
     assert 0.3 < second.t - first.t < 1.0
 
 

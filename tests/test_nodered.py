@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -375,6 +377,34 @@ def _http(url: str, data: dict | None = None, token: str | None = None) -> tuple
             return reply.status, json.loads(reply.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, None
+
+
+def test_commands_carry_their_time_and_a_silent_daemon_shows_stale(lab: UiLab, page: Page) -> None:
+    lab.reset()
+    open_page(page, lab, "power")
+    since = lab.client.mark()
+    page.locator('tr[data-channel="lv_m3"]').get_by_test_id("switch").click()
+    sent = lab.client.wait_for("/lv/cmd/switch/+", timeout=5, since=since)
+    assert abs(sent.json["time"] - time.time()) < 5 and sent.json["value"] == "on"  # unix s
+    wait_crate(lab, LV, 2, "Pw", 1)
+    lab.reset()
+
+    # the sensor daemon frozen: still `online` (its connection is up), but no live status
+    open_page(page, lab, "environment")
+    state = page.locator('tr[data-sensor="sensor_1"]').get_by_test_id("sensor-state")
+    expect(state).to_have_text("ok", timeout=WAIT)
+    sensors = lab.daemons[1]
+    sensors.signal(signal.SIGSTOP)
+    try:  # 3 x its 2 s heartbeat
+        expect(state).to_have_text("no live data", timeout=15_000)
+        open_page(page, lab, "overview")
+        expect(page.get_by_test_id("lab-alarms")).to_contain_text(
+            "sensor sensor_1: no live data for 6 s"
+        )
+    finally:
+        sensors.signal(signal.SIGCONT)
+    open_page(page, lab, "environment")
+    expect(state).to_have_text("ok", timeout=WAIT)
 
 
 def test_editor_and_admin_api_need_credentials(lab: UiLab, page: Page) -> None:

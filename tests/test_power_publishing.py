@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import EXAMPLE_LAB, PowerLab
 from trackerdcs.config import ChannelKind, load_config
@@ -55,12 +58,17 @@ def settle(svc: PowerService) -> int:
     return sum(1 for topic, _ in svc.link.published if topic == "/hv/status")
 
 
+def published_once(svc: PowerService, ch: PowerChannel) -> int:
+    """Every readback of `ch` in, its status published: the count of status messages."""
+    for param, value in ch.readback.items():
+        svc.on_readback(ch.address, param, value)
+    svc.publish_status()
+    return settle(svc)
+
+
 def test_deadbands(service):
     ch = service.channels[0]
-    for param, value in ch.readback.items():
-        service.on_readback(ch.address, param, value)
-    service.publish_status()
-    before = settle(service)
+    before = published_once(service, ch)
     service.on_readback(ch.address, "IMon", 0.04)  # below the 0.05 uA deadband: no publish
     service.on_readback(ch.address, "VMon", 0.4)  # below the 0.5 V deadband
     assert service._publish_handle is None
@@ -88,5 +96,81 @@ def test_heartbeat_republishes_an_unchanged_status(workdir, broker):
             times = [*times, t] if t - times[-1] > 0.2 or len(times) > 1 else [t]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(0.2 < gap < 1.5 for gap in gaps), gaps
+        # a heartbeat of unchanged values gets a new time: the daemon's clock at publishing
+        stamps = [m.json[0]["time"] for m in lab.client.messages if m.topic == "/hv/status"]
+        assert stamps[-5:] == sorted(set(stamps[-5:]))
     finally:
         lab.stop()
+
+
+def test_an_unchanged_readback_publishes_nothing(service):
+    ch = service.channels[0]
+    before = published_once(service, ch)
+    for param in ("V0Set", "I0Set", "Pw", "Status"):  # a monitor repeating the same value
+        service.on_readback(ch.address, param, ch.readback[param])
+    assert service._publish_handle is None and settle(service) == before
+    service.on_readback(ch.address, "V0Set", ch.readback["V0Set"] + 1.0)  # a change: published
+    assert service._publish_handle is not None
+
+
+def test_every_channel_object_carries_the_publish_time(service):
+    service.publish_status()
+    channels = json.loads(next(p for t, p in reversed(service.link.published) if t == "/hv/status"))
+    times = {c["time"] for c in channels}
+    assert len(times) == 1 and isinstance(times.pop(), float)
+    assert [set(c) - {"time"} for c in channels] == [set(ch.as_status()) for ch in service.channels]
+
+
+class EchoClient:
+    """The Node-RED pattern that fed on itself: a slider wired to `/hv/status` and back to
+    `/hv/cmd/setv/0`, answering every status with the set point it shows (MQTT 3.1.1)."""
+
+    def __init__(self, port: int) -> None:
+        self.echoes = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"echo-{port}",
+                                  protocol=mqtt.MQTTv311)  # fmt: skip
+        self.client.on_connect = lambda c, *_: c.subscribe("/hv/status", 1)
+        self.client.on_message = self._echo
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _echo(self, client, userdata, msg) -> None:
+        if msg.retain:
+            return
+        vreq = next(c["vreq"] for c in json.loads(msg.payload) if c["number"] == 0)
+        self.echoes += 1
+        client.publish("/hv/cmd/setv/0", f"{vreq:g}", qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def quiet(client, topic: str, gap: float, timeout: float) -> int:
+    """Wait until `topic` has been silent for `gap` s; how many messages came meanwhile.
+    TimeoutError when it never falls silent within `timeout` s."""
+    deadline, count = time.monotonic() + timeout, 0
+    while True:
+        since = client.mark()
+        try:
+            client.wait_for(topic, since=since, timeout=gap)
+        except TimeoutError:
+            return count
+        count += 1
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic} still busy after {timeout} s ({count} messages)")
+
+
+def test_a_client_echoing_the_status_back_as_a_set_point_dies_out(power_lab):
+    lab = power_lab
+    echo = EchoClient(lab.broker.port)
+    try:
+        writes = lab.writes()
+        assert lab.command("/hv/cmd/setv/0", 50)["ok"]  # one change: one status, one echo
+        quiet(lab.client, "/hv/status", gap=1.0, timeout=10)
+        # (before: each echo made a same-value put, a monitor and a status: ~130 commands/s)
+        assert echo.echoes <= 3, echo.echoes
+        assert lab.writes() - writes <= 1 + echo.echoes
+        assert lab.client.latest("/hv/status").json[0]["vreq"] == 50.0
+    finally:
+        echo.close()

@@ -32,3 +32,24 @@ def parse_switch(value: Any) -> bool:
     if key not in _ON_WORDS:
         raise CommandError(f"switch takes 'on' or 'off', got {value!r}")
     return _ON_WORDS[key]
+
+
+# Commands that only ever make the lab safer, by the first level of their action (below
+# `<prefix>/cmd/`): `kill/{ch}` whatever its value; `switch/...` (power, chiller) and
+# `module/{name}` (sequencer) when the value is off. The MQTT layer executes them whatever their
+# age and never rate-limits them: an interlock or a sequencer on a loaded machine is never refused.
+ALWAYS_EXECUTED = {"kill": None, "switch": False, "module": False}
+
+
+def always_executed(action: str, value: Any) -> bool:
+    """True for a command that switches something off (see `ALWAYS_EXECUTED`)."""
+    verb = action.split("/", 1)[0]
+    if verb not in ALWAYS_EXECUTED:
+        return False
+    wanted = ALWAYS_EXECUTED[verb]
+    if wanted is None:
+        return True
+    try:
+        return parse_switch(value) is wanted
+    except CommandError:
+        return False

@@ -63,8 +63,20 @@ class TlsConfig(_Model):
     insecure: bool = False
 
 
+class RateLimitConfig(_Model):
+    """A token bucket per command topic: `rate` commands per second on average, `burst` at once."""
+
+    rate: PositiveFloat
+    burst: int = Field(10, ge=1)
+
+
 class MqttConfig(_EnvCredentials, _Model):
-    """The broker. Credentials come from the environment, never from the file."""
+    """The broker, and how every service judges the commands it receives (trackerdcs.mqtt).
+
+    Credentials come from the environment, never from the file. `command_max_age` (s) is how old
+    a command's payload `time` may be when it arrives; a section may override it with its own
+    `command_max_age`. `command_clock_skew` (s) is how far in the future it may be.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
@@ -74,6 +86,9 @@ class MqttConfig(_EnvCredentials, _Model):
     reconnect_min_delay: PositiveFloat = 0.2
     reconnect_max_delay: PositiveFloat = 5.0
     tls: TlsConfig = TlsConfig()
+    command_max_age: PositiveFloat = 5.0
+    command_clock_skew: NonNegFloat = 2.0
+    command_rate_limit: RateLimitConfig | None = None  # none: no rate limit
 
 
 class ChannelKind(StrEnum):
@@ -208,6 +223,7 @@ class PowerConfig(_Model):
     # refuse switching a module's LV off while its HV is on (the daemon is where it can be refused)
     lv_off_requires_hv_off: bool = True
     interlock_topic: str = "/interlock/status"  # inhibits: switching HV on refused while active
+    command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
     @field_validator("defaults")
     @classmethod
@@ -289,6 +305,7 @@ class JulaboConfig(_Model):
     reconnect_min_delay: PositiveFloat = 0.5  # first retry after the line is lost, s
     reconnect_max_delay: PositiveFloat = 5.0  # backoff ceiling, s
     prefix: str = "/julabo"
+    command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
     @field_validator("url")
     @classmethod

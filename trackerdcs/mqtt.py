@@ -6,9 +6,15 @@
   published on every connect, `offline` on a clean stop;
 - reconnect with exponential backoff (paho's own loop), then subscriptions renewed and every
   retained state topic republished (a restarted broker has lost them);
-- commands: `<prefix>/cmd/#` at QoS 1, handed to the service as `Command` objects;
+- commands: `<prefix>/cmd/#` at QoS 1 with MQTT 5 "retain as published", so that a command
+  published with the retain flag shows it even on live delivery; every command passes the
+  `CommandGate` (retained, too old, from the future, expired, over the rate limit: answered with
+  `ok: false`, never handed on) before the service gets it as a `Command`;
 - answers: every command is answered on `<prefix>/response`, and also on an MQTT 5 response topic
   with its correlation data when the caller gave one.
+
+Other subscriptions are plain: there the retain flag means "stored by the broker" (delivered at
+subscription), as MQTT defines it, which is how the safety services tell live data from stale.
 
 Callbacks run on paho's network thread; services hand them to their own loop.
 """
@@ -18,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +37,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from trackerdcs.commands import always_executed
 from trackerdcs.config import MqttConfig
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,9 @@ class PayloadError(ValueError):
     """A command payload that cannot be understood."""
 
 
+PAYLOAD_KEYS = ("value", "id", "time")
+
+
 @dataclass(frozen=True)
 class Command:
     """One command received on `<prefix>/cmd/...`."""
@@ -52,31 +65,53 @@ class Command:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     received: float = 0.0  # time.monotonic() when paho handed it over
+    retained: bool = False  # published with the retain flag (seen through retain-as-published)
+    arrived: float = 0.0  # time.time() when it arrived (0: unknown)
+    expiry: int | None = None  # MQTT 5 message expiry interval left when delivered, s
 
     @property
     def parts(self) -> list[str]:
         return self.action.split("/")
 
+    def _fields(self) -> tuple[Any, str | None, float | None]:
+        text = self.payload.strip()
+        if not text.startswith("{"):
+            return text, None, None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PayloadError(f"malformed JSON payload: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise PayloadError("a JSON payload must be an object")
+        unknown = set(obj) - set(PAYLOAD_KEYS)
+        if unknown:
+            raise PayloadError(
+                f"unknown key(s) in payload: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(PAYLOAD_KEYS)})"
+            )
+        request_id = obj.get("id")
+        sent = obj.get("time")
+        if sent is not None:
+            if isinstance(sent, bool) or not isinstance(sent, int | float):
+                raise PayloadError(f"time must be unix seconds (a number), got {sent!r}")
+            sent = float(sent)
+            if not math.isfinite(sent):
+                raise PayloadError(f"time must be finite, got {sent!r}")
+        return obj.get("value"), None if request_id is None else str(request_id), sent
+
     def decoded(self) -> tuple[Any, str | None]:
         """The command's value and the caller's request id.
 
-        A payload is either plain text (`100`, `on`) or a JSON object `{"value": ..., "id": ...}`.
-        A bare JSON number or string is taken as the value. Raises `PayloadError`.
+        A payload is either plain text (`100`, `on`) or a JSON object
+        `{"value": ..., "id": ..., "time": <unix s>}` (every key optional, no other key). A bare
+        JSON number or string is taken as the value. Raises `PayloadError`.
         """
-        text = self.payload.strip()
-        if text.startswith("{"):
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise PayloadError(f"malformed JSON payload: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise PayloadError("a JSON payload must be an object")
-            unknown = set(obj) - {"value", "id"}
-            if unknown:
-                raise PayloadError(f"unknown key(s) in payload: {', '.join(sorted(unknown))}")
-            request_id = obj.get("id")
-            return obj.get("value"), None if request_id is None else str(request_id)
-        return text, None
+        value, request_id, _ = self._fields()
+        return value, request_id
+
+    def sent(self) -> float | None:
+        """The sender's `time` (unix s), or None when it gave none. Raises `PayloadError`."""
+        return self._fields()[2]
 
     def request_id(self) -> str | None:
         """The caller's id, or None (also when the payload is malformed)."""
@@ -84,6 +119,116 @@ class Command:
             return self.decoded()[1]
         except PayloadError:
             return None
+
+
+def command_from_message(msg: mqtt.MQTTMessage, cmd_root: str) -> Command:
+    """A `Command` from a message on `<cmd_root>...` (`cmd_root` is `<prefix>/cmd/`)."""
+    props = msg.properties
+    try:
+        payload = msg.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        payload = msg.payload.decode("utf-8", errors="replace")
+    return Command(
+        topic=msg.topic,
+        action=msg.topic[len(cmd_root) :],
+        payload=payload,
+        response_topic=getattr(props, "ResponseTopic", None) if props else None,
+        correlation_data=getattr(props, "CorrelationData", None) if props else None,
+        received=msg.timestamp,
+        retained=bool(msg.retain),
+        arrived=time.time(),
+        expiry=getattr(props, "MessageExpiryInterval", None) if props else None,
+    )
+
+
+def retained_refusal(topic: str) -> str:
+    """The answer to a command published with the retain flag."""
+    return (
+        f"refused: {topic} was published with the retain flag; a retained command is never "
+        "executed (the broker would deliver it again at every reconnection). Clear it with: "
+        f"mosquitto_pub -r -t '{topic}' -n"
+    )
+
+
+class CommandGate:
+    """What every service refuses before a command reaches it (docs/topics.md, "Commands"):
+
+    - a command published with the retain flag, whatever it says;
+    - unless it only switches something off (`trackerdcs.commands.always_executed`): a payload
+      `time` older than `max_age` s or more than `mqtt.command_clock_skew` s in the future; an
+      MQTT 5 message whose expiry interval has run out; and, with `mqtt.command_rate_limit`,
+      more commands on one topic than its token bucket holds.
+
+    Used from one thread. `check` returns the refusal (the answer's error), or None.
+    """
+
+    def __init__(
+        self, cfg: MqttConfig, max_age: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.max_age = cfg.command_max_age if max_age is None else max_age
+        self.skew = cfg.command_clock_skew
+        self.limit = cfg.command_rate_limit
+        self.clock = clock  # for the rate limit
+        self._buckets: dict[str, tuple[float, float]] = {}  # topic -> (tokens, at)
+
+    def check(self, cmd: Command) -> str | None:
+        if cmd.retained:
+            return retained_refusal(cmd.topic)
+        try:
+            value, _ = cmd.decoded()
+            sent = cmd.sent()
+        except PayloadError:
+            return None  # the service answers the payload's error itself
+        if always_executed(cmd.action, value):
+            return None
+        if sent is not None:
+            age = (cmd.arrived or time.time()) - sent
+            if age > self.max_age:
+                return (
+                    f"refused: sent {age:.1f} s ago (time {sent:.3f}), older than the "
+                    f"{self.max_age:g} s a command may be (command_max_age): nothing was "
+                    "written; send it again if it is still wanted"
+                )
+            if -age > self.skew:
+                return (
+                    f"refused: its time {sent:.3f} is {-age:.1f} s in the future, beyond the "
+                    f"{self.skew:g} s clock-skew tolerance (mqtt.command_clock_skew): nothing "
+                    "was written; check the sender's clock"
+                )
+        if cmd.expiry is not None and cmd.expiry <= 0:
+            return "refused: its MQTT 5 message expiry interval ran out: nothing was written"
+        return self._rate(cmd.topic)
+
+    def _rate(self, topic: str) -> str | None:
+        limit = self.limit
+        if limit is None:
+            return None
+        now = self.clock()
+        tokens, at = self._buckets.get(topic, (float(limit.burst), now))
+        tokens = min(float(limit.burst), tokens + (now - at) * limit.rate)
+        if tokens < 1.0:
+            self._buckets[topic] = (tokens, now)
+            return (
+                f"refused: more than {limit.burst} commands at once or {limit.rate:g} per second "
+                f"on {topic} (mqtt.command_rate_limit): nothing was written"
+            )
+        self._buckets[topic] = (tokens - 1.0, now)
+        if len(self._buckets) > 4096:  # a full bucket is the same as none
+            full = [
+                t
+                for t, (n, a) in self._buckets.items()
+                if n + (now - a) * limit.rate >= limit.burst
+            ]
+            for t in full:
+                del self._buckets[t]
+        return None
+
+
+def unix_time(t: float | None = None) -> float:
+    """The contract's `time` (docs/topics.md): unix seconds as a float, to the millisecond;
+    now, or `t` (from `time.time()`)."""
+    return round(time.time() if t is None else t, 3)
 
 
 def disable_nagle(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -107,6 +252,12 @@ def apply_broker_settings(client: mqtt.Client, cfg: MqttConfig) -> None:
         client.tls_insecure_set(cfg.tls.insecure)
 
 
+def subscribe_options(topic_filter: str) -> SubscribeOptions:
+    """QoS 1; command topics with "retain as published" (MQTT 5), so that the retain flag of a
+    live command tells how it was published; other topics plain (retain flag: stored)."""
+    return SubscribeOptions(qos=1, retainAsPublished="/cmd/" in topic_filter)
+
+
 CommandHandler = Callable[[Command], None]
 ConnectionHandler = Callable[[bool], None]
 
@@ -123,6 +274,7 @@ class MqttLink:
         on_connection: ConnectionHandler | None = None,
         subscribe: tuple[str, ...] = (),
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+        command_max_age: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.prefix = prefix
@@ -133,6 +285,7 @@ class MqttLink:
         self._on_connection = on_connection
         self._extra_subscriptions = subscribe
         self._on_message = on_message
+        self.gate = CommandGate(cfg, command_max_age)
         self._retained: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -186,10 +339,10 @@ class MqttLink:
             log.error("broker refused the connection: %s", reason_code)
             return
         log.info("connected to the broker")
-        topics = [(f"{self.prefix}/cmd/#", 1)] if self._on_command else []
-        topics += [(t, 1) for t in self._extra_subscriptions]
+        topics = [f"{self.prefix}/cmd/#"] if self._on_command else []
+        topics += self._extra_subscriptions
         if topics:
-            client.subscribe(topics)
+            client.subscribe([(t, subscribe_options(t)) for t in topics])
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
         with self._lock:  # one step with publish_state: no state is lost or overtaken
             for topic, payload in self._retained.items():
@@ -209,22 +362,23 @@ class MqttLink:
     def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         cmd_root = f"{self.prefix}/cmd/"
         if self._on_command and msg.topic.startswith(cmd_root):
-            props = msg.properties
-            try:
-                payload = msg.payload.decode("utf-8")
-            except UnicodeDecodeError:
-                payload = msg.payload.decode("utf-8", errors="replace")
-            cmd = Command(
-                topic=msg.topic,
-                action=msg.topic[len(cmd_root) :],
-                payload=payload,
-                response_topic=getattr(props, "ResponseTopic", None) if props else None,
-                correlation_data=getattr(props, "CorrelationData", None) if props else None,
-                received=msg.timestamp,
-            )
-            self._on_command(cmd)
+            cmd = command_from_message(msg, cmd_root)
+            if self.admit(cmd):
+                self._on_command(cmd)
         elif self._on_message:
             self._on_message(msg)
+
+    def admit(self, cmd: Command) -> bool:
+        """Pass `cmd` through the gate: True to execute it; else it has been answered (a
+        refusal), or it is the empty retained message that clears a retained command."""
+        if cmd.retained and not cmd.payload:
+            log.info("retained command on %s cleared", cmd.topic)
+            return False
+        refusal = self.gate.check(cmd)
+        if refusal is not None:
+            self.respond(cmd, False, refusal)
+            return False
+        return True
 
     # -- publishing (any thread) ----------------------------------------------------------------
     def publish(self, topic: str, payload: str | bytes, *, qos: int = 0, retain: bool = False):

@@ -4,7 +4,13 @@
 // (ok, or the daemon's error text) comes back in the snapshot's `answers`.
 //
 // Inputs: MQTT `<prefix>/status|state|availability|response` (docs/topics.md);
-// from the pages: `ui/refresh` and `ui/command` {prefix, action, target, value, label}.
+// from the pages: `ui/refresh` and `ui/command` {prefix, action, target, value, label};
+// `ui/tick` every second (liveness).
+//
+// Liveness: a source is `stale` when no live status (not the broker's retained copy: `msg.retain`)
+// arrived for `liveness_factor` x its heartbeat (TRACKERDCS_UI_LAB, from the lab YAML, as the
+// alarm service judges it), counted from the last live one or from the start of the flows: a
+// broker restored from persistence serves the retained `online` of a daemon that died with it.
 const RULES = __RULES__; // the daemons' own command tables, put here by build_flows.py
 const ANSWERS_KEPT = 40;
 const ANSWER_TIMEOUT_MS = 10000;
@@ -27,7 +33,9 @@ function lab() {
         modules: given.modules || [],
         limits: given.limits || {},
         setpoint: given.setpoint || null,
-        margin_warning: given.margin_warning || 3.0
+        margin_warning: given.margin_warning || 3.0,
+        heartbeats: given.heartbeats || {}, // prefix -> s
+        liveness_factor: given.liveness_factor || 3.0
     };
     context.set('lab', cached);
     return cached;
@@ -36,7 +44,8 @@ function lab() {
 function state() {
     let s = context.get('state');
     if (!s) {
-        s = { power: {}, julabo: { available: null, status: null }, sensors: {}, answers: [], seq: 0 };
+        s = { power: {}, julabo: { available: null, status: null }, sensors: {}, answers: [], seq: 0,
+            started: Date.now(), liveness: '' };
         context.set('state', s);
     }
     return s;
@@ -58,7 +67,7 @@ function kindOf(prefix, payload) {
     return looksLikeSensor || state().sensors[prefix] ? 'sensor' : null;
 }
 
-function fromDaemon(s, topic, payload) {
+function fromDaemon(s, topic, payload, retained) {
     const parts = topic.split('/'); // ['', name, what]
     if (parts.length !== 3) return false;
     const prefix = '/' + parts[1];
@@ -75,7 +84,41 @@ function fromDaemon(s, topic, payload) {
     else if (what === 'status' && kind === 'power' && Array.isArray(payload)) entry.channels = payload;
     else if (what === 'status' && payload && typeof payload === 'object') entry.status = payload;
     else return false;
+    if (what === 'status' && !retained) entry.live = Date.now();
     return true;
+}
+
+// `online`, `offline` (its last will, or stopped), `stale` (no live status within its deadline,
+// whatever its availability says) or null (nothing heard yet).
+function availability(s, prefix, entry) {
+    if (entry.available === 'offline') return 'offline';
+    const L = lab();
+    const heartbeat = L.heartbeats[prefix];
+    const since = entry.live || s.started;
+    if (heartbeat && Date.now() - since > heartbeat * L.liveness_factor * 1000) return 'stale';
+    return entry.available;
+}
+
+function down(available) {
+    return available === 'offline' || available === 'stale';
+}
+
+function downText(prefix, available) {
+    if (available === 'offline') return 'daemon offline';
+    const L = lab();
+    return 'no live data for ' + L.heartbeats[prefix] * L.liveness_factor + ' s';
+}
+
+// A change of any source's availability (checked every `ui/tick`) republishes the snapshot.
+function livenessChanged(s) {
+    const L = lab();
+    const now = Object.keys(L.power).map(p => availability(s, p, powerEntry(s, p)))
+        .concat([availability(s, L.julabo, s.julabo)])
+        .concat(Object.keys(s.sensors).sort().map(p => availability(s, p, s.sensors[p])))
+        .join(',');
+    const changed = now !== s.liveness;
+    s.liveness = now;
+    return changed;
 }
 
 function answer(s, prefix, reply) {
@@ -140,20 +183,23 @@ function command(s, c) {
             ' s: is its daemon running?';
         schedule();
     }, ANSWER_TIMEOUT_MS);
-    return { topic: topic, payload: JSON.stringify({ value: value, id: id }), qos: 1, retain: false };
+    // `time` (unix s): the daemon refuses a command that arrives too late (docs/topics.md)
+    const payload = JSON.stringify({ value: value, id: id, time: Date.now() / 1000 });
+    return { topic: topic, payload: payload, qos: 1, retain: false };
 }
 
 // -- the snapshot ---------------------------------------------------------------------------------
 function fresh(sensor) {
     const st = sensor && sensor.status;
-    return st && !st.stale && sensor.available !== 'offline' ? st : null;
+    return st && !st.stale && !down(sensor.available) ? st : null;
 }
 
 function environment(s, L) {
     const room = [];
     const modules = {};
     Object.keys(s.sensors).sort().forEach(function (prefix) {
-        const sensor = s.sensors[prefix];
+        const sensor = { status: s.sensors[prefix].status,
+            available: availability(s, prefix, s.sensors[prefix]) };
         const st = sensor.status || {};
         const row = { prefix: prefix, name: st.name || prefix.slice(1), kind: st.kind || 'room',
             module: st.module || '', available: sensor.available, status: sensor.status,
@@ -171,7 +217,8 @@ function environment(s, L) {
         }
     });
     const j = s.julabo.status;
-    if (j && j.bath_temp !== null && j.bath_temp !== undefined && s.julabo.available !== 'offline') {
+    if (j && j.bath_temp !== null && j.bath_temp !== undefined &&
+        !down(availability(s, L.julabo, s.julabo))) {
         surfaces.push({ what: 'chiller bath', module: '', temperature: j.bath_temp });
     }
     surfaces.forEach(function (x) {
@@ -186,8 +233,8 @@ function environment(s, L) {
 function channelAlarms(prefix, entry, kind) {
     const out = [];
     const label = kind.toUpperCase() + ' ';
-    if (entry.available === 'offline') {
-        out.push({ prefix: prefix, module: null, text: prefix + ' daemon is offline' });
+    if (down(entry.available)) {
+        out.push({ prefix: prefix, module: null, text: prefix + ': ' + downText(prefix, entry.available) });
     }
     entry.channels.forEach(function (ch) {
         const bad = ['TRIPPED', 'ERROR', 'DISCONNECTED'].indexOf(ch.state) >= 0;
@@ -209,7 +256,7 @@ function snapshot(s) {
     const power = Object.keys(L.power).map(function (prefix) {
         const e = powerEntry(s, prefix);
         return { prefix: prefix, kind: L.power[prefix].kind || 'hv', crate: L.power[prefix].crate || '',
-            available: e.available, state: e.state, channels: e.channels };
+            available: availability(s, prefix, e), state: e.state, channels: e.channels };
     });
     const env_ = environment(s, L);
     let alarms = [];
@@ -230,7 +277,7 @@ function snapshot(s) {
         row.margin = surface ? surface.margin : null;
         const t = row.sensor;
         if (t && !t.ok) {
-            const why = (t.status && t.status.error) || (t.available === 'offline' ? 'daemon offline' : 'no reading');
+            const why = down(t.available) ? downText(t.prefix, t.available) : (t.status && t.status.error) || 'no reading';
             alarms.push({ prefix: t.prefix, module: m, text: 'temperature sensor ' + t.name + ': ' + why });
         } else if (t && t.status.max_temperature !== null && t.status.temperature > t.status.max_temperature) {
             alarms.push({ prefix: t.prefix, module: m, text: 'temperature ' + t.status.temperature.toFixed(1) +
@@ -242,17 +289,17 @@ function snapshot(s) {
         }
         return row;
     });
-    const j = s.julabo;
+    const j = { status: s.julabo.status, available: L.julabo ? availability(s, L.julabo, s.julabo) : null };
     if (L.julabo && j.status) {
-        if (j.available === 'offline') {
-            alarms.push({ prefix: L.julabo, module: null, text: 'chiller daemon is offline' });
+        if (down(j.available)) {
+            alarms.push({ prefix: L.julabo, module: null, text: 'chiller: ' + downText(L.julabo, j.available) });
         } else if (['ERROR', 'DISCONNECTED'].indexOf(j.status.state) >= 0) {
             alarms.push({ prefix: L.julabo, module: null,
                 text: 'chiller ' + j.status.state + (j.status.error ? ': ' + j.status.error : '') });
         }
     }
     env_.room.filter(r => !r.ok).forEach(function (r) {
-        const why = (r.status && r.status.error) || (r.available === 'offline' ? 'daemon offline' : 'no reading');
+        const why = down(r.available) ? downText(r.prefix, r.available) : (r.status && r.status.error) || 'no reading';
         alarms.push({ prefix: r.prefix, module: null, text: 'sensor ' + r.name + ': ' + why });
     });
     modules.forEach(row => { row.alarms = alarms.filter(a => a.module === row.name).map(a => a.text); });
@@ -281,7 +328,11 @@ if (msg.topic === 'ui/command') {
     schedule();
     return out ? [null, out] : null;
 }
-if (msg.topic === 'ui/refresh' || fromDaemon(s, String(msg.topic), msg.payload)) {
+if (msg.topic === 'ui/tick') {
+    if (livenessChanged(s)) schedule();
+    return null;
+}
+if (msg.topic === 'ui/refresh' || fromDaemon(s, String(msg.topic), msg.payload, !!msg.retain)) {
     schedule();
 }
 return null;

@@ -1,11 +1,11 @@
 // Every few seconds (the inject node): one point per module for each chart, from the lab model.
-// Charts keep 15 minutes; a module whose data is not live (daemon offline, channel
+// Charts keep 15 minutes; a module whose data is not live (daemon offline or silent, channel
 // DISCONNECTED, sensor stale) gets no point, so the gap shows.
 const model = flow.get('model');
 if (!model) return null;
 
 function live(ch) {
-    return ch.available !== 'offline' && ch.state !== 'DISCONNECTED';
+    return ch.available !== 'offline' && ch.available !== 'stale' && ch.state !== 'DISCONNECTED';
 }
 
 function total(channels, key) {

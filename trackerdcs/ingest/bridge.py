@@ -32,6 +32,7 @@ from trackerdcs.ingest.conf import TelegrafConf, TelegrafConfError, load_telegra
 from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock
 from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
+from trackerdcs.mqtt import unix_time
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Bridge:
             "write_errors": self.writer.write_errors,
             "influxdb": {None: "unknown", True: "ok", False: "unreachable"}[up],
             "uptime": round(time.monotonic() - self.started, 1),
+            "time": unix_time(),
         }
 
     def start(self, timeout: float = 30.0) -> None:

@@ -12,7 +12,8 @@ Implemented:
   hostname;
 - `[[inputs.mqtt_consumer]]`: servers (one `tcp://` or `mqtt://` URL), topics, qos, client_id,
   username, password, topic_tag, max_undelivered_messages, name_override, data_format (`json`),
-  tag_keys, json_string_fields, and the metric filter `[inputs.mqtt_consumer.tagpass]`;
+  tag_keys, json_string_fields, json_time_key, json_time_format (`unix`, `unix_ms`, `unix_us`,
+  `unix_ns`; not Go layouts), and the metric filter `[inputs.mqtt_consumer.tagpass]`;
 - `[[outputs.influxdb]]` (exactly one): urls (one `http://` or `https://` URL), database,
   retention_policy, skip_database_creation, timeout, username, password.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from trackerdcs.ingest.filters import FilterError, GlobFilter, TagPass
+from trackerdcs.ingest.jsonparse import UNIX_FORMATS
 
 
 class TelegrafConfError(Exception):
@@ -131,6 +133,8 @@ class ConsumerConf:
     measurement: str = "mqtt_consumer"
     tag_keys: GlobFilter = field(default_factory=lambda: GlobFilter(()))
     string_fields: GlobFilter = field(default_factory=lambda: GlobFilter(()))
+    time_key: str = ""  # json_time_key: "" for the time of reception
+    time_format: str = ""  # json_time_format
     tagpass: TagPass | None = None
 
 
@@ -246,6 +250,15 @@ def _influx_url(v: Any) -> str:
     return urls[0].rstrip("/")
 
 
+def _time_format(v: Any) -> str:
+    text = _string(v)
+    if text not in UNIX_FORMATS:
+        raise ValueError(
+            f"the bridge implements {', '.join(UNIX_FORMATS)} (not Go time layouts), got {text!r}"
+        )
+    return text
+
+
 def _tagpass(v: Any) -> TagPass:
     if not isinstance(v, dict):
         raise TypeError(f"expected a table of tag -> patterns, got {v!r}")
@@ -274,6 +287,8 @@ CONSUMER_OPTIONS = (
     "data_format",
     "tag_keys",
     "json_string_fields",
+    "json_time_key",
+    "json_time_format",
     "tagpass",
 )
 OUTPUT_OPTIONS = (
@@ -326,9 +341,13 @@ def _consumer(path: Path, index: int, table: dict[str, Any]) -> ConsumerConf:
         measurement=o.get("name_override", "", _string) or "mqtt_consumer",
         tag_keys=o.get("tag_keys", GlobFilter(()), _globs),
         string_fields=o.get("json_string_fields", GlobFilter(()), _globs),
+        time_key=o.get("json_time_key", "", _string),
+        time_format=o.get("json_time_format", "", _time_format),
         tagpass=o.get("tagpass", None, _tagpass),
     )
     o.done(", ".join(CONSUMER_OPTIONS))
+    if conf.time_key and not conf.time_format:
+        raise o.error("json_time_key", "use of 'json_time_key' requires 'json_time_format'")
     return conf
 
 

@@ -116,7 +116,7 @@ class MqttConsumer:
         self.conf = conf
         self.buffer = buffer
         self.clock = clock
-        self.parser = JsonParser(conf.tag_keys, conf.string_fields)
+        self.parser = JsonParser(conf.tag_keys, conf.string_fields, conf.time_key, conf.time_format)
         self.serializer = LineSerializer(conf.measurement)
         self.host_tag = None if agent.omit_hostname else (agent.hostname or socket.gethostname())
         self.received = 0
@@ -201,10 +201,16 @@ class MqttConsumer:
             return
         if not metrics:
             return
-        timestamp = str(self.clock.now())
+        received: str | None = None  # the time of reception, for metrics that carry none
         topic_tag, tagpass, host = self.conf.topic_tag, self.conf.tagpass, self.host_tag
         lines = []
-        for tags, fields in metrics:
+        for tags, fields, when in metrics:
+            if when is not None:
+                timestamp = str(when)
+            else:
+                if received is None:
+                    received = str(self.clock.now())
+                timestamp = received
             if topic_tag:
                 tags[topic_tag] = topic
             if tagpass is not None and not tagpass.select(tags):

@@ -52,6 +52,7 @@ class JulaboDaemon:
             cfg.prefix,
             client_id=f"trackerdcs-{lab.lab}-julabo",
             on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
+            command_max_age=cfg.command_max_age,
         )
         self.worker = LineWorker(
             make_device(cfg),

@@ -25,7 +25,7 @@ from trackerdcs.julabo.device import Applied, Julabo
 from trackerdcs.julabo.fsm import Chiller, Poll
 from trackerdcs.julabo.protocol import ReadbackMismatch
 from trackerdcs.julabo.worker import DoneFn, JobFn
-from trackerdcs.mqtt import Command, MqttLink, PayloadError
+from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ class JulaboService:
     def publish_status(self) -> None:
         status = self.chiller.as_status()
         self._published = status
-        self.link.publish_state(f"{self.prefix}/status", json.dumps(status))
+        stamped = {**status, "time": unix_time()}  # a heartbeat of the same values: a new time
+        self.link.publish_state(f"{self.prefix}/status", json.dumps(stamped))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self.publish_status)

@@ -123,9 +123,13 @@ class PowerChannel:
     def name(self) -> str:
         return self.cfg.name
 
-    def update(self, param: str, value: float | int) -> None:
+    def update(self, param: str, value: float | int) -> bool:
+        """Take a readback; True when its value differs from the one held (a monitor may
+        repeat an unchanged value)."""
+        changed = self.readback.get(param) != value
         self.readback[param] = value
         self._fresh.add(param)
+        return changed
 
     def observe(self) -> bool:
         """Move the state machine to what the readbacks show; True when the state changed."""

@@ -72,6 +72,7 @@ class CrateDaemon:
             on_message=(
                 lambda msg: loop.call_soon_threadsafe(self.apply_interlocks, msg.payload)
             ) if hv else None,
+            command_max_age=self.cfg.power.command_max_age,
         )  # fmt: skip
         service = PowerService(
             kind, prefix, channels, self.backend, link, self.cfg.power.publish, loop

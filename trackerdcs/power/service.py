@@ -23,7 +23,7 @@ from typing import Any
 
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import ChannelKind, PublishConfig
-from trackerdcs.mqtt import Command, MqttLink, PayloadError
+from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend
 from trackerdcs.power.channel import ChannelState, PowerChannel
 
@@ -124,13 +124,16 @@ class PowerService:
         if ch is None:
             return
         was_ready = ch.ready
-        ch.update(param, value)
+        changed = ch.update(param, value)
         changed_state = ch.observe()
         if changed_state:
             log.info("%s %s -> %s", self.prefix, ch.name, ch.state)
         if ch.ready and not was_ready:
             self._configure(ch)
-        if changed_state or param in _EXACT_PARAMS or self._beyond_deadband(ch, param, value):
+        # on change only: a repeated value (a client echoing the status back as a set point, a
+        # monitor posted on a same-value put) must not republish, or it feeds itself
+        exact = param in _EXACT_PARAMS
+        if changed_state or (changed if exact else self._beyond_deadband(ch, param, value)):
             self.request_publish()
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None:
@@ -202,7 +205,9 @@ class PowerService:
                 "VMon": float(ch.readback["VMon"]),
                 "IMon": float(ch.readback["IMon"]),
             }
-        payload = "[" + ", ".join(ch.status_json() for ch in self.channels) + "]"
+        # every channel's object ends with the publish time: its cached JSON, `}` replaced
+        stamp = f', "time": {unix_time()!r}}}'
+        payload = "[" + ", ".join(ch.status_json()[:-1] + stamp for ch in self.channels) + "]"
         cfg = self.publish_cfg
         self._next_publish = time.monotonic() + max(
             cfg.min_interval, len(payload) / cfg.max_bytes_per_s

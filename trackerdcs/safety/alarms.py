@@ -9,16 +9,18 @@ Every change goes to SQLite first, so alarms and acknowledgements survive a rest
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from trackerdcs.config import LabConfig
-from trackerdcs.mqtt import Command, MqttLink, PayloadError
-from trackerdcs.safety.clock import iso
+from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
+from trackerdcs.safety.liveness import Liveness, heartbeats
 from trackerdcs.safety.store import Alarm, Store
 
 log = logging.getLogger(__name__)
@@ -227,7 +229,7 @@ class AlarmBook:
             "alarms": [a.as_json() for a in alarms],
             "active": sum(a.active for a in alarms),
             "unacknowledged": sum(not a.acknowledged for a in alarms),
-            "time": iso(self.clock()),
+            "time": unix_time(self.clock()),
         }
 
 
@@ -239,21 +241,38 @@ def sender_of(request_id: str | None) -> str | None:
 
 
 class AlarmService:
-    """`/alarms` (retained list) and `/alarms/cmd/ack/{id|all}`."""
+    """`/alarms` (retained list) and `/alarms/cmd/ack/{id|all}`.
+
+    Besides the detectors, two kinds of alarm come from outside a topic's content:
+    - `silent:<prefix>` (major): no live status from a source for `alarms.liveness_factor` x its
+      heartbeat (trackerdcs.safety.liveness); cleared by its next live status;
+    - `retained:<topic>` (minor): a command published with the retain flag sits on the broker
+      (reported by the audit service, which sees commands); cleared when it is cleared.
+    """
 
     def __init__(
-        self, lab: LabConfig, store: Store, link: MqttLink, clock: Callable[[], float] = time.time
-    ) -> None:
+        self, lab: LabConfig, store: Store, link: MqttLink, clock: Callable[[], float] = time.time,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:  # fmt: skip
         self.link = link
         self.book = AlarmBook(store, clock)
         self.routes = alarm_routes(lab)
         self._own = {ALARMS_PREFIX, "/audit"}
+        self.loop = loop
+        self.liveness = Liveness(heartbeats(lab), lab.alarms.liveness_factor)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     @staticmethod
     def subscriptions(lab: LabConfig) -> tuple[str, ...]:
-        return (*alarm_routes(lab), "/+/availability")
+        watched = (f"{prefix}/status" for prefix in heartbeats(lab))
+        return tuple(dict.fromkeys((*alarm_routes(lab), *watched, "/+/availability")))
 
-    def on_message(self, topic: str, payload: bytes) -> None:
+    def on_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """A message of `subscriptions()`; `retained`: stored by the broker (not live)."""
+        prefix, _, leaf = topic.rpartition("/")
+        if leaf == "status" and not retained and self.liveness.live(prefix, time.monotonic()):
+            self._judge(prefix)
         route = self.routes.get(topic)
         if route is None and topic.endswith("/availability"):
             prefix = topic.rsplit("/", 1)[0]
@@ -272,6 +291,55 @@ class AlarmService:
         else:
             value = text.strip()
         if self.book.observe(topic, detector(prefix, value)):
+            self.publish()
+
+    # -- liveness ---------------------------------------------------------------------------------
+    def connection(self, up: bool) -> None:
+        """The link (re)connected: every source's deadline starts now; lost: none is judged."""
+        now = time.monotonic()
+        if up:
+            self.liveness.restart(now)
+        else:
+            self.liveness.suspend()
+        self._schedule(now)
+
+    def _judge(self, prefix: str) -> None:
+        now = time.monotonic()
+        silent = self.liveness.silent(prefix, now)
+        found = [Condition(f"silent:{prefix}", "major", prefix, self.liveness.why(prefix))]
+        if self.book.observe(f"{prefix}/status (live)", found if silent else []):
+            self.publish()
+        self._schedule(now)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        for prefix in self.liveness.timeouts:
+            self._judge(prefix)
+
+    def _schedule(self, now: float) -> None:
+        """One timer, at the next deadline (kept when an earlier one is set: it re-judges)."""
+        due = self.liveness.next_due(now)
+        if self.loop is None or (due is not None and self._timer_at <= due):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, math.inf
+        if due is not None:
+            self._timer = self.loop.call_later(due - now, self._on_timer)
+            self._timer_at = due
+
+    # -- retained commands ------------------------------------------------------------------------
+    def retained_command(self, topic: str, payload: str | None) -> None:
+        """A command published with the retain flag sits on `topic` (None: it was cleared)."""
+        prefix = topic.split("/cmd/", 1)[0]
+        found = []
+        if payload:
+            found = [Condition(
+                f"retained:{topic}", "minor", prefix,
+                f"retained command on {topic} ({payload[:60]!r}) refused, never executed; "
+                f"clear it: mosquitto_pub -r -t '{topic}' -n",
+            )]  # fmt: skip
+        if self.book.observe(topic, found):
             self.publish()
 
     def publish(self) -> None:
@@ -304,3 +372,7 @@ class AlarmService:
 
     def start(self) -> None:
         self.publish()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()

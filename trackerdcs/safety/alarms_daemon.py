@@ -30,27 +30,33 @@ class AlarmsDaemon:
         self.loop = loop
         self.store = Store(db)
         client = f"trackerdcs-{lab.lab}"
+        max_age = lab.alarms.command_max_age
         self.alarm_link = MqttLink(
             lab.mqtt,
             ALARMS_PREFIX,
             client_id=f"{client}-alarms",
             on_command=lambda cmd: loop.call_soon_threadsafe(self.alarms.handle_command, cmd),
+            on_connection=lambda up: loop.call_soon_threadsafe(self.alarms.connection, up),
             subscribe=AlarmService.subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(
-                self.alarms.on_message, msg.topic, msg.payload
+                self.alarms.on_message, msg.topic, msg.payload, bool(msg.retain)
             ),
+            command_max_age=max_age,
         )
-        self.alarms = AlarmService(lab, self.store, self.alarm_link)
+        self.alarms = AlarmService(lab, self.store, self.alarm_link, loop=loop)
         self.audit_link = MqttLink(
             lab.mqtt,
             AUDIT_PREFIX,
             client_id=f"{client}-audit",
+            on_connection=lambda up: loop.call_soon_threadsafe(self.audit.connection, up),
             subscribe=AuditService.subscriptions(),  # /+/cmd/# includes its own commands
             on_message=lambda msg: loop.call_soon_threadsafe(
-                self.audit.on_message, msg.topic, msg.payload, msg.properties
+                self.audit.on_message, msg.topic, msg.payload, msg.properties, bool(msg.retain)
             ),
+            command_max_age=max_age,
         )
-        self.audit = AuditService(lab, self.store, self.audit_link)
+        self.audit = AuditService(lab, self.store, self.audit_link, loop=loop)
+        self.audit.on_retained = self.alarms.retained_command
         self._prune: asyncio.TimerHandle | None = None
         self.db = db
 
@@ -74,6 +80,8 @@ class AlarmsDaemon:
     def stop(self) -> None:
         if self._prune is not None:
             self._prune.cancel()
+        self.alarms.stop()
+        self.audit.stop()
         self.audit_link.stop()
         self.alarm_link.stop()
         self.store.close()

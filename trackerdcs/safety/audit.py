@@ -1,9 +1,13 @@
 """The audit log: every command seen on the broker with its answer, and every automatic action
 the safety services report, kept in SQLite and published on `/dcs/log`.
 
-- commands: `/+/cmd/#`; the sender is the MQTT 5 user property `client_id` when the caller set
-  one, else the part of the request id before `:` (`interlock:chiller_running:3`), else
-  `unknown`. MQTT gives subscribers no client id of their own.
+- commands: `/+/cmd/#` (subscribed "retain as published", trackerdcs.mqtt); the sender is the
+  MQTT 5 user property `client_id` when the caller set one, else the part of the request id
+  before `:` (`interlock:chiller_running:3`), else `unknown`. MQTT gives subscribers no client
+  id of their own. A command published with the retain flag is recorded once (text
+  `retained: ...`), not again each time the broker delivers it anew; the table of retained
+  commands seen lives in the store, so a restart does not record it again either. Whoever
+  wants to know (the alarm service) is told through `on_retained`.
 - answers: `/+/response`, matched to the oldest unanswered command with the same topic and
   payload; the record is published again with `ok` and `error`.
 - actions: `/+/action` (`/interlock/action`, `/dcs/action`), JSON objects with `time`, `source`,
@@ -14,12 +18,13 @@ the safety services report, kept in SQLite and published on `/dcs/log`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from trackerdcs.config import LabConfig
@@ -33,6 +38,10 @@ log = logging.getLogger(__name__)
 AUDIT_PREFIX = "/audit"
 LOG_TOPIC = "/dcs/log"
 PENDING_FOR = 60.0  # s a command waits for its answer before it is no longer matched
+# s after (re)connecting by which the broker has delivered its retained commands: one not seen
+# again by then was cleared while we were away
+RETAINED_SWEEP = 3.0
+RETAINED_NOTE = "retained: never executed (clear it with an empty retained message)"
 COMMANDS = ("query",)  # under /audit/cmd/
 QUERY_KEYS = {"since", "until", "module", "source", "kind", "limit"}
 
@@ -80,48 +89,67 @@ def request_id_of(payload: str) -> str | None:
     return None if rid is None else str(rid)
 
 
-def _epoch(text: Any, default: float) -> float:
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return default
+def _epoch(value: Any, default: float) -> float:
+    """An action's `time` (unix s), or `default` when it has none."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
 
 
 class AuditService:
     def __init__(
-        self, lab: LabConfig, store: Store, link: MqttLink, clock: Callable[[], float] = time.time
-    ) -> None:
+        self, lab: LabConfig, store: Store, link: MqttLink, clock: Callable[[], float] = time.time,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:  # fmt: skip
         self.cfg = lab.alarms
         self.store = store
         self.link = link
         self.clock = clock
+        self.loop = loop
         self.modules_of = ModuleResolver(lab)
         self._pending: dict[tuple[str, str], deque[tuple[int, float]]] = {}
+        # told about retained commands: (topic, payload), payload None once cleared
+        self.on_retained: Callable[[str, str | None], None] | None = None
+        self._retained_seen: set[str] = set()  # topics delivered retained since connecting
+        self._sweep: asyncio.TimerHandle | None = None
 
     @staticmethod
     def subscriptions() -> tuple[str, ...]:
         return ("/+/cmd/#", "/+/response", "/+/action")
 
     # -- input (on the loop) ----------------------------------------------------------------------
-    def on_message(self, topic: str, payload: bytes, properties: Any = None) -> None:
-        """Every message of `subscriptions()`. The service's own commands come this way too
-        (its link has no command subscription: Mosquitto would deliver them twice)."""
+    def on_message(
+        self, topic: str, payload: bytes, properties: Any = None, retained: bool = False
+    ) -> None:
+        """Every message of `subscriptions()`; `retained`: the retain flag as published. The
+        service's own commands come this way too (its link has no command subscription:
+        Mosquitto would deliver them twice), through the same gate as every command."""
         text = payload.decode(errors="replace")
         if "/cmd/" in topic:
-            self.record_command(topic, text, user_property(properties, "client_id"))
+            client = user_property(properties, "client_id")
+            if retained:
+                self._retained_command(topic, text, client)
+            else:
+                self.record_command(topic, text, client)
             own = f"{AUDIT_PREFIX}/cmd/"
             if topic.startswith(own):
-                self.handle_command(Command(
+                cmd = Command(
                     topic=topic, action=topic[len(own):], payload=text,
                     response_topic=getattr(properties, "ResponseTopic", None),
                     correlation_data=getattr(properties, "CorrelationData", None),
-                ))  # fmt: skip
+                    retained=retained, arrived=self.clock(),
+                    expiry=getattr(properties, "MessageExpiryInterval", None),
+                )  # fmt: skip
+                if self.link.admit(cmd):
+                    self.handle_command(cmd)
         elif topic.endswith("/response"):
             self._answer(text)
         elif topic.endswith("/action"):
             self._action(topic, text)
 
-    def record_command(self, topic: str, payload: str, client: str | None = None) -> int:
+    def record_command(
+        self, topic: str, payload: str, client: str | None = None, text: str | None = None
+    ) -> int:
         now = self.clock()
         request_id = request_id_of(payload)
         seq = self.store.add_record(
@@ -132,11 +160,50 @@ class AuditService:
             payload=payload,
             request_id=request_id,
             modules=self.modules_of(topic),
+            text=text,
         )
         self._pending.setdefault((topic, payload), deque()).append((seq, now))
         self._expire(now)
         self._publish(seq)
         return seq
+
+    # -- retained commands ------------------------------------------------------------------------
+    def _retained_command(self, topic: str, payload: str, client: str | None) -> None:
+        """A command with the retain flag: recorded the first time it is seen; an empty one
+        clears it (`mosquitto_pub -r -t TOPIC -n`)."""
+        if not payload:
+            self._retained_seen.discard(topic)
+            if self.store.forget_retained(topic):
+                log.info("retained command on %s cleared", topic)
+                self._tell(topic, None)
+            return
+        self._retained_seen.add(topic)
+        if self.store.retained_commands().get(topic) == payload:
+            return  # delivered again (a reconnection, a restart): recorded already
+        log.warning("retained command on %s: %r (refused by its daemon)", topic, payload[:200])
+        self.store.remember_retained(topic, payload, self.clock())
+        self.record_command(topic, payload, client, RETAINED_NOTE)
+        self._tell(topic, payload)
+
+    def _tell(self, topic: str, payload: str | None) -> None:
+        if self.on_retained is not None:
+            self.on_retained(topic, payload)
+
+    def connection(self, up: bool) -> None:
+        """(Re)connected: retained commands not delivered again soon were cleared meanwhile."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        if up and self.loop is not None:
+            self._retained_seen = set()
+            self._sweep = self.loop.call_later(RETAINED_SWEEP, self._sweep_retained)
+
+    def _sweep_retained(self) -> None:
+        self._sweep = None
+        for topic in set(self.store.retained_commands()) - self._retained_seen:
+            self.store.forget_retained(topic)
+            log.info("retained command on %s was cleared while we were away", topic)
+            self._tell(topic, None)
 
     def _answer(self, text: str) -> None:
         try:
@@ -243,3 +310,7 @@ class AuditService:
 
     def start(self) -> None:
         self.prune()
+
+    def stop(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()

@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from trackerdcs.safety.clock import parse_when
+from trackerdcs.safety.clock import iso, parse_when
 
 
 def add_safety_commands(sub: argparse._SubParsersAction) -> None:
@@ -101,7 +101,7 @@ def _from_service(args: argparse.Namespace, query: dict[str, Any]) -> list[dict[
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_topic
         props.UserProperty = ("client_id", "trackerdcs-audit")
-        payload = json.dumps({"value": query, "id": f"audit-cli:{token}"})
+        payload = json.dumps({"value": query, "id": f"audit-cli:{token}", "time": time.time()})
         client.publish("/audit/cmd/query", payload, qos=1, properties=props)
         if not answered.wait(args.timeout):
             raise TimeoutError(f"no answer from the alarm service within {args.timeout:g} s")
@@ -124,4 +124,4 @@ def format_record(r: dict[str, Any]) -> str:
         what = f"{r['topic']} {r['payload']}{answer}"
     else:
         what = f"{r['event']}: {r['text']}"
-    return f"{r['time']}  {r['source']:<12} {modules:<8} {what}"
+    return f"{iso(r['time'])}  {r['source']:<12} {modules:<8} {what}"

@@ -104,6 +104,7 @@ class InterlocksConfig(_Strict):
     reassert_interval: PositiveFloat = 1.0  # s before an action is sent again while it holds
     startup_grace: NonNegFloat = 1.0  # s to gather the retained statuses before publishing
     heartbeat: PositiveFloat = 10.0  # s between two `/interlock/status` at the latest
+    command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
     @field_validator("rules")
     @classmethod
@@ -122,6 +123,9 @@ class AlarmsConfig(_Strict):
     db: str = "trackerdcs-alarms.sqlite"  # SQLite file (relative: to the working directory)
     audit_keep_days: PositiveFloat = 365.0  # older audit records are deleted
     query_limit: int = Field(1000, ge=1)  # most records one audit query returns
+    # a source sending no live status for this many of its heartbeats raises an alarm
+    liveness_factor: float = Field(3.0, ge=1.5)
+    command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
 
 class SequencerConfig(_Strict):
@@ -131,6 +135,8 @@ class SequencerConfig(_Strict):
     ramp_factor: float = Field(1.5, ge=1.0)  # allowed ramp time = factor x |dV| / rate ...
     settle_time: PositiveFloat = 10.0  # ... + this, s
     tolerance: NonNegFloat | None = None  # V; default: each channel's on_tolerance
+    heartbeat: PositiveFloat = 10.0  # s between two `/dcs/status` at the latest
+    command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
 
 def check_safety(lab: LabConfig) -> None:

@@ -28,8 +28,9 @@ class DcsDaemon:
             on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
             subscribe=SequencerService.subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(
-                self.service.on_message, msg.topic, msg.payload
+                self.service.on_message, msg.topic, msg.payload, bool(msg.retain)
             ),
+            command_max_age=lab.sequencer.command_max_age,
         )
         self.service = SequencerService(lab, self.link, loop)
 

@@ -27,8 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trackerdcs.config import ChannelKind, LabConfig
-from trackerdcs.mqtt import Command, MqttLink, PayloadError
-from trackerdcs.safety.clock import iso
+from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.safety.config import Action
 from trackerdcs.safety.rules import EPSILON, RULE_KINDS, RuleState, Verdict, reason_of
 from trackerdcs.safety.sender import CommandSender
@@ -69,7 +68,7 @@ class InterlockService:
         self.world = World(lab)
         self.status_topic = lab.power.interlock_topic
         self.action_topic = f"{interlock_prefix(lab)}/action"
-        self.sender = CommandSender(link, SOURCE)
+        self.sender = CommandSender(link, SOURCE, stamp_time=False)  # run whenever they arrive
         now, wall = loop.time(), clock()
         every = frozenset(self.world.modules)
         self.states = [
@@ -104,7 +103,7 @@ class InterlockService:
                     "%s refused %s: %s", answer.get("topic"), answer.get("id"), answer.get("error")
                 )
             return
-        if self.world.update(topic, payload, self.loop.time()) is not None:
+        if self.world.update(topic, payload, self.loop.time(), retained) is not None:
             self.evaluate()
 
     def _restore(self, payload: bytes) -> None:
@@ -272,7 +271,7 @@ class InterlockService:
         """One automatic action on `/interlock/action` (the audit log keeps it). `when`: the
         time of the decision, before any command of it went out."""
         payload = {
-            "time": iso(self.clock() if when is None else when),
+            "time": unix_time(self.clock() if when is None else when),
             "source": SOURCE,
             "event": event,
             "rule": state.rule.name,
@@ -294,16 +293,16 @@ class InterlockService:
                 "protects": sorted(s.protects),
                 "action": s.rule.action.value,
                 "armed": s.armed,
-                "since": iso(s.since),
-                "fired_at": iso(s.fired_at),
-                "cleared_at": iso(s.cleared_at),
+                "since": unix_time(s.since),
+                "fired_at": None if s.fired_at is None else unix_time(s.fired_at),
+                "cleared_at": None if s.cleared_at is None else unix_time(s.cleared_at),
             }
             for s in self.states
         ]
         return {
             "rules": rules,
             "active": [r["name"] for r in rules if r["active"]],
-            "time": iso(self.clock()),
+            "time": unix_time(self.clock()),
         }
 
     def _key(self) -> tuple:

@@ -31,6 +31,7 @@ class InterlockDaemon:
             on_message=lambda msg: loop.call_soon_threadsafe(
                 self.service.on_message, msg.topic, msg.payload, bool(msg.retain)
             ),
+            command_max_age=lab.interlocks.command_max_age,
         )
         self.service = InterlockService(lab, self.link, loop)
         self.prefix = prefix

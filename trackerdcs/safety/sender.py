@@ -1,8 +1,12 @@
 """Commands a safety service sends to the other daemons, with ids that trace them.
 
-Every command goes out as `{"value": ..., "id": "<source>:<tag>:<n>"}` at QoS 1. The audit log
-takes the part before the first `:` as the sender (`interlock`, `dcs`); the answers on
-`<prefix>/response` carry the id back, so `request()` can wait for its own.
+Every command goes out as `{"value": ..., "id": "<source>:<tag>:<n>", "time": <unix s>}` at
+QoS 1. The audit log takes the part before the first `:` as the sender (`interlock`, `dcs`); the
+answers on `<prefix>/response` carry the id back, so `request()` can wait for its own.
+
+`time` lets the daemon refuse a command that arrives too late (trackerdcs.mqtt.CommandGate); a
+sender whose every command must run whenever it arrives (the interlock: its actions only make the
+lab safer, also its chiller set point) sends none (`stamp_time=False`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 import logging
 from typing import Any, Protocol
 
+from trackerdcs.mqtt import unix_time
+
 log = logging.getLogger(__name__)
 
 
@@ -21,17 +27,24 @@ class Publisher(Protocol):
 
 
 class CommandSender:
-    def __init__(self, link: Publisher, source: str) -> None:
+    def __init__(self, link: Publisher, source: str, stamp_time: bool = True) -> None:
         self.link = link
         self.source = source
+        self.stamp_time = stamp_time
         self._numbers = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     def send(self, topic: str, value: Any, tag: str) -> str:
         """Publish a command; its id."""
         request_id = f"{self.source}:{tag}:{next(self._numbers)}"
-        self.link.publish(topic, json.dumps({"value": value, "id": request_id}), qos=1)
+        self.link.publish(topic, self._payload(value, request_id), qos=1)
         return request_id
+
+    def _payload(self, value: Any, request_id: str) -> str:
+        command: dict[str, Any] = {"value": value, "id": request_id}
+        if self.stamp_time:
+            command["time"] = unix_time()
+        return json.dumps(command)
 
     async def request(self, topic: str, value: Any, tag: str, timeout: float) -> dict[str, Any]:
         """Send a command and wait for its answer; TimeoutError after `timeout` s."""
@@ -39,7 +52,7 @@ class CommandSender:
         request_id = f"{self.source}:{tag}:{next(self._numbers)}"
         self._waiting[request_id] = future
         try:
-            self.link.publish(topic, json.dumps({"value": value, "id": request_id}), qos=1)
+            self.link.publish(topic, self._payload(value, request_id), qos=1)
             return await asyncio.wait_for(future, timeout)
         finally:
             self._waiting.pop(request_id, None)

@@ -24,8 +24,7 @@ from typing import Any
 
 from trackerdcs.commands import CommandError, parse_switch
 from trackerdcs.config import ChannelKind, LabConfig
-from trackerdcs.mqtt import Command, MqttLink, PayloadError
-from trackerdcs.safety.clock import iso
+from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.safety.sender import CommandSender
 from trackerdcs.safety.world import World
 
@@ -96,8 +95,9 @@ class SequencerService:
         self._channel_cfg = {ch.name: ch for ch in lab.power.channels}
         self.modules = list(self.world.modules)
         self.running: dict[str, tuple[bool, asyncio.Task]] = {}
+        self._heartbeat: asyncio.TimerHandle | None = None
         self.states: dict[str, dict[str, Any]] = {
-            m: {"state": "IDLE", "step": None, "error": None, "since": iso(clock())}
+            m: {"state": "IDLE", "step": None, "error": None, "since": unix_time(clock())}
             for m in self.modules
         }
 
@@ -107,10 +107,10 @@ class SequencerService:
         return tuple(t for p in prefixes for t in (f"{p}/status", f"{p}/response"))
 
     # -- input (on the loop) ----------------------------------------------------------------------
-    def on_message(self, topic: str, payload: bytes) -> None:
+    def on_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
         if topic.endswith("/response"):
             self.sender.on_response(payload)
-        elif self.world.update(topic, payload, self.loop.time()) is not None:
+        elif self.world.update(topic, payload, self.loop.time(), retained) is not None:
             self.conditions.changed()
 
     def handle_command(self, cmd: Command) -> None:
@@ -281,7 +281,7 @@ class SequencerService:
         return StepFailed(f"{step}: {why}")
 
     def _step(self, run: Run, step: str, ok: bool, detail: str) -> None:
-        entry = {"step": step, "ok": ok, "detail": detail, "time": iso(self.clock())}
+        entry = {"step": step, "ok": ok, "detail": detail, "time": unix_time(self.clock())}
         run.steps.append(entry)
         (log.info if ok else log.error)("%s %s: %s", run.module, step, detail)
         self.states[run.module]["step"] = step
@@ -290,7 +290,7 @@ class SequencerService:
 
     def _event(self, run: Run, event: str, step: str | None, text: str, ok: bool | None = None):
         payload = {
-            "time": iso(self.clock()),
+            "time": unix_time(self.clock()),
             "source": SOURCE,
             "event": event,
             "module": run.module,
@@ -313,18 +313,24 @@ class SequencerService:
         self._event(run, event, None, error or f"{run.module} {state}", error is None)
 
     def _set_state(self, module: str, state: str, error: str | None = None) -> None:
-        self.states[module].update(state=state, error=error, since=iso(self.clock()))
+        self.states[module].update(state=state, error=error, since=unix_time(self.clock()))
         if state in ("ON", "OFF"):
             self.states[module]["step"] = None
         self._publish_status()
 
     def _publish_status(self) -> None:
-        payload = {"modules": self.states, "time": iso(self.clock())}
+        """`/dcs/status`, on change and every `sequencer.heartbeat` s."""
+        payload = {"modules": self.states, "time": unix_time(self.clock())}
         self.link.publish_state(f"{PREFIX}/status", json.dumps(payload))
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._publish_status)
 
     def start(self) -> None:
         self._publish_status()
 
     def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for _, task in self.running.values():
             task.cancel()

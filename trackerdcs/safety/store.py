@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trackerdcs.safety.clock import iso
+from trackerdcs.mqtt import unix_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alarms (
@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS audit (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_t ON audit (t);
+CREATE TABLE IF NOT EXISTS retained_commands (
+    topic TEXT PRIMARY KEY,         -- a command topic holding a retained message
+    payload TEXT NOT NULL,
+    seen REAL NOT NULL              -- epoch s it was first seen
+);
 """
 
 
@@ -76,15 +81,19 @@ class Alarm:
             "severity": self.severity,
             "source": self.source,
             "text": self.text,
-            "time": iso(self.raised),
+            "time": unix_time(self.raised),
             "active": self.active,
-            "cleared": iso(self.cleared),
+            "cleared": _unix(self.cleared),
             "count": self.count,
             "acknowledged": self.acknowledged,
-            "ack_time": iso(self.ack_time),
+            "ack_time": _unix(self.ack_time),
             "ack_by": self.ack_by,
             "key": self.key,
         }
+
+
+def _unix(t: float | None) -> float | None:
+    return None if t is None else unix_time(t)
 
 
 _ALARM_COLUMNS = (
@@ -108,7 +117,7 @@ def record_json(row: sqlite3.Row) -> dict[str, Any]:
     modules = [m for m in row["modules"].split(",") if m]
     return {
         "seq": row["seq"],
-        "time": iso(row["t"]),
+        "time": unix_time(row["t"]),
         "kind": row["kind"],
         "source": row["source"],
         "event": row["event"],
@@ -237,6 +246,23 @@ class Store:
         rows = self.db.execute(sql + " ORDER BY t DESC, seq DESC LIMIT ?", [*args, limit + 1])
         found = rows.fetchall()
         return [record_json(r) for r in reversed(found[:limit])], len(found) > limit
+
+    # -- retained commands (audited once) ----------------------------------------------------------
+    def retained_commands(self) -> dict[str, str]:
+        rows = self.db.execute("SELECT topic, payload FROM retained_commands").fetchall()
+        return {r["topic"]: r["payload"] for r in rows}
+
+    def remember_retained(self, topic: str, payload: str, t: float) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO retained_commands (topic, payload, seen) VALUES (?, ?, ?)",
+            (topic, payload, t),
+        )
+
+    def forget_retained(self, topic: str) -> bool:
+        """True when a retained command was remembered for `topic`."""
+        return (
+            self.db.execute("DELETE FROM retained_commands WHERE topic = ?", (topic,)).rowcount > 0
+        )
 
     def prune(self, before: float) -> int:
         """Delete audit records older than `before`; how many."""

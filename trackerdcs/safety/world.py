@@ -25,7 +25,7 @@ class Source:
     prefix: str
     kind: str  # "power", "chiller" or "sensor"
     status: Any = None  # the latest status (dict, or list of channels for power)
-    received: float | None = None  # monotonic time it arrived
+    received: float | None = None  # monotonic time the latest live (not stored) status arrived
     online: bool | None = None  # from `<prefix>/availability`; None before the first
 
     @property
@@ -70,8 +70,14 @@ class World:
     def topics(self) -> list[str]:
         return [f"{p}/{leaf}" for p in self.sources for leaf in ("status", "availability")]
 
-    def update(self, topic: str, payload: bytes, now: float) -> Source | None:
-        """Take a message; the source it updated, or None (not a source's topic, or unusable)."""
+    def update(
+        self, topic: str, payload: bytes, now: float, retained: bool = False
+    ) -> Source | None:
+        """Take a message; the source it updated, or None (not a source's topic, or unusable).
+
+        A `retained` status (stored by the broker, delivered at subscription: possibly from a
+        daemon that died long ago) is taken as the latest data but does not count as received:
+        only a live one shows the daemon alive."""
         prefix, _, leaf = topic.rpartition("/")
         source = self.sources.get(prefix)
         if source is None:
@@ -94,7 +100,9 @@ class World:
         if not isinstance(status, expected):
             log.error("ignoring %s: expected a JSON %s", topic, expected.__name__)
             return None
-        source.status, source.received = status, now
+        source.status = status
+        if not retained:
+            source.received = now
         if source.kind == "power":
             self._by_name[prefix] = {c.get("name"): c for c in status if isinstance(c, dict)}
         return source

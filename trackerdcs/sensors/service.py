@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trackerdcs.config import MqttConfig
-from trackerdcs.mqtt import Command, MqttLink
+from trackerdcs.mqtt import Command, MqttLink, unix_time
 from trackerdcs.sensors.sensor import SensorState
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class SensorService:
     def publish(self) -> None:
         snapshot = self.state.snapshot(self.clock())
         self._note_flags(snapshot)
+        snapshot["time"] = unix_time()
         self.link.publish_state(self.topic, json.dumps(snapshot))
         if self._periodic is not None:
             self._periodic.cancel()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trackerdcs.config import LabConfig
+from trackerdcs.safety.liveness import heartbeats
 from trackerdcs.stack.process import ManagedProcess
 
 NODE_RED_DIR = Path(__file__).resolve().parents[2] / "node-red"
@@ -74,7 +75,9 @@ def _private_file(path: Path, text: str) -> None:
 
 
 def ui_lab(cfg: LabConfig) -> dict[str, Any]:
-    """What the flows need to know about the lab (`TRACKERDCS_UI_LAB`): prefixes and limits."""
+    """What the flows need to know about the lab (`TRACKERDCS_UI_LAB`): prefixes, limits, and
+    each source's heartbeat with the factor after which it counts as stale (as the alarm
+    service judges it: trackerdcs.safety.liveness)."""
     power: dict[str, dict[str, str]] = {}
     for crate in cfg.crates:
         for kind, prefix in sorted(crate.prefixes.items()):
@@ -95,6 +98,8 @@ def ui_lab(cfg: LabConfig) -> dict[str, Any]:
         "sensors": [s.name for s in cfg.sensors],
         "modules": list(cfg.modules()),
         "limits": limits,
+        "heartbeats": heartbeats(cfg),
+        "liveness_factor": cfg.alarms.liveness_factor,
     }
 
 
