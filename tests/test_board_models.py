@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import EXAMPLE_LAB, EXAMPLE_SLOTS, PowerLab
 from tests.simca import CAMonitor, SimCrateProcess, ca_get, ca_put, wait_for
-from trackerdcs.power.boards import BOARD_MODELS, GENERIC
+from trackerdcs.power.boards import BOARD_MODELS, GENERIC, markdown_table
 from trackerdcs.power.pvnames import board_pv, channel_pv, system_pv
 
 # What a lab's CAEN client reads from a real SY4527, per channel (hardware.md)
@@ -223,3 +223,9 @@ def test_a_put_of_the_same_value_posts_no_monitor(example_crate):
         ca_put(sim.port, pv, 13.0)
         wait_for(lambda: monitor.snapshot()[-1] == 13.0)
         assert monitor.snapshot() == [0.0, 12.0, 13.0]
+
+
+def test_the_readme_lists_the_board_models_of_the_table():
+    readme = (EXAMPLE_LAB.parent.parent / "README.md").read_text()
+    block = readme.split("<!-- board-models -->\n", 1)[1].split("\n<!-- /board-models -->")[0]
+    assert block == markdown_table()

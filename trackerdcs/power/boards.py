@@ -299,3 +299,19 @@ def setting_keys() -> dict[str, set[str]]:
         for key, param in model.settings.items():
             keys.setdefault(key, set()).add(param.name)
     return keys
+
+
+def markdown_table() -> str:
+    """The board models as the README lists them (a test keeps the README equal to this)."""
+    models = [*BOARD_MODELS.values(), GENERIC["hv"], GENERIC["lv"]]
+    lines = ["| model | kind | channels | parameters (setting key) | ramps by |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for m in models:
+        params = ", ".join(
+            f"`{p.name}`" + (f" (`{p.key}`)" if p.key else "") + ("" if p.writable else " ro")
+            for p in m.params
+        )
+        ramp = "time (`ruptime`, `rdwtime`, ms)" if m.ramp_by_time else "rate (`rup`, `rdwn`, V/s)"
+        channels = m.channels or "from the YAML"
+        lines.append(f"| {m.name} | {m.kind} | {channels} | {params} | {ramp} |")
+    return "\n".join(lines)
