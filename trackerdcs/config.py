@@ -527,6 +527,7 @@ class LabConfig(_Model):
     sequencer: SequencerConfig = SequencerConfig()
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _limits: dict[str, tuple[ChannelConfig, ChannelLimits]] = PrivateAttr(default_factory=dict)
+    _index: dict[str, int] = PrivateAttr(default_factory=dict)  # channel name -> its index
 
     @model_validator(mode="after")
     def _cross_check(self) -> LabConfig:
@@ -573,7 +574,9 @@ class LabConfig(_Model):
             if place in places:
                 raise ValueError(f"{where}: board {ch.board} channel {ch.channel} is used twice")
             places.add(place)
-            self._warnings.extend(w for w in self._merge_limits(ch)[1] if w not in self._warnings)
+            limits, warnings = self._merge_limits(ch)
+            self._limits[ch.name] = (ch, limits)
+            self._warnings.extend(w for w in warnings if w not in self._warnings)
         self._check_cooling(seen_prefix)
         return self
 
@@ -666,12 +669,15 @@ class LabConfig(_Model):
         crate = self.crate_of(ch)
         board = crate.boards[ch.board]
         model = board.spec
-        crate_index = self.crates.index(crate)
+        crate_index = next(i for i, c in enumerate(self.crates) if c is crate)
+        if not self._index:
+            for i, c in enumerate(self.power.channels):
+                self._index.setdefault(c.name, i)
         defaults = self.power.defaults.get(ch.kind)
         layers = [
             (f"power.defaults.{ch.kind}", defaults.given() if defaults else {}),
             (f"crates.{crate_index}.boards.{ch.board}.settings", board.settings.given()),
-            (f"power.channels.{self.power.channels.index(ch)}", ch.given()),
+            (f"power.channels.{self._index[ch.name]}", ch.given()),
         ]
         values = {k: v for k, v in DEFAULT_LIMITS[ch.kind].items() if not _refused_key(k, model)}
         origin: dict[str, str] = {}
