@@ -7,8 +7,8 @@ deadbands, which lab-YAML settings a board accepts (and their ranges), what the 
 serves, and the parameter list in the README.
 
 Sources:
-- parameter sets by board kind: `/work/shared/reference/hardware.md`, "Parameter sets by board
-  kind, as a real lab reads them" (a lab client run against a real SY4527: every board `V0Set`,
+- parameter sets by board kind: the project's hardware reference (hardware.md), "Parameter sets
+  by board kind, as a real lab reads them" (a lab client run against a real SY4527: every board `V0Set`,
   `I0Set`, `Pw`, `Trip`, `TripInt`, `TripExt`, `Status`, `VMon`, `IMon`; HV boards also `RUp`,
   `RDWn`, `ImRange`, `PDwn`; LV boards also `UNVThr`, `OVVThr`, `RUpTime`, `RDwTime`, `Temp`);
 - the A7435SN set (`V1Set`, `I1Set`, `POn`, `ZCDetect`, `ZCAdjust`, no `PDwn`): the README of
@@ -16,9 +16,12 @@ Sources:
 - parameter types (`caen_libs.caenhvwrapper.ParamType`: NUMERIC, ONOFF, CHSTATUS, BDSTATUS,
   BINARY, STRING, ENUM) and their C conversions: `caen_libs/caenhvwrapper.py` of caen-libs 3.3.0;
 - `Status` and `BdStatus` bits: `trackerdcs.power.status`, after hardware.md.
-Channel counts and ranges are CAEN's catalogue figures for the boards (A1515: 16 channels,
-1 kV / 1 mA; A2519: 8 channels, 15 V / 5 A); what is not known is left open (None): a model
-without a channel count takes it from the lab YAML.
+Channel counts and ranges are CAEN's catalogue figures for the boards (A1515 family: 16
+channels, 1 kV / 1 mA; A2519: 8 channels, 15 V / 5 A), not confirmed from a public source here:
+check them against the crate (its front panel, or `get_crate_map`). What is not known is left
+open (None): a model without a channel count takes it from the lab YAML. Enum state order
+(`ImRange`) and on/off state names (`PDwn`: off Kill, on Ramp) are what the simulator serves; the
+caenwrapper backend takes the crate's own from `get_ch_param_prop`.
 
 A lab YAML picks an entry with `crates[].boards.<slot>.model`; a board without a model is the
 `generic` entry of its kind: the parameter set the daemon assumed before board models existed.

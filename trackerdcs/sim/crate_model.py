@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trackerdcs.power.boards import (
-    PDWN_STATES,
     PW_STATES,
     BoardModel,
     Param,
@@ -54,7 +53,6 @@ TEMP_AMBIENT = 25.0  # °C of an LV board's channel at no load
 TEMP_PER_WATT = 1.5  # K per W of output power
 CHURN_OFFSET: dict[str, tuple[float, float]] = {"hv": (1.5, 1.5), "lv": (1.5, 0.15)}  # V, µA|A
 NO_YES = ("No", "Yes")
-PDWN_MODES = PDWN_STATES
 # What `SimCrate.step` can change, as CAEN names (published by the server after a step).
 PHYSICS_PARAMS = ("VMon", "IMon", "Status", "Pw", "Temp")
 # Board layouts: slot -> (model, channel count) or, for a generic board, (kind, channel count).
