@@ -8,9 +8,10 @@ serves, and the parameter list in the README.
 
 Sources:
 - parameter sets by board kind: the project's hardware reference (hardware.md), "Parameter sets
-  by board kind, as a real lab reads them" (a lab client run against a real SY4527: every board `V0Set`,
-  `I0Set`, `Pw`, `Trip`, `TripInt`, `TripExt`, `Status`, `VMon`, `IMon`; HV boards also `RUp`,
-  `RDWn`, `ImRange`, `PDwn`; LV boards also `UNVThr`, `OVVThr`, `RUpTime`, `RDwTime`, `Temp`);
+  by board kind, as a real lab reads them" (a lab client run against a real SY4527: every board
+  `V0Set`, `I0Set`, `Pw`, `Trip`, `TripInt`, `TripExt`, `Status`, `VMon`, `IMon`; HV boards also
+  `RUp`, `RDWn`, `ImRange`, `PDwn`; LV boards also `UNVThr`, `OVVThr`, `RUpTime`, `RDwTime`,
+  `Temp`);
 - the A7435SN set (`V1Set`, `I1Set`, `POn`, `ZCDetect`, `ZCAdjust`, no `PDwn`): the README of
   the CaenHV satellite of constellation-daq/Constellation (a DESY DAQ framework);
 - parameter types (`caen_libs.caenhvwrapper.ParamType`: NUMERIC, ONOFF, CHSTATUS, BDSTATUS,
