@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from trackerdcs.config import load_config
-from trackerdcs.power.backend import MONITORED_PARAMS, WRITABLE_PARAMS
+from trackerdcs.power.epics_backend import channel_params
 from trackerdcs.power.pvnames import channel_pv, system_pv
 
 
@@ -60,11 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(EPICS_CA_ADDR_LIST=crate.address, EPICS_CA_AUTO_ADDR_LIST="NO")
     from epics import ca, dbr  # after the environment: libca reads it once
 
-    params = (*MONITORED_PARAMS, *(w for w in WRITABLE_PARAMS if w not in MONITORED_PARAMS))
     names = [
-        (channel_pv(crate.system, ch.board, ch.channel, param), param in MONITORED_PARAMS)
+        (channel_pv(crate.system, ch.board, ch.channel, p.name), p.monitor is not None)
         for ch in cfg.channels_of(crate.name)
-        for param in params
+        for p in channel_params(cfg.board_of(ch).spec)
     ]
     names.append((system_pv(crate.system, "ClearAlarm"), False))
     tally = Tally(len(names), sum(monitored for _, monitored in names))

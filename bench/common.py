@@ -132,18 +132,19 @@ def example_lab(path: Path, mqtt_port: int, ca_port: int) -> Path:
 def scale_lab(path: Path, mqtt_port: int, ca_port: int, boards: int = 16, per_board: int = 48):
     """One crate, half HV and half LV boards of `per_board` channels, every channel configured.
 
-    HV channel n and LV channel n power module `M<n>`.
+    HV channel n and LV channel n power module `M<n>`. The boards are `generic` ones (48-channel
+    boards; the table's real models have 16 and 8), so the LV ramps by rate here.
     """
     data = _example_power()
     hv_boards = boards // 2
     data["crates"][0]["boards"] = {
-        slot: {
-            "kind": "hv" if slot < hv_boards else "lv",
-            "channels": per_board,
-            "model": "A1539" if slot < hv_boards else "A2519",
-        }
+        slot: {"kind": "hv" if slot < hv_boards else "lv", "channels": per_board}
         for slot in range(boards)
     }
+    lv = data["power"]["defaults"]["lv"]
+    for key in ("ruptime", "rdwtime"):
+        lv.pop(key, None)
+    lv.update(rup=5.0, rdwn=5.0)
     channels = []
     for slot in range(boards):
         kind = "hv" if slot < hv_boards else "lv"

@@ -48,6 +48,7 @@ from bench.common import (
     running,
     start_all,
 )
+from trackerdcs.config import load_config
 from trackerdcs.power.pvnames import channel_pv, system_pv
 from trackerdcs.stack.process import free_port
 
@@ -232,7 +233,8 @@ def interlock(opts: Options) -> list[Result]:
     )  # fmt: skip
     inbox = Inbox()
     topics = ["/hv/status", "/hv/response", "/interlock/status", "bench/echo", "/hv/cmd/kill/M1"]
-    pw = channel_pv(SYSTEM, 0, 0, "Pw")
+    m1 = next(c for c in load_config(lab).power.channels if c.name == "hv_m1")
+    pw = channel_pv(SYSTEM, m1.board, m1.channel, "Pw")
     with running(mosquitto, crate, power, guard):
         start_all(mosquitto, crate)
         with Probe(mqtt_port, topics, inbox.handler) as client:

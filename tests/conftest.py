@@ -61,15 +61,44 @@ def client(broker):
     c.close()
 
 
+def board_slots(data: dict) -> dict[str, int]:
+    """kind (`hv`, `lv`) -> the slot of the first crate's board that powers channels of that kind,
+    read from lab data: tests never assume where a lab's boards sit."""
+    slots: dict[str, int] = {}
+    for ch in data["power"]["channels"]:
+        slots.setdefault(ch["kind"], int(ch["board"]))
+    return slots
+
+
+EXAMPLE_SLOTS = board_slots(yaml.safe_load(EXAMPLE_LAB.read_text()))
+
+
+def cleanroom_layout(data: dict) -> dict:
+    """The example lab as a real lab lays it out: another system name, HV boards in a high slot
+    (12), LV boards in a low one (3)."""
+    moved = {EXAMPLE_SLOTS["hv"]: 12, EXAMPLE_SLOTS["lv"]: 3}
+    crate = data["crates"][0]
+    crate["boards"] = {moved[slot]: board for slot, board in crate["boards"].items()}
+    crate["system"] = f"cleanroom{next(_systems)}"
+    for ch in data["power"]["channels"]:
+        ch["board"] = moved[ch["board"]]
+    return data
+
+
+LAYOUTS = {"example": lambda data: data, "cleanroom": cleanroom_layout}
+
+
 def write_lab(path: Path, *, mqtt_port: int, ca_port: int, system: str | None = None,
-              **overrides) -> Path:  # fmt: skip
-    """The example lab with this test's ports and a unique EPICS system name."""
+              layout: str = "example", **overrides) -> Path:  # fmt: skip
+    """The example lab with this test's ports and a unique EPICS system name (`layout`
+    `cleanroom`: its boards in other slots, under another system name)."""
     data = yaml.safe_load(EXAMPLE_LAB.read_text())
     data["mqtt"]["port"] = mqtt_port
     data["mqtt"]["reconnect_max_delay"] = 0.5
     crate = data["crates"][0]
     crate["address"] = f"127.0.0.1:{ca_port}"
     crate["system"] = system or f"test{next(_systems)}"
+    data = LAYOUTS[layout](data)
     for key, value in overrides.items():
         target = data
         *parents, last = key.split(".")
@@ -91,7 +120,8 @@ def _logged(text: str):
 class PowerLab:
     """Broker (shared), a simulated crate and the power daemon, with a test client."""
 
-    def __init__(self, workdir: Path, broker: Broker, name: str, **overrides) -> None:
+    def __init__(self, workdir: Path, broker: Broker, name: str, *,
+                 crate_args: tuple[str, ...] = (), **overrides) -> None:  # fmt: skip
         self.workdir = workdir
         self.broker = broker
         self.ca_port = free_port()
@@ -101,10 +131,12 @@ class PowerLab:
         )
         data = yaml.safe_load(self.config.read_text())
         self.system = data["crates"][0]["system"]
+        self.places = {c["name"]: (c["board"], c["channel"]) for c in data["power"]["channels"]}
+        self.slots = board_slots(data)
         self.crate = SimCrateProcess(
             self.config,
             self.ca_port,
-            ["--noise", "0", "--tick", "0.05"],
+            ["--noise", "0", "--tick", "0.05", *crate_args],
             log_path=workdir / f"{name}-crate.log",
         )
         self.daemon = python_process(
@@ -136,6 +168,10 @@ class PowerLab:
     # simulator side (Channel Access, as a crate client would see it)
     def pv(self, board: int, channel: int, param: str) -> str:
         return self.crate.pv(board, channel, param)
+
+    def chpv(self, name: str, param: str) -> str:
+        """The PV of a parameter of the channel called `name` in the lab file."""
+        return self.crate.pv(*self.places[name], param)
 
     def get(self, pv: str):
         return self.crate.get(pv)
@@ -169,9 +205,8 @@ class PowerLab:
 
     def reset(self) -> None:
         """All channels off and at rest, trips cleared, no injected leakage."""
-        for board, n in ((0, 4), (2, 4)):
-            for ch in range(n):
-                self.put(self.pv(board, ch, "SimLeak"), 0.0)
+        for name in self.places:
+            self.put(self.chpv(name, "SimLeak"), 0.0)
         for prefix in ("/hv", "/lv"):
             self.command(f"{prefix}/cmd/switch/all", "off")
         self.command("/hv/cmd/clear", "")
@@ -188,7 +223,8 @@ class PowerLab:
 FAST_DEFAULTS = {
     "hv": {"vset": 0, "vmax": 600, "iset": 10, "imax": 100, "rup": 200, "rdwn": 400, "trip": 0.2,
            "pdwn": "Kill"},
-    "lv": {"vset": 10.5, "vmax": 12, "iset": 2.0, "imax": 4, "rup": 20, "rdwn": 40, "trip": 0.5},
+    "lv": {"vset": 10.5, "vmax": 12, "iset": 2.0, "imax": 4, "ruptime": 500, "rdwtime": 250,
+           "trip": 0.5},
 }  # fmt: skip
 
 

@@ -1,76 +1,46 @@
 """The HV Wrapper backend, with CAEN's proprietary library replaced at its one seam.
 
 `libcaenhvwrapper.so` cannot run here, so `device_opener` returns a stand-in for
-`caen_libs.caenhvwrapper.Device` backed by the simulated crate's physics. Everything above that
-seam is the production code: the backend's session thread, the daemon's services, real MQTT.
+`caen_libs.caenhvwrapper.Device` backed by the simulated crate's physics and faithful to the
+binding's types and errors (`tests/fake_caenhv.py`). Everything above that seam is the
+production code: the backend's session thread, the daemon's services, real MQTT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes as ct
 import threading
-import time
 
 import pytest
 
 from tests.conftest import PowerLab
+from tests.fake_caenhv import Device, Error
 from tests.simca import wait_for
 from trackerdcs.config import load_config
 from trackerdcs.power.backend import ChannelAddress
 from trackerdcs.power.caenwrapper_backend import CaenWrapperBackend
 from trackerdcs.power.daemon import CrateDaemon
-from trackerdcs.sim.crate_model import PW_STATES, SimCrate
+from trackerdcs.sim.crate import boards_of
+from trackerdcs.sim.crate_model import SimCrate
 
 
-class SimDevice:
-    """What the backend uses of `caen_libs.caenhvwrapper.Device`, over `SimCrate`."""
-
-    def __init__(self, model: SimCrate, alive: threading.Event) -> None:
-        self.model = model
-        self.alive = alive
-        self.t = time.monotonic()
-        self.closed = False
-
-    def _check(self) -> None:
-        if not self.alive.is_set():
-            raise ConnectionError("CAENHV_SYSERR: crate does not answer")  # as the library would
-
-    def get_ch_param(self, slot: int, channels: list[int], name: str) -> list:
-        self._check()
-        now = time.monotonic()
-        self.model.step(now - self.t)
-        self.t = now
-        values = [self.model.channel(slot, c).reading(name) for c in channels]
-        return [PW_STATES.index(v) if name == "Pw" else v for v in values]
-
-    def set_ch_param(self, slot: int, channels: list[int], name: str, value) -> None:
-        self._check()
-        for c in channels:
-            self.model.write(slot, c, name, value)
-
-    def exec_comm(self, name: str) -> None:
-        self._check()
-        assert name == "ClearAlarm"
-        self.model.clear_alarm()
-
-    def close(self) -> None:
-        self.closed = True
-
-
-@pytest.fixture
-def wrapper_lab(workdir, broker):
-    lab = PowerLab(workdir, broker, "caenwrapper", **{"crates.0.backend": "caenwrapper"})
+def start_wrapper_lab(workdir, broker, name: str, omit=None, **overrides):
+    """The power daemon with the caenwrapper backend over the stand-in; returns what it needs
+    and a function that stops it."""
+    lab = PowerLab(workdir, broker, name, **{"crates.0.backend": "caenwrapper", **overrides})
     cfg = load_config(lab.config)
     crate = cfg.crates[0]
-    model = SimCrate({b: (bd.kind.value, bd.channels) for b, bd in crate.boards.items()}, noise=0)
+    omit = {lab.slots[kind]: names for kind, names in (omit or {}).items()}  # by board kind
+    model = SimCrate(boards_of(crate, omit=omit), noise=0)
     alive = threading.Event()
     alive.set()
-    opened: list[SimDevice] = []
+    opened: list[Device] = []
 
     def opener(_crate):
         if not alive.is_set():
-            raise ConnectionError("CAENHV_DEVICEOPEN failed")
-        opened.append(SimDevice(model, alive))
+            raise Error("connection failed", Error.Code.DOWN, "CAENHV_InitSystem")
+        opened.append(Device(model, alive))
         return opened[-1]
 
     loop = asyncio.new_event_loop()
@@ -94,22 +64,32 @@ def wrapper_lab(workdir, broker):
         ),
         timeout=5,
     )
-    yield lab, model, alive, opened
-    loop.call_soon_threadsafe(daemon.stop)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    lab.client.close()
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(daemon.stop)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        lab.client.close()
+
+    return lab, model, alive, opened, stop
+
+
+@pytest.fixture
+def wrapper_lab(workdir, broker):
+    *lab, stop = start_wrapper_lab(workdir, broker, "caenwrapper")
+    yield lab
+    stop()
 
 
 def test_commands_reach_the_crate_and_readbacks_come_back(wrapper_lab):
     lab, model, *_ = wrapper_lab
-    assert model.channel(0, 0).svmax == 600.0  # protection settings written at connect
+    assert model.channel(*lab.places["hv_m1"]).svmax == 600.0  # settings written at connect
     since = lab.client.mark()
     assert lab.command("/hv/cmd/setv/hv_m1", 80)["ok"]
     assert lab.command("/hv/cmd/switch/hv_m1", "on")["ok"]
     on = lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "ON", since=since)
     assert on["vreq"] == 80.0 and abs(on["vmon"] - 80) <= 2
-    assert model.channel(0, 0).pw
+    assert model.channel(*lab.places["hv_m1"]).pw
 
 
 def test_refused_command_writes_nothing(wrapper_lab):
@@ -129,3 +109,69 @@ def test_session_lost_then_reopened(wrapper_lab):
     alive.set()
     lab.wait_status("/hv", lambda chs: all(c["state"] == "OFF" for c in chs), 5, since)
     assert lab.command("/hv/cmd/clear", "")["ok"]
+
+
+def test_every_setting_is_written_with_the_bindings_types(wrapper_lab):
+    lab, model, _, opened = wrapper_lab
+    cfg = load_config(lab.config)
+    calls = {(slot, name): value for slot, name, value in opened[-1].calls}
+    hv, lv = lab.slots["hv"], lab.slots["lv"]
+    # on/off as the C int of the board's state (PDwn Kill = offstate = 0), numbers as C floats
+    assert isinstance(calls[(hv, "PDwn")], ct.Array) and calls[(hv, "PDwn")][0] == 0
+    assert calls[(hv, "PDwn")]._type_ is ct.c_int
+    for slot, name in ((hv, "SVMax"), (hv, "RUp"), (hv, "RDWn"), (hv, "Trip"), (lv, "Trip"),
+                       (lv, "RUpTime"), (lv, "RDwTime"), (lv, "V0Set"), (lv, "I0Set")):  # fmt: skip
+        assert calls[(slot, name)]._type_ is ct.c_float, name
+    lv_m1 = model.channel(*lab.places["lv_m1"])
+    limits = cfg.limits_for(next(c for c in cfg.power.channels if c.name == "lv_m1"))
+    assert (lv_m1.settings["RUpTime"], lv_m1.settings["RDwTime"]) == (
+        limits.ruptime,
+        limits.rdwtime,
+    )
+    assert (lv, "RUp") not in calls and (lv, "PDwn") not in calls  # an A2519 has neither
+    since = lab.client.mark()
+    assert lab.command("/lv/cmd/switch/lv_m1", "on")["ok"]
+    assert opened[-1].calls[-1][2]._type_ is ct.c_int  # Pw as a C int
+    lab.wait_channel("/lv", "lv_m1", lambda c: c["state"] == "ON" and c["vmon"] == 10.5,
+                     since=since)  # fmt: skip
+
+
+def test_the_stand_in_fails_like_the_binding(wrapper_lab):
+    lab, _, _, opened = wrapper_lab
+    device = opened[-1]
+    hv_slot, ch = lab.places["hv_m1"]
+    with pytest.raises(TypeError):  # ctypes refuses a str for a C int, as in caen-libs
+        device.set_ch_param(hv_slot, [ch], "PDwn", "Kill")
+    with pytest.raises(TypeError):
+        device.set_ch_param(hv_slot, [ch], "Pw", 1.0)
+    with pytest.raises(Error) as info:
+        device.set_ch_param(hv_slot, [ch], "RUpTime", 100.0)  # an A1515TG ramps by rate
+    assert info.value.code is Error.Code.PARAMNOTFOUND
+    assert str(info.value) == "__get_param_type failed: Parameter not found (PARAMNOTFOUND)"
+    assert device.get_ch_param(hv_slot, [ch], "Pw") == [0]  # on/off read back as an int
+    [imon] = device.get_ch_param(hv_slot, [ch], "V0Set")
+    assert isinstance(imon, float)
+
+
+def test_a_parameter_the_board_lacks_is_reported_once_and_the_rest_works(workdir, broker):
+    """The configured A2519 lacks RDwTime on the real board: the daemon says so once, writes
+    everything else, and the channel switches on and off; no reconnect loop."""
+    lab, model, _, opened, stop = start_wrapper_lab(
+        workdir, broker, "caenwrapper-absent", omit={"lv": {"RDwTime"}}
+    )
+    try:
+        state = lab.client.wait_for(
+            "/lv/state", lambda m: any("0, 1, 2, 3" in w for w in m.json["warnings"])
+        ).json
+        [warning] = state["warnings"]
+        assert warning.startswith("board ") and "(A2519): RDwTime not served" in warning
+        lv_m2 = model.channel(*lab.places["lv_m2"])
+        wait_for(lambda: lv_m2.settings["RUpTime"] == 500.0 and lv_m2.trip == 0.5)  # the rest
+        since = lab.client.mark()
+        assert lab.command("/lv/cmd/switch/lv_m2", "on")["ok"]
+        lab.wait_channel("/lv", "lv_m2", lambda c: c["state"] == "ON", since=since)
+        assert lab.command("/lv/cmd/kill/lv_m2", "")["ok"]  # no RDwTime to raise: just off
+        lab.wait_channel("/lv", "lv_m2", lambda c: c["state"] == "OFF", timeout=5, since=since)
+        assert len(opened) == 1  # one session: no reconnect loop
+    finally:
+        stop()

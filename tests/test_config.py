@@ -64,8 +64,8 @@ def test_channel_on_missing_board(tmp_path):
 
 def test_channel_beyond_board_size(tmp_path):
     data = example()
-    data["power"]["channels"][0]["channel"] = 12
-    check_error(tmp_path, data, "power.channels.0.channel", "has 12 channels")
+    data["power"]["channels"][0]["channel"] = 16  # an A1515TG has 16
+    check_error(tmp_path, data, "power.channels.0.channel", "has 16 channels")
 
 
 def test_kind_must_match_board(tmp_path):
@@ -92,7 +92,7 @@ def test_inconsistent_limits(tmp_path):
 def test_unknown_default_key(tmp_path):
     data = example()
     data["power"]["defaults"]["lv"]["ramp"] = 5
-    check_error(tmp_path, data, "power.defaults", "unknown key(s) for lv: ramp")
+    check_error(tmp_path, data, "power.defaults.lv.ramp", "unknown key")
 
 
 def test_bad_prefix(tmp_path):
@@ -279,3 +279,93 @@ def test_command_safety_settings_and_their_overrides():
     data["mqtt"]["command_rate_limit"] = {"rate": 10}
     lab = parse_config(data)
     assert lab.julabo.command_max_age == 30.0 and lab.mqtt.command_rate_limit.burst == 10
+
+
+# -- board models ---------------------------------------------------------------------------------
+def test_unknown_board_model_names_the_key_and_the_known_models(tmp_path):
+    data = example()
+    data["crates"][0]["boards"][0]["model"] = "A9999"
+    check_error(tmp_path, data, "crates.0.boards.0.model", "unknown board model 'A9999'",
+                "known: A1515TG, A7435SN, A2519, generic")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("board", "expected"),
+    [
+        ({"kind": "hv", "channels": 12, "model": "A1515TG"}, "board model A1515TG has 16 channels"),
+        ({"kind": "lv", "model": "A1515TG"}, "kind: board model A1515TG is an hv board"),
+        ({"kind": "hv"}, "channels: required for a generic board"),
+        ({"channels": 4}, "kind: give the board's kind (hv, lv) or its model"),
+        ({"model": "A2519", "settings": {"rup": 5}}, "settings.rup: board model A2519 has no RUp"),
+    ],
+)
+def test_board_must_agree_with_its_model(tmp_path, board, expected):
+    data = example()
+    data["crates"][0]["boards"] = {0: board, 2: {"model": "A2519"}}
+    data["power"]["channels"] = []
+    check_error(tmp_path, data, "crates.0.boards.0", expected)
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "expected"),
+    [
+        ("defaults", "imrange", "Low", "power.defaults.lv.imrange: board model A2519 has no"),
+        ("channel", "ovvthr", 11, "power.channels.0.ovvthr: board model A1515TG has no OVVThr"),
+        ("channel", "pdwn", "Ramp", None),  # an A1515TG has PDwn
+        ("defaults", "kill_rate", 500, "power.defaults.lv.kill_rate: board model A2519 has no"),
+        ("board", "imrange", "Medium", "imrange: ImRange must be one of High, Low"),
+        ("board", "tripint", -1, "greater than or equal to 0"),
+        ("lvboard", "unvthr", 20, "unvthr: UNVThr must be at most 15 V"),
+    ],
+)  # fmt: skip
+def test_a_setting_the_model_lacks_or_refuses_is_an_error(tmp_path, where, key, value, expected):
+    data = example()
+    if where == "defaults":
+        data["power"]["defaults"]["lv"][key] = value
+    elif where == "channel":
+        data["power"]["channels"][0][key] = value
+    else:
+        data["crates"][0]["boards"][0 if where == "board" else 2]["settings"] = {key: value}
+    if expected is None:
+        path = tmp_path / "lab.yml"
+        path.write_text(yaml.safe_dump(data))
+        assert load_config(path).limits_for(load_config(path).power.channels[0]).pdwn == "Ramp"
+    else:
+        check_error(tmp_path, data, expected)
+
+
+def test_old_lv_ramp_rates_are_converted_with_a_warning(tmp_path):
+    data = example()
+    lv = data["power"]["defaults"]["lv"]
+    del lv["ruptime"], lv["rdwtime"]
+    lv.update(rup=5, rdwn=10)  # V/s, as every lab file had it before board models
+    path = tmp_path / "lab.yml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    limits = cfg.limits_for(next(c for c in cfg.power.channels if c.name == "lv_m1"))
+    assert (limits.ruptime, limits.rdwtime, limits.rup) == (2100.0, 1050.0, None)  # 10.5 V
+    assert cfg.warnings[:2] == [
+        "power.defaults.lv.rup: board model A2519 ramps by time: rup 5 V/s converted to "
+        "ruptime 2100 ms for channel 'lv_m1' (vset 10.5 V); write ruptime (ms) instead",
+        "power.defaults.lv.rdwn: board model A2519 ramps by time: rdwn 10 V/s converted to "
+        "rdwtime 1050 ms for channel 'lv_m1' (vset 10.5 V); write rdwtime (ms) instead",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "trackerdcs.cli", "check-config", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "warning: power.defaults.lv.rup:" in result.stderr
+    del lv["vset"]  # nothing to convert with: say how to write it
+    path.write_text(yaml.safe_dump(data))
+    check_error(
+        tmp_path, data, "power.defaults.lv.rup: board model A2519 ramps by time, not rate: "
+        "write ruptime (ms to ramp to the set point) instead of rup (V/s)",
+    )  # fmt: skip
+
+
+def test_ramp_seconds_in_each_boards_terms():
+    cfg = load_config(EXAMPLE_LAB)
+    hv = cfg.limits_for(cfg.power.channels[0])  # 50 V/s
+    lv = cfg.limits_for(cfg.power.channels[4])  # 2000 ms
+    assert hv.ramp_seconds(100, up=True) == 2.0 and hv.ramp_seconds(-25, up=False) == 0.5
+    assert lv.ramp_seconds(10.5, up=True) == 2.0 and lv.ramp_seconds(3, up=False) == 2.0

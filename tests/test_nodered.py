@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, Broker, PowerLab, _logged, python_process
+from tests.conftest import EXAMPLE_SLOTS, ROOT, Broker, PowerLab, _logged, python_process
 from trackerdcs.config import load_config
 from trackerdcs.sim.julabo import JulaboSimulator
 from trackerdcs.stack.nodered import FLOWS, NODE_RED_DIR, NodeRed
@@ -32,7 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-HV, LV = 0, 2  # boards of the example crate
+HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]  # boards of the example crate
 WAIT = 10_000  # ms, for anything that crosses MQTT, the daemons and the crate
 
 JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 0.3,

@@ -10,9 +10,21 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.conftest import PowerLab
 from tests.simca import wait_for
+from trackerdcs.config import load_config
+from trackerdcs.power.channel import PowerChannel
+from trackerdcs.power.service import settings_writes
 
-HV_BOARD, LV_BOARD = 0, 2
+
+@pytest.fixture(scope="module", params=["example", "cleanroom"])
+def power_lab_module(workdir, broker, request):
+    """The power tests run unchanged on the example lab and on a lab laid out as real ones are
+    (another system name, HV boards in a high slot, LV in a low one)."""
+    name = f"power-{request.param}"
+    lab = PowerLab(workdir, broker, name, layout=request.param).start()
+    yield lab
+    lab.stop()
 
 
 def states_seen(lab, prefix: str, name: str, since: int) -> list[str]:
@@ -46,8 +58,7 @@ def test_setv_by_number_name_module_and_all(power_lab, target, names):
     )
     assert all(isinstance(c["vreq"], float) for c in status)
     for name in names:
-        ch = int(name[-1]) - 1
-        assert power_lab.get(power_lab.pv(HV_BOARD, ch, "V0Set")) == 123.5
+        assert power_lab.get(power_lab.chpv(name, "V0Set")) == 123.5
 
 
 def test_seti_by_module_on_lv(power_lab):
@@ -55,7 +66,7 @@ def test_seti_by_module_on_lv(power_lab):
     answer = power_lab.command("/lv/cmd/seti/M2", 1.25)
     assert answer["ok"], answer
     power_lab.wait_channel("/lv", "lv_m2", lambda c: c["ilim"] == 1.25, since=since)
-    assert power_lab.get(power_lab.pv(LV_BOARD, 1, "I0Set")) == 1.25
+    assert power_lab.get(power_lab.chpv("lv_m2", "I0Set")) == 1.25
 
 
 def test_switch_ramps_up_then_on_then_down_then_off(power_lab):
@@ -97,14 +108,14 @@ def test_over_current_trips_and_switch_on_needs_clear(power_lab):
     lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "ON", since=since)
 
     since = lab.client.mark()
-    lab.put(lab.pv(HV_BOARD, 1, "SimLeak"), 50.0)  # 50 µA over a 10 µA limit
+    lab.put(lab.chpv("hv_m2", "SimLeak"), 50.0)  # 50 µA over a 10 µA limit
     tripped = lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "TRIPPED", since=since)
     assert "INT_TRIP" in tripped["flags"] and tripped["on"] == 0
     others = lab.client.latest("/hv/status").json
     assert [c["state"] for c in others if c["name"] != "hv_m2"] == ["OFF", "OFF", "OFF"]
     lab.client.wait_for("/hv/state", lambda m: m.json["state"] == "ERROR", since=since)
 
-    lab.put(lab.pv(HV_BOARD, 1, "SimLeak"), 0.0)
+    lab.put(lab.chpv("hv_m2", "SimLeak"), 0.0)
     writes = lab.writes()
     answer = lab.command("/hv/cmd/switch/hv_m2", "on")
     assert answer["ok"] is False and "TRIPPED" in answer["error"] and "clear" in answer["error"]
@@ -148,14 +159,14 @@ BAD_COMMANDS = [
 def test_bad_commands_are_answered_and_write_nothing(power_lab):
     lab = power_lab
     writes = lab.writes()
-    vset = lab.get(lab.pv(HV_BOARD, 0, "V0Set"))
+    vset = lab.get(lab.chpv("hv_m1", "V0Set"))
     for topic, payload, expected in BAD_COMMANDS:
         answer = lab.client.raw_command(topic, payload, topic.split("/cmd")[0] + "/response")
         assert answer["ok"] is False, (topic, payload, answer)
         assert expected in answer["error"], (topic, payload, answer["error"])
         assert answer["topic"] == topic and answer["payload"] == payload
     assert lab.writes() == writes, "a refused command wrote to the crate"
-    assert lab.get(lab.pv(HV_BOARD, 0, "V0Set")) == vset
+    assert lab.get(lab.chpv("hv_m1", "V0Set")) == vset
 
 
 def test_invalid_utf8_payload_is_refused(power_lab):
@@ -169,7 +180,7 @@ def test_invalid_utf8_payload_is_refused(power_lab):
 
 def test_all_or_nothing_when_one_channel_refuses(power_lab):
     lab = power_lab
-    lab.put(lab.pv(HV_BOARD, 2, "SimLeak"), 50.0)
+    lab.put(lab.chpv("hv_m3", "SimLeak"), 50.0)
     assert lab.command("/hv/cmd/setv/M3", 20)["ok"]
     since = lab.client.mark()
     assert lab.command("/hv/cmd/switch/M3", "on")["ok"]
@@ -227,7 +238,13 @@ def test_reconnect_command_recreates_the_channels(power_lab):
     since = lab.client.mark()
     assert lab.command("/hv/cmd/reconnect", "")["ok"]
     # the fresh channels connect and the daemon writes the protection settings again
-    wait_for(lambda: lab.writes() >= writes + 8 * 5, timeout=5)
+    cfg = load_config(lab.config)
+    settings = sum(
+        len(settings_writes(PowerChannel(c, cfg.limits_for(c), cfg.board_of(c).spec)))
+        for c in cfg.power.channels
+    )
+    assert settings == 4 * 5 + 4 * 3  # HV SVMax RUp RDWn Trip PDwn; LV Trip RUpTime RDwTime
+    wait_for(lambda: lab.writes() >= writes + settings, timeout=5)
     for prefix in ("/hv", "/lv"):
         lab.wait_status(prefix, lambda chs: all(c["state"] == "OFF" for c in chs), since=since)
     assert lab.command("/hv/cmd/setv/0", 3)["ok"]

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tests.conftest import Broker, PowerLab
+from tests.conftest import EXAMPLE_SLOTS, Broker, PowerLab
 from tests.simca import wait_for
 
-HV, LV = 0, 2
+HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]
 
 
 def switch_on(lab, prefix: str, name: str, volts: float) -> None:

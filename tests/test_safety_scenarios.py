@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Broker, _logged, python_process
+from tests.conftest import EXAMPLE_SLOTS, Broker, _logged, python_process
 from tests.simca import ca_get, ca_put, wait_for
 from tests.test_virtual_lab import VirtualLab
 from trackerdcs.power.pvnames import channel_pv
 from trackerdcs.stack.process import ManagedProcess
 
-HV, LV = 0, 2
+HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]
 SENSOR_TIMEOUT = 1.5  # s: the sensors publish every 0.2 s, and go stale after 1 s of silence
 STATUS_TIMEOUT = 2.0  # s: a DISCONNECTED chiller counts as stopped after this
 SOAK = 15.0  # s of a loaded machine and a lossy chiller line

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PowerLab, _logged, python_process
+from tests.conftest import EXAMPLE_SLOTS, PowerLab, _logged, python_process
 from trackerdcs.stack.process import ManagedProcess
 
-HV, LV = 0, 2
+HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]
 
 
 class SequencerLab:

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.simca import CAMonitor, CAPutError, SimCrateProcess, ca_get, ca_put, wait_for
+from trackerdcs.config import load_config
+from trackerdcs.power.boards import BOARD_MODELS
 from trackerdcs.power.status import ChannelStatus as S
-from trackerdcs.sim.crate import port_of
-from trackerdcs.sim.crate_model import LEAK_PER_VOLT, SimCrate
+from trackerdcs.sim.crate import boards_of, port_of
+from trackerdcs.sim.crate_model import LEAK_PER_VOLT, LV_LOAD_OHM, TEMP_AMBIENT, SimCrate
 
 EXAMPLE_LAB = Path(__file__).resolve().parent.parent / "examples" / "lab.yml"
 DT = 0.1
@@ -204,6 +206,70 @@ def test_churn_changes_every_channel_once_per_second_evenly():
     assert ch.vmon == 0.0 and ch.status == 0  # a reading artefact only
 
 
+def lv_board(**settings) -> tuple[SimCrate, object]:
+    """An A2519 in slot 3, channel 0 with `settings` written."""
+    crate = SimCrate({3: (BOARD_MODELS["A2519"], 8)}, noise=0.0)
+    for param, value in settings.items():
+        crate.write(3, 0, param, value)
+    return crate, crate.channel(3, 0)
+
+
+def test_lv_board_ramps_by_time():
+    crate, ch = lv_board(V0Set=12, RUpTime=2000, RDwTime=500)
+    crate.write(3, 0, "Pw", "On")
+    run(crate, 1.0)
+    assert ch.vmon == pytest.approx(6.0) and ch.status == S.ON | S.RAMP_UP
+    run(crate, 1.1)
+    assert ch.vmon == 12.0 and ch.status == S.ON
+    crate.write(3, 0, "Pw", "Off")
+    run(crate, 0.3)
+    assert ch.vmon == pytest.approx(12.0 * 0.4)
+    run(crate, 0.3)
+    assert ch.vmon == 0.0 and ch.status == 0
+    with pytest.raises(KeyError):
+        crate.write(3, 0, "RUp", 5)  # an A2519 has no RUp: unknown to it, as on a real crate
+    with pytest.raises(ValueError):
+        crate.write(3, 0, "RUpTime", 0)
+
+
+@pytest.mark.parametrize(("threshold", "value", "bit"), [("UNVThr", 11.0, S.UNV),
+                                                         ("OVVThr", 9.0, S.OVV)])  # fmt: skip
+def test_under_and_over_voltage_thresholds_trip_an_lv_channel(threshold, value, bit):
+    crate, ch = lv_board(V0Set=10, RUpTime=100, Trip=0.5)
+    crate.write(3, 0, "Pw", "On")
+    run(crate, 0.2)
+    assert ch.status == S.ON
+    crate.write(3, 0, threshold, value)
+    assert ch.status == S.ON | bit
+    run(crate, 0.4)
+    assert ch.pw and ch.status == S.ON | bit
+    run(crate, 0.2)
+    assert not ch.pw and ch.status & S.INT_TRIP and ch.vmon == 0.0
+
+
+def test_temp_moves_with_load_and_settings_are_kept():
+    crate, ch = lv_board(V0Set=8, RUpTime=100, TripInt=5, TripExt=2)
+    assert ch.reading("Temp") == TEMP_AMBIENT
+    crate.write(3, 0, "Pw", "On")
+    run(crate, 0.2)
+    assert ch.reading("Temp") == pytest.approx(TEMP_AMBIENT + 1.5 * 8 * 8 / LV_LOAD_OHM)
+    assert (ch.reading("TripInt"), ch.reading("TripExt")) == (5, 2)
+    with pytest.raises(ValueError):
+        crate.write(3, 0, "TripInt", 1.5)  # a bit mask
+
+
+def test_boards_of_serves_another_model_or_a_board_without_some_parameters():
+    crate = load_config(EXAMPLE_LAB).crates[0]
+    boards = boards_of(crate, {0: "generic"}, {2: {"OVVThr", "Temp"}})
+    assert boards[0][0].name == "generic" and boards[0][1] == 16
+    assert boards[2][0].name == "A2519 without OVVThr,Temp"
+    assert not boards[2][0].has("OVVThr") and boards[2][0].has("UNVThr")
+    with pytest.raises(ValueError, match="has no Nope"):
+        boards_of(crate, omit={2: {"Nope"}})
+    with pytest.raises(ValueError, match="no board in slot 5"):
+        boards_of(crate, {5: "A2519"})
+
+
 def test_port_of_address():
     assert port_of("127.0.0.1:5070") == 5070
     assert port_of("10.0.0.5") == 5064
@@ -220,8 +286,10 @@ def sim():
 
 def test_ready_line_and_pv_count(sim):
     assert sim.system == "simlab"
-    assert sim.pv_count == (12 + 8) * 13 + 4  # 12 params + SimLeak per channel; 4 system PVs
-    assert ca_get(sim.port, "simlab:02:007:ChName") == "CH007"
+    hv, lv = BOARD_MODELS["A1515TG"], BOARD_MODELS["A2519"]  # the example crate's boards
+    per_channel = {m.name: len(m.params) + 2 for m in (hv, lv)}  # + SimLeak, SimInvalid
+    assert sim.pv_count == 16 * per_channel["A1515TG"] + 8 * per_channel["A2519"] + 2 + 4
+    assert ca_get(sim.port, "simlab:02:007:ChName") == "CH007"  # 2 BdStatus, 4 system PVs
     assert ca_get(sim.port, "simlab:02:007:I0Set") == 2.5
 
 

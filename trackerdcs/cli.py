@@ -34,6 +34,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{args.config}: invalid configuration\n  {exc}", file=sys.stderr)
         return 2
+    for warning in cfg.warnings:
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: ok ({len(cfg.crates)} crate(s), {len(cfg.power.channels)} channel(s))")
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,12 +17,21 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
+from trackerdcs.power.boards import (
+    BOARD_MODELS,
+    GENERIC_NAME,
+    BoardModel,
+    board_model,
+    known_models,
+    setting_keys,
+)
 from trackerdcs.safety.config import AlarmsConfig, InterlocksConfig, SequencerConfig
 
 
@@ -53,6 +62,7 @@ class _EnvCredentials:
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class TlsConfig(_Model):
@@ -102,17 +112,31 @@ class PowerDownMode(StrEnum):
 
 
 class ChannelLimits(_Model):
-    """Per-channel settings; every field may be given per kind in `defaults` or per channel."""
+    """Per-channel settings; every field may be given per kind in `defaults`, per board in
+    `crates[].boards.<slot>.settings` or per channel.
+
+    A setting named after a CAEN parameter (the parameter's name in lower case, `vmax` for
+    `SVMax`) is written to the crate at every (re)connection, where the board model has that
+    parameter (`trackerdcs.power.boards`); None leaves the crate's own value.
+    """
 
     vset: NonNegFloat | None = None  # initial V0Set written at start (None: leave the crate's)
     vmax: PositiveFloat  # highest V0Set accepted from a command, also written to SVMax
     iset: PositiveFloat  # current limit written at start (I0Set, µA for HV, A for LV)
     imax: PositiveFloat  # highest I0Set accepted from a command
-    rup: PositiveFloat  # ramp-up rate, V/s
-    rdwn: PositiveFloat  # ramp-down rate, V/s
-    trip: NonNegFloat  # time over the current limit before the channel trips, s
-    kill_rate: PositiveFloat = 1000.0  # ramp-down rate for `kill`, V/s (the board's fastest)
-    pdwn: PowerDownMode = PowerDownMode.KILL
+    trip: NonNegFloat  # Trip: time over the current limit before the channel trips, s
+    rup: PositiveFloat | None = None  # RUp: ramp-up rate, V/s (boards that ramp by rate)
+    rdwn: PositiveFloat | None = None  # RDWn: ramp-down rate, V/s
+    ruptime: PositiveFloat | None = None  # RUpTime: ramp-up time, ms (boards that ramp by time)
+    rdwtime: PositiveFloat | None = None  # RDwTime: ramp-down time, ms
+    kill_rate: PositiveFloat | None = None  # RDWn for `kill`, V/s (the board's fastest)
+    kill_time: PositiveFloat | None = None  # RDwTime for `kill`, ms (the board's shortest)
+    pdwn: PowerDownMode | None = None  # PDwn: what the channel does after a trip
+    tripint: NonNegInt | None = None  # TripInt: internal trip connections (bit mask)
+    tripext: NonNegInt | None = None  # TripExt: external trip connections (bit mask)
+    imrange: str | None = None  # ImRange: current monitor range (`High`, `Low`)
+    unvthr: NonNegFloat | None = None  # UNVThr: under-voltage threshold, V
+    ovvthr: NonNegFloat | None = None  # OVVThr: over-voltage threshold, V
     vdeadband: NonNegFloat = 0.5  # VMon change that triggers a status publish, V
     ideadband: NonNegFloat = 0.5  # IMon change that triggers a status publish, µA or A
     on_tolerance: NonNegFloat = (
@@ -127,19 +151,76 @@ class ChannelLimits(_Model):
             raise ValueError(f"vset {self.vset} exceeds vmax {self.vmax}")
         return self
 
+    def ramp_seconds(self, dv: float, up: bool) -> float:
+        """How long a ramp of `dv` volts takes at these settings (0 when unknown)."""
+        rate, ms = (self.rup, self.ruptime) if up else (self.rdwn, self.rdwtime)
+        if ms is not None:  # the board ramps to its set point (or to 0) in that time
+            return ms / 1000.0
+        return abs(dv) / rate if rate else 0.0
+
 
 _LIMIT_FIELDS = tuple(ChannelLimits.model_fields)
 
+# Keys that are board settings only: a board model without the parameter refuses them.
+# (`vmax` and `trip` are the daemon's limits too, on every board.)
+_BOARD_KEYS: dict[str, str] = {
+    **{key: next(iter(names)) for key, names in setting_keys().items()},
+    "kill_rate": "RDWn",
+    "kill_time": "RDwTime",
+}
+_DAEMON_KEYS = frozenset({"vmax", "trip"})
+
 DEFAULT_LIMITS: dict[ChannelKind, dict[str, Any]] = {
     ChannelKind.HV: dict(vmax=500.0, iset=500.0, imax=1000.0, rup=50.0, rdwn=50.0, trip=1.0,
-                         pdwn="Kill", vdeadband=0.5, ideadband=0.05, on_tolerance=2.0),
-    ChannelKind.LV: dict(vmax=12.0, iset=2.5, imax=5.0, rup=2.0, rdwn=2.0, trip=10.0,
+                         kill_rate=1000.0, pdwn="Kill", vdeadband=0.5, ideadband=0.05,
+                         on_tolerance=2.0),
+    ChannelKind.LV: dict(vmax=12.0, iset=2.5, imax=5.0, rup=2.0, rdwn=2.0, ruptime=5000.0,
+                         rdwtime=5000.0, trip=10.0, kill_rate=1000.0, kill_time=100.0,
                          pdwn="Kill", vdeadband=0.01, ideadband=0.01, on_tolerance=0.1),
 }  # fmt: skip
 
 
-class ChannelConfig(_Model):
-    """One logical channel: where it lives on the crate and what it powers."""
+def _refused_key(key: str, model: BoardModel) -> str | None:
+    """Why a board of `model` refuses setting `key`, or None."""
+    param = _BOARD_KEYS.get(key)
+    if param is None or key in _DAEMON_KEYS or model.has(param):
+        return None
+    settings = ", ".join(sorted(k for k in model.settings if k not in _DAEMON_KEYS))
+    return f"board model {model.name} has no {param} (its settings: {settings})"
+
+
+class _LimitOverrides(_Model):
+    """The optional per-kind / per-board / per-channel values of `ChannelLimits`."""
+
+    vset: NonNegFloat | None = None
+    vmax: PositiveFloat | None = None
+    iset: PositiveFloat | None = None
+    imax: PositiveFloat | None = None
+    trip: NonNegFloat | None = None
+    rup: PositiveFloat | None = None
+    rdwn: PositiveFloat | None = None
+    ruptime: PositiveFloat | None = None
+    rdwtime: PositiveFloat | None = None
+    kill_rate: PositiveFloat | None = None
+    kill_time: PositiveFloat | None = None
+    pdwn: PowerDownMode | None = None
+    tripint: NonNegInt | None = None
+    tripext: NonNegInt | None = None
+    imrange: str | None = None
+    unvthr: NonNegFloat | None = None
+    ovvthr: NonNegFloat | None = None
+    vdeadband: NonNegFloat | None = None
+    ideadband: NonNegFloat | None = None
+    on_tolerance: NonNegFloat | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The values set in the file."""
+        return {k: getattr(self, k) for k in _LIMIT_FIELDS if getattr(self, k) is not None}
+
+
+class ChannelConfig(_LimitOverrides):
+    """One logical channel: where it lives on the crate and what it powers (and any of the
+    defaults to override for it)."""
 
     number: int = Field(ge=0)
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -148,19 +229,6 @@ class ChannelConfig(_Model):
     board: int = Field(ge=0, le=99)
     channel: int = Field(ge=0, le=999)
     module: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
-    # per-channel overrides of the kind's defaults
-    vset: NonNegFloat | None = None
-    vmax: PositiveFloat | None = None
-    iset: PositiveFloat | None = None
-    imax: PositiveFloat | None = None
-    rup: PositiveFloat | None = None
-    rdwn: PositiveFloat | None = None
-    trip: NonNegFloat | None = None
-    kill_rate: PositiveFloat | None = None
-    pdwn: PowerDownMode | None = None
-    vdeadband: NonNegFloat | None = None
-    ideadband: NonNegFloat | None = None
-    on_tolerance: NonNegFloat | None = None
 
     @field_validator("name")
     @classmethod
@@ -171,9 +239,50 @@ class ChannelConfig(_Model):
 
 
 class BoardConfig(_Model):
-    kind: ChannelKind
-    channels: int = Field(ge=1, le=999)
-    model: str | None = None  # e.g. A1515TG, A2519: documentation only
+    """A board in a crate slot: its model (`trackerdcs.power.boards`) gives its kind, channel
+    count and parameters; `kind`/`channels` may be given too and must agree with it."""
+
+    kind: ChannelKind | None = None
+    channels: int | None = Field(None, ge=1, le=999)
+    model: str | None = None  # a model of the table, or None / `generic`
+    settings: _LimitOverrides = _LimitOverrides()  # this board's defaults (over power.defaults)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str | None) -> str | None:
+        if v is not None and v != GENERIC_NAME and v not in BOARD_MODELS:
+            raise ValueError(f"unknown board model {v!r} (known: {', '.join(known_models())})")
+        return v
+
+    @model_validator(mode="after")
+    def _agrees_with_model(self) -> BoardConfig:
+        model = BOARD_MODELS.get(self.model or "")
+        if model is not None:
+            if self.kind is None:
+                object.__setattr__(self, "kind", ChannelKind(model.kind))
+            elif self.kind != model.kind:
+                raise ValueError(f"kind: board model {model.name} is an {model.kind} board")
+            if model.channels is not None:
+                if self.channels is None:
+                    object.__setattr__(self, "channels", model.channels)
+                elif self.channels != model.channels:
+                    raise ValueError(
+                        f"channels: board model {model.name} has {model.channels} channels"
+                    )
+        if self.kind is None:
+            raise ValueError("kind: give the board's kind (hv, lv) or its model")
+        if self.channels is None:
+            raise ValueError(f"channels: required for a {self.spec.name} board")
+        for key in self.settings.given():
+            if why := _refused_key(key, self.spec):
+                raise ValueError(f"settings.{key}: {why}")
+        return self
+
+    @property
+    def spec(self) -> BoardModel:
+        """The board's entry in the model table."""
+        assert self.kind is not None
+        return board_model(self.model, self.kind.value)
 
 
 class CrateConfig(_Model):
@@ -188,6 +297,9 @@ class CrateConfig(_Model):
     boards: dict[int, BoardConfig]
     prefixes: dict[ChannelKind, str] = {ChannelKind.HV: "/hv", ChannelKind.LV: "/lv"}
     connect_timeout: PositiveFloat = 2.0  # a crate not answering within this is DISCONNECTED
+    # EPICS: a settings PV still unconnected this long after its channel's readbacks connected
+    # is counted absent (the crate does not serve it): reported once, not written
+    absent_timeout: PositiveFloat = 5.0
 
     @field_validator("prefixes")
     @classmethod
@@ -216,7 +328,7 @@ class FailsafeConfig(_Model):
 
 
 class PowerConfig(_Model):
-    defaults: dict[ChannelKind, dict[str, Any]] = {}
+    defaults: dict[ChannelKind, _LimitOverrides] = {}
     channels: list[ChannelConfig] = []
     publish: PublishConfig = PublishConfig()
     failsafe: FailsafeConfig = FailsafeConfig()
@@ -227,12 +339,12 @@ class PowerConfig(_Model):
 
     @field_validator("defaults")
     @classmethod
-    def _known_default_keys(cls, v: dict[ChannelKind, dict[str, Any]]) -> dict:
+    def _consistent_defaults(cls, v: dict[ChannelKind, _LimitOverrides]) -> dict:
         for kind, values in v.items():
-            unknown = set(values) - set(_LIMIT_FIELDS)
-            if unknown:
-                raise ValueError(f"unknown key(s) for {kind}: {', '.join(sorted(unknown))}")
-            ChannelLimits(**{**DEFAULT_LIMITS[kind], **values})
+            try:
+                ChannelLimits(**{**DEFAULT_LIMITS[kind], **values.given()})
+            except ValidationError as exc:
+                raise ValueError(f"{kind}: {_first_error(exc)}") from None
         return v
 
 
@@ -464,6 +576,9 @@ class LabConfig(_Model):
     interlocks: InterlocksConfig = InterlocksConfig()  # safety: trackerdcs.safety.config
     alarms: AlarmsConfig = AlarmsConfig()
     sequencer: SequencerConfig = SequencerConfig()
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+    _limits: dict[str, tuple[ChannelConfig, ChannelLimits]] = PrivateAttr(default_factory=dict)
+    _index: dict[str, int] = PrivateAttr(default_factory=dict)  # channel name -> its index
 
     @model_validator(mode="after")
     def _cross_check(self) -> LabConfig:
@@ -492,6 +607,7 @@ class LabConfig(_Model):
             board = crate.boards.get(ch.board)
             if board is None:
                 raise ValueError(f"{where}.board: crate {crate_name!r} has no board {ch.board}")
+            assert board.channels is not None
             if board.kind != ch.kind:
                 raise ValueError(f"{where}.kind: board {ch.board} is a {board.kind} board")
             if ch.channel >= board.channels:
@@ -509,7 +625,9 @@ class LabConfig(_Model):
             if place in places:
                 raise ValueError(f"{where}: board {ch.board} channel {ch.channel} is used twice")
             places.add(place)
-            self.limits_for(ch)  # the merged limits must be consistent
+            limits, warnings = self._merge_limits(ch)
+            self._limits[ch.name] = (ch, limits)
+            self._warnings.extend(w for w in warnings if w not in self._warnings)
         self._check_cooling(seen_prefix)
         return self
 
@@ -574,13 +692,82 @@ class LabConfig(_Model):
             if self.crate_of(ch).name == crate and (kind is None or ch.kind == kind)
         ]
 
+    def board_of(self, ch: ChannelConfig) -> BoardConfig:
+        """The board a channel lives on."""
+        return self.crate_of(ch).boards[ch.board]
+
     def limits_for(self, ch: ChannelConfig) -> ChannelLimits:
-        """Built-in defaults < the kind's `defaults` < the channel's own values."""
-        values = dict(DEFAULT_LIMITS[ch.kind])
-        values.update(self.power.defaults.get(ch.kind, {}))
-        values.update({k: getattr(ch, k) for k in _LIMIT_FIELDS if getattr(ch, k) is not None})
+        """Built-in defaults < the kind's `defaults` < the board's `settings` < the channel's
+        own values; only the settings the channel's board model has (see `_merge_limits`)."""
+        cached = self._limits.get(ch.name)
+        if cached is None or cached[0] is not ch:
+            cached = self._limits[ch.name] = (ch, self._merge_limits(ch)[0])
+        return cached[1]
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the file says that was accepted with a warning (old keys converted)."""
+        return list(self._warnings)
+
+    def _merge_limits(self, ch: ChannelConfig) -> tuple[ChannelLimits, list[str]]:
+        """The channel's limits, and the warnings of converting old keys.
+
+        A key the board model has no parameter for is an error naming where it was given; a
+        built-in default for such a parameter is dropped. LV `rup`/`rdwn` (V/s) of the old
+        files, on a board that ramps by time, become `ruptime`/`rdwtime` = 1000 x vset / rate
+        (ms to ramp to the set point) when `vset` is known, else an error says how to write them.
+        """
+        crate = self.crate_of(ch)
+        board = crate.boards[ch.board]
+        model = board.spec
+        crate_index = next(i for i, c in enumerate(self.crates) if c is crate)
+        if not self._index:
+            for i, c in enumerate(self.power.channels):
+                self._index.setdefault(c.name, i)
+        defaults = self.power.defaults.get(ch.kind)
+        layers = [
+            (f"power.defaults.{ch.kind}", defaults.given() if defaults else {}),
+            (f"crates.{crate_index}.boards.{ch.board}.settings", board.settings.given()),
+            (f"power.channels.{self._index[ch.name]}", ch.given()),
+        ]
+        values = {k: v for k, v in DEFAULT_LIMITS[ch.kind].items() if not _refused_key(k, model)}
+        origin: dict[str, str] = {}
+        for where, given in layers:
+            for key, value in given.items():
+                if key in ("rup", "rdwn") and model.ramp_by_time:
+                    continue  # converted below
+                if why := _refused_key(key, model):
+                    raise ValueError(f"{where}.{key}: {why} (channel {ch.name!r})")
+                values[key], origin[key] = value, where
+        warnings = []
+        for rate_key, time_key in (("rup", "ruptime"), ("rdwn", "rdwtime")):
+            given_at = [w for w, g in layers if rate_key in g]
+            if not model.ramp_by_time or not given_at:
+                continue
+            where = f"{given_at[-1]}.{rate_key}"
+            rate = [g for _, g in layers if rate_key in g][-1][rate_key]
+            vset = values.get("vset")
+            if time_key in origin or not vset:
+                raise ValueError(
+                    f"{where}: board model {model.name} ramps by time, not rate: write "
+                    f"{time_key} (ms to ramp to the set point) instead of {rate_key} (V/s)"
+                    + ("" if time_key in origin else f"; channel {ch.name!r} has no vset to "
+                       "convert it with")
+                )  # fmt: skip
+            values[time_key] = round(1000.0 * vset / rate, 3)
+            warnings.append(
+                f"{where}: board model {model.name} ramps by time: {rate_key} {rate:g} V/s "
+                f"converted to {time_key} {values[time_key]:g} ms for channel {ch.name!r} "
+                f"(vset {vset:g} V); write {time_key} (ms) instead"
+            )
+        for key, value in values.items():
+            param = _BOARD_KEYS.get(key)
+            if not param or not model.has(param) or key in ("kill_rate", "kill_time"):
+                continue
+            if why := model.by_name[param].check(value.value if isinstance(value, Enum) else value):
+                raise ValueError(f"{origin.get(key, 'default')}.{key}: {param} {why}")
         try:
-            return ChannelLimits(**values)
+            return ChannelLimits(**values), warnings
         except ValidationError as exc:
             raise ValueError(f"channel {ch.name!r}: {_first_error(exc)}") from None
 

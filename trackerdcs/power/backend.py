@@ -2,6 +2,11 @@
 
 A backend reports readbacks and connection changes to a `BackendSink` (from any thread) and takes
 writes of CAEN parameters by name. The service never knows which transport is behind it.
+
+What a backend reads and writes for a channel is its board's entry in the model table
+(`trackerdcs.power.boards`): the model's `monitored` readbacks, and its writable parameters. A
+parameter the configured model has but the crate does not serve is reported once through
+`BackendSink.on_absent`; writing it raises `ParamAbsent`, and the rest of the channel works.
 """
 
 from __future__ import annotations
@@ -10,11 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from trackerdcs.config import CrateConfig
-
-# The readbacks every backend delivers for every channel, by their CAEN names.
-MONITORED_PARAMS = ("V0Set", "I0Set", "Pw", "VMon", "IMon", "Status")
-# Parameters the service writes: set points, power, and the protection settings from the lab YAML.
-WRITABLE_PARAMS = ("V0Set", "I0Set", "Pw", "RUp", "RDWn", "Trip", "SVMax", "PDwn")
+from trackerdcs.power.boards import BoardModel
 
 
 @dataclass(frozen=True, order=True)
@@ -32,9 +33,27 @@ class BackendSink(Protocol):
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None: ...
 
+    def on_absent(self, addr: ChannelAddress, param: str) -> None:
+        """The crate does not serve `param` for this channel (said once per parameter)."""
+
+    def on_invalid(self, addr: ChannelAddress, reason: str | None) -> None:
+        """A readback of the channel has INVALID alarm severity (`reason`), or none has (None)."""
+
 
 class BackendError(Exception):
     """A write the backend could not hand to the crate."""
+
+
+class ParamAbsent(BackendError):
+    """The crate does not serve this parameter for this channel: nothing is written."""
+
+
+def channel_models(crate: CrateConfig, addresses: list[ChannelAddress]) -> dict:
+    """Each channel's board model (`dict[ChannelAddress, BoardModel]`), from the crate's boards."""
+    models: dict[ChannelAddress, BoardModel] = {}
+    for addr in addresses:
+        models[addr] = crate.boards[addr.board].spec
+    return models
 
 
 class PowerBackend(Protocol):
@@ -47,7 +66,8 @@ class PowerBackend(Protocol):
         """Release every connection."""
 
     def write(self, addr: ChannelAddress, param: str, value: float | int | str) -> None:
-        """Write one channel parameter (a name of WRITABLE_PARAMS); raises BackendError."""
+        """Write one writable parameter of the channel's board model; raises BackendError
+        (ParamAbsent when the crate does not serve it)."""
 
     def clear_alarm(self) -> None:
         """Clear latched alarms (trips) on the crate."""

@@ -17,6 +17,7 @@ from transitions import Machine
 
 from trackerdcs.config import ChannelConfig, ChannelLimits
 from trackerdcs.power.backend import ChannelAddress
+from trackerdcs.power.boards import BoardModel, ParamType, board_model
 from trackerdcs.power.status import FAULT_BITS, TRIP_BITS, ChannelStatus, flag_names
 
 
@@ -87,19 +88,20 @@ class PowerChannel:
 
     state: ChannelState
 
-    def __init__(self, cfg: ChannelConfig, limits: ChannelLimits) -> None:
+    def __init__(
+        self, cfg: ChannelConfig, limits: ChannelLimits, model: BoardModel | None = None
+    ) -> None:
         self.cfg = cfg
         self.limits = limits
+        self.model = model or board_model(None, cfg.kind.value)
         self.address = ChannelAddress(cfg.board, cfg.channel)
         self.connected = False
+        self.invalid: str | None = None  # why the readbacks cannot be trusted (INVALID severity)
+        # the board model's monitored readbacks, and how a change of each is published
         self.readback: dict[str, float | int] = {
-            "V0Set": 0.0,
-            "I0Set": 0.0,
-            "Pw": 0,
-            "VMon": 0.0,
-            "IMon": 0.0,
-            "Status": 0,
+            p.name: 0.0 if p.type is ParamType.FLOAT else 0 for p in self.model.monitored
         }
+        self.monitor = {p.name: p.monitor for p in self.model.monitored}
         self.inhibits: dict[str, str] = {}  # name -> reason: switching on is refused while set
         self.killed = False  # RDWn was raised by `kill`: restored before switching on again
         self._status: tuple[tuple, dict[str, Any], str] | None = None  # as_status() cache
@@ -107,8 +109,8 @@ class PowerChannel:
 
     @property
     def ready(self) -> bool:
-        """Connected, and every readback has arrived since: the state can be trusted."""
-        return self.connected and len(self._fresh) == len(self.readback)
+        """Connected, every readback has arrived since, none INVALID: the state can be trusted."""
+        return self.connected and self.invalid is None and len(self._fresh) == len(self.readback)
 
     def set_connected(self, connected: bool) -> None:
         self.connected = connected
@@ -149,7 +151,8 @@ class PowerChannel:
         if self.state is S.TRIPPED:
             return f"channel {self.name} is TRIPPED: send clear first"
         if self.state is S.DISCONNECTED:
-            return f"channel {self.name} is DISCONNECTED: the crate does not answer"
+            why = self.invalid or "the crate does not answer"
+            return f"channel {self.name} is DISCONNECTED: {why}"
         flags = ",".join(flag_names(int(self.readback["Status"])))
         return f"channel {self.name} is {self.state} ({flags})"
 

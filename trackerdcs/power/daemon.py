@@ -38,7 +38,12 @@ class CrateDaemon:
         self.cfg = cfg
         self.crate = cfg.crate(crate_name)
         self.loop = loop
-        channels = [PowerChannel(ch, cfg.limits_for(ch)) for ch in cfg.channels_of(self.crate.name)]
+        channels = [
+            PowerChannel(ch, cfg.limits_for(ch), cfg.board_of(ch).spec)
+            for ch in cfg.channels_of(self.crate.name)
+        ]
+        for warning in cfg.warnings:
+            log.warning("%s", warning)
         self.machine = make_machine(channels)
         self.backend = backend or make_backend(self.crate, [c.address for c in channels])
         self.services: list[PowerService] = []
@@ -107,6 +112,16 @@ class CrateDaemon:
         service = self._route.get(addr)
         if service is not None:
             self.loop.call_soon_threadsafe(service.on_connection, addr, connected)
+
+    def on_absent(self, addr: ChannelAddress, param: str) -> None:
+        service = self._route.get(addr)
+        if service is not None:
+            self.loop.call_soon_threadsafe(service.on_absent, addr, param)
+
+    def on_invalid(self, addr: ChannelAddress, reason: str | None) -> None:
+        service = self._route.get(addr)
+        if service is not None:
+            self.loop.call_soon_threadsafe(service.on_invalid, addr, reason)
 
     # -- safety -----------------------------------------------------------------------------------
     def _hv_channels(self) -> list[PowerChannel]:

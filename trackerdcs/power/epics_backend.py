@@ -1,9 +1,20 @@
 """A crate through its EPICS Channel Access server: pyepics' `ca` layer, monitors, no polling.
 
-Every channel parameter is one CA channel `<SYSNAME>:<SS>:<CCC>:<Param>`. Readbacks arrive as
-monitor callbacks (subscriptions with an explicit DBR type, so they are installed before the
-channel connects and reinstalled by libca after every reconnection); a channel counts as connected
-when all its parameters are.
+Every channel parameter is one CA channel `<SYSNAME>:<SS>:<CCC>:<Param>`; which parameters, and
+with which DBR type, comes from the channel's board model (`trackerdcs.power.boards`). Readbacks
+arrive as monitor callbacks (subscriptions with an explicit DBR_STS type, so they are installed
+before the channel connects and reinstalled by libca after every reconnection); a channel counts
+as connected when all its monitored readbacks are.
+
+Alarm severity: every monitor update carries the PV's alarm status and severity (DBR_STS_LONG,
+DBR_STS_DOUBLE). A readback with INVALID severity means the IOC has lost the data behind it
+(an IOC may keep serving the last value): the channel is reported through
+`BackendSink.on_invalid` until every readback is valid again. Time stamps stay the daemon's.
+
+Absent parameters: over Channel Access an absent PV looks like a slow one. A settings PV that is
+still unconnected `absent_timeout` seconds (default 5, `crates[].absent_timeout`) after the
+channel's readbacks connected is counted absent: reported once through `BackendSink.on_absent`,
+its CA channel cleared (no endless search), and writes to it raise `ParamAbsent`.
 
 Crate lost: the CA circuit drops and every channel reports a disconnection at once (an
 unresponsive crate is declared lost after `EPICS_CA_CONN_TMO`, set from the crate's
@@ -22,29 +33,58 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from trackerdcs.config import CrateConfig
 from trackerdcs.power.backend import (
-    MONITORED_PARAMS,
-    WRITABLE_PARAMS,
     BackendError,
     BackendSink,
     ChannelAddress,
+    ParamAbsent,
+    channel_models,
 )
+from trackerdcs.power.boards import BoardModel, Param, ParamType
 from trackerdcs.power.pvnames import channel_pv, system_pv
 
 log = logging.getLogger(__name__)
 
-# The DBR type each monitored parameter is requested as (CA converts from the native type).
-MONITOR_TYPES = {"V0Set": "DOUBLE", "I0Set": "DOUBLE", "VMon": "DOUBLE", "IMon": "DOUBLE",
-                 "Pw": "LONG", "Status": "LONG"}  # fmt: skip
-# How a monitor's value is read from libca's buffer, per DBR type.
-_POINTERS = {"DOUBLE": ctypes.POINTER(ctypes.c_double), "LONG": ctypes.POINTER(ctypes.c_int32)}
-# Written but not monitored.
-WRITE_ONLY_PARAMS = tuple(p for p in WRITABLE_PARAMS if p not in MONITORED_PARAMS)
-CHANNEL_PARAMS = (*MONITORED_PARAMS, *WRITE_ONLY_PARAMS)
+
+class DbrStsLong(ctypes.Structure):
+    """`struct dbr_sts_long` (db_access.h): status, severity, value."""
+
+    _fields_ = (("status", ctypes.c_int16), ("severity", ctypes.c_int16),
+                ("value", ctypes.c_int32))  # fmt: skip
+
+
+class DbrStsDouble(ctypes.Structure):
+    """`struct dbr_sts_double` (db_access.h): status, severity, RISC padding, value."""
+
+    _fields_ = (("status", ctypes.c_int16), ("severity", ctypes.c_int16),
+                ("RISC_pad", ctypes.c_int32), ("value", ctypes.c_double))  # fmt: skip
+
+
+DBR_STS_LONG, DBR_STS_DOUBLE = 12, 13  # db_access.h
+INVALID_ALARM = 3  # alarm severity (alarm.h): NO_ALARM, MINOR, MAJOR, INVALID
+ALARM_STATUS = ("NO_ALARM", "READ", "WRITE", "HIHI", "HIGH", "LOLO", "LOW", "STATE", "COS",
+                "COMM", "TIMEOUT", "HWLIMIT", "CALC", "SCAN", "LINK", "SOFT", "BAD_SUB", "UDF",
+                "DISABLE", "SIMM", "READ_ACCESS", "WRITE_ACCESS")  # fmt: skip
+
+
+def monitor_type(param: Param) -> tuple[int, Any]:
+    """The DBR type a readback is requested as (CA converts from the native type), and how its
+    buffer is read: floats as DBR_STS_DOUBLE, enums, on/off and bit masks as DBR_STS_LONG."""
+    if param.type is ParamType.FLOAT:
+        return DBR_STS_DOUBLE, ctypes.POINTER(DbrStsDouble)
+    if param.type is ParamType.STRING:
+        raise ValueError(f"{param.name}: a string is not monitored")
+    return DBR_STS_LONG, ctypes.POINTER(DbrStsLong)
+
+
+def channel_params(model: BoardModel) -> tuple[Param, ...]:
+    """The CA channels of one board channel, in creation order: readbacks, then settings."""
+    return (*model.monitored, *model.written)
 
 
 def ca_environment(crate: CrateConfig) -> dict[str, str]:
@@ -72,13 +112,19 @@ class EpicsBackend:
     ) -> None:
         self.crate = crate
         self.addresses = list(addresses)
+        self.models = channel_models(crate, self.addresses)
         self.probe_interval = probe_interval
+        self.absent_timeout = crate.absent_timeout
         self._sink: BackendSink | None = None
         self._ca: Any = None
         self._dbr: Any = None
         self._chans: dict[tuple[ChannelAddress, str], _Chan] = {}
         self._clear: _Chan | None = None
         self._up: dict[ChannelAddress, set[str]] = {}
+        self._invalid: dict[ChannelAddress, dict[str, str]] = {}  # param -> reason
+        self._absent: set[tuple[ChannelAddress, str]] = set()  # reported, CA channel cleared
+        self._absent_due: dict[ChannelAddress, float] = {}  # monotonic deadline per channel
+        self._absent_wake = threading.Event()
         self._lock = threading.Lock()
         self._reconnecting = threading.Lock()
         self._crate_lost = threading.Event()
@@ -98,10 +144,15 @@ class EpicsBackend:
         self._create_all()
         self._watchdog = threading.Thread(target=self._watch, name="ca-watchdog", daemon=True)
         self._watchdog.start()
+        self._absent_thread = threading.Thread(
+            target=self._watch_absent, name="ca-absent", daemon=True
+        )
+        self._absent_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._crate_lost.set()  # wakes the watchdog
+        self._absent_wake.set()
         if self._watchdog is not None:
             self._watchdog.join(2)
         self._clear_all()
@@ -112,6 +163,7 @@ class EpicsBackend:
         with self._reconnecting:
             self._ca.use_initial_context()
             self._clear_all()
+            self._absent.clear()  # a board may have been swapped: search everything again
             if self._sink is not None:
                 for addr in self.addresses:
                     self._sink.on_connection(addr, False)
@@ -123,22 +175,26 @@ class EpicsBackend:
             self._generation += 1
             generation = self._generation
             self._up = {a: set() for a in self.addresses}
+            self._invalid = {a: {} for a in self.addresses}
+            self._absent_due.clear()
         system = self.crate.system
         # readbacks first: CA searches in creation order, so every channel's state is known
         # before the settings channels (write-only, needed a little later) are searched for
         for addr, param in [
-            *((a, p) for a in self.addresses for p in MONITORED_PARAMS),
-            *((a, p) for a in self.addresses for p in WRITE_ONLY_PARAMS),
+            *((a, p) for a in self.addresses for p in self.models[a].monitored),
+            *((a, p) for a in self.addresses for p in self.models[a].written),
         ]:
-            name = channel_pv(system, addr.board, addr.channel, param)
+            if (addr, param.name) in self._absent:
+                continue  # reported absent: searched again only after `reconnect`
+            name = channel_pv(system, addr.board, addr.channel, param.name)
             chid = ca.create_channel(
                 name, connect=False, auto_cb=False,
-                callback=self._on_connection(generation, addr, param),
+                callback=self._on_connection(generation, addr, param.name),
             )  # fmt: skip
             chan = _Chan(chid)
-            if param in MONITOR_TYPES:
+            if param.monitor is not None:
                 chan.subscription = self._subscribe(chid, (generation, addr, param))
-            self._chans[(addr, param)] = chan
+            self._chans[(addr, param.name)] = chan
         ca.flush_io()
         self._clear = _Chan(ca.create_channel(system_pv(system, "ClearAlarm"), auto_cb=False))
         log.info("crate %s: %d channels created", self.crate.name, len(self._chans) + 1)
@@ -158,16 +214,18 @@ class EpicsBackend:
             ca.clear_channel(chan.chid)
         ca.flush_io()
 
-    def _subscribe(self, chid: Any, key: tuple[int, ChannelAddress, str]) -> tuple[Any, Any]:
+    def _subscribe(self, chid: Any, key: tuple[int, ChannelAddress, Param]) -> tuple[Any, Any]:
         """A monitor straight on libca, with our own C callback.
 
         pyepics' generic monitor path (casting, metadata, keyword arguments) cost more CPU than
-        everything else in a 768-channel daemon; a readback is one scalar of a known type, read
-        here directly. Returns what must stay alive with the subscription, and its event id.
+        everything else in a 768-channel daemon; a readback is one scalar of a known type with
+        its alarm status, read here directly. Returns what must stay alive with the
+        subscription, and its event id.
         """
         dbr = self._dbr
-        ftype = getattr(dbr, MONITOR_TYPES[key[2]])
-        usr = ctypes.py_object((*key, _POINTERS[MONITOR_TYPES[key[2]]]))
+        generation, addr, param = key
+        ftype, pointer = monitor_type(param)
+        usr = ctypes.py_object((generation, addr, param.name, pointer))
         evid = ctypes.c_void_p()
         status = self._ca.libca.ca_create_subscription(
             ftype, 1, chid, dbr.DBE_VALUE | dbr.DBE_ALARM, self._event_callback, usr,
@@ -183,13 +241,33 @@ class EpicsBackend:
         if args.status != self._dbr.ECA_NORMAL or not args.raw_dbr:
             return
         generation, addr, param, pointer = args.usr
-        if generation == self._generation:
-            self._sink.on_readback(addr, param, ctypes.cast(args.raw_dbr, pointer)[0])
+        if generation != self._generation:
+            return
+        sts = ctypes.cast(args.raw_dbr, pointer)[0]
+        invalid = self._invalid[addr]
+        if (sts.severity == INVALID_ALARM) != (param in invalid):
+            self._note_invalid(addr, param, sts.status if sts.severity == INVALID_ALARM else None)
+        self._sink.on_readback(addr, param, sts.value)
+
+    def _note_invalid(self, addr: ChannelAddress, param: str, status: int | None) -> None:
+        """A readback's severity went to or from INVALID: tell the sink the channel's reason."""
+        invalid = self._invalid[addr]
+        if status is None:
+            invalid.pop(param, None)
+        else:
+            name = ALARM_STATUS[status] if 0 <= status < len(ALARM_STATUS) else str(status)
+            invalid[param] = f"{param} INVALID ({name})"
+        reason = ", ".join(invalid[p] for p in sorted(invalid)) or None
+        log.warning("crate %s %s: %s", self.crate.name, addr, reason or "readbacks valid again")
+        self._sink.on_invalid(addr, reason)
 
     def _on_connection(self, generation: int, addr: ChannelAddress, param: str):
         # a channel is connected when its readbacks are: the write-only settings may connect a
-        # little later (a write to one that is not connected yet fails and is retried)
-        wanted = len(MONITORED_PARAMS)
+        # little later (a write to one that is not connected yet fails and is retried), or
+        # never (counted absent `absent_timeout` s after the readbacks connected)
+        model = self.models[addr]
+        wanted = len(model.monitored)
+        monitored = model.by_name[param].monitor is not None
 
         def callback(conn: bool = False, **_: Any) -> None:
             with self._lock:
@@ -197,17 +275,62 @@ class EpicsBackend:
                     return
                 names = self._up[addr]
                 before = len(names) == wanted
-                if param in MONITOR_TYPES:
+                if monitored:
                     (names.add if conn else names.discard)(param)
                 after = len(names) == wanted
                 lost = not conn and not any(self._up.values())
+                if after and not before:
+                    self._absent_due[addr] = time.monotonic() + self.absent_timeout
             if lost and not self._crate_lost.is_set():
                 log.warning("crate %s lost: every channel disconnected", self.crate.name)
                 self._crate_lost.set()
             if before != after:
                 self._sink.on_connection(addr, after)
+                if after:
+                    self._absent_wake.set()
 
         return callback
+
+    # -- absent parameters ------------------------------------------------------------------------
+    def _watch_absent(self) -> None:
+        """Count a channel's settings PVs absent once its readbacks have been up long enough."""
+        self._ca.use_initial_context()
+        while not self._stop.is_set():
+            with self._lock:
+                due = min(self._absent_due.values(), default=None)
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            self._absent_wake.wait(timeout)
+            self._absent_wake.clear()
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            with self._lock:
+                ripe = [a for a, t in self._absent_due.items() if t <= now]
+                for addr in ripe:
+                    del self._absent_due[addr]
+                generation = self._generation
+            for addr in ripe:
+                self._check_absent(addr, generation)
+
+    def _check_absent(self, addr: ChannelAddress, generation: int) -> None:
+        ca = self._ca
+        with self._reconnecting:
+            if generation != self._generation or len(self._up.get(addr, ())) < len(
+                self.models[addr].monitored
+            ):
+                return  # recreated meanwhile, or lost again: checked at the next connection
+            gone = []
+            for param in self.models[addr].written:
+                chan = self._chans.get((addr, param.name))
+                if chan is not None and not ca.isConnected(chan.chid):
+                    ca.clear_channel(chan.chid)
+                    del self._chans[(addr, param.name)]
+                    self._absent.add((addr, param.name))
+                    gone.append(param.name)
+            if gone:
+                ca.flush_io()
+        for name in gone:
+            self._sink.on_absent(addr, name)
 
     # -- recovery ---------------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -241,8 +364,14 @@ class EpicsBackend:
 
     # -- writes -----------------------------------------------------------------------------------
     def write(self, addr: ChannelAddress, param: str, value: float | int | str) -> None:
-        if param not in WRITABLE_PARAMS:
-            raise BackendError(f"{param} is not a writable parameter")
+        model = self.models.get(addr)
+        spec = model.by_name.get(param) if model else None
+        if spec is None or not spec.writable:
+            raise BackendError(f"{param} is not a writable parameter of {addr}")
+        if (addr, param) in self._absent:
+            raise ParamAbsent(
+                f"{channel_pv(self.crate.system, addr.board, addr.channel, param)} not served"
+            )
         chan = self._chans.get((addr, param))
         self._put(
             chan, value, lambda: channel_pv(self.crate.system, addr.board, addr.channel, param)

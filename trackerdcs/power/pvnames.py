@@ -6,6 +6,11 @@ def channel_pv(system: str, board: int, channel: int, param: str) -> str:
     return f"{system}:{board:02d}:{channel:03d}:{param}"
 
 
+def board_pv(system: str, board: int, param: str) -> str:
+    """PV of a board parameter, e.g. `BdStatus`: `<SYSNAME>:<SS>:<Param>`."""
+    return f"{system}:{board:02d}:{param}"
+
+
 def system_pv(system: str, param: str) -> str:
     """PV of a crate-level parameter, e.g. `ClearAlarm`."""
     return f"{system}:{param}"

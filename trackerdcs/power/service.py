@@ -24,7 +24,7 @@ from typing import Any
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import ChannelKind, PublishConfig
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
-from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend
+from trackerdcs.power.backend import BackendError, ChannelAddress, ParamAbsent, PowerBackend
 from trackerdcs.power.channel import ChannelState, PowerChannel
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,19 @@ def aggregate_state(states: list[ChannelState]) -> ServiceState:
 
 CONFIGURE_RETRY = 0.5  # s before writing a channel's settings again when the crate refused them
 
-# Readbacks whose every change is published at once; VMon and IMon go through deadbands.
-_EXACT_PARAMS = frozenset({"V0Set", "I0Set", "Pw", "Status"})
+# The lab-YAML keys of the ramp-down parameter: (setting, value for `kill`), by CAEN name.
+RAMP_DOWN_KEYS = {"RDWn": ("rdwn", "kill_rate"), "RDwTime": ("rdwtime", "kill_time")}
+
+
+def settings_writes(ch: PowerChannel) -> list[tuple[str, float | int | str]]:
+    """The protection settings written at every (re)connection: each parameter of the board
+    model with a lab-YAML key that has a value, in the model's order."""
+    writes = []
+    for key, param in ch.model.settings.items():
+        value = getattr(ch.limits, key, None)
+        if value is not None:
+            writes.append((param.name, value.value if isinstance(value, StrEnum) else value))
+    return writes
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,9 @@ class PowerService:
         self._state_payload: dict[str, Any] | None = None
         self._configured: set[ChannelAddress] = set()  # configured at least once (set points)
         self._settings_written: set[ChannelAddress] = set()  # since the last (re)connection
+        self._pending: dict[ChannelAddress, list[tuple[str, float | int | str]]] = {}
+        self._absent: dict[tuple[int, str], set[int]] = {}  # (board, param) -> channels
+        self._warnings: list[str] = []  # `<prefix>/state` warnings
         # extra refusal rules from outside the channel (e.g. LV off while the module's HV is on)
         self.guards: list[Callable[[PowerChannel, str], str | None]] = []
         self.failsafe_note: str | None = None  # set when the daemon acted on its own
@@ -132,8 +146,10 @@ class PowerService:
             self._configure(ch)
         # on change only: a repeated value (a client echoing the status back as a set point, a
         # monitor posted on a same-value put) must not republish, or it feeds itself
-        exact = param in _EXACT_PARAMS
-        if changed_state or (changed if exact else self._beyond_deadband(ch, param, value)):
+        monitor = ch.monitor.get(param)
+        if changed_state or (
+            changed if monitor == "exact" else self._beyond_deadband(ch, param, monitor, value)
+        ):
             self.request_publish()
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None:
@@ -150,42 +166,97 @@ class PowerService:
             self._configure(ch)
         self.request_publish()
 
-    def _beyond_deadband(self, ch: PowerChannel, param: str, value: float) -> bool:
+    def on_absent(self, addr: ChannelAddress, param: str) -> None:
+        """The crate does not serve `param` of this channel: say so once, never write it."""
+        ch = self.by_address.get(addr)
+        if ch is None:
+            return
+        key = (addr.board, param)
+        channels = self._absent.setdefault(key, set())
+        if not channels:
+            log.warning(
+                "%s: the crate does not serve %s on board %d (configured model %s): not "
+                "written; the channels work without it (is the board's model right in the "
+                "lab YAML?)", self.prefix, param, addr.board, ch.model.name,
+            )  # fmt: skip
+        if addr.channel not in channels:
+            channels.add(addr.channel)
+            self._warnings = self._collect_warnings()
+            self.request_publish()
+
+    def on_invalid(self, addr: ChannelAddress, reason: str | None) -> None:
+        """Readbacks with INVALID severity: the channel's data is lost (DISCONNECTED)."""
+        ch = self.by_address.get(addr)
+        if ch is None or ch.invalid == reason:
+            return
+        was_ready = ch.ready
+        ch.invalid = reason
+        if ch.observe():
+            log.info("%s %s -> %s (%s)", self.prefix, ch.name, ch.state, reason or "valid again")
+        if ch.ready and not was_ready:
+            self._configure(ch)
+        self._warnings = self._collect_warnings()
+        self.request_publish()
+
+    def _collect_warnings(self) -> list[str]:
+        """What an operator should know about the crate: parameters it does not serve, and
+        channels whose readbacks it marks INVALID."""
+        out = []
+        for (board, param), channels in sorted(self._absent.items()):
+            model = next(c.model.name for c in self.channels if c.address.board == board)
+            out.append(
+                f"board {board} ({model}): {param} not served by the crate on channel(s) "
+                f"{', '.join(str(c) for c in sorted(channels))}: not written"
+            )
+        out += [f"{c.name}: {c.invalid}" for c in self.channels if c.invalid]
+        return out
+
+    def _beyond_deadband(
+        self, ch: PowerChannel, param: str, monitor: str | None, value: float
+    ) -> bool:
         last = self._published.get(ch.address)
         if last is None:
             return True
-        band = ch.limits.vdeadband if param == "VMon" else ch.limits.ideadband
+        band = getattr(ch.limits, monitor) if monitor else 0.0
         return abs(float(value) - last.get(param, math.inf)) > band
 
     def _configure(self, ch: PowerChannel) -> None:
-        """Write the lab YAML's protection settings; set points only on a first, idle connect."""
-        lim = ch.limits
-        writes: list[tuple[str, float | str]] = [
-            ("SVMax", lim.vmax),
-            ("RUp", lim.rup),
-            ("RDWn", lim.rdwn),
-            ("Trip", lim.trip),
-            ("PDwn", lim.pdwn.value),
-        ]
+        """Write the lab YAML's protection settings (those the board model has); set points only
+        on a first, idle connect. A parameter the crate does not serve is skipped; one not
+        connected yet is written again a little later."""
+        writes = settings_writes(ch)
         first = ch.address not in self._configured
         if first and ch.state is ChannelState.OFF:
-            if lim.vset is not None:
-                writes.append(("V0Set", lim.vset))
-            writes.append(("I0Set", lim.iset))
-        try:
-            for param, value in writes:
-                self.backend.write(ch.address, param, value)
-        except BackendError as exc:
-            log.info("%s %s: configuring waits for the crate (%s)", self.prefix, ch.name, exc)
-            self.loop.call_later(CONFIGURE_RETRY, self._configure_if_ready, ch)
-            return
+            if ch.limits.vset is not None:
+                writes.append(("V0Set", ch.limits.vset))
+            writes.append(("I0Set", ch.limits.iset))
         ch.killed = False
         self._configured.add(ch.address)
+        self._write_settings(ch, writes)
+
+    def _write_settings(self, ch: PowerChannel, writes: list[tuple[str, Any]]) -> None:
+        pending = []
+        for param, value in writes:
+            try:
+                self.backend.write(ch.address, param, value)
+            except ParamAbsent:
+                continue
+            except BackendError as exc:
+                pending.append((param, value))
+                reason = exc
+        if pending:
+            log.info("%s %s: %d setting(s) wait for the crate (%s)", self.prefix, ch.name,
+                     len(pending), reason)  # fmt: skip
+            self._pending[ch.address] = pending
+            self.loop.call_later(CONFIGURE_RETRY, self._retry_pending, ch)
+            return
+        self._pending.pop(ch.address, None)
         self._settings_written.add(ch.address)
 
-    def _configure_if_ready(self, ch: PowerChannel) -> None:
-        if ch.ready and ch.address not in self._settings_written:
-            self._configure(ch)
+    def _retry_pending(self, ch: PowerChannel) -> None:
+        pending = self._pending.pop(ch.address, None)
+        if pending and ch.ready and ch.address not in self._settings_written:
+            self._write_settings(ch, pending)
 
     # -- publishing -------------------------------------------------------------------------------
     def request_publish(self) -> None:
@@ -229,6 +300,7 @@ class PowerService:
             "channels": len(states),
             "counts": counts,
             "failsafe": self.failsafe_note,
+            "warnings": self._warnings,
         }
         if payload != self._state_payload:
             if self._state is not None and state != self._state:
@@ -334,18 +406,32 @@ class PowerService:
         self._check_allowed(targets, "switch_on" if on else "switch_off")
         if on:
             for ch in targets:
-                if ch.killed:  # back to the configured ramp-down rate first
-                    self.backend.write(ch.address, "RDWn", ch.limits.rdwn)
+                if ch.killed:  # back to the configured ramp-down first
+                    self._write_ramp_down(ch, kill=False)
                     ch.killed = False
         return self._write_all(targets, "Pw", 1 if on else 0)
 
     def _cmd_kill(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
-        """Switch off at the fastest ramp-down rate (interlocks use it)."""
+        """Switch off at the fastest ramp-down (`kill_rate` or `kill_time`; interlocks use it)."""
         self._check_allowed(targets, "kill")
         for ch in targets:
-            self.backend.write(ch.address, "RDWn", ch.limits.kill_rate)
-            ch.killed = True
+            ch.killed = self._write_ramp_down(ch, kill=True)
         return self._write_all(targets, "Pw", 0)
+
+    def _write_ramp_down(self, ch: PowerChannel, kill: bool) -> bool:
+        """Write the board's ramp-down parameter (`RDWn` or `RDwTime`): its fastest for `kill`,
+        else the configured one. False when the board has none, or it has no value."""
+        param = ch.model.ramp_down
+        if param is None:
+            return False
+        value = getattr(ch.limits, RAMP_DOWN_KEYS[param][1 if kill else 0])
+        if value is None:
+            return False
+        try:
+            self.backend.write(ch.address, param, value)
+        except ParamAbsent:
+            return False
+        return True
 
     def _write_all(self, targets: list[PowerChannel], param: str, value: float | int) -> dict:
         for ch in targets:

@@ -7,8 +7,10 @@
 Each step is reported on `/dcs/action` as it ends and in the command's answer on
 `/dcs/response`. A failed `on` rolls the module back to off (HV first) and says why; a failed
 `off` stops where it is (the LV stays on while the HV has not reached 0 V). Waits are bounded by
-`ramp_factor x |dV| / rate + settle_time`; a channel that trips, fails or disconnects ends the
-wait at once. `all` runs every module's sequence side by side; `off` cancels a running `on`.
+`ramp_factor x ramp time + settle_time`, the ramp time in the board's own terms (`|dV| / rup` or
+`rdwn` on boards that ramp by rate, `ruptime` or `rdwtime` on boards that ramp by time); a
+channel that trips, fails or disconnects ends the wait at once. `all` runs every module's
+sequence side by side; `off` cancels a running `on`.
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ class SequencerService:
                 continue
             limits = self.lab.limits_for(self._channel_cfg[c["name"]])
             dv = abs(c["vreq"] - c["vmon"]) if on else abs(c["vmon"])
-            longest = max(longest, dv / (limits.rup if on else limits.rdwn))
+            longest = max(longest, limits.ramp_seconds(dv, up=on))
         return self.cfg.ramp_factor * longest + self.cfg.settle_time
 
     def _tolerance(self, name: str) -> float:

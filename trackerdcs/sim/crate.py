@@ -1,15 +1,19 @@
 """A simulated CAEN SY4527 crate serving the real Channel Access PVs (caproto asyncio server).
 
-PVs, named exactly as the crate's own EPICS server names them (`channel_pv` / `system_pv`):
+PVs, named exactly as the crate's own EPICS server names them (`channel_pv` / `board_pv` /
+`system_pv`), from each board's model (`trackerdcs.power.boards`):
 
-- per channel `<SYS>:<SS>:<CCC>:<Param>` for every parameter in `crate_model.PARAMS`:
-  V0Set, I0Set, RUp, RDWn, Trip, SVMax (double, writable), Pw (enum Off/On, writable),
-  PDwn (enum Kill/Ramp, writable), VMon, IMon (double, read-only), Status (int, read-only),
-  ChName (string, read-only);
+- per channel `<SYS>:<SS>:<CCC>:<Param>` for every parameter of the board's model: floats as
+  DBR_DOUBLE with their unit and precision, on/off and enum parameters as enums with their
+  states (`Pw` Off/On, `PDwn` Kill/Ramp, `ImRange` High/Low), bit masks (`Status`, `TripInt`,
+  `TripExt`) as DBR_LONG, `ChName` as a string; settings writable, readbacks read-only;
+- per board `<SYS>:<SS>:BdStatus` (int, read-only) on models that have it;
 - `<SYS>:ClearAlarm` (enum No/Yes): writing Yes (or 1) clears every latched trip; reads No.
 
 A client put goes to `SimCrate.write`; the value read back is what the crate stored (V0Set
 capped at SVMax, Pw still Off on a tripped channel). An invalid value is rejected with a put error.
+Monitors are posted like an EPICS record's with a zero deadband: only when the value (or its
+alarm) changes; a put of the value a PV already holds posts nothing.
 
 Backdoor PVs (simulator only, never on a real crate; puts to them are not counted):
 
@@ -19,9 +23,14 @@ Backdoor PVs (simulator only, never on a real crate; puts to them are not counte
 - `<SYS>:Sim:LastWrite` (string, read-only): `PVNAME=value` of the last such put.
 - `<SYS>:<SS>:<CCC>:SimLeak` (double, writable): extra load current (µA HV, A LV), fault injection.
 - `<SYS>:Sim:TempFactor` (double, writable): crate-wide HV leakage multiplier.
+- `<SYS>:<SS>:<CCC>:SimInvalid` (int, writable): 1 gives the channel's VMon and IMon INVALID
+  alarm severity (status COMM), as an IOC that lost its data; 0 clears it.
 
 Run: `trackerdcs-sim-crate --config examples/lab.yml [--crate NAME] [--host 127.0.0.1]
-[--port N] [--tick 0.1] [--noise 0.005] [--churn]`. Prints one ready line on stderr.
+[--port N] [--tick 0.1] [--noise 0.005] [--churn] [--board SLOT=MODEL] [--omit SLOT:P1,P2]`.
+`--board` serves another model in a slot than the lab YAML says, `--omit` a board without some
+of its model's parameters: a real crate that differs from its configuration. Prints one ready
+line on stderr.
 """
 
 from __future__ import annotations
@@ -47,25 +56,26 @@ from caproto import (
     ChannelInteger,
     ChannelString,
 )
+from caproto._data import SkipWrite
 from caproto.asyncio.server import Context
 from caproto.server import common as caproto_server_common
 
 from trackerdcs.config import ConfigError, CrateConfig, load_config
-from trackerdcs.power.pvnames import channel_pv, system_pv
+from trackerdcs.power.boards import BoardModel, Param, ParamType, board_model
+from trackerdcs.power.pvnames import board_pv, channel_pv, system_pv
 from trackerdcs.sim.crate_model import (
     NO_YES,
-    PARAM_BY_NAME,
-    PARAMS,
-    Param,
+    PHYSICS_PARAMS,
+    BoardSpec,
     SimChannel,
     SimCrate,
     enum_state,
+    without,
 )
 
 log = logging.getLogger("trackerdcs.sim.crate")
 
 DEFAULT_CA_PORT = 5064
-PHYSICS_PARAMS = ("VMon", "IMon", "Status", "Pw")  # what `SimCrate.step` can change
 PutHook = Callable[[Any], Awaitable[Any]]
 
 
@@ -87,6 +97,8 @@ class _Hooked:
         if self.on_put is None:
             raise PermissionError("read-only PV")
         stored = await self.on_put(value)
+        if stored == self.value and self.alarm.severity == AlarmSeverity.NO_ALARM:
+            raise SkipWrite  # zero deadband: an unchanged value posts no monitor
         self.status = AlarmStatus.NO_ALARM  # clear a WRITE alarm left by an earlier bad put
         self.severity = AlarmSeverity.NO_ALARM
         return stored
@@ -108,15 +120,13 @@ class SimString(_Hooked, ChannelString):
     pass
 
 
-def _make_pv(param: Param, kind: str, value: Any, on_put: PutHook | None) -> ChannelData:
-    """A PV for one table entry, holding `value`."""
-    if param.type == "double":
-        pv: ChannelData = SimDouble(
-            value=float(value), units=param.unit(kind), precision=param.precision
-        )
-    elif param.type == "enum":
-        pv = SimEnum(value=value, enum_strings=param.choices)
-    elif param.type == "int":
+def _make_pv(param: Param, value: Any, on_put: PutHook | None) -> ChannelData:
+    """A PV for one parameter of a board model, holding `value`."""
+    if param.type is ParamType.FLOAT:
+        pv: ChannelData = SimDouble(value=float(value), units=param.unit, precision=param.precision)
+    elif param.states:
+        pv = SimEnum(value=value, enum_strings=param.states)
+    elif param.type is ParamType.BITMASK:
         pv = SimInteger(value=int(value))
     else:
         pv = SimString(value=str(value))
@@ -153,6 +163,10 @@ class CrateServer:
         self.channel_pvs: dict[tuple[int, int], dict[str, ChannelData]] = {}
         for key, ch in model.channels.items():
             self.channel_pvs[key] = self._add_channel(ch)
+        for slot, board in model.models.items():
+            if any(p.name == "BdStatus" for p in board.board_params):
+                bd = SimInteger(value=model.board_status[slot])
+                self.pvdb[board_pv(system, slot, "BdStatus")] = bd
         self.writes_pv = SimInteger(value=0)
         self.writes_pv.on_put = self._put_writes
         self.last_write_pv = SimString(value="")
@@ -167,24 +181,38 @@ class CrateServer:
 
     def _add_channel(self, ch: SimChannel) -> dict[str, ChannelData]:
         pvs: dict[str, ChannelData] = {}
-        for param in PARAMS:
+        for param in ch.model.params:
             name = channel_pv(self.system, ch.board, ch.channel, param.name)
-            hook = self._channel_hook(ch, param.name, name)
-            pv = _make_pv(param, ch.kind, ch.reading(param.name), hook)
+            hook = self._channel_hook(ch, param, name)
+            pv = _make_pv(param, ch.reading(param.name), hook)
             pvs[param.name] = self.pvdb[name] = pv
         leak = SimDouble(value=ch.leak_extra, precision=4)
         leak.on_put = self._leak_hook(ch)
         self.pvdb[channel_pv(self.system, ch.board, ch.channel, "SimLeak")] = leak
+        invalid = SimInteger(value=0)
+        invalid.on_put = self._invalid_hook(ch, pvs)
+        self.pvdb[channel_pv(self.system, ch.board, ch.channel, "SimInvalid")] = invalid
         return pvs
 
-    def _channel_hook(self, ch: SimChannel, param: str, pvname: str) -> PutHook:
+    def _channel_hook(self, ch: SimChannel, param: Param, pvname: str) -> PutHook:
         async def on_put(value: Any) -> Any:
             try:
-                stored = self.model.write(ch.board, ch.channel, param, value)
+                stored = self.model.write(ch.board, ch.channel, param.name, value)
             finally:
-                await self._record_write(pvname, _format(value, PARAM_BY_NAME[param].choices))
-            await self.sync([ch], skip=param)
+                await self._record_write(pvname, _format(value, param.states))
+            await self.sync([ch], skip=param.name)
             return stored
+
+        return on_put
+
+    def _invalid_hook(self, ch: SimChannel, pvs: dict[str, ChannelData]) -> PutHook:
+        async def on_put(value: Any) -> int:
+            invalid = bool(int(value))
+            status = AlarmStatus.COMM if invalid else AlarmStatus.NO_ALARM
+            severity = AlarmSeverity.INVALID_ALARM if invalid else AlarmSeverity.NO_ALARM
+            for name in ("VMon", "IMon"):
+                await pvs[name].alarm.write(status=status, severity=severity)
+            return int(invalid)
 
         return on_put
 
@@ -225,12 +253,12 @@ class CrateServer:
         skip: str | None = None,
     ) -> int:
         """Publish every reading of `channels` that differs from its PV; return how many."""
-        names = tuple(params) if params is not None else tuple(p.name for p in PARAMS)
         posted = 0
         for ch in channels:
             pvs = self.channel_pvs[ch.board, ch.channel]
-            for name in names:
-                if name != skip and await _post(pvs[name], ch.reading(name)):
+            for name in params if params is not None else pvs:
+                pv = pvs.get(name)
+                if pv is not None and name != skip and await _post(pv, ch.reading(name)):
                     posted += 1
         return posted
 
@@ -277,9 +305,31 @@ class _QuietCaproto(logging.Filter):
         return True
 
 
-def boards_of(crate: CrateConfig) -> dict[int, tuple[str, int]]:
-    """The model's board map from the lab configuration."""
-    return {slot: (b.kind.value, b.channels) for slot, b in crate.boards.items()}
+def boards_of(
+    crate: CrateConfig,
+    models: dict[int, str] | None = None,
+    omit: dict[int, set[str]] | None = None,
+) -> dict[int, BoardSpec]:
+    """The simulated crate's boards from the lab configuration: each slot's model and channel
+    count; `models` serves another model in a slot, `omit` drops parameters of a slot's model
+    (ValueError for a slot or parameter that is not there; KeyError for an unknown model)."""
+    models, omit = models or {}, omit or {}
+    for slot in (*models, *omit):
+        if slot not in crate.boards:
+            raise ValueError(f"crate {crate.name} has no board in slot {slot}")
+    boards: dict[int, BoardSpec] = {}
+    for slot, b in crate.boards.items():
+        assert b.kind is not None and b.channels is not None
+        spec: BoardModel = board_model(models[slot], b.kind.value) if slot in models else b.spec
+        boards[slot] = (without(spec, omit.get(slot, ())), b.channels)
+    return boards
+
+
+def _slot_value(text: str, sep: str) -> tuple[int, str]:
+    slot, found, value = text.partition(sep)
+    if not found or not slot.isdigit() or not value:
+        raise argparse.ArgumentTypeError(f"expected SLOT{sep}VALUE, got {text!r}")
+    return int(slot), value
 
 
 def port_of(address: str) -> int:
@@ -346,6 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.005, help="relative IMon noise (0.005)")
     p.add_argument("--seed", type=int, default=0, help="noise random seed (default 0)")
     p.add_argument("--churn", action="store_true", help="benchmark: readings change every second")
+    p.add_argument(
+        "--board",
+        action="append",
+        default=[],
+        metavar="SLOT=MODEL",
+        type=lambda t: _slot_value(t, "="),
+        help="serve MODEL in SLOT instead of the lab YAML's model",
+    )
+    p.add_argument(
+        "--omit",
+        action="append",
+        default=[],
+        metavar="SLOT:PARAM[,PARAM]",
+        type=lambda t: _slot_value(t, ":"),
+        help="the board in SLOT does not serve these parameters",
+    )
     return p
 
 
@@ -369,7 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     for name in ("caproto.ctx", "caproto.circ"):
         logging.getLogger(name).addFilter(_QuietCaproto())
-    model = SimCrate(boards_of(crate), args.seed, noise=args.noise, churn=args.churn)
+    try:
+        boards = boards_of(
+            crate, dict(args.board),
+            {slot: set(names.split(",")) for slot, names in args.omit},
+        )  # fmt: skip
+    except (KeyError, ValueError) as exc:
+        print(f"trackerdcs-sim-crate: {exc.args[0]}", file=sys.stderr)
+        return 2
+    model = SimCrate(boards, args.seed, noise=args.noise, churn=args.churn)
     server = CrateServer(crate.system, model)
     ready = (
         f"sim crate {crate.name} ({crate.system}) serving {len(server.pvdb)} PVs "

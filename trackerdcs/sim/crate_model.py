@@ -2,17 +2,24 @@
 
 `SimCrate.step(dt)` advances every channel by `dt` seconds of simulated time (it never sleeps);
 `SimCrate.write(board, ch, param, value)` applies a client write with the crate's semantics.
+Each board serves its model's parameter set (`trackerdcs.power.boards`): a parameter its model
+lacks is unknown to it (KeyError), as on a real crate.
 
 Semantics (as the real mainframe behaves, simplified):
-- VMon ramps towards V0Set (Pw on) or 0 (Pw off) at RUp / RDWn V/s. Status: ON while Pw is on,
-  RAMP_UP / RAMP_DOWN while VMon moves.
+- VMon ramps towards V0Set (Pw on) or 0 (Pw off): at RUp / RDWn V/s on boards that ramp by
+  rate; on boards that ramp by time (`RUpTime` / `RDwTime`, ms) a ramp to the set point (or
+  from it to 0) takes that long. Status: ON while Pw is on, RAMP_UP / RAMP_DOWN while VMon moves.
 - IMon is a load model, zero while VMon is 0. HV: leakage `LEAK_PER_VOLT` µA/V x `leakage_scale`
   (per channel) x `temperature_factor` (crate-wide) + `leak_extra` µA. LV: VMon / `LV_LOAD_OHM`
   + `leak_extra` A. Measurement noise is relative gaussian, redrawn once per `readout_interval`
   per channel (staggered), so a steady channel's IMon changes about once a second, not per step.
 - A load current above I0Set sets OVC; lasting longer than Trip seconds trips the channel:
-  INT_TRIP is latched, Pw goes off and VMon drops to 0 at once (PDwn Kill) or ramps down at RDWn
-  (PDwn Ramp). A tripped channel ignores Pw On until `clear_alarm()`.
+  INT_TRIP is latched, Pw goes off and VMon drops to 0 at once (PDwn Kill, and boards without
+  PDwn) or ramps down (PDwn Ramp). A tripped channel ignores Pw On until `clear_alarm()`.
+- LV boards with `UNVThr` / `OVVThr`: VMon above OVVThr (while on) sets OVV, VMon below UNVThr
+  once at the set point sets UNV; either lasting longer than Trip trips the channel likewise.
+  A threshold of 0 is off. `Temp` (°C) is `TEMP_AMBIENT` + `TEMP_PER_WATT` x the output power.
+- `TripInt`, `TripExt`, `ImRange` and every other setting are kept as written.
 - SVMax caps V0Set; lowering SVMax below V0Set lowers V0Set.
 - `churn` (benchmarks): every channel's VMon and IMon readings jump by a visible offset once per
   `readout_interval`, staggered evenly over the channels. The offset is a reading artefact only:
@@ -21,91 +28,80 @@ Semantics (as the real mainframe behaves, simplified):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from trackerdcs.power.boards import (
+    PW_STATES,
+    BoardModel,
+    Param,
+    ParamType,
+    board_model,
+)
 from trackerdcs.power.status import ChannelStatus
 
 Kind = Literal["hv", "lv"]
-ParamType = Literal["double", "enum", "int", "string"]
 
 LEAK_PER_VOLT = 0.02  # µA per V of HV bias at temperature_factor 1
 LV_LOAD_OHM = 8.0  # resistive load of an LV channel
+TEMP_AMBIENT = 25.0  # °C of an LV board's channel at no load
+TEMP_PER_WATT = 1.5  # K per W of output power
 CHURN_OFFSET: dict[str, tuple[float, float]] = {"hv": (1.5, 1.5), "lv": (1.5, 0.15)}  # V, µA|A
-PW_STATES = ("Off", "On")
-PDWN_MODES = ("Kill", "Ramp")
 NO_YES = ("No", "Yes")
+# What `SimCrate.step` can change, as CAEN names (published by the server after a step).
+PHYSICS_PARAMS = ("VMon", "IMon", "Status", "Pw", "Temp")
+# Board layouts: slot -> (model, channel count) or, for a generic board, (kind, channel count).
+BoardSpec = tuple[BoardModel | str, int]
 
 
-@dataclass(frozen=True)
-class Param:
-    """One CAEN channel parameter as served over Channel Access."""
-
-    name: str  # CAEN spelling, case-sensitive
-    type: ParamType
-    writable: bool
-    hv: float | int | str  # default on HV boards
-    lv: float | int | str  # default on LV boards
-    units: tuple[str, str] = ("", "")  # (HV, LV)
-    choices: tuple[str, ...] = ()  # enum states, index = raw value
-    precision: int = 0
-
-    def default(self, kind: str) -> float | int | str:
-        return self.hv if kind == "hv" else self.lv
-
-    def unit(self, kind: str) -> str:
-        return self.units[0] if kind == "hv" else self.units[1]
-
-
-# The channel parameters the crate serves: the server builds its PVs from this table.
-PARAMS: tuple[Param, ...] = (
-    Param("V0Set", "double", True, 0.0, 0.0, ("V", "V"), precision=2),
-    Param("I0Set", "double", True, 500.0, 2.5, ("uA", "A"), precision=3),
-    Param("Pw", "enum", True, "Off", "Off", choices=PW_STATES),
-    Param("RUp", "double", True, 50.0, 2.0, ("V/s", "V/s"), precision=1),
-    Param("RDWn", "double", True, 50.0, 2.0, ("V/s", "V/s"), precision=1),
-    Param("Trip", "double", True, 1.0, 10.0, ("s", "s"), precision=1),
-    Param("SVMax", "double", True, 1000.0, 15.0, ("V", "V"), precision=1),
-    Param("PDwn", "enum", True, "Kill", "Kill", choices=PDWN_MODES),
-    Param("VMon", "double", False, 0.0, 0.0, ("V", "V"), precision=2),
-    Param("IMon", "double", False, 0.0, 0.0, ("uA", "A"), precision=4),
-    Param("Status", "int", False, 0, 0),
-    Param("ChName", "string", False, "", ""),
-)
-PARAM_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
-WRITABLE: frozenset[str] = frozenset(p.name for p in PARAMS if p.writable)
-SYSTEM_WRITABLE: frozenset[str] = frozenset({"ClearAlarm"})
+def without(model: BoardModel, omit: Iterable[str]) -> BoardModel:
+    """`model` as a board that does not serve the parameters `omit` (another firmware or
+    model than configured): its name says so."""
+    omit = set(omit)
+    if not omit:
+        return model
+    unknown = omit - set(model.by_name)
+    if unknown:
+        raise ValueError(f"board model {model.name} has no {', '.join(sorted(unknown))}")
+    return dataclasses.replace(
+        model, name=f"{model.name} without {','.join(sorted(omit))}",
+        params=tuple(p for p in model.params if p.name not in omit),
+    )  # fmt: skip
 
 
 @dataclass(eq=False)
 class SimChannel:
-    """One board channel. Units: V, V/s, s; current in µA (HV) or A (LV)."""
+    """One board channel. Units: V, V/s, ms, s; current in µA (HV) or A (LV)."""
 
     board: int
     channel: int
-    kind: Kind
+    model: BoardModel
     v0set: float = 0.0
     i0set: float = 0.0
     pw: bool = False
-    rup: float = 1.0
-    rdwn: float = 1.0
     trip: float = 1.0
-    pdwn: str = "Kill"
-    svmax: float = 0.0
+    svmax: float = math.inf
     vmon: float = 0.0  # true output voltage
     imon: float = 0.0  # measured current (noise included, churn excluded)
     status: int = 0
-    name: str = ""
+    settings: dict[str, float | int | str] = field(default_factory=dict)  # every other setting
     leak_extra: float = 0.0  # fault injection, added to the load current
     leakage_scale: float = 1.0  # per-channel HV leakage multiplier (e.g. a module's temperature)
     over_current_time: float = 0.0  # how long the load has been above I0Set, s
+    over_voltage_time: float = 0.0  # how long VMon has been beyond UNVThr/OVVThr, s
+    ramp_ref: float = 0.0  # V a time-ramped board spreads over its ramp time
     tripped: bool = False  # INT_TRIP latched until ClearAlarm
     noise_factor: float = 0.0  # current gaussian draw, redrawn at each readout
     churn_on: bool = False  # churn offset currently applied to the readings
+
+    @property
+    def kind(self) -> Kind:
+        return self.model.kind
 
     @property
     def target(self) -> float:
@@ -115,6 +111,23 @@ class SimChannel:
     def idle(self) -> bool:
         """Off, at 0 V and nothing pending: stepping it changes nothing."""
         return not self.pw and self.vmon == 0.0 and self.imon == 0.0 and not self.over_current_time
+
+    def setting(self, name: str, default: float = 0.0) -> float:
+        value = self.settings.get(name, default)
+        return float(value) if isinstance(value, int | float) else default
+
+    def rates(self) -> tuple[float, float]:
+        """Ramp-up and ramp-down speed now, V/s."""
+        if self.model.ramp_by_time:
+            ref = max(self.ramp_ref, 1e-6)
+            return (ref / max(self.setting("RUpTime", 1000.0) / 1000.0, 1e-6),
+                    ref / max(self.setting("RDwTime", 1000.0) / 1000.0, 1e-6))  # fmt: skip
+        return self.setting("RUp", 50.0), self.setting("RDWn", 50.0)
+
+    @property
+    def temperature(self) -> float:
+        """The board's `Temp` reading of this channel, °C."""
+        return round(TEMP_AMBIENT + TEMP_PER_WATT * self.vmon * self.imon, 1)
 
     def reading(self, param: str) -> float | int | str:
         """The value the crate reports for `param` (Channel Access native form)."""
@@ -126,13 +139,14 @@ class SimChannel:
             return PW_STATES[self.pw]
         if param == "Status":
             return self.status
-        if param == "ChName":
-            return self.name
-        return getattr(self, _ATTR[param])
+        if param == "Temp":
+            return self.temperature
+        if param in _ATTR:
+            return getattr(self, _ATTR[param])
+        return self.settings[param]
 
 
-_ATTR = {"V0Set": "v0set", "I0Set": "i0set", "RUp": "rup", "RDWn": "rdwn", "Trip": "trip",
-         "SVMax": "svmax", "PDwn": "pdwn"}  # fmt: skip
+_ATTR = {"V0Set": "v0set", "I0Set": "i0set", "Trip": "trip", "SVMax": "svmax"}
 
 
 def _number(param: str, value: object, *, positive: bool = False) -> float:
@@ -169,12 +183,36 @@ def enum_state(param: str, value: object, choices: tuple[str, ...]) -> str:
     raise ValueError(f"{param}: expected one of {choices}: {value!r}")
 
 
+def _bitmask(param: str, value: object) -> int:
+    number = _number(param, value)
+    if not number.is_integer() or number >= 2**31:
+        raise ValueError(f"{param}: not a bit mask: {value!r}")
+    return int(number)
+
+
+def convert(spec: Param, value: object) -> float | int | str:
+    """A client's value for `spec` in the crate's stored form; ValueError if invalid."""
+    if spec.states:
+        return enum_state(spec.name, value, spec.states)
+    if spec.type is ParamType.BITMASK:
+        return _bitmask(spec.name, value)
+    if spec.type is ParamType.STRING:
+        return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    number = _number(spec.name, value, positive=spec.name in _POSITIVE)
+    if spec.high is not None and number > spec.high:
+        raise ValueError(f"{spec.name}: above {spec.high:g}: {number}")
+    return number
+
+
+_POSITIVE = frozenset({"RUp", "RDWn", "RUpTime", "RDwTime"})
+
+
 class SimCrate:
     """All channels of one simulated mainframe, advanced in simulated time."""
 
     def __init__(
         self,
-        boards: dict[int, tuple[str, int]],
+        boards: dict[int, BoardSpec],
         seed: int | None = 0,
         *,
         noise: float = 0.005,
@@ -189,11 +227,17 @@ class SimCrate:
         self.time = 0.0  # simulated seconds since creation
         self.writes = 0  # client writes to real crate parameters
         self.channels: dict[tuple[int, int], SimChannel] = {}
-        for board, (kind, count) in sorted(boards.items()):
-            if kind not in ("hv", "lv"):
-                raise ValueError(f"board {board}: kind must be 'hv' or 'lv', got {kind!r}")
+        self.models: dict[int, BoardModel] = {}
+        self.board_status: dict[int, int] = {}  # BdStatus per slot
+        for board, (model, count) in sorted(boards.items()):
+            if isinstance(model, str):
+                if model not in ("hv", "lv"):
+                    raise ValueError(f"board {board}: kind must be 'hv' or 'lv', got {model!r}")
+                model = board_model(None, model)
+            self.models[board] = model
+            self.board_status[board] = 0
             for ch in range(count):
-                self.channels[board, ch] = _new_channel(board, ch, kind)
+                self.channels[board, ch] = _new_channel(board, ch, model)
         self.order: list[SimChannel] = list(self.channels.values())  # readout stagger order
 
     def channel(self, board: int, ch: int) -> SimChannel:
@@ -235,10 +279,11 @@ class SimCrate:
 
     def _step_channel(self, ch: SimChannel, dt: float) -> None:
         target = ch.target
+        up, down = ch.rates()
         if ch.vmon < target:
-            ch.vmon = min(target, ch.vmon + ch.rup * dt)
+            ch.vmon = min(target, ch.vmon + up * dt)
         elif ch.vmon > target:
-            ch.vmon = max(target, ch.vmon - ch.rdwn * dt)
+            ch.vmon = max(target, ch.vmon - down * dt)
         load = self.load_current(ch)
         if ch.pw and load > ch.i0set:
             ch.over_current_time += dt
@@ -247,14 +292,32 @@ class SimCrate:
                 load = self.load_current(ch)
         else:
             ch.over_current_time = 0.0
+        if ch.pw and self._voltage_fault(ch):
+            ch.over_voltage_time += dt
+            if ch.over_voltage_time > ch.trip + 1e-9:
+                self._trip(ch)
+                load = self.load_current(ch)
+        else:
+            ch.over_voltage_time = 0.0
         ch.imon = load * (1.0 + self.noise * ch.noise_factor) if load else 0.0
         self._update_status(ch)
+
+    @staticmethod
+    def _voltage_fault(ch: SimChannel) -> ChannelStatus:
+        """OVV / UNV of a board with thresholds (0: off)."""
+        fault = ChannelStatus(0)
+        ovv, unv = ch.setting("OVVThr"), ch.setting("UNVThr")
+        if ovv and ch.vmon > ovv:
+            fault |= ChannelStatus.OVV
+        if unv and ch.pw and ch.vmon == ch.target and ch.vmon < unv:
+            fault |= ChannelStatus.UNV
+        return fault
 
     def _trip(self, ch: SimChannel) -> None:
         ch.tripped = True
         ch.pw = False
-        ch.over_current_time = 0.0
-        if ch.pdwn == "Kill":
+        ch.over_current_time = ch.over_voltage_time = 0.0
+        if ch.settings.get("PDwn", "Kill") == "Kill":
             ch.vmon = 0.0
 
     def _update_status(self, ch: SimChannel) -> None:
@@ -267,6 +330,8 @@ class SimCrate:
             status |= ChannelStatus.RAMP_DOWN
         if self.load_current(ch) > ch.i0set:
             status |= ChannelStatus.OVC
+        if ch.pw:
+            status |= self._voltage_fault(ch)
         if ch.tripped:
             status |= ChannelStatus.INT_TRIP
         ch.status = int(status)
@@ -295,19 +360,22 @@ class SimCrate:
         """Apply a client write of a channel parameter; return the value the crate stored.
 
         Every call counts in `writes`, even when the value is unchanged or rejected
-        (ValueError for an invalid value, KeyError for an unknown or read-only parameter).
+        (ValueError for an invalid value, KeyError for a parameter the board does not serve or
+        one that is read-only).
         """
         channel = self.channel(board, ch)
-        if param not in WRITABLE:
-            raise KeyError(f"{param} is not a writable channel parameter")
+        spec = channel.model.by_name.get(param)
+        if spec is None or not spec.writable:
+            raise KeyError(f"{param} is not a writable parameter of board {board}")
         self.writes += 1
-        _WRITERS[param](channel, param, value)
+        stored = convert(spec, value)
+        _WRITERS.get(param, _set_other)(channel, param, stored)
         self._update_status(channel)
         return channel.reading(param)
 
     def write_system(self, param: str, value: object) -> list[SimChannel]:
         """Apply a crate-level write (`ClearAlarm`); return the channels it changed."""
-        if param not in SYSTEM_WRITABLE:
+        if param != "ClearAlarm":
             raise KeyError(f"{param} is not a writable system parameter")
         self.writes += 1
         if enum_state(param, value, NO_YES) == "Yes":
@@ -327,52 +395,55 @@ class SimCrate:
         self.channel(board, ch).leak_extra = float(value)
 
 
-def _new_channel(board: int, ch: int, kind: str) -> SimChannel:
-    d = {p.name: p.default(kind) for p in PARAMS}
-    return SimChannel(
-        board=board, channel=ch, kind=kind, v0set=float(d["V0Set"]), i0set=float(d["I0Set"]),
-        rup=float(d["RUp"]), rdwn=float(d["RDWn"]), trip=float(d["Trip"]), pdwn=str(d["PDwn"]),
-        svmax=float(d["SVMax"]), name=f"CH{ch:03d}",
+def _new_channel(board: int, ch: int, model: BoardModel) -> SimChannel:
+    d = {p.name: p.default for p in model.params}
+    channel = SimChannel(
+        board=board, channel=ch, model=model, v0set=float(d["V0Set"]), i0set=float(d["I0Set"]),
+        trip=float(d["Trip"]), svmax=float(d.get("SVMax", math.inf)),
     )  # fmt: skip
+    for p in model.params:
+        if p.writable and p.name not in _ATTR and p.name != "Pw":
+            channel.settings[p.name] = p.default
+    if model.has("ChName"):
+        channel.settings["ChName"] = f"CH{ch:03d}"
+    return channel
 
 
-def _set_v0set(ch: SimChannel, param: str, value: object) -> None:
-    ch.v0set = min(_number(param, value), ch.svmax)
+def _set_v0set(ch: SimChannel, param: str, value: float) -> None:
+    ch.v0set = min(value, ch.svmax)
+    ch.ramp_ref = max(ch.v0set, ch.vmon)
 
 
-def _set_svmax(ch: SimChannel, param: str, value: object) -> None:
-    ch.svmax = _number(param, value)
+def _set_svmax(ch: SimChannel, param: str, value: float) -> None:
+    ch.svmax = value
     ch.v0set = min(ch.v0set, ch.svmax)
 
 
-def _set_pw(ch: SimChannel, param: str, value: object) -> None:
-    on = enum_state(param, value, PW_STATES) == "On"
+def _set_pw(ch: SimChannel, param: str, value: str) -> None:
+    on = value == "On"
     if on and ch.tripped:
         return  # a tripped channel stays off until ClearAlarm
     if on != ch.pw:
-        ch.over_current_time = 0.0
+        ch.over_current_time = ch.over_voltage_time = 0.0
+        ch.ramp_ref = max(ch.v0set, ch.vmon)
     ch.pw = on
 
 
-def _setter(attr: str, *, positive: bool = False):
-    def apply(ch: SimChannel, param: str, value: object) -> None:
-        setattr(ch, attr, _number(param, value, positive=positive))
+def _setter(attr: str):
+    def apply(ch: SimChannel, param: str, value: float) -> None:
+        setattr(ch, attr, value)
 
     return apply
 
 
-def _set_pdwn(ch: SimChannel, param: str, value: object) -> None:
-    ch.pdwn = enum_state(param, value, PDWN_MODES)
+def _set_other(ch: SimChannel, param: str, value: float | int | str) -> None:
+    ch.settings[param] = value
 
 
 _WRITERS = {
     "V0Set": _set_v0set,
     "I0Set": _setter("i0set"),
     "Pw": _set_pw,
-    "RUp": _setter("rup", positive=True),
-    "RDWn": _setter("rdwn", positive=True),
     "Trip": _setter("trip"),
     "SVMax": _set_svmax,
-    "PDwn": _set_pdwn,
 }
-assert set(_WRITERS) == WRITABLE, "every writable parameter needs a writer"
