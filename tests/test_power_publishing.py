@@ -161,11 +161,26 @@ def quiet(client, topic: str, gap: float, timeout: float) -> int:
             raise TimeoutError(f"{topic} still busy after {timeout} s ({count} messages)")
 
 
+def settled_writes(lab, gap: float, timeout: float) -> int:
+    """The crate's write count once no write came for `gap` s (the daemon may still be writing
+    settings a crate PV connected late to): TimeoutError if writes never stop."""
+    deadline = time.monotonic() + timeout
+    last, since = lab.writes(), time.monotonic()
+    while time.monotonic() - since < gap:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the crate is still being written after {timeout} s")
+        time.sleep(0.05)  # polling a counter (the event: it stops moving)
+        now = lab.writes()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def test_a_client_echoing_the_status_back_as_a_set_point_dies_out(power_lab):
     lab = power_lab
     echo = EchoClient(lab.broker.port)
     try:
-        writes = lab.writes()
+        writes = settled_writes(lab, gap=1.0, timeout=10)
         assert lab.command("/hv/cmd/setv/0", 50)["ok"]  # one change: one status, one echo
         quiet(lab.client, "/hv/status", gap=1.0, timeout=10)
         # (before: each echo made a same-value put, a monitor and a status: ~130 commands/s)
