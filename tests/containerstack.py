@@ -38,6 +38,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -207,6 +208,8 @@ class Podman:
             "# The harness's podman (tests/containerstack.py): this machine's settings.\n"
             "[containers]\ndefault_ulimits = []\n"
             '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+            # conmon waits this long after an exec (healthchecks, compose exec) ends (default 300)
+            "exit_command_delay = 5\n"
             f'tmp_dir = "{run / "tmp"}"\n'
             f'[network]\nnetwork_backend = "cni"\nnetwork_config_dir = "{cache / "networks"}"\n'
         )
@@ -280,6 +283,19 @@ class Podman:
             "volumes": ("volume", "ls", "--filter", label, "--format", "{{.Name}}"),
         }[kind]
         return self(*listing).stdout.split()
+
+    def processes(self) -> dict[int, str]:
+        """pid -> command line of every process working on this store (conmon, podman)."""
+        mark = str(self.cache / "storage")
+        found = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if any(mark.encode() in arg for arg in argv):
+                    found[int(proc.name)] = b" ".join(argv[:3]).decode(errors="replace")
+        return found
 
     def remove_all(self, project: str) -> list[str]:
         """Force-remove what compose left of `project`; what there was."""
@@ -393,6 +409,8 @@ class Images:
         stand_in("telegraf", {"TRACKERDCS_IMAGE": tag})
         stand_in("mosquitto", {"BASE": BASE})
         stand_in("influxdb", {"BASE": BASE})
+        # what earlier sources built, unused for a week (the build cache of unchanged steps stays)
+        self.podman("image", "prune", "--force", "--filter", "until=168h", check=False)
         return self
 
     def _stand_in(self, what: str, args: dict[str, str], context: Path = HERE) -> None:
@@ -668,6 +686,13 @@ class ComposeStack:
             if self.service.alive:
                 problems.append("the podman service did not stop")
         self.socket.unlink(missing_ok=True)
+        try:  # conmon of the last exec sessions: gone `exit_command_delay` s after them
+            wait_until(lambda: not self.podman.processes(), 30, "podman's processes to end", 0.5)
+        except TimeoutError:
+            for pid, argv in self.podman.processes().items():
+                problems.append(f"process {pid} ({argv})")
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         return problems
 
     def container_pid(self, service: str) -> int:
@@ -682,6 +707,7 @@ def running(workdir: Path) -> Iterator[ComposeStack]:
     """The images built, the stack up and healthy (every service but LEFT_OUT); taken down after
     the block, and RuntimeError if anything was left behind (then force-removed)."""
     podman = Podman()
+    workdir.mkdir(parents=True, exist_ok=True)
     with exclusive():
         stack = ComposeStack(podman, workdir)
         stack.images = Images(podman).build_all()

@@ -109,6 +109,9 @@ def test_every_service_turns_healthy(stack) -> None:
         assert state == ("exited(0)" if name in cs.ONE_SHOT else "healthy") or (
             name == "telegraf" and state == "running"  # no healthcheck (docker-compose.yml)
         ), f"{name}: {state}"
+    # the admin user comes from InfluxDB's first start (INFLUXDB_ADMIN_*), not influx-setup
+    setup_log = stack.compose("logs", "--no-color", "influxdb-setup").stdout
+    assert "database trackerdcs ready" in setup_log and "created the admin" not in setup_log
     containers = stack.containers()
     for name in ("power", "julabo", "sensors", "interlock", "alarms", "dcs", "sim-lab"):
         test = containers[name]["Config"]["Healthcheck"]["Test"]
@@ -369,3 +372,4 @@ def test_down_leaves_nothing_behind(stack) -> None:
     for kind in ("containers", "networks", "volumes"):
         assert stack.podman.labelled(kind, stack.project) == [], kind
     assert not stack.service.alive and not stack.socket.exists()
+    assert not stack.podman.processes(), "no conmon, no podman left working on the store"

@@ -23,7 +23,7 @@ pid=$!
 query=(influx -host 127.0.0.1 -port "$port")
 if [ -n "$users" ]; then
     if [ -z "$INFLUXDB_ADMIN_PASSWORD" ]; then
-        INFLUXDB_ADMIN_PASSWORD=$(random)
+        INFLUXDB_ADMIN_PASSWORD=$(random)  # secret-scan: allow (made at run time)
         echo "INFLUXDB_ADMIN_PASSWORD:$INFLUXDB_ADMIN_PASSWORD"
     fi
     first="CREATE USER \"$INFLUXDB_ADMIN_USER\" WITH PASSWORD '$INFLUXDB_ADMIN_PASSWORD' WITH ALL PRIVILEGES"
@@ -52,9 +52,9 @@ if [ -n "$users" ]; then
         user=${!var}
         [ -n "$user" ] || continue
         pvar=${var}_PASSWORD
-        password=${!pvar}
+        password=${!pvar}  # secret-scan: allow (from the environment)
         if [ -z "$password" ]; then
-            password=$(random)
+            password=$(random)  # secret-scan: allow (made at run time)
             echo "$pvar:$password"
         fi
         "${query[@]}" -execute "CREATE USER \"$user\" WITH PASSWORD '$password'"
