@@ -32,9 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +40,7 @@ import yaml
 
 from tests import containerstack as cs
 from tests.mqttclient import TestClient
+from tests.noderedapi import LOGIN, api, request
 from trackerdcs.ingest.influxdb import InfluxClient, InfluxError
 from trackerdcs.stack.process import wait_until
 
@@ -201,36 +199,17 @@ def test_points_reach_influxdb_with_authentication(stack) -> None:
 
 
 # -- Node-RED --------------------------------------------------------------------------------------
-def http(url: str, data: dict | None = None, token: str | None = None) -> tuple[int, bytes]:
-    body = urllib.parse.urlencode(data).encode() if data is not None else None
-    request = urllib.request.Request(url, data=body)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def test_node_red_dashboard_answers_and_its_editor_needs_a_login(stack) -> None:
     base = f"http://127.0.0.1:{stack.ports['TRACKERDCS_NODE_RED_HOST_PORT']}"
-    status, page = http(f"{base}/dashboard/")
+    status, page = request(f"{base}/dashboard/")
     assert status == 200 and b"<html" in page.lower()
     for path, what in LOGIN_REQUIRED.items():
-        assert http(base + path)[0] == 401, f"{path} ({what}) answered without a login"
-    login = {
-        "client_id": "node-red-admin",
-        "grant_type": "password",
-        "scope": "*",
-        "username": "admin",
-    }
-    assert http(f"{base}/auth/token", {**login, "password": "wrong"})[0] in (401, 403)
-    status, body = http(f"{base}/auth/token", {**login, "password": stack.node_red_password})
-    assert status == 200, body
-    token = json.loads(body)["access_token"]
+        assert request(base + path)[0] == 401, f"{path} ({what}) answered without a login"
+    assert api(f"{base}/auth/token", {**LOGIN, "password": "wrong"})[0] == 403
+    status, token = api(f"{base}/auth/token", {**LOGIN, "password": stack.node_red_password})
+    assert status == 200, token
     for path in LOGIN_REQUIRED:
-        assert http(base + path, token=token)[0] == 200, path
+        assert request(base + path, token=token["access_token"])[0] == 200, path
 
 
 # -- restart policy --------------------------------------------------------------------------------
