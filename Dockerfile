@@ -1,4 +1,5 @@
-# The trackerdcs images (docker-compose.yml builds both; podman build works the same):
+# The trackerdcs images (docker-compose.yml builds both; with podman: podman build --format docker,
+# which keeps the HEALTHCHECKs):
 #
 #   docker build -t localhost/trackerdcs .                                   (the default target)
 #   docker build -t localhost/trackerdcs-node-red --target node-red .

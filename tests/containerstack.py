@@ -54,7 +54,8 @@ from trackerdcs.stack.process import ManagedProcess, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "containers"
 CACHE = Path(os.environ.get("TRACKERDCS_CONTAINER_CACHE", "/var/tmp/trackerdcs-containers"))
-RUN = Path("/run/trackerdcs-containers")  # tmpfs: podman's run state and the API socket
+# tmpfs: podman's run state and the API socket, one directory per store
+RUN = Path("/run") / f"trackerdcs-containers-{hashlib.sha256(bytes(CACHE)).hexdigest()[:8]}"
 FILES = ("docker-compose.yml", "docker-compose.dev.yml", "docker-compose.dummy.yml")
 PROJECT = "trackerdcs-ct"
 POLL = 2.0  # s between healthchecks of a container that is not healthy yet
