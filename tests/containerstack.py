@@ -49,6 +49,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from trackerdcs.stack.process import ManagedProcess, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,14 +161,8 @@ def compose_images() -> dict[str, str]:
     env = {**os.environ, **ComposeStack.placeholder_env()}
     argv = ["docker-compose", "--env-file", str(ROOT / ".env.example"), *_file_args(), "config"]
     out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    services = json.loads(_yaml_to_json(out.stdout))["services"]
+    services = yaml.safe_load(out.stdout)["services"]
     return {name: s["image"] for name, s in services.items()}
-
-
-def _yaml_to_json(text: str) -> str:
-    import yaml
-
-    return json.dumps(yaml.safe_load(text))
 
 
 def dockerfile_args() -> dict[str, str]:
@@ -707,9 +703,9 @@ class ComposeStack:
 def running(workdir: Path) -> Iterator[ComposeStack]:
     """The images built, the stack up and healthy (every service but LEFT_OUT); taken down after
     the block, and RuntimeError if anything was left behind (then force-removed)."""
-    podman = Podman()
     workdir.mkdir(parents=True, exist_ok=True)
     with exclusive():
+        podman = Podman()
         stack = ComposeStack(podman, workdir)
         stack.images = Images(podman).build_all()
         try:
