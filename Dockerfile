@@ -1,4 +1,5 @@
-# The trackerdcs images (docker-compose.yml builds both; podman build works the same):
+# The trackerdcs images (docker-compose.yml builds both; with podman: podman build --format docker,
+# which keeps the HEALTHCHECKs):
 #
 #   docker build -t localhost/trackerdcs .                                   (the default target)
 #   docker build -t localhost/trackerdcs-node-red --target node-red .
@@ -58,7 +59,7 @@ COPY node-red/settings.js node-red/flows.json /opt/node-red/
 USER trackerdcs
 EXPOSE 1880
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["node", "-e", "require('http').get('http://127.0.0.1:1880/dashboard/', r => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))"]
+    CMD node -e "require('http').get('http://127.0.0.1:1880/dashboard/', r => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))"
 ENTRYPOINT ["python", "-m", "trackerdcs.deploy", "node-red", "--config", "/etc/trackerdcs/lab.yml", "--home", "/opt/node-red", "--user-dir", "/data"]
 
 # -- trackerdcs (the default target) -------------------------------------------------------------------

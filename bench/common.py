@@ -50,6 +50,11 @@ class Result:
         return "info" if self.limit is None else f"<= {self.limit:g}"
 
     @property
+    def skipped(self) -> bool:
+        """Not measured on purpose (the note says why): not a failure."""
+        return self.value is None and self.note.startswith("skipped")
+
+    @property
     def passed(self) -> bool | None:
         if self.limit is None:
             return None
@@ -63,6 +68,7 @@ class Result:
             "target": self.target,
             "limit": self.limit,
             "pass": self.passed,
+            "note": self.note,
         }
 
 

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import ingest, power, safety
+from bench import containers, ingest, power, safety
 from bench.common import Figure, Options, Result
 
 Benchmark = Callable[[Options], list[Result]]
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, tuple[Figure, ...]]] = {
     "scale": (power.scale, power.SCALE_FIGURES),
     "ingest": (ingest.ingest, ingest.INGEST_FIGURES),
     "interlock": (safety.interlock, safety.FIGURES),
+    "containers": (containers.containers, containers.FIGURES),
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
@@ -71,7 +72,7 @@ def table(results: list[Result]) -> str:
     rows = [("name", "value", "unit", "target", "result")]
     for r in results:
         verdict = {True: "pass", False: "FAIL", None: "info"}[r.passed]
-        value = "error" if r.value is None else f"{r.value:.3f}"
+        value = ("-" if r.skipped else "error") if r.value is None else f"{r.value:.3f}"
         rows.append((r.name, value, r.unit, r.target, r.note or verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    failed = any(r.value is None for r in results)
+    failed = any(r.value is None and not r.skipped for r in results)
     if args.keep_logs or args.profile or failed:
         print(f"logs and files kept in {workdir}")
     else:

@@ -2,8 +2,10 @@
 # Back up every named volume of the running stack (deploy/volumes.sh lists them and how):
 #   deploy/backup.sh                      -> backups/stack-<UTC time>/
 #   deploy/backup.sh /mnt/usb/dcs-0501    (a new or empty directory)
-#   COMPOSE="docker-compose" deploy/backup.sh          Debian's v1; podman-compose works too
-#   POD=trackerdcs deploy/backup.sh                    the podman pod (deploy/podman-kube.py)
+#   COMPOSE="docker-compose -f docker-compose.yml -f ..." deploy/backup.sh
+#                                         Debian's v1 (also through podman's socket), other files
+#   SERVICES="mosquitto influxdb ..." deploy/backup.sh   a stack without some services: only
+#                                         their volumes (deploy/volumes.sh)
 # Everything is read from the running containers (docker compose exec), so it needs no volume
 # names and no root on the host; InfluxDB and SQLite are copied consistently while they run.
 # Not in the backup: .env (the secrets: keep a copy in the lab's password manager) and the
@@ -20,8 +22,10 @@ fi
 umask 077
 mkdir -p "$dest"
 
-while read -r volume service path method; do
+# the table on fd 3: the commands in the loop (docker compose exec, run) read stdin
+while read -r volume service path method <&3; do
     [ -n "$volume" ] || continue
+    runs "$service" || continue
     case "$method" in
         influx)
             # a portable backup of the database, made in the container and streamed out as tar
@@ -44,13 +48,17 @@ with tempfile.NamedTemporaryFile(suffix=".sqlite") as tmp:
             ;;
     esac
     echo "backup: $volume ($service:$path, $method) -> $dest/$(ls "$dest" | grep "^$volume\.")"
-done <<<"$STACK_VOLUMES"
+done 3<<<"$STACK_VOLUMES"
 
 cp deploy/lab.yml "$dest/lab.yml"
 {
     echo "made: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "revision: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
     echo "volumes:"
-    awk 'NF == 4 { print "  - " $1 }' <<<"$STACK_VOLUMES"
+    while read -r volume service _; do
+        if [ -n "$volume" ] && runs "$service"; then
+            echo "  - $volume"
+        fi
+    done <<<"$STACK_VOLUMES"
 } >"$dest/MANIFEST"
 echo "backup: done, $(du -sh "$dest" | cut -f1) in $dest"

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Restore every named volume from a deploy/backup.sh directory, replacing what they hold:
+# Restore the named volumes of a deploy/backup.sh directory, replacing what they hold:
 #   deploy/restore.sh backups/stack-20240501T080000Z
-#   COMPOSE="docker compose -f docker-compose.yml -f ..." deploy/restore.sh DIR
-# The stack is stopped, each volume emptied and refilled from the backup (as root, owners kept),
-# InfluxDB's database dropped and restored with influxd restore -portable, then the whole stack
-# started again (influxdb-setup re-creates the continuous query and the users' grants from .env).
-# The podman pod (deploy/podman-kube.py): `podman volume import`, see docs/deployment.md.
+#   COMPOSE="docker-compose -f docker-compose.yml -f ..." deploy/restore.sh DIR
+#   SERVICES="mosquitto influxdb ..." deploy/restore.sh DIR     a stack without some services
+# The stack is stopped (or was taken down: the volumes are created again), each volume the
+# backup holds is emptied and refilled from it (as root, owners kept), InfluxDB's database
+# dropped and restored with influxd restore -portable, then the stack started again
+# (influxdb-setup re-creates the continuous query and the users' grants from .env).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source deploy/volumes.sh
-[ -z "$POD" ] || { echo "restore: not for the podman pod; see docs/deployment.md" >&2; exit 1; }
 
 src=${1:?usage: deploy/restore.sh BACKUP_DIR}
 [ -f "$src/MANIFEST" ] || { echo "restore: $src is not a deploy/backup.sh directory" >&2; exit 1; }
@@ -17,8 +17,14 @@ read -r -p "restore: replace the stack's data with $src? [y/N] " answer
 [ "$answer" = y ] || exit 1
 
 $COMPOSE stop
-while read -r volume service path method; do
+# the table on fd 3: the commands in the loop (docker compose exec, run) read stdin
+while read -r volume service path method <&3; do
     [ -n "$volume" ] || continue
+    runs "$service" || continue
+    if ! grep -qx "  - $volume" "$src/MANIFEST"; then
+        echo "restore: $volume is not in the backup: left as it is" >&2
+        continue
+    fi
     case "$method" in
         tar)
             $COMPOSE run --rm --no-deps -T -u 0 --entrypoint sh "$service" \
@@ -32,7 +38,12 @@ while read -r volume service path method; do
             ;;
         influx)
             $COMPOSE up -d --no-deps "$service"
-            until in_service "$service" curl -sf http://127.0.0.1:8086/ping; do sleep 2; done
+            tries=0
+            until in_service "$service" curl -sf http://127.0.0.1:8086/ping; do
+                tries=$((tries + 1))
+                [ "$tries" -lt 60 ] || { echo "restore: InfluxDB did not answer" >&2; exit 1; }
+                sleep 2
+            done
             in_service "$service" sh -c 'd=$(mktemp -d) && tar -C "$d" -xf - \
                 && influx -username "$INFLUXDB_ADMIN_USER" -password "$INFLUXDB_ADMIN_PASSWORD" \
                     -execute "DROP DATABASE trackerdcs" \
@@ -40,7 +51,8 @@ while read -r volume service path method; do
             ;;
     esac
     echo "restore: $volume <- $src"
-done <<<"$STACK_VOLUMES"
+done 3<<<"$STACK_VOLUMES"
 
-$COMPOSE up -d
-echo "restore: done; the stack is starting (docker compose ps)"
+# shellcheck disable=SC2086 # the service names, one word each
+$COMPOSE up -d $SERVICES
+echo "restore: done; the stack is starting ($COMPOSE ps)"

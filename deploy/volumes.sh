@@ -11,19 +11,22 @@ mosquitto-data  mosquitto  /mosquitto/data        tar
 grafana-data    grafana    /var/lib/grafana       tar
 nodered-data    nodered    /data                  tar
 "
-# The compose command: docker compose (v2), docker-compose (v1) or podman-compose, with the
-# files the stack was started with, e.g. COMPOSE="docker compose -f docker-compose.yml -f ...".
-# For the podman pod of deploy/podman-kube.py: POD=trackerdcs (containers <pod>-<service>).
+# The compose command: docker compose (v2), or docker-compose (v1, also through podman's socket),
+# with the files the stack was started with, e.g. COMPOSE="docker compose -f docker-compose.yml -f ...".
 COMPOSE=${COMPOSE:-docker compose}
-POD=${POD:-}
+# The services the stack runs (default: every service of the compose files). A lab that leaves
+# one out (say SERVICES="mosquitto influxdb ...", without grafana) gets the volumes of the others
+# saved and restored, and only its services started again.
+SERVICES=${SERVICES:-}
+
+# runs SERVICE: whether the stack runs SERVICE (always, when SERVICES is empty)
+runs() {
+    [ -z "$SERVICES" ] || [[ " $SERVICES " == *" $1 "* ]]
+}
 
 # in_service SERVICE CMD...: run CMD in the running container of SERVICE, stdin/stdout attached
 in_service() {
     local service=$1
     shift
-    if [ -n "$POD" ]; then
-        podman exec -i "$POD-$service" "$@"
-    else
-        $COMPOSE exec -T "$service" "$@"
-    fi
+    $COMPOSE exec -T "$service" "$@"
 }

@@ -6,9 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # mosquitto: the broker; influxdb: the time-series store (v1 API); chromium: the UI tests' browser;
-# docker-compose (v1): validates the compose files without a Docker engine.
+# docker-compose (v1): the compose files, validated without an engine and run through podman's
+# socket; podman, runc, the dnsname plugin (containers find each other by service name) and
+# debootstrap (base images without a registry): the container stack of tests/test_containers.py.
 APT_PACKAGES=(mosquitto mosquitto-clients socat python3-venv influxdb influxdb-client chromium
-              docker-compose)
+              docker-compose podman runc golang-github-containernetworking-plugin-dnsname
+              debootstrap)
 VENV=${TRACKERDCS_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 

@@ -47,12 +47,15 @@ class TestClient:
     __test__ = False
 
     def __init__(self, port: int, host: str = "127.0.0.1", topics=("#",), v5: bool = True,
-                 session_expiry: int | None = None):  # fmt: skip
+                 session_expiry: int | None = None, username: str | None = None,
+                 password: str | None = None):  # fmt: skip
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"test-{next(_ids)}-{time.monotonic_ns()}",
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         )
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.messages: list[Message] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()

@@ -58,6 +58,7 @@ def test_quick_run_writes_every_figure(tmp_path):
     assert set(names) == {f.name for _, figures in BENCHMARKS.values() for f in figures}
     for entry in entries:
         assert {"name", "value", "unit", "target"} <= set(entry)
-        assert isinstance(entry["value"], int | float), entry
+        measured = isinstance(entry["value"], int | float)
+        assert measured or entry["note"].startswith("skipped"), entry
         assert isinstance(entry["target"], str) and entry["target"], entry
     assert "command_latency_p99_ms" in proc.stdout  # the table

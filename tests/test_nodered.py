@@ -11,9 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import EXAMPLE_SLOTS, ROOT, Broker, PowerLab, _logged, python_process
+from tests.noderedapi import LOGIN
+from tests.noderedapi import api as _http
 from trackerdcs.config import load_config
 from trackerdcs.sim.julabo import JulaboSimulator
 from trackerdcs.stack.nodered import FLOWS, NODE_RED_DIR, NodeRed
@@ -367,18 +366,6 @@ def test_environment_shows_the_sensors_and_the_dew_point_margin(lab: UiLab, page
 # -- security -------------------------------------------------------------------------------------
 
 
-def _http(url: str, data: dict | None = None, token: str | None = None) -> tuple[int, Any]:
-    body = urllib.parse.urlencode(data).encode() if data is not None else None
-    request = urllib.request.Request(url, data=body)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return reply.status, json.loads(reply.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-
-
 def test_commands_carry_their_time_and_a_silent_daemon_shows_stale(lab: UiLab, page: Page) -> None:
     lab.reset()
     open_page(page, lab, "power")
@@ -411,10 +398,8 @@ def test_editor_and_admin_api_need_credentials(lab: UiLab, page: Page) -> None:
     base = lab.ui.url
     assert _http(base + "flows")[0] == 401
     assert _http(base + "settings")[0] == 401
-    login = {"client_id": "node-red-admin", "grant_type": "password", "scope": "*",
-             "username": "admin"}  # fmt: skip
-    assert _http(base + "auth/token", {**login, "password": "wrong"})[0] == 403
-    status, token = _http(base + "auth/token", {**login, "password": lab.ui.password})
+    assert _http(base + "auth/token", {**LOGIN, "password": "wrong"})[0] == 403
+    status, token = _http(base + "auth/token", {**LOGIN, "password": lab.ui.password})
     assert status == 200, token
     status, flows = _http(base + "flows", token=token["access_token"])
     assert status == 200 and any(n["type"] == "ui-base" for n in flows)
