@@ -22,21 +22,36 @@ function lab() {
     cached = {
         name: given.lab || '',
         power: given.power || { '/hv': { kind: 'hv' }, '/lv': { kind: 'lv' } },
-        julabo: given.julabo === undefined ? '/julabo' : given.julabo,
+        chillers: chillerList(given),
         sensors: given.sensors || null, // null: any other prefix publishing a temperature
         modules: given.modules || [],
         limits: given.limits || {},
-        setpoint: given.setpoint || null,
         margin_warning: given.margin_warning || 3.0
     };
     context.set('lab', cached);
     return cached;
 }
 
+// The lab's chillers, [{name, prefix, setpoint: [min, max] or null, modules}]: TRACKERDCS_UI_LAB
+// `chillers` (one entry per daemon), else the one chiller of the `julabo:` shorthand's defaults.
+function chillerList(given) {
+    if (Array.isArray(given.chillers)) return given.chillers;
+    return [{ name: 'julabo', prefix: '/julabo', setpoint: null, modules: [] }];
+}
+
+function chillerOf(prefix) {
+    return lab().chillers.find(c => c.prefix === prefix) || null;
+}
+
+// How the UI names a chiller: `chiller`, or `chiller <name>` in a lab of several.
+function chillerLabel(c) {
+    return lab().chillers.length > 1 ? 'chiller ' + c.name : 'chiller';
+}
+
 function state() {
     let s = context.get('state');
     if (!s) {
-        s = { power: {}, julabo: { available: null, status: null }, sensors: {}, answers: [], seq: 0 };
+        s = { power: {}, chillers: {}, sensors: {}, answers: [], seq: 0 };
         context.set('state', s);
     }
     return s;
@@ -49,10 +64,15 @@ function powerEntry(s, prefix) {
     return s.power[prefix];
 }
 
+function chillerEntry(s, prefix) {
+    if (!s.chillers[prefix]) s.chillers[prefix] = { available: null, status: null };
+    return s.chillers[prefix];
+}
+
 function kindOf(prefix, payload) {
     const L = lab();
     if (L.power[prefix]) return 'power';
-    if (L.julabo && prefix === L.julabo) return 'julabo';
+    if (chillerOf(prefix)) return 'julabo';
     if (L.sensors) return L.sensors.indexOf(prefix.slice(1)) >= 0 ? 'sensor' : null;
     const looksLikeSensor = payload && typeof payload === 'object' && 'temperature' in payload;
     return looksLikeSensor || state().sensors[prefix] ? 'sensor' : null;
@@ -68,7 +88,7 @@ function fromDaemon(s, topic, payload) {
     if (!kind) return false;
     let entry;
     if (kind === 'power') entry = powerEntry(s, prefix);
-    else if (kind === 'julabo') entry = s.julabo;
+    else if (kind === 'julabo') entry = chillerEntry(s, prefix);
     else entry = s.sensors[prefix] = s.sensors[prefix] || { available: null, status: null };
     if (what === 'availability') entry.available = String(payload);
     else if (what === 'state' && kind === 'power') entry.state = payload;
@@ -112,7 +132,7 @@ function remember(s, a) {
 function commandTopic(c) {
     const L = lab();
     const isPower = !!L.power[c.prefix];
-    const isJulabo = !!L.julabo && c.prefix === L.julabo;
+    const isJulabo = !!chillerOf(c.prefix);
     const actions = isPower ? RULES.power.topics : isJulabo ? RULES.chiller.topics : null;
     if (!actions || actions.indexOf(c.action) < 0) return null;
     const target = c.target === undefined || c.target === null ? '' : String(c.target);
@@ -170,10 +190,14 @@ function environment(s, L) {
             surfaces.push({ what: 'module ' + m, module: m, temperature: r.status.temperature });
         }
     });
-    const j = s.julabo.status;
-    if (j && j.bath_temp !== null && j.bath_temp !== undefined && s.julabo.available !== 'offline') {
-        surfaces.push({ what: 'chiller bath', module: '', temperature: j.bath_temp });
-    }
+    L.chillers.forEach(function (c) {
+        const e = chillerEntry(s, c.prefix);
+        const j = e.status;
+        if (j && j.bath_temp !== null && j.bath_temp !== undefined && e.available !== 'offline') {
+            surfaces.push({ what: chillerLabel(c) + ' bath', chiller: c.name, prefix: c.prefix,
+                module: '', temperature: j.bath_temp });
+        }
+    });
     surfaces.forEach(function (x) {
         x.margin = dewpoint === null ? null : Math.round((x.temperature - dewpoint) * 100) / 100;
     });
@@ -242,24 +266,27 @@ function snapshot(s) {
         }
         return row;
     });
-    const j = s.julabo;
-    if (L.julabo && j.status) {
-        if (j.available === 'offline') {
-            alarms.push({ prefix: L.julabo, module: null, text: 'chiller daemon is offline' });
-        } else if (['ERROR', 'DISCONNECTED'].indexOf(j.status.state) >= 0) {
-            alarms.push({ prefix: L.julabo, module: null,
-                text: 'chiller ' + j.status.state + (j.status.error ? ': ' + j.status.error : '') });
+    const chillers = L.chillers.map(function (c) {
+        const j = chillerEntry(s, c.prefix);
+        const label = chillerLabel(c);
+        if (j.status && j.available === 'offline') {
+            alarms.push({ prefix: c.prefix, module: null, text: label + ' daemon is offline' });
+        } else if (j.status && ['ERROR', 'DISCONNECTED'].indexOf(j.status.state) >= 0) {
+            alarms.push({ prefix: c.prefix, module: null,
+                text: label + ' ' + j.status.state + (j.status.error ? ': ' + j.status.error : '') });
         }
-    }
+        return { name: c.name, prefix: c.prefix, label: label, setpoint: c.setpoint || null,
+            modules: c.modules || [], available: j.available, status: j.status };
+    });
     env_.room.filter(r => !r.ok).forEach(function (r) {
         const why = (r.status && r.status.error) || (r.available === 'offline' ? 'daemon offline' : 'no reading');
         alarms.push({ prefix: r.prefix, module: null, text: 'sensor ' + r.name + ': ' + why });
     });
     modules.forEach(row => { row.alarms = alarms.filter(a => a.module === row.name).map(a => a.text); });
     return {
-        lab: L.name, rules: RULES, limits: L.limits, setpoint: L.setpoint, time: Date.now(),
+        lab: L.name, rules: RULES, limits: L.limits, time: Date.now(),
         power: power,
-        julabo: L.julabo ? { prefix: L.julabo, available: j.available, status: j.status } : null,
+        chillers: chillers,
         environment: env_, modules: modules, alarms: alarms,
         answers: s.answers
     };
