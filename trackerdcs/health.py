@@ -48,9 +48,9 @@ class Target:
     config: str | None = None
     crate: str | None = None
     sensors: list[str] = field(default_factory=list)
-    chiller: str | None = None
     host: str | None = None
     port: int | None = None
+    chiller: str | None = None
 
 
 def _script_modules() -> dict[str, str]:
@@ -91,7 +91,9 @@ def target_from_argv(argv: list[str]) -> Target:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     opts, _ = p.parse_known_args(rest)
-    return Target(service, opts.config, opts.crate, opts.sensor, opts.host, opts.port, opts.chiller)
+    return Target(
+        service, opts.config, opts.crate, opts.sensor, opts.host, opts.port, chiller=opts.chiller
+    )
 
 
 def process_argv(pid: int) -> list[str]:
