@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE_LAB, Broker
+from tests.conftest import EXAMPLE_LAB, ROOT, Broker
 from tests.ingestlab import TELEGRAF_CONF
 from tests.test_safety_scenarios import SENSOR_TIMEOUT, SafetyLab, on_at
 from tests.test_virtual_lab import TWO_CHILLERS
 from trackerdcs.clientids import lab_client_ids
-from trackerdcs.config import ConfigError, LabConfig, UnknownChiller, parse_config
+from trackerdcs.config import ConfigError, LabConfig, UnknownChiller, load_config, parse_config
 from trackerdcs.health import HealthError, Target, prefixes, target_from_argv
 from trackerdcs.ingest.conf import load_telegraf_conf
 from trackerdcs.ingest.export import ExportError, Selection, selections
@@ -302,6 +302,34 @@ def test_the_ui_knows_every_chiller():
          "modules": ["M3", "M4"]},
     ]  # fmt: skip
     assert [c["name"] for c in ui_lab(loads(example()))["chillers"]] == ["julabo"]
+
+
+def test_the_deployed_labs_run_a_daemon_per_chiller():
+    """docker-compose.yml has a julabo service per chiller of deploy/lab.yml (with --chiller
+    when it has several); its commented second-chiller example, the ACL's and .env.example's
+    name the same user."""
+    from tests.test_deployment import COMPOSE, DUMMY, PROD, argv_of, compose_config
+
+    if COMPOSE is None:
+        pytest.skip("docker-compose (v1) is not installed")
+    for files, name in ((PROD, "lab.yml"), (DUMMY, "lab.dummy.yml")):
+        lab = load_config(ROOT / "deploy" / name)
+        services = compose_config(files)["services"].values()
+        served = [argv_of(s) for s in services if argv_of(s)[:1] == ["trackerdcs-julabo"]]
+        assert len(served) == len(lab.chillers), name
+        for argv in served:
+            chiller = argv[argv.index("--chiller") + 1] if "--chiller" in argv else None
+            assert lab.chiller(chiller) in lab.chillers
+    example = re.search(r"^  # julabo-burnin:\n((?:  #   .*\n)+)", (ROOT / PROD[0]).read_text(),
+                        re.M)  # fmt: skip
+    assert example, "docker-compose.yml: the commented second chiller is gone"
+    service = yaml.safe_load(re.sub(r"^  #   ", "", example.group(1), flags=re.M).replace(
+        "<<: *trackerdcs", "image: trackerdcs"))  # fmt: skip
+    assert service["command"][-2:] == ["--chiller", "burnin"]
+    user = service["environment"]["TRACKERDCS_MQTT_USERNAME"]
+    assert f"#   user {user}\n" in (ROOT / "mosquitto" / "acl").read_text()
+    assert f"MQTT_PASSWORD_{user.upper()}" in service["environment"]["TRACKERDCS_MQTT_PASSWORD"]
+    assert f"MQTT_PASSWORD_{user.upper()}=" in (ROOT / ".env.example").read_text()
 
 
 # -- the two-chiller virtual lab, every process real ---------------------------------------------

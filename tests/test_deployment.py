@@ -224,7 +224,7 @@ def test_dummy_replaces_the_hardware_with_the_simulators(configs) -> None:
     assert lab.crates[0].address.split(":")[0] == "sim-lab"
     assert lab.virtual_lab_crate() is lab.crates[0]
     assert "--host" in argv_of(dummy["sim-lab"])  # CA on every interface of sim-lab
-    lines = [lab.julabo.url, *(s.source for s in lab.sensors)]
+    lines = [*(c.url for c in lab.chillers), *(s.source for s in lab.sensors)]
     assert all(loopback_port(url) for url in lines)
     for name in ("julabo", "sensors"):
         assert dummy[name]["network_mode"] == "service:sim-lab"
