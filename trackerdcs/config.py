@@ -375,9 +375,9 @@ class SensorConfig(_Model):
 
 
 class SimChillerConfig(_Model):
-    """How the virtual lab's Julabo behaves (one chiller's simulator settings)."""
+    """How the virtual lab's Julabos behave (the simulator settings of every chiller)."""
 
-    model: str | None = None  # the profile it impersonates; default: `julabo.model`
+    model: str | None = None  # the profile it impersonates; default: each chiller's `model`
     external_sensor: bool = True  # false: no Pt100 plugged in, IN_PV_02 answers `---.--`
     drop_every: int = Field(0, ge=0)  # drop every n-th reply (0: none); the backdoor can too
 
