@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import EXAMPLE_LAB, ROOT, Broker
 from tests.ingestlab import TELEGRAF_CONF
-from tests.test_safety_scenarios import SENSOR_TIMEOUT, SafetyLab, on_at
+from tests.test_safety_scenarios import SENSOR_TIMEOUT, STATUS_TIMEOUT, SafetyLab, on_at
 from tests.test_virtual_lab import TWO_CHILLERS
 from trackerdcs.clientids import lab_client_ids
 from trackerdcs.config import ConfigError, LabConfig, UnknownChiller, load_config, parse_config
@@ -334,7 +334,6 @@ def test_the_deployed_labs_run_a_daemon_per_chiller():
 
 # -- the two-chiller virtual lab, every process real ---------------------------------------------
 
-STATUS_TIMEOUT = 2.0
 INTERLOCKS = {
     "reassert_interval": 0.5,
     "startup_grace": 0.5,
