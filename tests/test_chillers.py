@@ -366,10 +366,11 @@ def julabo(lab: SafetyLab, name: str, action: str, value: Any) -> dict[str, Any]
 
 def hv_on(lab: SafetyLab, volts: float = 60.0) -> None:
     """Every module's HV on at `volts`, and wait until it is there."""
+    since = lab.client.mark()
     for module in COLD + BURNIN:
         assert lab.command(f"/hv/cmd/setv/{module}", volts)["ok"]
         assert lab.command(f"/hv/cmd/switch/{module}", "on")["ok"]
-    lab.hv(lambda m: all(on_at(volts)(m[x]) for x in COLD + BURNIN), since=0)
+    lab.hv(lambda m: all(on_at(volts)(m[x]) for x in COLD + BURNIN), since=since)
 
 
 def interlock_commands(lab: SafetyLab, since: int) -> set[str]:
