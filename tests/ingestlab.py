@@ -79,7 +79,8 @@ def counters(client: TestClient, since: int = 0, timeout: float = 5.0, predicate
 
 
 class DataLab:
-    """Broker, InfluxDB, the bridge and the virtual lab with every daemon."""
+    """Broker, InfluxDB, the bridge and the two-chiller virtual lab (tests/test_virtual_lab.py
+    TWO_CHILLERS) with every daemon."""
 
     def __init__(self, workdir: Path) -> None:
         from tests.test_virtual_lab import VirtualLab
@@ -88,7 +89,7 @@ class DataLab:
         self.broker = Broker(workdir)
         self.influx = InfluxServer(workdir)
         self.bridge = bridge_process(workdir, "datalab", self.broker.port, self.influx.url)
-        self._make_vlab = lambda: VirtualLab(workdir, self.broker, "datalab")
+        self._make_vlab = lambda: VirtualLab(workdir, self.broker, "datalab", chillers=2)
         self.vlab: Any = None
         self.client: TestClient | None = None
         self._stopped = False
@@ -116,7 +117,13 @@ class DataLab:
                 f"{measurement}.{field} in InfluxDB",
                 poll=0.1,
             )
+        wait_until(lambda: len(self.chillers()) == 2, 10, "both chillers in InfluxDB", poll=0.1)
         return self
+
+    def chillers(self) -> list[str]:
+        """The values of the `chiller` tag of measurement `julabo`."""
+        series = self.db.series('SHOW TAG VALUES FROM "julabo" WITH KEY = "chiller"')
+        return sorted(r["value"] for s in series for r in s.rows())
 
     def stop(self) -> None:
         if self._stopped:

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.conftest import ROOT
 from tests.ingestlab import TELEGRAF_CONF, InfluxServer
 from trackerdcs.config import ConfigError, influx_seconds, parse_config
+from trackerdcs.ingest.bridge import Bridge
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import (
     InfluxOutputConf,
@@ -30,7 +31,7 @@ from trackerdcs.ingest.conf import (
     parse_telegraf_conf,
     substitute_env,
 )
-from trackerdcs.ingest.consumer import FastClient, MqttConsumer, UniqueClock
+from trackerdcs.ingest.consumer import FastClient, MqttConsumer, UniqueClock, shares_connection
 from trackerdcs.ingest.filters import GlobFilter
 from trackerdcs.ingest.jsonparse import (
     UNIX_FORMATS,
@@ -456,7 +457,7 @@ def test_a_payload_that_breaks_the_parser_is_skipped_not_fatal(monkeypatch):
     def broken(payload):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(consumer.parser, "parse", broken)
+    monkeypatch.setattr(consumer.parser, "metrics", broken)
     consumer.handle("/hv/status", b"{}")
     assert consumer.rejected == 2
 
@@ -480,3 +481,32 @@ def test_a_status_delivered_again_makes_the_same_point():
     )
     consumer.handle("/hv/status", json.dumps([{**status[0], "time": None}]).encode())
     assert consumer.rejected == 1 and buffer.take() == []  # no time: rejected, as Telegraf
+
+
+def test_inputs_reading_the_same_topics_share_one_connection():
+    """telegraf.conf's chillers and sensors both read /+/status: one connection, each message
+    decoded once, every input's own metrics and counts, as with a connection each."""
+    conf = load_telegraf_conf(ROOT / "telegraf.conf", env={})
+    shared = [c for c in conf.inputs if c.topics == ("/+/status",)]
+    assert [c.measurement for c in shared] == ["julabo", "sensor"]
+    assert shares_connection(*shared) and not shares_connection(conf.inputs[0], shared[0])
+    consumers = Bridge(conf, status_prefix=None).consumers
+    assert [[i.conf.measurement for i in c.inputs] for c in consumers] == [
+        ["hv"], ["lv"], ["julabo", "sensor"]
+    ]  # fmt: skip
+    buffer = MetricBuffer(100, 10)
+    consumer = MqttConsumer(shared, conf.agent, buffer, UniqueClock())
+    chiller = {"chiller": "burnin", "state": "RUNNING", "bath_temp": -5.0, "running": 1}
+    sensor = {"name": "temp_m3", "kind": "module", "module": "M3", "temperature": -4.5}
+    for status in (chiller, sensor):
+        msg = mqtt.MQTTMessage(topic=b"/x/status")
+        msg.payload = json.dumps(status).encode()
+        consumer._on_message(None, None, msg)
+    consumer.handle("/x/status", b"not json")
+    lines = sorted(buffer.take())
+    assert [line.split(" ")[0] for line in lines] == [
+        "julabo,chiller=burnin", "sensor,kind=module,module=M3,name=temp_m3"
+    ]  # fmt: skip
+    assert consumer.received == 4 and consumer.rejected == 2  # once per input, as Telegraf
+    with pytest.raises(ValueError, match="one consumer each"):
+        MqttConsumer([conf.inputs[0], shared[0]], conf.agent, buffer, UniqueClock())

@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import EXAMPLE_LAB, ROOT, Broker, _logged, python_process, write_lab
 from trackerdcs.config import ConfigError, LabConfig, parse_config
-from trackerdcs.safety.config import check_safety
+from trackerdcs.safety.config import check_safety, rule_chiller, rule_modules
 from trackerdcs.safety.rules import RULE_KINDS, RuleState
 from trackerdcs.safety.world import World
 from trackerdcs.stack.process import free_port
@@ -85,7 +85,9 @@ def evaluate(cfg: LabConfig, world: World, state: RuleState, now: float) -> dict
 
 def new_state(cfg: LabConfig, index: int = 0) -> RuleState:
     rule = cfg.interlocks.rules[index]
-    return RuleState(rule, frozenset(MODULES), started=0.0, since=0.0,
+    chiller = rule_chiller(cfg, rule)
+    return RuleState(rule, frozenset(rule_modules(cfg, rule)), started=0.0, since=0.0,
+                     chiller=chiller.prefix if chiller else None,
                      armed=rule.kind != "chiller_running")  # fmt: skip
 
 

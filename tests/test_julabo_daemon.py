@@ -566,14 +566,28 @@ def test_silent_unit_is_disconnected_within_2_s(workdir: Path, broker: Broker) -
         sim.close()
 
 
-def test_daemon_refuses_a_lab_without_julabo(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("chillers", "args", "expected"),
+    [
+        ([], [], "the lab has no chiller (no `julabo` or `chillers` section)"),
+        (["coldbox", "burnin"], [], "several chillers (coldbox, burnin): name one: give --chiller"),
+        (["coldbox", "burnin"], ["--chiller", "cold"], "no chiller named 'cold' (known: coldbox"),
+        ([], ["--chiller", "julabo"], "no chiller named 'julabo' (known: none)"),
+    ],
+)  # fmt: skip
+def test_daemon_refuses_a_lab_without_its_chiller(tmp_path: Path, chillers, args, expected):
     data = yaml.safe_load(EXAMPLE_LAB.read_text())
-    del data["julabo"]
+    section = data.pop("julabo")
+    data["chillers"] = [
+        {**section, "name": name, "prefix": f"/julabo_{name}", "modules": [f"M{i + 1}"],
+         "url": f"socket://127.0.0.1:{5050 + i}"}
+        for i, name in enumerate(chillers)
+    ]  # fmt: skip
     path = tmp_path / "lab.yml"
     path.write_text(yaml.safe_dump(data))
     proc = python_process(
-        "julabo", "trackerdcs.julabo.daemon", ["--config", str(path)], tmp_path / "j.log"
+        "julabo", "trackerdcs.julabo.daemon", ["--config", str(path), *args], tmp_path / "j.log"
     )
     proc.start()
     assert proc.proc is not None and proc.proc.wait(20) == 2
-    assert "no 'julabo' section" in proc.output()
+    assert expected in proc.output()

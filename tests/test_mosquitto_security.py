@@ -60,8 +60,8 @@ def own_prefixes(user: str, lab=LAB) -> set[str]:
     """The prefixes each daemon serves, from the lab YAML: the ACL must grant exactly these."""
     if user == "power":
         return {p for c in lab.crates for p in c.prefixes.values()}
-    if user == "julabo":
-        return {lab.julabo.prefix}
+    if user == "julabo":  # the lab's one chiller (a lab of several: a user per chiller)
+        return {c.prefix for c in lab.chillers}
     if user == "sensors":
         return {s.prefix for s in lab.sensors}
     if user == "interlock":

@@ -49,20 +49,32 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# Two chillers: `julabo` (/julabo) cools M1 and M2, `burnin` (/julabo_burnin) M3 and M4.
+CHILLERS = {"julabo": ("/julabo", ["M1", "M2"]), "burnin": ("/julabo_burnin", ["M3", "M4"])}
+
+
 class UiLab:
-    """The simulated lab with every daemon, and Node-RED serving the repo's flows."""
+    """The simulated lab with every daemon (two chillers), and Node-RED serving the repo's
+    flows."""
 
     def __init__(self, workdir: Path, broker: Broker) -> None:
-        self.julabo_port = free_port()
-        julabo = {"url": f"socket://127.0.0.1:{self.julabo_port}", "prefix": "/julabo",
-                  "setpoint_min": -30, "setpoint_max": 40, **JULABO_FAST}  # fmt: skip
-        self.power = PowerLab(workdir, broker, "nodered", lab="nodered", julabo=julabo,
-                              sensors=SENSORS)  # fmt: skip
+        self.ports = {name: free_port() for name in CHILLERS}
+        chillers = [
+            {"name": name, "url": f"socket://127.0.0.1:{self.ports[name]}", "prefix": prefix,
+             "modules": modules, "setpoint_min": -30, "setpoint_max": 40, **JULABO_FAST}
+            for name, (prefix, modules) in CHILLERS.items()
+        ]  # fmt: skip
+        self.power = PowerLab(workdir, broker, "nodered", lab="nodered", julabo=None,
+                              chillers=chillers, sensors=SENSORS)  # fmt: skip
         config = str(self.power.config)
-        self.sim = JulaboSimulator(tick=0.1, speed=20.0)  # bath moves 40 K/min: visible
+        # the baths move 40 K/min: visible
+        self.sims = {name: JulaboSimulator(tick=0.1, speed=20.0) for name in CHILLERS}
+        self.sim = self.sims["julabo"]
         self.daemons: list[ManagedProcess] = [
-            python_process("julabo daemon", "trackerdcs.julabo.daemon", ["--config", config],
-                           workdir / "nodered-julabo.log", ready=_logged("serving chiller")),
+            *(python_process(f"julabo daemon {name}", "trackerdcs.julabo.daemon",
+                             ["--config", config, "--chiller", name],
+                             workdir / f"nodered-julabo-{name}.log",
+                             ready=_logged("serving chiller")) for name in CHILLERS),
             python_process("sensor daemon", "trackerdcs.sensors.daemon", ["--config", config],
                            workdir / "nodered-sensors.log", ready=_logged("serving")),
         ]  # fmt: skip
@@ -71,19 +83,22 @@ class UiLab:
 
     def start(self) -> UiLab:
         self.power.start()
-        self.sim.serve_tcp(port=self.julabo_port)
-        self.sim.start()
+        for name, sim in self.sims.items():
+            sim.serve_tcp(port=self.ports[name])
+            sim.start()
         for daemon in self.daemons:
             daemon.start()
         self.node_red.start()
-        self.client.wait_for("/julabo/status", lambda m: m.json["state"] == "STOPPED", 10)
+        for prefix, _ in CHILLERS.values():
+            self.client.wait_for(f"{prefix}/status", lambda m: m.json["state"] == "STOPPED", 10)
         return self
 
     def stop(self) -> None:
         self.node_red.stop()
         for daemon in self.daemons:
             daemon.stop()
-        self.sim.close()
+        for sim in self.sims.values():
+            sim.close()
         self.power.stop()
 
     @property
@@ -94,11 +109,12 @@ class UiLab:
         return self.ui.dashboard_url + page
 
     def reset(self) -> None:
-        """Power all off and cleared, the chiller stopped."""
+        """Power all off and cleared, the chillers stopped."""
         self.power.reset()
-        if self.sim.device.running:
-            answer = self.client.command("/julabo/cmd/switch", "off", "/julabo/response")
-            assert answer["ok"], answer
+        for name, (prefix, _) in CHILLERS.items():
+            if self.sims[name].device.running:
+                answer = self.client.command(f"{prefix}/cmd/switch", "off", f"{prefix}/response")
+                assert answer["ok"], answer
 
 
 @pytest.fixture(scope="module")
@@ -288,46 +304,82 @@ def test_setting_a_voltage_and_the_daemons_error_text(lab: UiLab, page: Page) ->
 def test_chiller_set_point_start_and_stop(lab: UiLab, page: Page) -> None:
     lab.reset()
     open_page(page, lab, "chiller")
-    state = page.get_by_test_id("chiller-state")
+    card = page.locator('[data-testid="chiller"][data-chiller="julabo"]')
+    state = card.get_by_test_id("chiller-state")
     expect(state).to_have_text("STOPPED", timeout=WAIT)
-    expect(page.get_by_test_id("status-text")).to_have_text("2 REMOTE STOP")
-    expect(page.get_by_test_id("stop")).to_be_disabled()
+    expect(card.get_by_test_id("status-text")).to_have_text("2 REMOTE STOP")
+    expect(card.get_by_test_id("stop")).to_be_disabled()
 
-    page.get_by_test_id("setpoint-input").fill("-5")
-    page.get_by_test_id("setpoint-apply").click()
-    expect(page.get_by_test_id("setpoint")).to_have_text("-5.00 °C", timeout=WAIT)
-    expect(page.get_by_test_id("answer")).to_have_text("chiller: set point -5 °C: ok")
+    card.get_by_test_id("setpoint-input").fill("-5")
+    card.get_by_test_id("setpoint-apply").click()
+    expect(card.get_by_test_id("setpoint")).to_have_text("-5.00 °C", timeout=WAIT)
+    expect(card.get_by_test_id("answer")).to_have_text("chiller julabo: set point -5 °C: ok")
     device = lab.sim.device
     assert device.setpoints[device.active] == -5.0
 
-    page.get_by_test_id("start").click()
+    card.get_by_test_id("start").click()
     expect(state).to_have_text("RUNNING", timeout=WAIT)
-    expect(page.get_by_test_id("status-text")).to_have_text("3 REMOTE START")
+    expect(card.get_by_test_id("status-text")).to_have_text("3 REMOTE START")
     assert device.running is True
-    expect(page.get_by_test_id("start")).to_be_disabled()
+    expect(card.get_by_test_id("start")).to_be_disabled()
 
     since = lab.client.mark()
-    page.get_by_test_id("setpoint-input").fill("55")
-    page.get_by_test_id("setpoint-apply").click()
+    card.get_by_test_id("setpoint-input").fill("55")
+    card.get_by_test_id("setpoint-apply").click()
     refused = lab.client.wait_for("/julabo/response", lambda m: not m.json["ok"], 5, since).json
     assert "55" in refused["error"]
-    expect(page.get_by_test_id("answer")).to_have_text(
-        f"chiller: set point 55 °C: {refused['error']}", timeout=WAIT
+    expect(card.get_by_test_id("answer")).to_have_text(
+        f"chiller julabo: set point 55 °C: {refused['error']}", timeout=WAIT
     )
     assert device.setpoints[device.active] == -5.0
 
-    page.get_by_test_id("stop").click()
+    card.get_by_test_id("stop").click()
     expect(state).to_have_text("STOPPED", timeout=WAIT)
     assert device.running is False
 
     julabo = lab.daemons[0]  # no daemon: nothing can be sent
     julabo.stop()
-    expect(page.get_by_test_id("availability")).to_have_text("daemon offline", timeout=WAIT)
+    expect(card.get_by_test_id("availability")).to_have_text("daemon offline", timeout=WAIT)
     for control in ("start", "stop", "setpoint-apply", "setpoint-input"):
-        expect(page.get_by_test_id(control)).to_be_disabled()
+        expect(card.get_by_test_id(control)).to_be_disabled()
+    other = page.locator('[data-testid="chiller"][data-chiller="burnin"]')
+    expect(other.get_by_test_id("setpoint-input")).to_be_enabled()  # its daemon is up
     julabo.start()
-    expect(page.get_by_test_id("availability")).to_have_text("daemon online", timeout=WAIT)
-    expect(page.get_by_test_id("start")).to_be_enabled(timeout=WAIT)
+    expect(card.get_by_test_id("availability")).to_have_text("daemon online", timeout=WAIT)
+    expect(card.get_by_test_id("start")).to_be_enabled(timeout=WAIT)
+
+
+def test_the_chiller_page_shows_and_commands_each_unit(lab: UiLab, page: Page) -> None:
+    lab.reset()
+    open_page(page, lab, "chiller")
+    cards = page.get_by_test_id("chiller")
+    expect(cards).to_have_count(2, timeout=WAIT)
+    burnin = page.locator('[data-testid="chiller"][data-chiller="burnin"]')
+    expect(burnin).to_have_attribute("data-prefix", "/julabo_burnin")
+    expect(burnin.get_by_test_id("cools")).to_have_text("Cools M3, M4")
+    expect(burnin.get_by_test_id("chiller-state")).to_have_text("STOPPED", timeout=WAIT)
+
+    burnin.get_by_test_id("setpoint-input").fill("12")
+    burnin.get_by_test_id("setpoint-apply").click()
+    expect(burnin.get_by_test_id("setpoint")).to_have_text("12.00 °C", timeout=WAIT)
+    burnin.get_by_test_id("start").click()
+    expect(burnin.get_by_test_id("chiller-state")).to_have_text("RUNNING", timeout=WAIT)
+    expect(burnin.get_by_test_id("answer")).to_have_text("chiller burnin: start: ok")
+    unit, other = lab.sims["burnin"].device, lab.sims["julabo"].device
+    assert unit.running and unit.setpoints[unit.active] == 12.0
+    assert not other.running and other.setpoints[other.active] != 12.0  # the other unit: as it was
+    julabo = page.locator('[data-testid="chiller"][data-chiller="julabo"]')
+    expect(julabo.get_by_test_id("chiller-state")).to_have_text("STOPPED")
+
+    page.goto(lab.url("overview"))  # one summary item per chiller
+    item = page.locator('[data-chiller="burnin"]').get_by_test_id("chiller-state")
+    expect(item).to_have_text("RUNNING", timeout=WAIT)
+    expect(page.locator('[data-chiller="julabo"]').get_by_test_id("chiller-state")).to_have_text(
+        "STOPPED"
+    )
+    open_page(page, lab, "environment")  # each bath against the dew point
+    expect(page.locator('tr[data-sensor="chiller-bath"]')).to_have_count(2, timeout=WAIT)
+    expect(page.locator('tr[data-chiller="burnin"]')).to_contain_text("/julabo_burnin")
 
 
 def test_environment_shows_the_sensors_and_the_dew_point_margin(lab: UiLab, page: Page) -> None:
@@ -360,7 +412,7 @@ def test_environment_shows_the_sensors_and_the_dew_point_margin(lab: UiLab, page
     expect(margin).to_have_text(re.compile(r"^-?\d+\.\d K$"), timeout=WAIT)
     assert float(margin.inner_text().split()[0]) == pytest.approx(module - dewpoint, abs=0.3)
     expect(page.get_by_test_id("dewpoint")).to_have_text(re.compile(r"^\d+\.\d °C$"))
-    expect(page.locator('tr[data-sensor="chiller-bath"]')).to_be_visible()
+    expect(page.locator('tr[data-sensor="chiller-bath"][data-chiller="julabo"]')).to_be_visible()
 
 
 # -- security -------------------------------------------------------------------------------------
@@ -440,7 +492,8 @@ def test_screenshots_of_every_page(lab: UiLab, page: Page) -> None:
     screenshot(page, "power")
 
     open_page(page, lab, "chiller")
-    expect(page.get_by_test_id("chiller-state")).to_have_text("RUNNING", timeout=WAIT)
+    card = page.locator('[data-testid="chiller"][data-chiller="julabo"]')
+    expect(card.get_by_test_id("chiller-state")).to_have_text("RUNNING", timeout=WAIT)
     screenshot(page, "chiller")
 
     open_page(page, lab, "environment")
@@ -451,7 +504,9 @@ def test_screenshots_of_every_page(lab: UiLab, page: Page) -> None:
     expect(page.locator('tr[data-module="M2"] [data-testid=hv] [data-testid=state]')).to_have_text(
         "ON", timeout=WAIT
     )
-    expect(page.get_by_test_id("chiller-state")).to_have_text("RUNNING", timeout=WAIT)
+    expect(page.locator('[data-chiller="julabo"] [data-testid=chiller-state]')).to_have_text(
+        "RUNNING", timeout=WAIT
+    )
     expect(page.locator('tr[data-module="M4"] [data-testid=temperature]')).to_have_text(
         re.compile(r"^\d+\.\d °C$"), timeout=WAIT
     )

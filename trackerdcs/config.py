@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from trackerdcs.clientids import check_client_ids
 from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
 from trackerdcs.power.boards import (
     BOARD_MODELS,
@@ -37,6 +38,10 @@ from trackerdcs.safety.config import AlarmsConfig, InterlocksConfig, SequencerCo
 
 class ConfigError(Exception):
     """An invalid or unreadable configuration file."""
+
+
+class UnknownChiller(LookupError):
+    """No such chiller in the lab (or no name given in a lab with several); says which exist."""
 
 
 class _Model(BaseModel):
@@ -397,12 +402,20 @@ def _check_model(value: str) -> str:
     return value
 
 
-class JulaboConfig(_Model):
-    """A Julabo chiller on a serial line (or a serial line exposed over TCP).
+DEFAULT_CHILLER = "julabo"  # the name of the chiller of the `julabo:` shorthand
 
-    The per-chiller settings a list of chillers would repeat: `model`, the line, its timing.
+
+class JulaboConfig(_Model):
+    """A Julabo chiller on a serial line (or a serial line exposed over TCP): one entry of the lab
+    YAML's `chillers` list, or its `julabo` section (the shorthand for a lab with one chiller).
+
+    `name` names it everywhere (`trackerdcs-julabo --chiller NAME`, the `chiller` key of its
+    status and tag in InfluxDB, interlock rules); `prefix` (default `/<name>`: `/julabo` for the
+    shorthand) is its MQTT prefix; `modules` are the modules it cools (`all`, the default, only
+    in a lab with one chiller).
     """
 
+    name: str = Field(DEFAULT_CHILLER, pattern=r"^[A-Za-z0-9_\-]+$")
     url: str  # /dev/ttyUSB0, serial:///dev/ttyS0, socket://HOST:PORT, tcp://HOST:PORT
     model: str = DEFAULT_PROFILE  # the command profile: full, fl, fp50-mh, big or generic
     serial: SerialLineConfig = SerialLineConfig()
@@ -416,8 +429,16 @@ class JulaboConfig(_Model):
     heartbeat: PositiveFloat = 10.0  # republish the status at least this often, s
     reconnect_min_delay: PositiveFloat = 0.5  # first retry after the line is lost, s
     reconnect_max_delay: PositiveFloat = 5.0  # backoff ceiling, s
-    prefix: str = "/julabo"
+    prefix: str = "/julabo"  # default: /<name>
+    modules: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]] | Literal["all"] = "all"
     command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefix_from_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "prefix" not in data and isinstance(data.get("name"), str):
+            return {**data, "prefix": f"/{data['name']}"}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -483,9 +504,9 @@ class SensorConfig(_Model):
 
 
 class SimChillerConfig(_Model):
-    """How the virtual lab's Julabo behaves (one chiller's simulator settings)."""
+    """How the virtual lab's Julabos behave (the simulator settings of every chiller)."""
 
-    model: str | None = None  # the profile it impersonates; default: `julabo.model`
+    model: str | None = None  # the profile it impersonates; default: each chiller's `model`
     external_sensor: bool = True  # false: no Pt100 plugged in, IN_PV_02 answers `---.--`
     drop_every: int = Field(0, ge=0)  # drop every n-th reply (0: none); the backdoor can too
 
@@ -569,7 +590,10 @@ class LabConfig(_Model):
     mqtt: MqttConfig = MqttConfig()
     crates: list[CrateConfig] = []
     power: PowerConfig = PowerConfig()
+    # the chillers: `chillers` (a list), or `julabo` (one chiller, named `julabo`); once validated,
+    # `chillers` lists every chiller of the lab, the shorthand's too
     julabo: JulaboConfig | None = None
+    chillers: list[JulaboConfig] = []
     sensors: list[SensorConfig] = []
     virtual_lab: VirtualLabConfig | None = None
     influx: InfluxConfig = InfluxConfig()
@@ -629,17 +653,14 @@ class LabConfig(_Model):
             self._limits[ch.name] = (ch, limits)
             self._warnings.extend(w for w in warnings if w not in self._warnings)
         self._check_cooling(seen_prefix)
+        check_client_ids(self)
         return self
 
     def _check_cooling(self, prefixes: dict[str, str]) -> None:
         """Julabo, sensors and virtual lab against the rest of the lab."""
         taken = {prefix: f"crate {crate}" for prefix, crate in prefixes.items()}
-        if self.julabo is not None:
-            if self.julabo.prefix in taken:
-                owner = taken[self.julabo.prefix]
-                raise ValueError(f"julabo.prefix: {self.julabo.prefix!r} is taken by {owner}")
-            taken[self.julabo.prefix] = "the chiller (julabo.prefix)"
         modules = {ch.module for ch in self.power.channels if ch.module}
+        self._check_chillers(taken, modules)
         for i, sensor in enumerate(self.sensors):
             where = f"sensors.{i}"
             if sensor.prefix in taken:
@@ -654,6 +675,85 @@ class LabConfig(_Model):
         lab_crate = self.virtual_lab.crate if self.virtual_lab else None
         if lab_crate is not None and lab_crate not in {c.name for c in self.crates}:
             raise ValueError(f"virtual_lab.crate: no crate named {lab_crate!r}")
+
+    def _check_chillers(self, taken: dict[str, str], modules: set[str]) -> None:
+        """The chiller list against itself and the lab; then the shorthand joins the list."""
+        if self.julabo is not None and self.chillers:
+            raise ValueError(
+                "julabo: give either `julabo` (one chiller) or `chillers` (a list), not both; "
+                "with several chillers, move it into the list: chillers: [{name: julabo, ...}]"
+            )
+        several = len(self.chillers) > 1
+        listed = [(f"chillers.{i}", c) for i, c in enumerate(self.chillers)]
+        entries = listed or ([("julabo", self.julabo)] if self.julabo else [])
+        names: dict[str, str] = {}
+        lines: dict[str, str] = {}
+        cooled: dict[str, str] = {}
+        for where, chiller in entries:
+            if listed and "name" not in chiller.model_fields_set:
+                raise ValueError(f"{where}.name: required (each chiller of the list is named)")
+            if chiller.name in names:
+                raise ValueError(
+                    f"{where}.name: {chiller.name!r} is used twice ({names[chiller.name]})"
+                )
+            names[chiller.name] = where
+            if chiller.prefix in taken:
+                raise ValueError(
+                    f"{where}.prefix: {chiller.prefix!r} is taken by {taken[chiller.prefix]}"
+                )
+            taken[chiller.prefix] = f"chiller {chiller.name}"
+            if chiller.url in lines:
+                raise ValueError(
+                    f"{where}.url: {chiller.url!r} is the line of chiller {lines[chiller.url]}"
+                )
+            lines[chiller.url] = chiller.name
+            if chiller.modules == "all":
+                if several:
+                    known = ", ".join(sorted(modules)) or "none"
+                    raise ValueError(
+                        f"{where}.modules: required when the lab has several chillers (the "
+                        f"modules chiller {chiller.name} cools; known: {known})"
+                    )
+                continue
+            for module in chiller.modules:
+                if modules and module not in modules:
+                    raise ValueError(
+                        f"{where}.modules: no power channel powers module {module!r} "
+                        f"(known: {', '.join(sorted(modules))})"
+                    )
+                if module in cooled:
+                    raise ValueError(
+                        f"{where}.modules: {module} is cooled by chiller {cooled[module]}"
+                    )
+                cooled[module] = chiller.name
+        if self.julabo is not None:
+            object.__setattr__(self, "chillers", [self.julabo])  # frozen: set once, here
+
+    def chiller(self, name: str | None = None) -> JulaboConfig:
+        """The chiller named `name`; without a name, the lab's only one. `UnknownChiller`, whose
+        message says why, for no chiller, several, or an unknown name."""
+        known = ", ".join(c.name for c in self.chillers)
+        if name is None:
+            if len(self.chillers) == 1:
+                return self.chillers[0]
+            if not self.chillers:
+                raise UnknownChiller("the lab has no chiller (no `julabo` or `chillers` section)")
+            raise UnknownChiller(f"the lab has several chillers ({known}): name one")
+        for chiller in self.chillers:
+            if chiller.name == name:
+                return chiller
+        raise UnknownChiller(f"no chiller named {name!r} (known: {known or 'none'})")
+
+    def cooled_by(self, chiller: JulaboConfig) -> list[str]:
+        """The modules `chiller` cools (its `modules`; `all`: every module of the lab)."""
+        if chiller.modules == "all":
+            names = list(self.modules())
+            return names + [s.module for s in self.sensors if s.module and s.module not in names]
+        return list(chiller.modules)
+
+    def chiller_of(self, module: str) -> JulaboConfig | None:
+        """The chiller that cools `module`, or None."""
+        return next((c for c in self.chillers if module in self.cooled_by(c)), None)
 
     def virtual_lab_crate(self) -> CrateConfig | None:
         """The crate the virtual lab simulates: `virtual_lab.crate`, else the first EPICS crate

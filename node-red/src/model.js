@@ -28,11 +28,10 @@ function lab() {
     cached = {
         name: given.lab || '',
         power: given.power || { '/hv': { kind: 'hv' }, '/lv': { kind: 'lv' } },
-        julabo: given.julabo === undefined ? '/julabo' : given.julabo,
+        chillers: chillerList(given),
         sensors: given.sensors || null, // null: any other prefix publishing a temperature
         modules: given.modules || [],
         limits: given.limits || {},
-        setpoint: given.setpoint || null,
         margin_warning: given.margin_warning || 3.0,
         heartbeats: given.heartbeats || {}, // prefix -> s
         liveness_factor: given.liveness_factor || 3.0
@@ -41,11 +40,27 @@ function lab() {
     return cached;
 }
 
+// The lab's chillers, [{name, prefix, setpoint: [min, max] or null, modules}]: TRACKERDCS_UI_LAB
+// `chillers` (one entry per daemon), else the one chiller of the `julabo:` shorthand's defaults.
+function chillerList(given) {
+    if (Array.isArray(given.chillers)) return given.chillers;
+    return [{ name: 'julabo', prefix: '/julabo', setpoint: null, modules: [] }];
+}
+
+function chillerOf(prefix) {
+    return lab().chillers.find(c => c.prefix === prefix) || null;
+}
+
+// How the UI names a chiller: `chiller`, or `chiller <name>` in a lab of several.
+function chillerLabel(c) {
+    return lab().chillers.length > 1 ? 'chiller ' + c.name : 'chiller';
+}
+
 function state() {
     let s = context.get('state');
     if (!s) {
-        s = { power: {}, julabo: { available: null, status: null }, sensors: {}, answers: [], seq: 0,
-            started: Date.now(), liveness: '' };
+        s = { power: {}, chillers: {}, sensors: {}, answers: [], seq: 0, started: Date.now(),
+            liveness: '' };
         context.set('state', s);
     }
     return s;
@@ -58,10 +73,15 @@ function powerEntry(s, prefix) {
     return s.power[prefix];
 }
 
+function chillerEntry(s, prefix) {
+    if (!s.chillers[prefix]) s.chillers[prefix] = { available: null, status: null };
+    return s.chillers[prefix];
+}
+
 function kindOf(prefix, payload) {
     const L = lab();
     if (L.power[prefix]) return 'power';
-    if (L.julabo && prefix === L.julabo) return 'julabo';
+    if (chillerOf(prefix)) return 'julabo';
     if (L.sensors) return L.sensors.indexOf(prefix.slice(1)) >= 0 ? 'sensor' : null;
     const looksLikeSensor = payload && typeof payload === 'object' && 'temperature' in payload;
     return looksLikeSensor || state().sensors[prefix] ? 'sensor' : null;
@@ -77,7 +97,7 @@ function fromDaemon(s, topic, payload, retained) {
     if (!kind) return false;
     let entry;
     if (kind === 'power') entry = powerEntry(s, prefix);
-    else if (kind === 'julabo') entry = s.julabo;
+    else if (kind === 'julabo') entry = chillerEntry(s, prefix);
     else entry = s.sensors[prefix] = s.sensors[prefix] || { available: null, status: null };
     if (what === 'availability') entry.available = String(payload);
     else if (what === 'state' && kind === 'power') entry.state = payload;
@@ -113,7 +133,7 @@ function downText(prefix, available) {
 function livenessChanged(s) {
     const L = lab();
     const now = Object.keys(L.power).map(p => availability(s, p, powerEntry(s, p)))
-        .concat([availability(s, L.julabo, s.julabo)])
+        .concat(L.chillers.map(c => availability(s, c.prefix, chillerEntry(s, c.prefix))))
         .concat(Object.keys(s.sensors).sort().map(p => availability(s, p, s.sensors[p])))
         .join(',');
     const changed = now !== s.liveness;
@@ -155,7 +175,7 @@ function remember(s, a) {
 function commandTopic(c) {
     const L = lab();
     const isPower = !!L.power[c.prefix];
-    const isJulabo = !!L.julabo && c.prefix === L.julabo;
+    const isJulabo = !!chillerOf(c.prefix);
     const actions = isPower ? RULES.power.topics : isJulabo ? RULES.chiller.topics : null;
     if (!actions || actions.indexOf(c.action) < 0) return null;
     const target = c.target === undefined || c.target === null ? '' : String(c.target);
@@ -216,11 +236,15 @@ function environment(s, L) {
             surfaces.push({ what: 'module ' + m, module: m, temperature: r.status.temperature });
         }
     });
-    const j = s.julabo.status;
-    if (j && j.bath_temp !== null && j.bath_temp !== undefined &&
-        !down(availability(s, L.julabo, s.julabo))) {
-        surfaces.push({ what: 'chiller bath', module: '', temperature: j.bath_temp });
-    }
+    L.chillers.forEach(function (c) {
+        const e = chillerEntry(s, c.prefix);
+        const j = e.status;
+        if (j && j.bath_temp !== null && j.bath_temp !== undefined &&
+            !down(availability(s, c.prefix, e))) {
+            surfaces.push({ what: chillerLabel(c) + ' bath', chiller: c.name, prefix: c.prefix,
+                module: '', temperature: j.bath_temp });
+        }
+    });
     surfaces.forEach(function (x) {
         x.margin = dewpoint === null ? null : Math.round((x.temperature - dewpoint) * 100) / 100;
     });
@@ -289,24 +313,28 @@ function snapshot(s) {
         }
         return row;
     });
-    const j = { status: s.julabo.status, available: L.julabo ? availability(s, L.julabo, s.julabo) : null };
-    if (L.julabo && j.status) {
-        if (down(j.available)) {
-            alarms.push({ prefix: L.julabo, module: null, text: 'chiller: ' + downText(L.julabo, j.available) });
-        } else if (['ERROR', 'DISCONNECTED'].indexOf(j.status.state) >= 0) {
-            alarms.push({ prefix: L.julabo, module: null,
-                text: 'chiller ' + j.status.state + (j.status.error ? ': ' + j.status.error : '') });
+    const chillers = L.chillers.map(function (c) {
+        const e = chillerEntry(s, c.prefix);
+        const j = { status: e.status, available: availability(s, c.prefix, e) };
+        const label = chillerLabel(c);
+        if (j.status && down(j.available)) {
+            alarms.push({ prefix: c.prefix, module: null, text: label + ': ' + downText(c.prefix, j.available) });
+        } else if (j.status && ['ERROR', 'DISCONNECTED'].indexOf(j.status.state) >= 0) {
+            alarms.push({ prefix: c.prefix, module: null,
+                text: label + ' ' + j.status.state + (j.status.error ? ': ' + j.status.error : '') });
         }
-    }
+        return { name: c.name, prefix: c.prefix, label: label, setpoint: c.setpoint || null,
+            modules: c.modules || [], available: j.available, status: j.status };
+    });
     env_.room.filter(r => !r.ok).forEach(function (r) {
         const why = down(r.available) ? downText(r.prefix, r.available) : (r.status && r.status.error) || 'no reading';
         alarms.push({ prefix: r.prefix, module: null, text: 'sensor ' + r.name + ': ' + why });
     });
     modules.forEach(row => { row.alarms = alarms.filter(a => a.module === row.name).map(a => a.text); });
     return {
-        lab: L.name, rules: RULES, limits: L.limits, setpoint: L.setpoint, time: Date.now(),
+        lab: L.name, rules: RULES, limits: L.limits, time: Date.now(),
         power: power,
-        julabo: L.julabo ? { prefix: L.julabo, available: j.available, status: j.status } : null,
+        chillers: chillers,
         environment: env_, modules: modules, alarms: alarms,
         answers: s.answers
     };

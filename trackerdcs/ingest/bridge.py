@@ -28,8 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from trackerdcs.ingest.buffer import MetricBuffer
-from trackerdcs.ingest.conf import TelegrafConf, TelegrafConfError, load_telegraf_conf
-from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock
+from trackerdcs.ingest.conf import (
+    ConsumerConf,
+    TelegrafConf,
+    TelegrafConfError,
+    load_telegraf_conf,
+)
+from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock, shares_connection
 from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import unix_time
@@ -51,9 +56,16 @@ class Bridge:
         self.writer = InfluxWriter(conf.output, self.buffer, agent.flush_interval)
         clock = UniqueClock()
         will = (f"{status_prefix}/availability", "offline") if status_prefix else None
+        groups: list[list[ConsumerConf]] = []  # inputs that share a connection
+        for c in conf.inputs:
+            group = next((g for g in groups if shares_connection(g[0], c)), None)
+            if group is None:
+                groups.append([c])
+            else:
+                group.append(c)
         self.consumers = [
-            MqttConsumer(c, agent, self.buffer, clock, will=will if i == 0 else None)
-            for i, c in enumerate(conf.inputs)
+            MqttConsumer(g, agent, self.buffer, clock, will=will if i == 0 else None)
+            for i, g in enumerate(groups)
         ]
         self.started = time.monotonic()
         self._stop = threading.Event()
@@ -86,7 +98,7 @@ class Bridge:
         log.info(
             "%s: %d input(s) -> %s database %s (batch %d, buffer %d, flush every %g s)",
             READY,
-            len(self.consumers),
+            len(self.conf.inputs),
             self.conf.output.url,
             self.conf.output.database,
             self.conf.agent.metric_batch_size,

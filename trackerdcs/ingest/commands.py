@@ -70,10 +70,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
     """Register `export`, `backup` and `restore` on the `trackerdcs` parser."""
-    p = sub.add_parser("export", help="export a channel's, module's, sensor's or the chiller's "
+    p = sub.add_parser("export", help="export a channel's, module's, sensor's or chiller's "
                        "history to CSV")  # fmt: skip
     p.add_argument("what", choices=("channel", "module", "sensor", "chiller"))
-    p.add_argument("name", nargs="?", help="channel, module or sensor name")
+    p.add_argument(
+        "name",
+        nargs="?",
+        help="channel, module, sensor or chiller name (none: the lab's only chiller)",
+    )
     p.add_argument(
         "--from",
         dest="start",

@@ -16,6 +16,10 @@ Implemented:
   `unix_ns`; not Go layouts), and the metric filter `[inputs.mqtt_consumer.tagpass]`;
 - `[[outputs.influxdb]]` (exactly one): urls (one `http://` or `https://` URL), database,
   retention_policy, skip_database_creation, timeout, username, password.
+
+Each input is its own MQTT connection: two inputs on one broker with the same `client_id` would
+knock each other off (the broker keeps one connection per id), so that is refused too; an empty
+`client_id` (the default) is a random one per input, as in Telegraf.
 """
 
 from __future__ import annotations
@@ -397,12 +401,24 @@ def parse_telegraf_conf(text: str, path: Path | str = "telegraf.conf", env=None)
         raise TelegrafConfError(f"{path}: no [[inputs.mqtt_consumer]]")
     if not isinstance(outputs, list) or len(outputs) != 1:
         raise TelegrafConfError(f"{path}: the bridge implements exactly one [[outputs.influxdb]]")
-    return TelegrafConf(
-        path=path,
-        agent=agent,
-        inputs=tuple(_consumer(path, i, t) for i, t in enumerate(consumers, 1)),
-        output=_output(path, outputs[0]),
-    )
+    inputs = tuple(_consumer(path, i, t) for i, t in enumerate(consumers, 1))
+    _check_client_ids(path, inputs)
+    return TelegrafConf(path=path, agent=agent, inputs=inputs, output=_output(path, outputs[0]))
+
+
+def _check_client_ids(path: Path, inputs: tuple[ConsumerConf, ...]) -> None:
+    """No two inputs on one broker with the same (non-empty) client_id."""
+    seen: dict[tuple[str, int, str], str] = {}
+    for conf in inputs:
+        if not conf.client_id:
+            continue
+        key = (conf.host, conf.port, conf.client_id)
+        if key in seen:
+            raise TelegrafConfError(
+                f"{path}: {conf.where}: client_id {conf.client_id!r} is {seen[key]}'s too: the "
+                "broker keeps one connection per client id (leave it empty for a random one)"
+            )
+        seen[key] = conf.where
 
 
 def load_telegraf_conf(path: Path | str, env: Mapping[str, str] | None = None) -> TelegrafConf:

@@ -133,6 +133,19 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
 _FIELD, _TAG, _STRING = 0, 1, 2  # what a key is: a field if numeric, a tag, a string field
 
 
+def decode(payload: bytes | str) -> Any:
+    """The JSON value of a message (None for an empty one), the same for every input; the
+    metrics come from `JsonParser.metrics`. `PayloadError` when it is not JSON."""
+    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+    text = text.strip().removeprefix("\ufeff")
+    if not text:
+        return None
+    try:
+        return _decode(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError(f"malformed JSON: {exc}") from None
+
+
 class JsonParser:
     """One input's parser: `tag_keys` and `json_string_fields` are glob filters; `time_key` and
     `time_format` are `json_time_key` and `json_time_format` ("" for none)."""
@@ -163,14 +176,10 @@ class JsonParser:
 
     def parse(self, payload: bytes | str) -> list[Metric]:
         """The metrics of one message; `PayloadError` rejects the whole message."""
-        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
-        text = text.strip().removeprefix("\ufeff")
-        if not text:
-            return []
-        try:
-            data = _decode(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise PayloadError(f"malformed JSON: {exc}") from None
+        return self.metrics(decode(payload))
+
+    def metrics(self, data: Any) -> list[Metric]:
+        """The metrics of a decoded message (`decode`); `PayloadError` rejects it whole."""
         if type(data) is dict:
             return [self._metric(data)]
         if type(data) is list:

@@ -81,9 +81,10 @@ class Chiller:
 
     state: ChillerState
 
-    def __init__(self, url: str, model: str = "full") -> None:
+    def __init__(self, url: str, model: str = "full", name: str = "julabo") -> None:
         self.url = url
         self.model = model
+        self.name = name  # the chiller's name in the lab YAML: the `chiller` key of its status
         self.poll: Poll | None = None
         self.line_error: str | None = "not connected yet"
 
@@ -116,6 +117,7 @@ class Chiller:
         (not connected, not on this model, a placeholder, or an optional reading dropped)."""
         p = self.poll
         return {
+            "chiller": self.name,
             "state": str(self.state),
             "model": self.model,
             "status_code": p.status.code if p else None,

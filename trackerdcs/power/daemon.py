@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+from trackerdcs.clientids import client_id
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend, make_backend
@@ -70,7 +71,7 @@ class CrateDaemon:
         link = MqttLink(
             self.cfg.mqtt,
             prefix,
-            client_id=f"trackerdcs-{self.cfg.lab}-{self.crate.name}-{kind}",
+            client_id=client_id(self.cfg, self.crate.name, str(kind)),
             on_command=lambda cmd: loop.call_soon_threadsafe(service.handle_command, cmd),
             on_connection=lambda up: loop.call_soon_threadsafe(self._on_broker, prefix, up),
             subscribe=(self.cfg.power.interlock_topic,) if hv else (),

@@ -76,7 +76,7 @@ def crate_faults(prefix: str, state: Any) -> list[Condition]:
 
 
 def chiller_faults(prefix: str, status: Any) -> list[Condition]:
-    """`/julabo/status`: an error code, or the chiller disconnected."""
+    """`<chiller>/status` (one per chiller prefix): an error code, or the chiller disconnected."""
     if not isinstance(status, dict):
         return []
     state, why = status.get("state"), status.get("error") or status.get("status_text")
@@ -148,8 +148,8 @@ def alarm_routes(lab: LabConfig) -> dict[str, tuple[str, str]]:
         for prefix in crate.prefixes.values():
             routes[f"{prefix}/status"] = ("channels", prefix)
             routes[f"{prefix}/state"] = ("crate", prefix)
-    if lab.julabo is not None:
-        routes[f"{lab.julabo.prefix}/status"] = ("chiller", lab.julabo.prefix)
+    for chiller in lab.chillers:
+        routes[f"{chiller.prefix}/status"] = ("chiller", chiller.prefix)
     for sensor in lab.sensors:
         routes[f"{sensor.prefix}/status"] = ("sensor", sensor.prefix)
     interlock = lab.power.interlock_topic

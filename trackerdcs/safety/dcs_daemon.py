@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 
+from trackerdcs.clientids import client_id
 from trackerdcs.config import LabConfig
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.runner import daemon_main
@@ -24,7 +25,7 @@ class DcsDaemon:
         self.link = MqttLink(
             lab.mqtt,
             PREFIX,
-            client_id=f"trackerdcs-{lab.lab}-dcs",
+            client_id=client_id(lab, "dcs"),
             on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
             subscribe=SequencerService.subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(

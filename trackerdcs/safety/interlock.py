@@ -4,7 +4,7 @@
   per-source deadline timer (not a poll) notices data that stops coming.
 - A rule fires when its evaluator finds modules unsafe: the service sends the rule's action
   (`/hv/cmd/switch/{module}` off, or `/hv/cmd/kill/{module}`) for each of them whose HV is not
-  known to be off, and `/julabo/cmd/setpoint` when the rule raises the chiller; then publishes
+  known to be off, and `<chiller>/cmd/setpoint` when the rule raises its chiller; then publishes
   `/interlock/status` (retained: the power daemons inhibit switching on from it) and an event on
   `/interlock/action` (for the audit log).
 - While a rule holds, an action whose effect is undone (HV seen on again, the set point seen
@@ -28,7 +28,7 @@ from typing import Any
 
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
-from trackerdcs.safety.config import Action
+from trackerdcs.safety.config import Action, rule_chiller, rule_modules
 from trackerdcs.safety.rules import EPSILON, RULE_KINDS, RuleState, Verdict, reason_of
 from trackerdcs.safety.sender import CommandSender
 from trackerdcs.safety.world import World
@@ -70,11 +70,11 @@ class InterlockService:
         self.action_topic = f"{interlock_prefix(lab)}/action"
         self.sender = CommandSender(link, SOURCE, stamp_time=False)  # run whenever they arrive
         now, wall = loop.time(), clock()
-        every = frozenset(self.world.modules)
         self.states = [
             RuleState(
                 rule,
-                every if rule.modules == "all" else frozenset(rule.modules),
+                frozenset(rule_modules(lab, rule)),
+                chiller=chiller.prefix if (chiller := rule_chiller(lab, rule)) else None,
                 started=now,
                 since=wall,
                 armed=rule.kind != "chiller_running",
@@ -220,12 +220,12 @@ class InterlockService:
 
     def _setpoint_low(self, state: RuleState) -> bool:
         """The chiller's set point is below the rule's safe one, or unknown."""
-        setpoint = (self.world.chiller() or {}).get("setpoint")
+        setpoint = (self.world.chiller(state.chiller) or {}).get("setpoint")
         target = state.rule.chiller_setpoint
         return not isinstance(setpoint, int | float) or setpoint < target - SETPOINT_TOLERANCE
 
     def _raise_setpoint(self, state: RuleState, now: float) -> str:
-        topic = f"{self.world.chiller_prefix}/cmd/setpoint"
+        topic = f"{state.chiller}/cmd/setpoint"
         request_id = self.sender.send(topic, state.rule.chiller_setpoint, state.rule.name)
         state.last_sent[topic] = now
         log.warning(
@@ -258,8 +258,8 @@ class InterlockService:
                     sent += self._switch_off(state, module, now)
                     modules.append(module)
         if state.rule.chiller_setpoint is not None and self._setpoint_low(state):
-            topic = f"{self.world.chiller_prefix}/cmd/setpoint"
-            if self.world.chiller() is not None and due(topic):
+            topic = f"{state.chiller}/cmd/setpoint"
+            if self.world.chiller(state.chiller) is not None and due(topic):
                 sent.append(self._raise_setpoint(state, now))
         if sent:
             self._event(state, "reasserted", frozenset(modules), state.reason or "", sent, decided)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 
+from trackerdcs.clientids import client_id
 from trackerdcs.config import LabConfig
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.runner import daemon_main
@@ -25,7 +26,7 @@ class InterlockDaemon:
         self.link = MqttLink(
             lab.mqtt,
             prefix,
-            client_id=f"trackerdcs-{lab.lab}-interlock",
+            client_id=client_id(lab, "interlock"),
             on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
             subscribe=subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(

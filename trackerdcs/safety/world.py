@@ -2,7 +2,7 @@
 daemon is online, and when the status arrived. Pure state: the caller passes the time.
 
 A source is a service prefix of the lab YAML: a power prefix (`/hv`, `/lv`: a JSON array of
-channels), the chiller (`/julabo`) or a sensor (`/temp_m1`), each with `<prefix>/status` and
+channels), a chiller (`/julabo`) or a sensor (`/temp_m1`), each with `<prefix>/status` and
 `<prefix>/availability` (docs/topics.md).
 """
 
@@ -47,9 +47,14 @@ class World:
             for kind, prefix in crate.prefixes.items():
                 self.sources[prefix] = Source(prefix, "power")
                 self._power_kind[prefix] = kind
-        self.chiller_prefix = lab.julabo.prefix if lab.julabo else None
-        if self.chiller_prefix:
-            self.sources[self.chiller_prefix] = Source(self.chiller_prefix, "chiller")
+        self._cooled: dict[str, set[str] | None] = {}  # chiller prefix -> the modules it cools
+        self._chiller_names: dict[str, str] = {}  # chiller prefix -> its name
+        for chiller in lab.chillers:
+            self.sources[chiller.prefix] = Source(chiller.prefix, "chiller")
+            self._cooled[chiller.prefix] = (
+                None if chiller.modules == "all" else set(lab.cooled_by(chiller))
+            )
+            self._chiller_names[chiller.prefix] = chiller.name
         for sensor in lab.sensors:
             self.sources[sensor.prefix] = Source(sensor.prefix, "sensor")
         self.modules: list[str] = list(lab.modules())
@@ -108,9 +113,16 @@ class World:
         return source
 
     # -- queries ----------------------------------------------------------------------------------
-    def chiller(self) -> dict[str, Any] | None:
-        source = self.sources.get(self.chiller_prefix or "")
-        return source.status if source else None
+    def chiller(self, prefix: str | None) -> dict[str, Any] | None:
+        """The latest status of the chiller on `prefix` (None: none yet, or no such chiller)."""
+        source = self.sources.get(prefix or "")
+        return source.status if source and source.kind == "chiller" else None
+
+    def chiller_label(self, prefix: str | None) -> str:
+        """`chiller`, or `chiller <name>` in a lab of several: how reasons name it."""
+        if len(self._chiller_names) > 1 and prefix in self._chiller_names:
+            return f"chiller {self._chiller_names[prefix]}"
+        return "chiller"
 
     def sensor(self, prefix: str) -> dict[str, Any] | None:
         source = self.sources.get(prefix)
@@ -141,7 +153,10 @@ class World:
 
     def modules_of(self, prefix: str) -> set[str] | None:
         """The modules a source concerns: a power prefix its modules', a module sensor its
-        module; None for a source of every module (the chiller, a room sensor)."""
+        module, a chiller those it cools; None for a source of every module (a room sensor, the
+        chiller of a lab with one)."""
+        if prefix in self._cooled:
+            return self._cooled[prefix]
         if prefix in self._power_kind:
             return {
                 module

@@ -71,19 +71,20 @@ def _lab_entry(cfg: LabConfig, config_path: Path, logs: Path) -> StackEntry:
     assert vlab is not None
     crate = cfg.virtual_lab_crate()
     served = []
-    if cfg.julabo is not None and loopback_port(cfg.julabo.url) is not None:
-        served.append(f"Julabo on {cfg.julabo.url}")
+    chillers = [c for c in cfg.chillers if loopback_port(c.url) is not None]
+    if chillers:
+        served.append(f"Julabo on {chillers[0].url}" if len(chillers) == 1 else
+                      f"{len(chillers)} Julabos")  # fmt: skip
     lines = [s for s in cfg.sensors if loopback_port(s.source) is not None]
     if lines:
         served.append(f"{len(lines)} sensor line(s)")
     parts = [f"simulated SY4527 '{crate.system}'"] if crate else []
     what = "virtual lab: " + ", ".join(parts + served)
-    details = [f"{s.name} line on {s.source}" for s in lines]
-    if cfg.julabo is not None and loopback_port(cfg.julabo.url) is not None:
-        details.insert(0, f"Julabo simulator on {cfg.julabo.url}")
+    details = [f"Julabo simulator {c.name} on {c.url}" for c in chillers]
+    details += [f"{s.name} line on {s.source}" for s in lines]
     if vlab.control_port is not None:
         details.append(f"backdoor on 127.0.0.1:{vlab.control_port} (get, set, sensor, julabo)")
-    endpoint = f"ca://{crate.address}" if crate else (cfg.julabo.url if cfg.julabo else "-")
+    endpoint = f"ca://{crate.address}" if crate else (chillers[0].url if chillers else "-")
     return _python_entry(
         "sim-lab", "trackerdcs.sim.lab", config_path, logs, "virtual lab", endpoint, what,
         details=tuple(details),
@@ -138,12 +139,14 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
                 f"power-supply daemon for crate {crate.name}",
             )
         )
-    if cfg.julabo is not None:
-        julabo = _python_entry(
-            "julabo", "trackerdcs.julabo.daemon", config_path, logs, "serving chiller",
-            cfg.julabo.prefix, f"chiller daemon for the Julabo on {cfg.julabo.url}",
-        )  # fmt: skip
-        entries.append(julabo)
+    several = len(cfg.chillers) > 1
+    for chiller in cfg.chillers:  # one daemon per chiller (--chiller when the lab has several)
+        entries.append(_python_entry(
+            f"julabo-{chiller.name}" if several else "julabo", "trackerdcs.julabo.daemon",
+            config_path, logs, "serving chiller", chiller.prefix,
+            f"chiller daemon for the Julabo {chiller.name} on {chiller.url}",
+            args=("--chiller", chiller.name) if several else (),
+        ))  # fmt: skip
     if cfg.sensors:
         topics = [s.prefix for s in cfg.sensors]
         endpoint = " ".join(topics) if len(topics) <= 2 else f"{topics[0]} +{len(topics) - 1}"
@@ -252,8 +255,8 @@ class LocalStack:
             f"{pub} /hv/cmd/setv/0 -m 100",
             f"{pub} /hv/cmd/switch/0 -m on",
         ]
-        if self.cfg.julabo is not None:
-            prefix = self.cfg.julabo.prefix
+        for chiller in self.cfg.chillers:
+            prefix = chiller.prefix
             lines += [f"{pub} {prefix}/cmd/setpoint -m -10", f"{pub} {prefix}/cmd/switch -m on"]
         lines += ["", "Ctrl-C stops everything."]
         return "\n".join(lines)

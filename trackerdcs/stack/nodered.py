@@ -89,12 +89,15 @@ def ui_lab(cfg: LabConfig) -> dict[str, Any]:
         )
         lim = cfg.limits_for(ch)
         limits.setdefault(prefix, {})[ch.name] = {"vmax": lim.vmax, "imax": lim.imax}
-    julabo = cfg.julabo
+    chillers = [
+        {"name": c.name, "prefix": c.prefix, "setpoint": [c.setpoint_min, c.setpoint_max],
+         "modules": cfg.cooled_by(c)}
+        for c in cfg.chillers
+    ]  # fmt: skip
     return {
         "lab": cfg.lab,
         "power": power,
-        "julabo": julabo.prefix if julabo else None,
-        "setpoint": [julabo.setpoint_min, julabo.setpoint_max] if julabo else None,
+        "chillers": chillers,
         "sensors": [s.name for s in cfg.sensors],
         "modules": list(cfg.modules()),
         "limits": limits,
