@@ -496,8 +496,10 @@ def test_inputs_reading_the_same_topics_share_one_connection():
     ]  # fmt: skip
     buffer = MetricBuffer(100, 10)
     consumer = MqttConsumer(shared, conf.agent, buffer, UniqueClock())
-    chiller = {"chiller": "burnin", "state": "RUNNING", "bath_temp": -5.0, "running": 1}
-    sensor = {"name": "temp_m3", "kind": "module", "module": "M3", "temperature": -4.5}
+    chiller = {"chiller": "burnin", "state": "RUNNING", "bath_temp": -5.0, "running": 1,
+               "time": 1717171717.0}  # fmt: skip
+    sensor = {"name": "temp_m3", "kind": "module", "module": "M3", "temperature": -4.5,
+              "time": 1717171717.0}  # fmt: skip
     for status in (chiller, sensor):
         msg = mqtt.MQTTMessage(topic=b"/x/status")
         msg.payload = json.dumps(status).encode()
