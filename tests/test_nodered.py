@@ -432,7 +432,7 @@ def test_commands_carry_their_time_and_a_silent_daemon_shows_stale(lab: UiLab, p
     open_page(page, lab, "environment")
     state = page.locator('tr[data-sensor="sensor_1"]').get_by_test_id("sensor-state")
     expect(state).to_have_text("ok", timeout=WAIT)
-    sensors = lab.daemons[1]
+    sensors = next(d for d in lab.daemons if d.name == "sensor daemon")
     sensors.signal(signal.SIGSTOP)
     try:  # 3 x its 2 s heartbeat
         expect(state).to_have_text("no live data", timeout=15_000)
