@@ -14,6 +14,7 @@ import threading
 import time
 
 from trackerdcs.config import ChannelKind, LabConfig
+from trackerdcs.guard import FAULTS
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend, make_backend
 from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
@@ -71,7 +72,9 @@ class CrateDaemon:
             self.cfg.mqtt,
             prefix,
             client_id=f"trackerdcs-{self.cfg.lab}-{self.crate.name}-{kind}",
-            on_command=lambda cmd: loop.call_soon_threadsafe(service.handle_command, cmd),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                link.execute, service.handle_command, cmd
+            ),
             on_connection=lambda up: loop.call_soon_threadsafe(self._on_broker, prefix, up),
             subscribe=(self.cfg.power.interlock_topic,) if hv else (),
             on_message=(
@@ -103,10 +106,17 @@ class CrateDaemon:
         route = self._route
         for addr, param, value in batch:
             service = route.get(addr)
-            if service is not None:
+            if service is None:
+                continue
+            try:  # one readback no code foresaw must not lose the others, nor the fail-safe
                 service.on_readback(addr, param, value)
-                if self._failsafe_holding and param == "Pw" and value:
-                    self._hold_off(service, addr)
+            except Exception as exc:
+                service.note_fault(FAULTS.fault(f"the readbacks of {service.prefix}", exc,
+                                                (addr, param, value)))  # fmt: skip
+            else:
+                FAULTS.ok(f"the readbacks of {service.prefix}")
+            if self._failsafe_holding and param == "Pw" and value:
+                self._hold_off(service, addr)
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None:
         service = self._route.get(addr)

@@ -55,7 +55,8 @@ class SensorDaemon:
             client_id = f"trackerdcs-{lab.lab}-{cfg.name}"
             service = SensorService(SensorState(cfg), lab.mqtt, client_id, loop)
             self.services.append(service)
-            self.sources.append(make_source(lab, cfg, service))
+            service.source = make_source(lab, cfg, service)
+            self.sources.append(service.source)
 
     def start(self) -> None:
         for service, source in zip(self.services, self.sources, strict=True):
