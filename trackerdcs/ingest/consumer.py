@@ -20,6 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from trackerdcs.guard import FAULTS
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import AgentConf, ConsumerConf
 from trackerdcs.ingest.jsonparse import JsonParser, PayloadError
@@ -121,6 +122,7 @@ class MqttConsumer:
         self.host_tag = None if agent.omit_hostname else (agent.hostname or socket.gethostname())
         self.received = 0
         self.rejected = 0
+        self.errors = 0  # unexpected exceptions handling a message (also counted in rejected)
         self.connected = threading.Event()
         self._stopping = False
         client_id = conf.client_id or f"trackerdcs-ingest-{secrets.token_hex(4)}"
@@ -135,8 +137,8 @@ class MqttConsumer:
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.reconnect_delay_set(1, max(1, int(agent.interval)))
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect = FAULTS.guarded(f"{self.name} callbacks", self._on_connect)
+        self.client.on_disconnect = FAULTS.guarded(f"{self.name} callbacks", self._on_disconnect)
         self.client.on_message = self._on_message
 
     @property
@@ -181,13 +183,20 @@ class MqttConsumer:
             if self._stopping:
                 return
         self.received += 1
-        self.handle(msg.topic, msg.payload)
+        try:
+            self.handle(msg.topic, msg.payload)
+        except Exception as exc:  # never into paho (its thread would end): counted, reported
+            self.rejected += 1
+            self.errors += 1
+            FAULTS.fault(f"{self.name} message handling", exc, (msg.topic, msg.payload))
+        else:
+            FAULTS.ok(f"{self.name} message handling")
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Parse one message and buffer its lines (a rejected payload is counted and skipped)."""
         try:
             metrics = self.parser.parse(payload)
-        except Exception as exc:  # PayloadError, or anything else: the bridge goes on
+        except PayloadError as exc:
             self.rejected += 1
             if self.rejected <= _LOG_FIRST_REJECTS or self.rejected % 100 == 0:
                 log.warning(
@@ -195,9 +204,14 @@ class MqttConsumer:
                     self.name,
                     topic,
                     self.rejected,
-                    exc if isinstance(exc, PayloadError) else repr(exc),
+                    exc,
                     payload,
                 )
+            return
+        except Exception as exc:  # a payload no check foresaw: skipped, counted and reported
+            self.rejected += 1
+            self.errors += 1
+            FAULTS.fault(f"{self.name} json parser", exc, (topic, payload))
             return
         if not metrics:
             return
