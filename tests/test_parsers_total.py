@@ -144,7 +144,8 @@ def test_a_command_payload_decodes_or_is_refused(payload: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["\u0663", "²", "\u0661\u0660\u0660", "1_000", "nan", "-inf", "1e400", "9" * 400],
+    "text",
+    ["\u0663", "²", "\u0661\u0660\u0660", "1_000", "nan", "-inf", "1e400", "9" * 400],
     ids=short_id,
 )
 def test_non_ascii_digits_and_non_finite_text_are_not_numbers(text: str) -> None:

@@ -144,7 +144,8 @@ class PowerChannel:
             changed = self.garbled.get(param) != problem
             self.garbled[param] = problem
             return changed
-        changed = self.readback.get(param) != value or self.garbled.pop(param, None) is not None
+        was_garbled = self.garbled.pop(param, None) is not None
+        changed = was_garbled or self.readback.get(param) != value
         self.readback[param] = value
         self._fresh.add(param)
         return changed

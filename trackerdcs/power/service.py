@@ -132,17 +132,15 @@ class PowerService:
         # extra refusal rules from outside the channel (e.g. LV off while the module's HV is on)
         self.guards: list[Callable[[PowerChannel, str], str | None]] = []
         self.failsafe_note: str | None = None  # set when the daemon acted on its own
-        self._fault: str | None = None  # the last unexpected error handling a readback
+        # the last unexpected error handling a readback, and when (monotonic): in `warnings`
+        # until a heartbeat finds it older than one heartbeat period
+        self._fault: tuple[str, float] | None = None
 
     # -- readbacks --------------------------------------------------------------------------------
     def on_readback(self, addr: ChannelAddress, param: str, value: float | int) -> None:
         ch = self.by_address.get(addr)
         if ch is None:
             return
-        if self._fault is not None:  # handled one again: the last fault is over
-            self._fault = None
-            self._warnings = self._collect_warnings()
-            self.request_publish()
         was_ready = ch.ready
         was_garbled = param in ch.garbled
         changed = ch.update(param, value)
@@ -228,13 +226,13 @@ class PowerService:
         out += [f"{c.name}: {c.invalid}" for c in self.channels if c.invalid]
         out += [f"{c.name}: {why}" for c in self.channels for why in c.garbled.values()]
         if self._fault is not None:
-            out.append(self._fault)
+            out.append(self._fault[0])
         return out
 
     def note_fault(self, reason: str) -> None:
-        """An unexpected error handling a readback (`trackerdcs.guard`): in `warnings` until
-        a readback is handled again."""
-        self._fault = reason
+        """An unexpected error handling a readback (`trackerdcs.guard`): in `warnings` for at
+        least one heartbeat period."""
+        self._fault = (reason, time.monotonic())
         self._warnings = self._collect_warnings()
         self.request_publish()
 
@@ -330,6 +328,12 @@ class PowerService:
             self._heartbeat_handle = None
             FAULTS.fatal(f"{self.prefix}: the crate backend's thread has ended")
             return
+        if (
+            self._fault is not None
+            and time.monotonic() - self._fault[1] >= self.publish_cfg.heartbeat
+        ):
+            self._fault = None
+            self._warnings = self._collect_warnings()
         self.request_publish()
 
     def _publish_state(self) -> None:

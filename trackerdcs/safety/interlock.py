@@ -127,27 +127,29 @@ class InterlockService:
         """Every rule against the world now; act, publish, and set the next deadline."""
         now, wall = self.loop.time(), self.clock()
         for state in self.states:
-            verdict = self._verdict(state, now)
-            self._apply(state, self._held(state, verdict, now), now, wall)
+            verdict, failed = self._verdict(state, now)
+            self._apply(state, verdict if failed else self._held(state, verdict, now), now, wall)
             if state.active:
                 self._reassert(state, now)
         if self._key() != self._published:
             self._maybe_publish(now)
         self._schedule(now)
 
-    def _verdict(self, state: RuleState, now: float) -> Verdict:
-        """The rule's verdict. A rule that cannot be evaluated (an unexpected exception: a bug,
-        data no check foresaw) is reported (`trackerdcs.guard`) and holds every module it
-        protects unsafe until it can be evaluated again: not knowing is not safe."""
+    def _verdict(self, state: RuleState, now: float) -> tuple[Verdict, bool]:
+        """The rule's verdict, and whether it could not be evaluated. A rule that cannot be
+        evaluated (an unexpected exception: a bug, data no check foresaw) is reported
+        (`trackerdcs.guard`) and holds every module it protects unsafe at once, without its
+        `hold`, until it can be evaluated again: not knowing is not safe."""
         where = f"interlock rule {state.rule.name}"
         try:
             verdict = RULE_KINDS[state.rule.kind].evaluate(state.rule, self.world, state, now)
         except Exception as exc:
             data = {p: s.status for p, s in self.world.sources.items()}
             reason = FAULTS.fault(where, exc, data)
-            return dict.fromkeys(sorted(state.protects), f"cannot evaluate the rule: {reason}")
+            why = f"cannot evaluate the rule: {reason}"
+            return dict.fromkeys(sorted(state.protects), why), True
         FAULTS.ok(where)
-        return verdict
+        return verdict, False
 
     def _held(self, state: RuleState, verdict: Verdict, now: float) -> Verdict:
         """The part of `verdict` that has held for the rule's `hold` s (all of it without one)."""
