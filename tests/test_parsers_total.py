@@ -627,6 +627,31 @@ def test_a_status_for_the_safety_services_is_taken_or_ignored(topic: str, payloa
     assert FAULTS.total == 0, FAULTS.last  # every rule evaluated without an unexpected error
 
 
+interlock_statuses = st.one_of(
+    json_values.map(lambda v: {"rules": v}),
+    st.lists(st.fixed_dictionaries({"name": json_values, "active": json_values},
+                                   optional={"reason": json_values, "modules": json_values}),
+             max_size=3).map(lambda rules: {"rules": rules}),
+).map(json.dumps)  # fmt: skip
+
+
+@given(st.one_of(interlock_statuses, st.text(max_size=40)))
+@example('{"rules": [{"name": ["a"], "active": true}]}')
+def test_the_power_daemon_takes_any_interlock_status(payload: str) -> None:
+    from trackerdcs.power.daemon import CrateDaemon
+
+    lab, loop = example_lab(), asyncio.new_event_loop()
+    try:
+        daemon = CrateDaemon(lab, lab.crates[0].name, loop, backend=FakeBackend())
+        daemon.apply_interlocks(payload.encode())
+        for service in daemon.services:
+            for ch in service.channels:
+                assert all(isinstance(k, str) and isinstance(v, str)
+                           for k, v in ch.inhibits.items())  # fmt: skip
+    finally:
+        loop.close()
+
+
 @given(st.sampled_from(sorted(DETECTORS)), json_values)
 def test_the_alarm_detectors_take_any_message(role: str, value: Any) -> None:
     detector, _ = DETECTORS[role]

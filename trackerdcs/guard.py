@@ -3,9 +3,10 @@
 - `clip(value)`, `shorten(text)`: a bounded rendering of any input, of a text, for a message or
   a log line (no 100 kB echo).
 - `loads(text)`: JSON as every trackerdcs reader of commands and statuses takes it: numbers are
-  finite (`NaN`, `Infinity` and `1e400` are refused) and fit a float (an integer of more than
-  308 digits is refused before Python's 4300-digit limit is reached), nesting is at most
-  `MAX_DEPTH` deep; anything else raises `JsonError` with a short message.
+  finite (`NaN`, `Infinity` and `1e400` are refused) and fit a float (an integer beyond
+  `FLOAT_MAX`, 309 digits and more, is refused, as is one beyond Python's 4300-digit limit),
+  nesting is at most `MAX_DEPTH` deep, and a lone UTF-16 surrogate escape reads as U+FFFD
+  (`replace_surrogates`); anything else raises `JsonError` with a short message.
 - `Faults`: the unexpected exceptions of one process. Every worker thread, command handler, rule
   evaluation and callback that catches an exception it did not foresee reports it here: it is
   logged with its traceback and its input (clipped), counted, and, after `MAX_CONSECUTIVE`
@@ -24,6 +25,7 @@ import json
 import logging
 import math
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +38,7 @@ QUIET = 60.0  # s without an error from a place after which its count starts aga
 EXIT_FAULTS = 70  # the exit status then (sysexits.h EX_SOFTWARE: an internal software error)
 MAX_DEPTH = 32  # JSON nesting accepted in commands and statuses (ours nest 3 deep at most)
 CLIP = 120  # characters of an input shown in a message
+FLOAT_MAX = sys.float_info.max  # a JSON number beyond it cannot be a float (Go refuses it too)
 
 
 def clip(value: Any, limit: int = CLIP) -> str:
@@ -65,34 +68,35 @@ def _constant(name: str) -> Any:
     raise JsonError(f"{name} is not a number (JSON has no NaN or Infinity)")
 
 
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise JsonError(f"number {clip(text, 40)} is out of range")
-    return value
+_decoder = json.JSONDecoder(parse_constant=_constant)
 
 
-def _int(text: str) -> int:
-    if len(text.lstrip("-")) > 308:  # beyond any float: no reader could use it
-        raise JsonError(f"number of {len(text)} digits is out of range")
-    return int(text)
+def _problem(value: Any) -> str | None:
+    """What makes decoded JSON unacceptable (a number beyond a float, nesting deeper than
+    `MAX_DEPTH`), or None. One walk over the containers: cheaper than hooks on every number."""
+    t = type(value)
+    if t is not dict and t is not list:
+        return _number_problem(value) if t is float or t is int else None
+    stack = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        for item in container.values() if type(container) is dict else container:
+            t = type(item)
+            if t is dict or t is list:
+                stack.append((item, depth + 1))
+            elif (t is float or t is int) and (why := _number_problem(item)):
+                return why
+    return None
 
 
-_decoder = json.JSONDecoder(parse_constant=_constant, parse_float=_float, parse_int=_int)
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-
-
-def _depth(text: str) -> int:
-    """How deep arrays and objects nest in `text` (brackets inside strings do not count)."""
-    depth = deepest = 0
-    for char in _NOT_BRACKET.sub("", _STRING.sub("", text)):
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+def _number_problem(number: float | int) -> str | None:
+    if type(number) is float:
+        return None if number - number == 0.0 else "a number is out of range (beyond a float)"
+    if -FLOAT_MAX <= number <= FLOAT_MAX:
+        return None
+    return "a number is out of range (beyond a float)"
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -123,24 +127,27 @@ def loads(text: str | bytes, what: str = "JSON") -> Any:
     surrogate escape decodes to U+FFFD (`replace_surrogates`)."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8", errors="replace")
-    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
-        raise JsonError(f"{what}: nested deeper than {MAX_DEPTH} levels")
     try:
         value = _decoder.decode(text)
-        return replace_surrogates(value) if has_surrogate_escape(text) else value
     except JsonError as exc:
         raise JsonError(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise JsonError(f"malformed {what}: {exc.msg} (at character {exc.pos})") from None
-    except (ValueError, RecursionError) as exc:  # defensive: the checks above should catch it
-        raise JsonError(f"{what}: {type(exc).__name__}: {shorten(str(exc), 80)}") from None
+    except RecursionError:
+        raise JsonError(f"{what}: nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # Python's limit of 4300 digits for an integer
+        raise JsonError(f"{what}: a number is out of range (beyond a float)") from None
+    problem = _problem(value)
+    if problem is not None:
+        raise JsonError(f"{what}: {problem}")
+    return replace_surrogates(value) if has_surrogate_escape(text) else value
 
 
 def finite_number(value: Any) -> bool:
     """A JSON number a reader can take: int or float (not bool), finite."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return math.isfinite(value) if isinstance(value, float) else abs(value) < 1e308
+    return math.isfinite(value) if isinstance(value, float) else abs(value) <= FLOAT_MAX
 
 
 class Faults:

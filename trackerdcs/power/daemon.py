@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 import threading
 import time
 
 from trackerdcs.config import ChannelKind, LabConfig
-from trackerdcs.guard import FAULTS
+from trackerdcs.guard import FAULTS, loads, shorten
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend, make_backend
 from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
@@ -164,14 +163,22 @@ class CrateDaemon:
             log.warning("interlock status cleared: no interlock inhibits")
             payload = b'{"rules": []}'
         try:
-            rules = json.loads(payload)["rules"]
+            rules = loads(payload, self.cfg.power.interlock_topic)["rules"]
             active = [
-                (r["name"], str(r.get("reason") or "active"), set(r.get("modules") or ["*"]))
+                (
+                    r["name"],
+                    shorten(str(r.get("reason") or "active")),
+                    set(r.get("modules") or ["*"]),
+                )
                 for r in rules
                 if r.get("active")
             ]
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("ignoring a malformed interlock status (%s): %r", exc, payload[:200])
+            if not all(isinstance(n, str) and all(isinstance(m, str) for m in ms)
+                       for n, _, ms in active):  # fmt: skip
+                raise TypeError("rule names and modules must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.error("ignoring a malformed interlock status (%s): %r", shorten(str(exc)),
+                      payload[:200])  # fmt: skip
             return
         for service in self.services:
             if service.kind is not ChannelKind.HV:
