@@ -280,7 +280,7 @@ def test_a_line_no_parser_foresaw_is_the_sensors_error(monkeypatch) -> None:
     loop.close()
 
 
-def test_a_sensor_status_time_is_its_reading_time() -> None:
+def test_a_sensor_status_time_is_its_latest_line() -> None:
     from trackerdcs.sensors.sensor import SensorState
     from trackerdcs.sensors.service import SensorService
 
@@ -289,11 +289,15 @@ def test_a_sensor_status_time_is_its_reading_time() -> None:
     service.link = RecordingLink(lab, lab.sensors[1].prefix)
     before = time.time()
     service.on_line("T=21.5")
-    read = service.state.read_wall
+    read = service.reported
     assert read is not None and read >= before
     service.publish()
     status = json.loads(service.link.published(service.topic)[-1])
     assert status["time"] == round(read, 3) and not status["stale"]
+    service.on_line("T=garbage")  # the reading is still fresh; the error is news: a later time
+    status = json.loads(service.link.published(service.topic)[-1])
+    assert status["error"] and status["temperature"] == 21.5 and status["time"] >= round(read, 3)
+    assert status["time"] == round(service.reported or 0, 3)
     service.stop()
     loop.close()
 

@@ -27,12 +27,11 @@ class SensorState:
         self.room = cfg.kind is SensorKind.ROOM
         self.reading: Reading | None = None
         self.read_at: float | None = None  # monotonic time of the last good reading
-        self.read_wall: float | None = None  # the same as unix time (the status's `time`)
         self.error: str | None = None
         self.bad_lines = 0
 
-    def ingest(self, line: str, now: float, wall: float | None = None) -> None:
-        """A line from the source, received at `now` (monotonic; `wall`: unix time)."""
+    def ingest(self, line: str, now: float) -> None:
+        """A line from the source, received at `now`."""
         if not is_reading(line):
             return
         try:
@@ -41,7 +40,7 @@ class SensorState:
             self.bad_lines += 1
             self.error = f"unparsable line {_clip(line)!r}: {exc}"
             return
-        self.reading, self.read_at, self.read_wall, self.error = reading, now, wall, None
+        self.reading, self.read_at, self.error = reading, now, None
 
     def source_failed(self, reason: str) -> None:
         self.error = reason

@@ -3,8 +3,9 @@
 Lines and source errors arrive from the source's thread through `call_soon_threadsafe`.
 `/<name>/status` (retained) is published every `publish_interval` s while the source's thread
 runs, and at once when `stale` or `error` change (a line that fails, a reading that goes stale,
-a sensor that comes back). Its `time` is when the reading it holds was received; a stale status
-(no reading) is the daemon's judgement at publication, stamped then. A source thread that has
+a sensor that comes back). Its `time` is when the source last reported (a line, good or bad, or
+a failure of the line) while the reading it holds is fresh; a stale status (no reading) is the
+daemon's judgement at publication, stamped then. A source thread that has
 ended is fatal (`trackerdcs.guard`): the daemon exits to be restarted rather than republish.
 `/<name>/availability` follows the service (last will); `/<name>/cmd/refresh` republishes now.
 """
@@ -50,6 +51,7 @@ class SensorService:
         )
         self.clock = clock
         self.source: Any = None  # the source (`alive()`), set by the daemon
+        self.reported: float | None = None  # unix s of the source's latest line or failure
         self._flags: tuple[bool, str | None] | None = None  # (stale, error) last published
         self._periodic: asyncio.TimerHandle | None = None
         self._stale_check: asyncio.TimerHandle | None = None
@@ -61,8 +63,9 @@ class SensorService:
     # -- from the source (on the loop) -----------------------------------------------------------
     def on_line(self, line: str) -> None:
         where = f"the line handling of {self.cfg.prefix}"
+        self.reported = time.time()
         try:
-            self.state.ingest(line, self.clock(), time.time())
+            self.state.ingest(line, self.clock())
         except Exception as exc:  # a line no parser foresaw: an error of the sensor, reported
             self.state.error = FAULTS.fault(where, exc, line)
         else:
@@ -72,6 +75,7 @@ class SensorService:
         self._publish_if_flags_changed()
 
     def on_error(self, reason: str) -> None:
+        self.reported = time.time()
         self.state.source_failed(reason)
         self._publish_if_flags_changed()
 
@@ -87,8 +91,8 @@ class SensorService:
     def publish(self) -> None:
         snapshot = self.state.snapshot(self.clock())
         self._note_flags(snapshot)
-        fresh = not snapshot["stale"] and self.state.read_wall is not None
-        snapshot["time"] = unix_time(self.state.read_wall if fresh else None)
+        fresh = not snapshot["stale"] and self.reported is not None
+        snapshot["time"] = unix_time(self.reported if fresh else None)
         self.link.publish_state(self.topic, json.dumps(snapshot))
         if self._periodic is not None:
             self._periodic.cancel()
