@@ -12,9 +12,9 @@
   logged with its traceback and its input (clipped), counted, and, after `MAX_CONSECUTIVE`
   unexpected errors in a row from the same place (a success there, or `QUIET` s without an
   error there, resets the count), the daemon is made to exit with status `EXIT_FAULTS` (70,
-  `EX_SOFTWARE`): its supervisor (the
-  local stack, the container's restart policy) starts it again, and its availability goes
-  `offline` meanwhile. A worker thread that ends anyway is fatal at once (`Faults.fatal`).
+  `EX_SOFTWARE`): its supervisor (the local stack, the container's restart policy) starts it
+  again, and its availability goes `offline` meanwhile. A worker thread that ends anyway is
+  fatal at once (`Faults.fatal`).
 
 One `Faults` per process (`FAULTS`); `trackerdcs.runner` connects it to the daemon's loop.
 """
