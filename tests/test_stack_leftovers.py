@@ -112,9 +112,25 @@ def test_leftovers_are_stopped_when_the_user_says_yes(leftover, tmp_path) -> Non
 def test_a_recycled_pid_is_not_a_leftover(tmp_path) -> None:
     run_dir = tmp_path / "run"
     proc = ManagedProcess("x", ["sleep", "600"], log_path=run_dir / "x.log").start()
-    try:  # the recorded PID runs another program now
+    try:  # the recorded PID was started before the process that has it now
         write_state(run_dir, tmp_path / "lab.yml", [("mosquitto", proc.pid, ["mosquitto"])])
+        state = json.loads((run_dir / STATE_FILE).read_text())
+        state["processes"][0]["started"] -= 3600
+        (run_dir / STATE_FILE).write_text(json.dumps(state))
         assert find_leftovers(run_dir, tmp_path / "lab.yml", {}) == ([], [])
+    finally:
+        proc.kill()
+
+
+def test_a_process_that_renames_itself_is_still_recognised(tmp_path) -> None:
+    """Node-RED sets its process title to `node-red`: its command line is no longer the one it
+    was started with. The recorded PID and start time are what identify it."""
+    run_dir = tmp_path / "run"
+    proc = ManagedProcess("node-red", ["sleep", "600"], log_path=run_dir / "n.log").start()
+    try:
+        write_state(run_dir, tmp_path / "lab.yml", [("node-red", proc.pid, ["node", "red.js"])])
+        found, _ = find_leftovers(run_dir, tmp_path / "lab.yml", {})
+        assert [(lo.pid, lo.name) for lo in found] == [(proc.pid, "node-red")]
     finally:
         proc.kill()
 

@@ -5,8 +5,9 @@ however the supervisor dies. What can still be left over — a stack from before
 that ignored its SIGTERM, a supervisor still running in another terminal — is found two ways:
 
 - the state file `run/stack.json`, which the supervisor rewrites whenever it starts a process
-  and removes on a clean stop: a recorded PID that is alive with the recorded command line (not
-  a recycled PID) is a leftover, and so is the recorded supervisor if it still runs;
+  and removes on a clean stop: a recorded PID that is alive and was started when the recorded
+  one was (not a recycled PID; the command line cannot tell: Node-RED renames itself
+  `node-red`) is a leftover, and so is the recorded supervisor if it still runs;
 - the stack's ports: a process listening on one of them whose command line names this stack's
   run directory or lab file is a leftover too. Any other process there is not ours: it is named,
   never stopped.
@@ -44,12 +45,24 @@ class Leftover:
         return f"{self.name} (pid {self.pid}, {self.why}): {self.command}"
 
 
+def _started(pid: int) -> float | None:
+    """When process `pid` started (unix s), None if it does not run."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
 def write_state(run_dir: Path, config: Path, processes: Iterable[tuple[str, int, list[str]]]):
-    """Record the running stack: the supervisor and each `(name, pid, argv)`."""
+    """Record the running stack: the supervisor and each `(name, pid, argv)`, with when each
+    started (what tells a recorded PID from a recycled one)."""
+    me = os.getpid()
     state = {
-        "supervisor": {"pid": os.getpid(), "argv": psutil.Process().cmdline()},
+        "supervisor": {"pid": me, "argv": psutil.Process().cmdline(), "started": _started(me)},
         "config": str(config),
-        "processes": [{"name": n, "pid": p, "argv": a} for n, p, a in processes],
+        "processes": [
+            {"name": n, "pid": p, "argv": a, "started": _started(p)} for n, p, a in processes
+        ],
         "time": time.time(),
     }
     path = run_dir / STATE_FILE
@@ -75,17 +88,20 @@ def _short(argv: list[str], limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _alive_as(pid: Any, argv: Any) -> psutil.Process | None:
-    """The process `pid` if it runs with command line `argv` (a recycled PID does not)."""
-    if not isinstance(pid, int) or pid <= 1 or pid == os.getpid() or not isinstance(argv, list):
-        return None
+def _alive_as(entry: Any) -> bool:
+    """The recorded process (`pid`, `started`) still runs (a recycled PID started later)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("argv"), list):
+        return False
+    pid, started = entry.get("pid"), entry.get("started")
+    if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
+        return False
+    if not isinstance(started, int | float):
+        return False
     try:
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - started) < 0.5
     except (psutil.Error, OSError):
-        return None
-    return proc if _command(proc) == argv else None
+        return False
 
 
 def _from_state(run_dir: Path) -> list[Leftover]:
@@ -96,12 +112,13 @@ def _from_state(run_dir: Path) -> list[Leftover]:
     if not isinstance(state, dict):
         return []
     found = []
-    supervisor = state.get("supervisor") or {}
-    if isinstance(supervisor, dict) and _alive_as(supervisor.get("pid"), supervisor.get("argv")):
+    supervisor = state.get("supervisor")
+    if _alive_as(supervisor):
         found.append(Leftover(supervisor["pid"], "supervisor", _short(supervisor["argv"]),
                               "an earlier stack, still running"))  # fmt: skip
-    for entry in state.get("processes") or []:
-        if isinstance(entry, dict) and _alive_as(entry.get("pid"), entry.get("argv")):
+    processes = state.get("processes")
+    for entry in processes if isinstance(processes, list) else []:
+        if _alive_as(entry):
             found.append(Leftover(entry["pid"], str(entry.get("name")), _short(entry["argv"]),
                                   f"in {run_dir / STATE_FILE}"))  # fmt: skip
     return found
