@@ -453,7 +453,8 @@ def test_an_unexpected_error_in_a_poll_reopens_the_line() -> None:
         while not (sink.lost and sink.polls) and time.monotonic() < deadline:
             sink.event.wait(0.1)
             sink.event.clear()
-        assert sink.lost and "unexpected error while polling: KeyError('a bug')" in sink.lost[0]
+        assert sink.lost and "unexpected error in the line worker of" in sink.lost[0]
+        assert "KeyError: 'a bug'" in sink.lost[0]
         assert sink.polls and sink.polls[-1].bath == 20.0  # reconnected, polling again
         assert worker._thread is not None and worker._thread.is_alive()
     finally:

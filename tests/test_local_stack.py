@@ -239,3 +239,28 @@ def test_readme_data_commands(stack):
     header, *rows = printed[2].splitlines()
     assert header.startswith("time,measurement,") and rows
     assert all(",hv," in row and ",hv_m1," in row for row in rows)
+
+
+def test_a_killed_stack_leaves_nothing_behind(stack, tmp_path):
+    """The supervisor killed as the OOM killer would (SIGKILL: no handler runs): every process
+    of the stack ends with it, mosquitto, influxd and node included, and the ports are free;
+    its `run/stack.json` stays behind and a new `make run` finds nothing alive in it."""
+    from trackerdcs.config import load_config
+    from trackerdcs.stack.leftovers import find_leftovers
+    from trackerdcs.stack.local import stack_ports
+
+    proc, _ = stack
+    run_dir = tmp_path / "run"
+    state = json.loads((run_dir / "stack.json").read_text())
+    assert state["supervisor"]["pid"] == proc.pid
+    pids = [p["pid"] for p in state["processes"]]
+    assert len(pids) == 11 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(5)
+    for pid in pids:
+        wait_until(lambda p=pid: not Path(f"/proc/{p}").exists() or _zombie(p), 30, f"pid {pid}")
+    for port in (1883, 5064, 1880, 8086, 8088):
+        wait_until(lambda p=port: not port_open("127.0.0.1", p), 10, f"port {port} to close")
+    config = ROOT / "examples" / "lab.yml"
+    ports = stack_ports(load_config(config))
+    assert find_leftovers(run_dir, config, ports) == ([], [])

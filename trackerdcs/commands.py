@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from typing import Any
+
+from trackerdcs.guard import clip
 
 
 class CommandError(Exception):
     """A command that is refused: its message is the answer's `error`."""
 
 
+# A decimal number as people and scripts write one, in ASCII only: `100`, `-2.5`, `.5`, `1e3`.
+# Not `nan`, `inf`, `1_000`, `0x10`, nor digits of other scripts (Arabic-Indic, superscripts),
+# all of which float() takes.
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_NOT_FINITE = frozenset({"nan", "inf", "infinity"})
+MAX_NUMBER_TEXT = 64  # characters of a number in a payload (a float has 17 significant digits)
+
+
 def parse_number(value: Any, what: str) -> float:
-    """A finite float from a payload value (text or JSON number)."""
-    if isinstance(value, bool) or value is None:
-        raise CommandError(f"{what} must be a number, got {json.dumps(value)}")
+    """A finite float from a payload value: a JSON number, or text that is an ASCII decimal
+    number (`CommandError` otherwise, with a bounded message)."""
+    if isinstance(value, bool) or value is None or not isinstance(value, int | float | str):
+        shown = "null" if value is None else clip(value, 40)
+        raise CommandError(f"{what} must be a number, got {shown}")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower().lstrip("+-") in _NOT_FINITE:
+            raise CommandError(f"{what} must be finite, got {clip(value, 40)}")
+        if len(text) > MAX_NUMBER_TEXT or not _DECIMAL.fullmatch(text):
+            raise CommandError(f"{what} must be a number, got {clip(value, 40)}")
+        value = text
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise CommandError(f"{what} must be a number, got {value!r}") from None
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     if not math.isfinite(number):
-        raise CommandError(f"{what} must be finite, got {value!r}")
+        raise CommandError(f"{what} must be finite, got {clip(value, 40)}")
     return number
 
 
@@ -28,10 +47,14 @@ _ON_WORDS = {"on": True, "1": True, "true": True, "off": False, "0": False, "fal
 
 
 def parse_switch(value: Any) -> bool:
-    key = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
-    if key not in _ON_WORDS:
-        raise CommandError(f"switch takes 'on' or 'off', got {value!r}")
-    return _ON_WORDS[key]
+    """`on`/`1`/`true` or `off`/`0`/`false` (any case; a JSON true/false or 1/0 too)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _ON_WORDS:
+        return _ON_WORDS[value.strip().lower()]
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise CommandError(f"switch takes 'on' or 'off', got {clip(value, 40)}")
 
 
 # Commands that only ever make the lab safer, by the first level of their action (below

@@ -12,7 +12,6 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,7 +23,9 @@ from pydantic import (
 )
 
 from trackerdcs.clientids import check_client_ids
+from trackerdcs.guard import shorten
 from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
+from trackerdcs.labyaml import YamlFileError, read_yaml
 from trackerdcs.power.boards import (
     BOARD_MODELS,
     GENERIC_NAME,
@@ -45,9 +46,11 @@ class UnknownChiller(LookupError):
 
 
 class _Model(BaseModel):
-    """Strict base: unknown keys are errors (a typo must not be silently ignored)."""
+    """Strict base: unknown keys are errors (a typo must not be silently ignored), and every
+    float, of every section and field to come, is finite: `.nan`, `.inf`, `1e400` are refused
+    (a NaN limit would silence its safety rule, an infinite one let every set point through)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _EnvCredentials:
@@ -878,14 +881,20 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}" if loc else err["msg"]
 
 
+MAX_ERRORS = 20  # error lines of one file
+
+
 def _format_errors(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid configuration"]
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_ERRORS]:
         loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc or '(top level)'}: {msg}")
+        lines.append(f"  {shorten(loc, 120) or '(top level)'}: {shorten(msg, 300)}")
+    if len(errors) > MAX_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_ERRORS} more")
     return "\n".join(lines)
 
 
@@ -901,17 +910,10 @@ def parse_config(data: Any, path: Path | str = "<config>") -> LabConfig:
 
 
 def load_config(path: Path | str) -> LabConfig:
-    """Read and validate a lab YAML file."""
+    """Read and validate a lab YAML file (`trackerdcs.labyaml`: UTF-8, no key given twice)."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        data = read_yaml(path)
+    except YamlFileError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(data, path)

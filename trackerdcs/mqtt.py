@@ -16,7 +16,11 @@
 Other subscriptions are plain: there the retain flag means "stored by the broker" (delivered at
 subscription), as MQTT defines it, which is how the safety services tell live data from stale.
 
-Callbacks run on paho's network thread; services hand them to their own loop.
+Callbacks run on paho's network thread; services hand them to their own loop. An unexpected
+exception in a callback never reaches paho (it would end the network thread): it is reported to
+`trackerdcs.guard.FAULTS` (logged with its message, counted). A command handler runs through
+`MqttLink.execute`, so that a command whose handler fails unexpectedly is still answered
+(`ok: false`, `internal error ...`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import socket
 import ssl
 import threading
@@ -41,6 +44,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from trackerdcs.commands import always_executed
 from trackerdcs.config import MqttConfig
+from trackerdcs.guard import FAULTS, Faults, JsonError, clip, finite_number, loads, shorten
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class PayloadError(ValueError):
 
 
 PAYLOAD_KEYS = ("value", "id", "time")
+MAX_ID = 200  # characters of a request id
 
 
 @dataclass(frozen=True)
@@ -78,26 +83,30 @@ class Command:
         if not text.startswith("{"):
             return text, None, None
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PayloadError(f"malformed JSON payload: {exc.msg}") from None
+            obj = loads(text, "JSON payload")
+        except JsonError as exc:
+            raise PayloadError(str(exc)) from None
         if not isinstance(obj, dict):
             raise PayloadError("a JSON payload must be an object")
         unknown = set(obj) - set(PAYLOAD_KEYS)
         if unknown:
             raise PayloadError(
-                f"unknown key(s) in payload: {', '.join(sorted(unknown))} "
+                f"unknown key(s) in payload: {shorten(', '.join(sorted(unknown)), 80)} "
                 f"(known: {', '.join(PAYLOAD_KEYS)})"
             )
         request_id = obj.get("id")
+        if request_id is not None:
+            if isinstance(request_id, bool) or not isinstance(request_id, str | int | float):
+                raise PayloadError(f"id must be a string, got {clip(request_id, 40)}")
+            request_id = str(request_id)
+            if len(request_id) > MAX_ID:
+                raise PayloadError(f"id longer than {MAX_ID} characters")
         sent = obj.get("time")
         if sent is not None:
-            if isinstance(sent, bool) or not isinstance(sent, int | float):
-                raise PayloadError(f"time must be unix seconds (a number), got {sent!r}")
+            if not finite_number(sent):
+                raise PayloadError(f"time must be unix seconds (a number), got {clip(sent, 40)}")
             sent = float(sent)
-            if not math.isfinite(sent):
-                raise PayloadError(f"time must be finite, got {sent!r}")
-        return obj.get("value"), None if request_id is None else str(request_id), sent
+        return obj.get("value"), request_id, sent
 
     def decoded(self) -> tuple[Any, str | None]:
         """The command's value and the caller's request id.
@@ -139,6 +148,11 @@ def command_from_message(msg: mqtt.MQTTMessage, cmd_root: str) -> Command:
         arrived=time.time(),
         expiry=getattr(props, "MessageExpiryInterval", None) if props else None,
     )
+
+
+def internal_error(reason: str) -> str:
+    """The answer to a command whose handler failed unexpectedly."""
+    return f"internal error: {reason}; check the status for what was done (details in the log)"
 
 
 def retained_refusal(topic: str) -> str:
@@ -275,8 +289,10 @@ class MqttLink:
         subscribe: tuple[str, ...] = (),
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
         command_max_age: float | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.cfg = cfg
+        self.faults = faults or FAULTS
         self.prefix = prefix
         self.client_id = client_id
         self.availability_topic = f"{prefix}/availability"
@@ -290,6 +306,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = False
+        self._executing: dict[int, bool] = {}  # id(cmd) -> answered, while its handler runs
         self._client = self._make_client()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -305,9 +322,10 @@ class MqttLink:
         client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
         client.on_socket_open = disable_nagle
-        client.on_connect = self._handle_connect
-        client.on_disconnect = self._handle_disconnect
-        client.on_message = self._handle_message
+        where = f"the MQTT callbacks of {self.prefix}"
+        client.on_connect = self.faults.guarded(where, self._handle_connect)
+        client.on_disconnect = self.faults.guarded(where, self._handle_disconnect)
+        client.on_message = self._guarded_message
         return client
 
     def start(self) -> None:
@@ -359,6 +377,23 @@ class MqttLink:
         if was and self._on_connection:
             self._on_connection(False)
 
+    def _guarded_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        """`_handle_message`; an unexpected exception is reported, and a command answered."""
+        where = f"the MQTT message callback of {self.prefix}"
+        try:
+            self._handle_message(client, userdata, msg)
+        except Exception as exc:
+            topic = bytes(getattr(msg, "_topic", b"")).decode("utf-8", errors="replace")
+            reason = self.faults.fault(where, exc, f"{topic} {clip(msg.payload)}")
+            cmd_root = f"{self.prefix}/cmd/"
+            if self._on_command and topic.startswith(cmd_root) and msg.payload:
+                with contextlib.suppress(Exception):
+                    payload = msg.payload.decode("utf-8", errors="replace")
+                    cmd = Command(topic, topic[len(cmd_root) :], payload)
+                    self.respond(cmd, False, internal_error(reason))
+        else:
+            self.faults.ok(where)
+
     def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         cmd_root = f"{self.prefix}/cmd/"
         if self._on_command and msg.topic.startswith(cmd_root):
@@ -367,6 +402,27 @@ class MqttLink:
                 self._on_command(cmd)
         elif self._on_message:
             self._on_message(msg)
+
+    def execute(self, handler: Callable[..., Any], cmd: Command, *args: Any) -> None:
+        """Run `handler(cmd, *args)` (a command handler, on the service's loop). An unexpected
+        exception is reported (`trackerdcs.guard`) and, unless the handler answered already,
+        the command is answered `ok: false` with the reason: a command always gets an answer."""
+        key = id(cmd)
+        self._executing[key] = False
+        where = f"the command handler of {self.prefix}"
+        try:
+            handler(cmd, *args)
+        except Exception as exc:
+            reason = self.faults.fault(where, exc, f"{cmd.topic} {clip(cmd.payload)}")
+            if not self._executing.get(key):
+                try:
+                    self.respond(cmd, False, internal_error(reason))
+                except Exception:
+                    log.exception("cannot answer %s", cmd.topic)
+        else:
+            self.faults.ok(where)
+        finally:
+            self._executing.pop(key, None)
 
     def admit(self, cmd: Command) -> bool:
         """Pass `cmd` through the gate: True to execute it; else it has been answered (a
@@ -406,6 +462,8 @@ class MqttLink:
             "id": cmd.request_id(),
         }
         answer.update(extra)
+        if id(cmd) in self._executing:
+            self._executing[id(cmd)] = True
         data = json.dumps(answer)
         self.publish(self.response_topic, data, qos=1)
         if cmd.response_topic:

@@ -27,6 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from trackerdcs.guard import FAULTS
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import AgentConf, ConsumerConf
 from trackerdcs.ingest.jsonparse import JsonParser, PayloadError, decode
@@ -136,6 +137,7 @@ class ConsumerInput:
         self.host_tag = None if agent.omit_hostname else (agent.hostname or socket.gethostname())
         self.received = 0
         self.rejected = 0
+        self.errors = 0  # unexpected exceptions handling a message (also counted in rejected)
 
     @property
     def name(self) -> str:
@@ -151,13 +153,16 @@ class ConsumerInput:
                 error = exc
         if error is not None:
             self.rejected += 1
-            if self.rejected <= _LOG_FIRST_REJECTS or self.rejected % 100 == 0:
+            if not isinstance(error, PayloadError):  # a payload no check foresaw: reported
+                self.errors += 1
+                FAULTS.fault(f"{self.name} json parser", error, (topic, payload))
+            elif self.rejected <= _LOG_FIRST_REJECTS or self.rejected % 100 == 0:
                 log.warning(
                     "%s: skipped a payload on %s (%d so far): %s: %.200r",
                     self.name,
                     topic,
                     self.rejected,
-                    error if isinstance(error, PayloadError) else repr(error),
+                    error,
                     payload,
                 )
             return
@@ -206,6 +211,7 @@ class MqttConsumer:
         self.undelivered_limit = min(c.max_undelivered_messages for c in confs)
         self.connected = threading.Event()
         self._stopping = False
+        self._failed = 0  # messages whose handling raised outside the inputs' own checks
         client_id = conf.client_id or f"trackerdcs-ingest-{secrets.token_hex(4)}"
         self.client = FastClient(
             CallbackAPIVersion.VERSION2,
@@ -218,8 +224,8 @@ class MqttConsumer:
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.reconnect_delay_set(1, max(1, int(agent.interval)))
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect = FAULTS.guarded(f"{self.name} callbacks", self._on_connect)
+        self.client.on_disconnect = FAULTS.guarded(f"{self.name} callbacks", self._on_disconnect)
         self.client.on_message = self._on_message
 
     @property
@@ -234,7 +240,12 @@ class MqttConsumer:
 
     @property
     def rejected(self) -> int:
-        return sum(i.rejected for i in self.inputs)
+        return sum(i.rejected for i in self.inputs) + self._failed
+
+    @property
+    def errors(self) -> int:
+        """Unexpected exceptions handling a message (also counted in `rejected`)."""
+        return sum(i.errors for i in self.inputs) + self._failed
 
     @property
     def name(self) -> str:
@@ -279,7 +290,13 @@ class MqttConsumer:
                 return
         for i in self.inputs:
             i.received += 1
-        self.handle(msg.topic, msg.payload)
+        try:
+            self.handle(msg.topic, msg.payload)
+        except Exception as exc:  # never into paho (its thread would end): counted, reported
+            self._failed += 1
+            FAULTS.fault(f"{self.name} message handling", exc, (msg.topic, msg.payload))
+        else:
+            FAULTS.ok(f"{self.name} message handling")
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Decode one message once and give it to every input."""

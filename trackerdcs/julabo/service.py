@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import JulaboConfig
+from trackerdcs.guard import FAULTS, clip
 from trackerdcs.julabo.device import Applied, Julabo
 from trackerdcs.julabo.fsm import Chiller, Poll
 from trackerdcs.julabo.protocol import ReadbackMismatch
@@ -36,6 +38,8 @@ class Line(Protocol):
     def submit(self, fn: JobFn, done: DoneFn) -> None: ...
 
     def reconnect(self, done: DoneFn) -> None: ...
+
+    def alive(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class JulaboService:
         self.loop = loop
         self._published: dict[str, Any] | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
+        self.observed_at = time.time()  # unix s of the line worker's latest report
 
     # -- from the line worker (on the loop) ------------------------------------------------------
     def on_poll(self, poll: Poll) -> None:
@@ -109,6 +114,7 @@ class JulaboService:
 
     def _observe(self, poll: Poll | None, reason: str | None) -> None:
         before = self.chiller.state
+        self.observed_at = time.time()
         if self.chiller.observe(poll, reason):
             log.info("chiller %s -> %s%s", before, self.chiller.state, _why(self.chiller.error))
         if self.chiller.as_status() != self._published:
@@ -116,13 +122,24 @@ class JulaboService:
 
     # -- publishing ------------------------------------------------------------------------------
     def publish_status(self) -> None:
+        """Publish now: `time` is when the line worker last reported (a poll of the unit, or a
+        failed attempt to reach it), or the daemon's start before its first report."""
         status = self.chiller.as_status()
         self._published = status
-        stamped = {**status, "time": unix_time()}  # a heartbeat of the same values: a new time
+        stamped = {**status, "time": unix_time(self.observed_at)}
         self.link.publish_state(f"{self.prefix}/status", json.dumps(stamped))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self.publish_status)
+        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._on_heartbeat)
+
+    def _on_heartbeat(self) -> None:
+        """Republish what the line worker produced last, if it is alive: a dead worker's last
+        status is never passed off as live (the daemon exits, its supervisor restarts it)."""
+        self._heartbeat = None
+        if not self.line.alive():
+            FAULTS.fatal(f"{self.prefix}: the line worker thread has ended")
+            return
+        self.publish_status()
 
     def stop(self) -> None:
         if self._heartbeat is not None:
@@ -147,7 +164,7 @@ class JulaboService:
 
     def _answer_later(self, cmd: Command) -> DoneFn:
         def done(result: Any, error: Exception | None) -> None:
-            self.loop.call_soon_threadsafe(self._finish, cmd, result, error)
+            self.loop.call_soon_threadsafe(self.link.execute, self._finish, cmd, result, error)
 
         return done
 
@@ -166,7 +183,7 @@ class JulaboService:
         spec = COMMAND_TABLE.get(cmd.action)
         if spec is None:
             known = ", ".join(f"{self.prefix}/cmd/{s.usage}" for s in COMMAND_TABLE.values())
-            raise CommandError(f"unknown command {cmd.action!r} (known: {known})")
+            raise CommandError(f"unknown command {clip(cmd.action, 60)} (known: {known})")
         value, _ = cmd.decoded()
         handler: Callable[[Any], Job | None] = getattr(self, spec.handler)
         return handler(value)

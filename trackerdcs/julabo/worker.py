@@ -18,8 +18,11 @@ When the line counts as lost (the rule `docs/topics.md` documents):
   attempt, or that the unit answers with `-08 INVALID COMMAND`, while STATUS still answers, is
   reported once and dropped from the poll (published as null) until the line is reopened: the
   unit does not have it. A placeholder (`---.--`) is a missing value, never a failure;
-- an unexpected exception in a poll or a command (a bug, a reply no parser foresaw) is logged
-  with its input and handled as a line fault: the line is reopened, the thread goes on.
+- an unexpected exception in a poll, a command or the thread's own loop (a bug, a reply no
+  parser foresaw) is reported to `trackerdcs.guard` (logged with the line's last exchange,
+  counted) and handled as a line fault: the line is reopened, the thread goes on, and the
+  command is answered with the reason. After `guard.MAX_CONSECUTIVE` such errors in a row
+  without a good poll between them the daemon exits (status 70), to be restarted.
 
 Jobs (`submit`) run between polls, before the next poll when one is waiting; each job's
 `done(result, error)` is called from the worker thread. While the line is down, jobs fail at once
@@ -36,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from trackerdcs.guard import FAULTS, Faults
 from trackerdcs.julabo.device import Julabo, Value
 from trackerdcs.julabo.fsm import Poll
 from trackerdcs.julabo.protocol import ErrorReply, JulaboTimeout, ProtocolError, StatusKind
@@ -164,8 +168,11 @@ class LineWorker:
         *,
         poll_interval: float,
         backoff: tuple[float, float] = (0.5, 5.0),
+        faults: Faults | None = None,
     ) -> None:
         self.device = device
+        self.faults = faults or FAULTS
+        self.where = f"the line worker of {device.protocol.transport.url}"
         self.sink = sink
         self.poller = Poller(device)
         self.poll_interval = poll_interval
@@ -195,34 +202,54 @@ class LineWorker:
         """Close the line and open it again now; `done(None, error or None)`."""
         self._jobs.put(_Job(None, done))
 
+    def alive(self) -> bool:
+        """The thread runs (or has not been started, or was stopped)."""
+        thread = self._thread
+        return thread is None or thread.is_alive() or self._stopping
+
     # -- the worker thread ----------------------------------------------------------------------
     def _run(self) -> None:
-        delay = self.backoff_min
-        next_poll = 0.0
+        self._delay = self.backoff_min
+        self._next_poll = 0.0
         while not self._stopping:
-            if not self.device.is_open:
-                if not self._open():
-                    job = self._wait_job(delay)
-                    delay = min(delay * 2, self.backoff_max)
-                    if job is not None:
-                        self._run_while_down(job)
-                    if self.device.is_open:  # reopened by a reconnect command
-                        delay, next_poll = self.backoff_min, 0.0
-                    continue
-                delay, next_poll = self.backoff_min, 0.0
-            now = time.monotonic()
-            job = self._wait_job(0.0 if now >= next_poll else next_poll - now)
-            if job is not None:  # a waiting command goes before the next poll
-                self._run_job(job)
-                if self.device.is_open:
-                    self.poller.refresh_settings()
-                    self._poll()  # show the command's effect at once
-                continue
-            if time.monotonic() >= next_poll:
-                next_poll += self.poll_interval
-                if next_poll <= time.monotonic():  # first poll, or fell behind: from now
-                    next_poll = time.monotonic() + self.poll_interval
-                self._poll()
+            try:
+                self._step()
+            except Exception as exc:  # the loop's own code: reported, a line fault
+                reason = self.faults.fault(self.where, exc, self.device.protocol.last_exchange)
+                self._lost(reason)
+                self._wait_job_later(self._delay)
+
+    def _step(self) -> None:
+        """One turn: (re)open the line, or run a waiting command, or poll when it is time."""
+        if not self.device.is_open:
+            if not self._open():
+                job = self._wait_job(self._delay)
+                self._delay = min(self._delay * 2, self.backoff_max)
+                if job is not None:
+                    self._run_while_down(job)
+                if self.device.is_open:  # reopened by a reconnect command
+                    self._delay, self._next_poll = self.backoff_min, 0.0
+                return
+            self._delay, self._next_poll = self.backoff_min, 0.0
+        now = time.monotonic()
+        job = self._wait_job(0.0 if now >= self._next_poll else self._next_poll - now)
+        if job is not None:  # a waiting command goes before the next poll
+            self._run_job(job)
+            if self.device.is_open:
+                self.poller.refresh_settings()
+                self._poll()  # show the command's effect at once
+            return
+        if time.monotonic() >= self._next_poll:
+            self._next_poll += self.poll_interval
+            if self._next_poll <= time.monotonic():  # first poll, or fell behind: from now
+                self._next_poll = time.monotonic() + self.poll_interval
+            self._poll()
+
+    def _wait_job_later(self, delay: float) -> None:
+        """After a fault of the loop itself: wait `delay`, answering the jobs that come."""
+        job = self._wait_job(delay)
+        if job is not None:
+            self._run_while_down(job)
 
     def _wait_job(self, timeout: float) -> _Job | None:
         try:
@@ -239,9 +266,9 @@ class LineWorker:
         except (TransportError, ProtocolError) as exc:
             self._lost(str(exc))
             return False
-        except Exception as exc:  # a bug must not end the thread: a line fault, logged
-            log.exception("unexpected error opening %s", self._url)
-            self._lost(f"unexpected error: {exc!r}")
+        except Exception as exc:  # a bug must not end the thread: a line fault, reported
+            reason = self.faults.fault(self.where, exc, self.device.protocol.last_exchange)
+            self._lost(reason)
             return False
         log.info("connected to %r on %s (model %s)", version, self._url,
                  self.device.profile.name)  # fmt: skip
@@ -260,7 +287,17 @@ class LineWorker:
         else:
             log.debug("chiller line still down: %s", reason)
         self._last_reason = reason
-        self.sink.on_line_lost(reason)
+        self._tell(self.sink.on_line_lost, reason)
+
+    def _done(self, job: _Job, result: Any, error: Exception | None) -> None:
+        self._tell(lambda args: job.done(*args), (result, error))
+
+    def _tell(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """Call the sink (the daemon's loop may be closing: that is no fault of the line)."""
+        try:
+            fn(arg)
+        except RuntimeError as exc:  # asyncio: "Event loop is closed" while stopping
+            log.debug("not reported (%s): %s", exc, arg)
 
     def _poll(self) -> None:
         try:
@@ -269,33 +306,34 @@ class LineWorker:
             self._lost(str(exc))
             return
         except Exception as exc:  # a bug, or a reply no parser foresaw: a line fault
-            log.exception("unexpected error polling %s", self._url)
-            self._lost(f"unexpected error while polling: {exc!r}")
+            reason = self.faults.fault(self.where, exc, self.device.protocol.last_exchange)
+            self._lost(reason)
             return
-        self.sink.on_poll(poll)
+        self.faults.ok(self.where)  # a good poll: the count of errors in a row starts again
+        self._tell(self.sink.on_poll, poll)
 
     def _run_job(self, job: _Job) -> None:
         if job.fn is None:
             self.device.close()
-            job.done(None, None if self._open() else LineDown(self._last_reason or "down"))
+            self._done(job, None, None if self._open() else LineDown(self._last_reason or "down"))
             return
         try:
             result = job.fn(self.device)
         except (TransportError, JulaboTimeout) as exc:  # no reply after the retries: lost
             self._lost(str(exc))
-            job.done(None, exc)
+            self._done(job, None, exc)
         except (ProtocolError, ValueError, AttributeError) as exc:
             # refused by the unit (read-back, error line), or before anything was sent
-            job.done(None, exc)
+            self._done(job, None, exc)
         except Exception as exc:
-            log.exception("unexpected error in a command on %s", self._url)
-            self._lost(f"unexpected error in a command: {exc!r}")
-            job.done(None, exc)
+            reason = self.faults.fault(self.where, exc, self.device.protocol.last_exchange)
+            self._lost(reason)
+            self._done(job, None, RuntimeError(reason))
         else:
-            job.done(result, None)
+            self._done(job, result, None)
 
     def _run_while_down(self, job: _Job) -> None:
         if job.fn is None and self._open():
-            job.done(None, None)
+            self._done(job, None, None)
             return
-        job.done(None, LineDown(self._last_reason or "the line is down"))
+        self._done(job, None, LineDown(self._last_reason or "the line is down"))

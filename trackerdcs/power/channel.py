@@ -97,6 +97,7 @@ class PowerChannel:
         self.address = ChannelAddress(cfg.board, cfg.channel)
         self.connected = False
         self.invalid: str | None = None  # why the readbacks cannot be trusted (INVALID severity)
+        self.garbled: dict[str, str] = {}  # readback -> why the crate's value was not taken
         # the board model's monitored readbacks, and how a change of each is published
         self.readback: dict[str, float | int] = {
             p.name: 0.0 if p.type is ParamType.FLOAT else 0 for p in self.model.monitored
@@ -109,13 +110,20 @@ class PowerChannel:
 
     @property
     def ready(self) -> bool:
-        """Connected, every readback has arrived since, none INVALID: the state can be trusted."""
-        return self.connected and self.invalid is None and len(self._fresh) == len(self.readback)
+        """Connected, every readback has arrived since, none INVALID or garbled: the state can be
+        trusted."""
+        return (
+            self.connected
+            and self.invalid is None
+            and not self.garbled
+            and len(self._fresh) == len(self.readback)
+        )
 
     def set_connected(self, connected: bool) -> None:
         self.connected = connected
         if not connected:
             self._fresh.clear()
+            self.garbled.clear()
 
     @property
     def number(self) -> int:
@@ -127,8 +135,17 @@ class PowerChannel:
 
     def update(self, param: str, value: float | int) -> bool:
         """Take a readback; True when its value differs from the one held (a monitor may
-        repeat an unchanged value)."""
-        changed = self.readback.get(param) != value
+        repeat an unchanged value). A value that is not a finite number of the parameter's
+        type (`Param.readback_problem`: a NaN `VMon`, a fractional `Status`) is not taken: the
+        channel counts as DISCONNECTED, with the reason in `garbled`, until a good one comes."""
+        spec = self.model.by_name.get(param)
+        problem = spec.readback_problem(value) if spec is not None else None
+        if problem is not None:
+            changed = self.garbled.get(param) != problem
+            self.garbled[param] = problem
+            return changed
+        was_garbled = self.garbled.pop(param, None) is not None
+        changed = was_garbled or self.readback.get(param) != value
         self.readback[param] = value
         self._fresh.add(param)
         return changed
@@ -151,7 +168,7 @@ class PowerChannel:
         if self.state is S.TRIPPED:
             return f"channel {self.name} is TRIPPED: send clear first"
         if self.state is S.DISCONNECTED:
-            why = self.invalid or "the crate does not answer"
+            why = self.invalid or "; ".join(self.garbled.values()) or "the crate does not answer"
             return f"channel {self.name} is DISCONNECTED: {why}"
         flags = ",".join(flag_names(int(self.readback["Status"])))
         return f"channel {self.name} is {self.state} ({flags})"

@@ -23,6 +23,7 @@ from typing import Any
 
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import ChannelKind, PublishConfig
+from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.power.backend import BackendError, ChannelAddress, ParamAbsent, PowerBackend
 from trackerdcs.power.channel import ChannelState, PowerChannel
@@ -131,6 +132,9 @@ class PowerService:
         # extra refusal rules from outside the channel (e.g. LV off while the module's HV is on)
         self.guards: list[Callable[[PowerChannel, str], str | None]] = []
         self.failsafe_note: str | None = None  # set when the daemon acted on its own
+        # the last unexpected error handling a readback, and when (monotonic): in `warnings`
+        # until a heartbeat finds it older than one heartbeat period
+        self._fault: tuple[str, float] | None = None
 
     # -- readbacks --------------------------------------------------------------------------------
     def on_readback(self, addr: ChannelAddress, param: str, value: float | int) -> None:
@@ -138,12 +142,20 @@ class PowerService:
         if ch is None:
             return
         was_ready = ch.ready
+        was_garbled = param in ch.garbled
         changed = ch.update(param, value)
         changed_state = ch.observe()
         if changed_state:
             log.info("%s %s -> %s", self.prefix, ch.name, ch.state)
         if ch.ready and not was_ready:
             self._configure(ch)
+        if was_garbled or param in ch.garbled:
+            if changed:  # a value that cannot be taken, or a good one again
+                log.warning("%s %s: %s", self.prefix, ch.name, ch.garbled.get(param, "valid again"))
+                self._warnings = self._collect_warnings()
+            if changed or changed_state:
+                self.request_publish()
+            return
         # on change only: a repeated value (a client echoing the status back as a set point, a
         # monitor posted on a same-value put) must not republish, or it feeds itself
         monitor = ch.monitor.get(param)
@@ -157,9 +169,12 @@ class PowerService:
         if ch is None:
             return
         was_ready = ch.ready
+        had_garbled = bool(ch.garbled)
         ch.set_connected(connected)
         if not connected:
             self._settings_written.discard(addr)
+            if had_garbled:
+                self._warnings = self._collect_warnings()
         if ch.observe():
             log.info("%s %s -> %s", self.prefix, ch.name, ch.state)
         if ch.ready and not was_ready:
@@ -209,7 +224,17 @@ class PowerService:
                 f"{', '.join(str(c) for c in sorted(channels))}: not written"
             )
         out += [f"{c.name}: {c.invalid}" for c in self.channels if c.invalid]
+        out += [f"{c.name}: {why}" for c in self.channels for why in c.garbled.values()]
+        if self._fault is not None:
+            out.append(self._fault[0])
         return out
+
+    def note_fault(self, reason: str) -> None:
+        """An unexpected error handling a readback (`trackerdcs.guard`): in `warnings` for at
+        least one heartbeat period."""
+        self._fault = (reason, time.monotonic())
+        self._warnings = self._collect_warnings()
+        self.request_publish()
 
     def _beyond_deadband(
         self, ch: PowerChannel, param: str, monitor: str | None, value: float
@@ -276,8 +301,8 @@ class PowerService:
                 "VMon": float(ch.readback["VMon"]),
                 "IMon": float(ch.readback["IMon"]),
             }
-        # every channel's object ends with the publish time: its cached JSON, `}` replaced
-        stamp = f', "time": {unix_time()!r}}}'
+        # every channel's object ends with the time of the data: its cached JSON, `}` replaced
+        stamp = f', "time": {unix_time(self.data_time())!r}}}'
         payload = "[" + ", ".join(ch.status_json()[:-1] + stamp for ch in self.channels) + "]"
         cfg = self.publish_cfg
         self._next_publish = time.monotonic() + max(
@@ -287,9 +312,29 @@ class PowerService:
         self._publish_state()
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
-        self._heartbeat_handle = self.loop.call_later(
-            self.publish_cfg.heartbeat, self.request_publish
-        )
+        self._heartbeat_handle = self.loop.call_later(self.publish_cfg.heartbeat, self._heartbeat)
+
+    def data_time(self) -> float:
+        """When the readbacks the status holds were known current (unix s): the backend's
+        `data_time()` (now, over CA monitors; the last poll, through the HV Wrapper), else now."""
+        data_time = getattr(self.backend, "data_time", None)
+        known = data_time() if data_time is not None else None
+        return time.time() if known is None else known
+
+    def _heartbeat(self) -> None:
+        """Republish, if the backend is alive: a heartbeat never passes off old data as live."""
+        alive = getattr(self.backend, "alive", None)
+        if alive is not None and not alive():
+            self._heartbeat_handle = None
+            FAULTS.fatal(f"{self.prefix}: the crate backend's thread has ended")
+            return
+        if (
+            self._fault is not None
+            and time.monotonic() - self._fault[1] >= self.publish_cfg.heartbeat
+        ):
+            self._fault = None
+            self._warnings = self._collect_warnings()
+        self.request_publish()
 
     def _publish_state(self) -> None:
         states = [c.state for c in self.channels]
@@ -335,14 +380,14 @@ class PowerService:
         spec = COMMAND_TABLE.get(parts[0])
         known = ", ".join(s.usage for s in COMMAND_TABLE.values())
         if spec is None:
-            raise CommandError(f"unknown command {cmd.action!r} (known: {known})")
+            raise CommandError(f"unknown command {clip(cmd.action, 60)} (known: {known})")
         if (
             spec.per_channel != (len(parts) == 2)
             or len(parts) > 2
             or (spec.per_channel and not parts[1])
         ):
             raise CommandError(
-                f"malformed command topic {cmd.topic!r}: use {self.prefix}/cmd/{spec.usage}"
+                f"malformed command topic {clip(cmd.topic, 80)}: use {self.prefix}/cmd/{spec.usage}"
             )
         value, _ = cmd.decoded()
         handler = getattr(self, spec.handler)
@@ -354,15 +399,17 @@ class PowerService:
         """Channels named by `{ch}`: a number, a channel name, a module name, or `all`."""
         if target == "all":
             return list(self.channels)
-        if target.isdigit() and int(target) in self._by_number:
-            return [self._by_number[int(target)]]
+        if target.isascii() and target.isdigit() and len(target) <= 9:
+            number = int(target)
+            if number in self._by_number:
+                return [self._by_number[number]]
         if target in self._by_name:
             return [self._by_name[target]]
         of_module = [c for c in self.channels if c.cfg.module == target]
         if of_module:
             return of_module
         raise CommandError(
-            f"unknown channel {target!r} on {self.prefix}: give a number ("
+            f"unknown channel {clip(target, 60)} on {self.prefix}: give a number ("
             + ", ".join(str(n) for n in self._by_number)
             + "), a channel name, a module name or 'all'"
         )

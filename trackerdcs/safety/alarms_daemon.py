@@ -35,7 +35,9 @@ class AlarmsDaemon:
             lab.mqtt,
             ALARMS_PREFIX,
             client_id=client_id(lab, "alarms"),
-            on_command=lambda cmd: loop.call_soon_threadsafe(self.alarms.handle_command, cmd),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                self.alarm_link.execute, self.alarms.handle_command, cmd
+            ),
             on_connection=lambda up: loop.call_soon_threadsafe(self.alarms.connection, up),
             subscribe=AlarmService.subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(

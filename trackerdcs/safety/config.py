@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """As `trackerdcs.config`'s base: unknown keys are errors, every float is finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")]

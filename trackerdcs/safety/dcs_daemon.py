@@ -26,7 +26,9 @@ class DcsDaemon:
             lab.mqtt,
             PREFIX,
             client_id=client_id(lab, "dcs"),
-            on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                self.link.execute, self.service.handle_command, cmd
+            ),
             subscribe=SequencerService.subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(
                 self.service.on_message, msg.topic, msg.payload, bool(msg.retain)

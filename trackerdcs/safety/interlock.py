@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trackerdcs.config import ChannelKind, LabConfig
+from trackerdcs.guard import FAULTS, JsonError, clip, loads
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.safety.config import Action, rule_chiller, rule_modules
 from trackerdcs.safety.rules import EPSILON, RULE_KINDS, RuleState, Verdict, reason_of
@@ -111,8 +112,8 @@ class InterlockService:
         chiller was running."""
         self._restored = True
         try:
-            rules = json.loads(payload)["rules"]
-        except (ValueError, KeyError, TypeError):
+            rules = loads(payload, self.status_topic)["rules"]
+        except (JsonError, KeyError, TypeError):
             return
         for old in rules if isinstance(rules, list) else []:
             state = self._by_name.get(old.get("name")) if isinstance(old, dict) else None
@@ -126,13 +127,29 @@ class InterlockService:
         """Every rule against the world now; act, publish, and set the next deadline."""
         now, wall = self.loop.time(), self.clock()
         for state in self.states:
-            verdict = RULE_KINDS[state.rule.kind].evaluate(state.rule, self.world, state, now)
-            self._apply(state, self._held(state, verdict, now), now, wall)
+            verdict, failed = self._verdict(state, now)
+            self._apply(state, verdict if failed else self._held(state, verdict, now), now, wall)
             if state.active:
                 self._reassert(state, now)
         if self._key() != self._published:
             self._maybe_publish(now)
         self._schedule(now)
+
+    def _verdict(self, state: RuleState, now: float) -> tuple[Verdict, bool]:
+        """The rule's verdict, and whether it could not be evaluated. A rule that cannot be
+        evaluated (an unexpected exception: a bug, data no check foresaw) is reported
+        (`trackerdcs.guard`) and holds every module it protects unsafe at once, without its
+        `hold`, until it can be evaluated again: not knowing is not safe."""
+        where = f"interlock rule {state.rule.name}"
+        try:
+            verdict = RULE_KINDS[state.rule.kind].evaluate(state.rule, self.world, state, now)
+        except Exception as exc:
+            data = {p: s.status for p, s in self.world.sources.items()}
+            reason = FAULTS.fault(where, exc, data)
+            why = f"cannot evaluate the rule: {reason}"
+            return dict.fromkeys(sorted(state.protects), why), True
+        FAULTS.ok(where)
+        return verdict, False
 
     def _held(self, state: RuleState, verdict: Verdict, now: float) -> Verdict:
         """The part of `verdict` that has held for the rule's `hold` s (all of it without one)."""
@@ -328,7 +345,11 @@ class InterlockService:
         for state in self.states:
             deadline = RULE_KINDS[state.rule.kind].deadline
             if deadline is not None:
-                due = deadline(state.rule, self.world, state, now)
+                try:
+                    due = deadline(state.rule, self.world, state, now)
+                except Exception as exc:  # evaluated again soon (and reported by `_verdict`)
+                    FAULTS.fault(f"interlock rule {state.rule.name}", exc)
+                    due = now + self.cfg.reassert_interval
                 if due is not None:
                     times.append(due)
             if state.clear_pending is not None:
@@ -379,7 +400,7 @@ class InterlockService:
             state = self._by_name.get(parts[1])
             if state is None:
                 known = ", ".join(self._by_name) or "none"
-                self.link.respond(cmd, False, f"no rule {parts[1]!r} (known: {known})")
+                self.link.respond(cmd, False, f"no rule {clip(parts[1], 60)} (known: {known})")
                 return
             if state.rule.kind != "chiller_running":
                 self.link.respond(
@@ -400,7 +421,7 @@ class InterlockService:
         self.link.respond(
             cmd,
             False,
-            f"unknown command {cmd.action!r} (known: "
+            f"unknown command {clip(cmd.action, 60)} (known: "
             + ", ".join(f"{prefix}/cmd/{c}" for c in COMMANDS)
             + ")",
         )

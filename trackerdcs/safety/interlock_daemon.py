@@ -27,7 +27,9 @@ class InterlockDaemon:
             lab.mqtt,
             prefix,
             client_id=client_id(lab, "interlock"),
-            on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                self.link.execute, self.service.handle_command, cmd
+            ),
             subscribe=subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(
                 self.service.on_message, msg.topic, msg.payload, bool(msg.retain)

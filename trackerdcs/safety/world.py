@@ -8,16 +8,66 @@ channels), a chiller (`/julabo`) or a sensor (`/temp_m1`), each with `<prefix>/s
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from trackerdcs.config import ChannelKind, LabConfig
+from trackerdcs.guard import JsonError, clip, finite_number, loads
 
 log = logging.getLogger(__name__)
 
 LIVE_STATES = frozenset({"ON", "RAMPING_UP", "RAMPING_DOWN"})
+
+# The keys the safety services read from each kind of status, with the JSON types they may have
+# (docs/topics.md): a status with a key of another type, or a number that is not finite, is
+# malformed and ignored as a whole (logged), so that no rule compares a string with a limit.
+# `number`: int or float, not bool, finite; `None` in a tuple: null allowed; `required`: present.
+_N, _S, _B, _I, _L = "number", str, bool, "integer", list
+SCHEMAS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "power": {"name": (_S,), "state": (_S,), "on": (_I,), "vmon": (_N,), "vreq": (_N,),
+              "module": (_S,), "flags": (_L,)},
+    "chiller": {"state": (_S,), "status_code": (_I, None), "running": (_I, None),
+                "setpoint": (_N, None), "bath_temp": (_N, None), "error": (_S, None),
+                "status_text": (_S, None)},
+    "sensor": {"temperature": (_N, None), "humidity": (_N, None), "dewpoint": (_N, None),
+               "age": (_N, None), "stale": (_B,), "too_dry": (_B,), "error": (_S, None)},
+}  # fmt: skip
+REQUIRED = {"power": ("name", "state", "on", "vmon", "vreq")}
+
+
+def _type_ok(value: Any, allowed: tuple[Any, ...]) -> bool:
+    for kind in allowed:
+        if kind is None and value is None:
+            return True
+        if kind == _N and finite_number(value):
+            return True
+        if kind == _I and finite_number(value) and not isinstance(value, float):
+            return True
+        if (
+            isinstance(kind, type)
+            and isinstance(value, kind)
+            and not (kind is not bool and isinstance(value, bool))
+        ):
+            return True
+    return False
+
+
+def status_problem(kind: str, status: Any) -> str | None:
+    """Why a decoded status of a source of `kind` cannot be used, or None."""
+    entries = status if kind == "power" else [status]
+    schema, required = SCHEMAS[kind], REQUIRED.get(kind, ())
+    for i, entry in enumerate(entries):
+        where = f"channel {i}: " if kind == "power" else ""
+        if not isinstance(entry, dict):
+            return f"{where}not a JSON object"
+        for key in required:
+            if key not in entry:
+                return f"{where}no {key!r}"
+        for key, allowed in schema.items():
+            if key in entry and not _type_ok(entry[key], allowed):
+                return f"{where}{key} is {clip(entry[key], 40)}"
+    return None
 
 
 @dataclass
@@ -97,13 +147,17 @@ class World:
             self._by_name.pop(prefix, None)
             return source
         try:
-            status = json.loads(payload)
-        except ValueError:
-            log.error("ignoring malformed %s: %r", topic, payload[:200])
+            status = loads(payload, topic)
+        except JsonError as exc:
+            log.error("ignoring a malformed status: %s", exc)
             return None
         expected = list if source.kind == "power" else dict
         if not isinstance(status, expected):
             log.error("ignoring %s: expected a JSON %s", topic, expected.__name__)
+            return None
+        problem = status_problem(source.kind, status)
+        if problem is not None:
+            log.error("ignoring a malformed %s: %s", topic, problem)
             return None
         source.status = status
         if not retained:

@@ -56,7 +56,8 @@ class SensorDaemon:
             cid = client_id(lab, "sensor", cfg.name)
             service = SensorService(SensorState(cfg), lab.mqtt, cid, loop)
             self.services.append(service)
-            self.sources.append(make_source(lab, cfg, service))
+            service.source = make_source(lab, cfg, service)
+            self.sources.append(service.source)
 
     def start(self) -> None:
         for service, source in zip(self.services, self.sources, strict=True):

@@ -2,7 +2,10 @@
 
 Everything listens on 127.0.0.1. Progress is printed while things start, then a summary of what
 runs where. Ctrl-C or SIGTERM stops every process it started, in reverse order, by PID. A daemon
-that dies is restarted (at most `MAX_RESTARTS` times in a row).
+that dies is restarted (at most `MAX_RESTARTS` times in a row). Every process dies with the
+supervisor, however it dies (`ManagedProcess`'s parent-death signal); the running stack is
+recorded in `run/stack.json`, from which (and from its ports) a new `make run` recognises the
+leftovers of an earlier one (`trackerdcs.stack.leftovers`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from trackerdcs.config import LabConfig, loopback_port
 from trackerdcs.stack.influx import data_path_ports, data_path_processes
+from trackerdcs.stack.leftovers import check_leftovers, clear_state, write_state
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.nodered import NodeRed
 from trackerdcs.stack.process import ManagedProcess, port_open
@@ -169,6 +173,26 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
     return entries
 
 
+def stack_ports(cfg: LabConfig) -> dict[int, str]:
+    """The TCP ports the local stack listens on -> the lab YAML key (or process) that sets each."""
+    ports: dict[int, str] = {cfg.mqtt.port: "mqtt.port"}
+    ports.update({port: key for _, port, key in data_path_ports(cfg)})
+    ports.setdefault(NodeRed.port, "the Node-RED port")
+    if cfg.virtual_lab is not None and cfg.virtual_lab.control_port is not None:
+        ports.setdefault(cfg.virtual_lab.control_port, "virtual_lab.control_port")
+    if cfg.julabo is not None and (port := loopback_port(cfg.julabo.url)) is not None:
+        ports.setdefault(port, "julabo.url")
+    for i, sensor in enumerate(cfg.sensors):
+        if (port := loopback_port(sensor.source)) is not None:
+            ports.setdefault(port, f"sensors.{i}.source")
+    for i, crate in enumerate(cfg.crates):
+        if crate.backend == "epics" and _loopback(crate.address):
+            port = crate.address.rsplit(":", 1)[1] if ":" in crate.address else "5064"
+            if port.isdigit():
+                ports.setdefault(int(port), f"crates.{i}.address")
+    return ports
+
+
 def _safety_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[StackEntry]:
     """Interlocks (when the lab has rules), alarms and audit log, module sequencer."""
     logs, entries = run_dir / "logs", []
@@ -220,6 +244,13 @@ class LocalStack:
                     f"running?); stop it or set {key} in the lab YAML"
                 )
 
+    def record(self) -> None:
+        """`run/stack.json`: what runs now (for the leftovers check of a later stack)."""
+        write_state(self.run_dir, self.config_path, [
+            (e.name, e.process.pid, e.process.argv)
+            for e in self.entries if e.process is not None and e.process.pid is not None
+        ])  # fmt: skip
+
     def start(self) -> None:
         self.check_ports()
         total = len(self.entries)
@@ -234,6 +265,7 @@ class LocalStack:
                 self.stop()
                 raise
             entry.started_at = time.monotonic()
+            self.record()
             self.say(f"      ok: pid {entry.process.pid}, {time.monotonic() - t0:.1f} s")
 
     def summary(self) -> str:
@@ -280,6 +312,7 @@ class LocalStack:
                     proc.start()
                 except (RuntimeError, TimeoutError) as exc:
                     self.say(f"! {entry.name} failed to restart: {exc}")
+                self.record()
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -290,9 +323,14 @@ class LocalStack:
             if entry.process is not None and entry.process.proc is not None:
                 code = entry.process.stop()
                 self.say(f"stopped {entry.name} (pid {entry.process.pid}, exit {code})")
+        clear_state(self.run_dir)
 
 
 def run_stack(cfg: LabConfig, config_path: Path, run_dir: Path) -> int:
+    """`make run`: leftovers of an earlier stack first (named; stopped only if the user agrees),
+    then the stack until Ctrl-C or SIGTERM. 1 when it could not start."""
+    if not check_leftovers(run_dir, config_path, stack_ports(cfg)):
+        return 1
     stack = LocalStack(cfg, config_path.resolve(), run_dir.resolve())
     signal.signal(signal.SIGTERM, stack.request_stop)
     signal.signal(signal.SIGINT, stack.request_stop)
