@@ -1,14 +1,17 @@
-"""History export to CSV: one channel, one module, one sensor or the chiller, for a time range.
+"""History export to CSV: one channel, one module, one sensor, the chiller or IV scans, for a time
+range.
 
 trackerdcs export channel hv_m1 --from -2h [--to now] [-o hv_m1.csv]
 trackerdcs export module M1 --from 2024-05-01T08:00 --to 2024-05-01T18:00
 trackerdcs export chiller --from -1d --rp downsampled
+trackerdcs export ivscan M1-20240501T080000.000Z --from 7d     (an IV scan: a scan id or a module)
 
 Which measurement holds which topic is read from telegraf.conf (the one place of that mapping):
 a channel's `<prefix>/status` (prefix from the lab YAML), `/julabo/status` for the chiller,
-`/<name>/status` for a sensor. A module is every power channel powering it plus its module
-sensors. The CSV has one row per point: `time` (RFC 3339, UTC), `measurement`, the tags, then the
-fields, columns sorted by name; an empty cell is a field the point did not have.
+`/<name>/status` for a sensor, `/dcs/ivscan/points` for IV scans (by tag `scan`, or `module`).
+A module is every power channel powering it plus its module sensors. The CSV has one row per
+point: `time` (RFC 3339, UTC), `measurement`, the tags, then the fields, columns sorted by name;
+an empty cell is a field the point did not have.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from trackerdcs.config import LabConfig
 from trackerdcs.ingest.conf import TelegrafConf
 from trackerdcs.ingest.influxdb import InfluxClient, quote_ident, quote_string
 
+IVSCAN_POINTS = "/dcs/ivscan/points"  # trackerdcs.ivscan.service.POINTS_TOPIC
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -106,7 +110,11 @@ def selections(lab: LabConfig, telegraf: TelegrafConf, what: str, name: str | No
         topics += [f"{s.prefix}/status" for s in sensors]
         measurements = dict.fromkeys(measurement_for(telegraf, t) for t in topics)
         return [Selection(m, _tag_is("module", name)) for m in measurements]
-    raise ExportError(f"unknown export {what!r}: channel, module, sensor or chiller")
+    if what == "ivscan":  # a scan id, or a module: every IV scan of it in the range
+        measurement = measurement_for(telegraf, IVSCAN_POINTS)
+        tag = "module" if name in lab.modules() else "scan"
+        return [Selection(measurement, _tag_is(tag, name))]
+    raise ExportError(f"unknown export {what!r}: channel, module, sensor, chiller or ivscan")
 
 
 def _tag_is(tag: str, value: str) -> str:
