@@ -321,3 +321,26 @@ def test_a_busy_or_interlocked_module_is_refused(lab: IvLab) -> None:
         lab.client.publish("/interlock/status", b"", retain=True)
         assert lab.command("/interlock/cmd/refresh", "")["ok"]
     assert [m.topic for m in lab.client.messages[since:] if m.topic.startswith("/hv/cmd/")] == []
+
+
+def test_the_command_line_shows_progress_and_the_outcome(lab: IvLab) -> None:
+    def iv_scan(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "trackerdcs.cli", "iv-scan", *args, "--config", str(lab.config),
+             "--name", "carol"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+
+    done = iv_scan("M1", "--stop", "100", "--step", "50", "--settle", "0", "--readings", "1")
+    assert done.returncode == 0, done.stderr
+    assert "M1: IV scan M1-" in done.stderr and "M1 [####################] 3/3" in done.stderr
+    assert "M1: completed: completed 3 steps" in done.stdout
+    [csv_line] = [line for line in done.stdout.splitlines() if line.endswith(".csv")]
+    meta, rows = read_results(Path(csv_line.strip()))
+    assert meta["operator"] == "carol" and len(rows) == 3
+    ended = iv_scan("M3", "--start", "200", "--stop", "500", "--step", "25", "--settle", "0")
+    assert ended.returncode == 3 and "M3: breakdown: breakdown at" in ended.stdout
+    refused = iv_scan("M4", "--stop", "450", "--step", "10")
+    assert refused.returncode == 1
+    assert "stop: 450 V exceeds the maximum 400 V of hv_m4" in refused.stderr
+    assert iv_scan("M4", "--stop", "450").returncode == 2
+    off_at(lab, "M3")

@@ -618,39 +618,47 @@ class Lab:
     # -- IV scans ---------------------------------------------------------------------------------
     def iv_scan(
         self, module: str, *, wait: bool = True, timeout: float | None = None,
-        progress: Callable[[dict[str, Any]], None] | None = None, **params: Any,
+        progress: Callable[[str, dict[str, Any]], None] | None = None, **params: Any,
     ) -> dict[str, Any]:  # fmt: skip
         """Start an IV scan of `module` (or `all`) on the dcs daemon (`/dcs/cmd/ivscan/...`);
         `params` are the scan's (docs/topics.md: `start`, `stop`, `step`, `settle`, `readings`,
         `compliance`, `end`, ...). Bad parameters raise `CommandRefused` before anything moves.
 
-        With `wait`, follows `/dcs/ivscan/status`, calling `progress(scan)` on every update of
-        the module's scan, and returns the module's final scan status (`outcome`, `reason`,
+        With `wait`, follows `/dcs/ivscan/status`, calling `progress(module, scan)` on every
+        update of a module's scan, and returns the module's final scan status (`outcome`, `reason`,
         `files`) once it has ended; `timeout` defaults to 24 h. Without, returns the answer.
         """
-        topic = f"{DCS_PREFIX}/cmd/ivscan/{module}"
-        answer = self.command(topic, params)
+        answer = self.command(f"{DCS_PREFIX}/cmd/ivscan/{module}", params)
         if not wait:
             return answer
-        scans: dict[str, str] = answer.get("scans") or {}
+        ended = self.wait_iv_scans(answer.get("scans") or {}, progress, timeout)
+        return ended.get(module, ended)  # type: ignore[return-value]  # `all`: every module's
+
+    def wait_iv_scans(
+        self, scans: dict[str, str], progress: Callable[[str, dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, dict[str, Any]]:  # fmt: skip
+        """Follow the scans `scans` (module -> scan id, as `iv_scan(wait=False)` answers) on
+        `/dcs/ivscan/status` until every one has ended; module -> its final scan status.
+        `progress(module, scan)` is called with a module's scan status on every change of it."""
         seen: dict[str, Any] = {}
 
-        def check() -> dict[str, Any] | None:
+        def check() -> dict[str, dict[str, Any]] | None:
             status = self._status.get(IVSCAN_STATUS) or {}
             current = {m: (status.get("scans") or {}).get(m) or {} for m in scans}
             for m, scan in current.items():
                 if scan.get("scan") == scans[m] and scan != seen.get(m):
                     seen[m] = scan
                     if progress is not None:
-                        progress(scan)
+                        progress(m, scan)
             ended = all(
                 s.get("scan") == scans[m] and s.get("ended") is not None for m, s in current.items()
             )
             return current if ended else None
 
-        result = self.wait_until(check, 86400.0 if timeout is None else timeout,
-                                 f"the end of the IV scan of {module}")  # fmt: skip
-        return result.get(module, result)  # `all`: every module's
+        names = ", ".join(scans) or "no module"
+        return self.wait_until(check, 86400.0 if timeout is None else timeout,
+                               f"the end of the IV scan(s) of {names}")  # fmt: skip
 
     def stop_iv_scan(self, module: str) -> dict[str, Any]:
         """Stop the IV scan of `module` (or `all`): the channel is ramped down and the reason

@@ -74,6 +74,13 @@ def parse_params(value: Any) -> ScanParams:
         raise CommandError("bad IV scan parameters: " + "; ".join(problems)) from None
 
 
+def step_count(start: float, stop: float, step: float) -> int:
+    """How many voltages `voltages(start, stop, step)` has (computed without making them)."""
+    count = math.floor(abs(stop - start) / step + 1e-9) + 1
+    last = start + math.copysign((count - 1) * step, stop - start)
+    return count + (abs(last - stop) > 1e-6)
+
+
 def voltages(start: float, stop: float, step: float) -> list[float]:
     """start, start ± step, ... up to and including stop (the last step may be shorter)."""
     span = stop - start
@@ -148,11 +155,12 @@ def plan_scan(
             f"compliance: {compliance:g} uA exceeds the maximum {limits.imax:g} uA of "
             f"{channel.name} (imax)"
         )
-    steps = voltages(params.start, params.stop, params.step)
-    if len(steps) > cfg.max_steps:
+    count = step_count(params.start, params.stop, params.step)
+    if count > cfg.max_steps:  # refused before the list is made (a step of 1e-9 V ...)
         raise CommandError(
-            f"{len(steps)} steps exceed the {cfg.max_steps} a scan may have (ivscan.max_steps)"
+            f"{count} steps exceed the {cfg.max_steps} a scan may have (ivscan.max_steps)"
         )
+    steps = voltages(params.start, params.stop, params.step)
     slope = params.breakdown_slope if "breakdown_slope" in params.model_fields_set else (
         cfg.breakdown_slope
     )  # fmt: skip

@@ -164,7 +164,8 @@ class IvScan:
             if k:
                 lab.hold(plan.interval, self.abort)
             channel = lab.channel(plan.channel)
-            if channel.state in ("TRIPPED", "ERROR", "DISCONNECTED") or not channel.on:
+            # by its state: `on` (the Pw readback) may lag the Status readback by a message
+            if channel.state in ("TRIPPED", "ERROR", "DISCONNECTED", "OFF", "RAMPING_DOWN"):
                 raise ChannelFault(f"{channel.describe()} during the readings", channel)
             imons.append(channel.imon)
             vmons.append(channel.vmon)
