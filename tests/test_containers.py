@@ -109,7 +109,7 @@ def test_every_service_turns_healthy(stack) -> None:
         ), f"{name}: {state}"
     # what down must remove is found by its compose labels (test_down_leaves_nothing_behind)
     volumes = set(stack.podman.labelled("volumes", stack.project))
-    assert f"{stack.project}_alarms-data" in volumes and len(volumes) == 5, volumes
+    assert f"{stack.project}_alarms-data" in volumes and len(volumes) == 6, volumes
     assert stack.podman.labelled("networks", stack.project) == [f"{stack.project}_default"]
     # the admin user comes from InfluxDB's first start (INFLUXDB_ADMIN_*), not influx-setup
     setup_log = stack.compose("logs", "--no-color", "influxdb-setup").stdout
