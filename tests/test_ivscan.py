@@ -181,13 +181,19 @@ def test_a_scan_to_the_end_writes_its_results_and_restores_the_channel(lab: IvLa
     assert [r["vset"] for r in stored] == [0.0, 50.0, 100.0, 150.0, 200.0]
     assert {r["module"] for r in stored} == {"M1"} and {r["channel"] for r in stored} == {"hv_m1"}
     assert [r["imon"] for r in stored] == pytest.approx(currents)
-    export = subprocess.run(
-        [sys.executable, "-m", "trackerdcs.cli", "export", "ivscan", final["scan"], "--from", "1h",
-         "--config", str(lab.config)], capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
-    assert export.returncode == 0, export.stderr
-    lines = export.stdout.strip().splitlines()
-    assert len(lines) == 6 and "vmon" in lines[0] and "ivscan" in lines[1]
+
+    def export(name: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "trackerdcs.cli", "export", "ivscan", name, "--from", "1h",
+             "--config", str(lab.config)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()
+
+    lines = export(final["scan"])  # one scan, by its id
+    assert len(lines) == 6 and "vmon" in lines[0] and lines[0].startswith("time,measurement")
+    assert all(f",ivscan,{final['scan']}" in line or final["scan"] in line for line in lines[1:])
+    assert len(export("M1")) >= 6  # every scan of the module in the range
 
 
 def test_breakdown_stops_the_scan_and_ramps_the_channel_down(lab: IvLab) -> None:
