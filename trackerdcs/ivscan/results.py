@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,8 +113,9 @@ def plot(scan: IvScan, path: Path) -> None:
     ax.set_title(f"IV scan {plan.scan_id}{at}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.text(0.01, 0.01, f"{scan.outcome}: {(scan.reason or '')[:110]}", fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    note = textwrap.wrap(f"{scan.outcome}: {scan.reason or ''}", 140)
+    fig.text(0.01, 0.01, "\n".join(note[:3]), fontsize=7)
+    fig.tight_layout(rect=(0, 0.02 + 0.025 * min(len(note), 3), 1, 1))
     fig.savefig(path, format="png")
 
 
