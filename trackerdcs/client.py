@@ -177,8 +177,7 @@ class Lab:
     def topics(self) -> list[str]:
         """What the client follows: every status and answer it reads."""
         prefixes = sorted(self._power_prefixes)
-        if self.lab.julabo is not None:
-            prefixes.append(self.lab.julabo.prefix)
+        prefixes += self._chiller_prefixes()
         topics = [f"{p}/{leaf}" for p in prefixes for leaf in ("status", "response")]
         topics += [f"{s.prefix}/status" for s in self.lab.sensors]
         topics += [f"{DCS_PREFIX}/status", f"{DCS_PREFIX}/response", IVSCAN_STATUS]
@@ -362,9 +361,10 @@ class Lab:
         sensor = next((s for s in self.lab.sensors if s.module == module), None)
         return None if sensor is None else self.sensor(sensor.name).get("temperature")
 
-    def chiller(self) -> dict[str, Any]:
-        """The chiller's latest status (`/julabo/status`: state, bath_temp, setpoint, ...)."""
-        return self._latest(f"{self._chiller_prefix()}/status", "a chiller status")
+    def chiller(self, name: str | None = None) -> dict[str, Any]:
+        """The chiller's latest status (`/julabo/status`: state, bath_temp, setpoint, ...);
+        `name`: which one, in a lab with several (the chiller's prefix without `/`)."""
+        return self._latest(f"{self._chiller_prefix(name)}/status", "a chiller status")
 
     def interlocks(self, module: str | None = None) -> list[dict[str, Any]]:
         """The active interlock rules (`/interlock/status`), those holding `module` unsafe when
@@ -558,37 +558,47 @@ class Lab:
         answer = self.command(f"{DCS_PREFIX}/cmd/module/{module}", "on" if on else "off", limit)
         return answer["modules"][module]
 
-    def _chiller_prefix(self) -> str:
-        if self.lab.julabo is None:
+    def _chiller_prefixes(self) -> list[str]:
+        """Every chiller's prefix (the one place that reads the lab's chiller section)."""
+        return [self.lab.julabo.prefix] if self.lab.julabo is not None else []
+
+    def _chiller_prefix(self, name: str | None = None) -> str:
+        prefixes = self._chiller_prefixes()
+        if not prefixes:
             raise UnknownName("the lab has no chiller (no julabo section)")
-        return self.lab.julabo.prefix
+        if name is None:
+            return prefixes[0]
+        if f"/{name}" not in prefixes:
+            raise UnknownName(f"no chiller {name!r} (known: {', '.join(prefixes)})")
+        return f"/{name}"
 
-    def start_chiller(self) -> dict[str, Any]:
+    def start_chiller(self, chiller: str | None = None) -> dict[str, Any]:
         """Start temperature control (`/julabo/cmd/switch on`); the daemon's answer."""
-        return self.command(f"{self._chiller_prefix()}/cmd/switch", "on")
+        return self.command(f"{self._chiller_prefix(chiller)}/cmd/switch", "on")
 
-    def stop_chiller(self) -> dict[str, Any]:
+    def stop_chiller(self, chiller: str | None = None) -> dict[str, Any]:
         """Stop temperature control (`/julabo/cmd/switch off`); the daemon's answer. The
         interlock's `chiller_running` rule ramps the HV down when a running chiller stops."""
-        return self.command(f"{self._chiller_prefix()}/cmd/switch", "off")
+        return self.command(f"{self._chiller_prefix(chiller)}/cmd/switch", "off")
 
     def set_chiller(
         self, setpoint: float, *, wait: bool = True, tolerance: float = 0.2,
-        stable_for: float = 60.0, timeout: float | None = None,
+        stable_for: float = 60.0, timeout: float | None = None, chiller: str | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Set the chiller's set point (°C) and, with `wait`, return once the bath has stayed
         within `tolerance` K of it for `stable_for` s without a break (the chiller's status).
 
         The chiller must be running to get there (`start_chiller`); a stopped one raises
-        `DcsError` at once. `timeout` defaults to `stable_for` + 120 s per K to go + 300 s (a
-        slow 0.5 K/min unit). Returns the last status. `CommandRefused` outside the lab's
+        `DcsError` at once. `chiller`: which one, in a lab with several. `timeout` defaults to
+        `stable_for` + 120 s per K to go + 300 s (a slow 0.5 K/min unit). Returns the last
+        status. `CommandRefused` outside the lab's
         `setpoint_min`..`setpoint_max`, `WaitTimeout`, `NoAnswer`.
         """
-        prefix = self._chiller_prefix()
-        start = self.chiller()
+        prefix = self._chiller_prefix(chiller)
+        start = self._latest(f"{prefix}/status", "a chiller status")
         self.command(f"{prefix}/cmd/setpoint", setpoint)
         if not wait:
-            return self.chiller()
+            return self._latest(f"{prefix}/status", "a chiller status")
         bath0 = start.get("bath_temp")
         if timeout is None:
             timeout = stable_for + 300.0 + 120.0 * abs(setpoint - (bath0 or setpoint))
