@@ -41,6 +41,10 @@ class IvLab(SafetyLab):
         self.influx = InfluxServer(workdir) if influx else None
         data = yaml.safe_load(self.config.read_text())
         data["ivscan"] = {**IVSCAN, "results_dir": str(self.results)}
+        # these tests fire interlocks on purpose (dewpoint); a loaded machine must not fire the
+        # heartbeat rule by the way (tests/test_safety_scenarios.py tests it at 1.5 s)
+        heartbeat = next(r for r in data["interlocks"]["rules"] if r["kind"] == "heartbeat")
+        heartbeat["sources"] = {prefix: 10.0 for prefix in heartbeat["sources"]}
         data["virtual_lab"]["modules"]["M3"] = {"breakdown_voltage": BREAKDOWN_M3}
         data["power"]["defaults"]["hv"]["ideadband"] = 0.001
         if self.influx is not None:
@@ -306,6 +310,8 @@ def test_bad_parameters_are_refused_and_nothing_moves(lab: IvLab, target, params
 def test_a_busy_or_interlocked_module_is_refused(lab: IvLab) -> None:
     assert lab.alice is not None
     scan = lab.alice.iv_scan("M2", wait=False, start=0, stop=300, step=5, settle=0.2)["scans"]
+    lab.wait("/dcs/ivscan/status", lambda s: s["scans"]["M2"]["scan"] == scan["M2"]
+             and s["scans"]["M2"]["step"] >= 1, since=0)  # fmt: skip
     with pytest.raises(CommandRefused, match="M2 is already scanning"):
         lab.alice.iv_scan("M2", wait=False, stop=10, step=5)
     answer = lab.module("M2", "on")  # the sequencer refuses to switch a scanning module on

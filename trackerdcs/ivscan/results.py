@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import textwrap
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from trackerdcs.ivscan.procedure import IvScan
 
+# matplotlib is not thread-safe, even through its object API: text rendering shares cached
+# FreeType font objects, so two scans ending together must not draw at the same time
+_PLOT_LOCK = threading.Lock()
 COLUMNS = ("step", "time", "vset", "vmon", "imon", "imon_std", "readings", "temperature",
            "room_temperature", "humidity", "dewpoint")  # fmt: skip
 
@@ -126,5 +130,6 @@ def write_results(scan: IvScan, results_dir: Path) -> list[Path]:
     csv_path = folder / f"{scan.plan.scan_id}.csv"
     csv_path.write_text(csv_text(scan))
     png_path = folder / f"{scan.plan.scan_id}.png"
-    plot(scan, png_path)
+    with _PLOT_LOCK:
+        plot(scan, png_path)
     return [csv_path, png_path]
