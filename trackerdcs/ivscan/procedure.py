@@ -25,13 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from trackerdcs.client import (
-    Aborted,
-    Channel,
-    ChannelFault,
-    DcsError,
-    Lab,
-)
+from trackerdcs.client import Aborted, Channel, ChannelFault, CommandRefused, DcsError, Lab
 from trackerdcs.ivscan.analysis import breakdown, mean_and_spread
 from trackerdcs.ivscan.plan import ScanPlan
 from trackerdcs.mqtt import unix_time
@@ -40,6 +34,8 @@ log = logging.getLogger(__name__)
 
 OUTCOMES = ("completed", "compliance", "breakdown", "interlock", "stopped", "error")
 TRIP_FLAGS = frozenset({"OVC", "INT_TRIP", "EXT_TRIP"})
+# the power daemon's refusal of `switch on` under an active rule (trackerdcs.power.channel)
+INHIBIT = "inhibited by interlock"
 
 
 class Reporter(Protocol):
@@ -81,6 +77,7 @@ class IvScan:
         self.ended: float | None = None  # set once everything is done, files written
         self.end_time: float | None = None  # when the channel was safe (the results' end time)
         self.before: Channel | None = None
+        self.touched = False  # a command was sent to the channel (there is something to undo)
         self.environment_start: dict[str, Any] = {}
         self.environment_end: dict[str, Any] = {}
         self._stop: tuple[str, str] | None = None  # (outcome, reason) asked from outside
@@ -125,6 +122,9 @@ class IvScan:
             at = f" at {self.vset:g} V" if self.vset is not None else ""
             reason = (f"{exc.channel.name} tripped{at} (compliance {plan.compliance:g} uA): "
                       f"{exc}") if tripped else str(exc)  # fmt: skip
+        except CommandRefused as exc:  # the power daemon's own inhibit is an interlock too
+            outcome = "interlock" if INHIBIT in exc.error else "error"
+            reason = str(exc)
         except DcsError as exc:
             outcome, reason = "error", str(exc)
         except Exception as exc:  # never end the thread silently
@@ -142,7 +142,8 @@ class IvScan:
         self.before = before = lab.channel(plan.channel)
         self.environment_start = self.environment()
         if (reason := self.abort()) is not None:
-            raise Aborted(reason)
+            raise Aborted(reason)  # before anything was written: nothing to undo
+        self.touched = True
         lab.set_current_limit(plan.channel, plan.compliance)
         first = plan.voltages[0]
         self.vset = first
@@ -246,8 +247,8 @@ class IvScan:
         plan, lab, before = self.plan, self.lab, self.before
         channel = plan.channel
         try:
-            if before is None:  # never got its status: nothing was written
-                return "nothing was changed"
+            if before is None or not self.touched:  # stopped before its first command
+                return f"{channel} not touched"
             if outcome == "completed" and plan.end == "previous":
                 lab.set_voltage(channel, before.vreq)
                 if not before.on:
