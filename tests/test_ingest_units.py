@@ -48,9 +48,12 @@ from trackerdcs.stack.process import free_port
 # -- telegraf.conf ------------------------------------------------------------------------------
 def test_the_repo_telegraf_conf_is_what_the_bridge_runs():
     conf = load_telegraf_conf(TELEGRAF_CONF, env={"TRACKERDCS_MQTT_SERVER": "tcp://10.0.0.5:1884"})
-    assert [c.measurement for c in conf.inputs] == ["hv", "lv", "julabo", "sensor"]
+    assert [c.measurement for c in conf.inputs] == ["hv", "lv", "julabo", "sensor", "ivscan"]
     assert {(c.host, c.port) for c in conf.inputs} == {("10.0.0.5", 1884)}
-    assert all(c.qos == 0 and c.topic_tag == "" for c in conf.inputs)
+    # retained statuses at QoS 0 (a lost one is sent again); the IV scans' points, events sent
+    # once, at QoS 1
+    assert [c.qos for c in conf.inputs] == [0, 0, 0, 0, 1]
+    assert all(c.topic_tag == "" for c in conf.inputs)
     assert conf.output == InfluxOutputConf(
         url="http://127.0.0.1:8086", database="trackerdcs", skip_database_creation=True
     )

@@ -24,6 +24,7 @@ from pydantic import (
 
 from trackerdcs.clientids import check_client_ids
 from trackerdcs.guard import shorten
+from trackerdcs.ivscan.config import IvScanConfig
 from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
 from trackerdcs.labyaml import YamlFileError, read_yaml
 from trackerdcs.power.boards import (
@@ -519,6 +520,28 @@ class SimChillerConfig(_Model):
         return None if v is None else _check_model(v)
 
 
+class SensorIVConfig(_Model):
+    """A simulated module sensor's IV curve (`trackerdcs.sim.iv.SensorIV`), at the virtual lab's
+    `reference_temperature`: leakage growing as sqrt(V) to full depletion, a plateau, and an
+    exponential breakdown above `breakdown_voltage`."""
+
+    depletion_voltage: PositiveFloat = 200.0  # V: full depletion
+    current: PositiveFloat = 2.0  # µA at full depletion
+    plateau_slope: NonNegFloat = 0.1  # relative rise of the plateau per depletion_voltage volts
+    breakdown_voltage: PositiveFloat = 800.0  # V: above it the current grows exponentially
+    breakdown_width: PositiveFloat = 10.0  # V for the breakdown current to grow by a factor e
+
+
+class SensorIVOverrides(_Model):
+    """A module's own IV parameters (`virtual_lab.modules.<name>`), over `virtual_lab.iv`."""
+
+    depletion_voltage: PositiveFloat | None = None
+    current: PositiveFloat | None = None
+    plateau_slope: NonNegFloat | None = None
+    breakdown_voltage: PositiveFloat | None = None
+    breakdown_width: PositiveFloat | None = None
+
+
 class VirtualLabConfig(_Model):
     """The coupled simulators of `trackerdcs-sim-lab` (ignored by the daemons)."""
 
@@ -534,6 +557,14 @@ class VirtualLabConfig(_Model):
     chiller: SimChillerConfig = SimChillerConfig()  # the simulated Julabo's model and faults
     line_interval: PositiveFloat = 1.0  # s between two lines of a simulated sensor
     control_port: int | None = Field(None, ge=1, le=65535)  # backdoor on 127.0.0.1 (tests)
+    iv: SensorIVConfig = SensorIVConfig()  # every module's sensor IV curve ...
+    modules: dict[str, SensorIVOverrides] = {}  # ... and a module's own values over it
+
+    def sensor_iv(self, module: str) -> dict[str, float]:
+        """The IV parameters of `module`'s sensor: `iv` with the module's own values over it."""
+        own = self.modules.get(module)
+        given = {k: v for k, v in own.model_dump().items() if v is not None} if own else {}
+        return {**self.iv.model_dump(), **given}
 
 
 _INFLUX_UNITS = {"ns": 1e-9, "u": 1e-6, "µ": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600,
@@ -603,6 +634,7 @@ class LabConfig(_Model):
     interlocks: InterlocksConfig = InterlocksConfig()  # safety: trackerdcs.safety.config
     alarms: AlarmsConfig = AlarmsConfig()
     sequencer: SequencerConfig = SequencerConfig()
+    ivscan: IvScanConfig = IvScanConfig()  # IV scans: trackerdcs.ivscan
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _limits: dict[str, tuple[ChannelConfig, ChannelLimits]] = PrivateAttr(default_factory=dict)
     _index: dict[str, int] = PrivateAttr(default_factory=dict)  # channel name -> its index
@@ -674,6 +706,13 @@ class LabConfig(_Model):
                 raise ValueError(
                     f"{where}.module: no power channel powers module {sensor.module!r} "
                     f"(known: {', '.join(sorted(modules))})"
+                )
+        if self.virtual_lab is not None:
+            unknown = sorted(set(self.virtual_lab.modules) - set(self.modules()))
+            if unknown:
+                raise ValueError(
+                    f"virtual_lab.modules: no power channel powers {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(self.modules())) or 'none'})"
                 )
         lab_crate = self.virtual_lab.crate if self.virtual_lab else None
         if lab_crate is not None and lab_crate not in {c.name for c in self.crates}:

@@ -1,16 +1,19 @@
-"""History export to CSV: one channel, one module, one sensor or a chiller, for a time range.
+"""History export to CSV: one channel, one module, one sensor, a chiller or IV scans, for a time
+range.
 
 trackerdcs export channel hv_m1 --from -2h [--to now] [-o hv_m1.csv]
 trackerdcs export module M1 --from 2024-05-01T08:00 --to 2024-05-01T18:00
 trackerdcs export chiller --from -1d --rp downsampled      (a lab with one chiller)
 trackerdcs export chiller burnin --from -1d                (one of several: its `chiller` tag)
+trackerdcs export ivscan M1-20240501T080000.000Z --from 7d (an IV scan: a scan id or a module)
 
 Which measurement holds which topic is read from telegraf.conf (the one place of that mapping):
 a channel's `<prefix>/status` (prefix from the lab YAML), a chiller's `<prefix>/status`,
-`/<name>/status` for a sensor; the input is the first one whose topics match and whose `tagpass`
-lets the point's tags through. A module is every power channel powering it plus its module
-sensors. The CSV has one row per point: `time` (RFC 3339, UTC), `measurement`, the tags, then the
-fields, columns sorted by name; an empty cell is a field the point did not have.
+`/<name>/status` for a sensor, `/dcs/ivscan/points` for IV scans (by tag `scan`, or `module`);
+the input is the first one whose topics match and whose `tagpass` lets the point's tags through.
+A module is every power channel powering it plus its module sensors. The CSV has one row per
+point: `time` (RFC 3339, UTC), `measurement`, the tags, then the fields, columns sorted by name;
+an empty cell is a field the point did not have.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from trackerdcs.config import ChannelConfig, LabConfig, SensorConfig, UnknownChi
 from trackerdcs.ingest.conf import TelegrafConf
 from trackerdcs.ingest.influxdb import InfluxClient, quote_ident, quote_string
 
+IVSCAN_POINTS = "/dcs/ivscan/points"  # trackerdcs.ivscan.service.POINTS_TOPIC
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -114,7 +118,11 @@ def selections(lab: LabConfig, telegraf: TelegrafConf, what: str, name: str | No
         found = [_channel_measurement(lab, telegraf, c) for c in channels]
         found += [_sensor_measurement(telegraf, s) for s in sensors]
         return [Selection(m, _tag_is("module", name)) for m in dict.fromkeys(found)]
-    raise ExportError(f"unknown export {what!r}: channel, module, sensor or chiller")
+    if what == "ivscan":  # a scan id, or a module: every IV scan of it in the range
+        measurement = measurement_for(telegraf, IVSCAN_POINTS, {})
+        tag = "module" if name in lab.modules() else "scan"
+        return [Selection(measurement, _tag_is(tag, name))]
+    raise ExportError(f"unknown export {what!r}: channel, module, sensor, chiller or ivscan")
 
 
 def _channel_measurement(lab: LabConfig, telegraf: TelegrafConf, ch: ChannelConfig) -> str:

@@ -10,8 +10,8 @@ the safety services report, kept in SQLite and published on `/dcs/log`.
   wants to know (the alarm service) is told through `on_retained`.
 - answers: `/+/response`, matched to the oldest unanswered command with the same topic and
   payload; the record is published again with `ok` and `error`.
-- actions: `/+/action` (`/interlock/action`, `/dcs/action`), JSON objects with `time`, `source`,
-  `event`, `modules`, `text`.
+- actions: `/+/action` (`/interlock/action`, `/dcs/action`) and `/dcs/ivscan/action` (the IV
+  scans' steps), JSON objects with `time`, `source`, `event`, `modules`, `text`.
 
 `/audit/cmd/query` lists records by time range, module, source and kind.
 """
@@ -44,6 +44,7 @@ PENDING_FOR = 60.0  # s a command waits for its answer before it is no longer ma
 RETAINED_SWEEP = 3.0
 RETAINED_NOTE = "retained: never executed (clear it with an empty retained message)"
 COMMANDS = ("query",)  # under /audit/cmd/
+IVSCAN_ACTION = "/dcs/ivscan/action"  # the IV scans' steps (trackerdcs.ivscan.service)
 QUERY_KEYS = {"since", "until", "module", "source", "kind", "limit"}
 
 
@@ -67,7 +68,7 @@ class ModuleResolver:
                 return ["*"]
             module = self.power[prefix].get(parts[1])
             return [module] if module else []
-        if prefix == "/dcs" and len(parts) == 2 and parts[0] == "module":
+        if prefix == "/dcs" and len(parts) == 2 and parts[0] in ("module", "ivscan"):
             return ["*"] if parts[1] == "all" else [parts[1]] if parts[1] in self.modules else []
         return []
 
@@ -124,7 +125,7 @@ class AuditService:
 
     @staticmethod
     def subscriptions() -> tuple[str, ...]:
-        return ("/+/cmd/#", "/+/response", "/+/action")
+        return ("/+/cmd/#", "/+/response", "/+/action", IVSCAN_ACTION)
 
     # -- input (on the loop) ----------------------------------------------------------------------
     def on_message(

@@ -23,7 +23,10 @@ The physics (`LabPhysics`), in simulated time (`speed` simulated s per wall s):
   `module_lag`): dT/dt = (T_bath - T_module) / module_lag;
 - each module's HV channels get `leakage_scale = 2 ** ((T_module - reference_temperature) /
   leakage_doubling)`: silicon leakage current doubles about every 7 K, so a stopped chiller shows
-  up as a rising HV current. Modules are the `module` of the power channels.
+  up as a rising HV current. Modules are the `module` of the power channels;
+- each module's HV channels load the crate with its sensor's IV curve (`trackerdcs.sim.iv`:
+  `virtual_lab.iv`, with `virtual_lab.modules.<name>` over it): sqrt(V) up to full depletion, a
+  plateau, an exponential breakdown above the module's `breakdown_voltage`.
 
 Run: `trackerdcs-sim-lab --config examples/lab.yml [--speed 60]`. One ready line on stderr.
 """
@@ -54,6 +57,7 @@ from trackerdcs.julabo.models import DEFAULT_PROFILE
 from trackerdcs.sensors.lineformat import format_line
 from trackerdcs.sim.crate import CrateServer, boards_of, configure_environment, port_of, serve
 from trackerdcs.sim.crate_model import SimChannel, SimCrate
+from trackerdcs.sim.iv import SensorIV
 from trackerdcs.sim.julabo import JulaboSimulator, SimulatedJulabo
 from trackerdcs.sim.sensors import SensorLineServer
 
@@ -298,6 +302,9 @@ class VirtualLab:
                     for ch in channels
                     if ch.kind.value == "hv" and self.lab.crate_of(ch).name == self.crate.name
                 ]
+                iv = SensorIV(**self.cfg.sensor_iv(name))
+                for channel in modules[name].hv_channels:
+                    channel.iv = iv
         return modules
 
     # -- the line servers (threads) ----------------------------------------------------------------

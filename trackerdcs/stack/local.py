@@ -211,9 +211,13 @@ def _safety_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[St
         details=(f"alarms and audit log in {db}",), args=("--db", str(db)),
     ))  # fmt: skip
     if cfg.modules():
+        results = Path(cfg.ivscan.results_dir)
+        results = results if results.is_absolute() else run_dir / results.name
         entries.append(_python_entry(
             "dcs", "trackerdcs.safety.dcs_daemon", config_path, logs, "serving the sequencer",
-            "/dcs", "module on/off sequencer (/dcs/cmd/module/{name})",
+            "/dcs", "module on/off sequencer (/dcs/cmd/module/{name}), IV scans "
+            "(/dcs/cmd/ivscan/{module}, trackerdcs iv-scan)",
+            details=(f"IV scan results in {results}",), args=("--results-dir", str(results)),
         ))  # fmt: skip
     return entries
 
