@@ -242,7 +242,8 @@ def test_the_daemons_build_the_lab_s_client_ids(tmp_path, monkeypatch):
         SensorDaemon(lab, loop)
         InterlockDaemon(lab, loop)
         AlarmsDaemon(lab, loop, str(tmp_path / "alarms.sqlite"))
-        DcsDaemon(lab, loop)
+        dcs = DcsDaemon(lab, loop)
+        built.append(dcs.ivscan.client.client_id)  # the IV scans' own client (not an MqttLink)
     finally:
         loop.close()
     assert sorted(built) == sorted(lab_client_ids(lab))

@@ -495,7 +495,7 @@ def test_inputs_reading_the_same_topics_share_one_connection():
     assert shares_connection(*shared) and not shares_connection(conf.inputs[0], shared[0])
     consumers = Bridge(conf, status_prefix=None).consumers
     assert [[i.conf.measurement for i in c.inputs] for c in consumers] == [
-        ["hv"], ["lv"], ["julabo", "sensor"]
+        ["hv"], ["lv"], ["julabo", "sensor"], ["ivscan"]
     ]  # fmt: skip
     buffer = MetricBuffer(100, 10)
     consumer = MqttConsumer(shared, conf.agent, buffer, UniqueClock())

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,7 @@ def test_the_example_lab_gives_each_module_its_curve_and_m3_breaks_down_below_it
     assert example_iv("M1").breakdown_voltage == 800
     assert example_iv("M2").depletion_voltage == 150 and example_iv("M2").current == 1.2
     with pytest.raises(ConfigError, match=r"virtual_lab\.modules: no power channel powers M9"):
-        data = LAB.model_dump(mode="json", exclude_none=True)
+        data = yaml.safe_load(EXAMPLE_LAB.read_text())
         data["virtual_lab"]["modules"] = {"M9": {"breakdown_voltage": 10}}
         parse_config(data, "lab.yml")
 

@@ -24,7 +24,7 @@ class IvScanConfig(BaseModel):
     noise decides the ratio). `breakdown_slope` null: no breakdown criterion.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     results_dir: str = "ivscans"  # CSV and PNG per module and scan (relative: the working dir)
     settle: NonNegFloat = 2.0  # s at each step before the readings

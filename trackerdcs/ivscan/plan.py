@@ -40,7 +40,7 @@ FAULT_STATES = frozenset({"TRIPPED", "ERROR", "DISCONNECTED"})
 class ScanParams(BaseModel):
     """The parameters of one scan command (table above); unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     start: Volts = 0.0
     stop: Volts
