@@ -531,6 +531,13 @@ def test_stopping_the_chiller_states_the_consequence_and_the_interlock_says_why(
     )
     page.get_by_test_id("confirm-no").click()
 
+    open_page(page, lab, "power")  # a channel names the rule that holds it, and why
+    hv = page.locator('tr[data-channel="hv_m1"]')
+    expect(hv.get_by_test_id("interlocks")).to_have_text(
+        f"interlock chiller_running ({rules['chiller_running']['reason']}) holds the HV off"
+    )
+    expect(hv.get_by_test_id("switch")).to_be_disabled()
+
     open_page(page, lab, "alarms")  # every rule, its state, and the documented disarm
     rule = page.locator('tr[data-rule="chiller_running"]')
     expect(rule).to_have_attribute("data-active", "yes")
