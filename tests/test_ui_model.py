@@ -97,6 +97,15 @@ def test_every_tick_sends_the_servers_clock_and_each_sources_status_time():
                                             "time": 1717171717.0, "timeout": 6.0}  # fmt: skip
 
 
+def test_a_sensor_of_the_lab_never_heard_from_has_no_age_and_goes_stale():
+    results = run_model([(1.0, TICK), (7.5, TICK)])  # 3 x 2 s after the flows started
+    assert results[0]["snapshot"]["sources"]["/sensor_1"]["time"] is None  # no age: greyed
+    assert results[1]["snapshot"]["sources"]["/sensor_1"]["available"] == "stale"
+    assert "sensor sensor_1: no live data for 6 s" in [
+        c["text"] for c in results[1]["snapshot"]["conditions"]
+    ]
+
+
 def test_the_broker_connection_comes_from_the_status_node():
     def broker(fill: str) -> dict[str, Any]:
         return {"status": {"fill": fill, "shape": "dot", "text": "x", "source": {"id": "mqtt in"}}}

@@ -58,6 +58,8 @@ function state() {
             sequencer: { available: null, status: null }, alarms: { available: null, status: null },
             broker: { connected: null, since: Date.now() }, actions: {}, ruleActions: {}, ruleModules: {},
             queries: {}, recent: { asked: null, done: false } };
+        // every sensor of the lab, heard from or not (one never heard from is shown so, greyed)
+        (lab().sensors || []).forEach(name => { s.sensors['/' + name] = { available: null, status: null }; });
         context.set('state', s);
     }
     return s;
