@@ -381,7 +381,7 @@ class InterlockService:
                 known = ", ".join(self._by_name) or "none"
                 self.link.respond(cmd, False, f"no rule {parts[1]!r} (known: {known})")
                 return
-            if state.rule.kind != "chiller_running":
+            if not RULE_KINDS[state.rule.kind].resettable:
                 self.link.respond(
                     cmd,
                     False,
