@@ -302,7 +302,16 @@ def test_the_ui_knows_every_chiller():
         {"name": "burnin", "prefix": "/julabo_burnin", "setpoint": [-30.0, 40.0],
          "modules": ["M3", "M4"]},
     ]  # fmt: skip
-    assert [c["name"] for c in ui_lab(loads(example()))["chillers"]] == ["julabo"]
+    # the pages state each rule's consequences for the chiller it watches and what it cools
+    rules = {r["name"]: (r["chiller"], r["modules"]) for r in given["interlock"]["rules"]}
+    assert rules["coldbox_running"] == ("coldbox", ["M1", "M2"])
+    assert rules["burnin_running"] == ("burnin", ["M3", "M4"])
+    assert rules["dewpoint"] == ("coldbox", ["M1", "M2"])
+    assert rules["module_temperature"] == (None, ["M1", "M2", "M3", "M4"])
+    one = ui_lab(loads(example()))
+    assert [c["name"] for c in one["chillers"]] == ["julabo"]
+    running = next(r for r in one["interlock"]["rules"] if r["kind"] == "chiller_running")
+    assert (running["chiller"], running["modules"]) == ("julabo", ["M1", "M2", "M3", "M4"])
 
 
 def test_the_deployed_labs_run_a_daemon_per_chiller():

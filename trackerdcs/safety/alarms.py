@@ -190,7 +190,7 @@ class AlarmBook:
                 changed = True
             elif not alarm.active:
                 alarm.active, alarm.cleared, alarm.text = True, None, cond.text
-                alarm.count += 1
+                alarm.count, alarm.last_raised = alarm.count + 1, now
                 self.store.update_alarm(alarm)
                 log.warning("alarm %d active again: %s", alarm.id, cond.text)
                 changed = True

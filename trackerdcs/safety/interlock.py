@@ -402,7 +402,7 @@ class InterlockService:
                 known = ", ".join(self._by_name) or "none"
                 self.link.respond(cmd, False, f"no rule {clip(parts[1], 60)} (known: {known})")
                 return
-            if state.rule.kind != "chiller_running":
+            if not RULE_KINDS[state.rule.kind].resettable:
                 self.link.respond(
                     cmd,
                     False,

@@ -206,6 +206,8 @@ class RuleKind:
     evaluate: Evaluator
     deadline: Deadline | None = None  # when the verdict may change without a message
     summary: str = ""
+    # `/interlock/cmd/reset/{rule}` disarms it (the other kinds clear by themselves)
+    resettable: bool = False
 
 
 RULE_KINDS: dict[str, RuleKind] = {
@@ -213,6 +215,7 @@ RULE_KINDS: dict[str, RuleKind] = {
         chiller_not_running,
         chiller_deadline,
         summary="the chiller stopped cooling (once it has cooled), or gave no status too long",
+        resettable=True,
     ),
     "module_temperature": RuleKind(
         module_too_hot, summary="a module's temperature is above its limit"
