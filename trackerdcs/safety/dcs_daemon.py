@@ -11,6 +11,7 @@ import logging
 import sys
 
 from trackerdcs.clientids import client_id
+from trackerdcs.commands import ALWAYS_EXECUTED
 from trackerdcs.config import LabConfig
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.runner import daemon_main
@@ -32,6 +33,7 @@ class DcsDaemon:
                 self.service.on_message, msg.topic, msg.payload, bool(msg.retain)
             ),
             command_max_age=lab.sequencer.command_max_age,
+            always_executed=ALWAYS_EXECUTED["sequencer"],
         )
         self.service = SequencerService(lab, self.link, loop)
 
