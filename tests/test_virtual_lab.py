@@ -199,3 +199,19 @@ def test_backdoor_faults_reach_the_daemons(vlab: VirtualLab) -> None:
     vlab.wait("/julabo/status", lambda s: vlab.backdoor("get")["chiller_replies_dropped"]
               > dropped, timeout=5)  # fmt: skip
     assert vlab.wait("/julabo/status", lambda s: True)["state"] == "STOPPED"  # retried
+
+
+def test_the_backdoor_takes_the_ranges_its_doc_gives() -> None:
+    """`set` accepts exactly the documented ranges (room_humidity: an unclipped sensor's
+    -6..119 % RH, so the sensors' edges can be played), in-process."""
+    from trackerdcs.config import VirtualLabConfig
+    from trackerdcs.sim.lab import LabControl, LabPhysics
+
+    control = LabControl(LabPhysics(VirtualLabConfig(), {}, {}), {}, {})
+    assert LabControl.__doc__ is not None
+    for key, (low, high) in LabControl.SETTABLE.items():
+        assert f"`{key}` ({low:g}..{high:g} " in LabControl.__doc__, key
+        assert control.execute(f"set {key}={low:g}")["ok"]
+        assert control.execute(f"set {key}={high:g}")["ok"]
+        refused = control.execute(f"set {key}={high + 1:g}")
+        assert not refused["ok"] and f"within [{low:g}, {high:g}]" in refused["error"]

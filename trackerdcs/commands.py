@@ -57,22 +57,41 @@ def parse_switch(value: Any) -> bool:
     raise CommandError(f"switch takes 'on' or 'off', got {clip(value, 40)}")
 
 
-# Commands that only ever make the lab safer, by the first level of their action (below
-# `<prefix>/cmd/`): `kill/{ch}` whatever its value; `switch/...` (power, chiller) and
-# `module/{name}` (sequencer) when the value is off. The MQTT layer executes them whatever their
-# age and never rate-limits them: an interlock or a sequencer on a loaded machine is never refused.
-ALWAYS_EXECUTED = {"kill": None, "switch": False, "module": False}
+# Commands that only ever make the lab safer, per service, by the first level of their action
+# (below `<prefix>/cmd/`): the power daemon's `kill/{ch}` whatever its value and `switch/{ch}`
+# when the value is off; the sequencer's `module/{name}` when off. A service names its table when
+# it opens its link (`MqttLink(always_executed=...)`); the MQTT layer executes these whatever their
+# age, never rate-limits them, and runs them despite a bad `time`, an unknown key or a bad `id` in
+# the payload (answered with a `warning`): an interlock or a sequencer on a loaded machine is never
+# refused. Stopping a chiller is not among them: a stale or repeated stop warms powered modules
+# (docs/topics.md, "Command safety").
+ALWAYS_EXECUTED: dict[str, dict[str, bool | str | None]] = {
+    "power": {"kill": None, "switch": False},
+    "sequencer": {"module": False, "ivscan": "stop"},  # a module off; an IV scan stopped
+}
 
 
-def always_executed(action: str, value: Any) -> bool:
-    """True for a command that switches something off (see `ALWAYS_EXECUTED`)."""
+def always_executed(action: str, value: Any, table: dict[str, bool | str | None]) -> bool:
+    """True for a command of `table` (an entry of `ALWAYS_EXECUTED`) that switches something
+    off or stops it: any value (None), a switch value (False: off), or a word (`stop`); a value
+    that cannot be read as off is not an off."""
     verb = action.split("/", 1)[0]
-    if verb not in ALWAYS_EXECUTED:
+    if verb not in table:
         return False
-    wanted = ALWAYS_EXECUTED[verb]
+    wanted = table[verb]
     if wanted is None:
         return True
+    if isinstance(wanted, str):
+        return isinstance(value, str) and value.strip().lower() == wanted
     try:
         return parse_switch(value) is wanted
     except CommandError:
         return False
+
+
+def sender_of(request_id: str | None) -> str | None:
+    """Who sent a command, from its id `<sender>:...` (`interlock:dewpoint:3`, `alice:1`): the
+    convention of the safety services, the audit log and the rate limit; None without one."""
+    if request_id and ":" in request_id:
+        return request_id.split(":", 1)[0] or None
+    return None

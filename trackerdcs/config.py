@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -44,6 +45,28 @@ class ConfigError(Exception):
 
 class UnknownChiller(LookupError):
     """No such chiller in the lab (or no name given in a lab with several); says which exist."""
+
+
+TOPIC_LEVEL = r"[A-Za-z0-9_\-]+"  # a name that is one MQTT topic level (sensor, chiller, prefix)
+
+
+def check_prefix(value: str) -> str:
+    """A service's MQTT prefix: exactly one topic level, `/` and a name (`/hv`, `/julabo`).
+
+    Every service prefix goes through here (crates' `prefixes`, chillers' `prefix`, the
+    interlock's topic; sensors and chillers are named by one level already): the audit log and
+    the retained-command alarms subscribe to `/+/cmd/#`, the alarms to `/+/availability`,
+    Telegraf to `/+/status`, and `+` matches one level, so `/lab1/julabo` would be invisible
+    to all of them."""
+    if not re.fullmatch(f"/{TOPIC_LEVEL}", value):
+        raise ValueError(
+            f"must be one topic level, '/' and a name such as '/hv' or '/julabo' (the audit "
+            f"log, the alarms and Telegraf subscribe to /+/...; no '/' inside): got {value!r}"
+        )
+    return value
+
+
+Prefix = Annotated[str, AfterValidator(check_prefix)]
 
 
 class _Model(BaseModel):
@@ -83,7 +106,8 @@ class TlsConfig(_Model):
 
 
 class RateLimitConfig(_Model):
-    """A token bucket per command topic: `rate` commands per second on average, `burst` at once."""
+    """A token bucket per command topic and sender (`trackerdcs.commands.sender_of` its id):
+    `rate` commands per second on average, `burst` at once."""
 
     rate: PositiveFloat
     burst: int = Field(10, ge=1)
@@ -304,19 +328,11 @@ class CrateConfig(_Model):
     username_env: str = "TRACKERDCS_CAEN_USERNAME"  # caenwrapper backend only
     password_env: str = "TRACKERDCS_CAEN_PASSWORD"  # caenwrapper backend only
     boards: dict[int, BoardConfig]
-    prefixes: dict[ChannelKind, str] = {ChannelKind.HV: "/hv", ChannelKind.LV: "/lv"}
+    prefixes: dict[ChannelKind, Prefix] = {ChannelKind.HV: "/hv", ChannelKind.LV: "/lv"}
     connect_timeout: PositiveFloat = 2.0  # a crate not answering within this is DISCONNECTED
     # EPICS: a settings PV still unconnected this long after its channel's readbacks connected
     # is counted absent (the crate does not serve it): reported once, not written
     absent_timeout: PositiveFloat = 5.0
-
-    @field_validator("prefixes")
-    @classmethod
-    def _prefix_form(cls, v: dict[ChannelKind, str]) -> dict[ChannelKind, str]:
-        for kind, prefix in v.items():
-            if not prefix.startswith("/") or prefix.endswith("/") or "#" in prefix or "+" in prefix:
-                raise ValueError(f"prefix for {kind} must look like '/hv': got {prefix!r}")
-        return v
 
 
 class PublishConfig(_Model):
@@ -346,6 +362,17 @@ class PowerConfig(_Model):
     interlock_topic: str = "/interlock/status"  # inhibits: switching HV on refused while active
     command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
+    @field_validator("interlock_topic")
+    @classmethod
+    def _interlock_topic_form(cls, v: str) -> str:
+        prefix, _, last = v.rpartition("/")
+        if last != "status":
+            raise ValueError(
+                f"must be the interlock's <prefix>/status (/interlock/status): got {v!r}"
+            )
+        check_prefix(prefix)
+        return v
+
     @field_validator("defaults")
     @classmethod
     def _consistent_defaults(cls, v: dict[ChannelKind, _LimitOverrides]) -> dict:
@@ -372,12 +399,6 @@ def _check_line_url(value: str) -> str:
         f"expected a device path (/dev/ttyUSB0), socket://HOST:PORT or tcp://HOST:PORT, "
         f"got {value!r}"
     )
-
-
-def _check_prefix(value: str) -> str:
-    if not value.startswith("/") or value.endswith("/") or "#" in value or "+" in value:
-        raise ValueError(f"must look like '/julabo': got {value!r}")
-    return value
 
 
 def loopback_port(url: str) -> int | None:
@@ -419,7 +440,7 @@ class JulaboConfig(_Model):
     in a lab with one chiller).
     """
 
-    name: str = Field(DEFAULT_CHILLER, pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(DEFAULT_CHILLER, pattern=f"^{TOPIC_LEVEL}$")
     url: str  # /dev/ttyUSB0, serial:///dev/ttyS0, socket://HOST:PORT, tcp://HOST:PORT
     model: str = DEFAULT_PROFILE  # the command profile: full, fl, fp50-mh, big or generic
     serial: SerialLineConfig = SerialLineConfig()
@@ -433,7 +454,7 @@ class JulaboConfig(_Model):
     heartbeat: PositiveFloat = 10.0  # republish the status at least this often, s
     reconnect_min_delay: PositiveFloat = 0.5  # first retry after the line is lost, s
     reconnect_max_delay: PositiveFloat = 5.0  # backoff ceiling, s
-    prefix: str = "/julabo"  # default: /<name>
+    prefix: Prefix = "/julabo"  # default: /<name>
     modules: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]] | Literal["all"] = "all"
     command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
@@ -454,11 +475,6 @@ class JulaboConfig(_Model):
     def _model_known(cls, v: str) -> str:
         return _check_model(v)
 
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_form(cls, v: str) -> str:
-        return _check_prefix(v)
-
     @model_validator(mode="after")
     def _consistent(self) -> JulaboConfig:
         if self.setpoint_min >= self.setpoint_max:
@@ -478,7 +494,7 @@ class SensorKind(StrEnum):
 class SensorConfig(_Model):
     """One environmental sensor, published on `/<name>/status`."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=f"^{TOPIC_LEVEL}$")  # its prefix `/<name>`: one topic level
     kind: SensorKind = SensorKind.ROOM
     module: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")  # kind module only
     source: str = "sim"  # `sim`, a device path, socket://HOST:PORT or tcp://HOST:PORT
@@ -890,11 +906,15 @@ class LabConfig(_Model):
             rate = [g for _, g in layers if rate_key in g][-1][rate_key]
             vset = values.get("vset")
             if time_key in origin or not vset:
+                why = ""
+                if time_key not in origin:  # 0 is a value: say which one is the trouble
+                    why = f"; channel {ch.name!r} " + (
+                        "has no vset to convert it with" if vset is None
+                        else f"has vset {vset:g} V, from which no ramp time follows"
+                    )  # fmt: skip
                 raise ValueError(
                     f"{where}: board model {model.name} ramps by time, not rate: write "
-                    f"{time_key} (ms to ramp to the set point) instead of {rate_key} (V/s)"
-                    + ("" if time_key in origin else f"; channel {ch.name!r} has no vset to "
-                       "convert it with")
+                    f"{time_key} (ms to ramp to the set point) instead of {rate_key} (V/s){why}"
                 )  # fmt: skip
             values[time_key] = round(1000.0 * vset / rate, 3)
             warnings.append(

@@ -26,6 +26,7 @@ exception in a callback never reaches paho (it would end the network thread): it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
@@ -42,7 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from trackerdcs.commands import always_executed
+from trackerdcs.commands import always_executed, sender_of
 from trackerdcs.config import MqttConfig
 from trackerdcs.guard import FAULTS, Faults, JsonError, clip, finite_number, loads, shorten
 
@@ -73,12 +74,17 @@ class Command:
     retained: bool = False  # published with the retain flag (seen through retain-as-published)
     arrived: float = 0.0  # time.time() when it arrived (0: unknown)
     expiry: int | None = None  # MQTT 5 message expiry interval left when delivered, s
+    # an always-executed command whose payload has faults: read by `salvage`, faults ignored
+    # and named in the answer's `warning` (CommandGate.tolerate)
+    lenient: bool = False
 
     @property
     def parts(self) -> list[str]:
         return self.action.split("/")
 
     def _fields(self) -> tuple[Any, str | None, float | None]:
+        if self.lenient:
+            return self.salvage()[:3]
         text = self.payload.strip()
         if not text.startswith("{"):
             return text, None, None
@@ -101,12 +107,39 @@ class Command:
             request_id = str(request_id)
             if len(request_id) > MAX_ID:
                 raise PayloadError(f"id longer than {MAX_ID} characters")
-        sent = obj.get("time")
-        if sent is not None:
-            if not finite_number(sent):
-                raise PayloadError(f"time must be unix seconds (a number), got {clip(sent, 40)}")
-            sent = float(sent)
+        sent = _send_time(obj.get("time"))
         return obj.get("value"), request_id, sent
+
+    def salvage(self) -> tuple[Any, str | None, float | None, list[str]]:
+        """As much of the payload as can be read, for a command that runs anyway (value, id and
+        time, each None when absent or unreadable), and what was ignored, in words."""
+        text = self.payload.strip()
+        if not text.startswith("{"):
+            return text, None, None, []
+        try:
+            obj = loads(text, "JSON payload")
+        except JsonError as exc:
+            return None, None, None, [f"the payload ({shorten(str(exc), 120)})"]
+        if not isinstance(obj, dict):
+            return obj, None, None, []
+        ignored = []
+        unknown = sorted(set(obj) - set(PAYLOAD_KEYS))
+        if unknown:
+            ignored.append(f"unknown key(s) {shorten(', '.join(unknown), 80)}")
+        request_id = obj.get("id")
+        if request_id is not None and (
+            isinstance(request_id, bool)
+            or not isinstance(request_id, str | int)
+            or len(str(request_id)) > MAX_ID
+        ):
+            ignored.append(f"id {clip(request_id, 40)} (not a string of at most {MAX_ID})")
+            request_id = None
+        try:
+            sent = _send_time(obj.get("time"))
+        except PayloadError as exc:
+            ignored.append(str(exc))
+            sent = None
+        return obj.get("value"), None if request_id is None else str(request_id), sent, ignored
 
     def decoded(self) -> tuple[Any, str | None]:
         """The command's value and the caller's request id.
@@ -123,11 +156,21 @@ class Command:
         return self._fields()[2]
 
     def request_id(self) -> str | None:
-        """The caller's id, or None (also when the payload is malformed)."""
+        """The caller's id, or None; from a malformed payload as far as it can be read, so
+        that the refusal reaches its caller too."""
         try:
             return self.decoded()[1]
         except PayloadError:
-            return None
+            return self.salvage()[1]
+
+
+def _send_time(sent: Any) -> float | None:
+    """A payload's `time`: finite unix seconds, or None when absent. Raises `PayloadError`."""
+    if sent is None:
+        return None
+    if not finite_number(sent):
+        raise PayloadError(f"time must be unix seconds (a finite number), got {clip(sent, 40)}")
+    return float(sent)
 
 
 def command_from_message(msg: mqtt.MQTTMessage, cmd_root: str) -> Command:
@@ -168,23 +211,44 @@ class CommandGate:
     """What every service refuses before a command reaches it (docs/topics.md, "Commands"):
 
     - a command published with the retain flag, whatever it says;
-    - unless it only switches something off (`trackerdcs.commands.always_executed`): a payload
-      `time` older than `max_age` s or more than `mqtt.command_clock_skew` s in the future; an
-      MQTT 5 message whose expiry interval has run out; and, with `mqtt.command_rate_limit`,
-      more commands on one topic than its token bucket holds.
+    - unless it only switches something off (`always`, the service's entry of
+      `trackerdcs.commands.ALWAYS_EXECUTED`): a payload `time` older than `max_age` s or more
+      than `mqtt.command_clock_skew` s in the future; an MQTT 5 message whose expiry interval
+      has run out; and, with `mqtt.command_rate_limit`, more commands on one topic from one
+      sender (`sender_of` its id; every command without one shares a bucket) than its token
+      bucket holds.
 
-    Used from one thread. `check` returns the refusal (the answer's error), or None.
+    Used from one thread. `tolerate` lets an always-executed command with a faulty payload run;
+    `check` returns the refusal (the answer's error), or None.
     """
 
     def __init__(
         self, cfg: MqttConfig, max_age: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        always: dict[str, bool | str | None] | None = None,
     ) -> None:  # fmt: skip
         self.max_age = cfg.command_max_age if max_age is None else max_age
         self.skew = cfg.command_clock_skew
         self.limit = cfg.command_rate_limit
+        self.always = always or {}
         self.clock = clock  # for the rate limit
-        self._buckets: dict[str, tuple[float, float]] = {}  # topic -> (tokens, at)
+        # (topic, sender or "") -> (tokens, at)
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def tolerate(self, cmd: Command) -> Command:
+        """`cmd`, or a lenient copy when its payload has faults (a bad `time`, unknown keys, a
+        bad `id`) but its value makes it always executed: switching off is never blocked by
+        what comes with it. A value that cannot be read as off stays refused."""
+        if cmd.retained or not self.always:
+            return cmd
+        try:
+            cmd.decoded()
+            return cmd
+        except PayloadError:
+            pass
+        if always_executed(cmd.action, cmd.salvage()[0], self.always):
+            return dataclasses.replace(cmd, lenient=True)
+        return cmd
 
     def check(self, cmd: Command) -> str | None:
         if cmd.retained:
@@ -194,7 +258,7 @@ class CommandGate:
             sent = cmd.sent()
         except PayloadError:
             return None  # the service answers the payload's error itself
-        if always_executed(cmd.action, value):
+        if always_executed(cmd.action, value, self.always):
             return None
         if sent is not None:
             age = (cmd.arrived or time.time()) - sent
@@ -212,22 +276,24 @@ class CommandGate:
                 )
         if cmd.expiry is not None and cmd.expiry <= 0:
             return "refused: its MQTT 5 message expiry interval ran out: nothing was written"
-        return self._rate(cmd.topic)
+        return self._rate(cmd.topic, sender_of(cmd.request_id()) or "")
 
-    def _rate(self, topic: str) -> str | None:
+    def _rate(self, topic: str, sender: str) -> str | None:
         limit = self.limit
         if limit is None:
             return None
         now = self.clock()
-        tokens, at = self._buckets.get(topic, (float(limit.burst), now))
+        key = (topic, sender)
+        tokens, at = self._buckets.get(key, (float(limit.burst), now))
         tokens = min(float(limit.burst), tokens + (now - at) * limit.rate)
         if tokens < 1.0:
-            self._buckets[topic] = (tokens, now)
+            self._buckets[key] = (tokens, now)
+            who = f"from {sender}" if sender else "from senders without a 'name:...' id"
             return (
                 f"refused: more than {limit.burst} commands at once or {limit.rate:g} per second "
-                f"on {topic} (mqtt.command_rate_limit): nothing was written"
+                f"on {topic} {who} (mqtt.command_rate_limit): nothing was written"
             )
-        self._buckets[topic] = (tokens - 1.0, now)
+        self._buckets[key] = (tokens - 1.0, now)
         if len(self._buckets) > 4096:  # a full bucket is the same as none
             full = [
                 t
@@ -290,6 +356,7 @@ class MqttLink:
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
         command_max_age: float | None = None,
         faults: Faults | None = None,
+        always_executed: dict[str, bool | str | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.faults = faults or FAULTS
@@ -301,7 +368,8 @@ class MqttLink:
         self._on_connection = on_connection
         self._extra_subscriptions = subscribe
         self._on_message = on_message
-        self.gate = CommandGate(cfg, command_max_age)
+        # `always_executed`: the service's entry of trackerdcs.commands.ALWAYS_EXECUTED
+        self.gate = CommandGate(cfg, command_max_age, always=always_executed)
         self._retained: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -397,7 +465,7 @@ class MqttLink:
     def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         cmd_root = f"{self.prefix}/cmd/"
         if self._on_command and msg.topic.startswith(cmd_root):
-            cmd = command_from_message(msg, cmd_root)
+            cmd = self.gate.tolerate(command_from_message(msg, cmd_root))
             if self.admit(cmd):
                 self._on_command(cmd)
         elif self._on_message:
@@ -464,6 +532,9 @@ class MqttLink:
         answer.update(extra)
         if id(cmd) in self._executing:
             self._executing[id(cmd)] = True
+        if cmd.lenient:  # run despite faults in its payload: say what was ignored
+            note = "ignored: " + "; ".join(cmd.salvage()[3])
+            answer["warning"] = f"{answer['warning']}; {note}" if answer.get("warning") else note
         data = json.dumps(answer)
         self.publish(self.response_topic, data, qos=1)
         if cmd.response_topic:
@@ -474,5 +545,6 @@ class MqttLink:
         if ok:
             log.info("command %s %r: ok", cmd.topic, cmd.payload)
         else:
-            log.warning("command %s %r refused: %s", cmd.topic, cmd.payload, error)
+            reason = (error or "").removeprefix("refused: ")  # the gate's errors say it
+            log.warning("command %s %r refused: %s", cmd.topic, cmd.payload, reason)
         return answer

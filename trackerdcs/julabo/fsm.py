@@ -58,7 +58,7 @@ class Poll:
     running: bool  # IN_MODE_05 (from the status code when the unit gave a placeholder)
     bath: float | None = None  # IN_PV_00, °C
     setpoint: float | None = None  # the active set point's value, °C
-    active_setpoint: int | None = None  # 1..3 (IN_MODE_01 + 1); 1 for single-set-point models
+    active_setpoint: int | None = None  # 1..3 (IN_MODE_01 + 1); 1: one set point; None: unread
     external: float | None = None  # the external Pt100, °C (IN_PV_02 on most models)
     power: float | None = None  # heating power, % (IN_PV_01 on most models)
     high_limit: float | None = None  # high-temperature warning limit, °C

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import JulaboConfig
 from trackerdcs.guard import FAULTS, clip
-from trackerdcs.julabo.device import Applied, Julabo
+from trackerdcs.julabo.device import Applied, Julabo, Value
 from trackerdcs.julabo.fsm import Chiller, Poll
-from trackerdcs.julabo.protocol import ReadbackMismatch
+from trackerdcs.julabo.protocol import ProtocolError, ReadbackMismatch
 from trackerdcs.julabo.worker import DoneFn, JobFn
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 
@@ -65,12 +65,27 @@ COMMAND_TABLE: dict[str, CommandSpec] = {
 
 
 def write_setpoint(value: float) -> JobFn:
-    """Write the set point the unit regulates to (the active one; a model with one set point:
-    set point 1), verified by read-back."""
+    """Write the set point the unit regulates to, verified by read-back: the active one, read
+    from the unit first (`IN_MODE_01`); set point 1 on a unit with one set point. While the
+    unit does not say which is active, nothing is written (`ProtocolError`, the refusal):
+    writing set point 1 of a unit regulating to set point 2 would change nothing it does."""
 
     def job(device: Julabo) -> Applied:
-        index = device.read("active_setpoint") if device.has("active_setpoint") else 0
-        return device.apply(f"setpoint_{int(index or 0) + 1}", value)
+        index: Value | None = 0
+        if device.has("active_setpoint"):
+            try:
+                index = device.read("active_setpoint")
+            except ProtocolError as exc:  # a timeout too: refused, not a lost line
+                raise ProtocolError(
+                    f"the active set point is unknown ({exc}): nothing was written; "
+                    "send the set point again"
+                ) from None
+            if index is None:
+                raise ProtocolError(
+                    "the active set point is unknown (IN_MODE_01 gave no value): nothing was "
+                    "written; send the set point again"
+                )
+        return device.apply(f"setpoint_{int(index) + 1}", value)
 
     return job
 

@@ -14,10 +14,15 @@ When the line counts as lost (the rule `docs/topics.md` documents):
   1): one missed reply is a transient, logged with its reply, not a lost line. When every attempt
   of STATUS or of a required reading (bath, set point, running) failed, the line is lost: with
   the defaults (0.5 s timeout, one retry) about 1.3 s after the unit fell silent;
-- an optional reading (external sensor, power, active set point, limits) that fails every
-  attempt, or that the unit answers with `-08 INVALID COMMAND`, while STATUS still answers, is
-  reported once and dropped from the poll (published as null) until the line is reopened: the
-  unit does not have it. A placeholder (`---.--`) is a missing value, never a failure;
+- an optional reading (external sensor, power, active set point, limits) that the unit
+  answers with `-08 INVALID COMMAND` (as an error line, or in the STATUS read right after it
+  failed every attempt) is reported once and dropped from the poll until the line is reopened:
+  the unit does not have it. One that failed every attempt while STATUS still answers normally
+  is a transient: published as null for this poll (the log says so once), asked again at the
+  next. On the `generic` profile, whose optional readings are guesses, a reading that fails
+  every attempt is dropped all the same. A placeholder (`---.--`) is a missing value, never a
+  failure. What a dropped reading is published as: null, except the active set point, which
+  is then 1 (a unit without `IN_MODE_01` has one set point);
 - an unexpected exception in a poll, a command or the thread's own loop (a bug, a reply no
   parser foresaw) is reported to `trackerdcs.guard` (logged with the line's last exchange,
   counted) and handled as a line fault: the line is reopened, the thread goes on, and the
@@ -47,6 +52,7 @@ from trackerdcs.julabo.transport import TransportError
 
 log = logging.getLogger(__name__)
 
+INVALID_COMMAND = -8  # STATUS `-08 INVALID COMMAND`: the unit does not know the last command
 SETTINGS_EVERY = 10  # polls between two readings of the warning limits (they seldom change;
 # they are also read at every (re)connection and right after every command)
 
@@ -74,7 +80,8 @@ class Poller:
     """Reads what `/julabo/status` shows from the unit's model, in one pass over the line.
 
     Marks the optional readings the unit turned out not to have (`Julabo.missing`, forgotten
-    when the line is reopened) and keeps the warning limits between two readings of them.
+    when the line is reopened), keeps the warning limits between two readings of them, and the
+    optional readings failing transiently (reported once per spell).
     """
 
     def __init__(self, device: Julabo, settings_every: int = SETTINGS_EVERY) -> None:
@@ -82,11 +89,13 @@ class Poller:
         self.settings_every = settings_every
         self._polls = 0
         self._limits: tuple[float | None, float | None] = (None, None)
+        self._failing: set[str] = set()  # optional readings that failed at their last query
 
     def reset(self) -> None:
         """A new connection: read everything again."""
         self.refresh_settings()
         self._limits = (None, None)
+        self._failing.clear()
 
     def refresh_settings(self) -> None:
         """Read the warning limits at the next poll (after a command: it may have moved them)."""
@@ -102,9 +111,12 @@ class Poller:
             log.warning("the unit reported %s; reading STATUS again", status)
             status = device.status()
         running = self._required("running")
-        index = self._optional("active_setpoint")
-        active = 1 if index is None else int(index) + 1
-        name = f"setpoint_{active}" if device.has(f"setpoint_{active}") else "setpoint_1"
+        active = self._active_setpoint()
+        if active is None:  # not known this poll: which set point is active is unknown too
+            setpoint = None
+        else:
+            name = f"setpoint_{active}" if device.has(f"setpoint_{active}") else "setpoint_1"
+            setpoint = self._required(name)
         if self._polls % self.settings_every == 0:
             self._limits = (self._optional("high_limit"), self._optional("low_limit"))
         self._polls += 1
@@ -112,13 +124,23 @@ class Poller:
             status=status,
             running=status.is_running if running is None else bool(running),
             bath=self._required("bath_temperature"),
-            setpoint=self._required(name),
+            setpoint=setpoint,
             active_setpoint=active,
             external=self._optional("external_temperature"),
             power=self._optional("heating_power"),
             high_limit=self._limits[0],
             low_limit=self._limits[1],
         )
+
+    def _active_setpoint(self) -> int | None:
+        """The active set point 1..3: 1 on a unit without `IN_MODE_01` (one set point), None
+        while the unit's answer is missing (never a default passed off as a reading)."""
+        if not self.device.has("active_setpoint"):
+            return 1
+        index = self._optional("active_setpoint")
+        if index is None:
+            return None if self.device.has("active_setpoint") else 1  # else: just dropped
+        return int(index) + 1
 
     def _required(self, name: str) -> Any:
         """A reading every Julabo has: a failure (after the retries) propagates."""
@@ -135,26 +157,49 @@ class Poller:
         try:
             value: Value | None = self.device.read(name)
         except ErrorReply as exc:
-            if exc.status.kind is StatusKind.COMMAND_ERROR:
+            if exc.status.code == INVALID_COMMAND:
                 self._drop(name, str(exc))
             else:
                 log.warning("%s", exc)
             return None
         except ProtocolError as exc:  # no reply, or garbled, every attempt
-            self.device.status()  # the line is alive? (if not, this raises: a line fault)
-            self._drop(name, str(exc))
+            status = self.device.status()  # the line is alive? (if not, this raises)
+            if status.code == INVALID_COMMAND:  # the unit did not know the command
+                self._drop(name, f"{exc}; STATUS then reported {status}")
+            elif name in self.device.profile.optional:  # `generic`: a guess that failed
+                self._drop(name, str(exc))
+            elif name not in self._failing:
+                self._failing.add(name)
+                log.warning(
+                    "%s (%s): %s; published as null until it answers, asked again at every "
+                    "poll (a unit that never answers it may be another model: see the README "
+                    "to pick julabo.model)", self._query(name), name, exc,
+                )  # fmt: skip
             return None
+        if name in self._failing:
+            self._failing.discard(name)
+            log.info("%s (%s) answers again", self._query(name), name)
         return value
+
+    def _query(self, name: str) -> str:
+        return self.device.profile.register(name).query
 
     def _drop(self, name: str, why: str) -> None:
         self.device.mark_missing(name)
+        self._failing.discard(name)
         profile = self.device.profile
         level = logging.INFO if name in profile.optional else logging.WARNING
+        shown = (
+            "the unit is taken to have one set point: active_setpoint published as 1, set "
+            "point commands write set point 1"
+            if name == "active_setpoint"
+            else "published as null"
+        )
         log.log(
             level,
-            "%s (%s) dropped from the poll until the line is reopened: %s; published as null "
-            "(julabo.model is %r: see the README to pick the unit's model)",
-            profile.register(name).query, name, why, profile.name,
+            "%s (%s) dropped from the poll until the line is reopened: %s; %s (julabo.model "
+            "is %r: see the README to pick the unit's model)",
+            self._query(name), name, why, shown, profile.name,
         )  # fmt: skip
 
 

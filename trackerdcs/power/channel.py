@@ -4,7 +4,9 @@ The state follows the crate: every readback is classified into the state it show
 (`observed_state`) and the matching observation trigger fires. Commands are triggers too, but
 internal ones (no change of state: the crate's readback will move the state); their sources say in
 which states the command is allowed, so `may_switch_on()` is the guard the service asks before it
-writes anything.
+writes anything. Switching off and kill are allowed in every state, DISCONNECTED included (a
+crate that marks a readback INVALID still takes `Pw`): a channel's state never stands between an
+operator, the interlock or the sequencer and switching it off.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ OBSERVATIONS: dict[ChannelState, str] = {
 # Commands: internal transitions; `source` lists the states in which they are allowed.
 COMMANDS: dict[str, list[ChannelState]] = {
     "switch_on": _HEALTHY,
-    "switch_off": _CONNECTED,
-    "kill": _CONNECTED,
+    "switch_off": _ALL,  # never refused for the channel's state: safety first
+    "kill": _ALL,
     "set_voltage": _CONNECTED,
     "set_current": _CONNECTED,
 }

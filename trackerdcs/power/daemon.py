@@ -13,6 +13,7 @@ import threading
 import time
 
 from trackerdcs.clientids import client_id
+from trackerdcs.commands import ALWAYS_EXECUTED
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.guard import FAULTS, loads, shorten
 from trackerdcs.mqtt import MqttLink
@@ -81,6 +82,7 @@ class CrateDaemon:
                 lambda msg: loop.call_soon_threadsafe(self.apply_interlocks, msg.payload)
             ) if hv else None,
             command_max_age=self.cfg.power.command_max_age,
+            always_executed=ALWAYS_EXECUTED["power"],
         )  # fmt: skip
         service = PowerService(
             kind, prefix, channels, self.backend, link, self.cfg.power.publish, loop

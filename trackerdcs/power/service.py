@@ -56,6 +56,15 @@ def aggregate_state(states: list[ChannelState]) -> ServiceState:
     return ServiceState.MIXED
 
 
+class PartlyDone(CommandError):
+    """An off or kill that could not be written on every target: answered `ok: false` with
+    `extra` (`channels` switched off, `not_written`)."""
+
+    def __init__(self, message: str, extra: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
 CONFIGURE_RETRY = 0.5  # s before writing a channel's settings again when the crate refused them
 
 # The lab-YAML keys of the ramp-down parameter: (setting, value for `kill`), by CAEN name.
@@ -190,9 +199,9 @@ class PowerService:
         channels = self._absent.setdefault(key, set())
         if not channels:
             log.warning(
-                "%s: the crate does not serve %s on board %d (configured model %s): not "
-                "written; the channels work without it (is the board's model right in the "
-                "lab YAML?)", self.prefix, param, addr.board, ch.model.name,
+                "%s: the crate does not serve %s on board %d (configured model %s)%s; the "
+                "channels work without it (is the board's model right in the lab YAML?)",
+                self.prefix, param, addr.board, ch.model.name, self._absent_effect([ch], param),
             )  # fmt: skip
         if addr.channel not in channels:
             channels.add(addr.channel)
@@ -218,10 +227,11 @@ class PowerService:
         channels whose readbacks it marks INVALID."""
         out = []
         for (board, param), channels in sorted(self._absent.items()):
-            model = next(c.model.name for c in self.channels if c.address.board == board)
+            mine = [self.by_address[ChannelAddress(board, c)] for c in sorted(channels)]
+            effect = self._absent_effect(mine, param)
             out.append(
-                f"board {board} ({model}): {param} not served by the crate on channel(s) "
-                f"{', '.join(str(c) for c in sorted(channels))}: not written"
+                f"board {board} ({mine[0].model.name}): {param} not served by the crate on "
+                f"channel(s) {', '.join(str(c) for c in sorted(channels))}{effect}"
             )
         out += [f"{c.name}: {c.invalid}" for c in self.channels if c.invalid]
         out += [f"{c.name}: {why}" for c in self.channels for why in c.garbled.values()]
@@ -235,6 +245,21 @@ class PowerService:
         self._fault = (reason, time.monotonic())
         self._warnings = self._collect_warnings()
         self.request_publish()
+
+    @staticmethod
+    def _absent_effect(channels: list[PowerChannel], param: str) -> str:
+        """What a parameter the crate does not serve costs these channels, and only that: a
+        configured value that is not written, kill's fast ramp-down that cannot be set; or
+        nothing, when the lab YAML gives it no value."""
+        effects = []
+        if any(param in dict(settings_writes(ch)) for ch in channels):
+            effects.append("its configured value is not written")
+        if any(
+            param == ch.model.ramp_down and getattr(ch.limits, RAMP_DOWN_KEYS[param][1])
+            for ch in channels
+        ):
+            effects.append("kill cannot set its fast ramp-down")
+        return f": {'; '.join(effects)}" if effects else " (no value configured: nothing lost)"
 
     def _beyond_deadband(
         self, ch: PowerChannel, param: str, monitor: str | None, value: float
@@ -368,7 +393,7 @@ class PowerService:
         try:
             extra = self._dispatch(cmd)
         except (CommandError, PayloadError, BackendError) as exc:
-            answer = self.link.respond(cmd, False, str(exc))
+            answer = self.link.respond(cmd, False, str(exc), **getattr(exc, "extra", {}))
         else:
             answer = self.link.respond(cmd, True, None, **extra)
         if self.on_command_done is not None:
@@ -450,24 +475,72 @@ class PowerService:
 
     def _cmd_switch(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         on = parse_switch(value)
-        self._check_allowed(targets, "switch_on" if on else "switch_off")
-        if on:
-            for ch in targets:
-                if ch.killed:  # back to the configured ramp-down first
+        if not on:
+            self._check_allowed(targets, "switch_off")
+            return self._switch_off(targets, kill=False)
+        self._check_allowed(targets, "switch_on")
+        for ch in targets:
+            if ch.killed:  # back to the configured ramp-down first
+                try:
                     self._write_ramp_down(ch, kill=False)
-                    ch.killed = False
-        return self._write_all(targets, "Pw", 1 if on else 0)
+                except BackendError as exc:
+                    # on with kill's ramp-down, the next plain `off` would be a kill: refused
+                    raise CommandError(
+                        f"channel {ch.name}: its ramp-down is still kill's and the configured "
+                        f"one could not be written back ({exc}): nothing was switched on; "
+                        "try again when the crate answers"
+                    ) from None
+                ch.killed = False
+        return self._write_all(targets, "Pw", 1)
 
     def _cmd_kill(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         """Switch off at the fastest ramp-down (`kill_rate` or `kill_time`; interlocks use it)."""
         self._check_allowed(targets, "kill")
+        return self._switch_off(targets, kill=True)
+
+    def _switch_off(self, targets: list[PowerChannel], kill: bool) -> dict[str, Any]:
+        """`Pw` = 0 on every target the crate takes it for: safety over atomicity, the one
+        exception to all-or-nothing (docs/topics.md). A `kill` first sets the fast ramp-down;
+        when that cannot be written the channel is switched off all the same, at the crate's
+        current ramp-down, and the answer's `warning` says so. Channels whose `Pw` could not
+        be written make the answer `ok: false` (`not_written`; `channels`: those switched
+        off)."""
+        written: list[str] = []
+        failed: dict[str, str] = {}  # channel name -> why
+        warnings: list[str] = []
         for ch in targets:
-            ch.killed = self._write_ramp_down(ch, kill=True)
-        return self._write_all(targets, "Pw", 0)
+            if kill:
+                try:
+                    ch.killed = self._write_ramp_down(ch, kill=True) or ch.killed
+                except BackendError as exc:
+                    note = (
+                        f"{ch.name}: fast ramp-down not set ({exc}): "
+                        "ramps down at the crate's current ramp-down"
+                    )
+                    log.warning("%s kill: %s", self.prefix, note)
+                    warnings.append(note)
+            try:
+                self.backend.write(ch.address, "Pw", 0)
+            except BackendError as exc:
+                failed[ch.name] = str(exc)
+            else:
+                written.append(ch.name)
+        extra: dict[str, Any] = {"channels": written}
+        if warnings:
+            extra["warning"] = "; ".join(warnings)
+        if failed:
+            why = ", ".join(f"{name} ({reason})" for name, reason in failed.items())
+            done = f"; switched off: {', '.join(written)}" if written else ""
+            log.error("%s: could not switch off %s%s", self.prefix, why, done)
+            raise PartlyDone(
+                f"could not be switched off: {why}{done}", {**extra, "not_written": list(failed)}
+            )
+        return extra
 
     def _write_ramp_down(self, ch: PowerChannel, kill: bool) -> bool:
         """Write the board's ramp-down parameter (`RDWn` or `RDwTime`): its fastest for `kill`,
-        else the configured one. False when the board has none, or it has no value."""
+        else the configured one. False when the board has none, or it has no value (or the
+        crate does not serve it); `BackendError` when the crate cannot take it now."""
         param = ch.model.ramp_down
         if param is None:
             return False

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trackerdcs.commands import sender_of
 from trackerdcs.config import LabConfig
 from trackerdcs.guard import FAULTS, JsonError, clip, loads, shorten
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
@@ -237,13 +238,6 @@ class AlarmBook:
             "unacknowledged": sum(not a.acknowledged for a in alarms),
             "time": unix_time(self.clock()),
         }
-
-
-def sender_of(request_id: str | None) -> str | None:
-    """Who sent a command, from its id `<sender>:...` (the convention of the safety services)."""
-    if request_id and ":" in request_id:
-        return request_id.split(":", 1)[0] or None
-    return None
 
 
 class AlarmService:

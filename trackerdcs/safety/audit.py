@@ -27,10 +27,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from trackerdcs.commands import sender_of
 from trackerdcs.config import LabConfig
 from trackerdcs.guard import JsonError, clip, loads, shorten
 from trackerdcs.mqtt import Command, MqttLink, PayloadError
-from trackerdcs.safety.alarms import sender_of
 from trackerdcs.safety.clock import parse_when
 from trackerdcs.safety.store import Store
 

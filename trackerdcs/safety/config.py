@@ -173,8 +173,6 @@ def check_safety(lab: LabConfig) -> None:
     prefixes = {p for crate in lab.crates for p in crate.prefixes.values()}
     prefixes |= {s.prefix for s in lab.sensors}
     prefixes |= {c.prefix for c in lab.chillers}
-    if lab.interlocks.rules and not lab.power.interlock_topic.endswith("/status"):
-        raise ValueError("power.interlock_topic: must end with /status when interlocks are set")
     for i, rule in enumerate(lab.interlocks.rules):
         where = f"interlocks.rules.{i}"
         if rule.modules != "all":

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from trackerdcs.clientids import client_id
-from trackerdcs.commands import CommandError, parse_switch
+from trackerdcs.commands import ALWAYS_EXECUTED, CommandError, parse_switch
 from trackerdcs.config import LabConfig
 from trackerdcs.ivscan.service import IvScanService
 from trackerdcs.mqtt import Command, MqttLink, PayloadError
@@ -43,6 +43,7 @@ class DcsDaemon:
                 self.service.on_message, msg.topic, msg.payload, bool(msg.retain)
             ),
             command_max_age=lab.sequencer.command_max_age,
+            always_executed=ALWAYS_EXECUTED["sequencer"],
         )
         self.service = SequencerService(lab, self.link, loop)
         self.ivscan = IvScanService(lab, self.link, loop, results_dir, busy=self._sequencing)

@@ -100,9 +100,10 @@ class InterlockService:
         if topic.endswith("/response"):
             answer = self.sender.on_response(payload)
             if answer is not None and not answer.get("ok"):
-                log.error(
-                    "%s refused %s: %s", answer.get("topic"), answer.get("id"), answer.get("error")
-                )
+                # refused, or an off not written on every channel (reasserted while HV is on)
+                what = "did not do all of" if answer.get("not_written") else "refused"
+                log.error("%s %s %s: %s", answer.get("topic"), what, answer.get("id"),
+                          answer.get("error"))  # fmt: skip
             return
         if self.world.update(topic, payload, self.loop.time(), retained) is not None:
             self.evaluate()

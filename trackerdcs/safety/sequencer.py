@@ -230,8 +230,9 @@ class SequencerService:
                 answer = await self.sender.request(topic, value, run.module, timeout)
             except TimeoutError:
                 raise self._fail(run, step, f"{topic}: no answer within {timeout:g} s") from None
-            if not answer.get("ok"):
-                raise self._fail(run, step, f"{topic} {value} refused: {answer.get('error')}")
+            if not answer.get("ok"):  # refused, or (off) not written on every channel
+                what = "not done on every channel" if answer.get("not_written") else "refused"
+                raise self._fail(run, step, f"{topic} {value} {what}: {answer.get('error')}")
             self._step(run, step, True, f"{topic} {value}: ok")
 
     async def _settle(self, run: Run, step: str, kind: ChannelKind, on: bool) -> None:

@@ -149,7 +149,9 @@ class LabControl:
     """The backdoor: one command per line on TCP, one JSON object per answer line.
 
     - `get` -> the physics snapshot (room, bath, modules' temperatures and leakage scales);
-    - `set KEY=VALUE ...` with `room_temperature`, `room_humidity` (0..100) or `speed`;
+    - `set KEY=VALUE ...` with `room_temperature` (-50..60 °C), `room_humidity` (-6..119 % RH:
+      an unclipped sensor's span, so the edges 0 and 100 and beyond can be played) or
+      `speed` (0.001..100000 simulated s per wall s): the ranges of `SETTABLE`;
     - `sensor NAME ok|garbage|silent` -> a sensor line server's mode;
     - `julabo [NAME] fault CODE` | `clear` | `manual` | `remote` | `start` | `stop` (the front
       panel's keys) | `unplug` | `plug` | `drop N` (lose the next N replies) | `drop-every N`
