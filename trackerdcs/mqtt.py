@@ -116,10 +116,12 @@ class Command:
         text = self.payload.strip()
         if not text.startswith("{"):
             return text, None, None, []
-        try:
-            obj = loads(text, "JSON payload")
-        except JsonError as exc:
-            return None, None, None, [f"the payload ({shorten(str(exc), 120)})"]
+        try:  # Python's lenient reader: NaN in `time` is read, then named as ignored
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return None, None, None, [f"the payload (malformed JSON: {exc.msg})"]
+        except (RecursionError, ValueError):  # too deep, or an integer beyond the digit limit
+            return None, None, None, ["the payload (nested too deep or a number too long)"]
         if not isinstance(obj, dict):
             return obj, None, None, []
         ignored = []
@@ -132,7 +134,7 @@ class Command:
             or not isinstance(request_id, str | int)
             or len(str(request_id)) > MAX_ID
         ):
-            ignored.append(f"id {clip(request_id, 40)} (not a string of at most {MAX_ID})")
+            ignored.append(f"id {_json_text(request_id)} (not a string)")
             request_id = None
         try:
             sent = _send_time(obj.get("time"))
@@ -168,9 +170,19 @@ def _send_time(sent: Any) -> float | None:
     """A payload's `time`: finite unix seconds, or None when absent. Raises `PayloadError`."""
     if sent is None:
         return None
+    if isinstance(sent, bool) or not isinstance(sent, int | float):
+        raise PayloadError(f"time must be unix seconds (a number), got {clip(sent, 40)}")
     if not finite_number(sent):
-        raise PayloadError(f"time must be unix seconds (a finite number), got {clip(sent, 40)}")
+        raise PayloadError(f"time must be finite, got {clip(sent, 40)}")
     return float(sent)
+
+
+def _json_text(value: Any) -> str:
+    """A JSON value as text for a message, cut to about 60 characters."""
+    try:
+        return shorten(json.dumps(value), 60)
+    except (ValueError, TypeError, RecursionError):
+        return clip(value, 60)
 
 
 def command_from_message(msg: mqtt.MQTTMessage, cmd_root: str) -> Command:
