@@ -334,9 +334,12 @@ def test_flows_json_is_built_from_the_sources_and_the_daemon_rules() -> None:
     subscribed = sorted(n["topic"] for n in flows if n["type"] == "mqtt in")
     assert subscribed == ["/+/action", "/+/availability", "/+/response", "/+/state",
                           "/+/status", "/alarms"]  # fmt: skip
-    assert {n["type"] for n in flows} >= {"ui-base", "ui-page", "ui-template", "ui-chart", "status"}
+    assert {n["type"] for n in flows} >= {"ui-base", "ui-page", "ui-template", "status", "exec"}
     pages = sorted(n["path"] for n in flows if n["type"] == "ui-page")
-    assert pages == sorted(f"/{name}" for name in PAGES)
+    assert pages == sorted(f"/{name}" for name in (*PAGES, "history"))  # history: test_ui_access
+    access = next(n for n in flows if n.get("name") == "access: who may command")
+    templates = [n for n in flows if n["type"] == "ui-template" and n.get("group")]
+    assert all(t["wires"] == [[access["id"]]] for t in templates)  # every page's message checked
     model = next(n for n in flows if n.get("name") == "lab model")["func"]
     rules = json.loads(model.split("const RULES = ", 1)[1].split("; //", 1)[0])
     assert set(rules["flags"]) == {flag.name for flag in ChannelStatus}  # every bit explained
