@@ -213,7 +213,7 @@ class NodeRed:
     telegraf_conf: Path = TELEGRAF_CONF
     grafana_url: str | None = None
     _password: str | None = field(default=None, repr=False)
-    _reader_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+    reader_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
 
     @property
     def url(self) -> str:
@@ -265,13 +265,13 @@ class NodeRed:
         assert self.config_path is not None
         influx = self.cfg.influx
         admin = InfluxClient(influx.url, username=influx.username, password=influx.password)
-        ensure_user(admin, INFLUX_READER, self._reader_password, "READ")
+        ensure_user(admin, INFLUX_READER, self.reader_password, "READ")
         return {
             "TRACKERDCS_UI_INFLUX_URL": influx.url,
             "TRACKERDCS_UI_INFLUX_USERNAME": INFLUX_READER,
-            "TRACKERDCS_UI_INFLUX_PASSWORD": self._reader_password,
+            "TRACKERDCS_UI_INFLUX_PASSWORD": self.reader_password,
             influx.username_env: INFLUX_READER,
-            influx.password_env: self._reader_password,
+            influx.password_env: self.reader_password,
             "TRACKERDCS_UI_EXPORT": export_command(self.config_path, self.telegraf_conf),
         }
 
