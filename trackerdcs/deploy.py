@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -238,7 +239,11 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     if not password:
         print("hash-password: give the password on stdin", file=sys.stderr)
         return 2
-    print(hash_password(password, Path(args.home)))
+    try:
+        print(hash_password(password, Path(args.home)))
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"hash-password: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -78,7 +78,9 @@ def hash_password(password: str, home: Path | None = None) -> str:
     the bcryptjs of node-red/ (or of `home`, the container's /opt/node-red)."""
     if home is None:
         check_installed()
-    bcryptjs = BCRYPTJS if home is None else home / "node_modules" / "bcryptjs"
+    bcryptjs = BCRYPTJS if home is None else home.resolve() / "node_modules" / "bcryptjs"
+    if not bcryptjs.exists():
+        raise RuntimeError(f"no bcryptjs in {bcryptjs.parent}: give Node-RED's directory (--home)")
     done = subprocess.run(
         [node_binary(), "-e", _HASH_JS, str(bcryptjs)],
         input=password,
