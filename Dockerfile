@@ -55,11 +55,15 @@ RUN apt-get update && apt-get install -y --no-install-recommends libstdc++6 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=node-red-modules /usr/local/bin/node /usr/local/bin/node
 COPY --from=node-red-modules /opt/node-red/node_modules /opt/node-red/node_modules
-COPY node-red/settings.js node-red/flows.json /opt/node-red/
+COPY node-red/settings.js node-red/flows.json telegraf.conf /opt/node-red/
+COPY node-red/login /opt/node-red/login
 USER trackerdcs
 EXPOSE 1880
+# the dashboard's login is on (Node-RED listens on 0.0.0.0): the healthcheck shows the token the
+# login writes at start (node-red/login/health.js)
+ENV TRACKERDCS_UI_HEALTH_TOKEN_FILE=/tmp/trackerdcs-healthcheck-token
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD node -e "require('http').get('http://127.0.0.1:1880/dashboard/', r => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))"
+    CMD ["node", "/opt/node-red/login/health.js"]
 ENTRYPOINT ["python", "-m", "trackerdcs.deploy", "node-red", "--config", "/etc/trackerdcs/lab.yml", "--home", "/opt/node-red", "--user-dir", "/data"]
 
 # -- trackerdcs (the default target) -------------------------------------------------------------------

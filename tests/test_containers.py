@@ -12,7 +12,9 @@ ports on 127.0.0.1 and the containers' own network:
   Channel Access between containers, and the status says so; the viewer cannot command;
   anonymous clients and wrong passwords cannot connect;
 - points reach InfluxDB through Telegraf's stand-in, with authentication on;
-- the Node-RED dashboard answers on 127.0.0.1, its editor refuses requests without a login;
+- the Node-RED dashboard and its editor refuse requests without a login (the container's
+  healthcheck passes with the login on); the editor's admin logs into the dashboard, whose CSV
+  export reads InfluxDB as the read-only user `nodered`;
 - a daemon container whose process dies is restarted by its restart policy, back online;
 - deploy/backup.sh, deploy/down.sh -v, deploy/restore.sh bring back the points, the alarms and
   the audit log;
@@ -32,6 +34,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,9 +52,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # A cold store (debootstrap, every image) takes several minutes; from cache, about a minute.
 pytestmark = pytest.mark.timeout(1800)
 
-# Node-RED paths that must refuse a request without a login. The dashboard (/dashboard/) has no
-# login of its own yet; when it has one (issue 16), its pages go here and are checked the same.
+# Node-RED paths that must refuse a request without a login (the editor's, or the dashboard's:
+# Node-RED listens beyond loopback in its container, so the dashboard's login is on).
 LOGIN_REQUIRED = {"/flows": "the editor's admin API (adminAuth)", "/settings/user": "the editor"}
+DASHBOARD = {"/dashboard/": "the dashboard", "/dashboard/_setup": "the dashboard's setup",
+             "/export/history.csv?from=0&to=1000": "the History page's CSV export"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -203,12 +209,23 @@ def test_points_reach_influxdb_with_authentication(stack) -> None:
 
 
 # -- Node-RED --------------------------------------------------------------------------------------
-def test_node_red_dashboard_answers_and_its_editor_needs_a_login(stack) -> None:
+def test_node_red_dashboard_and_its_editor_need_a_login(stack) -> None:
     base = f"http://127.0.0.1:{stack.ports['TRACKERDCS_NODE_RED_HOST_PORT']}"
-    status, page = request(f"{base}/dashboard/")
-    assert status == 200 and b"<html" in page.lower()
-    for path, what in LOGIN_REQUIRED.items():
+    for path, what in {**LOGIN_REQUIRED, **DASHBOARD}.items():
         assert request(base + path)[0] == 401, f"{path} ({what}) answered without a login"
+    # the editor's admin logs into the dashboard too; the History page reads InfluxDB as nodered
+    form = urllib.parse.urlencode({"username": "admin", "password": stack.node_red_password})
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(f"{base}/login", data=form.encode(), timeout=30) as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
+    with opener.open(f"{base}/dashboard/_setup", timeout=30) as setup:
+        user = json.loads(setup.read())["trackerdcs"]["user"]
+    assert user == {"username": "admin", "role": "admin"}
+    now = int(time.time() * 1000)
+    export = f"{base}/export/history.csv?from={now - 3_600_000}&to={now}"
+    with opener.open(export, timeout=150) as reply:  # trackerdcs export lab, in the container
+        assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/csv")
+        assert reply.read().startswith(b"time,measurement,")
     assert api(f"{base}/auth/token", {**LOGIN, "password": "wrong"})[0] == 403
     status, token = api(f"{base}/auth/token", {**LOGIN, "password": stack.node_red_password})
     assert status == 200, token

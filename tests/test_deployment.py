@@ -440,7 +440,28 @@ def test_mqtt_users_and_secrets_flow_from_env_to_the_containers(configs) -> None
         assert wanted <= set(services[name]["environment"]), f"{name}: {path}"
     assert services["telegraf"]["environment"]["TRACKERDCS_MQTT_USERNAME"] == "telegraf"
     setup = argv_of(services["influxdb-setup"])
-    assert {"telegraf:write", "grafana:read"} <= set(setup)
+    assert {"telegraf:write", "grafana:read", "nodered:read"} <= set(setup)
+
+
+def test_node_red_needs_a_login_and_reads_influxdb_as_the_read_only_user(configs) -> None:
+    """In the container Node-RED listens beyond loopback: the dashboard's login is on (nothing may
+    turn it off), its healthcheck shows the login's token, and the History page reads InfluxDB as
+    the read-only `nodered` that influxdb-setup creates with the same password."""
+    for config in configs.values():
+        services = config["services"]
+        env = services["nodered"]["environment"]
+        assert env["TRACKERDCS_NODE_RED_HOST"] == "0.0.0.0" and "TRACKERDCS_UI_LOGIN" not in env
+        setup = services["influxdb-setup"]["environment"]
+        assert env["TRACKERDCS_INFLUX_USERNAME"] == "nodered"
+        assert env["TRACKERDCS_INFLUX_PASSWORD"] == setup["TRACKERDCS_INFLUX_PASSWORD_NODERED"]
+        assert env["TRACKERDCS_UI_HEALTH_TOKEN_FILE"].startswith("/tmp/")
+        assert {"TRACKERDCS_UI_USERS", "TRACKERDCS_UI_GRAFANA_URL"} <= set(env)
+        test = healthcheck_of(services["nodered"])
+        assert test[:2] == ["CMD", "node"], test
+        assert (ROOT / "node-red" / test[2].removeprefix("/opt/node-red/")).exists(), test
+        mounts = {v.split(":")[1] if isinstance(v, str) else v["target"]
+                  for v in services["nodered"]["volumes"]}  # fmt: skip
+        assert "/opt/node-red/telegraf.conf" in mounts  # as Telegraf writes
 
 
 def test_every_trackerdcs_healthcheck_resolves_the_daemon_and_its_prefixes(configs) -> None:
@@ -621,6 +642,23 @@ def test_node_red_gets_its_mqtt_login_from_the_environment(monkeypatch, tmp_path
     env = node_red_environment(lab, 1880)
     assert (env["TRACKERDCS_MQTT_HOST"], env["TRACKERDCS_MQTT_PORT"]) == ("mosquitto", "1883")
     assert json.loads(env["TRACKERDCS_UI_LAB"])["power"].keys() == {"/hv", "/lv"}
+    # the History page: InfluxDB as the lab YAML's credential variables say (nodered, in compose)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(ROOT / "telegraf.conf", home / "telegraf.conf")
+    config = ROOT / "deploy" / "lab.yml"
+    with pytest.raises(DeployError, match="no InfluxDB login for the history"):
+        node_red_environment(lab, 1880, config, home)
+    monkeypatch.setenv("TRACKERDCS_INFLUX_USERNAME", "nodered")
+    monkeypatch.setenv("TRACKERDCS_INFLUX_PASSWORD", "reader-secret")
+    env = node_red_environment(lab, 1880, config, home)
+    assert env["TRACKERDCS_UI_INFLUX_URL"] == "http://influxdb:8086"
+    assert (env["TRACKERDCS_UI_INFLUX_USERNAME"], env["TRACKERDCS_UI_INFLUX_PASSWORD"]) == (
+        "nodered", "reader-secret")  # fmt: skip
+    history = json.loads(env["TRACKERDCS_UI_LAB"])["history"]
+    assert history["measurements"]["hv"] and history["raw_retention"] == 30 * 86400
+    export = env["TRACKERDCS_UI_EXPORT"]
+    assert export.endswith(f"--config {config} --telegraf-conf {home}/telegraf.conf")
 
 
 # -- InfluxDB with authentication: what influxdb-setup does ----------------------------------------

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -163,6 +164,16 @@ def check_control_ui(summary: str, run_dir: Path) -> None:
     data = urllib.parse.urlencode(login).encode()
     with urllib.request.urlopen(url + "auth/token", data=data, timeout=5) as reply:
         assert reply.status == 200
+    # on loopback the dashboard's login is off (TRACKERDCS_UI_LOGIN=on turns it on); the History
+    # page's CSV export reads the stack's InfluxDB as the read-only user nodered
+    assert "dashboard login off" in summary
+    with urllib.request.urlopen(url + "dashboard/_setup", timeout=5) as reply:
+        assert json.loads(reply.read())["trackerdcs"] == {"login": False, "user": None,
+                                                         "logout": "/logout"}  # fmt: skip
+    now = int(time.time() * 1000)
+    export = f"{url}export/history.csv?from={now - 3_600_000}&to={now}"
+    with urllib.request.urlopen(export, timeout=120) as reply:
+        assert reply.status == 200 and reply.read().startswith(b"time,measurement,")
 
 
 def _zombie(pid: int) -> bool:

@@ -333,9 +333,12 @@ def test_flows_json_is_built_from_the_sources_and_the_daemon_rules() -> None:
     subscribed = sorted(n["topic"] for n in flows if n["type"] == "mqtt in")
     assert subscribed == ["/+/action", "/+/availability", "/+/response", "/+/state",
                           "/+/status", "/alarms"]  # fmt: skip
-    assert {n["type"] for n in flows} >= {"ui-base", "ui-page", "ui-template", "ui-chart", "status"}
+    assert {n["type"] for n in flows} >= {"ui-base", "ui-page", "ui-template", "status", "exec"}
     pages = sorted(n["path"] for n in flows if n["type"] == "ui-page")
-    assert pages == sorted(f"/{name}" for name in PAGES)
+    assert pages == sorted(f"/{name}" for name in (*PAGES, "history"))  # history: test_ui_access
+    access = next(n for n in flows if n.get("name") == "access: who may command")
+    templates = [n for n in flows if n["type"] == "ui-template" and n.get("group")]
+    assert all(t["wires"] == [[access["id"]]] for t in templates)  # every page's message checked
     model = next(n for n in flows if n.get("name") == "lab model")["func"]
     rules = json.loads(model.split("const RULES = ", 1)[1].split("; //", 1)[0])
     assert set(rules["flags"]) == {flag.name for flag in ChannelStatus}  # every bit explained
@@ -1089,10 +1092,8 @@ def test_screenshots_of_every_page(lab: UiLab, page: Page) -> None:
         show(page, lab, name)
         screenshot(page, name)
     chiller_stopped(lab)
-    for name in AFTER:  # the overview last: its trends have a few points
+    for name in AFTER:  # (the History page's: test_ui_access, which writes its points)
         show(page, lab, name)
-        if name == "overview":
-            expect(page.locator("canvas").first).to_be_visible()
         screenshot(page, name)
     for name in PAGES:
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000

@@ -7,8 +7,10 @@
   restore. Passwords come from the environment, never from a file.
 - `node-red`: the Node-RED container's entry point (`python -m trackerdcs.deploy node-red`):
   the flows' settings from the lab YAML, as the local stack gives them (`trackerdcs.stack.
-  nodered`), the MQTT login from the environment, then Node-RED itself.
-- `hash-password`: the bcrypt hash of the Node-RED editor's password (stdin), for `.env`.
+  nodered`), the MQTT login and the History page's read-only InfluxDB login from the
+  environment, then Node-RED itself.
+- `hash-password`: the bcrypt hash of a password (stdin), for `.env`: the Node-RED editor's,
+  a dashboard user's (`NODE_RED_USERS`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trackerdcs.config import ConfigError, InfluxConfig, LabConfig, load_config
+from trackerdcs.ingest.conf import TelegrafConfError
 from trackerdcs.ingest.influxdb import DATABASE, InfluxClient, InfluxError, quote_ident
 
 PLACEHOLDERS = {"", "change-me"}  # .env.example's values: never accepted as a secret
@@ -74,7 +77,7 @@ def influx_setup(
     say: Callable[[str], None] = print,
 ) -> None:
     """Users, database, retention policies and continuous query; see the module's docstring."""
-    from trackerdcs.stack.influx import setup_database
+    from trackerdcs.stack.influx import ensure_user, setup_database
 
     deadline = time.monotonic() + wait
     admin = cfg.username
@@ -104,15 +107,8 @@ def influx_setup(
 
     _wait(f"InfluxDB at {cfg.url} (login)", ready, deadline, say)
     setup_database(client, cfg)
-    existing = {row["user"] for s in client.series("SHOW USERS", database="") for row in s.rows()}
     for name, privilege in users:
-        secret = _secret(USER_PASSWORD_ENV.format(name.upper()))
-        user = quote_ident(name)
-        if name in existing:
-            client.execute(f"SET PASSWORD FOR {user} = {quote_string(secret)}", database="")
-        else:
-            client.execute(f"CREATE USER {user} WITH PASSWORD {quote_string(secret)}", database="")
-        client.execute(f"GRANT {privilege} ON {quote_ident(DATABASE)} TO {user}", database="")
+        ensure_user(client, name, _secret(USER_PASSWORD_ENV.format(name.upper())), privilege)
     done = ", ".join(f"{n} ({p.lower()})" for n, p in users) or "none"
     say(f"InfluxDB {cfg.url}: database {DATABASE} ready; users {done}")
 
@@ -144,19 +140,11 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # -- Node-RED --------------------------------------------------------------------------------------
-_HASH_JS = (
-    "const b = require(process.argv[1]); let s = '';"
-    "process.stdin.on('data', d => s += d).on('end', () => process.stdout.write(b.hashSync(s, 10)))"
-)
-
-
 def hash_password(password: str, home: Path) -> str:
-    """A bcrypt hash of `password`, made by the bcryptjs that ships with Node-RED (stdin)."""
-    done = subprocess.run(
-        [shutil.which("node") or "node", "-e", _HASH_JS, str(home / "node_modules" / "bcryptjs")],
-        input=password, capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    return done.stdout.strip()
+    """A bcrypt hash of `password`, made by the bcryptjs of Node-RED's modules in `home`."""
+    from trackerdcs.stack.nodered import hash_password as bcrypt_hash
+
+    return bcrypt_hash(password, home)
 
 
 def broker_credentials(flows: list[dict], lab: LabConfig) -> dict[str, dict[str, str]]:
@@ -169,9 +157,15 @@ def broker_credentials(flows: list[dict], lab: LabConfig) -> dict[str, dict[str,
     return {node["id"]: dict(login) for node in flows if node.get("type") == "mqtt-broker"}
 
 
-def node_red_environment(lab: LabConfig, port: int) -> dict[str, str]:
-    """What settings.js and the flows read, from the lab YAML (see node-red/settings.js)."""
-    from trackerdcs.stack.nodered import ui_lab
+def node_red_environment(
+    lab: LabConfig, port: int, config: Path | None = None, home: Path | None = None
+) -> dict[str, str]:
+    """What settings.js and the flows read, from the lab YAML (see node-red/settings.js); with
+    the lab YAML's path and Node-RED's `home` (its telegraf.conf), the History page's InfluxDB,
+    read as the user of the lab's credential variables (the read-only `nodered` in compose),
+    and its CSV export."""
+    from trackerdcs.ingest.conf import load_telegraf_conf
+    from trackerdcs.stack.nodered import export_command, ui_lab
 
     for name in ("TRACKERDCS_NODE_RED_PASSWORD_HASH", "TRACKERDCS_NODE_RED_SECRET"):
         _secret(name)
@@ -182,13 +176,30 @@ def node_red_environment(lab: LabConfig, port: int) -> dict[str, str]:
         )
     if not lab.mqtt.username or not lab.mqtt.password:
         raise DeployError(f"no MQTT login: set {lab.mqtt.username_env} and {lab.mqtt.password_env}")
-    return {
+    env = {
         "TRACKERDCS_NODE_RED_HOST": os.environ.get("TRACKERDCS_NODE_RED_HOST", "0.0.0.0"),
         "TRACKERDCS_MQTT_HOST": lab.mqtt.host,
         "TRACKERDCS_MQTT_PORT": str(lab.mqtt.port),
         "TRACKERDCS_UI_LAB": json.dumps(ui_lab(lab)),
         "PORT": str(port),
     }
+    if config is None or home is None:
+        return env
+    influx = lab.influx
+    if not influx.username or not influx.password:
+        raise DeployError(
+            f"no InfluxDB login for the history: set {influx.username_env} and "
+            f"{influx.password_env} (the read-only user nodered: INFLUXDB_NODERED_PASSWORD)"
+        )
+    telegraf = home / "telegraf.conf"
+    env.update({
+        "TRACKERDCS_UI_LAB": json.dumps(ui_lab(lab, load_telegraf_conf(telegraf))),
+        "TRACKERDCS_UI_INFLUX_URL": influx.url,
+        "TRACKERDCS_UI_INFLUX_USERNAME": influx.username,
+        "TRACKERDCS_UI_INFLUX_PASSWORD": influx.password,
+        "TRACKERDCS_UI_EXPORT": export_command(config, telegraf),
+    })  # fmt: skip
+    return env
 
 
 def node_red_argv(home: Path, user_dir: Path, port: int) -> list[str]:
@@ -211,9 +222,9 @@ def cmd_node_red(args: argparse.Namespace) -> int:
     home, user_dir = Path(args.home), Path(args.user_dir)
     try:
         lab = load_config(args.config)
-        env = {**os.environ, **node_red_environment(lab, args.port)}
+        env = {**os.environ, **node_red_environment(lab, args.port, Path(args.config), home)}
         prepare_node_red(lab, home, user_dir)
-    except (ConfigError, DeployError, OSError) as exc:
+    except (ConfigError, DeployError, TelegrafConfError, OSError) as exc:
         print(f"node-red: {exc}", file=sys.stderr)
         return 2
     argv = node_red_argv(home, user_dir, args.port)
@@ -228,7 +239,11 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     if not password:
         print("hash-password: give the password on stdin", file=sys.stderr)
         return 2
-    print(hash_password(password, Path(args.home)))
+    try:
+        print(hash_password(password, Path(args.home)))
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"hash-password: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

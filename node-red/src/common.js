@@ -12,10 +12,12 @@ onModel() {
         return;
     }
     if (m && m.topic === 'history' && this.onHistory) this.onHistory(m.payload);
+    if (m && m.topic === 'trend' && this.onTrend) this.onTrend(m.payload);
     if (!this.model) this.send({ topic: 'ui/refresh' });
 },
 tick() {
     this.now = Date.now();
+    if (this.onTick) this.onTick();
 },
 // Now, on the server's clock (browser clocks drift; every age is counted against this).
 serverNow() {
@@ -121,7 +123,22 @@ go(path) {
     if (this.$router) this.$router.push(path);
     else window.location.assign(path);
 },
-// -- who is sending: one name per browser (a dashboard login replaces it in the flows) ----------
+// -- who is sending: the login's user, else one name per browser -------------------------------
+// The dashboard's login (node-red/login/) tells the page who is logged in (its `_setup`); the
+// flows take the sender from the session, never from the page, and refuse a viewer's commands
+// whatever the page does (access.js): the page only greys out what would be refused.
+loginInfo() {
+    const setup = this.$store && this.$store.state.setup && this.$store.state.setup.setup;
+    return (setup && setup.trackerdcs) || { login: false, user: null, logout: '/logout' };
+},
+mayCommand() {
+    const l = this.login;
+    return !l || !l.login || (!!l.user && l.user.role !== 'viewer');
+},
+lookOnlyText() {
+    return this.login && this.login.user ? this.login.user.username + ' is a ' + this.login.user.role +
+        ': viewers see the lab, operators command it' : 'not logged in';
+},
 storedOperator() {
     try {
         return window.localStorage.getItem('trackerdcs.operator') || '';
@@ -144,11 +161,13 @@ saveOperator() {
     if (run) run();
 },
 changeOperator() {
+    if (this.login && this.login.login) return; // the login's name
     this.nameInput = this.operator;
     this.askingName = true;
 },
 // -- commands, confirmations and their consequences -----------------------------------------------
 command(prefix, action, target, value, label) {
+    if (!this.mayCommand()) return false; // its controls are disabled; the flows would refuse it
     if (!this.operator) { // asked once per browser; the command goes out once it is given
         this.pending = () => this.command(prefix, action, target, value, label);
         this.askingName = true;

@@ -5,8 +5,9 @@ watch: {
     }
 },
 mounted() {
-    this.operator = this.storedOperator();
-    if (!this.operator) this.askingName = true;
+    this.login = this.loginInfo();
+    this.operator = this.login.user ? this.login.user.username : this.storedOperator();
+    if (!this.operator && !this.login.login) this.askingName = true;
     this.tick();
     this.ticker = setInterval(this.tick, 1000);
     this.onModel();

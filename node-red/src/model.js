@@ -7,8 +7,9 @@
 // (docs/topics.md); the broker node's connection (a `status` node: `msg.status`); from the pages:
 // `ui/refresh`, `ui/command` {prefix, action, target, value, label, operator} and `ui/history`
 // {since, module, source, kind, limit, operator} (an audit-log query, answered to that browser
-// only); `ui/tick` every second (liveness, and a fresh snapshot: the pages tell a frozen link by
-// its `time`, the server's clock, which they count ages against).
+// only), each past the access node (access.js), which sends what it refused as `ui/refused`;
+// `ui/tick` every second (liveness, and a fresh snapshot: the pages tell a frozen link by its
+// `time`, the server's clock, which they count ages against).
 //
 // Liveness: a source is `stale` when no live status (not the broker's retained copy: `msg.retain`)
 // arrived for `liveness_factor` x its heartbeat (TRACKERDCS_UI_LAB, from the lab YAML, as the
@@ -277,9 +278,10 @@ function remember(s, a) {
 
 // -- commands -------------------------------------------------------------------------------------
 
-// Who sends a command: the one place the flows decide it. A dashboard login puts its user into
-// `msg._client.user`; until the lab has one, the name the page asks for once per browser. The
-// audit log and the alarm acknowledgements take the part of the command id before `:`.
+// Who sends a command: the one place the flows decide it. The dashboard's login puts its user into
+// `msg._client.user` (node-red/login/; the access node refuses a page without one while the login
+// is on); without a login, the name the page asks for once per browser. The audit log and the
+// alarm acknowledgements take the part of the command id before `:`.
 function operatorOf(msg) {
     const user = msg._client && msg._client.user;
     const given = (user && (user.username || user.name)) || (msg.payload && msg.payload.operator) || '';
@@ -336,6 +338,20 @@ function command(s, msg) {
         schedule();
     }, ANSWER_TIMEOUT_MS);
     return mqttCommand(topic, value, id);
+}
+
+// A page's message the access node refused (its `ui/refused`): listed as an answer, nothing sent.
+function refused(s, r) {
+    if (!r || typeof r !== 'object') return false;
+    const c = r.request && typeof r.request === 'object' ? r.request : {};
+    const topic = r.topic === 'ui/command'
+        ? commandTopic(c) || String(c.prefix) + '/cmd/' + String(c.action) : String(r.topic);
+    const value = c.value === undefined || c.value === null ? '' : String(c.value);
+    remember(s, { id: null, source: 'ui', by: r.by || null, prefix: typeof c.prefix === 'string' ? c.prefix : null,
+        topic: topic, payload: value, target: c.target || null, action: c.action || null,
+        label: typeof c.label === 'string' ? c.label : topic + ' ' + value, state: 'error',
+        error: 'refused: ' + String(r.reason), sent: Date.now(), answered: Date.now() });
+    return true;
 }
 
 function history(s, msg) {
@@ -618,6 +634,10 @@ if (msg.topic === 'ui/command') {
     return out ? [null, out] : null;
 }
 if (msg.topic === 'ui/history') return [null, history(s, msg)];
+if (msg.topic === 'ui/refused') {
+    if (refused(s, msg.payload)) schedule();
+    return null;
+}
 if (msg.topic === 'ui/tick') {
     schedule();
     const ask = recentActions(s);

@@ -6,12 +6,15 @@ trackerdcs export module M1 --from 2024-05-01T08:00 --to 2024-05-01T18:00
 trackerdcs export chiller --from -1d --rp downsampled      (a lab with one chiller)
 trackerdcs export chiller burnin --from -1d                (one of several: its `chiller` tag)
 trackerdcs export ivscan M1-20240501T080000.000Z --from 7d (an IV scan: a scan id or a module)
+trackerdcs export lab --from -8h                           (every channel, sensor and chiller)
 
 Which measurement holds which topic is read from telegraf.conf (the one place of that mapping):
 a channel's `<prefix>/status` (prefix from the lab YAML), a chiller's `<prefix>/status`,
 `/<name>/status` for a sensor, `/dcs/ivscan/points` for IV scans (by tag `scan`, or `module`);
 the input is the first one whose topics match and whose `tagpass` lets the point's tags through.
-A module is every power channel powering it plus its module sensors. The CSV has one row per
+A module is every power channel powering it plus its module sensors; the lab is every point of the
+measurements its channels, sensors and chillers are stored in (what the control UI's History page
+shows, and exports with this code). The CSV has one row per
 point: `time` (RFC 3339, UTC), `measurement`, the tags, then the fields, columns sorted by name;
 an empty cell is a field the point did not have.
 """
@@ -84,8 +87,25 @@ def measurement_for(telegraf: TelegrafConf, topic: str, tags: dict[str, str]) ->
     raise ExportError(f"{telegraf.path}: no [[inputs.mqtt_consumer]] stores {topic} {tags}")
 
 
+def lab_measurements(lab: LabConfig, telegraf: TelegrafConf) -> dict[str, list[str]]:
+    """The measurements the lab's data is stored in, by source: `hv` and `lv` (its channels of
+    each kind), `sensor`, `chiller` (each list without repeats, in the lab's order)."""
+    found: dict[str, list[str]] = {"hv": [], "lv": [], "sensor": [], "chiller": []}
+    for ch in lab.power.channels:
+        found[str(ch.kind)].append(_channel_measurement(lab, telegraf, ch))
+    found["sensor"] = [_sensor_measurement(telegraf, s) for s in lab.sensors]
+    found["chiller"] = [
+        measurement_for(telegraf, f"{c.prefix}/status", {"chiller": c.name}) for c in lab.chillers
+    ]
+    return {source: list(dict.fromkeys(names)) for source, names in found.items()}
+
+
 def selections(lab: LabConfig, telegraf: TelegrafConf, what: str, name: str | None) -> list:
-    """What to query for `channel NAME`, `module NAME`, `sensor NAME` or `chiller [NAME]`."""
+    """What to query for `channel NAME`, `module NAME`, `sensor NAME`, `chiller [NAME]`, `ivscan
+    SCAN|MODULE` or `lab`."""
+    if what == "lab":  # every point of every measurement the lab's data is in
+        every = [m for names in lab_measurements(lab, telegraf).values() for m in names]
+        return [Selection(m, "") for m in dict.fromkeys(every)]
     if what == "chiller":
         try:
             chiller = lab.chiller(name)
@@ -122,7 +142,7 @@ def selections(lab: LabConfig, telegraf: TelegrafConf, what: str, name: str | No
         measurement = measurement_for(telegraf, IVSCAN_POINTS, {})
         tag = "module" if name in lab.modules() else "scan"
         return [Selection(measurement, _tag_is(tag, name))]
-    raise ExportError(f"unknown export {what!r}: channel, module, sensor, chiller or ivscan")
+    raise ExportError(f"unknown export {what!r}: channel, module, sensor, chiller, ivscan or lab")
 
 
 def _channel_measurement(lab: LabConfig, telegraf: TelegrafConf, ch: ChannelConfig) -> str:

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from trackerdcs.config import InfluxConfig, LabConfig
 from trackerdcs.ingest.bridge import READY
-from trackerdcs.ingest.influxdb import DATABASE, InfluxClient, InfluxError, quote_ident
+from trackerdcs.ingest.influxdb import (
+    DATABASE,
+    InfluxClient,
+    InfluxError,
+    quote_ident,
+    quote_string,
+)
 from trackerdcs.stack.process import ManagedProcess
 
 RAW_RP = "raw"
@@ -141,6 +147,21 @@ def setup_database(client: InfluxClient, cfg: InfluxConfig, database: str = DATA
         if CQ_NAME in current:
             client.execute(f"DROP CONTINUOUS QUERY {quote_ident(CQ_NAME)} ON {db}", database="")
         client.execute(wanted, database="")
+
+
+def ensure_user(
+    client: InfluxClient, name: str, password: str, privilege: str, database: str = DATABASE
+) -> None:
+    """User `name` with `password` and only `privilege` (READ, WRITE or ALL) on `database`:
+    created, or its password set again (idempotent; `client` logs in as an admin, or InfluxDB
+    has no authentication)."""
+    existing = {row["user"] for s in client.series("SHOW USERS", database="") for row in s.rows()}
+    user, secret = quote_ident(name), quote_string(password)
+    if name in existing:
+        client.execute(f"SET PASSWORD FOR {user} = {secret}", database="")
+    else:
+        client.execute(f"CREATE USER {user} WITH PASSWORD {secret}", database="")
+    client.execute(f"GRANT {privilege} ON {quote_ident(database)} TO {user}", database="")
 
 
 # -- the data path of the local stack ------------------------------------------------------------

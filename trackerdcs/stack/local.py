@@ -160,14 +160,14 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
         )  # fmt: skip
         entries.append(sensors)
     entries += _safety_entries(cfg, config_path, run_dir)
-    ui = NodeRed(cfg, run_dir / "node-red")
+    ui = NodeRed(cfg, run_dir / "node-red", config_path=config_path)
     entries.append(
         StackEntry(
             "node-red",
             lambda: ui.process(logs / "node-red.log"),
             ui.dashboard_url,
             "operators' control UI (Node-RED dashboard)",
-            details=[ui.login_hint()],
+            details=[ui.login_hint(), f"history: {cfg.influx.url} as the read-only user nodered"],
         )
     )
     return entries

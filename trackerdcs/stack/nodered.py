@@ -2,9 +2,14 @@
 
 Nothing secret is written into the repository. The editor's password comes from
 `TRACKERDCS_NODE_RED_PASSWORD`, or is generated for this run and written (mode 0600) to
-`<state>/admin-password`; Node-RED gets only its bcrypt hash, made by the `bcryptjs` that ships
-with Node-RED. The credential secret comes from `TRACKERDCS_NODE_RED_SECRET`, or is generated
-once and kept in `<state>/credential-secret` (0600), so saved credentials stay readable.
+`<state>/admin-password`; Node-RED gets only its bcrypt hash, made by the `bcryptjs` that
+node-red/package.json pins. The credential secret comes from `TRACKERDCS_NODE_RED_SECRET`, or is
+generated once and kept in `<state>/credential-secret` (0600), so saved credentials stay readable.
+
+The dashboard's login (node-red/login/) is off on loopback unless asked for (`login=True`, or
+`TRACKERDCS_UI_LOGIN=on`); its users are `TRACKERDCS_UI_USERS` and `users` (hashed here), the
+editor's admin too. The History page reads the lab's InfluxDB as the read-only user `nodered`
+(created here, with a password new for each run), and its CSV export runs `trackerdcs export`.
 """
 
 from __future__ import annotations
@@ -12,14 +17,20 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
+import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trackerdcs.config import LabConfig
+from trackerdcs.config import LabConfig, influx_seconds
+from trackerdcs.ingest.conf import TelegrafConf, load_telegraf_conf
+from trackerdcs.ingest.export import lab_measurements
+from trackerdcs.ingest.influxdb import DATABASE, InfluxClient
 from trackerdcs.safety.alarms import ALARMS_PREFIX
 from trackerdcs.safety.audit import AUDIT_PREFIX
 from trackerdcs.safety.config import rule_chiller, rule_modules
@@ -27,6 +38,7 @@ from trackerdcs.safety.interlock import interlock_prefix
 from trackerdcs.safety.liveness import heartbeats
 from trackerdcs.safety.rules import RULE_KINDS
 from trackerdcs.safety.sequencer import PREFIX as SEQUENCER_PREFIX
+from trackerdcs.stack.influx import DOWNSAMPLED_RP, RAW_RP, TELEGRAF_CONF, ensure_user
 from trackerdcs.stack.process import ManagedProcess
 
 NODE_RED_DIR = Path(__file__).resolve().parents[2] / "node-red"
@@ -37,6 +49,9 @@ BCRYPTJS = NODE_RED_DIR / "node_modules" / "bcryptjs"
 PASSWORD_ENV = "TRACKERDCS_NODE_RED_PASSWORD"
 SECRET_ENV = "TRACKERDCS_NODE_RED_SECRET"
 USERNAME = "admin"
+ROLES = ("viewer", "operator", "admin")  # node-red/login/index.js ROLES
+INFLUX_READER = "nodered"  # the History page's read-only InfluxDB user
+GRAFANA_URL_ENV = "TRACKERDCS_GRAFANA_URL"  # where operators reach Grafana, for the page's links
 
 _HASH_JS = (
     "const b = require(process.argv[1]); let s = '';"
@@ -58,11 +73,16 @@ def check_installed() -> None:
         )
 
 
-def hash_password(password: str) -> str:
-    """A bcrypt hash of `password` (given to node on stdin, never on a command line)."""
-    check_installed()
+def hash_password(password: str, home: Path | None = None) -> str:
+    """A bcrypt hash of `password` (given to node on stdin, never on a command line), made by
+    the bcryptjs of node-red/ (or of `home`, the container's /opt/node-red)."""
+    if home is None:
+        check_installed()
+    bcryptjs = BCRYPTJS if home is None else home.resolve() / "node_modules" / "bcryptjs"
+    if not bcryptjs.exists():
+        raise RuntimeError(f"no bcryptjs in {bcryptjs.parent}: give Node-RED's directory (--home)")
     done = subprocess.run(
-        [node_binary(), "-e", _HASH_JS, str(BCRYPTJS)],
+        [node_binary(), "-e", _HASH_JS, str(bcryptjs)],
         input=password,
         capture_output=True,
         text=True,
@@ -107,11 +127,42 @@ def ui_rules(cfg: LabConfig) -> list[dict[str, Any]]:
     return rules
 
 
-def ui_lab(cfg: LabConfig) -> dict[str, Any]:
+def ui_history(cfg: LabConfig, telegraf: TelegrafConf) -> dict[str, Any]:
+    """Where the History page reads (node-red/src/history.js): the database, its retention
+    policies (the raw one's retention in s, None when infinite; the downsampled copy's interval)
+    and the measurements of the lab's data by source (telegraf.conf, as `trackerdcs export`)."""
+    raw = influx_seconds(cfg.influx.raw_retention)
+    return {
+        "database": DATABASE,
+        "raw": RAW_RP,
+        "downsampled": DOWNSAMPLED_RP,
+        "raw_retention": None if raw == float("inf") else raw,
+        "downsample_interval": influx_seconds(cfg.influx.downsample_interval),
+        "measurements": lab_measurements(cfg, telegraf),
+    }
+
+
+def export_command(config_path: Path, telegraf_conf: Path, python: str = sys.executable) -> str:
+    """`trackerdcs export` as the flows run it (TRACKERDCS_UI_EXPORT, one shell line: the exec
+    node appends `lab --from ... --to ...`), for the lab YAML at `config_path`."""
+    argv = [python, "-m", "trackerdcs.cli", "export", "--config", str(config_path)]
+    return shlex.join([*argv, "--telegraf-conf", str(telegraf_conf)])
+
+
+def ui_users(users: list[tuple[str, str, str]], home: Path | None = None) -> str:
+    """TRACKERDCS_UI_USERS for (name, role, password) triples: `name:role:bcrypt-hash ...`."""
+    for name, role, _ in users:
+        if role not in ROLES:
+            raise ValueError(f"user {name}: role {role!r} is not one of {', '.join(ROLES)}")
+    return " ".join(f"{n}:{r}:{hash_password(p, home)}" for n, r, p in users)
+
+
+def ui_lab(cfg: LabConfig, telegraf: TelegrafConf | None = None) -> dict[str, Any]:
     """What the flows need to know about the lab (`TRACKERDCS_UI_LAB`): prefixes, limits, each
     source's heartbeat with the factor after which it counts as stale (as the alarm service
-    judges it: trackerdcs.safety.liveness), the interlock rules, and the safety services'
-    prefixes (the sequencer only when the lab has modules)."""
+    judges it: trackerdcs.safety.liveness), the interlock rules, the safety services' prefixes
+    (the sequencer only when the lab has modules), and, given telegraf.conf, where the History
+    page reads (`ui_history`)."""
     power: dict[str, dict[str, str]] = {}
     for crate in cfg.crates:
         for kind, prefix in sorted(crate.prefixes.items()):
@@ -141,19 +192,30 @@ def ui_lab(cfg: LabConfig) -> dict[str, Any]:
         "sequencer": SEQUENCER_PREFIX if cfg.modules() else None,
         "alarms": ALARMS_PREFIX,
         "audit": AUDIT_PREFIX,
+        "history": ui_history(cfg, telegraf) if telegraf is not None else None,
     }
 
 
 @dataclass
 class NodeRed:
-    """Node-RED serving the repo's flows for one lab; `state_dir` holds its user dir and login."""
+    """Node-RED serving the repo's flows for one lab; `state_dir` holds its user dir and login.
+
+    `login`: the dashboard's login on or off (None: TRACKERDCS_UI_LOGIN decides, else off on
+    loopback); `users`: (name, role, password) besides TRACKERDCS_UI_USERS; `config_path`: the
+    lab YAML, for the History page's InfluxDB and CSV export (None: no history)."""
 
     cfg: LabConfig
     state_dir: Path
     port: int = 1880
     host: str = "127.0.0.1"
     flows: Path = FLOWS
+    login: bool | None = None
+    users: list[tuple[str, str, str]] = field(default_factory=list)
+    config_path: Path | None = None
+    telegraf_conf: Path = TELEGRAF_CONF
+    grafana_url: str | None = None
     _password: str | None = field(default=None, repr=False)
+    reader_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
 
     @property
     def url(self) -> str:
@@ -195,25 +257,55 @@ class NodeRed:
             where = self.password_file.relative_to(Path.cwd())
         if os.environ.get(PASSWORD_ENV):
             where = f"${PASSWORD_ENV}"
-        return f"editor {self.url} (user {USERNAME}, password in {where})"
+        login = "on" if self.login or os.environ.get("TRACKERDCS_UI_LOGIN") == "on" else "off"
+        return f"editor {self.url} (user {USERNAME}, password in {where}); dashboard login {login}"
+
+    def history_env(self) -> dict[str, str]:
+        """The History page's InfluxDB (as the read-only user `nodered`, created or given a new
+        password here: InfluxDB must be up) and its CSV export (`trackerdcs export`, which reads
+        the lab YAML's credential variables: the same user)."""
+        assert self.config_path is not None
+        influx = self.cfg.influx
+        admin = InfluxClient(influx.url, username=influx.username, password=influx.password)
+        ensure_user(admin, INFLUX_READER, self.reader_password, "READ")
+        return {
+            "TRACKERDCS_UI_INFLUX_URL": influx.url,
+            "TRACKERDCS_UI_INFLUX_USERNAME": INFLUX_READER,
+            "TRACKERDCS_UI_INFLUX_PASSWORD": self.reader_password,
+            influx.username_env: INFLUX_READER,
+            influx.password_env: self.reader_password,
+            "TRACKERDCS_UI_EXPORT": export_command(self.config_path, self.telegraf_conf),
+        }
 
     def env(self) -> dict[str, str]:
-        return {
+        telegraf = load_telegraf_conf(self.telegraf_conf) if self.config_path else None
+        given = os.environ.get("TRACKERDCS_UI_USERS", "")
+        env = {
             "TRACKERDCS_NODE_RED_HOST": self.host,
             "TRACKERDCS_NODE_RED_USER": USERNAME,
             "TRACKERDCS_NODE_RED_PASSWORD_HASH": hash_password(self.password),
             "TRACKERDCS_NODE_RED_SECRET": self.credential_secret(),
+            "TRACKERDCS_UI_USERS": " ".join(filter(None, [given, ui_users(self.users)])),
             "TRACKERDCS_MQTT_HOST": self.cfg.mqtt.host,
             "TRACKERDCS_MQTT_PORT": str(self.cfg.mqtt.port),
-            "TRACKERDCS_UI_LAB": json.dumps(ui_lab(self.cfg)),
+            "TRACKERDCS_UI_LAB": json.dumps(ui_lab(self.cfg, telegraf)),
+            "TRACKERDCS_UI_GRAFANA_URL": self.grafana_url or os.environ.get(GRAFANA_URL_ENV, ""),
             "PORT": str(self.port),
         }
+        if self.login is not None:
+            env["TRACKERDCS_UI_LOGIN"] = "on" if self.login else "off"
+        if self.config_path is not None:
+            env.update(self.history_env())
+        return env
 
     def answers(self) -> bool:
-        """True when the dashboard answers HTTP 200."""
+        """True when Node-RED serves the dashboard: HTTP 200, or, with the login on, the login
+        form in front of it (node-red/login/)."""
         try:
             with urllib.request.urlopen(self.dashboard_url, timeout=1) as reply:
                 return reply.status == 200
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401 and b"/login" in exc.read()
         except OSError:
             return False
 
