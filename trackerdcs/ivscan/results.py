@@ -2,9 +2,9 @@
 against V), per module and scan, in `<results_dir>/<module>/<scan id>.csv|.png`.
 
 The CSV: lines starting with `# ` hold the metadata (`# key: value`: scan, module, channel,
-operator, start and end time, outcome and reason, the module's temperature and the room's
-temperature, humidity and dew point at the start and the end, every parameter as
-`parameter.<name>`); then one header row and one row per step:
+operator, start and end time, outcome and reason, the recipe run it belongs to, the module's
+temperature and the room's temperature, humidity and dew point at the start and the end, every
+parameter as `parameter.<name>`); then one header row and one row per step:
 
     step,time,vset,vmon,imon,imon_std,readings,temperature,room_temperature,humidity,dewpoint
 
@@ -46,6 +46,7 @@ def metadata(scan: IvScan) -> dict[str, Any]:
         "operator": plan.operator, "request_id": plan.request_id or "",
         "start_time": iso(scan.started), "end_time": iso(scan.end_time),
         "outcome": scan.outcome, "reason": scan.reason, "steps": scan.step,
+        "recipe": plan.recipe or "",
     }  # fmt: skip
     for when, env in (("start", scan.environment_start), ("end", scan.environment_end)):
         for key in ("temperature", "room_temperature", "humidity", "dewpoint"):

@@ -52,7 +52,7 @@ def idle_status() -> dict[str, Any]:
     return {
         "state": "IDLE", "scan": None, "channel": None, "operator": None, "step": 0,
         "steps": 0, "vset": None, "vmon": None, "imon": None, "outcome": None, "reason": None,
-        "files": [], "started": None, "ended": None, "id": None,
+        "files": [], "started": None, "ended": None, "id": None, "recipe": None,
     }  # fmt: skip
 
 

@@ -107,11 +107,12 @@ def ui_rules(cfg: LabConfig) -> list[dict[str, Any]]:
     return rules
 
 
-def ui_lab(cfg: LabConfig) -> dict[str, Any]:
+def ui_lab(cfg: LabConfig, results_dir: Path | None = None) -> dict[str, Any]:
     """What the flows need to know about the lab (`TRACKERDCS_UI_LAB`): prefixes, limits, each
     source's heartbeat with the factor after which it counts as stale (as the alarm service
-    judges it: trackerdcs.safety.liveness), the interlock rules, and the safety services'
-    prefixes (the sequencer only when the lab has modules)."""
+    judges it: trackerdcs.safety.liveness), the interlock rules, the safety services' prefixes
+    (the sequencer only when the lab has modules), and the folder of IV scan results the Module
+    tests page lists (`results_dir`, default `ivscan.results_dir`)."""
     power: dict[str, dict[str, str]] = {}
     for crate in cfg.crates:
         for kind, prefix in sorted(crate.prefixes.items()):
@@ -141,6 +142,7 @@ def ui_lab(cfg: LabConfig) -> dict[str, Any]:
         "sequencer": SEQUENCER_PREFIX if cfg.modules() else None,
         "alarms": ALARMS_PREFIX,
         "audit": AUDIT_PREFIX,
+        "ivscan_results": str(results_dir or cfg.ivscan.results_dir),
     }
 
 
@@ -153,6 +155,7 @@ class NodeRed:
     port: int = 1880
     host: str = "127.0.0.1"
     flows: Path = FLOWS
+    results_dir: Path | None = None  # IV scan results (default: ivscan.results_dir)
     _password: str | None = field(default=None, repr=False)
 
     @property
@@ -205,7 +208,7 @@ class NodeRed:
             "TRACKERDCS_NODE_RED_SECRET": self.credential_secret(),
             "TRACKERDCS_MQTT_HOST": self.cfg.mqtt.host,
             "TRACKERDCS_MQTT_PORT": str(self.cfg.mqtt.port),
-            "TRACKERDCS_UI_LAB": json.dumps(ui_lab(self.cfg)),
+            "TRACKERDCS_UI_LAB": json.dumps(ui_lab(self.cfg, self.results_dir)),
             "PORT": str(self.port),
         }
 
