@@ -107,7 +107,8 @@ SENDS = {
 }
 # What a daemon publishes under its prefix besides status, availability, response and replies
 OWN_EXTRA = {"dcs": {"/dcs/ivscan/status", "/dcs/ivscan/points", "/dcs/ivscan/action",
-                     "/dcs/recipe/status", "/dcs/recipe/action"}}  # fmt: skip
+                     "/dcs/ivscan/results", "/dcs/recipe/status",
+                     "/dcs/recipe/action"}}  # fmt: skip
 
 
 def allowed_topics(user: str) -> set[str]:

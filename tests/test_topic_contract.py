@@ -290,6 +290,12 @@ def test_ivscan_status_points_and_actions_match_the_contract(safety_lab):
         check_safety_object(action, "ivscan-action")
     documented = {row[0] for row in contract_table("ivscan-params")}
     assert documented == set(ScanParams.model_fields)
+    results = lab.client.wait_for("/dcs/ivscan/results", lambda m: any(
+        r["scan"] == ended["scans"]["M3"]["scan"] for r in m.json["scans"]), 10).json  # fmt: skip
+    check_safety_object(results, "ivscan-results")
+    assert results["scans"][0]["scan"] == ended["scans"]["M3"]["scan"], results
+    for result in results["scans"]:
+        check_safety_object(result, "ivscan-result")
 
 
 def test_recipe_status_and_actions_match_the_contract(safety_lab):
@@ -313,7 +319,7 @@ def test_recipe_status_and_actions_match_the_contract(safety_lab):
         for scan in status["scans"]:
             check_safety_object(scan, "recipe-scan")
     actions = [m.json for m in lab.client.messages[since:] if m.topic == "/dcs/recipe/action"]
-    assert [a["event"] for a in actions][::len(actions) - 1] == ["start", "done"]
+    assert [a["event"] for a in actions][:: len(actions) - 1] == ["start", "done"]
     for action in actions:
         check_safety_object(action, "recipe-action")
 

@@ -70,17 +70,32 @@ def csv_text(scan: IvScan) -> str:
     return out.getvalue()
 
 
-def read_results(path: Path) -> tuple[dict[str, str], list[dict[str, float | None]]]:
-    """A results CSV: its metadata and its rows (numbers, None for empty cells)."""
+def _header(lines: list[str]) -> dict[str, str]:
     meta: dict[str, str] = {}
-    lines = []
-    for line in Path(path).read_text().splitlines():
+    for line in lines:
         if line.startswith("# "):
             key, sep, value = line[2:].partition(": ")
             if sep:
                 meta[key] = value
-        else:
-            lines.append(line)
+    return meta
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """A results CSV's metadata only (`# key: value` lines before the table)."""
+    head = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            head.append(line.rstrip("\n"))
+    return _header(head)
+
+
+def read_results(path: Path) -> tuple[dict[str, str], list[dict[str, float | None]]]:
+    """A results CSV: its metadata and its rows (numbers, None for empty cells)."""
+    text = Path(path).read_text().splitlines()
+    meta = _header(text)
+    lines = [line for line in text if not line.startswith("# ")]
     rows = [
         {k: (float(v) if v != "" else None) for k, v in row.items()}
         for row in csv.DictReader(lines)
