@@ -267,3 +267,32 @@ def test_bad_recipes_are_refused_before_anything_moves(lab: RecipeLab, tmp_path:
             and b'"id": "recipe:' in m.payload]  # fmt: skip
     assert not sent  # no recipe ran: it sent nothing
     assert not [m for m in lab.client.messages[since:] if m.topic == "/dcs/recipe/action"]
+
+
+def test_trackerdcs_recipe_run_follows_the_run_with_its_progress(
+    lab: RecipeLab, tmp_path: Path
+) -> None:
+    """`trackerdcs recipe run FILE`: checked, started, followed step by step to its end, the
+    outcome and its scans printed, exit status 0; the modules left off."""
+    recipe = {"modules": ["M1"], "steps": [
+        {"module": "on"}, {"repeat": 2, "steps": [{"hold": 0.3}]}, {"ivscan": SCAN},
+        {"module": "off"}]}  # fmt: skip
+    path = tmp_path / "short.yml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, "-m", "trackerdcs.cli", "recipe", "run", str(path), "--config",
+         str(lab.config), "--name", "carol"], capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    progress = done.stderr.splitlines()
+    assert progress[0].startswith("recipe short: run short-") and progress[0].endswith("(5 steps)")
+    assert any(line.startswith("[3/5] step 2.1 (repetition 2/2): hold") for line in progress)
+    assert progress[-1].startswith("[5/5] step 4: ") and progress[-1].endswith("COMPLETED")
+    report = done.stdout.splitlines()
+    assert report[0].startswith("short short-") and ": completed: " in report[0]
+    assert report[1].startswith("  IV scan M1-") and report[1].endswith("(M1, step 3): completed")
+    started = [r for r in lab.audit(source="carol", kind="command", since="5m")
+               if r["topic"] == "/dcs/cmd/recipe/start"]  # fmt: skip
+    assert started and started[-1]["ok"] is True  # sent as carol, accepted
+    lab.modules_off(["M1"])
