@@ -195,8 +195,11 @@ def safety_lab(workdir):
                             ("dcs", "serving the sequencer"))
     ]  # fmt: skip
     lab.start()
+    since = lab.client.mark()
     for daemon in daemons:
         daemon.start()
+    for prefix in ("/interlock", "/alarms", "/dcs"):  # connected and subscribed: `online` goes
+        lab.client.wait_for(f"{prefix}/availability", lambda m: m.text == "online", 10, since)
     yield lab
     for daemon in reversed(daemons):
         daemon.stop()
