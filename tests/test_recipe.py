@@ -296,3 +296,22 @@ def test_trackerdcs_recipe_run_follows_the_run_with_its_progress(
                if r["topic"] == "/dcs/cmd/recipe/start"]  # fmt: skip
     assert started and started[-1]["ok"] is True  # sent as carol, accepted
     lab.modules_off(["M1"])
+
+
+def test_paused_while_waiting_for_a_stable_bath_and_resumed(lab: RecipeLab) -> None:
+    """A pause takes effect at once in a wait; resumed, the wait starts again and the run goes
+    on to its end."""
+    assert lab.alice is not None
+    recipe = {"modules": ["M1"], "steps": [
+        {"setpoint": 20}, {"wait_stable": {"tolerance": 0.5, "stable_for": 3}},
+        {"hold": 0.2}]}  # fmt: skip
+    run = lab.alice.start_recipe(recipe, file="wait.yml")["run"]
+    lab.status(lambda s: s["path"] == "2" and s["state"] == "RUNNING")
+    lab.alice.pause_recipe()
+    paused = lab.status(lambda s: s["state"] == "PAUSED")
+    assert paused["path"] == "2", paused
+    resumed = lab.client.mark()
+    lab.alice.resume_recipe()
+    lab.status(lambda s: s["state"] == "RUNNING", since=resumed)
+    final = lab.alice.wait_recipe(run, timeout=60)
+    assert final["outcome"] == "completed", final

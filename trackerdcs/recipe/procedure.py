@@ -415,6 +415,8 @@ class RecipeRun:
                     lambda: True if self.dewpoint.problem(lab, setpoint) is None else None,
                     self.recipe.dewpoint_timeout, "a safe dew point", self._guard(True),
                 )  # fmt: skip
+            except Aborted as exc:  # a pause, an abort or an interlock (the guard's kind)
+                raise Interrupted(self._kind, exc.reason) from None
             except WaitTimeout:
                 last = self.dewpoint.problem(lab, setpoint) or why
                 raise StepFailed(f"{last}, still after {self.recipe.dewpoint_timeout:g} s "
@@ -437,6 +439,8 @@ class RecipeRun:
                 self.setpoint, tolerance=s.tolerance, stable_for=s.stable_for, timeout=s.timeout,
                 chiller=self.chiller, abort=self._guard(True),
             )  # fmt: skip
+        except Aborted as exc:  # a pause, an abort or an interlock (the guard's kind)
+            raise Interrupted(self._kind, exc.reason) from None
         finally:
             self._set_waiting(None)
         return f"bath {status.get('bath_temp')} °C, stable for {s.stable_for:g} s"
