@@ -312,7 +312,8 @@ def test_readme_recipe_commands(stack):
         def run(line: str) -> subprocess.CompletedProcess:
             done = subprocess.run(line, shell=True, timeout=30, capture_output=True, text=True,
                                   cwd=ROOT)  # fmt: skip
-            assert done.returncode == 0, (line, done.stdout, done.stderr)
+            status = client.latest("/dcs/recipe/status")
+            assert done.returncode == 0, (line, done.stdout, done.stderr, status and status.json)
             return done
 
         assert "quick on M1, M2: 18 steps" in run(commands[0]).stdout

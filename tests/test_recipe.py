@@ -315,3 +315,24 @@ def test_paused_while_waiting_for_a_stable_bath_and_resumed(lab: RecipeLab) -> N
     lab.status(lambda s: s["state"] == "RUNNING", since=resumed)
     final = lab.alice.wait_recipe(run, timeout=60)
     assert final["outcome"] == "completed", final
+
+
+def test_a_stopped_chiller_is_started_and_the_run_waits_until_it_runs(lab: RecipeLab) -> None:
+    """The chiller stopped (its `chiller_running` rule disarmed): the set point step starts it
+    and ends once its status says it runs, so the wait for a stable bath that follows goes on."""
+    assert lab.alice is not None
+    since = lab.client.mark()
+    assert lab.command("/julabo/cmd/switch", "off")["ok"]
+    lab.rules(lambda r: r["chiller_running"]["active"], since=since)
+    since = lab.client.mark()
+    assert lab.command("/interlock/cmd/reset/chiller_running", "")["ok"]
+    lab.rules(lambda r: not any(rule["active"] for rule in r.values()), since=since)
+    lab.wait("/julabo/status", lambda s: not s["running"], 10, since=0)
+    recipe = {"modules": ["M1"], "steps": [
+        {"setpoint": 20}, {"wait_stable": {"tolerance": 0.5, "stable_for": 0.5}},
+        {"hold": 0.1}]}  # fmt: skip
+    run = lab.alice.start_recipe(recipe, file="cold-start.yml")["run"]
+    final = lab.alice.wait_recipe(run, timeout=60)
+    assert final["outcome"] == "completed", final
+    record = json.loads((lab.results / "recipes" / f"{run}.json").read_text())
+    assert record["log"][0]["detail"] == "set point 20 °C, chiller started", record["log"][0]

@@ -65,6 +65,12 @@ OUTCOMES = ("completed", "aborted", "interlock", "failed")
 SCAN_RESULTS = frozenset({"completed", "compliance", "breakdown"})  # a scan's outcome, not a fault
 SAFE_TIMEOUT = 600.0  # s for the scans to end and the modules to be off when making safe
 FOREVER = 30 * 86400.0  # s: a pause lasts until resumed or aborted
+CHILLER_START_TIMEOUT = 60.0  # s for a started chiller's status to say it runs
+
+
+def _running(status: dict[str, Any]) -> bool:
+    """A chiller status that says it controls the temperature."""
+    return bool(status.get("running")) or status.get("state") in ("RUNNING", "MANUAL")
 
 
 class Reporter(Protocol):
@@ -424,10 +430,17 @@ class RecipeRun:
             finally:
                 self._set_waiting(None)
         lab.set_chiller(setpoint, wait=False, chiller=self.chiller)
-        status = lab.chiller(self.chiller)
         started = ""
-        if not (status.get("running") or status.get("state") in ("RUNNING", "MANUAL")):
+        if not _running(lab.chiller(self.chiller)):
             lab.start_chiller(self.chiller)
+            # its answer comes before its status says so: the next step (a wait for a stable
+            # bath) needs it running; an abort or an interlock ends this wait, a pause does not
+            try:
+                lab.wait_until(lambda: True if _running(lab.chiller(self.chiller)) else None,
+                               CHILLER_START_TIMEOUT, "the chiller running",
+                               self._guard(False))  # fmt: skip
+            except Aborted as exc:
+                raise Interrupted(self._kind, exc.reason) from None
             started = ", chiller started"
         return f"set point {setpoint:g} °C{started}"
 
