@@ -62,11 +62,13 @@ def rules() -> dict[str, Any]:
     """In which states each command is accepted, the command topics of every service (the
     first level under `<prefix>/cmd/`), and what each channel status bit means: from the
     daemons' own tables."""
+    from trackerdcs.ivscan.service import COMMANDS as IVSCAN_TOPICS
     from trackerdcs.julabo.fsm import COMMANDS as CHILLER_STATES
     from trackerdcs.julabo.service import COMMAND_TABLE as CHILLER_TOPICS
     from trackerdcs.power.channel import COMMANDS as POWER_STATES
     from trackerdcs.power.service import COMMAND_TABLE as POWER_TOPICS
     from trackerdcs.power.status import MEANINGS
+    from trackerdcs.recipe.service import COMMANDS as RECIPE_TOPICS
     from trackerdcs.safety.alarms import COMMANDS as ALARMS_TOPICS
     from trackerdcs.safety.audit import COMMANDS as AUDIT_TOPICS
     from trackerdcs.safety.interlock import COMMANDS as INTERLOCK_TOPICS
@@ -81,7 +83,8 @@ def rules() -> dict[str, Any]:
     return {
         "power": {"states": states(POWER_STATES), "topics": sorted(POWER_TOPICS)},
         "chiller": {"states": states(CHILLER_STATES), "topics": sorted(CHILLER_TOPICS)},
-        "sequencer": {"topics": topics(SEQUENCER_TOPICS)},
+        # the dcs daemon: module sequences, IV scans and recipes (the Module tests page)
+        "sequencer": {"topics": topics(SEQUENCER_TOPICS + IVSCAN_TOPICS + RECIPE_TOPICS)},
         "interlock": {"topics": topics(INTERLOCK_TOPICS)},
         "alarms": {"topics": topics(ALARMS_TOPICS)},
         "audit": {"topics": topics(AUDIT_TOPICS)},
@@ -281,8 +284,73 @@ def export_flow(tab: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+# -- the Module tests page: IV scans and recipes (its own tab; the page is one of PAGES) --------
+PAGES.append(("Module tests", "/moduletests", "test-tube", "moduletests.vue"))
+MODULE_TESTS_SUBSCRIPTIONS = ["/dcs/ivscan/status", "/dcs/ivscan/points", "/dcs/ivscan/results",
+                              "/dcs/recipe/status"]  # fmt: skip
+MODULE_TESTS_TICK_S = 5  # the page's data resent this often (and at once after a change)
+SCAN_FILES_PATH = "/moduletests/files"  # GET .../<module>/<scan id>.csv|png: scanfiles.js
+
+
+def module_tests_flow(tab: str, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Module tests tab: its MQTT subscriptions and model (moduletests.js) feeding the Module
+    tests page, and the HTTP route serving the scans' files (scanfiles.js). The page's commands
+    go through the lab model like every page's; its refresh requests also come here (the page
+    template, in `nodes`, is wired to this tab's model too)."""
+    tests, files = nid("function module tests"), nid("function scan files")
+    read, respond = nid("file in scan file"), nid("http response scan file")
+    page = nid("template Module tests")
+    for node in nodes:
+        if node["id"] == page:
+            node["wires"] = [[*node["wires"][0], tests]]
+    note = "The Module tests page's data (IV scans, recipes) and its scans' files: see docs/ui.md."
+    source = (SRC / "moduletests.js").read_text().replace("__FILES_PATH__",
+                                                          json.dumps(SCAN_FILES_PATH))  # fmt: skip
+    out: list[dict[str, Any]] = [
+        {"id": tab, "type": "tab", "label": "Module tests", "disabled": False, "info": note},
+        {"id": tests, "type": "function", "z": tab, "name": "module tests", "func": source,
+         "outputs": 1, "timeout": 0, "noerr": 0, "initialize": "", "finalize": "", "libs": [],
+         "x": 440, "y": 160, "wires": [[page]]},
+        {"id": nid("inject module tests tick"), "type": "inject", "z": tab,
+         "name": f"every {MODULE_TESTS_TICK_S} s", "props": [{"p": "topic", "vt": "str"}],
+         "repeat": str(MODULE_TESTS_TICK_S), "crontab": "", "once": True, "onceDelay": "1",
+         "topic": "moduletests/tick", "x": 170, "y": 320, "wires": [[tests]]},
+        {"id": nid("http in scan file"), "type": "http in", "z": tab, "name": "",
+         "url": SCAN_FILES_PATH + "/:module/:file", "method": "get", "upload": False,
+         "swaggerDoc": "", "x": 190, "y": 420, "wires": [[files]]},
+        {"id": files, "type": "function", "z": tab, "name": "scan file: checked",
+         "func": (SRC / "scanfiles.js").read_text(), "outputs": 2, "timeout": 0, "noerr": 0,
+         "initialize": "", "finalize": "", "libs": [], "x": 440, "y": 420,
+         "outputLabels": ["to read", "refused: 404"], "wires": [[read], [respond]]},
+        {"id": read, "type": "file in", "z": tab, "name": "read the file", "filename": "filename",
+         "filenameType": "msg", "format": "", "chunk": False, "sendError": False,
+         "encoding": "none", "allProps": False, "x": 660, "y": 400, "wires": [[respond]]},
+        {"id": nid("catch scan file"), "type": "catch", "z": tab, "name": "file missing",
+         "scope": [read], "uncaught": False, "x": 660, "y": 460,
+         "wires": [[nid("change scan file 404")]]},
+        {"id": nid("change scan file 404"), "type": "change", "z": tab, "name": "404",
+         "rules": [{"t": "set", "p": "statusCode", "pt": "msg", "to": "404", "tot": "num"},
+                   {"t": "set", "p": "payload", "pt": "msg", "to": "no such IV scan file",
+                    "tot": "str"},
+                   {"t": "set", "p": "headers", "pt": "msg",
+                    "to": '{"Content-Type": "text/plain; charset=utf-8"}', "tot": "json"}],
+         "x": 850, "y": 460, "wires": [[respond]]},
+        {"id": respond, "type": "http response", "z": tab, "name": "", "statusCode": "",
+         "headers": {}, "x": 880, "y": 400, "wires": []},
+    ]  # fmt: skip
+    for i, topic in enumerate(MODULE_TESTS_SUBSCRIPTIONS):
+        out.append(
+            {"id": nid(f"mqtt in {topic}"), "type": "mqtt in", "z": tab, "name": "",
+             "topic": topic, "qos": "1", "datatype": "auto-detect", "broker": nid("mqtt-broker"),
+             "nl": False, "rap": False, "rh": 0, "inputs": 0, "x": 170, "y": 100 + 50 * i,
+             "wires": [[tests]]}
+        )  # fmt: skip
+    return out
+
+
 def build() -> str:
     nodes = flow(nid("tab control ui")) + dashboard()
+    nodes += module_tests_flow(nid("tab module tests"), nodes)
     return json.dumps(nodes, indent=4, ensure_ascii=False) + "\n"
 
 

@@ -126,6 +126,17 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def written_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target -> source of the volumes a service may write (not `:ro`): a volume is backed up
+    from the service that writes it (the Node-RED container reads the IV scan results too)."""
+    out = {}
+    for vol in service.get("volumes", []):
+        source, target, *mode = vol.split(":")
+        if "ro" not in mode:
+            out[target] = source
+    return out
+
+
 def lab_of(service: dict[str, Any]) -> Path | None:
     source = mounts(service).get(LAB_IN_CONTAINER)
     return Path(source) if source else None
@@ -292,7 +303,7 @@ def test_every_named_volume_is_used_and_backed_up(configs) -> None:
     used = {
         source: (name, target)
         for name, service in config["services"].items()
-        for target, source in mounts(service).items()
+        for target, source in written_mounts(service).items()
         if not source.startswith("/")
     }
     assert set(used) == set(config["volumes"])
@@ -332,7 +343,7 @@ def test_backup_reads_every_volume_from_its_service(tmp_path: Path) -> None:
     files = {p.name.split(".")[0]: p for p in dest.iterdir()}
     assert set(files) == {*volumes, "lab", "MANIFEST"}
     for name, service in compose_config(PROD)["services"].items():
-        for target, source in mounts(service).items():
+        for target, source in written_mounts(service).items():
             if source in volumes:
                 ran = files[source].read_text()
                 assert ran.startswith(f"{name} "), ran  # run in the container that mounts it

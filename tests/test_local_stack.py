@@ -308,3 +308,38 @@ def test_readme_ivscan_commands(stack, tmp_path):
         assert json.loads(printed)["scans"]["M4"]["scan"] == scans["M4"]
     finally:
         client.close()
+
+
+def test_readme_recipe_commands(stack):
+    """The README's recipe commands, run as written against `make run`'s stack: the example
+    recipe checked, started by name from `examples/recipes/`, paused, resumed and aborted; the
+    Module tests page served, the past scans' index retained."""
+    commands = readme_example("recipe")
+    client = TestClient(1883)
+    try:
+        client.wait_for("/dcs/recipe/status", lambda m: True, 10)
+        client.wait_for("/dcs/ivscan/results", lambda m: isinstance(m.json["scans"], list), 10)
+
+        def run(line: str) -> subprocess.CompletedProcess:
+            done = subprocess.run(line, shell=True, timeout=30, capture_output=True, text=True,
+                                  cwd=ROOT)  # fmt: skip
+            status = client.latest("/dcs/recipe/status")
+            assert done.returncode == 0, (line, done.stdout, done.stderr, status and status.json)
+            return done
+
+        assert "quick on M1, M2: 18 steps" in run(commands[0]).stdout
+        since = client.mark()
+        run(commands[1])
+        answer = client.wait_for("/dcs/response", lambda m: m.json["id"] == "alice:r1", 10, since)
+        assert answer.json["ok"] and answer.json["recipe"] == "quick", answer.json
+        client.wait_for("/dcs/recipe/status", lambda m: m.json["state"] == "RUNNING", 10, since)
+        assert json.loads(run(commands[2]).stdout)["run"] == answer.json["run"]
+        for line, state in zip(commands[3:], ("PAUSED", "RUNNING", "ABORTED"), strict=True):
+            since = client.mark()
+            run(line)
+            client.wait_for("/dcs/recipe/status", lambda m, s=state: m.json["state"] == s, 30,
+                            since)  # fmt: skip
+        page = urllib.request.urlopen("http://127.0.0.1:1880/dashboard/moduletests", timeout=10)
+        assert page.status == 200
+    finally:
+        client.close()

@@ -89,13 +89,26 @@ COMMANDS = [
     "/alarms/cmd/ack/all",
     "/audit/cmd/query",
     "/dcs/cmd/module/M1",
+    "/dcs/cmd/ivscan/M1",
+    "/dcs/cmd/recipe/start",
 ]
 SENDS = {
     "interlock": {"/hv/cmd/switch/M1", "/hv/cmd/kill/M1", "/julabo/cmd/setpoint"},
-    "dcs": {"/hv/cmd/switch/M1", "/lv/cmd/switch/M1", "/hv/cmd/setv/0", "/hv/cmd/seti/M1"},
+    "dcs": {
+        "/hv/cmd/switch/M1",
+        "/lv/cmd/switch/M1",
+        "/hv/cmd/setv/0",
+        "/hv/cmd/seti/M1",
+        "/julabo/cmd/setpoint",
+        "/julabo/cmd/switch",
+        "/dcs/cmd/module/M1",
+        "/dcs/cmd/ivscan/M1",
+    },  # the recipes' commands
 }
 # What a daemon publishes under its prefix besides status, availability, response and replies
-OWN_EXTRA = {"dcs": {"/dcs/ivscan/status", "/dcs/ivscan/points", "/dcs/ivscan/action"}}
+OWN_EXTRA = {"dcs": {"/dcs/ivscan/status", "/dcs/ivscan/points", "/dcs/ivscan/action",
+                     "/dcs/ivscan/results", "/dcs/recipe/status",
+                     "/dcs/recipe/action"}}  # fmt: skip
 
 
 def allowed_topics(user: str) -> set[str]:

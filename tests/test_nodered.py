@@ -39,6 +39,13 @@ OPERATOR = "tester"  # the name every page's browser has given (localStorage), u
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 PAGES = ("overview", "alarms", "power", "chiller", "environment")
+# the Module tests page's own subscriptions (tests/test_moduletests_ui.py)
+MODULE_TESTS = [
+    "/dcs/ivscan/points",
+    "/dcs/ivscan/results",
+    "/dcs/ivscan/status",
+    "/dcs/recipe/status",
+]
 DATE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 0.3,
@@ -332,17 +339,19 @@ def test_flows_json_is_built_from_the_sources_and_the_daemon_rules() -> None:
     ]
     subscribed = sorted(n["topic"] for n in flows if n["type"] == "mqtt in")
     assert subscribed == ["/+/action", "/+/availability", "/+/response", "/+/state",
-                          "/+/status", "/alarms"]  # fmt: skip
+                          "/+/status", "/alarms", *MODULE_TESTS]  # fmt: skip
     assert {n["type"] for n in flows} >= {"ui-base", "ui-page", "ui-template", "status", "exec"}
     pages = sorted(n["path"] for n in flows if n["type"] == "ui-page")
-    assert pages == sorted(f"/{name}" for name in (*PAGES, "history"))  # history: test_ui_access
+    # history: test_ui_access; moduletests: test_moduletests_ui
+    assert pages == sorted(f"/{name}" for name in (*PAGES, "history", "moduletests"))
     access = next(n for n in flows if n.get("name") == "access: who may command")
     templates = [n for n in flows if n["type"] == "ui-template" and n.get("group")]
     assert all(t["wires"] == [[access["id"]]] for t in templates)  # every page's message checked
     model = next(n for n in flows if n.get("name") == "lab model")["func"]
     rules = json.loads(model.split("const RULES = ", 1)[1].split("; //", 1)[0])
     assert set(rules["flags"]) == {flag.name for flag in ChannelStatus}  # every bit explained
-    assert rules["sequencer"]["topics"] == ["module"] and rules["alarms"]["topics"] == ["ack"]
+    assert rules["sequencer"]["topics"] == ["ivscan", "module", "recipe"]  # the dcs daemon's
+    assert rules["alarms"]["topics"] == ["ack"]
 
 
 # -- power supplies -------------------------------------------------------------------------------

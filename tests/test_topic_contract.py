@@ -293,10 +293,43 @@ def test_ivscan_status_points_and_actions_match_the_contract(safety_lab):
         check_safety_object(action, "ivscan-action")
     documented = {row[0] for row in contract_table("ivscan-params")}
     assert documented == set(ScanParams.model_fields)
+    results = lab.client.wait_for("/dcs/ivscan/results", lambda m: any(
+        r["scan"] == ended["scans"]["M3"]["scan"] for r in m.json["scans"]), 10).json  # fmt: skip
+    check_safety_object(results, "ivscan-results")
+    assert results["scans"][0]["scan"] == ended["scans"]["M3"]["scan"], results
+    for result in results["scans"]:
+        check_safety_object(result, "ivscan-result")
+
+
+def test_recipe_status_and_actions_match_the_contract(safety_lab):
+    lab = safety_lab
+    idle = lab.client.wait_for("/dcs/recipe/status").json
+    since = lab.client.mark()
+    recipe = {"modules": ["M3"], "steps": [
+        {"module": "on"}, {"repeat": 2, "steps": [{"hold": 0.2}]},
+        {"ivscan": {"stop": 10, "step": 10}}, {"module": "off"}]}  # fmt: skip
+    value = {"recipe": recipe, "file": "contract.yml"}
+    answer = lab.client.command("/dcs/cmd/recipe/start", value, "/dcs/response")
+    assert answer["ok"] and answer["steps"] == 5, answer
+    ended = lab.client.wait_for("/dcs/recipe/status", lambda m: m.json["ended"], 30, since).json
+    assert ended["outcome"] == "completed", ended
+    statuses = [idle] + [m.json for m in lab.client.messages[since:]
+                         if m.topic == "/dcs/recipe/status"]  # fmt: skip
+    assert {"RUNNING", "COMPLETED"} <= {s["state"] for s in statuses}
+    assert any(s["repetition"] == 2 and s["time_left"] is not None for s in statuses)
+    for status in statuses:
+        check_safety_object(status, "recipe-status")
+        for scan in status["scans"]:
+            check_safety_object(scan, "recipe-scan")
+    actions = [m.json for m in lab.client.messages[since:] if m.topic == "/dcs/recipe/action"]
+    assert [a["event"] for a in actions][:: len(actions) - 1] == ["start", "done"]
+    for action in actions:
+        check_safety_object(action, "recipe-action")
 
 
 def test_safety_documented_commands_are_the_implemented_ones():
     from trackerdcs.ivscan import service as ivscan
+    from trackerdcs.recipe import service as recipe
     from trackerdcs.safety import alarms, audit, interlock, sequencer
 
     for table, prefix, implemented in (
@@ -305,6 +338,7 @@ def test_safety_documented_commands_are_the_implemented_ones():
         ("dcs-commands", "/dcs", sequencer.COMMANDS),
         ("audit-commands", "/audit", audit.COMMANDS),
         ("ivscan-commands", "/dcs", ivscan.COMMANDS),
+        ("recipe-commands", "/dcs", recipe.COMMANDS),
     ):
         documented = {row[0] for row in contract_table(table)}
         assert documented == {f"{prefix}/cmd/{c}" for c in implemented}, table

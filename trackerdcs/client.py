@@ -62,6 +62,7 @@ FAULT_STATES = frozenset({"TRIPPED", "ERROR", "DISCONNECTED"})
 OFF_STATES = frozenset({"OFF", "TRIPPED", "ERROR"})
 DCS_PREFIX = "/dcs"
 IVSCAN_STATUS = "/dcs/ivscan/status"
+RECIPE_STATUS = "/dcs/recipe/status"
 POLL = 0.2  # s: a wait re-checks its condition at least this often (time-based conditions)
 _client_numbers = itertools.count(1)
 
@@ -187,7 +188,7 @@ class Lab:
         prefixes += [c.prefix for c in self.lab.chillers]
         topics = [f"{p}/{leaf}" for p in prefixes for leaf in ("status", "response")]
         topics += [f"{s.prefix}/status" for s in self.lab.sensors]
-        topics += [f"{DCS_PREFIX}/status", f"{DCS_PREFIX}/response", IVSCAN_STATUS]
+        topics += [f"{DCS_PREFIX}/status", f"{DCS_PREFIX}/response", IVSCAN_STATUS, RECIPE_STATUS]
         topics.append(self.lab.power.interlock_topic)
         return topics
 
@@ -585,6 +586,7 @@ class Lab:
     def set_chiller(
         self, setpoint: float, *, wait: bool = True, tolerance: float = 0.2,
         stable_for: float = 60.0, timeout: float | None = None, chiller: str | None = None,
+        abort: Callable[[], str | None] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Set the chiller's set point (°C) and, with `wait`, return once the bath has stayed
         within `tolerance` K of it for `stable_for` s without a break (the chiller's status).
@@ -593,17 +595,42 @@ class Lab:
         `DcsError` at once. `chiller`: which one, in a lab with several. `timeout` defaults to
         `stable_for` + 120 s per K to go + 300 s (a slow 0.5 K/min unit). Returns the last
         status. `CommandRefused` outside the lab's
-        `setpoint_min`..`setpoint_max`, `WaitTimeout`, `NoAnswer`.
+        `setpoint_min`..`setpoint_max`, `WaitTimeout`, `NoAnswer`, `Aborted` (see `wait_until`).
         """
         prefix = self._chiller_prefix(chiller)
         start = self._latest(f"{prefix}/status", "a chiller status")
         self.command(f"{prefix}/cmd/setpoint", setpoint)
         if not wait:
             return self._latest(f"{prefix}/status", "a chiller status")
-        bath0 = start.get("bath_temp")
-        if timeout is None:
-            timeout = stable_for + 300.0 + 120.0 * abs(setpoint - (bath0 or setpoint))
+        return self.wait_chiller_stable(
+            setpoint, tolerance=tolerance, stable_for=stable_for, chiller=chiller, abort=abort,
+            timeout=timeout, bath=start.get("bath_temp") if isinstance(start, dict) else None,
+        )  # fmt: skip
+
+    def wait_chiller_stable(
+        self, setpoint: float | None = None, *, tolerance: float = 0.2, stable_for: float = 60.0,
+        timeout: float | None = None, chiller: str | None = None,
+        abort: Callable[[], str | None] | None = None, bath: Any = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Wait until the bath has stayed within `tolerance` K of `setpoint` (°C; default the
+        chiller's set point now) for `stable_for` s without a break; the last status.
+
+        `DcsError` at once for a chiller that is not running; `timeout` as `set_chiller`'s
+        (from `bath`, the bath temperature to start from, default now's); `WaitTimeout`,
+        `Aborted` when `abort()` returns a reason."""
+        prefix = self._chiller_prefix(chiller)
         topic = f"{prefix}/status"
+        now = self._latest(topic, "a chiller status")
+        now = now if isinstance(now, dict) else {}
+        if setpoint is None:
+            setpoint = now.get("setpoint")
+            if not isinstance(setpoint, int | float) or isinstance(setpoint, bool):
+                raise DcsError(f"{prefix}: the chiller's set point is not known")
+        target = float(setpoint)
+        if timeout is None:
+            start = bath if bath is not None else now.get("bath_temp")
+            start = start if isinstance(start, int | float) else target
+            timeout = stable_for + 300.0 + 120.0 * abs(target - start)
         since: list[float | None] = [None]
 
         def check() -> dict[str, Any] | None:
@@ -612,18 +639,18 @@ class Lab:
                 "running"
             ):
                 raise DcsError(f"the chiller is {status.get('state')}: start it first")
-            bath = status.get("bath_temp")
-            now = time.monotonic()
-            if not isinstance(bath, int | float) or abs(bath - setpoint) > tolerance:
+            temp = status.get("bath_temp")
+            at = time.monotonic()
+            if not isinstance(temp, int | float) or abs(temp - target) > tolerance:
                 since[0] = None
                 return None
             if since[0] is None:
-                since[0] = now
-            return status if now - since[0] >= stable_for else None
+                since[0] = at
+            return status if at - since[0] >= stable_for else None
 
         return self.wait_until(
-            check, timeout, f"the bath within {tolerance:g} K of {setpoint:g} C for "
-            f"{stable_for:g} s",
+            check, timeout, f"the bath within {tolerance:g} K of {target:g} C for "
+            f"{stable_for:g} s", abort,
         )  # fmt: skip
 
     # -- IV scans ---------------------------------------------------------------------------------
@@ -647,11 +674,12 @@ class Lab:
 
     def wait_iv_scans(
         self, scans: dict[str, str], progress: Callable[[str, dict[str, Any]], None] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None, abort: Callable[[], str | None] | None = None,
     ) -> dict[str, dict[str, Any]]:  # fmt: skip
         """Follow the scans `scans` (module -> scan id, as `iv_scan(wait=False)` answers) on
         `/dcs/ivscan/status` until every one has ended; module -> its final scan status.
-        `progress(module, scan)` is called with a module's scan status on every change of it."""
+        `progress(module, scan)` is called with a module's scan status on every change of it;
+        `Aborted` as soon as `abort()` returns a reason (the scans go on: `stop_iv_scan`)."""
         seen: dict[str, Any] = {}
 
         def check() -> dict[str, dict[str, Any]] | None:
@@ -669,9 +697,69 @@ class Lab:
 
         names = ", ".join(scans) or "no module"
         return self.wait_until(check, 86400.0 if timeout is None else timeout,
-                               f"the end of the IV scan(s) of {names}")  # fmt: skip
+                               f"the end of the IV scan(s) of {names}", abort)  # fmt: skip
 
     def stop_iv_scan(self, module: str) -> dict[str, Any]:
         """Stop the IV scan of `module` (or `all`): the channel is ramped down and the reason
         recorded; the daemon's answer."""
         return self.command(f"{DCS_PREFIX}/cmd/ivscan/{module}", "stop")
+
+    # -- recipes ----------------------------------------------------------------------------------
+    def start_recipe(
+        self, recipe: str | Path | dict[str, Any], *, file: str | None = None, wait: bool = False,
+        progress: Callable[[dict[str, Any]], None] | None = None, timeout: float | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Start a thermal-cycle recipe on the dcs daemon (`/dcs/cmd/recipe/start`): `recipe`
+        is a name from the lab's recipe folder or a path on the daemon's machine (text), or the
+        recipe itself (a mapping, as a recipe file holds it; `file` names it in errors).
+
+        A recipe the daemon refuses (a bad file, a module busy or held by an interlock, one
+        already running) raises `CommandRefused` before anything moves. Without `wait`, returns
+        the answer (`run`: the run's id); with, follows `/dcs/recipe/status` (calling
+        `progress(status)` on every change) and returns the final status once it has ended
+        (`outcome`, `reason`, `scans`); `timeout` defaults to 30 days."""
+        value: Any = str(recipe) if not isinstance(recipe, dict) else {
+            "recipe": recipe, "file": file or "a script"}  # fmt: skip
+        answer = self.command(f"{DCS_PREFIX}/cmd/recipe/start", value)
+        if not wait:
+            return answer
+        return self.wait_recipe(answer["run"], progress, timeout)
+
+    def recipe_status(self) -> dict[str, Any] | None:
+        """The latest `/dcs/recipe/status` (the latest run), None before it came: no wait."""
+        status = self.latest(RECIPE_STATUS)
+        return status if isinstance(status, dict) else None
+
+    def wait_recipe(
+        self, run: str, progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None, abort: Callable[[], str | None] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Follow the run `run` on `/dcs/recipe/status` until it has ended; its final status.
+        `progress(status)` is called on every change of it (but its `time`)."""
+        seen: list[Any] = [None]
+
+        def check() -> dict[str, Any] | None:
+            status = self._status.get(RECIPE_STATUS)
+            if not isinstance(status, dict) or status.get("run") != run:
+                return None
+            shown = {k: v for k, v in status.items() if k != "time"}
+            if shown != seen[0]:
+                seen[0] = shown
+                if progress is not None:
+                    progress(status)
+            return status if status.get("ended") is not None else None
+
+        return self.wait_until(check, 30 * 86400.0 if timeout is None else timeout,
+                               f"the end of recipe run {run}", abort)  # fmt: skip
+
+    def pause_recipe(self) -> dict[str, Any]:
+        """Pause the running recipe (at once in a hold or a wait, else after the step)."""
+        return self.command(f"{DCS_PREFIX}/cmd/recipe/pause", "")
+
+    def resume_recipe(self) -> dict[str, Any]:
+        """Resume the paused recipe; `CommandRefused` while an interlock holds its modules."""
+        return self.command(f"{DCS_PREFIX}/cmd/recipe/resume", "")
+
+    def abort_recipe(self) -> dict[str, Any]:
+        """Abort the running recipe: its scans stopped, its modules switched off."""
+        return self.command(f"{DCS_PREFIX}/cmd/recipe/abort", "")

@@ -10,7 +10,8 @@ they run. So every long-lived connection of a lab has its own id, built here:
 - a chiller daemon (`trackerdcs-julabo --chiller NAME`): `trackerdcs-<lab>-chiller-<name>`;
 - a sensor (one connection each): `trackerdcs-<lab>-sensor-<name>`;
 - the interlock, sequencer, alarm and audit services: `trackerdcs-<lab>-interlock`, `-dcs`,
-  `-alarms`, `-audit`, and the IV scans' client in the dcs daemon, `-ivscan`;
+  `-alarms`, `-audit`, and the IV scans' and the recipes' clients in the dcs daemon,
+  `-ivscan` and `-recipe`;
 - a power daemon, per prefix: `trackerdcs-<lab>-<crate>-<kind>`.
 
 Short-lived and many-instance clients take ids nobody else has: the broker assigns one
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from trackerdcs.config import LabConfig
 
-SERVICES = ("interlock", "dcs", "alarms", "audit", "ivscan")  # one connection each per lab
+# one connection each per lab
+SERVICES = ("interlock", "dcs", "alarms", "audit", "ivscan", "recipe")
 
 
 def client_id(lab: LabConfig, role: str, name: str | None = None) -> str:

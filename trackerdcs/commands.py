@@ -58,8 +58,9 @@ def parse_switch(value: Any) -> bool:
 
 
 # Commands that only ever make the lab safer, per service, by the first level of their action
-# (below `<prefix>/cmd/`): the power daemon's `kill/{ch}` whatever its value and `switch/{ch}`
-# when the value is off; the sequencer's `module/{name}` when off. A service names its table when
+# (below `<prefix>/cmd/`), or its first two (`recipe/abort`): the power daemon's `kill/{ch}`
+# whatever its value and `switch/{ch}` when the value is off; the dcs daemon's `module/{name}`
+# when off, an IV scan's `stop` and a recipe's abort. A service names its table when
 # it opens its link (`MqttLink(always_executed=...)`); the MQTT layer executes these whatever their
 # age, never rate-limits them, and runs them despite a bad `time`, an unknown key or a bad `id` in
 # the payload (answered with a `warning`): an interlock or a sequencer on a loaded machine is never
@@ -67,7 +68,8 @@ def parse_switch(value: Any) -> bool:
 # (docs/topics.md, "Command safety").
 ALWAYS_EXECUTED: dict[str, dict[str, bool | str | None]] = {
     "power": {"kill": None, "switch": False},
-    "sequencer": {"module": False, "ivscan": "stop"},  # a module off; an IV scan stopped
+    # a module off; an IV scan stopped; a recipe aborted
+    "sequencer": {"module": False, "ivscan": "stop", "recipe/abort": None},
 }
 
 
@@ -75,8 +77,9 @@ def always_executed(action: str, value: Any, table: dict[str, bool | str | None]
     """True for a command of `table` (an entry of `ALWAYS_EXECUTED`) that switches something
     off or stops it: any value (None), a switch value (False: off), or a word (`stop`); a value
     that cannot be read as off is not an off."""
-    verb = action.split("/", 1)[0]
-    if verb not in table:
+    parts = action.split("/")
+    verb = next((v for v in ("/".join(parts[:2]), parts[0]) if v in table), None)
+    if verb is None:
         return False
     wanted = table[verb]
     if wanted is None:

@@ -36,6 +36,7 @@ from trackerdcs.power.boards import (
     known_models,
     setting_keys,
 )
+from trackerdcs.recipe.config import RecipesConfig
 from trackerdcs.safety.config import AlarmsConfig, InterlocksConfig, SequencerConfig
 
 
@@ -651,6 +652,7 @@ class LabConfig(_Model):
     alarms: AlarmsConfig = AlarmsConfig()
     sequencer: SequencerConfig = SequencerConfig()
     ivscan: IvScanConfig = IvScanConfig()  # IV scans: trackerdcs.ivscan
+    recipes: RecipesConfig = RecipesConfig()  # thermal-cycle recipes: trackerdcs.recipe
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _limits: dict[str, tuple[ChannelConfig, ChannelLimits]] = PrivateAttr(default_factory=dict)
     _index: dict[str, int] = PrivateAttr(default_factory=dict)  # channel name -> its index

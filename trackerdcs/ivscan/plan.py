@@ -15,7 +15,8 @@ and `step` optional (the lab YAML's `ivscan` section has the defaults):
 - `breakdown_slope`, `breakdown_min_current` (µA): the breakdown criterion (null: off), see
   `trackerdcs.ivscan.config`;
 - `channel`: the HV channel, for a module with several; `operator`: who runs it (default: the
-  sender of the command's id).
+  sender of the command's id); `recipe`: the recipe run it belongs to (set by the recipe:
+  `trackerdcs.recipe`), kept with the scan's status and results.
 
 The value `stop` (plain or `{"value": "stop"}`) stops the scan instead.
 """
@@ -54,6 +55,7 @@ class ScanParams(BaseModel):
     breakdown_min_current: NonNegFloat | None = None
     channel: str | None = None
     operator: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@\- ]{1,64}$")
+    recipe: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:\-]{1,100}$")
 
 
 def parse_params(value: Any) -> ScanParams:
@@ -109,6 +111,7 @@ class ScanPlan:
     breakdown_min_current: float
     operator: str
     request_id: str | None
+    recipe: str | None = None  # the recipe run it belongs to
     parameters: dict[str, Any] = field(default_factory=dict)  # as resolved, for the results
 
 
@@ -172,7 +175,7 @@ def plan_scan(
         compliance=compliance, end=params.end or cfg.end, breakdown_slope=slope,
         breakdown_min_current=(cfg.breakdown_min_current if params.breakdown_min_current is None
                                else params.breakdown_min_current),
-        operator=params.operator or operator, request_id=request_id,
+        operator=params.operator or operator, request_id=request_id, recipe=params.recipe,
     )  # fmt: skip
     plan.parameters = {
         "start": params.start, "stop": params.stop, "step": params.step,

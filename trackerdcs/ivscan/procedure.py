@@ -283,4 +283,5 @@ class IvScan:
             "started": self.started,
             "ended": self.ended,
             "id": self.plan.request_id,
+            "recipe": self.plan.recipe,
         }

@@ -2,9 +2,9 @@
 against V), per module and scan, in `<results_dir>/<module>/<scan id>.csv|.png`.
 
 The CSV: lines starting with `# ` hold the metadata (`# key: value`: scan, module, channel,
-operator, start and end time, outcome and reason, the module's temperature and the room's
-temperature, humidity and dew point at the start and the end, every parameter as
-`parameter.<name>`); then one header row and one row per step:
+operator, start and end time, outcome and reason, the recipe run it belongs to, the module's
+temperature and the room's temperature, humidity and dew point at the start and the end, every
+parameter as `parameter.<name>`); then one header row and one row per step:
 
     step,time,vset,vmon,imon,imon_std,readings,temperature,room_temperature,humidity,dewpoint
 
@@ -46,6 +46,7 @@ def metadata(scan: IvScan) -> dict[str, Any]:
         "operator": plan.operator, "request_id": plan.request_id or "",
         "start_time": iso(scan.started), "end_time": iso(scan.end_time),
         "outcome": scan.outcome, "reason": scan.reason, "steps": scan.step,
+        "recipe": plan.recipe or "",
     }  # fmt: skip
     for when, env in (("start", scan.environment_start), ("end", scan.environment_end)):
         for key in ("temperature", "room_temperature", "humidity", "dewpoint"):
@@ -69,17 +70,32 @@ def csv_text(scan: IvScan) -> str:
     return out.getvalue()
 
 
-def read_results(path: Path) -> tuple[dict[str, str], list[dict[str, float | None]]]:
-    """A results CSV: its metadata and its rows (numbers, None for empty cells)."""
+def _header(lines: list[str]) -> dict[str, str]:
     meta: dict[str, str] = {}
-    lines = []
-    for line in Path(path).read_text().splitlines():
+    for line in lines:
         if line.startswith("# "):
             key, sep, value = line[2:].partition(": ")
             if sep:
                 meta[key] = value
-        else:
-            lines.append(line)
+    return meta
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """A results CSV's metadata only (`# key: value` lines before the table)."""
+    head = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            head.append(line.rstrip("\n"))
+    return _header(head)
+
+
+def read_results(path: Path) -> tuple[dict[str, str], list[dict[str, float | None]]]:
+    """A results CSV: its metadata and its rows (numbers, None for empty cells)."""
+    text = Path(path).read_text().splitlines()
+    meta = _header(text)
+    lines = [line for line in text if not line.startswith("# ")]
     rows = [
         {k: (float(v) if v != "" else None) for k, v in row.items()}
         for row in csv.DictReader(lines)

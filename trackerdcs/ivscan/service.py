@@ -14,7 +14,9 @@ Python client (`trackerdcs.client.Lab`, its own MQTT connection, commands with i
   `ivscan.heartbeat` s;
 - `/dcs/ivscan/points`: one JSON object per step (telegraf.conf: measurement `ivscan`, tagged
   with the scan id);
-- `/dcs/ivscan/action`: start, every step, and the end, for the audit log.
+- `/dcs/ivscan/action`: start, every step, and the end, for the audit log;
+- `/dcs/ivscan/results` (retained): the past scans in the results folder, newest first
+  (`trackerdcs.ivscan.index`), at the start and as each scan's files are written.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from trackerdcs.client import Lab
 from trackerdcs.clientids import client_id
 from trackerdcs.commands import CommandError
 from trackerdcs.config import ChannelKind, LabConfig
+from trackerdcs.ivscan.index import newest_first, result_entry, scan_index
 from trackerdcs.ivscan.plan import ScanPlan, check_channel, parse_params, plan_scan
 from trackerdcs.ivscan.procedure import IvScan
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
@@ -44,6 +47,7 @@ SOURCE = "ivscan"
 STATUS_TOPIC = f"{PREFIX}/ivscan/status"
 POINTS_TOPIC = f"{PREFIX}/ivscan/points"
 ACTION_TOPIC = f"{PREFIX}/ivscan/action"
+RESULTS_TOPIC = f"{PREFIX}/ivscan/results"
 STOP_JOIN = 10.0  # s the daemon waits at its stop for scans to leave their channels safe
 
 
@@ -52,7 +56,7 @@ def idle_status() -> dict[str, Any]:
     return {
         "state": "IDLE", "scan": None, "channel": None, "operator": None, "step": 0,
         "steps": 0, "vset": None, "vmon": None, "imon": None, "outcome": None, "reason": None,
-        "files": [], "started": None, "ended": None, "id": None,
+        "files": [], "started": None, "ended": None, "id": None, "recipe": None,
     }  # fmt: skip
 
 
@@ -86,11 +90,14 @@ class IvScanService:
         self.threads: dict[str, threading.Thread] = {}  # module -> its running scan
         self._lock = threading.Lock()
         self._heartbeat: asyncio.TimerHandle | None = None
+        self.results: list[dict[str, Any]] = []  # the index of past scans (on the loop)
 
     # -- life -------------------------------------------------------------------------------------
     def start(self) -> None:
         self.client.connect(wait=False)
         self._publish_status()
+        self.results = scan_index(self.results_dir)
+        self._publish_results()
 
     def stop(self) -> None:
         """Stop every running scan (each leaves its channel safe, up to `STOP_JOIN` s)."""
@@ -195,6 +202,7 @@ class IvScanService:
             with self._lock:
                 self.threads.pop(scan.plan.module, None)
             self.changed(scan)
+            self.loop.call_soon_threadsafe(self._indexed, scan)
 
     # -- the scans' reports (their threads) -------------------------------------------------------
     def changed(self, scan: IvScan) -> None:
@@ -221,6 +229,19 @@ class IvScanService:
         scans = {m: self.scans[m].status() if m in self.scans else idle_status()
                  for m in self.modules}  # fmt: skip
         return {"scans": scans, "time": unix_time(self.clock())}
+
+    def _indexed(self, scan: IvScan) -> None:
+        """A scan's files written: its entry first in `/dcs/ivscan/results`."""
+        path = self.results_dir / scan.plan.module / f"{scan.plan.scan_id}.csv"
+        entry = result_entry(path, self.results_dir) if path.exists() else None
+        if entry is not None:
+            others = [e for e in self.results if e["csv"] != entry["csv"]]
+            self.results = newest_first([entry, *others])
+            self._publish_results()
+
+    def _publish_results(self) -> None:
+        payload = {"scans": self.results, "time": unix_time(self.clock())}
+        self.link.publish_state(RESULTS_TOPIC, json.dumps(payload))
 
     def _publish_status(self) -> None:
         """`/dcs/ivscan/status`, on change and every `ivscan.heartbeat` s."""

@@ -10,8 +10,9 @@ the safety services report, kept in SQLite and published on `/dcs/log`.
   wants to know (the alarm service) is told through `on_retained`.
 - answers: `/+/response`, matched to the oldest unanswered command with the same topic and
   payload; the record is published again with `ok` and `error`.
-- actions: `/+/action` (`/interlock/action`, `/dcs/action`) and `/dcs/ivscan/action` (the IV
-  scans' steps), JSON objects with `time`, `source`, `event`, `modules`, `text`.
+- actions: `/+/action` (`/interlock/action`, `/dcs/action`) and `/dcs/+/action` (the IV
+  scans' and the recipes' steps), JSON objects with `time`, `source`, `event`, `modules`,
+  `text`.
 
 `/audit/cmd/query` lists records by time range, module, source and kind.
 """
@@ -44,7 +45,8 @@ PENDING_FOR = 60.0  # s a command waits for its answer before it is no longer ma
 RETAINED_SWEEP = 3.0
 RETAINED_NOTE = "retained: never executed (clear it with an empty retained message)"
 COMMANDS = ("query",)  # under /audit/cmd/
-IVSCAN_ACTION = "/dcs/ivscan/action"  # the IV scans' steps (trackerdcs.ivscan.service)
+# the dcs daemon's procedures' steps: /dcs/ivscan/action, /dcs/recipe/action
+PROCEDURE_ACTIONS = "/dcs/+/action"
 QUERY_KEYS = {"since", "until", "module", "source", "kind", "limit"}
 
 
@@ -125,7 +127,7 @@ class AuditService:
 
     @staticmethod
     def subscriptions() -> tuple[str, ...]:
-        return ("/+/cmd/#", "/+/response", "/+/action", IVSCAN_ACTION)
+        return ("/+/cmd/#", "/+/response", "/+/action", PROCEDURE_ACTIONS)
 
     # -- input (on the loop) ----------------------------------------------------------------------
     def on_message(

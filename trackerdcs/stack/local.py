@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trackerdcs.config import LabConfig, loopback_port
+from trackerdcs.safety.dcs_daemon import recipes_dir
 from trackerdcs.stack.influx import data_path_ports, data_path_processes
 from trackerdcs.stack.leftovers import check_leftovers, clear_state, write_state
 from trackerdcs.stack.mosquitto import mosquitto_process
@@ -160,7 +161,8 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
         )  # fmt: skip
         entries.append(sensors)
     entries += _safety_entries(cfg, config_path, run_dir)
-    ui = NodeRed(cfg, run_dir / "node-red", config_path=config_path)
+    ui = NodeRed(cfg, run_dir / "node-red", config_path=config_path,
+                 results_dir=ivscan_results(cfg, run_dir))  # fmt: skip
     entries.append(
         StackEntry(
             "node-red",
@@ -193,6 +195,13 @@ def stack_ports(cfg: LabConfig) -> dict[int, str]:
     return ports
 
 
+def ivscan_results(cfg: LabConfig, run_dir: Path) -> Path:
+    """Where the stack keeps IV scan results (and recipe records): `ivscan.results_dir`, in the
+    run directory when relative."""
+    results = Path(cfg.ivscan.results_dir)
+    return results if results.is_absolute() else run_dir / results.name
+
+
 def _safety_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[StackEntry]:
     """Interlocks (when the lab has rules), alarms and audit log, module sequencer."""
     logs, entries = run_dir / "logs", []
@@ -211,13 +220,15 @@ def _safety_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[St
         details=(f"alarms and audit log in {db}",), args=("--db", str(db)),
     ))  # fmt: skip
     if cfg.modules():
-        results = Path(cfg.ivscan.results_dir)
-        results = results if results.is_absolute() else run_dir / results.name
+        results = ivscan_results(cfg, run_dir)
+        recipes = recipes_dir(cfg, config_path)
         entries.append(_python_entry(
             "dcs", "trackerdcs.safety.dcs_daemon", config_path, logs, "serving the sequencer",
             "/dcs", "module on/off sequencer (/dcs/cmd/module/{name}), IV scans "
-            "(/dcs/cmd/ivscan/{module}, trackerdcs iv-scan)",
-            details=(f"IV scan results in {results}",), args=("--results-dir", str(results)),
+            "(/dcs/cmd/ivscan/{module}, trackerdcs iv-scan), recipes (/dcs/cmd/recipe/..., "
+            "trackerdcs recipe run)",
+            details=(f"IV scan results in {results}", f"recipes from {recipes}"),
+            args=("--results-dir", str(results)),
         ))  # fmt: skip
     return entries
 

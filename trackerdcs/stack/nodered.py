@@ -157,12 +157,15 @@ def ui_users(users: list[tuple[str, str, str]], home: Path | None = None) -> str
     return " ".join(f"{n}:{r}:{hash_password(p, home)}" for n, r, p in users)
 
 
-def ui_lab(cfg: LabConfig, telegraf: TelegrafConf | None = None) -> dict[str, Any]:
+def ui_lab(
+    cfg: LabConfig, telegraf: TelegrafConf | None = None, results_dir: Path | None = None
+) -> dict[str, Any]:
     """What the flows need to know about the lab (`TRACKERDCS_UI_LAB`): prefixes, limits, each
     source's heartbeat with the factor after which it counts as stale (as the alarm service
     judges it: trackerdcs.safety.liveness), the interlock rules, the safety services' prefixes
-    (the sequencer only when the lab has modules), and, given telegraf.conf, where the History
-    page reads (`ui_history`)."""
+    (the sequencer only when the lab has modules), given telegraf.conf, where the History
+    page reads (`ui_history`), and the folder of IV scan results the Module tests page lists
+    (`results_dir`, default `ivscan.results_dir`)."""
     power: dict[str, dict[str, str]] = {}
     for crate in cfg.crates:
         for kind, prefix in sorted(crate.prefixes.items()):
@@ -193,6 +196,7 @@ def ui_lab(cfg: LabConfig, telegraf: TelegrafConf | None = None) -> dict[str, An
         "alarms": ALARMS_PREFIX,
         "audit": AUDIT_PREFIX,
         "history": ui_history(cfg, telegraf) if telegraf is not None else None,
+        "ivscan_results": str(results_dir or cfg.ivscan.results_dir),
     }
 
 
@@ -214,6 +218,7 @@ class NodeRed:
     config_path: Path | None = None
     telegraf_conf: Path = TELEGRAF_CONF
     grafana_url: str | None = None
+    results_dir: Path | None = None  # IV scan results (default: ivscan.results_dir)
     _password: str | None = field(default=None, repr=False)
     reader_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
 
@@ -288,7 +293,7 @@ class NodeRed:
             "TRACKERDCS_UI_USERS": " ".join(filter(None, [given, ui_users(self.users)])),
             "TRACKERDCS_MQTT_HOST": self.cfg.mqtt.host,
             "TRACKERDCS_MQTT_PORT": str(self.cfg.mqtt.port),
-            "TRACKERDCS_UI_LAB": json.dumps(ui_lab(self.cfg, telegraf)),
+            "TRACKERDCS_UI_LAB": json.dumps(ui_lab(self.cfg, telegraf, self.results_dir)),
             "TRACKERDCS_UI_GRAFANA_URL": self.grafana_url or os.environ.get(GRAFANA_URL_ENV, ""),
             "PORT": str(self.port),
         }
