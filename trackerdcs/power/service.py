@@ -371,7 +371,7 @@ class PowerService:
         reasons = [r for r in (c.refusal(command) for c in targets) if r]
         reasons += [r for guard in self.guards for c in targets if (r := guard(c, command))]
         if reasons:
-            raise CommandError("; ".join(reasons))
+            raise CommandError("; ".join(dict.fromkeys(reasons)))  # each reason once
 
     @staticmethod
     def _check_maximum(targets: list[PowerChannel], value: float, limit: str, unit: str) -> None:
