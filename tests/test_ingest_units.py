@@ -49,7 +49,18 @@ def test_the_repo_telegraf_conf_is_what_the_bridge_runs():
     conf = load_telegraf_conf(TELEGRAF_CONF, env={"TRACKERDCS_MQTT_SERVER": "tcp://10.0.0.5:1884"})
     assert [c.measurement for c in conf.inputs] == ["hv", "lv", "julabo", "sensor"]
     assert {(c.host, c.port) for c in conf.inputs} == {("10.0.0.5", 1884)}
-    assert all(c.qos == 0 and c.topic_tag == "" for c in conf.inputs)
+    assert all(c.qos == 0 for c in conf.inputs)
+    # every crate's HV and LV prefixes (several crates, several hosts) by their topic alone
+    hv, lv, julabo, sensor = conf.inputs
+    for topic, measurement in {"/hv/status": "hv", "/hv1/status": "hv", "/hv-stand2/status": "hv",
+                               "/lv/status": "lv", "/lv12/status": "lv", "/lv_b/status": "lv",
+                               "/hvac/status": None, "/sensor_1/status": None,
+                               "/julabo/status": None}.items():  # fmt: skip
+        assert [c.measurement for c in (hv, lv) if c.topic_filter.match(topic)] == (
+            [measurement] if measurement else []
+        ), topic
+    assert (hv.topic_tag, hv.tagexclude.patterns, julabo.topic_tag) == ("topic", ("topic",), "")
+    assert sensor.topic_filter is None  # its tagpass looks at `kind`: every message is parsed
     assert conf.output == InfluxOutputConf(
         url="http://127.0.0.1:8086", database="trackerdcs", skip_database_creation=True
     )
@@ -480,3 +491,19 @@ def test_a_status_delivered_again_makes_the_same_point():
     )
     consumer.handle("/hv/status", json.dumps([{**status[0], "time": None}]).encode())
     assert consumer.rejected == 1 and buffer.take() == []  # no time: rejected, as Telegraf
+
+
+def test_the_topic_picks_the_crates_and_is_no_tag_of_the_points(monkeypatch):
+    """The repo's telegraf.conf: every crate's `/hvN/status` lands in `hv`, selected by the topic
+    (tagpass) and without it as a tag (tagexclude); another topic is not even parsed."""
+    conf = load_telegraf_conf(TELEGRAF_CONF, env={})
+    hv = next(c for c in conf.inputs if c.measurement == "hv")
+    buffer = MetricBuffer(limit=100, batch_size=100)
+    consumer = MqttConsumer(hv, conf.agent, buffer, UniqueClock())
+    status = [{"number": 0, "name": "hv1_m1", "module": "M1", "vmon": 9.5, "time": 1.5}]
+    consumer.handle("/hv1/status", json.dumps(status).encode())
+    assert buffer.take() == ["hv,module=M1,name=hv1_m1,number=0 vmon=9.5 1500000000\n"]
+    monkeypatch.setattr(consumer.parser, "parse", lambda payload: pytest.fail("parsed"))
+    for topic in ("/lv1/status", "/sensor_1/status", "/hvac/status"):
+        consumer.handle(topic, json.dumps(status).encode())
+    assert buffer.take() == [] and consumer.rejected == 0

@@ -3,9 +3,10 @@
 As Telegraf's mqtt_consumer: MQTT 3.1.1, a clean session, every topic subscribed at `qos` on each
 (re)connect, lost connections retried every `[agent] interval` at most; the measurement is
 `name_override` (else `mqtt_consumer`); the topic goes into the `topic_tag` tag (none when it is
-empty); metrics failing `tagpass` are left out; while `max_undelivered_messages` messages wait
-for InfluxDB, no further message is read. A payload the json parser rejects is counted, logged
-and skipped.
+empty); metrics failing `tagpass` are left out (a message whose topic fails a `tagpass` on the
+topic tag alone is not even parsed), then the `tagexclude` tags removed; while
+`max_undelivered_messages` messages wait for InfluxDB, no further message is read. A payload
+the json parser rejects is counted, logged and skipped.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class MqttConsumer:
         self.clock = clock
         self.parser = JsonParser(conf.tag_keys, conf.string_fields, conf.time_key, conf.time_format)
         self.serializer = LineSerializer(conf.measurement)
+        self.topic_filter = conf.topic_filter
         self.host_tag = None if agent.omit_hostname else (agent.hostname or socket.gethostname())
         self.received = 0
         self.rejected = 0
@@ -185,6 +187,8 @@ class MqttConsumer:
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Parse one message and buffer its lines (a rejected payload is counted and skipped)."""
+        if self.topic_filter is not None and not self.topic_filter.match(topic):
+            return
         try:
             metrics = self.parser.parse(payload)
         except Exception as exc:  # PayloadError, or anything else: the bridge goes on
@@ -203,6 +207,7 @@ class MqttConsumer:
             return
         received: str | None = None  # the time of reception, for metrics that carry none
         topic_tag, tagpass, host = self.conf.topic_tag, self.conf.tagpass, self.host_tag
+        exclude = self.conf.tagexclude
         lines = []
         for tags, fields, when in metrics:
             if when is not None:
@@ -215,6 +220,9 @@ class MqttConsumer:
                 tags[topic_tag] = topic
             if tagpass is not None and not tagpass.select(tags):
                 continue
+            if exclude:
+                for key in [k for k in tags if exclude.match(k)]:
+                    del tags[key]
             if host is not None and "host" not in tags:
                 tags["host"] = host
             line = self.serializer.line(tags, fields, timestamp)

@@ -69,8 +69,12 @@ class Selection:
 
 
 def measurement_for(telegraf: TelegrafConf, topic: str) -> str:
-    """The measurement the input consuming `topic` writes (the first input that matches)."""
+    """The measurement the input consuming `topic` writes (the first input that matches: its
+    topics, and its `tagpass` on the topic tag)."""
     for consumer in telegraf.inputs:
+        by_topic = consumer.topic_filter
+        if by_topic is not None and not by_topic.match(topic):
+            continue
         if any(mqtt.topic_matches_sub(sub, topic) for sub in consumer.topics):
             return consumer.measurement
     raise ExportError(f"{telegraf.path}: no [[inputs.mqtt_consumer]] reads {topic}")
