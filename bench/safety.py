@@ -58,7 +58,7 @@ SYSTEM = "benchsafety"
 
 FIGURES = (
     Figure("interlock_reaction_p50_ms", "ms", 50.0),  # breaching message -> Pw write at the crate
-    Figure("interlock_reaction_p99_ms", "ms", 50.0),
+    Figure("interlock_reaction_p99_ms", "ms", 5.0),  # issue 21 (was 50)
     Figure("interlock_reaction_max_ms", "ms"),
     Figure("interlock_broker_hop_p50_ms", "ms"),  # bare publish -> receive, same broker
     Figure("interlock_command_p50_ms", "ms"),  # breaching message -> the kill command on MQTT

@@ -114,7 +114,7 @@ def hosts(workdir: Path) -> Iterator[dict[str, Host]]:
             for project in ("trackerdcs-mh-central", "trackerdcs-mh-daq1", "trackerdcs-mh-daq2"):
                 podman.remove_all(project)
             podman("network", "rm", "-f", LAN, check=False)
-            podman("network", "create", LAN)
+            podman("network", "create", "--disable-dns", LAN)  # a LAN: no podman names
             common = {"TRACKERDCS_LAB": f"./{LAB}", "TRACKERDCS_TEST_LAN": LAN}
             bridges = {}
             for name in ("daq1", "daq2"):
@@ -149,6 +149,9 @@ def hosts(workdir: Path) -> Iterator[dict[str, Host]]:
                 host.stack.health.start()
             started = time.monotonic()
             central.up(CENTRAL_SERVICES)
+            broker = central.containers()["mosquitto"]["NetworkSettings"]["Networks"][LAN]
+            for name in ("daq1", "daq2"):
+                made[name].stack.ports["TRACKERDCS_TEST_CENTRAL_IP"] = broker["IPAddress"]
             for name in ("daq1", "daq2"):
                 made[name].stack.compose("up", "-d", "--no-build", *DAQ_SERVICES, timeout=300)
             for name in ("daq1", "daq2"):
