@@ -110,8 +110,7 @@ def crate_lab(path: Path, n: int, mqtt_port: int, ca_port: int) -> Path:
     crate = data["crates"][0]
     crate.update(name=f"c{n}", system=f"tracker{n}", prefixes={"hv": f"/hv{n}", "lv": f"/lv{n}"})
     for ch in data["power"]["channels"]:
-        ch["name"] = f"c{n}_{ch['name']}"
-        ch["module"] = f"C{n}{ch['module']}"
+        ch.update(name=f"c{n}_{ch['name']}", module=f"C{n}{ch['module']}", crate=f"c{n}")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
