@@ -121,6 +121,7 @@ class EpicsBackend:
         self._chans: dict[tuple[ChannelAddress, str], _Chan] = {}
         self._clear: _Chan | None = None
         self._up: dict[ChannelAddress, set[str]] = {}
+        self._connected: set[tuple[ChannelAddress, str]] = set()  # every param, written too
         self._invalid: dict[ChannelAddress, dict[str, str]] = {}  # param -> reason
         self._absent: set[tuple[ChannelAddress, str]] = set()  # reported, CA channel cleared
         self._absent_due: dict[ChannelAddress, float] = {}  # monotonic deadline per channel
@@ -175,6 +176,7 @@ class EpicsBackend:
             self._generation += 1
             generation = self._generation
             self._up = {a: set() for a in self.addresses}
+            self._connected = set()
             self._invalid = {a: {} for a in self.addresses}
             self._absent_due.clear()
         system = self.crate.system
@@ -274,6 +276,7 @@ class EpicsBackend:
                 if generation != self._generation:
                     return
                 names = self._up[addr]
+                (self._connected.add if conn else self._connected.discard)((addr, param))
                 before = len(names) == wanted
                 if monitored:
                     (names.add if conn else names.discard)(param)
@@ -371,6 +374,10 @@ class EpicsBackend:
         if (addr, param) in self._absent:
             raise ParamAbsent(
                 f"{channel_pv(self.crate.system, addr.board, addr.channel, param)} not served"
+            )
+        if (addr, param) not in self._connected:  # cheap: a crate still connecting gets many
+            raise BackendError(
+                f"{channel_pv(self.crate.system, addr.board, addr.channel, param)} not connected"
             )
         chan = self._chans.get((addr, param))
         self._put(
