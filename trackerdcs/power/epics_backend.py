@@ -388,9 +388,26 @@ class EpicsBackend:
         self._put(self._clear, "Yes", lambda: system_pv(self.crate.system, "ClearAlarm"))
 
     def _put(self, chan: _Chan | None, value: float | int | str, name) -> None:
-        ca = self._ca
+        """`ca_array_put` of one element, then `ca_flush_io`: pyepics' `ca.put` does the same
+        and then polls (`ca_pend_event`), which the preemptive libca does not need and which
+        cost ~0.2 ms per write (the bench's profile: an eighth of a big crate's start-up)."""
+        ca, dbr = self._ca, self._dbr
         if chan is None or not ca.isConnected(chan.chid):
             raise BackendError(f"{name()} not connected")
+        libca = ca.libca
         # names of enum states ('On', 'Kill') go as strings: the server maps them to its indices
-        ftype = self._dbr.STRING if isinstance(value, str) else None
-        ca.put(chan.chid, value, wait=False, ftype=ftype)
+        if isinstance(value, str):
+            ftype = dbr.STRING
+            data = (dbr.Map[ftype] * 1)()
+            data[0].value = value.encode()
+        else:
+            ftype = libca.ca_field_type(chan.chid)
+            data = (dbr.Map[ftype] * 1)()
+            try:
+                data[0] = value
+            except TypeError:
+                data[0] = type(data[0])(value)
+        status = libca.ca_array_put(ftype, 1, chan.chid, data)
+        if status != dbr.ECA_NORMAL:
+            raise BackendError(f"{name()}: put failed ({ca.message(status)})")
+        libca.ca_flush_io()
