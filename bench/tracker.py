@@ -169,7 +169,9 @@ def tracker(opts: Options) -> list[Result]:
         cfg = load_config(lab)
         crate = cfg.crates[0]
         port = int(crate.address.rsplit(":", 1)[1])
-        sims.append(crate_process(wd, lab, port, "--churn", "--tick", "0.2"))
+        # physics once a second: each crate's readings change in one burst a second, as a
+        # crate's IOC scanning its channels posts them (and 13 simulators fit the machine better)
+        sims.append(crate_process(wd, lab, port, "--churn", "--tick", "1.0"))
         daemons.append(daemon_process(wd, lab))
         for kind, prefix in crate.prefixes.items():
             expected[f"{prefix}/status"] = len(cfg.channels_of(crate.name, kind))
