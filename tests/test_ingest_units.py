@@ -30,7 +30,7 @@ from trackerdcs.ingest.conf import (
     parse_telegraf_conf,
     substitute_env,
 )
-from trackerdcs.ingest.consumer import FastClient, MqttConsumer, UniqueClock, share_connections
+from trackerdcs.ingest.consumer import FastClient, MqttConsumer, UniqueClock
 from trackerdcs.ingest.filters import GlobFilter
 from trackerdcs.ingest.jsonparse import (
     UNIX_FORMATS,
@@ -507,20 +507,3 @@ def test_the_topic_picks_the_crates_and_is_no_tag_of_the_points(monkeypatch):
     for topic in ("/lv1/status", "/sensor_1/status", "/hvac/status"):
         consumer.handle(topic, json.dumps(status).encode())
     assert buffer.take() == [] and consumer.rejected == 0
-
-
-def test_inputs_with_the_same_subscriptions_share_one_connection():
-    """hv, lv and sensor all read /+/status: one connection reads it, each input gets every
-    message (its own counters, its own filters), as with a connection of its own."""
-    conf = load_telegraf_conf(TELEGRAF_CONF, env={})
-    buffer = MetricBuffer(limit=100, batch_size=100)
-    consumers = [MqttConsumer(c, conf.agent, buffer, UniqueClock()) for c in conf.inputs]
-    share_connections(consumers)
-    hv, lv, julabo, sensor = consumers
-    assert hv.followers == [lv, sensor] and julabo.leader is None and not julabo.followers
-    assert lv.connected is hv.connected
-    msg = mqtt.MQTTMessage(topic=b"/lv3/status")
-    msg.payload = json.dumps([{"number": 0, "name": "c3_lv", "vmon": 1.0, "time": 2.0}]).encode()
-    hv._on_message(None, None, msg)
-    assert (hv.received, lv.received, sensor.received, julabo.received) == (1, 1, 1, 0)
-    assert buffer.take() == ["lv,name=c3_lv,number=0 vmon=1 2000000000\n"]

@@ -29,7 +29,7 @@ from typing import Any
 
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import TelegrafConf, TelegrafConfError, load_telegraf_conf
-from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock, share_connections
+from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock
 from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import unix_time
@@ -55,7 +55,6 @@ class Bridge:
             MqttConsumer(c, agent, self.buffer, clock, will=will if i == 0 else None)
             for i, c in enumerate(conf.inputs)
         ]
-        share_connections(self.consumers)
         self.started = time.monotonic()
         self._stop = threading.Event()
 

@@ -7,10 +7,6 @@ empty); metrics failing `tagpass` are left out (a message whose topic fails a `t
 topic tag alone is not even parsed), then the `tagexclude` tags removed; while
 `max_undelivered_messages` messages wait for InfluxDB, no further message is read. A payload
 the json parser rejects is counted, logged and skipped.
-
-Inputs that would open the same connection with the same subscriptions (telegraf.conf's `hv`,
-`lv` and `sensor` inputs all read `/+/status`) share one (`share_connections`): each still gets
-every message, as with a connection of its own, but the broker sends it, and paho reads it, once.
 """
 
 from __future__ import annotations
@@ -129,8 +125,6 @@ class MqttConsumer:
         self.rejected = 0
         self.connected = threading.Event()
         self._stopping = False
-        self.followers: list[MqttConsumer] = []  # inputs reading this one's connection
-        self.leader: MqttConsumer | None = None
         client_id = conf.client_id or f"trackerdcs-ingest-{secrets.token_hex(4)}"
         self.client = FastClient(
             CallbackAPIVersion.VERSION2,
@@ -151,20 +145,7 @@ class MqttConsumer:
     def name(self) -> str:
         return f"{self.conf.where} ({self.conf.measurement})"
 
-    def connection_key(self) -> tuple:
-        """What makes two inputs' connections and subscriptions the same."""
-        c = self.conf
-        return (c.host, c.port, c.username, c.password, c.qos, c.client_id, tuple(sorted(c.topics)))
-
-    def follow(self, leader: MqttConsumer) -> None:
-        """Read `leader`'s messages instead of opening a connection of one's own."""
-        self.leader = leader
-        self.connected = leader.connected
-        leader.followers.append(self)
-
     def start(self) -> None:
-        if self.leader is not None:
-            return
         log.info(
             "%s: mqtt://%s:%d %s", self.name, self.conf.host, self.conf.port, list(self.conf.topics)
         )
@@ -174,13 +155,11 @@ class MqttConsumer:
     def stop_reading(self) -> None:
         """Unsubscribe (on stopping: what was received is still written)."""
         self._stopping = True
-        if self.leader is None and self.connected.is_set():
+        if self.connected.is_set():
             self.client.unsubscribe(list(self.conf.topics))
 
     def stop(self) -> None:
         self._stopping = True
-        if self.leader is not None:
-            return
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -199,13 +178,12 @@ class MqttConsumer:
             log.warning("%s: lost the broker (%s); reconnecting", self.name, reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        limit = min(c.conf.max_undelivered_messages for c in (self, *self.followers))
+        limit = self.conf.max_undelivered_messages
         while not self.buffer.wait_undelivered_below(limit, 1.0):
             if self._stopping:
                 return
-        for consumer in (self, *self.followers):
-            consumer.received += 1
-            consumer.handle(msg.topic, msg.payload)
+        self.received += 1
+        self.handle(msg.topic, msg.payload)
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Parse one message and buffer its lines (a rejected payload is counted and skipped)."""
@@ -251,15 +229,3 @@ class MqttConsumer:
             if line is not None:
                 lines.append(line)
         self.buffer.add(lines)
-
-
-def share_connections(consumers: list[MqttConsumer]) -> None:
-    """Let inputs with the same connection and subscriptions read the first one's (in order):
-    what each receives is unchanged, the broker's and paho's work is done once."""
-    leaders: dict[tuple, MqttConsumer] = {}
-    for consumer in consumers:
-        key = consumer.connection_key()
-        if key in leaders and consumer.buffer is leaders[key].buffer:
-            consumer.follow(leaders[key])
-        else:
-            leaders.setdefault(key, consumer)
