@@ -217,13 +217,16 @@ def tracker(opts: Options) -> list[Result]:
         load = os.getloadavg()[0]
         stored, note = -1, ""
         try:
-            for _ in range(30):  # until InfluxDB holds all, or stops growing
+            # until InfluxDB holds all, or the count has not grown for 15 s (on a saturated
+            # machine the ingest's buffer may hold ~100,000 points while InfluxDB catches up)
+            still = 0
+            for _ in range(36):
                 count = _stored(db, start, start + window)
-                if count >= published or count == stored:
-                    stored = count
-                    break
+                still = still + 1 if count == stored else 0
                 stored = count
-                time.sleep(2.0)  # the ingest flushes every second
+                if count >= published or still >= 3:
+                    break
+                time.sleep(5.0)
         except InfluxError as exc:
             note = f"InfluxDB did not answer: {exc}"
             opts.log(f"  {note}")
