@@ -7,6 +7,7 @@
 STACK_VOLUMES="
 influxdb-data   influxdb   /var/lib/influxdb      influx
 alarms-data     alarms     /var/lib/trackerdcs    sqlite
+ivscan-data     dcs        /var/lib/trackerdcs    tar
 mosquitto-data  mosquitto  /mosquitto/data        tar
 grafana-data    grafana    /var/lib/grafana       tar
 nodered-data    nodered    /data                  tar

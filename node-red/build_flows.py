@@ -4,8 +4,10 @@
     .venv/bin/python node-red/build_flows.py --check  # exit 1 when flows.json is out of date
 
 The pages' enable/disable rules are the daemons' tables (`trackerdcs.power.channel.COMMANDS`,
-`trackerdcs.julabo.fsm.COMMANDS`) copied into the flows here, so the UI cannot drift from them
-unnoticed: the tests run `--check`. Node ids are derived from names, so a rebuild is stable.
+`trackerdcs.julabo.fsm.COMMANDS`), the command topics every service takes (the power and
+chiller services' tables, the safety services' `COMMANDS`) and the status bits' meanings
+(`trackerdcs.power.status.MEANINGS`), copied into the flows here, so the UI cannot drift from
+them unnoticed: the tests run `--check`. Node ids are derived from names, so a rebuild is stable.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ FLOWS = HERE / "flows.json"
 
 PAGES = [  # name, path, icon, source file
     ("Overview", "/overview", "view-dashboard", "overview.vue"),
+    ("Alarms", "/alarms", "alarm-light", "alarms.vue"),
     ("Power supplies", "/power", "flash", "power.vue"),
     ("Chiller", "/chiller", "snowflake", "chiller.vue"),
     ("Environment", "/environment", "thermometer", "environment.vue"),
@@ -32,7 +35,7 @@ CHARTS = [  # label, y-axis unit
     ("HV voltage per module (last 15 min)", "V"),
     ("Module temperature (last 15 min)", "°C"),
 ]
-SUBSCRIPTIONS = ["/+/status", "/+/state", "/+/availability", "/+/response"]
+SUBSCRIPTIONS = ["/+/status", "/+/state", "/+/availability", "/+/response", "/+/action", "/alarms"]
 TREND_PERIOD_S = 5
 TICK_PERIOD_S = 1  # the model checks every source's liveness this often
 
@@ -43,18 +46,33 @@ def nid(name: str) -> str:
 
 
 def rules() -> dict[str, Any]:
-    """In which states each command is accepted, and the command topics, from the daemons."""
+    """In which states each command is accepted, the command topics of every service (the
+    first level under `<prefix>/cmd/`), and what each channel status bit means: from the
+    daemons' own tables."""
     from trackerdcs.julabo.fsm import COMMANDS as CHILLER_STATES
     from trackerdcs.julabo.service import COMMAND_TABLE as CHILLER_TOPICS
     from trackerdcs.power.channel import COMMANDS as POWER_STATES
     from trackerdcs.power.service import COMMAND_TABLE as POWER_TOPICS
+    from trackerdcs.power.status import MEANINGS
+    from trackerdcs.safety.alarms import COMMANDS as ALARMS_TOPICS
+    from trackerdcs.safety.audit import COMMANDS as AUDIT_TOPICS
+    from trackerdcs.safety.interlock import COMMANDS as INTERLOCK_TOPICS
+    from trackerdcs.safety.sequencer import COMMANDS as SEQUENCER_TOPICS
 
     def states(table: dict) -> dict[str, list[str]]:
         return {cmd: [str(s) for s in allowed] for cmd, allowed in sorted(table.items())}
 
+    def topics(commands: tuple[str, ...]) -> list[str]:
+        return sorted({c.split("/")[0] for c in commands})
+
     return {
         "power": {"states": states(POWER_STATES), "topics": sorted(POWER_TOPICS)},
         "chiller": {"states": states(CHILLER_STATES), "topics": sorted(CHILLER_TOPICS)},
+        "sequencer": {"topics": topics(SEQUENCER_TOPICS)},
+        "interlock": {"topics": topics(INTERLOCK_TOPICS)},
+        "alarms": {"topics": topics(ALARMS_TOPICS)},
+        "audit": {"topics": topics(AUDIT_TOPICS)},
+        "flags": dict(MEANINGS),
     }
 
 
@@ -67,8 +85,10 @@ def page_source(name: str) -> str:
     """A page's Vue component with the shared snippets put in."""
     text = (SRC / name).read_text()
     for marker, snippet in (
+        ("/*@data*/", _script_snippet("data.js")),
         ("/*@lifecycle*/", _script_snippet("lifecycle.js")),
         ("/*@common*/", _script_snippet("common.js")),
+        ("<!--@banner-->", (SRC / "banner.html").read_text().strip()),
         ("<!--@answers-->", (SRC / "answers.html").read_text().strip()),
         ("<!--@confirm-->", (SRC / "confirm.html").read_text().strip()),
     ):
@@ -86,7 +106,8 @@ def dashboard() -> list[dict[str, Any]]:
     nodes: list[dict[str, Any]] = [
         {"id": base, "type": "ui-base", "name": "trackerdcs", "path": "/dashboard",
          "appIcon": "", "includeClientData": True,
-         "acceptsClientConfig": ["ui-notification", "ui-control"], "showPathInSidebar": False,
+         "acceptsClientConfig": ["ui-notification", "ui-control", "ui-template"],
+         "showPathInSidebar": False,
          "headerContent": "page", "navigationStyle": "default", "titleBarStyle": "default",
          "showReconnectNotification": True, "notificationDisplayTime": 1,
          "showDisconnectNotification": True, "allowInstall": False},
@@ -157,6 +178,9 @@ def flow(tab: str) -> list[dict[str, Any]]:
         {"id": out, "type": "mqtt out", "z": tab, "name": "commands", "topic": "", "qos": "1",
          "retain": "false", "respTopic": "", "contentType": "", "userProps": "", "correl": "",
          "expiry": "", "broker": broker, "x": 650, "y": 400, "wires": []},
+        {"id": nid("status broker"), "type": "status", "z": tab,
+         "name": "broker connection", "scope": [nid(f"mqtt in {SUBSCRIPTIONS[0]}")],
+         "x": 160, "y": 380, "wires": [[model]]},
         {"id": nid("inject tick"), "type": "inject", "z": tab,
          "name": f"every {TICK_PERIOD_S} s: liveness", "props": [{"p": "topic", "vt": "str"}],
          "repeat": str(TICK_PERIOD_S), "crontab": "", "once": True, "onceDelay": "1",

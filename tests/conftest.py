@@ -6,16 +6,29 @@ Everything listens on free 127.0.0.1 ports and is stopped by PID at the end.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 from tests.mqttclient import TestClient
 from tests.simca import SimCrateProcess
+from trackerdcs.guard import FAULTS
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.process import ManagedProcess, free_port
+
+# Property-based tests (hypothesis): a fixed, derandomized search of bounded size, so the suite
+# stays quick and gives the same result on every run; HYPOTHESIS_PROFILE=fuzz searches at random
+# and much longer (a local hunt for new failing inputs, not for CI).
+settings.register_profile(
+    "trackerdcs", max_examples=150, derandomize=True, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)  # fmt: skip
+settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "trackerdcs"))
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_LAB = ROOT / "examples" / "lab.yml"
@@ -40,6 +53,14 @@ class Broker:
 
     def client(self, **kw) -> TestClient:
         return TestClient(self.port, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_faults():
+    """Each test starts with no unexpected errors counted in this process (trackerdcs.guard)."""
+    FAULTS.reset()
+    yield
+    FAULTS.reset()
 
 
 @pytest.fixture(scope="session")

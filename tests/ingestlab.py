@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ def counters(client: TestClient, since: int = 0, timeout: float = 5.0, predicate
 
 
 class DataLab:
-    """Broker, InfluxDB, the bridge and the virtual lab with every daemon."""
+    """Broker, InfluxDB, the bridge and the two-chiller virtual lab (tests/test_virtual_lab.py
+    TWO_CHILLERS) with every daemon."""
 
     def __init__(self, workdir: Path) -> None:
         from tests.test_virtual_lab import VirtualLab
@@ -88,7 +90,7 @@ class DataLab:
         self.broker = Broker(workdir)
         self.influx = InfluxServer(workdir)
         self.bridge = bridge_process(workdir, "datalab", self.broker.port, self.influx.url)
-        self._make_vlab = lambda: VirtualLab(workdir, self.broker, "datalab")
+        self._make_vlab = lambda: VirtualLab(workdir, self.broker, "datalab", chillers=2)
         self.vlab: Any = None
         self.client: TestClient | None = None
         self._stopped = False
@@ -103,12 +105,14 @@ class DataLab:
         self.bridge.start()
         self.client = self.broker.client()
         self.vlab = self._make_vlab().start()
+        publish_iv_scan(self.client, "M1")
         for measurement, field in (
             ("hv", "vmon"),
             ("lv", "vmon"),
             ("julabo", "bath_temp"),
             ("sensor", "dewpoint"),
             ("sensor", "temperature"),
+            ("ivscan", "imon"),
         ):
             wait_until(
                 lambda m=measurement, f=field: self.db.count(m, f) > 0,
@@ -116,7 +120,13 @@ class DataLab:
                 f"{measurement}.{field} in InfluxDB",
                 poll=0.1,
             )
+        wait_until(lambda: len(self.chillers()) == 2, 10, "both chillers in InfluxDB", poll=0.1)
         return self
+
+    def chillers(self) -> list[str]:
+        """The values of the `chiller` tag of measurement `julabo`."""
+        series = self.db.series('SHOW TAG VALUES FROM "julabo" WITH KEY = "chiller"')
+        return sorted(r["value"] for s in series for r in s.rows())
 
     def stop(self) -> None:
         if self._stopped:
@@ -144,6 +154,22 @@ class DataLab:
         made = self.counters(self.client.mark())["metrics"]
         self.counters(self.client.mark(), predicate=lambda c: c["written"] >= made)
         return now
+
+
+def publish_iv_scan(client: TestClient, module: str, steps: int = 4) -> str:
+    """An IV scan's points for `module`, as the dcs daemon publishes them on /dcs/ivscan/points
+    (docs/topics.md, ivscan-point; tests/test_ivscan.py runs real scans): its scan id."""
+    now = time.time()
+    scan = f"{module}-{datetime.fromtimestamp(now, UTC).strftime('%Y%m%dT%H%M%S')}.000Z"
+    for step in range(1, steps + 1):
+        volts = 50.0 * (step - 1)
+        client.publish("/dcs/ivscan/points", {
+            "scan": scan, "module": module, "channel": f"hv_{module.lower()}", "step": step,
+            "vset": volts, "vmon": volts, "imon": 0.2 * volts**0.5, "imon_std": 0.001,
+            "readings": 5, "temperature": 20.0, "room_temperature": 21.0, "humidity": 45.0,
+            "dewpoint": 8.6, "time": round(now - steps + step, 3),
+        })  # fmt: skip
+    return scan
 
 
 _shared: DataLab | None = None

@@ -41,8 +41,11 @@ def test_alarm_latches_until_cleared_and_acknowledged(tmp_path):
     assert not book.observe("/hv/status", [trip()])  # still there: nothing new
     assert book.observe("/hv/status", [])  # cleared, but latched: still listed
     assert list(book.listed.values()) == [alarm] and not alarm.active and alarm.cleared
+    first = alarm.as_json()["time"]
+    assert alarm.as_json()["last_time"] == first  # raised once: last = first
     assert book.observe("/hv/status", [trip()])  # back before anyone looked: the same alarm
     assert alarm.active and alarm.count == 2 and len(book.listed) == 1
+    assert alarm.as_json()["time"] == first and alarm.as_json()["last_time"] > first
     assert book.acknowledge(str(alarm.id), "alice") == [alarm.id]
     assert alarm.acknowledged and alarm.ack_by == "alice" and alarm.key in book.listed
     assert book.observe("/hv/status", [])  # cleared and acknowledged: gone from the list
@@ -79,6 +82,23 @@ def test_alarms_and_acknowledgements_survive_reopening(tmp_path):
     summary = book.summary()
     assert summary["unacknowledged"] == 0 and summary["active"] == 2
     store.close()
+
+
+def test_an_alarm_file_from_before_last_time_is_migrated(tmp_path):
+    path = tmp_path / "old.sqlite"
+    old_schema = Store(path)  # make it, then drop the new column as an older version had none
+    old_schema.db.execute("ALTER TABLE alarms DROP COLUMN last_raised")
+    old_schema.db.execute(
+        "INSERT INTO alarms (key, topic, severity, source, text, raised, active) "
+        "VALUES ('offline:/hv', '/hv/availability', 'major', '/hv', 'gone', 1700000000.5, 1)"
+    )
+    old_schema.close()
+    book = AlarmBook(Store(path), Clock())
+    (alarm,) = book.listed.values()
+    assert alarm.as_json()["time"] == alarm.as_json()["last_time"] == 1700000000.5
+    book.observe("/hv/availability", [])
+    book.observe("/hv/availability", [Condition("offline:/hv", "major", "/hv", "gone")])
+    assert alarm.as_json()["last_time"] > 1700000000.5 and alarm.count == 2
 
 
 @pytest.mark.parametrize(

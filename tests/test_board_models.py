@@ -160,6 +160,9 @@ def test_invalid_severity_shows_as_lost_data(models_lab):
     lab.client.wait_for("/hv/state", lambda m: m.json["warnings"] == [], since=since)
 
 
+CONFIGURED = ": its configured value is not written"
+
+
 @pytest.mark.parametrize(
     ("name", "crate_args", "absent"),
     [
@@ -182,8 +185,8 @@ def test_board_without_a_configured_parameter_works_and_warns_once(
         ).json
         for param, warning in zip(absent, state["warnings"], strict=True):
             assert warning == (
-                f"board 12 (A1515TG): {param} not served by the crate on channel(s) 0, 1: "
-                "not written"
+                f"board 12 (A1515TG): {param} not served by the crate on channel(s) 0, 1"
+                + CONFIGURED
             )
         for pv, value in ((lab.pv(12, 0, "SVMax"), 600.0), (lab.pv(12, 1, "RUp"), 100.0)):
             wait_for(lambda pv=pv, value=value: lab.get(pv) == value, timeout=5)
@@ -195,6 +198,33 @@ def test_board_without_a_configured_parameter_works_and_warns_once(
         log = lab.daemon.output()
         for param in absent:
             assert log.count(f"the crate does not serve {param} on board 12") == 1
+    finally:
+        lab.stop()
+
+
+def test_a_warning_says_only_what_the_missing_parameter_costs(workdir, broker):
+    """An LV board configured A2519 that is a generic one: what the lab YAML gives a value for
+    is not written; kill's fast ramp-down cannot be set; the rest costs nothing."""
+    lab = ModelsLab(workdir, broker, "models-lv-generic", crate_args=("--board", "1=generic"))
+    lab.start()
+    try:
+        costs = {
+            "OVVThr": CONFIGURED,
+            "RDwTime": CONFIGURED + "; kill cannot set its fast ramp-down",
+            "RUpTime": CONFIGURED,
+            "TripExt": " (no value configured: nothing lost)",
+            "TripInt": " (no value configured: nothing lost)",
+            "UNVThr": CONFIGURED,
+        }
+        expected = [
+            f"board 1 (A2519): {param} not served by the crate on channel(s) 0, 1{cost}"
+            for param, cost in costs.items()
+        ]
+        lab.client.wait_for("/lv/state", lambda m: m.json["warnings"] == expected, timeout=10)
+        log = lab.daemon.output()
+        said = "the crate does not serve {} on board 1 (configured model A2519){}"
+        assert said.format("TripExt", " (no value configured: nothing lost)") in log
+        assert said.format("UNVThr", CONFIGURED) in log
     finally:
         lab.stop()
 

@@ -19,7 +19,7 @@ from paho.mqtt.properties import Properties
 
 from tests.conftest import Broker, PowerLab
 from tests.test_safety_scenarios import HV, SafetyLab
-from trackerdcs.commands import always_executed
+from trackerdcs.commands import ALWAYS_EXECUTED, always_executed
 from trackerdcs.config import MqttConfig, RateLimitConfig
 from trackerdcs.mqtt import Command, CommandGate, PayloadError
 
@@ -52,7 +52,7 @@ def test_the_payload_time_key():
     for bad, message in (
         ('{"value": 1, "time": "yesterday"}', "time must be unix seconds"),
         ('{"value": 1, "time": true}', "time must be unix seconds"),
-        ('{"value": 1, "time": Infinity}', "time must be finite"),
+        ('{"value": 1, "time": Infinity}', "Infinity is not a number"),
         ('{"value": 1, "when": 5}', "unknown key(s) in payload: when (known: value, id, time)"),
     ):
         with pytest.raises(PayloadError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -60,18 +60,24 @@ def test_the_payload_time_key():
 
 
 @pytest.mark.parametrize(
-    ("action", "value", "always"),
-    [("kill/3", "", True), ("kill/all", "on", True), ("switch/M1", "off", True),
-     ("switch/0", "0", True), ("switch", "false", True), ("module/M2", "off", True),
-     ("switch/0", "on", False), ("module/all", "on", False), ("setv/0", "0", False),
-     ("switch/0", "banana", False), ("setpoint", "off", False), ("clear", "off", False)],
+    ("service", "action", "value", "always"),
+    [("power", "kill/3", "", True), ("power", "kill/all", "on", True),
+     ("power", "switch/M1", "off", True), ("power", "switch/0", "0", True),
+     ("sequencer", "module/M2", "off", True), ("power", "switch/0", "on", False),
+     ("sequencer", "module/all", "on", False), ("power", "setv/0", "0", False),
+     ("power", "switch/0", "banana", False), ("power", "clear", "off", False),
+     ("power", "module/M2", "off", False),  # another service's command
+     ("sequencer", "ivscan/M1", "stop", True), ("sequencer", "ivscan/all", " Stop ", True),
+     ("sequencer", "ivscan/M1", {"start": 0, "stop": 100}, False),  # a scan: judged
+     # stopping a chiller warms powered modules: not a safe direction (docs/topics.md)
+     ("chiller", "switch", "off", False), ("chiller", "setpoint", "off", False)],
 )  # fmt: skip
-def test_what_always_runs(action, value, always):
-    assert always_executed(action, value) is always
+def test_what_always_runs(service, action, value, always):
+    assert always_executed(action, value, ALWAYS_EXECUTED.get(service, {})) is always
 
 
 def test_the_gate_refuses_retained_old_future_and_expired_commands():
-    gate = CommandGate(MqttConfig(), max_age=5.0)
+    gate = CommandGate(MqttConfig(), max_age=5.0, always=ALWAYS_EXECUTED["power"])
     fresh = command("switch/0", stamped("on", NOW - 4.9))
     assert gate.check(fresh) is None
     assert gate.check(command("switch/0", "on")) is None  # no time: not judged by age
@@ -94,18 +100,83 @@ def test_the_gate_refuses_retained_old_future_and_expired_commands():
 def test_the_rate_limit_is_per_command_topic_and_never_stops_switching_off():
     clock = Clock()
     cfg = MqttConfig(command_rate_limit=RateLimitConfig(rate=2.0, burst=3))
-    gate = CommandGate(cfg, clock=clock)
+    gate = CommandGate(cfg, clock=clock, always=ALWAYS_EXECUTED["power"])
     assert [gate.check(command("setv/0", "5")) for _ in range(3)] == [None] * 3
     refusal = gate.check(command("setv/0", "5"))
     assert refusal == (
-        "refused: more than 3 commands at once or 2 per second on /hv/cmd/setv/0 "
-        "(mqtt.command_rate_limit): nothing was written"
+        "refused: more than 3 commands at once or 2 per second on /hv/cmd/setv/0 from senders "
+        "without a 'name:...' id (mqtt.command_rate_limit): nothing was written"
     )
     assert gate.check(command("setv/1", "5")) is None  # another topic, another bucket
     assert all(gate.check(command("switch/0", "off")) is None for _ in range(20))
     clock.t += 0.5  # one token back
     assert gate.check(command("setv/0", "5")) is None
     assert gate.check(command("setv/0", "5")) is not None
+
+
+def test_a_flooding_client_does_not_starve_the_interlock():
+    """Buckets per topic and sender (the id's part before `:`): a UI echoing every status back
+    as a set point empties its own bucket, not the interlock's on the same topic."""
+    cfg = MqttConfig(command_rate_limit=RateLimitConfig(rate=1.0, burst=5))
+    gate = CommandGate(cfg, clock=Clock())
+
+    def setpoint(payload: str) -> Command:
+        return Command(topic="/julabo/cmd/setpoint", action="setpoint", payload=payload,
+                       arrived=NOW)  # fmt: skip
+
+    flood = [gate.check(setpoint("18")) for _ in range(50)]  # no id: the anonymous bucket
+    assert flood[:5] == [None] * 5 and all(flood[5:])
+    echo = [gate.check(setpoint(json.dumps({"value": 18, "id": f"echo:{i}"}))) for i in range(9)]
+    assert echo[:5] == [None] * 5 and all(echo[5:]) and "from echo " in echo[-1]
+    raise_it = setpoint(json.dumps({"value": 20, "id": "interlock:dewpoint:7"}))
+    assert gate.check(raise_it) is None  # the interlock's own bucket is full
+
+
+@pytest.mark.parametrize(
+    ("action", "payload", "ignored"),
+    [("kill/hv_m1", '{"value": "", "time": "yesterday"}',
+      "time must be unix seconds (a number), got 'yesterday'"),
+     ("switch/0", '{"value": "off", "source": "ui"}', "unknown key(s) source"),
+     ("switch/0", '{"value": "off", "id": "a:1", "time": NaN}', "time must be finite, got nan"),
+     ("switch/0", '{"value": "off", "id": {"who": "me"}, "via": 1}',
+      'unknown key(s) via; id {"who": "me"} (not a string)'),
+     ("kill/all", "{not json", "the payload (malformed JSON: Expecting property name"),
+     ("switch/0", '{"value": "0", "when": 5, "time": true}',
+      "unknown key(s) when; time must be unix seconds (a number), got True")],
+)  # fmt: skip
+def test_a_faulty_off_still_runs_and_says_what_was_ignored(action, payload, ignored):
+    gate = CommandGate(MqttConfig(), always=ALWAYS_EXECUTED["power"])
+    cmd = gate.tolerate(command(action, payload))
+    assert cmd.lenient and gate.check(cmd) is None
+    assert cmd.decoded()[0] in ("", "off", "0", None)
+    assert "; ".join(cmd.salvage()[3]).startswith(ignored)
+
+
+def test_a_refusal_is_logged_once_as_such_and_answered_to_its_id(caplog):
+    from trackerdcs.mqtt import MqttLink
+
+    link = MqttLink(MqttConfig(), "/julabo", "test-refusal-log")  # never connected
+    cmd = Command(topic="/julabo/cmd/setpoint", action="setpoint",
+                  payload='{"value": 5, "id": "alice:3", "when": 1}')  # fmt: skip
+    with caplog.at_level("WARNING", logger="trackerdcs.mqtt"):
+        answer = link.respond(cmd, False, "refused: sent 6.0 s ago")
+    assert "refused: sent 6.0 s ago" in caplog.text and "refused: refused" not in caplog.text
+    assert answer["id"] == "alice:3"  # read from a payload the service will refuse
+
+
+@pytest.mark.parametrize(
+    ("service", "action", "payload"),
+    [("power", "switch/0", '{"value": "of", "source": "ui"}'),  # not readable as off
+     ("power", "switch/0", '{"value": "on", "time": "yesterday"}'),
+     ("power", "setv/0", '{"value": 0, "time": "yesterday"}'),
+     ("chiller", "switch", '{"value": "off", "time": "yesterday"}')],
+)  # fmt: skip
+def test_only_an_off_is_run_despite_a_faulty_payload(service, action, payload):
+    gate = CommandGate(MqttConfig(), always=ALWAYS_EXECUTED.get(service, {}))
+    cmd = gate.tolerate(command(action, payload))
+    assert not cmd.lenient
+    with pytest.raises(PayloadError):
+        cmd.decoded()
 
 
 # -- every command topic family, on the real daemons ----------------------------------------------
@@ -255,6 +326,27 @@ def test_old_and_future_commands_are_refused_switching_off_always_runs(lab):
     assert lab.client.mark() > since
 
 
+def test_a_faulty_off_runs_on_the_daemons_a_chiller_stop_is_judged(lab):
+    """Switching power off runs despite a bad `time` or an unknown key (answered with a
+    warning); an unreadable value is no off; a chiller stop is judged like any command."""
+    kill = lab.client.command("/hv/cmd/kill/hv_m1", "", "/hv/response", time="yesterday")
+    assert kill["ok"], kill
+    assert kill["warning"] == "ignored: time must be unix seconds (a number), got 'yesterday'"
+    off = lab.client.command("/hv/cmd/switch/hv_m1", "off", "/hv/response", source="ui")
+    assert off["ok"] and off["warning"] == "ignored: unknown key(s) source"
+    typo = lab.client.command("/hv/cmd/switch/hv_m1", "of", "/hv/response", source="ui")
+    assert not typo["ok"] and "unknown key(s) in payload: source" in typo["error"]
+    module = lab.client.command("/dcs/cmd/module/M2", "off", "/dcs/response", 30,
+                                time=float("nan"))  # fmt: skip
+    assert module["ok"] and module["warning"] == "ignored: time must be finite, got nan"
+    stale = lab.client.command("/julabo/cmd/switch", "off", "/julabo/response",
+                               time=time.time() - 3600)  # fmt: skip
+    assert not stale["ok"] and "older than the 5 s" in stale["error"]
+    faulty = lab.client.command("/julabo/cmd/switch", "off", "/julabo/response", source="ui")
+    assert not faulty["ok"] and "unknown key(s) in payload: source" in faulty["error"]
+    assert lab.crate(HV, 0, "Pw") == 0
+
+
 def test_a_command_stuck_with_a_frozen_daemon_is_refused_by_its_time(workdir, broker):
     """A daemon frozen (a loaded machine, a stopped process): the broker has already delivered
     the commands into its socket, their MQTT 5 expiry still looks fresh when it reads them; the
@@ -288,8 +380,8 @@ def test_a_command_stuck_with_a_frozen_daemon_is_refused_by_its_time(workdir, br
         assert answer(lambda a: a["id"] == "late-setv")["ok"] is False
         assert answer(lambda a: a["topic"] == "/hv/cmd/setv/hv_m3")["ok"]
         assert answer(lambda a: a["id"] == "late-off")["ok"]
-        assert lab.get(lab.pv(0, 0, "Pw")) == 0 and lab.get(lab.pv(0, 1, "V0Set")) != 7
-        assert lab.get(lab.pv(0, 2, "V0Set")) == 9
+        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0 and lab.get(lab.chpv("hv_m2", "V0Set")) != 7
+        assert lab.get(lab.chpv("hv_m3", "V0Set")) == 9
         # with an expiry that has time left, a fresh command runs
         props.MessageExpiryInterval = 60
         since = lab.client.mark()
@@ -307,9 +399,13 @@ def test_the_rate_limit_on_a_real_daemon(workdir, broker):
         answers = [lab.command("/hv/cmd/setv/hv_m1", v) for v in (1, 2, 3)]
         assert [a["ok"] for a in answers] == [True, True, False]
         assert "mqtt.command_rate_limit" in answers[2]["error"]
-        assert lab.get(lab.pv(0, 0, "V0Set")) == 2.0  # the refused one wrote nothing
+        assert lab.get(lab.chpv("hv_m1", "V0Set")) == 2.0  # the refused one wrote nothing
         assert lab.command("/hv/cmd/setv/hv_m2", 4)["ok"]  # per topic
         assert all(lab.command("/hv/cmd/switch/hv_m1", "off")["ok"] for _ in range(5))
+        # per sender: the anonymous bucket of setv/hv_m1 is empty, the interlock's is not
+        raised = {"value": 5, "id": "interlock:dewpoint:1"}
+        answer = lab.client.raw_command("/hv/cmd/setv/hv_m1", json.dumps(raised), "/hv/response")
+        assert answer["ok"] and lab.get(lab.chpv("hv_m1", "V0Set")) == 5.0
     finally:
         lab.stop()
 

@@ -95,10 +95,40 @@ def test_unknown_default_key(tmp_path):
     check_error(tmp_path, data, "power.defaults.lv.ramp", "unknown key")
 
 
-def test_bad_prefix(tmp_path):
+ONE_LEVEL = "must be one topic level, '/' and a name such as '/hv' or '/julabo'"
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "key"),
+    [(("crates", 0, "prefixes", "hv"), "hv/", "crates.0.prefixes.hv"),
+     (("crates", 0, "prefixes", "hv"), "/lab1/hv", "crates.0.prefixes.hv"),
+     (("crates", 0, "prefixes", "lv"), "/lv/", "crates.0.prefixes.lv"),
+     (("crates", 0, "prefixes", "lv"), "/+", "crates.0.prefixes.lv"),
+     (("julabo", "prefix"), "/lab1/julabo", "julabo.prefix"),
+     (("julabo", "prefix"), "julabo", "julabo.prefix"),
+     (("power", "interlock_topic"), "/lab1/interlock/status", "power.interlock_topic")],
+)  # fmt: skip
+def test_every_prefix_is_one_topic_level(tmp_path, where, value, key):
+    """/+/cmd/# (audit, retained-command alarms), /+/availability and Telegraf's /+/status
+    match one level: a prefix of two would be invisible to them."""
     data = example()
-    data["crates"][0]["prefixes"]["hv"] = "hv/"
-    check_error(tmp_path, data, "crates.0.prefixes", "must look like '/hv'")
+    target = data
+    for part in where[:-1]:
+        target = target[part]
+    target[where[-1]] = value
+    check_error(tmp_path, data, f"{key}: {ONE_LEVEL}", f"got {value.rsplit('/status')[0]!r}")
+
+
+def test_a_listed_chillers_prefix_and_the_interlock_topic_are_checked_too(tmp_path):
+    data = example()
+    data["chillers"] = [{**data.pop("julabo"), "name": "coldbox", "prefix": "/lab1/coldbox"}]
+    check_error(tmp_path, data, f"chillers.0.prefix: {ONE_LEVEL}")
+    data = example()
+    data["power"]["interlock_topic"] = "/interlock/state"
+    check_error(tmp_path, data, "power.interlock_topic: must be the interlock's <prefix>/status")
+    data = example()
+    data["sensors"][0]["name"] = "lab1/sensor_1"
+    check_error(tmp_path, data, "sensors.0.name")
 
 
 def test_bad_backend(tmp_path):
@@ -185,7 +215,7 @@ def test_cooling_sections_are_optional(tmp_path):
         ("url", "socket://127.0.0.1", "expected socket://HOST:PORT"),
         ("setpoint_min", 50, "setpoint_min 50.0 must be below setpoint_max 40.0"),
         ("poll_interval", 0, "julabo.poll_interval: Input should be greater than 0"),
-        ("prefix", "julabo", "julabo.prefix: must look like '/julabo'"),
+        ("prefix", "julabo", f"julabo.prefix: {ONE_LEVEL}"),
         ("prefix", "/hv", "julabo.prefix: '/hv' is taken by crate sy4527"),
         ("baud", 9600, "julabo.baud: unknown key"),
         ("model", "fl900", "julabo.model: unknown Julabo model 'fl900' (known: full, fl, fp50-mh"),
@@ -359,8 +389,13 @@ def test_old_lv_ramp_rates_are_converted_with_a_warning(tmp_path):
     path.write_text(yaml.safe_dump(data))
     check_error(
         tmp_path, data, "power.defaults.lv.rup: board model A2519 ramps by time, not rate: "
-        "write ruptime (ms to ramp to the set point) instead of rup (V/s)",
+        "write ruptime (ms to ramp to the set point) instead of rup (V/s); channel 'lv_m1' "
+        "has no vset to convert it with",
     )  # fmt: skip
+    lv["vset"] = 0  # 0 is a value: no ramp time follows from it, and the error says so
+    message = check_error(tmp_path, data, "instead of rup (V/s); channel 'lv_m1' has vset 0 V, "
+                          "from which no ramp time follows")  # fmt: skip
+    assert "no vset" not in message
 
 
 def test_ramp_seconds_in_each_boards_terms():

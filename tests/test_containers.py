@@ -109,7 +109,7 @@ def test_every_service_turns_healthy(stack) -> None:
         ), f"{name}: {state}"
     # what down must remove is found by its compose labels (test_down_leaves_nothing_behind)
     volumes = set(stack.podman.labelled("volumes", stack.project))
-    assert f"{stack.project}_alarms-data" in volumes and len(volumes) == 5, volumes
+    assert f"{stack.project}_alarms-data" in volumes and len(volumes) == 6, volumes
     assert stack.podman.labelled("networks", stack.project) == [f"{stack.project}_default"]
     # the admin user comes from InfluxDB's first start (INFLUXDB_ADMIN_*), not influx-setup
     setup_log = stack.compose("logs", "--no-color", "influxdb-setup").stdout
@@ -245,12 +245,16 @@ def host_lab(stack: cs.ComposeStack, path: Path) -> Path:
     return path
 
 
-def audit_log(stack: cs.ComposeStack, lab: Path) -> list[dict]:
-    env = {
+def operator_env(stack: cs.ComposeStack) -> dict[str, str]:
+    return {
         **os.environ,
         "TRACKERDCS_MQTT_USERNAME": "operator",
         "TRACKERDCS_MQTT_PASSWORD": stack.secrets["MQTT_PASSWORD_OPERATOR"],
     }
+
+
+def audit_log(stack: cs.ComposeStack, lab: Path) -> list[dict]:
+    env = operator_env(stack)
     done = subprocess.run(
         [
             sys.executable,
@@ -286,6 +290,29 @@ def alarms(stack: cs.ComposeStack) -> set[tuple]:
         client.close()
 
 
+def ivscan_files(stack: cs.ComposeStack) -> list[str]:
+    """The IV scan results in the dcs container's ivscan-data volume."""
+    done = stack.compose("exec", "-T", "dcs", "find", "/var/lib/trackerdcs/ivscans", "-type", "f")
+    return sorted(done.stdout.split())
+
+
+def test_an_iv_scan_keeps_its_results_in_its_volume(stack, tmp_path) -> None:
+    """`trackerdcs iv-scan` on the host, as an operator: the dcs container scans (under its own
+    broker user) and writes the CSV and PNG to the ivscan-data volume (the backup test below
+    brings them back)."""
+    lab = host_lab(stack, tmp_path / "lab.yml")
+    done = subprocess.run(
+        [sys.executable, "-m", "trackerdcs.cli", "iv-scan", "M2", "--stop", "40", "--step", "20",
+         "--settle", "0", "--readings", "1", "--config", str(lab), "--name", "operator"],
+        env=operator_env(stack), capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "M2: completed: completed 3 steps" in done.stdout
+    written = [line.strip() for line in done.stdout.splitlines() if line.startswith("  /")]
+    assert [Path(f).suffix for f in written] == [".csv", ".png"]
+    assert set(written) <= set(ivscan_files(stack))
+
+
 def test_backup_down_and_restore_bring_the_data_back(stack, tmp_path) -> None:
     grafana, lab = influx(stack, "grafana"), host_lab(stack, tmp_path / "lab.yml")
     cut = time.time()
@@ -299,6 +326,7 @@ def test_backup_down_and_restore_bring_the_data_back(stack, tmp_path) -> None:
     )
     points = grafana.series(count)[0].values[0][1]
     listed = alarms(stack)
+    scans = ivscan_files(stack)
     commands = {(r["topic"], r["payload"]) for r in audit_log(stack, lab)}
     assert points > 0 and listed and ("/hv/cmd/setv/0", "50") in commands
 
@@ -316,6 +344,7 @@ def test_backup_down_and_restore_bring_the_data_back(stack, tmp_path) -> None:
     assert grafana.series(count)[0].values[0][1] == points
     assert listed <= alarms(stack)
     assert commands <= {(r["topic"], r["payload"]) for r in audit_log(stack, lab)}
+    assert scans and ivscan_files(stack) == scans
 
 
 # -- rootless podman: the containers' users read the bind mounts -----------------------------------

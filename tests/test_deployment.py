@@ -182,7 +182,8 @@ def test_env_example_lists_every_variable_and_holds_no_secret() -> None:
         "deploy/docker-compose.tls.yml",
         "deploy/docker-compose.serial.yml",
     ]:
-        used |= set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", (ROOT / name).read_text()))
+        text = re.sub(r"(?m)^\s*#.*$", "", (ROOT / name).read_text())  # not commented examples
+        used |= set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
     optional = {"TRACKERDCS_TAG", "TRACKERDCS_MQTT_TLS_BIND", "TRACKERDCS_JULABO_DEVICE"}
     optional |= {
         f"TRACKERDCS_{s}_HOST_PORT" for s in ("MQTT", "INFLUX", "NODE_RED", "GRAFANA", "MQTT_TLS")
@@ -228,7 +229,7 @@ def test_dummy_replaces_the_hardware_with_the_simulators(configs) -> None:
     assert lab.crates[0].address.split(":")[0] == "sim-lab"
     assert lab.virtual_lab_crate() is lab.crates[0]
     assert "--host" in argv_of(dummy["sim-lab"])  # CA on every interface of sim-lab
-    lines = [lab.julabo.url, *(s.source for s in lab.sensors)]
+    lines = [*(c.url for c in lab.chillers), *(s.source for s in lab.sensors)]
     assert all(loopback_port(url) for url in lines)
     for name in ("julabo", "sensors"):
         assert dummy[name]["network_mode"] == "service:sim-lab"

@@ -5,6 +5,7 @@ lab and returns data."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -131,3 +132,19 @@ def test_the_dew_point_margin_is_the_coldest_temperature_minus_the_highest_dew_p
     expected = {t: lo - hi for t, lo, hi in parts[0].values if lo is not None and hi is not None}
     got = {t: v for t, v in margin[0].values if v is not None}
     assert got and got == pytest.approx(expected)
+
+
+def test_the_cooling_dashboard_shows_chiller_points_stored_without_a_tag(lab):
+    """Points stored before the `chiller` tag existed have none (README): every chiller panel
+    shows them, as a series without a chiller name, whatever chiller is selected."""
+    scratch = copy.copy(lab.db)
+    scratch.database = "untagged_chillers"  # a database of its own: the lab's data stays as is
+    lab.db.execute(f"CREATE DATABASE {scratch.database}")
+    fields = 'bath_temp=12.5,setpoint=12.0,external_temp=13.0,power=-20.0,state="RUNNING"'
+    scratch.write(f"julabo {fields}\njulabo,chiller=coldbox {fields}\n".encode())
+    board = dashboard(GRAFANA / "dashboards" / "cooling.json")
+    chiller_panels = [(t, q) for t, q in targets(board) if 'FROM "julabo"' in q["query"]]
+    assert len(chiller_panels) == 3
+    for title, target in chiller_panels:
+        series = scratch.series(substitute(target["query"], {"chiller": "coldbox"}))
+        assert {s.tags.get("chiller", "") for s in series} == {"", "coldbox"}, title

@@ -1,5 +1,5 @@
 """Users' tools on the running lab's data: `trackerdcs export` (CSV of a channel, a module, a
-sensor or the chiller for a time range) and `trackerdcs backup` / `restore` (portable), run as
+sensor or a chiller for a time range) and `trackerdcs backup` / `restore` (portable), run as
 the README shows them."""
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ def test_export_a_module_the_chiller_and_a_sensor(lab: DataLab, tmp_path: Path):
     assert {r["measurement"] for r in module} == {"hv", "lv", "sensor"}
     assert {r["module"] for r in module} == {"M2"}
     assert {r["name"] for r in module} == {"hv_m2", "lv_m2", "temp_m2"}
-    chiller = export_rows(config, "chiller", "--from", "10m")
-    assert chiller and {r["measurement"] for r in chiller} == {"julabo"}
-    assert {"bath_temp", "setpoint", "state"} <= set(chiller[0])
+    for name in ("coldbox", "burnin"):  # the lab's two chillers, each by its tag
+        chiller = export_rows(config, "chiller", name, "--from", "10m")
+        assert chiller and {(r["measurement"], r["chiller"]) for r in chiller} == {("julabo", name)}
+        assert {"bath_temp", "setpoint", "state"} <= set(chiller[0])
     room = export_rows(config, "sensor", "sensor_1", "--from", "10m", "--to", "now")
     assert room and {r["kind"] for r in room} == {"room"} and "dewpoint" in room[0]
 
@@ -101,6 +102,8 @@ def test_export_a_module_the_chiller_and_a_sensor(lab: DataLab, tmp_path: Path):
         (("channel", "hv_m1", "--from", "yesterday"), "bad time 'yesterday'"),
         (("channel", "hv_m1", "--from", "1h", "--to", "2h"), "ends .* before it starts"),
         (("channel", "--from", "1h"), "needs a name"),
+        (("chiller", "--from", "1h"), r"several chillers \(coldbox, burnin\): name one"),
+        (("chiller", "coldbox2", "--from", "1h"), "no chiller named 'coldbox2'"),
     ],
 )
 def test_export_errors_say_what_is_wrong(lab: DataLab, tmp_path: Path, args, message):

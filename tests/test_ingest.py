@@ -22,7 +22,7 @@ TOPICS_MD = ROOT / "docs" / "topics.md"
 # contract table -> (a topic it describes, the measurement telegraf.conf should write)
 CONTRACTS = {
     "power-status": [("/hv/status", "hv"), ("/lv/status", "lv")],
-    "julabo-status": [("/julabo/status", "julabo")],
+    "julabo-status": [("/julabo/status", "julabo"), ("/julabo_burnin/status", "julabo")],
     "sensor-status": [("/sensor_1/status", "sensor"), ("/temp_m1/status", "sensor")],
 }
 
@@ -97,6 +97,25 @@ def test_every_consumed_status_topic_lands_with_its_tags_and_field_types(
         assert last and isinstance(last[0].values[0][1], int | float)
         kinds = db.series('SHOW TAG VALUES FROM "sensor" WITH KEY = "kind"')
         assert sorted(r["value"] for r in kinds[0].rows()) == ["module", "room"]
+    if measurement == "julabo":  # one series per chiller, by its name
+        assert lab.chillers() == ["burnin", "coldbox"]
+
+
+def test_each_chillers_points_are_told_apart_by_its_tag(lab: DataLab) -> None:
+    """Each chiller commanded on its own: InfluxDB has each one's set point under its name."""
+    vlab = lab.vlab
+    for prefix, setpoint in (("/julabo", -5.0), ("/julabo_burnin", 12.5)):
+        assert vlab.command(f"{prefix}/cmd/setpoint", setpoint)["ok"]
+        vlab.wait(f"{prefix}/status", lambda s, v=setpoint: s["setpoint"] == v, timeout=10)
+
+    def stored() -> dict[str, float] | None:
+        q = 'SELECT last("setpoint") FROM "julabo" GROUP BY "chiller"'
+        found = {s.tags["chiller"]: s.values[0][1] for s in lab.db.series(q)}
+        return found if found == {"coldbox": -5.0, "burnin": 12.5} else None
+
+    wait_until(stored, 5, "each chiller's set point in InfluxDB", poll=0.1)
+    rows = lab.db.series('SELECT "chiller", "bath_temp" FROM "julabo" WHERE "chiller" = \'burnin\'')
+    assert rows and {r["chiller"] for r in rows[0].rows()} == {"burnin"}
 
 
 def test_a_command_reaches_influxdb(lab: DataLab) -> None:

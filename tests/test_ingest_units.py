@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.conftest import ROOT
 from tests.ingestlab import TELEGRAF_CONF, InfluxServer
 from trackerdcs.config import ConfigError, influx_seconds, parse_config
+from trackerdcs.ingest.bridge import Bridge
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import (
     InfluxOutputConf,
@@ -30,7 +31,7 @@ from trackerdcs.ingest.conf import (
     parse_telegraf_conf,
     substitute_env,
 )
-from trackerdcs.ingest.consumer import FastClient, MqttConsumer, UniqueClock
+from trackerdcs.ingest.consumer import FastClient, MqttConsumer, UniqueClock, shares_connection
 from trackerdcs.ingest.filters import GlobFilter
 from trackerdcs.ingest.jsonparse import (
     UNIX_FORMATS,
@@ -47,11 +48,13 @@ from trackerdcs.stack.process import free_port
 # -- telegraf.conf ------------------------------------------------------------------------------
 def test_the_repo_telegraf_conf_is_what_the_bridge_runs():
     conf = load_telegraf_conf(TELEGRAF_CONF, env={"TRACKERDCS_MQTT_SERVER": "tcp://10.0.0.5:1884"})
-    assert [c.measurement for c in conf.inputs] == ["hv", "lv", "julabo", "sensor"]
+    assert [c.measurement for c in conf.inputs] == ["hv", "lv", "julabo", "sensor", "ivscan"]
     assert {(c.host, c.port) for c in conf.inputs} == {("10.0.0.5", 1884)}
-    assert all(c.qos == 0 for c in conf.inputs)
+    # retained statuses at QoS 0 (a lost one is sent again); the IV scans' points, events sent
+    # once, at QoS 1
+    assert [c.qos for c in conf.inputs] == [0, 0, 0, 0, 1]
     # every crate's HV and LV prefixes (several crates, several hosts) by their topic alone
-    hv, lv, julabo, sensor = conf.inputs
+    hv, lv, _, sensor, _ = conf.inputs
     for topic, measurement in {"/hv/status": "hv", "/hv1/status": "hv", "/hv-stand2/status": "hv",
                                "/lv/status": "lv", "/lv12/status": "lv", "/lv_b/status": "lv",
                                "/hvac/status": None, "/sensor_1/status": None,
@@ -59,7 +62,8 @@ def test_the_repo_telegraf_conf_is_what_the_bridge_runs():
         assert [c.measurement for c in (hv, lv) if c.topic_filter.match(topic)] == (
             [measurement] if measurement else []
         ), topic
-    assert (hv.topic_tag, hv.tagexclude.patterns, julabo.topic_tag) == ("topic", ("topic",), "")
+    assert (hv.topic_tag, hv.tagexclude.patterns, lv.topic_tag) == ("topic", ("topic",), "topic")
+    assert all(c.topic_tag == "" for c in conf.inputs[2:])
     assert sensor.topic_filter is None  # its tagpass looks at `kind`: every message is parsed
     assert conf.output == InfluxOutputConf(
         url="http://127.0.0.1:8086", database="trackerdcs", skip_database_creation=True
@@ -467,7 +471,7 @@ def test_a_payload_that_breaks_the_parser_is_skipped_not_fatal(monkeypatch):
     def broken(payload):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(consumer.parser, "parse", broken)
+    monkeypatch.setattr(consumer.parser, "metrics", broken)
     consumer.handle("/hv/status", b"{}")
     assert consumer.rejected == 2
 
@@ -503,7 +507,41 @@ def test_the_topic_picks_the_crates_and_is_no_tag_of_the_points(monkeypatch):
     status = [{"number": 0, "name": "hv1_m1", "module": "M1", "vmon": 9.5, "time": 1.5}]
     consumer.handle("/hv1/status", json.dumps(status).encode())
     assert buffer.take() == ["hv,module=M1,name=hv1_m1,number=0 vmon=9.5 1500000000\n"]
-    monkeypatch.setattr(consumer.parser, "parse", lambda payload: pytest.fail("parsed"))
+    monkeypatch.setattr(consumer.parser, "metrics", lambda data: pytest.fail("parsed"))
+    monkeypatch.setattr("trackerdcs.ingest.consumer.decode", lambda p: pytest.fail("decoded"))
     for topic in ("/lv1/status", "/sensor_1/status", "/hvac/status"):
         consumer.handle(topic, json.dumps(status).encode())
     assert buffer.take() == [] and consumer.rejected == 0
+
+
+def test_inputs_reading_the_same_topics_share_one_connection():
+    """telegraf.conf's crates, chillers and sensors all read /+/status: one connection, each
+    message decoded once, every input's own metrics and counts, as with a connection each."""
+    conf = load_telegraf_conf(ROOT / "telegraf.conf", env={})
+    shared = [c for c in conf.inputs if c.topics == ("/+/status",)]
+    assert [c.measurement for c in shared] == ["hv", "lv", "julabo", "sensor"]
+    assert shares_connection(*shared[2:]) and not shares_connection(conf.inputs[-1], shared[0])
+    consumers = Bridge(conf, status_prefix=None).consumers
+    assert [[i.conf.measurement for i in c.inputs] for c in consumers] == [
+        ["hv", "lv", "julabo", "sensor"], ["ivscan"]
+    ]  # fmt: skip
+    buffer = MetricBuffer(100, 10)
+    consumer = MqttConsumer(shared, conf.agent, buffer, UniqueClock())
+    chiller = {"chiller": "burnin", "state": "RUNNING", "bath_temp": -5.0, "running": 1,
+               "time": 1717171717.0}  # fmt: skip
+    sensor = {"name": "temp_m3", "kind": "module", "module": "M3", "temperature": -4.5,
+              "time": 1717171717.0}  # fmt: skip
+    for status in (chiller, sensor):
+        msg = mqtt.MQTTMessage(topic=b"/x/status")
+        msg.payload = json.dumps(status).encode()
+        consumer._on_message(None, None, msg)
+    consumer.handle("/x/status", b"not json")
+    lines = sorted(buffer.take())
+    assert [line.split(" ")[0] for line in lines] == [
+        "julabo,chiller=burnin", "sensor,kind=module,module=M3,name=temp_m3"
+    ]  # fmt: skip
+    # once per input, as Telegraf; `/x/status` is neither a crate's HV nor its LV: hv and lv
+    # neither parse it nor count it rejected
+    assert consumer.received == 8 and consumer.rejected == 2
+    with pytest.raises(ValueError, match="one consumer each"):
+        MqttConsumer([conf.inputs[-1], shared[0]], conf.agent, buffer, UniqueClock())

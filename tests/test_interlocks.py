@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_LAB, ROOT, Broker, _logged, python_process, write_lab
+from tests.simca import wait_for
 from trackerdcs.config import ConfigError, LabConfig, parse_config
-from trackerdcs.safety.config import check_safety
+from trackerdcs.safety.config import check_safety, rule_chiller, rule_modules
 from trackerdcs.safety.rules import RULE_KINDS, RuleState
 from trackerdcs.safety.world import World
 from trackerdcs.stack.process import free_port
@@ -85,7 +86,9 @@ def evaluate(cfg: LabConfig, world: World, state: RuleState, now: float) -> dict
 
 def new_state(cfg: LabConfig, index: int = 0) -> RuleState:
     rule = cfg.interlocks.rules[index]
-    return RuleState(rule, frozenset(MODULES), started=0.0, since=0.0,
+    chiller = rule_chiller(cfg, rule)
+    return RuleState(rule, frozenset(rule_modules(cfg, rule)), started=0.0, since=0.0,
+                     chiller=chiller.prefix if chiller else None,
                      armed=rule.kind != "chiller_running")  # fmt: skip
 
 
@@ -461,6 +464,31 @@ def test_hot_module_kills_its_hv_only(calm):
     rules = lab.wait_rules(lambda r: not r["module_temperature"]["active"], since=since)
     assert rules["module_temperature"]["reason"] == "M2 at 29.8 C (limit 30 C)"  # the last one
     assert rules["module_temperature"]["cleared_at"]
+
+
+def test_a_kill_not_written_everywhere_is_logged_and_sent_again(calm):
+    """The power daemon switches off what it can and answers `ok: false` with `not_written`
+    for the rest: the interlock logs it as not done, and sends the action again while the HV
+    shows on."""
+    lab = calm
+    lab.publish_world(hv_on=("M2",))
+    since = lab.client.mark()
+    lab.temperature("M2", 31.5)
+    kill = lab.wait_command("/hv/cmd/kill/M2", since)
+    request_id = kill.json["id"]
+    lab.client.publish("/hv/response", {
+        "topic": kill.topic, "payload": kill.text, "ok": False, "id": request_id,
+        "error": "could not be switched off: hv_m2 (test:00:001:Pw not connected)",
+        "channels": [], "not_written": ["hv_m2"]})  # fmt: skip
+    logged = f"/hv/cmd/kill/M2 did not do all of {request_id}: could not be switched off: hv_m2"
+    wait_for(lambda: logged in lab.daemon.output(), timeout=5)
+    since = lab.client.mark()
+    lab.client.publish("/hv/status", json.dumps(hv_status(("M2",))), retain=True)  # still on
+    assert lab.wait_command("/hv/cmd/kill/M2", since).json["id"] != request_id
+    lab.client.publish("/hv/status", json.dumps(hv_status()), retain=True)
+    since = lab.client.mark()
+    lab.temperature("M2", 29.0)
+    lab.wait_rules(lambda r: not r["module_temperature"]["active"], since=since)
 
 
 def test_a_spike_does_not_fire_a_rule_with_a_hold_a_sustained_breach_does(calm):

@@ -239,3 +239,61 @@ def test_readme_data_commands(stack):
     header, *rows = printed[2].splitlines()
     assert header.startswith("time,measurement,") and rows
     assert all(",hv," in row and ",hv_m1," in row for row in rows)
+
+
+def test_a_killed_stack_leaves_nothing_behind(stack, tmp_path):
+    """The supervisor killed as the OOM killer would (SIGKILL: no handler runs): every process
+    of the stack ends with it, mosquitto, influxd and node included, and the ports are free;
+    its `run/stack.json` stays behind and a new `make run` finds nothing alive in it."""
+    from trackerdcs.config import load_config
+    from trackerdcs.stack.leftovers import find_leftovers
+    from trackerdcs.stack.local import stack_ports
+
+    proc, _ = stack
+    run_dir = tmp_path / "run"
+    state = json.loads((run_dir / "stack.json").read_text())
+    assert state["supervisor"]["pid"] == proc.pid
+    pids = [p["pid"] for p in state["processes"]]
+    assert len(pids) == 11 and all(Path(f"/proc/{pid}").exists() for pid in pids)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(5)
+    for pid in pids:
+        wait_until(lambda p=pid: not Path(f"/proc/{p}").exists() or _zombie(p), 30, f"pid {pid}")
+    for port in (1883, 5064, 1880, 8086, 8088):
+        wait_until(lambda p=port: not port_open("127.0.0.1", p), 10, f"port {port} to close")
+    config = ROOT / "examples" / "lab.yml"
+    ports = stack_ports(load_config(config))
+    assert find_leftovers(run_dir, config, ports) == ([], [])
+
+
+def test_readme_ivscan_commands(stack, tmp_path):
+    """The README's IV scans, run as written against `make run`'s stack: M1 to the end, M3 into
+    its breakdown, every module side by side; results in the run directory."""
+    commands = readme_example("ivscan")
+    client = TestClient(1883)
+    try:
+        client.wait_for("/hv/status", lambda m: all(c["state"] == "OFF" for c in m.json), 10)
+        client.wait_for("/dcs/ivscan/status", lambda m: True, 10)
+        done = [
+            subprocess.run(line, shell=True, timeout=120, capture_output=True, text=True, cwd=ROOT)
+            for line in commands[:2]
+        ]
+        assert done[0].returncode == 0, done[0].stderr
+        assert "M1: completed: completed 9 steps" in done[0].stdout
+        assert "M1 [####################] 9/9" in done[0].stderr
+        csv = tmp_path / "run" / "ivscans" / "M1"
+        assert [p.suffix for p in sorted(csv.iterdir())] == [".csv", ".png"]
+        assert done[1].returncode == 3 and "M3: breakdown: breakdown at 4" in done[1].stdout
+        since = client.mark()
+        subprocess.run(commands[2], shell=True, check=True, timeout=10, cwd=ROOT)
+        answer = client.wait_for("/dcs/response", lambda m: m.json["id"] == "alice:iv", 5, since)
+        assert answer.json["ok"] and sorted(answer.json["scans"]) == ["M1", "M2", "M3", "M4"]
+        scans = answer.json["scans"]
+        client.wait_for("/dcs/ivscan/status", lambda m: all(
+            m.json["scans"][k]["scan"] == v and m.json["scans"][k]["outcome"] == "completed"
+            and m.json["scans"][k]["ended"] for k, v in scans.items()), 60, since)  # fmt: skip
+        printed = subprocess.run(commands[3], shell=True, check=True, timeout=10,
+                                 capture_output=True, text=True).stdout  # fmt: skip
+        assert json.loads(printed)["scans"]["M4"]["scan"] == scans["M4"]
+    finally:
+        client.close()

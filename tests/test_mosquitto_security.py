@@ -60,8 +60,8 @@ def own_prefixes(user: str, lab=LAB) -> set[str]:
     """The prefixes each daemon serves, from the lab YAML: the ACL must grant exactly these."""
     if user == "power":
         return {p for c in lab.crates for p in c.prefixes.values()}
-    if user == "julabo":
-        return {lab.julabo.prefix}
+    if user == "julabo":  # the lab's one chiller (a lab of several: a user per chiller)
+        return {c.prefix for c in lab.chillers}
     if user == "sensors":
         return {s.prefix for s in lab.sensors}
     if user == "interlock":
@@ -79,6 +79,7 @@ COMMANDS = [
     "/hv/cmd/switch/M1",
     "/hv/cmd/kill/M1",
     "/hv/cmd/setv/0",
+    "/hv/cmd/seti/M1",
     "/lv/cmd/switch/M1",
     "/lv/cmd/kill/M1",
     "/julabo/cmd/setpoint",
@@ -91,8 +92,10 @@ COMMANDS = [
 ]
 SENDS = {
     "interlock": {"/hv/cmd/switch/M1", "/hv/cmd/kill/M1", "/julabo/cmd/setpoint"},
-    "dcs": {"/hv/cmd/switch/M1", "/lv/cmd/switch/M1"},
+    "dcs": {"/hv/cmd/switch/M1", "/lv/cmd/switch/M1", "/hv/cmd/setv/0", "/hv/cmd/seti/M1"},
 }
+# What a daemon publishes under its prefix besides status, availability, response and replies
+OWN_EXTRA = {"dcs": {"/dcs/ivscan/status", "/dcs/ivscan/points", "/dcs/ivscan/action"}}
 
 
 def allowed_topics(user: str) -> set[str]:
@@ -101,7 +104,7 @@ def allowed_topics(user: str) -> set[str]:
         return set(COMMANDS)
     own = own_prefixes(user)
     topics = {f"{p}/{leaf}" for p in own for leaf in ("status", "availability", "response")}
-    topics |= {f"{p}/reply/x1" for p in own} | SENDS.get(user, set())
+    topics |= {f"{p}/reply/x1" for p in own} | SENDS.get(user, set()) | OWN_EXTRA.get(user, set())
     if user == "alarms":
         topics |= {"/alarms", "/dcs/log"}  # the alarm list itself, the audit log
     return topics
@@ -113,7 +116,8 @@ def probe_topics() -> list[str]:
         for p in ALL_PREFIXES
         for leaf in ("status", "availability", "response", "reply/x1")
     ]
-    return [*topics, *COMMANDS, "/alarms", "/dcs/log", "/other/status"]
+    extra = sorted(set().union(*OWN_EXTRA.values()))
+    return [*topics, *COMMANDS, *extra, "/alarms", "/dcs/log", "/other/status"]
 
 
 # -- the broker -----------------------------------------------------------------------------------
@@ -466,6 +470,7 @@ def dummy_lab(tmp: Path, broker: SecureBroker) -> Path:
         sensor["publish_interval"] = 0.5
     data["virtual_lab"].update(control_port=free_port(), line_interval=0.2)
     data["alarms"]["db"] = str(tmp / "alarms.sqlite")
+    data["ivscan"]["results_dir"] = str(tmp / "ivscans")
     path = tmp / "lab.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -573,6 +578,15 @@ def test_every_daemon_works_under_the_production_acl(broker, stack: Stack) -> No
         assert operator.publish("/julabo/cmd/setpoint", json.dumps(command)) == 0
         answer = operator.wait_for("/julabo/response", lambda m: m.json.get("id") == "op-2").json
         assert answer["ok"], answer
+        # an IV scan by an operator: the dcs daemon sets the voltage and limit under its user
+        scan = {"value": {"stop": 20, "step": 10, "settle": 0, "readings": 1}, "id": "op-3"}
+        assert operator.publish("/dcs/cmd/ivscan/M2", json.dumps(scan)) == 0
+        answer = operator.wait_for("/dcs/response", lambda m: m.json.get("id") == "op-3").json
+        assert answer["ok"], answer
+        ended = viewer.wait_for("/dcs/ivscan/status", lambda m: m.json["scans"]["M2"]["ended"],
+                                timeout=30).json["scans"]["M2"]  # fmt: skip
+        assert ended["outcome"] == "completed", ended
+        viewer.wait_for("/dcs/ivscan/points", lambda m: m.json["step"] == 3)
         # humid air: the dew point rule fires; the interlock switches M1's HV off and raises the
         # chiller's set point to 20 C; both daemons obey it
         port = yaml.safe_load(stack.lab.read_text())["virtual_lab"]["control_port"]

@@ -49,7 +49,7 @@ def test_crate_lost_then_back_without_restarting_the_daemon(lab, how):
     assert lab.command("/hv/cmd/setv/0", 42)["ok"]
     lab.wait_channel("/hv", "hv_m1", lambda c: c["vreq"] == 42.0, since=since)
     # protection settings written again (the settings channels connect just after the readbacks)
-    wait_for(lambda: lab.get(lab.pv(0, 0, "SVMax")) == 600.0, timeout=5)
+    wait_for(lambda: lab.get(lab.chpv("hv_m1", "SVMax")) == 600.0, timeout=5)
 
 
 def test_broker_restart_reconnects_republishes_and_takes_commands(workdir):

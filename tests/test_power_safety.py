@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import EXAMPLE_SLOTS, Broker, PowerLab
+from tests.conftest import EXAMPLE_LAB, EXAMPLE_SLOTS, Broker, PowerLab
 from tests.simca import wait_for
+from trackerdcs.config import ChannelKind, load_config
+from trackerdcs.mqtt import Command
+from trackerdcs.power.backend import BackendError
+from trackerdcs.power.channel import PowerChannel, make_machine
+from trackerdcs.power.service import PowerService
 
 HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]
 
@@ -86,6 +93,149 @@ def test_kill_switches_off_fast_and_switch_on_restores_the_ramp(power_lab):
     assert lab.get(lab.pv(HV, 2, "RDWn")) == 1000.0
     assert lab.command("/hv/cmd/switch/hv_m3", "on")["ok"]
     assert lab.get(lab.pv(HV, 2, "RDWn")) == 400.0  # the lab's configured rdwn
+
+
+def test_an_invalid_channel_is_still_switched_off_and_killed(power_lab):
+    """An IOC that marks a readback INVALID shows the channel DISCONNECTED, but still takes
+    `Pw`: `off`, `kill` and `switch/all off` reach it (and the others); `on` and `setv` wait."""
+    lab = power_lab
+    invalid = lab.chpv("hv_m1", "SimInvalid")
+    try:
+        for name in ("hv_m1", "hv_m2"):
+            switch_on(lab, "/hv", name, 60)
+        since = lab.client.mark()
+        lab.put(invalid, 1)
+        lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "DISCONNECTED", since=since)
+        answer = lab.command("/hv/cmd/switch/all", "off")
+        assert answer["ok"] and answer["channels"] == ["hv_m1", "hv_m2", "hv_m3", "hv_m4"]
+        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0 and lab.get(lab.chpv("hv_m2", "Pw")) == 0
+        for topic, value in (("/hv/cmd/switch/hv_m1", "on"), ("/hv/cmd/setv/hv_m1", 70)):
+            refused = lab.command(topic, value)
+            assert not refused["ok"] and "DISCONNECTED: IMon INVALID (COMM)" in refused["error"]
+        since = lab.client.mark()
+        lab.put(invalid, 0)
+        lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "OFF", since=since)
+        switch_on(lab, "/hv", "hv_m1", 60)
+        since = lab.client.mark()
+        lab.put(invalid, 1)
+        lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "DISCONNECTED", since=since)
+        assert lab.command("/hv/cmd/kill/hv_m1", "")["ok"]
+        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0
+        assert lab.get(lab.chpv("hv_m1", "RDWn")) == 1000.0  # kill_rate
+        assert lab.command("/hv/cmd/switch/hv_m1", "off")["ok"]
+    finally:
+        lab.put(invalid, 0)
+
+
+def test_kill_switches_off_while_the_ramp_down_pv_is_not_connected(workdir):
+    """Right after a (re)start the RDWn PV may not be connected yet: kill writes Pw all the
+    same, and its answer says the fast ramp-down was not set."""
+    broker = Broker(workdir).start()  # its own: the module's lab serves /hv as well
+    never_absent = {"crates.0.absent_timeout": 600}  # not counted absent during the test
+    lab = PowerLab(workdir, broker, "kill_no_rdwn", crate_args=("--omit", f"{HV}:RDWn"),
+                   **never_absent).start()  # fmt: skip
+    try:
+        switch_on(lab, "/hv", "hv_m1", 60)
+        answer = lab.command("/hv/cmd/kill/hv_m1", "")
+        assert answer["ok"] and answer["channels"] == ["hv_m1"], answer
+        warning = answer["warning"]
+        assert warning.startswith("hv_m1: fast ramp-down not set (") and warning.endswith(
+            "RDWn not connected): ramps down at the crate's current ramp-down"
+        )
+        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0
+        switch_on(lab, "/hv", "hv_m1", 60)  # nothing to restore: on as usual
+        assert lab.command("/hv/cmd/switch/hv_m1", "off")["ok"]
+    finally:
+        lab.stop()
+        broker.stop()
+
+
+# -- off and kill where the crate cannot take every write: the service in-process -------------
+class AnswerLink:
+    """Stands in for MqttLink: keeps the answers."""
+
+    def __init__(self) -> None:
+        self.answers: list[dict] = []
+
+    def publish_state(self, topic: str, payload: str) -> None:
+        pass
+
+    def respond(self, cmd: Command, ok: bool, error: str | None = None, **extra) -> dict:
+        answer = {"ok": ok, "error": error, **extra}
+        self.answers.append(answer)
+        return answer
+
+
+class PartialBackend:
+    """A crate some of whose PVs cannot be written now (`down`: (channel name, param))."""
+
+    def __init__(self, names: dict) -> None:
+        self.names = names  # address -> channel name
+        self.down: set[tuple[str, str]] = set()
+        self.writes: list[tuple[str, str, object]] = []
+
+    def write(self, addr, param: str, value) -> None:
+        if (self.names[addr], param) in self.down:
+            raise BackendError(f"{self.names[addr]}:{param} not connected")
+        self.writes.append((self.names[addr], param, value))
+
+
+@pytest.fixture
+def hv_service() -> Iterator[PowerService]:
+    cfg = load_config(EXAMPLE_LAB)
+    channels = [PowerChannel(c, cfg.limits_for(c), cfg.board_of(c).spec)
+                for c in cfg.power.channels if c.kind == "hv"]  # fmt: skip
+    make_machine(channels)
+    loop = asyncio.new_event_loop()
+    backend = PartialBackend({c.address: c.name for c in channels})
+    svc = PowerService(ChannelKind.HV, "/hv", channels, backend, AnswerLink(),  # type: ignore
+                       cfg.power.publish, loop)  # fmt: skip
+    for ch in channels:
+        svc.on_connection(ch.address, True)
+        for param, value in ch.readback.items():
+            svc.on_readback(ch.address, param, value)
+    assert all(ch.state == "OFF" for ch in channels)
+    yield svc
+    svc.stop()
+    loop.close()
+
+
+def command(svc: PowerService, action: str, payload: str) -> dict:
+    svc.handle_command(Command(topic=f"/hv/cmd/{action}", action=action, payload=payload))
+    return svc.link.answers[-1]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("action", ["switch/all", "kill/all"])
+def test_off_reaches_every_channel_it_can_and_names_the_others(hv_service, action):
+    backend = hv_service.backend
+    backend.down = {("hv_m2", "Pw"), ("hv_m2", "RDWn")}
+    backend.writes.clear()
+    answer = command(hv_service, action, "off")
+    assert answer["ok"] is False and answer["not_written"] == ["hv_m2"]
+    assert answer["channels"] == ["hv_m1", "hv_m3", "hv_m4"]
+    assert answer["error"] == (
+        "could not be switched off: hv_m2 (hv_m2:Pw not connected); switched off: hv_m1, "
+        "hv_m3, hv_m4"
+    )
+    assert [(n, v) for n, p, v in backend.writes if p == "Pw"] == [
+        ("hv_m1", 0), ("hv_m3", 0), ("hv_m4", 0)
+    ]  # fmt: skip
+    if action.startswith("kill"):
+        assert "hv_m2: fast ramp-down not set (hv_m2:RDWn not connected)" in answer["warning"]
+
+
+def test_switch_on_after_kill_waits_until_the_ramp_down_is_restored(hv_service):
+    backend = hv_service.backend
+    assert command(hv_service, "kill/hv_m3", "")["ok"]
+    assert backend.writes[-2:] == [("hv_m3", "RDWn", 1000.0), ("hv_m3", "Pw", 0)]
+    backend.down = {("hv_m3", "RDWn")}
+    writes = len(backend.writes)
+    answer = command(hv_service, "switch/hv_m3", "on")
+    assert answer["ok"] is False and "ramp-down is still kill's" in answer["error"]
+    assert "nothing was switched on" in answer["error"] and len(backend.writes) == writes
+    backend.down = set()
+    assert command(hv_service, "switch/hv_m3", "on")["ok"]
+    assert backend.writes[-2:] == [("hv_m3", "RDWn", 50.0), ("hv_m3", "Pw", 1)]
 
 
 def test_failsafe_switches_hv_off_when_the_broker_is_gone(workdir):

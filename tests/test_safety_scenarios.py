@@ -48,11 +48,12 @@ INTERLOCKS = {
 class SafetyLab(VirtualLab):
     """The virtual lab with the safety daemons, and helpers to drive and watch them."""
 
-    def __init__(self, workdir: Path, broker: Broker, name: str = "safety") -> None:
-        super().__init__(workdir, broker, name)
+    def __init__(self, workdir: Path, broker: Broker, name: str = "safety",
+                 interlocks: dict[str, Any] = INTERLOCKS, **lab: Any) -> None:  # fmt: skip
+        super().__init__(workdir, broker, name, **lab)
         self.broker = broker
         data = yaml.safe_load(self.config.read_text())
-        data["interlocks"] = INTERLOCKS
+        data["interlocks"] = interlocks
         data["alarms"] = {"db": str(workdir / f"{name}-alarms.sqlite")}
         data["power"]["failsafe"] = {"broker_timeout": 1.0}
         self.config.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -126,6 +126,29 @@ def test_hv_refused_by_an_interlock_rolls_the_module_back(sequencer):
     assert dcs["error"] == error
 
 
+def test_off_with_an_invalid_hv_readback_writes_it_and_keeps_the_lv_on(sequencer):
+    """The IOC marks hv_m3's readbacks INVALID: the HV off is written all the same (an off is
+    never refused for a channel's state), but 0 V cannot be confirmed: the step fails and the
+    module's LV stays on (LV only after its HV is known off)."""
+    lab = sequencer.lab
+    assert lab.command("/hv/cmd/setv/M3", 60)["ok"]
+    assert sequencer.module("M3", "on")["ok"]
+    invalid = lab.chpv("hv_m3", "SimInvalid")
+    since = lab.client.mark()
+    lab.put(invalid, 1)
+    try:
+        lab.wait_channel("/hv", "hv_m3", lambda c: c["state"] == "DISCONNECTED", since=since)
+        answer = sequencer.module("M3", "off")
+        assert not answer["ok"] and steps(answer, "M3") == ["hv_off", "hv_down"], answer
+        assert "hv_down: hv_m3 is DISCONNECTED" in answer["modules"]["M3"]["error"]
+        assert lab.get(lab.chpv("hv_m3", "Pw")) == 0 and lab.get(lab.chpv("lv_m3", "Pw")) == 1
+    finally:
+        since = lab.client.mark()
+        lab.put(invalid, 0)
+        lab.wait_channel("/hv", "hv_m3", lambda c: c["state"] == "OFF", since=since)
+        assert lab.command("/lv/cmd/switch/M3", "off")["ok"]
+
+
 def test_a_trip_while_ramping_fails_fast_and_leaves_it_off(sequencer):
     lab = sequencer.lab
     assert lab.command("/hv/cmd/setv/M3", 300)["ok"]  # 1.5 s of ramp at 200 V/s

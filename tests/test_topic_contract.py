@@ -185,7 +185,9 @@ def safety_lab(workdir):
 
     broker = Broker(workdir).start()
     lab = PowerLab(workdir, broker, "contract-safety", interlocks=CONTRACT_INTERLOCKS,
-                   alarms={"db": str(workdir / "contract-safety.sqlite")})  # fmt: skip
+                   alarms={"db": str(workdir / "contract-safety.sqlite")},
+                   ivscan={"results_dir": str(workdir / "contract-ivscans"), "settle": 0,
+                           "readings": 2, "interval": 0.1})  # fmt: skip
     daemons = [
         python_process(name, f"trackerdcs.safety.{name}_daemon", ["--config", str(lab.config)],
                        workdir / f"contract-safety-{name}.log", ready=_logged(ready))
@@ -193,8 +195,11 @@ def safety_lab(workdir):
                             ("dcs", "serving the sequencer"))
     ]  # fmt: skip
     lab.start()
+    since = lab.client.mark()
     for daemon in daemons:
         daemon.start()
+    for prefix in ("/interlock", "/alarms", "/dcs"):  # connected and subscribed: `online` goes
+        lab.client.wait_for(f"{prefix}/availability", lambda m: m.text == "online", 10, since)
     yield lab
     for daemon in reversed(daemons):
         daemon.stop()
@@ -272,7 +277,38 @@ def test_sequencer_and_audit_log_match_the_contract(safety_lab):
         check_safety_object(record, "audit-record")
 
 
+def test_ivscan_status_points_and_actions_match_the_contract(safety_lab):
+    from trackerdcs.ivscan.plan import ScanParams
+
+    lab = safety_lab
+    idle = lab.client.wait_for("/dcs/ivscan/status").json
+    since = lab.client.mark()
+    answer = lab.client.command("/dcs/cmd/ivscan/M3", {"stop": 20, "step": 10}, "/dcs/response")
+    assert answer["ok"] and set(answer["scans"]) == {"M3"}, answer
+    ended = lab.client.wait_for("/dcs/ivscan/status", lambda m: m.json["scans"]["M3"]["ended"],
+                                20, since).json  # fmt: skip
+    assert ended["scans"]["M3"]["outcome"] == "completed", ended
+    statuses = [idle] + [m.json for m in lab.client.messages[since:]
+                         if m.topic == "/dcs/ivscan/status"]  # fmt: skip
+    assert {s["scans"]["M3"]["state"] for s in statuses} >= {"IDLE", "RUNNING", "COMPLETED"}
+    for status in statuses:
+        check_safety_object(status, "ivscan-status")
+        for scan in status["scans"].values():
+            check_safety_object(scan, "ivscan-scan")
+    points = [m.json for m in lab.client.messages[since:] if m.topic == "/dcs/ivscan/points"]
+    assert len(points) == 3 and points[0]["temperature"] is None  # no sensor daemon here
+    for point in points:
+        check_safety_object(point, "ivscan-point")
+    actions = [m.json for m in lab.client.messages[since:] if m.topic == "/dcs/ivscan/action"]
+    assert [a["event"] for a in actions] == ["start", "step", "step", "step", "done"]
+    for action in actions:
+        check_safety_object(action, "ivscan-action")
+    documented = {row[0] for row in contract_table("ivscan-params")}
+    assert documented == set(ScanParams.model_fields)
+
+
 def test_safety_documented_commands_are_the_implemented_ones():
+    from trackerdcs.ivscan import service as ivscan
     from trackerdcs.safety import alarms, audit, interlock, sequencer
 
     for table, prefix, implemented in (
@@ -280,6 +316,7 @@ def test_safety_documented_commands_are_the_implemented_ones():
         ("alarms-commands", "/alarms", alarms.COMMANDS),
         ("dcs-commands", "/dcs", sequencer.COMMANDS),
         ("audit-commands", "/audit", audit.COMMANDS),
+        ("ivscan-commands", "/dcs", ivscan.COMMANDS),
     ):
         documented = {row[0] for row in contract_table(table)}
         assert documented == {f"{prefix}/cmd/{c}" for c in implemented}, table

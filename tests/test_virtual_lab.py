@@ -22,14 +22,29 @@ JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 0.3, "poll
                "heartbeat": 2, "reconnect_min_delay": 0.1, "reconnect_max_delay": 0.5}  # fmt: skip
 
 
-class VirtualLab:
-    """`trackerdcs-sim-lab` and the power, chiller and sensor daemons, on free ports."""
+# The two-chiller lab (`chillers=2`): the example's chiller becomes `coldbox` (still /julabo),
+# cooling M1 and M2; `burnin` on /julabo_burnin cools M3 and M4.
+TWO_CHILLERS = {"coldbox": ("/julabo", ["M1", "M2"]), "burnin": ("/julabo_burnin", ["M3", "M4"])}
 
-    def __init__(self, workdir: Path, broker: Broker, name: str = "vlab") -> None:
+
+class VirtualLab:
+    """`trackerdcs-sim-lab` and the power, chiller and sensor daemons, on free ports; with
+    `chillers=2`, the two-chiller lab of TWO_CHILLERS (a chiller daemon each)."""
+
+    def __init__(self, workdir: Path, broker: Broker, name: str = "vlab", chillers: int = 1,
+                 **overrides: Any) -> None:  # fmt: skip
         example = yaml.safe_load(EXAMPLE_LAB.read_text())
         self.control_port = free_port()
         julabo = {**example["julabo"], **JULABO_FAST,
                   "url": f"socket://127.0.0.1:{free_port()}"}  # fmt: skip
+        if chillers == 2:
+            cooling = {"julabo": None, "chillers": [
+                {**julabo, "name": chiller, "prefix": prefix, "modules": modules,
+                 "url": f"socket://127.0.0.1:{free_port()}"}
+                for chiller, (prefix, modules) in TWO_CHILLERS.items()
+            ]}  # fmt: skip
+        else:
+            cooling = {"julabo": julabo}
         sensors = [
             {**s, "source": f"socket://127.0.0.1:{free_port()}", "stale_timeout": 1.0,
              "publish_interval": 0.2}
@@ -39,20 +54,33 @@ class VirtualLab:
                        "control_port": self.control_port}  # fmt: skip
         self.config = write_lab(
             workdir / f"{name}.yml", mqtt_port=broker.port, ca_port=free_port(), lab=name,
-            julabo=julabo, sensors=sensors, virtual_lab=virtual_lab,
-            **{"power.defaults": FAST_DEFAULTS},
+            sensors=sensors, virtual_lab=virtual_lab,
+            **{"power.defaults": FAST_DEFAULTS, **cooling, **overrides},
         )  # fmt: skip
         config = ["--config", str(self.config)]
 
-        def process(what: str, module: str, ready: str, *args: str) -> ManagedProcess:
-            log = workdir / f"{name}-{module.rsplit('.', 2)[-2]}.log"
-            return python_process(what, module, [*config, *args], log, ready=_logged(ready))
+        def process(
+            what: str, module: str, ready: str, *args: str, log: str = ""
+        ) -> ManagedProcess:
+            log = log or module.rsplit(".", 2)[-2]
+            return python_process(what, module, [*config, *args], workdir / f"{name}-{log}.log",
+                                  ready=_logged(ready))  # fmt: skip
 
+        if chillers == 2:
+            self.chiller_prefixes = [prefix for prefix, _ in TWO_CHILLERS.values()]
+            julabos = [
+                process(f"julabo daemon {c}", "trackerdcs.julabo.daemon", "serving chiller",
+                        "--chiller", c, log=f"julabo-{c}")
+                for c in TWO_CHILLERS
+            ]  # fmt: skip
+        else:
+            self.chiller_prefixes = ["/julabo"]
+            julabos = [process("julabo daemon", "trackerdcs.julabo.daemon", "serving chiller")]
         self.processes = [
             process("virtual lab", "trackerdcs.sim.lab", "virtual lab", "--speed", str(SPEED),
                     "--noise", "0"),
             process("power daemon", "trackerdcs.power.daemon", "serving crate"),
-            process("julabo daemon", "trackerdcs.julabo.daemon", "serving chiller"),
+            *julabos,
             process("sensor daemon", "trackerdcs.sensors.daemon", "serving"),
         ]  # fmt: skip
         self.client = broker.client()
@@ -61,7 +89,8 @@ class VirtualLab:
         for proc in self.processes:
             proc.start()
         self.wait("/hv/status", lambda chs: all(c["state"] == "OFF" for c in chs), 10, since=0)
-        self.wait("/julabo/status", lambda s: s["state"] == "STOPPED", 10, since=0)
+        for prefix in self.chiller_prefixes:
+            self.wait(f"{prefix}/status", lambda s: s["state"] == "STOPPED", 10, since=0)
         for name in ("sensor_1", "temp_m1"):
             self.wait(f"/{name}/status", lambda s: not s["stale"], 10, since=0)
         return self
@@ -170,3 +199,19 @@ def test_backdoor_faults_reach_the_daemons(vlab: VirtualLab) -> None:
     vlab.wait("/julabo/status", lambda s: vlab.backdoor("get")["chiller_replies_dropped"]
               > dropped, timeout=5)  # fmt: skip
     assert vlab.wait("/julabo/status", lambda s: True)["state"] == "STOPPED"  # retried
+
+
+def test_the_backdoor_takes_the_ranges_its_doc_gives() -> None:
+    """`set` accepts exactly the documented ranges (room_humidity: an unclipped sensor's
+    -6..119 % RH, so the sensors' edges can be played), in-process."""
+    from trackerdcs.config import VirtualLabConfig
+    from trackerdcs.sim.lab import LabControl, LabPhysics
+
+    control = LabControl(LabPhysics(VirtualLabConfig(), {}, {}), {}, {})
+    assert LabControl.__doc__ is not None
+    for key, (low, high) in LabControl.SETTABLE.items():
+        assert f"`{key}` ({low:g}..{high:g} " in LabControl.__doc__, key
+        assert control.execute(f"set {key}={low:g}")["ok"]
+        assert control.execute(f"set {key}={high:g}")["ok"]
+        refused = control.execute(f"set {key}={high + 1:g}")
+        assert not refused["ok"] and f"within [{low:g}, {high:g}]" in refused["error"]

@@ -1,7 +1,7 @@
 // Runs node-red/flows.json's "lab model" function outside Node-RED, on a mocked clock, for
 // tests/test_ui_model.py: reads {"lab": {...TRACKERDCS_UI_LAB}, "steps": [{"t": s, "msg": {...}}]}
 // on stdin, prints one JSON line per step: {"out": what the function returned, "snapshot": the
-// latest snapshot sent to the pages}. Node-RED gives a function `msg`, `node`, `context`, `flow`,
+// latest snapshot sent to the pages, "sent": any other message sent to the pages meanwhile}. Node-RED gives a function `msg`, `node`, `context`, `flow`,
 // `env`; the mock gives the same, with `Date.now()` and `setTimeout` under the test's control.
 'use strict';
 const fs = require('fs');
@@ -15,6 +15,7 @@ let now = 0;
 let timers = [];
 const store = {};
 let snapshot = null;
+let sent = [];
 const sandbox = {
     JSON, Math, Object, Array, String, Number,
     Date: { now: () => now },
@@ -22,7 +23,10 @@ const sandbox = {
     context: { get: k => store[k], set: (k, v) => { store[k] = v; } },
     flow: { get: () => undefined, set: () => undefined },
     env: { get: k => (k === 'TRACKERDCS_UI_LAB' ? JSON.stringify(input.lab) : undefined) },
-    node: { warn: () => undefined, send: out => { if (out[0]) snapshot = out[0].payload; } },
+    node: { warn: () => undefined, send: out => {
+        if (out[0] && out[0].topic === 'model') snapshot = out[0].payload;
+        else if (out[0]) sent.push(out[0]);
+    } },
 };
 const run = vm.runInNewContext('(function (msg) {\n' + source + '\n})', sandbox);
 
@@ -32,5 +36,6 @@ for (const step of input.steps) {
     const due = timers.filter(x => x.at <= now + 1000); // the 150 ms publish delay, not the 10 s
     timers = timers.filter(x => x.at > now + 1000);
     due.forEach(x => x.fn());
-    process.stdout.write(JSON.stringify({ out: out === undefined ? null : out, snapshot }) + '\n');
+    process.stdout.write(JSON.stringify({ out: out === undefined ? null : out, snapshot, sent }) + '\n');
+    sent = [];
 }

@@ -4,6 +4,7 @@ trackerdcs stack --config examples/lab.yml     start the local stack (what `make
 trackerdcs check-config FILE                    validate a lab YAML
 trackerdcs export|backup|restore ...            history to CSV, InfluxDB backups
 trackerdcs audit [--since 1h] [--module M1] ...  the audit log (commands, automatic actions)
+trackerdcs iv-scan M1 --stop 300 --step 10      an IV scan on the dcs daemon, with a progress bar
 trackerdcs influx-setup --config F --user telegraf:write   InfluxDB users and database
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from trackerdcs.config import ConfigError, load_config
 from trackerdcs.deploy import add_deploy_commands
 from trackerdcs.ingest.commands import add_data_commands
+from trackerdcs.ivscan.cli import add_ivscan_commands
 from trackerdcs.safety.cli import add_safety_commands
 from trackerdcs.safety.config import check_safety
 
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_commands(sub)  # export, backup, restore
     add_safety_commands(sub)  # audit
     add_deploy_commands(sub)  # influx-setup (the container stack)
+    add_ivscan_commands(sub)  # iv-scan
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -12,8 +12,8 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,7 +23,11 @@ from pydantic import (
     model_validator,
 )
 
+from trackerdcs.clientids import check_client_ids
+from trackerdcs.guard import shorten
+from trackerdcs.ivscan.config import IvScanConfig
 from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
+from trackerdcs.labyaml import YamlFileError, read_yaml
 from trackerdcs.power.boards import (
     BOARD_MODELS,
     GENERIC_NAME,
@@ -34,19 +38,43 @@ from trackerdcs.power.boards import (
 )
 from trackerdcs.safety.config import AlarmsConfig, InterlocksConfig, SequencerConfig
 
-# libyaml's safe loader where PyYAML has it (its wheels do): a tracker-sized lab file (10,000
-# channels) loads in about a second instead of four (bench `tracker_config_load_s`)
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 
 class ConfigError(Exception):
     """An invalid or unreadable configuration file."""
 
 
-class _Model(BaseModel):
-    """Strict base: unknown keys are errors (a typo must not be silently ignored)."""
+class UnknownChiller(LookupError):
+    """No such chiller in the lab (or no name given in a lab with several); says which exist."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+TOPIC_LEVEL = r"[A-Za-z0-9_\-]+"  # a name that is one MQTT topic level (sensor, chiller, prefix)
+
+
+def check_prefix(value: str) -> str:
+    """A service's MQTT prefix: exactly one topic level, `/` and a name (`/hv`, `/julabo`).
+
+    Every service prefix goes through here (crates' `prefixes`, chillers' `prefix`, the
+    interlock's topic; sensors and chillers are named by one level already): the audit log and
+    the retained-command alarms subscribe to `/+/cmd/#`, the alarms to `/+/availability`,
+    Telegraf to `/+/status`, and `+` matches one level, so `/lab1/julabo` would be invisible
+    to all of them."""
+    if not re.fullmatch(f"/{TOPIC_LEVEL}", value):
+        raise ValueError(
+            f"must be one topic level, '/' and a name such as '/hv' or '/julabo' (the audit "
+            f"log, the alarms and Telegraf subscribe to /+/...; no '/' inside): got {value!r}"
+        )
+    return value
+
+
+Prefix = Annotated[str, AfterValidator(check_prefix)]
+
+
+class _Model(BaseModel):
+    """Strict base: unknown keys are errors (a typo must not be silently ignored), and every
+    float, of every section and field to come, is finite: `.nan`, `.inf`, `1e400` are refused
+    (a NaN limit would silence its safety rule, an infinite one let every set point through)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _EnvCredentials:
@@ -78,7 +106,8 @@ class TlsConfig(_Model):
 
 
 class RateLimitConfig(_Model):
-    """A token bucket per command topic: `rate` commands per second on average, `burst` at once."""
+    """A token bucket per command topic and sender (`trackerdcs.commands.sender_of` its id):
+    `rate` commands per second on average, `burst` at once."""
 
     rate: PositiveFloat
     burst: int = Field(10, ge=1)
@@ -299,19 +328,11 @@ class CrateConfig(_Model):
     username_env: str = "TRACKERDCS_CAEN_USERNAME"  # caenwrapper backend only
     password_env: str = "TRACKERDCS_CAEN_PASSWORD"  # caenwrapper backend only
     boards: dict[int, BoardConfig]
-    prefixes: dict[ChannelKind, str] = {ChannelKind.HV: "/hv", ChannelKind.LV: "/lv"}
+    prefixes: dict[ChannelKind, Prefix] = {ChannelKind.HV: "/hv", ChannelKind.LV: "/lv"}
     connect_timeout: PositiveFloat = 2.0  # a crate not answering within this is DISCONNECTED
     # EPICS: a settings PV still unconnected this long after its channel's readbacks connected
     # is counted absent (the crate does not serve it): reported once, not written
     absent_timeout: PositiveFloat = 5.0
-
-    @field_validator("prefixes")
-    @classmethod
-    def _prefix_form(cls, v: dict[ChannelKind, str]) -> dict[ChannelKind, str]:
-        for kind, prefix in v.items():
-            if not prefix.startswith("/") or prefix.endswith("/") or "#" in prefix or "+" in prefix:
-                raise ValueError(f"prefix for {kind} must look like '/hv': got {prefix!r}")
-        return v
 
 
 class PublishConfig(_Model):
@@ -347,6 +368,17 @@ class PowerConfig(_Model):
     interlock_topic: str = "/interlock/status"  # inhibits: switching HV on refused while active
     command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
+    @field_validator("interlock_topic")
+    @classmethod
+    def _interlock_topic_form(cls, v: str) -> str:
+        prefix, _, last = v.rpartition("/")
+        if last != "status":
+            raise ValueError(
+                f"must be the interlock's <prefix>/status (/interlock/status): got {v!r}"
+            )
+        check_prefix(prefix)
+        return v
+
     @field_validator("defaults")
     @classmethod
     def _consistent_defaults(cls, v: dict[ChannelKind, _LimitOverrides]) -> dict:
@@ -375,12 +407,6 @@ def _check_line_url(value: str) -> str:
     )
 
 
-def _check_prefix(value: str) -> str:
-    if not value.startswith("/") or value.endswith("/") or "#" in value or "+" in value:
-        raise ValueError(f"must look like '/julabo': got {value!r}")
-    return value
-
-
 def loopback_port(url: str) -> int | None:
     """The port of a `socket://` / `tcp://` URL on 127.0.0.1 or localhost, else None."""
     if not url.startswith(("socket://", "tcp://")):
@@ -407,12 +433,20 @@ def _check_model(value: str) -> str:
     return value
 
 
-class JulaboConfig(_Model):
-    """A Julabo chiller on a serial line (or a serial line exposed over TCP).
+DEFAULT_CHILLER = "julabo"  # the name of the chiller of the `julabo:` shorthand
 
-    The per-chiller settings a list of chillers would repeat: `model`, the line, its timing.
+
+class JulaboConfig(_Model):
+    """A Julabo chiller on a serial line (or a serial line exposed over TCP): one entry of the lab
+    YAML's `chillers` list, or its `julabo` section (the shorthand for a lab with one chiller).
+
+    `name` names it everywhere (`trackerdcs-julabo --chiller NAME`, the `chiller` key of its
+    status and tag in InfluxDB, interlock rules); `prefix` (default `/<name>`: `/julabo` for the
+    shorthand) is its MQTT prefix; `modules` are the modules it cools (`all`, the default, only
+    in a lab with one chiller).
     """
 
+    name: str = Field(DEFAULT_CHILLER, pattern=f"^{TOPIC_LEVEL}$")
     url: str  # /dev/ttyUSB0, serial:///dev/ttyS0, socket://HOST:PORT, tcp://HOST:PORT
     model: str = DEFAULT_PROFILE  # the command profile: full, fl, fp50-mh, big or generic
     serial: SerialLineConfig = SerialLineConfig()
@@ -426,8 +460,16 @@ class JulaboConfig(_Model):
     heartbeat: PositiveFloat = 10.0  # republish the status at least this often, s
     reconnect_min_delay: PositiveFloat = 0.5  # first retry after the line is lost, s
     reconnect_max_delay: PositiveFloat = 5.0  # backoff ceiling, s
-    prefix: str = "/julabo"
+    prefix: Prefix = "/julabo"  # default: /<name>
+    modules: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]] | Literal["all"] = "all"
     command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefix_from_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "prefix" not in data and isinstance(data.get("name"), str):
+            return {**data, "prefix": f"/{data['name']}"}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -438,11 +480,6 @@ class JulaboConfig(_Model):
     @classmethod
     def _model_known(cls, v: str) -> str:
         return _check_model(v)
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_form(cls, v: str) -> str:
-        return _check_prefix(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> JulaboConfig:
@@ -463,7 +500,7 @@ class SensorKind(StrEnum):
 class SensorConfig(_Model):
     """One environmental sensor, published on `/<name>/status`."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=f"^{TOPIC_LEVEL}$")  # its prefix `/<name>`: one topic level
     kind: SensorKind = SensorKind.ROOM
     module: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")  # kind module only
     source: str = "sim"  # `sim`, a device path, socket://HOST:PORT or tcp://HOST:PORT
@@ -493,9 +530,9 @@ class SensorConfig(_Model):
 
 
 class SimChillerConfig(_Model):
-    """How the virtual lab's Julabo behaves (one chiller's simulator settings)."""
+    """How the virtual lab's Julabos behave (the simulator settings of every chiller)."""
 
-    model: str | None = None  # the profile it impersonates; default: `julabo.model`
+    model: str | None = None  # the profile it impersonates; default: each chiller's `model`
     external_sensor: bool = True  # false: no Pt100 plugged in, IN_PV_02 answers `---.--`
     drop_every: int = Field(0, ge=0)  # drop every n-th reply (0: none); the backdoor can too
 
@@ -503,6 +540,28 @@ class SimChillerConfig(_Model):
     @classmethod
     def _model_known(cls, v: str | None) -> str | None:
         return None if v is None else _check_model(v)
+
+
+class SensorIVConfig(_Model):
+    """A simulated module sensor's IV curve (`trackerdcs.sim.iv.SensorIV`), at the virtual lab's
+    `reference_temperature`: leakage growing as sqrt(V) to full depletion, a plateau, and an
+    exponential breakdown above `breakdown_voltage`."""
+
+    depletion_voltage: PositiveFloat = 200.0  # V: full depletion
+    current: PositiveFloat = 2.0  # µA at full depletion
+    plateau_slope: NonNegFloat = 0.1  # relative rise of the plateau per depletion_voltage volts
+    breakdown_voltage: PositiveFloat = 800.0  # V: above it the current grows exponentially
+    breakdown_width: PositiveFloat = 10.0  # V for the breakdown current to grow by a factor e
+
+
+class SensorIVOverrides(_Model):
+    """A module's own IV parameters (`virtual_lab.modules.<name>`), over `virtual_lab.iv`."""
+
+    depletion_voltage: PositiveFloat | None = None
+    current: PositiveFloat | None = None
+    plateau_slope: NonNegFloat | None = None
+    breakdown_voltage: PositiveFloat | None = None
+    breakdown_width: PositiveFloat | None = None
 
 
 class VirtualLabConfig(_Model):
@@ -520,6 +579,14 @@ class VirtualLabConfig(_Model):
     chiller: SimChillerConfig = SimChillerConfig()  # the simulated Julabo's model and faults
     line_interval: PositiveFloat = 1.0  # s between two lines of a simulated sensor
     control_port: int | None = Field(None, ge=1, le=65535)  # backdoor on 127.0.0.1 (tests)
+    iv: SensorIVConfig = SensorIVConfig()  # every module's sensor IV curve ...
+    modules: dict[str, SensorIVOverrides] = {}  # ... and a module's own values over it
+
+    def sensor_iv(self, module: str) -> dict[str, float]:
+        """The IV parameters of `module`'s sensor: `iv` with the module's own values over it."""
+        own = self.modules.get(module)
+        given = {k: v for k, v in own.model_dump().items() if v is not None} if own else {}
+        return {**self.iv.model_dump(), **given}
 
 
 _INFLUX_UNITS = {"ns": 1e-9, "u": 1e-6, "µ": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600,
@@ -579,13 +646,17 @@ class LabConfig(_Model):
     mqtt: MqttConfig = MqttConfig()
     crates: list[CrateConfig] = []
     power: PowerConfig = PowerConfig()
+    # the chillers: `chillers` (a list), or `julabo` (one chiller, named `julabo`); once validated,
+    # `chillers` lists every chiller of the lab, the shorthand's too
     julabo: JulaboConfig | None = None
+    chillers: list[JulaboConfig] = []
     sensors: list[SensorConfig] = []
     virtual_lab: VirtualLabConfig | None = None
     influx: InfluxConfig = InfluxConfig()
     interlocks: InterlocksConfig = InterlocksConfig()  # safety: trackerdcs.safety.config
     alarms: AlarmsConfig = AlarmsConfig()
     sequencer: SequencerConfig = SequencerConfig()
+    ivscan: IvScanConfig = IvScanConfig()  # IV scans: trackerdcs.ivscan
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _limits: dict[str, tuple[ChannelConfig, ChannelLimits]] = PrivateAttr(default_factory=dict)
     _index: dict[str, int] = PrivateAttr(default_factory=dict)  # channel name -> its index
@@ -640,6 +711,7 @@ class LabConfig(_Model):
             self._warnings.extend(w for w in warnings if w not in self._warnings)
         self._check_cooling(seen_prefix)
         self._check_supervision()
+        check_client_ids(self)
         return self
 
     def _check_supervision(self) -> None:
@@ -669,12 +741,8 @@ class LabConfig(_Model):
     def _check_cooling(self, prefixes: dict[str, str]) -> None:
         """Julabo, sensors and virtual lab against the rest of the lab."""
         taken = {prefix: f"crate {crate}" for prefix, crate in prefixes.items()}
-        if self.julabo is not None:
-            if self.julabo.prefix in taken:
-                owner = taken[self.julabo.prefix]
-                raise ValueError(f"julabo.prefix: {self.julabo.prefix!r} is taken by {owner}")
-            taken[self.julabo.prefix] = "the chiller (julabo.prefix)"
         modules = {ch.module for ch in self.power.channels if ch.module}
+        self._check_chillers(taken, modules)
         for i, sensor in enumerate(self.sensors):
             where = f"sensors.{i}"
             if sensor.prefix in taken:
@@ -686,9 +754,95 @@ class LabConfig(_Model):
                     f"{where}.module: no power channel powers module {sensor.module!r} "
                     f"(known: {', '.join(sorted(modules))})"
                 )
+        if self.virtual_lab is not None:
+            unknown = sorted(set(self.virtual_lab.modules) - set(self.modules()))
+            if unknown:
+                raise ValueError(
+                    f"virtual_lab.modules: no power channel powers {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(self.modules())) or 'none'})"
+                )
         lab_crate = self.virtual_lab.crate if self.virtual_lab else None
         if lab_crate is not None and lab_crate not in {c.name for c in self.crates}:
             raise ValueError(f"virtual_lab.crate: no crate named {lab_crate!r}")
+
+    def _check_chillers(self, taken: dict[str, str], modules: set[str]) -> None:
+        """The chiller list against itself and the lab; then the shorthand joins the list."""
+        if self.julabo is not None and self.chillers:
+            raise ValueError(
+                "julabo: give either `julabo` (one chiller) or `chillers` (a list), not both; "
+                "with several chillers, move it into the list: chillers: [{name: julabo, ...}]"
+            )
+        several = len(self.chillers) > 1
+        listed = [(f"chillers.{i}", c) for i, c in enumerate(self.chillers)]
+        entries = listed or ([("julabo", self.julabo)] if self.julabo else [])
+        names: dict[str, str] = {}
+        lines: dict[str, str] = {}
+        cooled: dict[str, str] = {}
+        for where, chiller in entries:
+            if listed and "name" not in chiller.model_fields_set:
+                raise ValueError(f"{where}.name: required (each chiller of the list is named)")
+            if chiller.name in names:
+                raise ValueError(
+                    f"{where}.name: {chiller.name!r} is used twice ({names[chiller.name]})"
+                )
+            names[chiller.name] = where
+            if chiller.prefix in taken:
+                raise ValueError(
+                    f"{where}.prefix: {chiller.prefix!r} is taken by {taken[chiller.prefix]}"
+                )
+            taken[chiller.prefix] = f"chiller {chiller.name}"
+            if chiller.url in lines:
+                raise ValueError(
+                    f"{where}.url: {chiller.url!r} is the line of chiller {lines[chiller.url]}"
+                )
+            lines[chiller.url] = chiller.name
+            if chiller.modules == "all":
+                if several:
+                    known = ", ".join(sorted(modules)) or "none"
+                    raise ValueError(
+                        f"{where}.modules: required when the lab has several chillers (the "
+                        f"modules chiller {chiller.name} cools; known: {known})"
+                    )
+                continue
+            for module in chiller.modules:
+                if modules and module not in modules:
+                    raise ValueError(
+                        f"{where}.modules: no power channel powers module {module!r} "
+                        f"(known: {', '.join(sorted(modules))})"
+                    )
+                if module in cooled:
+                    raise ValueError(
+                        f"{where}.modules: {module} is cooled by chiller {cooled[module]}"
+                    )
+                cooled[module] = chiller.name
+        if self.julabo is not None:
+            object.__setattr__(self, "chillers", [self.julabo])  # frozen: set once, here
+
+    def chiller(self, name: str | None = None) -> JulaboConfig:
+        """The chiller named `name`; without a name, the lab's only one. `UnknownChiller`, whose
+        message says why, for no chiller, several, or an unknown name."""
+        known = ", ".join(c.name for c in self.chillers)
+        if name is None:
+            if len(self.chillers) == 1:
+                return self.chillers[0]
+            if not self.chillers:
+                raise UnknownChiller("the lab has no chiller (no `julabo` or `chillers` section)")
+            raise UnknownChiller(f"the lab has several chillers ({known}): name one")
+        for chiller in self.chillers:
+            if chiller.name == name:
+                return chiller
+        raise UnknownChiller(f"no chiller named {name!r} (known: {known or 'none'})")
+
+    def cooled_by(self, chiller: JulaboConfig) -> list[str]:
+        """The modules `chiller` cools (its `modules`; `all`: every module of the lab)."""
+        if chiller.modules == "all":
+            names = list(self.modules())
+            return names + [s.module for s in self.sensors if s.module and s.module not in names]
+        return list(chiller.modules)
+
+    def chiller_of(self, module: str) -> JulaboConfig | None:
+        """The chiller that cools `module`, or None."""
+        return next((c for c in self.chillers if module in self.cooled_by(c)), None)
 
     def virtual_lab_crate(self) -> CrateConfig | None:
         """The crate the virtual lab simulates: `virtual_lab.crate`, else the first EPICS crate
@@ -783,11 +937,15 @@ class LabConfig(_Model):
             rate = [g for _, g in layers if rate_key in g][-1][rate_key]
             vset = values.get("vset")
             if time_key in origin or not vset:
+                why = ""
+                if time_key not in origin:  # 0 is a value: say which one is the trouble
+                    why = f"; channel {ch.name!r} " + (
+                        "has no vset to convert it with" if vset is None
+                        else f"has vset {vset:g} V, from which no ramp time follows"
+                    )  # fmt: skip
                 raise ValueError(
                     f"{where}: board model {model.name} ramps by time, not rate: write "
-                    f"{time_key} (ms to ramp to the set point) instead of {rate_key} (V/s)"
-                    + ("" if time_key in origin else f"; channel {ch.name!r} has no vset to "
-                       "convert it with")
+                    f"{time_key} (ms to ramp to the set point) instead of {rate_key} (V/s){why}"
                 )  # fmt: skip
             values[time_key] = round(1000.0 * vset / rate, 3)
             warnings.append(
@@ -813,14 +971,20 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}" if loc else err["msg"]
 
 
+MAX_ERRORS = 20  # error lines of one file
+
+
 def _format_errors(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid configuration"]
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_ERRORS]:
         loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc or '(top level)'}: {msg}")
+        lines.append(f"  {shorten(loc, 120) or '(top level)'}: {shorten(msg, 300)}")
+    if len(errors) > MAX_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_ERRORS} more")
     return "\n".join(lines)
 
 
@@ -836,17 +1000,10 @@ def parse_config(data: Any, path: Path | str = "<config>") -> LabConfig:
 
 
 def load_config(path: Path | str) -> LabConfig:
-    """Read and validate a lab YAML file."""
+    """Read and validate a lab YAML file (`trackerdcs.labyaml`: UTF-8, no key given twice)."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.load(text, Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        data = read_yaml(path)
+    except YamlFileError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(data, path)

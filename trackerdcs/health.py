@@ -9,11 +9,13 @@ ports accept connections (never its serial-line ports: each has one client, the 
     trackerdcs-health                          the daemon that is PID 1 (in its container)
     trackerdcs-health --pid 1234               the daemon that is process 1234
     trackerdcs-health --config lab.yml --service power [--crate sy4527]
+    trackerdcs-health --config lab.yml --service julabo [--chiller burnin]
     trackerdcs-health --config lab.yml /hv /lv these prefixes
 
-Which daemon, lab YAML, crate and sensors: from the process's command line (`trackerdcs-power
---config /etc/trackerdcs/lab.yml --crate sy4527`, or `python -m trackerdcs.power.daemon ...`),
-unless given. Exit status 0 healthy, 1 not, or cannot tell (one line says why).
+Which daemon, lab YAML, crate, chiller and sensors: from the process's command line
+(`trackerdcs-power --config /etc/trackerdcs/lab.yml --crate sy4527`, `trackerdcs-julabo ...
+--chiller burnin`, or `python -m trackerdcs.power.daemon ...`), unless given. Exit status 0
+healthy, 1 not, or cannot tell (one line says why).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from trackerdcs.config import ConfigError, LabConfig, MqttConfig, load_config
+from trackerdcs.config import ConfigError, LabConfig, MqttConfig, UnknownChiller, load_config
 from trackerdcs.mqtt import apply_broker_settings
 
 ONLINE = "online"
@@ -48,6 +50,7 @@ class Target:
     sensors: list[str] = field(default_factory=list)
     host: str | None = None
     port: int | None = None
+    chiller: str | None = None
 
 
 def _script_modules() -> dict[str, str]:
@@ -84,10 +87,13 @@ def target_from_argv(argv: list[str]) -> Target:
     p.add_argument("--config")
     p.add_argument("--crate")
     p.add_argument("--sensor", action="append", default=[])
+    p.add_argument("--chiller")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     opts, _ = p.parse_known_args(rest)
-    return Target(service, opts.config, opts.crate, opts.sensor, opts.host, opts.port)
+    return Target(
+        service, opts.config, opts.crate, opts.sensor, opts.host, opts.port, chiller=opts.chiller
+    )
 
 
 def process_argv(pid: int) -> list[str]:
@@ -110,9 +116,11 @@ def prefixes(lab: LabConfig, target: Target) -> list[str]:
             raise HealthError(f"no crate named {target.crate!r}") from None
         return [p for k, p in crate.prefixes.items() if lab.channels_of(crate.name, k)]
     if service == "julabo":
-        if lab.julabo is None:
-            raise HealthError("the lab has no julabo section")
-        return [lab.julabo.prefix]
+        try:
+            return [lab.chiller(target.chiller).prefix]
+        except UnknownChiller as exc:
+            hint = ": give --chiller" if lab.chillers and target.chiller is None else ""
+            raise HealthError(f"{exc}{hint}") from None
     if service == "sensors":
         return [s.prefix for s in lab.sensors if not target.sensors or s.name in target.sensors]
     if service == "interlock":
@@ -231,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="lab YAML (default: the daemon's own --config)")
     p.add_argument("--service", choices=SERVICES, help="the daemon (default: from --pid)")
     p.add_argument("--crate", help="power: the crate (default: the daemon's own --crate)")
+    p.add_argument("--chiller", help="julabo: the chiller (default: the daemon's own --chiller)")
     p.add_argument("--pid", type=int, default=1, help="the daemon's process (default 1)")
     p.add_argument("--timeout", type=float, default=5.0, help="s to wait (default 5)")
     return p
@@ -243,11 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.prefixes:
             target = Target("prefixes", args.config)
         elif args.service:
-            target = Target(args.service, args.config, args.crate)
+            target = Target(args.service, args.config, args.crate, chiller=args.chiller)
         else:
             target = target_from_argv(process_argv(args.pid))
             target.config = args.config or target.config
             target.crate = args.crate or target.crate
+            target.chiller = args.chiller or target.chiller
         if not target.config:
             raise HealthError("no lab YAML: give --config")
         lab = load_config(target.config)

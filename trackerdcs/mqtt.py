@@ -16,15 +16,19 @@
 Other subscriptions are plain: there the retain flag means "stored by the broker" (delivered at
 subscription), as MQTT defines it, which is how the safety services tell live data from stale.
 
-Callbacks run on paho's network thread; services hand them to their own loop.
+Callbacks run on paho's network thread; services hand them to their own loop. An unexpected
+exception in a callback never reaches paho (it would end the network thread): it is reported to
+`trackerdcs.guard.FAULTS` (logged with its message, counted). A command handler runs through
+`MqttLink.execute`, so that a command whose handler fails unexpectedly is still answered
+(`ok: false`, `internal error ...`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-import math
 import socket
 import ssl
 import threading
@@ -39,8 +43,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from trackerdcs.commands import always_executed
+from trackerdcs.commands import always_executed, sender_of
 from trackerdcs.config import MqttConfig
+from trackerdcs.guard import FAULTS, Faults, JsonError, clip, finite_number, loads, shorten
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class PayloadError(ValueError):
 
 
 PAYLOAD_KEYS = ("value", "id", "time")
+MAX_ID = 200  # characters of a request id
 
 
 @dataclass(frozen=True)
@@ -68,36 +74,74 @@ class Command:
     retained: bool = False  # published with the retain flag (seen through retain-as-published)
     arrived: float = 0.0  # time.time() when it arrived (0: unknown)
     expiry: int | None = None  # MQTT 5 message expiry interval left when delivered, s
+    # an always-executed command whose payload has faults: read by `salvage`, faults ignored
+    # and named in the answer's `warning` (CommandGate.tolerate)
+    lenient: bool = False
 
     @property
     def parts(self) -> list[str]:
         return self.action.split("/")
 
     def _fields(self) -> tuple[Any, str | None, float | None]:
+        if self.lenient:
+            return self.salvage()[:3]
         text = self.payload.strip()
         if not text.startswith("{"):
             return text, None, None
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PayloadError(f"malformed JSON payload: {exc.msg}") from None
+            obj = loads(text, "JSON payload")
+        except JsonError as exc:
+            raise PayloadError(str(exc)) from None
         if not isinstance(obj, dict):
             raise PayloadError("a JSON payload must be an object")
         unknown = set(obj) - set(PAYLOAD_KEYS)
         if unknown:
             raise PayloadError(
-                f"unknown key(s) in payload: {', '.join(sorted(unknown))} "
+                f"unknown key(s) in payload: {shorten(', '.join(sorted(unknown)), 80)} "
                 f"(known: {', '.join(PAYLOAD_KEYS)})"
             )
         request_id = obj.get("id")
-        sent = obj.get("time")
-        if sent is not None:
-            if isinstance(sent, bool) or not isinstance(sent, int | float):
-                raise PayloadError(f"time must be unix seconds (a number), got {sent!r}")
-            sent = float(sent)
-            if not math.isfinite(sent):
-                raise PayloadError(f"time must be finite, got {sent!r}")
-        return obj.get("value"), None if request_id is None else str(request_id), sent
+        if request_id is not None:
+            if isinstance(request_id, bool) or not isinstance(request_id, str | int | float):
+                raise PayloadError(f"id must be a string, got {clip(request_id, 40)}")
+            request_id = str(request_id)
+            if len(request_id) > MAX_ID:
+                raise PayloadError(f"id longer than {MAX_ID} characters")
+        sent = _send_time(obj.get("time"))
+        return obj.get("value"), request_id, sent
+
+    def salvage(self) -> tuple[Any, str | None, float | None, list[str]]:
+        """As much of the payload as can be read, for a command that runs anyway (value, id and
+        time, each None when absent or unreadable), and what was ignored, in words."""
+        text = self.payload.strip()
+        if not text.startswith("{"):
+            return text, None, None, []
+        try:  # Python's lenient reader: NaN in `time` is read, then named as ignored
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return None, None, None, [f"the payload (malformed JSON: {exc.msg})"]
+        except (RecursionError, ValueError):  # too deep, or an integer beyond the digit limit
+            return None, None, None, ["the payload (nested too deep or a number too long)"]
+        if not isinstance(obj, dict):
+            return obj, None, None, []
+        ignored = []
+        unknown = sorted(set(obj) - set(PAYLOAD_KEYS))
+        if unknown:
+            ignored.append(f"unknown key(s) {shorten(', '.join(unknown), 80)}")
+        request_id = obj.get("id")
+        if request_id is not None and (
+            isinstance(request_id, bool)
+            or not isinstance(request_id, str | int)
+            or len(str(request_id)) > MAX_ID
+        ):
+            ignored.append(f"id {_json_text(request_id)} (not a string)")
+            request_id = None
+        try:
+            sent = _send_time(obj.get("time"))
+        except PayloadError as exc:
+            ignored.append(str(exc))
+            sent = None
+        return obj.get("value"), None if request_id is None else str(request_id), sent, ignored
 
     def decoded(self) -> tuple[Any, str | None]:
         """The command's value and the caller's request id.
@@ -114,11 +158,31 @@ class Command:
         return self._fields()[2]
 
     def request_id(self) -> str | None:
-        """The caller's id, or None (also when the payload is malformed)."""
+        """The caller's id, or None; from a malformed payload as far as it can be read, so
+        that the refusal reaches its caller too."""
         try:
             return self.decoded()[1]
         except PayloadError:
-            return None
+            return self.salvage()[1]
+
+
+def _send_time(sent: Any) -> float | None:
+    """A payload's `time`: finite unix seconds, or None when absent. Raises `PayloadError`."""
+    if sent is None:
+        return None
+    if isinstance(sent, bool) or not isinstance(sent, int | float):
+        raise PayloadError(f"time must be unix seconds (a number), got {clip(sent, 40)}")
+    if not finite_number(sent):
+        raise PayloadError(f"time must be finite, got {clip(sent, 40)}")
+    return float(sent)
+
+
+def _json_text(value: Any) -> str:
+    """A JSON value as text for a message, cut to about 60 characters."""
+    try:
+        return shorten(json.dumps(value), 60)
+    except (ValueError, TypeError, RecursionError):
+        return clip(value, 60)
 
 
 def command_from_message(msg: mqtt.MQTTMessage, cmd_root: str) -> Command:
@@ -141,6 +205,11 @@ def command_from_message(msg: mqtt.MQTTMessage, cmd_root: str) -> Command:
     )
 
 
+def internal_error(reason: str) -> str:
+    """The answer to a command whose handler failed unexpectedly."""
+    return f"internal error: {reason}; check the status for what was done (details in the log)"
+
+
 def retained_refusal(topic: str) -> str:
     """The answer to a command published with the retain flag."""
     return (
@@ -154,23 +223,44 @@ class CommandGate:
     """What every service refuses before a command reaches it (docs/topics.md, "Commands"):
 
     - a command published with the retain flag, whatever it says;
-    - unless it only switches something off (`trackerdcs.commands.always_executed`): a payload
-      `time` older than `max_age` s or more than `mqtt.command_clock_skew` s in the future; an
-      MQTT 5 message whose expiry interval has run out; and, with `mqtt.command_rate_limit`,
-      more commands on one topic than its token bucket holds.
+    - unless it only switches something off (`always`, the service's entry of
+      `trackerdcs.commands.ALWAYS_EXECUTED`): a payload `time` older than `max_age` s or more
+      than `mqtt.command_clock_skew` s in the future; an MQTT 5 message whose expiry interval
+      has run out; and, with `mqtt.command_rate_limit`, more commands on one topic from one
+      sender (`sender_of` its id; every command without one shares a bucket) than its token
+      bucket holds.
 
-    Used from one thread. `check` returns the refusal (the answer's error), or None.
+    Used from one thread. `tolerate` lets an always-executed command with a faulty payload run;
+    `check` returns the refusal (the answer's error), or None.
     """
 
     def __init__(
         self, cfg: MqttConfig, max_age: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        always: dict[str, bool | str | None] | None = None,
     ) -> None:  # fmt: skip
         self.max_age = cfg.command_max_age if max_age is None else max_age
         self.skew = cfg.command_clock_skew
         self.limit = cfg.command_rate_limit
+        self.always = always or {}
         self.clock = clock  # for the rate limit
-        self._buckets: dict[str, tuple[float, float]] = {}  # topic -> (tokens, at)
+        # (topic, sender or "") -> (tokens, at)
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def tolerate(self, cmd: Command) -> Command:
+        """`cmd`, or a lenient copy when its payload has faults (a bad `time`, unknown keys, a
+        bad `id`) but its value makes it always executed: switching off is never blocked by
+        what comes with it. A value that cannot be read as off stays refused."""
+        if cmd.retained or not self.always:
+            return cmd
+        try:
+            cmd.decoded()
+            return cmd
+        except PayloadError:
+            pass
+        if always_executed(cmd.action, cmd.salvage()[0], self.always):
+            return dataclasses.replace(cmd, lenient=True)
+        return cmd
 
     def check(self, cmd: Command) -> str | None:
         if cmd.retained:
@@ -180,7 +270,7 @@ class CommandGate:
             sent = cmd.sent()
         except PayloadError:
             return None  # the service answers the payload's error itself
-        if always_executed(cmd.action, value):
+        if always_executed(cmd.action, value, self.always):
             return None
         if sent is not None:
             age = (cmd.arrived or time.time()) - sent
@@ -198,22 +288,24 @@ class CommandGate:
                 )
         if cmd.expiry is not None and cmd.expiry <= 0:
             return "refused: its MQTT 5 message expiry interval ran out: nothing was written"
-        return self._rate(cmd.topic)
+        return self._rate(cmd.topic, sender_of(cmd.request_id()) or "")
 
-    def _rate(self, topic: str) -> str | None:
+    def _rate(self, topic: str, sender: str) -> str | None:
         limit = self.limit
         if limit is None:
             return None
         now = self.clock()
-        tokens, at = self._buckets.get(topic, (float(limit.burst), now))
+        key = (topic, sender)
+        tokens, at = self._buckets.get(key, (float(limit.burst), now))
         tokens = min(float(limit.burst), tokens + (now - at) * limit.rate)
         if tokens < 1.0:
-            self._buckets[topic] = (tokens, now)
+            self._buckets[key] = (tokens, now)
+            who = f"from {sender}" if sender else "from senders without a 'name:...' id"
             return (
                 f"refused: more than {limit.burst} commands at once or {limit.rate:g} per second "
-                f"on {topic} (mqtt.command_rate_limit): nothing was written"
+                f"on {topic} {who} (mqtt.command_rate_limit): nothing was written"
             )
-        self._buckets[topic] = (tokens - 1.0, now)
+        self._buckets[key] = (tokens - 1.0, now)
         if len(self._buckets) > 4096:  # a full bucket is the same as none
             full = [
                 t
@@ -275,8 +367,11 @@ class MqttLink:
         subscribe: tuple[str, ...] = (),
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
         command_max_age: float | None = None,
+        faults: Faults | None = None,
+        always_executed: dict[str, bool | str | None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.faults = faults or FAULTS
         self.prefix = prefix
         self.client_id = client_id
         self.availability_topic = f"{prefix}/availability"
@@ -285,11 +380,13 @@ class MqttLink:
         self._on_connection = on_connection
         self._extra_subscriptions = subscribe
         self._on_message = on_message
-        self.gate = CommandGate(cfg, command_max_age)
+        # `always_executed`: the service's entry of trackerdcs.commands.ALWAYS_EXECUTED
+        self.gate = CommandGate(cfg, command_max_age, always=always_executed)
         self._retained: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = False
+        self._executing: dict[int, bool] = {}  # id(cmd) -> answered, while its handler runs
         self._client = self._make_client()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -305,9 +402,10 @@ class MqttLink:
         client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
         client.on_socket_open = disable_nagle
-        client.on_connect = self._handle_connect
-        client.on_disconnect = self._handle_disconnect
-        client.on_message = self._handle_message
+        where = f"the MQTT callbacks of {self.prefix}"
+        client.on_connect = self.faults.guarded(where, self._handle_connect)
+        client.on_disconnect = self.faults.guarded(where, self._handle_disconnect)
+        client.on_message = self._guarded_message
         return client
 
     def start(self) -> None:
@@ -359,14 +457,52 @@ class MqttLink:
         if was and self._on_connection:
             self._on_connection(False)
 
+    def _guarded_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        """`_handle_message`; an unexpected exception is reported, and a command answered."""
+        where = f"the MQTT message callback of {self.prefix}"
+        try:
+            self._handle_message(client, userdata, msg)
+        except Exception as exc:
+            topic = bytes(getattr(msg, "_topic", b"")).decode("utf-8", errors="replace")
+            reason = self.faults.fault(where, exc, f"{topic} {clip(msg.payload)}")
+            cmd_root = f"{self.prefix}/cmd/"
+            if self._on_command and topic.startswith(cmd_root) and msg.payload:
+                with contextlib.suppress(Exception):
+                    payload = msg.payload.decode("utf-8", errors="replace")
+                    cmd = Command(topic, topic[len(cmd_root) :], payload)
+                    self.respond(cmd, False, internal_error(reason))
+        else:
+            self.faults.ok(where)
+
     def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         cmd_root = f"{self.prefix}/cmd/"
         if self._on_command and msg.topic.startswith(cmd_root):
-            cmd = command_from_message(msg, cmd_root)
+            cmd = self.gate.tolerate(command_from_message(msg, cmd_root))
             if self.admit(cmd):
                 self._on_command(cmd)
         elif self._on_message:
             self._on_message(msg)
+
+    def execute(self, handler: Callable[..., Any], cmd: Command, *args: Any) -> None:
+        """Run `handler(cmd, *args)` (a command handler, on the service's loop). An unexpected
+        exception is reported (`trackerdcs.guard`) and, unless the handler answered already,
+        the command is answered `ok: false` with the reason: a command always gets an answer."""
+        key = id(cmd)
+        self._executing[key] = False
+        where = f"the command handler of {self.prefix}"
+        try:
+            handler(cmd, *args)
+        except Exception as exc:
+            reason = self.faults.fault(where, exc, f"{cmd.topic} {clip(cmd.payload)}")
+            if not self._executing.get(key):
+                try:
+                    self.respond(cmd, False, internal_error(reason))
+                except Exception:
+                    log.exception("cannot answer %s", cmd.topic)
+        else:
+            self.faults.ok(where)
+        finally:
+            self._executing.pop(key, None)
 
     def admit(self, cmd: Command) -> bool:
         """Pass `cmd` through the gate: True to execute it; else it has been answered (a
@@ -406,6 +542,11 @@ class MqttLink:
             "id": cmd.request_id(),
         }
         answer.update(extra)
+        if id(cmd) in self._executing:
+            self._executing[id(cmd)] = True
+        if cmd.lenient:  # run despite faults in its payload: say what was ignored
+            note = "ignored: " + "; ".join(cmd.salvage()[3])
+            answer["warning"] = f"{answer['warning']}; {note}" if answer.get("warning") else note
         data = json.dumps(answer)
         self.publish(self.response_topic, data, qos=1)
         if cmd.response_topic:
@@ -416,5 +557,6 @@ class MqttLink:
         if ok:
             log.info("command %s %r: ok", cmd.topic, cmd.payload)
         else:
-            log.warning("command %s %r refused: %s", cmd.topic, cmd.payload, error)
+            reason = (error or "").removeprefix("refused: ")  # the gate's errors say it
+            log.warning("command %s %r refused: %s", cmd.topic, cmd.payload, reason)
         return answer

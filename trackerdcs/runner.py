@@ -6,6 +6,12 @@
 `build(cfg, loop, args)` returns an object with `start()` and `stop()`; it runs on an asyncio loop
 until SIGTERM or SIGINT. `validate(cfg, args)` may refuse a configuration that is valid YAML but
 gives this daemon nothing to do (its message goes to stderr, exit status 2).
+
+An exception that escapes a callback of the loop is reported to `trackerdcs.guard.FAULTS`
+(logged with the callback and its arguments, counted) instead of being only printed by asyncio.
+When the faults turn fatal (a worker thread ended, `guard.MAX_CONSECUTIVE` unexpected errors in
+a row from one place), the daemon stops as on SIGTERM (its availability goes `offline`) and
+exits with status `guard.EXIT_FAULTS` (70), for its supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from trackerdcs.config import ConfigError, LabConfig, load_config
+from trackerdcs.guard import EXIT_FAULTS, FAULTS
 from trackerdcs.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -70,12 +77,25 @@ def daemon_main(
         print(f"{args.config}: {problem}", file=sys.stderr)
         return 2
     asyncio.run(_serve(build, cfg, args))
+    status = EXIT_FAULTS if FAULTS.fatal_reason else 0
     if skip_exit_handlers:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
-    return 0
+        os._exit(status)
+    return status
+
+
+def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's handler for what escapes a callback or a task: reported to `FAULTS`."""
+    exc = context.get("exception")
+    if not isinstance(exc, Exception):  # asyncio's own notes (no exception, or a BaseException)
+        loop.default_exception_handler(context)
+        return
+    handle = context.get("handle") or context.get("task") or context.get("future")
+    callback = getattr(handle, "_callback", None)
+    where = getattr(callback, "__qualname__", None) or context.get("message", "a callback")
+    FAULTS.fault(f"the loop callback {where}", exc, getattr(handle, "_args", None) or handle)
 
 
 async def _serve(build: Build, cfg: LabConfig, args: argparse.Namespace) -> None:
@@ -83,10 +103,12 @@ async def _serve(build: Build, cfg: LabConfig, args: argparse.Namespace) -> None
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.set_exception_handler(loop_exception_handler)
+    FAULTS.on_fatal = lambda reason: loop.call_soon_threadsafe(stop.set)
     daemon = build(cfg, loop, args)
     daemon.start()
     try:
         await stop.wait()
     finally:
-        log.info("stopping")
+        log.info("stopping" + (f" ({FAULTS.fatal_reason})" if FAULTS.fatal_reason else ""))
         daemon.stop()

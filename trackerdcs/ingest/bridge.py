@@ -12,6 +12,10 @@ availability on `<status-prefix>/availability`, through the first input's connec
   dropped    points lost: pushed out of a full buffer, or refused by InfluxDB as bad data
   buffered   points waiting to be written
   write_errors  failed write attempts (each retried)
+  errors     unexpected errors (a message or a batch no code foresaw: rejected or dropped)
+
+Exit status: 0 after a clean stop, 1 without a broker, 2 for a bad telegraf.conf, 70 when the
+writer thread has ended or too many unexpected errors came in a row (`trackerdcs.guard`).
 """
 
 from __future__ import annotations
@@ -27,9 +31,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trackerdcs.guard import EXIT_FAULTS, FAULTS
 from trackerdcs.ingest.buffer import MetricBuffer
-from trackerdcs.ingest.conf import TelegrafConf, TelegrafConfError, load_telegraf_conf
-from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock
+from trackerdcs.ingest.conf import (
+    ConsumerConf,
+    TelegrafConf,
+    TelegrafConfError,
+    load_telegraf_conf,
+)
+from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock, shares_connection
 from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import unix_time
@@ -51,9 +61,16 @@ class Bridge:
         self.writer = InfluxWriter(conf.output, self.buffer, agent.flush_interval)
         clock = UniqueClock()
         will = (f"{status_prefix}/availability", "offline") if status_prefix else None
+        groups: list[list[ConsumerConf]] = []  # inputs that share a connection
+        for c in conf.inputs:
+            group = next((g for g in groups if shares_connection(g[0], c)), None)
+            if group is None:
+                groups.append([c])
+            else:
+                group.append(c)
         self.consumers = [
-            MqttConsumer(c, agent, self.buffer, clock, will=will if i == 0 else None)
-            for i, c in enumerate(conf.inputs)
+            MqttConsumer(g, agent, self.buffer, clock, will=will if i == 0 else None)
+            for i, g in enumerate(groups)
         ]
         self.started = time.monotonic()
         self._stop = threading.Event()
@@ -70,6 +87,7 @@ class Bridge:
             "dropped": snap["dropped"],
             "buffered": snap["buffered"],
             "write_errors": self.writer.write_errors,
+            "errors": self.writer.errors + sum(c.errors for c in self.consumers),
             "influxdb": {None: "unknown", True: "ok", False: "unreachable"}[up],
             "uptime": round(time.monotonic() - self.started, 1),
             "time": unix_time(),
@@ -86,7 +104,7 @@ class Bridge:
         log.info(
             "%s: %d input(s) -> %s database %s (batch %d, buffer %d, flush every %g s)",
             READY,
-            len(self.consumers),
+            len(self.conf.inputs),
             self.conf.output.url,
             self.conf.output.database,
             self.conf.agent.metric_batch_size,
@@ -95,9 +113,13 @@ class Bridge:
         )
 
     def run(self) -> None:
-        """Publish and log the counters until `request_stop`."""
+        """Publish and log the counters until `request_stop` (or the writer thread is gone:
+        `FAULTS.fatal`, whose `on_fatal` asks to stop)."""
         last_log = 0.0
         while not self._stop.wait(self.status_interval):
+            if not self.writer.alive():
+                FAULTS.fatal("the InfluxDB writer thread has ended")
+                continue
             counters = self.counters()
             self._publish_status(counters)
             if time.monotonic() - last_log >= 60:
@@ -158,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     bridge = Bridge(conf, args.status_prefix or None, args.status_interval)
     signal.signal(signal.SIGTERM, bridge.request_stop)
     signal.signal(signal.SIGINT, bridge.request_stop)
+    FAULTS.on_fatal = bridge.request_stop
     try:
         bridge.start()
         bridge.run()
@@ -166,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         bridge.stop()
-    return 0
+    return EXIT_FAULTS if FAULTS.fatal_reason else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The data subcommands of `trackerdcs`: export, backup, restore.
 
-trackerdcs export {channel NAME | module NAME | sensor NAME | chiller} --from T [--to T] [-o F]
+trackerdcs export {channel NAME | module NAME | sensor NAME | chiller | ivscan SCAN|MODULE}
+                  --from T [--to T] [-o F]
 trackerdcs backup [DIR]          portable backup of the database (influxd backup -portable)
 trackerdcs restore DIR [--new-database NAME]
 """
@@ -70,10 +71,15 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
     """Register `export`, `backup` and `restore` on the `trackerdcs` parser."""
-    p = sub.add_parser("export", help="export a channel's, module's, sensor's or the chiller's "
+    p = sub.add_parser("export", help="export a channel's, module's, sensor's or chiller's "
                        "history to CSV")  # fmt: skip
-    p.add_argument("what", choices=("channel", "module", "sensor", "chiller"))
-    p.add_argument("name", nargs="?", help="channel, module or sensor name")
+    p.add_argument("what", choices=("channel", "module", "sensor", "chiller", "ivscan"))
+    p.add_argument(
+        "name",
+        nargs="?",
+        help="channel, module, sensor or chiller name (none: the lab's only chiller); for ivscan "
+        "a scan id or a module",
+    )
     p.add_argument(
         "--from",
         dest="start",

@@ -17,10 +17,15 @@ Implemented:
   modifier `tagexclude` (applied after `tagpass`, as Telegraf does);
 - `[[outputs.influxdb]]` (exactly one): urls (one `http://` or `https://` URL), database,
   retention_policy, skip_database_creation, timeout, username, password.
+
+Each input is its own MQTT connection: two inputs on one broker with the same `client_id` would
+knock each other off (the broker keeps one connection per id), so that is refused too; an empty
+`client_id` (the default) is a random one per input, as in Telegraf.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trackerdcs.guard import clip, shorten
 from trackerdcs.ingest.filters import FilterError, GlobFilter, TagPass
 from trackerdcs.ingest.jsonparse import UNIX_FORMATS
 
@@ -40,22 +46,30 @@ class TelegrafConfError(Exception):
 
 # -- values -----------------------------------------------------------------------------------
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", re.ASCII)
+
+
+MAX_DURATION = (2**63 - 1) / 1e9  # s: Go's time.Duration is an int64 of nanoseconds (~292 y)
 
 
 def parse_duration(value: Any) -> float:
     """Seconds in a Telegraf duration: a Go duration string (`10s`, `1m30s`, `500ms`) or a
-    number of seconds."""
+    number of seconds; finite and within Go's `time.Duration` (`inf`, `nan`, `1e400` and
+    `9999999999h` are refused, as Telegraf refuses them)."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as '10s', got {value!r}")
+        raise ValueError(f"expected a duration such as '10s', got {clip(value, 40)}")
     if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"expected a duration such as '10s', got {value!r}")
-    parts = _GO_DURATION.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        raise ValueError(f"expected a duration such as '10s' or '1m30s', got {value!r}")
-    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+        seconds = float(value) if abs(value) < 1e308 else math.inf
+    elif isinstance(value, str):
+        parts = _GO_DURATION.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            raise ValueError(f"expected a duration such as '10s' or '1m30s', got {clip(value, 40)}")
+        seconds = sum(float(n) * _GO_UNITS[u] for n, u in parts)
+    else:
+        raise ValueError(f"expected a duration such as '10s', got {clip(value, 40)}")
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION:
+        raise ValueError(f"duration {clip(value, 40)} is out of range (at most about 292 years)")
+    return seconds
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -188,13 +202,13 @@ class _Options:
         try:
             return check(self.table[key])
         except (ValueError, TypeError, FilterError) as exc:
-            raise self.error(key, str(exc)) from None
+            raise self.error(key, shorten(str(exc), 200)) from None
 
     def done(self, implemented: str) -> None:
         for key in self.table:
             if key not in self._used:
                 raise self.error(
-                    key,
+                    _short(key),
                     f"not implemented by the trackerdcs bridge (it implements: {implemented}); "
                     "remove it or run the real Telegraf",
                 )
@@ -202,25 +216,25 @@ class _Options:
 
 def _string(v: Any) -> str:
     if not isinstance(v, str):
-        raise TypeError(f"expected a string, got {v!r}")
+        raise TypeError(f"expected a string, got {clip(v, 40)}")
     return v
 
 
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
-        raise TypeError(f"expected true or false, got {v!r}")
+        raise TypeError(f"expected true or false, got {clip(v, 40)}")
     return v
 
 
 def _positive_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"expected a positive integer, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**63:
+        raise ValueError(f"expected a positive integer (64-bit), got {clip(v, 40)}")
     return v
 
 
 def _strings(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise TypeError(f"expected a list of strings, got {v!r}")
+        raise TypeError(f"expected a list of strings, got {clip(v, 40)}")
     return tuple(v)
 
 
@@ -231,13 +245,13 @@ def _globs(v: Any) -> GlobFilter:
 def _positive_duration(v: Any) -> float:
     seconds = parse_duration(v)
     if seconds <= 0:
-        raise ValueError(f"must be positive, got {v!r}")
+        raise ValueError(f"must be positive, got {clip(v, 40)}")
     return seconds
 
 
 def _qos(v: Any) -> int:
     if v not in (0, 1, 2) or isinstance(v, bool):
-        raise ValueError(f"expected 0, 1 or 2, got {v!r}")
+        raise ValueError(f"expected 0, 1 or 2, got {clip(v, 40)}")
     return v
 
 
@@ -247,7 +261,9 @@ def _broker(v: Any) -> tuple[str, int]:
         raise ValueError(f"the bridge implements exactly one server, got {len(servers)}")
     url = urllib.parse.urlsplit(servers[0])
     if url.scheme not in ("tcp", "mqtt") or not url.hostname:
-        raise ValueError(f"expected tcp://HOST:PORT (the bridge has no TLS), got {servers[0]!r}")
+        raise ValueError(
+            f"expected tcp://HOST:PORT (the bridge has no TLS), got {clip(servers[0], 60)}"
+        )
     return url.hostname, url.port or 1883
 
 
@@ -257,7 +273,7 @@ def _influx_url(v: Any) -> str:
         raise ValueError(f"the bridge implements exactly one URL, got {len(urls)}")
     url = urllib.parse.urlsplit(urls[0])
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise ValueError(f"expected http://HOST:PORT, got {urls[0]!r}")
+        raise ValueError(f"expected http://HOST:PORT, got {clip(urls[0], 60)}")
     return urls[0].rstrip("/")
 
 
@@ -265,14 +281,15 @@ def _time_format(v: Any) -> str:
     text = _string(v)
     if text not in UNIX_FORMATS:
         raise ValueError(
-            f"the bridge implements {', '.join(UNIX_FORMATS)} (not Go time layouts), got {text!r}"
+            f"the bridge implements {', '.join(UNIX_FORMATS)} (not Go time layouts), "
+            f"got {clip(text, 40)}"
         )
     return text
 
 
 def _tagpass(v: Any) -> TagPass:
     if not isinstance(v, dict):
-        raise TypeError(f"expected a table of tag -> patterns, got {v!r}")
+        raise TypeError(f"expected a table of tag -> patterns, got {clip(v, 40)}")
     return TagPass({key: _strings(patterns) for key, patterns in v.items()})
 
 
@@ -334,7 +351,9 @@ def _consumer(path: Path, index: int, table: dict[str, Any]) -> ConsumerConf:
     o = _Options(path, where, table)
     data_format = o.get("data_format", "influx", _string)
     if data_format != "json":
-        raise o.error("data_format", f"the bridge implements 'json' only, got {data_format!r}")
+        raise o.error(
+            "data_format", f"the bridge implements 'json' only, got {clip(data_format, 40)}"
+        )
     host, port = o.get("servers", ("127.0.0.1", 1883), _broker)
     topics = o.get("topics", (), _strings)
     if not topics:
@@ -383,20 +402,40 @@ def _output(path: Path, table: dict[str, Any]) -> InfluxOutputConf:
 
 
 def parse_telegraf_conf(text: str, path: Path | str = "telegraf.conf", env=None) -> TelegrafConf:
-    """Validate telegraf.conf text (environment from `env`, default `os.environ`)."""
+    """Validate telegraf.conf text (environment from `env`, default `os.environ`).
+    `TelegrafConfError` for anything the bridge cannot run, with a bounded message."""
     path = Path(path)
     text = substitute_env(text, os.environ if env is None else env)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise TelegrafConfError(f"{path}: not valid TOML: {exc}") from None
-    top = dict(data)
-    agent = _agent(path, top.pop("agent", {}))
-    inputs_table = dict(top.pop("inputs", {}))
-    outputs_table = dict(top.pop("outputs", {}))
+        raise TelegrafConfError(f"{path}: not valid TOML: {shorten(str(exc), 200)}") from None
+    except (ValueError, RecursionError) as exc:  # a 5000-digit integer, nesting too deep
+        why = "nested too deeply" if isinstance(exc, RecursionError) else shorten(str(exc), 120)
+        raise TelegrafConfError(f"{path}: not valid TOML: {why}") from None
+    return conf_from_data(data, path)
+
+
+def _short(name: str, limit: int = 60) -> str:
+    return name if len(name) <= limit else f"{name[:limit]}..."
+
+
+def _table(path: Path, where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TelegrafConfError(f"{path}: {where} must be a table, got {clip(value, 40)}")
+    return value
+
+
+def conf_from_data(data: dict[str, Any], path: Path | str = "telegraf.conf") -> TelegrafConf:
+    """Validate telegraf.conf already parsed as TOML (see `parse_telegraf_conf`)."""
+    path = Path(path)
+    top = dict(_table(path, "the file", data))
+    agent = _agent(path, _table(path, "[agent]", top.pop("agent", {})))
+    inputs_table = dict(_table(path, "[inputs]", top.pop("inputs", {})))
+    outputs_table = dict(_table(path, "[outputs]", top.pop("outputs", {})))
     for key in top:
         raise TelegrafConfError(
-            f"{path}: [{key}] is not implemented by the trackerdcs bridge "
+            f"{path}: [{_short(key)}] is not implemented by the trackerdcs bridge "
             "(it implements [agent], [[inputs.mqtt_consumer]] and [[outputs.influxdb]])"
         )
     consumers = inputs_table.pop("mqtt_consumer", [])
@@ -404,24 +443,51 @@ def parse_telegraf_conf(text: str, path: Path | str = "telegraf.conf", env=None)
     for kind, rest in (("inputs", inputs_table), ("outputs", outputs_table)):
         for plugin in rest:
             raise TelegrafConfError(
-                f"{path}: [[{kind}.{plugin}]] is not implemented by the trackerdcs bridge"
+                f"{path}: [[{kind}.{_short(plugin)}]] is not implemented by the trackerdcs bridge"
             )
     if not isinstance(consumers, list) or not consumers:
         raise TelegrafConfError(f"{path}: no [[inputs.mqtt_consumer]]")
     if not isinstance(outputs, list) or len(outputs) != 1:
         raise TelegrafConfError(f"{path}: the bridge implements exactly one [[outputs.influxdb]]")
+    inputs = tuple(
+        _consumer(path, i, _table(path, f"[[inputs.mqtt_consumer]] #{i}", t))
+        for i, t in enumerate(consumers, 1)
+    )
+    _check_client_ids(path, inputs)
     return TelegrafConf(
         path=path,
         agent=agent,
-        inputs=tuple(_consumer(path, i, t) for i, t in enumerate(consumers, 1)),
-        output=_output(path, outputs[0]),
+        inputs=inputs,
+        output=_output(path, _table(path, "[[outputs.influxdb]]", outputs[0])),
     )
+
+
+def _check_client_ids(path: Path, inputs: tuple[ConsumerConf, ...]) -> None:
+    """No two inputs on one broker with the same (non-empty) client_id."""
+    seen: dict[tuple[str, int, str], str] = {}
+    for conf in inputs:
+        if not conf.client_id:
+            continue
+        key = (conf.host, conf.port, conf.client_id)
+        if key in seen:
+            raise TelegrafConfError(
+                f"{path}: {conf.where}: client_id {conf.client_id!r} is {seen[key]}'s too: the "
+                "broker keeps one connection per client id (leave it empty for a random one)"
+            )
+        seen[key] = conf.where
 
 
 def load_telegraf_conf(path: Path | str, env: Mapping[str, str] | None = None) -> TelegrafConf:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise TelegrafConfError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (a Latin-1 `°` in a comment is not)
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise TelegrafConfError(
+            f"{path}: not UTF-8 at line {line} (byte {raw[exc.start]:#04x}): save it as UTF-8"
+        ) from None
     return parse_telegraf_conf(text, path, env)

@@ -1,4 +1,4 @@
-"""One `[[inputs.mqtt_consumer]]`: its own MQTT connection, messages -> metrics -> the buffer.
+"""`[[inputs.mqtt_consumer]]`: an MQTT connection, messages -> metrics -> the buffer.
 
 As Telegraf's mqtt_consumer: MQTT 3.1.1, a clean session, every topic subscribed at `qos` on each
 (re)connect, lost connections retried every `[agent] interval` at most; the measurement is
@@ -7,6 +7,13 @@ empty); metrics failing `tagpass` are left out (a message whose topic fails a `t
 topic tag alone is not even parsed), then the `tagexclude` tags removed; while
 `max_undelivered_messages` messages wait for InfluxDB, no further message is read. A payload
 the json parser rejects is counted, logged and skipped.
+
+Telegraf opens a connection per input. Inputs that subscribe identically (`/+/status` for the
+HV and LV crates, the chillers and the sensors, telegraf.conf) get the same messages on each:
+here they share one connection (`shares_connection`) and each message is read and decoded once
+(not at all when every input's `tagpass` on the topic refuses it), then every input makes its
+own metrics, as it would from its own copy. What lands in InfluxDB, and the counters
+(`received` counts a message once per input), are the same.
 """
 
 from __future__ import annotations
@@ -16,14 +23,16 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from trackerdcs.guard import FAULTS
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import AgentConf, ConsumerConf
-from trackerdcs.ingest.jsonparse import JsonParser, PayloadError
+from trackerdcs.ingest.jsonparse import JsonParser, PayloadError, decode
 from trackerdcs.ingest.lineproto import LineSerializer
 
 log = logging.getLogger(__name__)
@@ -103,16 +112,24 @@ class FastClient(mqtt.Client):
         return rc
 
 
-class MqttConsumer:
-    """One input: connects, subscribes, and turns each message into buffered lines."""
+def shares_connection(a: ConsumerConf, b: ConsumerConf) -> bool:
+    """Two inputs that would open the same subscription on the same broker as the same user,
+    neither with a client_id of its own: one connection can serve both. Each still makes its own
+    metrics from every message, as two Telegraf inputs would; only the reading is done once."""
+    return (
+        not a.client_id
+        and not b.client_id
+        and (a.host, a.port, a.username, a.password, a.topics, a.qos)
+        == (b.host, b.port, b.username, b.password, b.topics, b.qos)
+    )
+
+
+class ConsumerInput:
+    """One `[[inputs.mqtt_consumer]]` past its connection: the json parser, `tagpass`, the line
+    serializer and the counters."""
 
     def __init__(
-        self,
-        conf: ConsumerConf,
-        agent: AgentConf,
-        buffer: MetricBuffer,
-        clock: UniqueClock,
-        will: tuple[str, str] | None = None,
+        self, conf: ConsumerConf, agent: AgentConf, buffer: MetricBuffer, clock: UniqueClock
     ) -> None:
         self.conf = conf
         self.buffer = buffer
@@ -123,8 +140,89 @@ class MqttConsumer:
         self.host_tag = None if agent.omit_hostname else (agent.hostname or socket.gethostname())
         self.received = 0
         self.rejected = 0
+        self.errors = 0  # unexpected exceptions handling a message (also counted in rejected)
+
+    @property
+    def name(self) -> str:
+        return f"{self.conf.where} ({self.conf.measurement})"
+
+    def reads(self, topic: str) -> bool:
+        """False when `topic` fails a `tagpass` on the topic tag alone: no metric could pass."""
+        return self.topic_filter is None or self.topic_filter.match(topic)
+
+    def handle(self, topic: str, payload: bytes, data: Any, error: Exception | None) -> None:
+        """Buffer the lines of one decoded message (`data`; `error`: it could not be decoded).
+        A payload the parser rejects is counted and skipped."""
+        if error is None:
+            try:
+                metrics = self.parser.metrics(data)
+            except Exception as exc:  # PayloadError, or anything else: the bridge goes on
+                error = exc
+        if error is not None:
+            self.rejected += 1
+            if not isinstance(error, PayloadError):  # a payload no check foresaw: reported
+                self.errors += 1
+                FAULTS.fault(f"{self.name} json parser", error, (topic, payload))
+            elif self.rejected <= _LOG_FIRST_REJECTS or self.rejected % 100 == 0:
+                log.warning(
+                    "%s: skipped a payload on %s (%d so far): %s: %.200r",
+                    self.name,
+                    topic,
+                    self.rejected,
+                    error,
+                    payload,
+                )
+            return
+        if not metrics:
+            return
+        received: str | None = None  # the time of reception, for metrics that carry none
+        topic_tag, tagpass, host = self.conf.topic_tag, self.conf.tagpass, self.host_tag
+        exclude = self.conf.tagexclude
+        lines = []
+        for tags, fields, when in metrics:
+            if when is not None:
+                timestamp = str(when)
+            else:
+                if received is None:
+                    received = str(self.clock.now())
+                timestamp = received
+            if topic_tag:
+                tags[topic_tag] = topic
+            if tagpass is not None and not tagpass.select(tags):
+                continue
+            if exclude:
+                for key in [k for k in tags if exclude.match(k)]:
+                    del tags[key]
+            if host is not None and "host" not in tags:
+                tags["host"] = host
+            line = self.serializer.line(tags, fields, timestamp)
+            if line is not None:
+                lines.append(line)
+        self.buffer.add(lines)
+
+
+class MqttConsumer:
+    """One MQTT connection: connects, subscribes, and gives each message to its input(s) (several
+    only when they `shares_connection`), which turn it into buffered lines."""
+
+    def __init__(
+        self,
+        conf: ConsumerConf | Sequence[ConsumerConf],
+        agent: AgentConf,
+        buffer: MetricBuffer,
+        clock: UniqueClock,
+        will: tuple[str, str] | None = None,
+    ) -> None:
+        confs = (conf,) if isinstance(conf, ConsumerConf) else tuple(conf)
+        if not all(shares_connection(confs[0], c) for c in confs[1:]):
+            raise ValueError("inputs that do not share a connection need one consumer each")
+        self.conf = conf = confs[0]
+        self.inputs = [ConsumerInput(c, agent, buffer, clock) for c in confs]
+        self.buffer = buffer
+        self.undelivered_limit = min(c.max_undelivered_messages for c in confs)
         self.connected = threading.Event()
         self._stopping = False
+        self._failed = 0  # messages whose handling raised outside the inputs' own checks
         client_id = conf.client_id or f"trackerdcs-ingest-{secrets.token_hex(4)}"
         self.client = FastClient(
             CallbackAPIVersion.VERSION2,
@@ -137,13 +235,32 @@ class MqttConsumer:
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.reconnect_delay_set(1, max(1, int(agent.interval)))
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect = FAULTS.guarded(f"{self.name} callbacks", self._on_connect)
+        self.client.on_disconnect = FAULTS.guarded(f"{self.name} callbacks", self._on_disconnect)
         self.client.on_message = self._on_message
 
     @property
+    def parser(self) -> JsonParser:
+        """The (first) input's parser."""
+        return self.inputs[0].parser
+
+    @property
+    def received(self) -> int:
+        """Messages received, counted once per input (as separate connections would)."""
+        return sum(i.received for i in self.inputs)
+
+    @property
+    def rejected(self) -> int:
+        return sum(i.rejected for i in self.inputs) + self._failed
+
+    @property
+    def errors(self) -> int:
+        """Unexpected exceptions handling a message (also counted in `rejected`)."""
+        return sum(i.errors for i in self.inputs) + self._failed
+
+    @property
     def name(self) -> str:
-        return f"{self.conf.where} ({self.conf.measurement})"
+        return " + ".join(i.name for i in self.inputs)
 
     def start(self) -> None:
         log.info(
@@ -178,54 +295,28 @@ class MqttConsumer:
             log.warning("%s: lost the broker (%s); reconnecting", self.name, reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        limit = self.conf.max_undelivered_messages
+        limit = self.undelivered_limit
         while not self.buffer.wait_undelivered_below(limit, 1.0):
             if self._stopping:
                 return
-        self.received += 1
-        self.handle(msg.topic, msg.payload)
+        for i in self.inputs:
+            i.received += 1
+        try:
+            self.handle(msg.topic, msg.payload)
+        except Exception as exc:  # never into paho (its thread would end): counted, reported
+            self._failed += 1
+            FAULTS.fault(f"{self.name} message handling", exc, (msg.topic, msg.payload))
+        else:
+            FAULTS.ok(f"{self.name} message handling")
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Parse one message and buffer its lines (a rejected payload is counted and skipped)."""
-        if self.topic_filter is not None and not self.topic_filter.match(topic):
+        """Decode one message once and give it to every input that reads its topic."""
+        inputs = [i for i in self.inputs if i.reads(topic)]
+        if not inputs:
             return
         try:
-            metrics = self.parser.parse(payload)
-        except Exception as exc:  # PayloadError, or anything else: the bridge goes on
-            self.rejected += 1
-            if self.rejected <= _LOG_FIRST_REJECTS or self.rejected % 100 == 0:
-                log.warning(
-                    "%s: skipped a payload on %s (%d so far): %s: %.200r",
-                    self.name,
-                    topic,
-                    self.rejected,
-                    exc if isinstance(exc, PayloadError) else repr(exc),
-                    payload,
-                )
-            return
-        if not metrics:
-            return
-        received: str | None = None  # the time of reception, for metrics that carry none
-        topic_tag, tagpass, host = self.conf.topic_tag, self.conf.tagpass, self.host_tag
-        exclude = self.conf.tagexclude
-        lines = []
-        for tags, fields, when in metrics:
-            if when is not None:
-                timestamp = str(when)
-            else:
-                if received is None:
-                    received = str(self.clock.now())
-                timestamp = received
-            if topic_tag:
-                tags[topic_tag] = topic
-            if tagpass is not None and not tagpass.select(tags):
-                continue
-            if exclude:
-                for key in [k for k in tags if exclude.match(k)]:
-                    del tags[key]
-            if host is not None and "host" not in tags:
-                tags["host"] = host
-            line = self.serializer.line(tags, fields, timestamp)
-            if line is not None:
-                lines.append(line)
-        self.buffer.add(lines)
+            data, error = decode(payload), None
+        except Exception as exc:  # PayloadError, or anything else: each input counts it
+            data, error = None, exc
+        for i in inputs:
+            i.handle(topic, payload, data, error)

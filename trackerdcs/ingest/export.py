@@ -1,14 +1,19 @@
-"""History export to CSV: one channel, one module, one sensor or the chiller, for a time range.
+"""History export to CSV: one channel, one module, one sensor, a chiller or IV scans, for a time
+range.
 
 trackerdcs export channel hv_m1 --from -2h [--to now] [-o hv_m1.csv]
 trackerdcs export module M1 --from 2024-05-01T08:00 --to 2024-05-01T18:00
-trackerdcs export chiller --from -1d --rp downsampled
+trackerdcs export chiller --from -1d --rp downsampled      (a lab with one chiller)
+trackerdcs export chiller burnin --from -1d                (one of several: its `chiller` tag)
+trackerdcs export ivscan M1-20240501T080000.000Z --from 7d (an IV scan: a scan id or a module)
 
 Which measurement holds which topic is read from telegraf.conf (the one place of that mapping):
-a channel's `<prefix>/status` (prefix from the lab YAML), `/julabo/status` for the chiller,
-`/<name>/status` for a sensor. A module is every power channel powering it plus its module
-sensors. The CSV has one row per point: `time` (RFC 3339, UTC), `measurement`, the tags, then the
-fields, columns sorted by name; an empty cell is a field the point did not have.
+a channel's `<prefix>/status` (prefix from the lab YAML), a chiller's `<prefix>/status`,
+`/<name>/status` for a sensor, `/dcs/ivscan/points` for IV scans (by tag `scan`, or `module`);
+the input is the first one whose topics match and whose `tagpass` lets the point's tags through.
+A module is every power channel powering it plus its module sensors. The CSV has one row per
+point: `time` (RFC 3339, UTC), `measurement`, the tags, then the fields, columns sorted by name;
+an empty cell is a field the point did not have.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 
-from trackerdcs.config import LabConfig
+from trackerdcs.config import ChannelConfig, LabConfig, SensorConfig, UnknownChiller
 from trackerdcs.ingest.conf import TelegrafConf
 from trackerdcs.ingest.influxdb import InfluxClient, quote_ident, quote_string
 
+IVSCAN_POINTS = "/dcs/ivscan/points"  # trackerdcs.ivscan.service.POINTS_TOPIC
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -68,24 +74,28 @@ class Selection:
     where: str  # "" for every point
 
 
-def measurement_for(telegraf: TelegrafConf, topic: str) -> str:
-    """The measurement the input consuming `topic` writes (the first input that matches: its
-    topics, and its `tagpass` on the topic tag)."""
+def measurement_for(telegraf: TelegrafConf, topic: str, tags: dict[str, str]) -> str:
+    """The measurement of a point with `tags` from `topic`: that of the first input whose topics
+    match and whose `tagpass` (if any) lets the point through, with the input's topic tag."""
     for consumer in telegraf.inputs:
-        by_topic = consumer.topic_filter
-        if by_topic is not None and not by_topic.match(topic):
-            continue
-        if any(mqtt.topic_matches_sub(sub, topic) for sub in consumer.topics):
+        seen = {**tags, consumer.topic_tag: topic} if consumer.topic_tag else tags
+        passes = consumer.tagpass is None or consumer.tagpass.select(seen)
+        if passes and any(mqtt.topic_matches_sub(sub, topic) for sub in consumer.topics):
             return consumer.measurement
-    raise ExportError(f"{telegraf.path}: no [[inputs.mqtt_consumer]] reads {topic}")
+    raise ExportError(f"{telegraf.path}: no [[inputs.mqtt_consumer]] stores {topic} {tags}")
 
 
 def selections(lab: LabConfig, telegraf: TelegrafConf, what: str, name: str | None) -> list:
-    """What to query for `channel NAME`, `module NAME`, `sensor NAME` or `chiller`."""
+    """What to query for `channel NAME`, `module NAME`, `sensor NAME` or `chiller [NAME]`."""
     if what == "chiller":
-        if lab.julabo is None:
-            raise ExportError("the lab has no chiller (no `julabo` section)")
-        return [Selection(measurement_for(telegraf, f"{lab.julabo.prefix}/status"), "")]
+        try:
+            chiller = lab.chiller(name)
+        except UnknownChiller as exc:
+            raise ExportError(str(exc)) from None
+        tags = {"chiller": chiller.name}
+        measurement = measurement_for(telegraf, f"{chiller.prefix}/status", tags)
+        # the lab's only chiller, unnamed: every point (those stored before the tag was, too)
+        return [Selection(measurement, "" if name is None else _tag_is("chiller", name))]
     if not name:
         raise ExportError(f"export {what} needs a name")
     if what == "channel":
@@ -93,24 +103,37 @@ def selections(lab: LabConfig, telegraf: TelegrafConf, what: str, name: str | No
         if channel is None:
             known = ", ".join(c.name for c in lab.power.channels)
             raise ExportError(f"no channel {name!r} in the lab (known: {known})")
-        prefix = lab.crate_of(channel).prefixes[channel.kind]
-        return [Selection(measurement_for(telegraf, f"{prefix}/status"), _tag_is("name", name))]
+        return [Selection(_channel_measurement(lab, telegraf, channel), _tag_is("name", name))]
     if what == "sensor":
-        if name not in {s.name for s in lab.sensors}:
+        sensor = next((s for s in lab.sensors if s.name == name), None)
+        if sensor is None:
             known = ", ".join(s.name for s in lab.sensors)
             raise ExportError(f"no sensor {name!r} in the lab (known: {known})")
-        return [Selection(measurement_for(telegraf, f"/{name}/status"), _tag_is("name", name))]
+        return [Selection(_sensor_measurement(telegraf, sensor), _tag_is("name", name))]
     if what == "module":
         channels = lab.modules().get(name, [])
         sensors = [s for s in lab.sensors if s.module == name]
         if not channels and not sensors:
             known = ", ".join(sorted(lab.modules()))
             raise ExportError(f"no module {name!r} in the lab (known: {known})")
-        topics = [f"{lab.crate_of(c).prefixes[c.kind]}/status" for c in channels]
-        topics += [f"{s.prefix}/status" for s in sensors]
-        measurements = dict.fromkeys(measurement_for(telegraf, t) for t in topics)
-        return [Selection(m, _tag_is("module", name)) for m in measurements]
-    raise ExportError(f"unknown export {what!r}: channel, module, sensor or chiller")
+        found = [_channel_measurement(lab, telegraf, c) for c in channels]
+        found += [_sensor_measurement(telegraf, s) for s in sensors]
+        return [Selection(m, _tag_is("module", name)) for m in dict.fromkeys(found)]
+    if what == "ivscan":  # a scan id, or a module: every IV scan of it in the range
+        measurement = measurement_for(telegraf, IVSCAN_POINTS, {})
+        tag = "module" if name in lab.modules() else "scan"
+        return [Selection(measurement, _tag_is(tag, name))]
+    raise ExportError(f"unknown export {what!r}: channel, module, sensor, chiller or ivscan")
+
+
+def _channel_measurement(lab: LabConfig, telegraf: TelegrafConf, ch: ChannelConfig) -> str:
+    tags = {"number": str(ch.number), "name": ch.name, "module": ch.module or ""}
+    return measurement_for(telegraf, f"{lab.crate_of(ch).prefixes[ch.kind]}/status", tags)
+
+
+def _sensor_measurement(telegraf: TelegrafConf, sensor: SensorConfig) -> str:
+    tags = {"name": sensor.name, "kind": sensor.kind.value, "module": sensor.module or ""}
+    return measurement_for(telegraf, f"{sensor.prefix}/status", tags)
 
 
 def _tag_is(tag: str, value: str) -> str:

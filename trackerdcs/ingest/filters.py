@@ -27,15 +27,20 @@ class GlobFilter:
         globs: list[str] = []
         for p in self.patterns:
             if "{" in p or "\\" in p:
-                raise FilterError(f"pattern {p!r}: braces and backslashes are not implemented")
+                raise FilterError(f"pattern {p!r:.80}: braces and backslashes are not implemented")
             if _GLOB_CHARS & set(p):
                 globs.append(p)
             else:
                 exact.add(p)
         self._exact = frozenset(exact)
-        self._regex = (
-            re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs)) if globs else None
-        )
+        try:
+            self._regex = (
+                re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
+                if globs
+                else None
+            )
+        except re.error as exc:  # `[z-a]`: a set Telegraf's glob refuses too
+            raise FilterError(f"patterns {self.patterns!r:.120}: {exc}") from None
         self._cache: dict[str, bool] = {}
 
     def match(self, name: str) -> bool:

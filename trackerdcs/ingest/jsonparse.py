@@ -7,6 +7,9 @@ Behaves as Telegraf's parser (plugins/parsers/json) does:
   malformed JSON, NaN/Infinity, a number out of float64's range) rejects the whole message;
 - nested objects and arrays are flattened: `{"a": {"b": 1}, "c": [5, 6]}` -> `a_b`, `c_0`, `c_1`;
 - every JSON number becomes a float field (`1` and `1.0` alike);
+- a lone UTF-16 surrogate escape (`"\\ud800"`, no character) decodes to U+FFFD in keys and
+  strings, as Go's encoding/json does (`unquote`: `unicode.ReplacementChar`), so the point is
+  kept and can be encoded;
 - a key matching `tag_keys` becomes a tag (strings as they are, booleans `true`/`false`,
   numbers formatted like Go's `FormatFloat(v, 'f', -1)`: `3`, `0.5`);
 - strings and booleans are dropped unless they match `json_string_fields` (then a string or a
@@ -34,6 +37,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from trackerdcs.guard import has_surrogate_escape, replace_surrogates, shorten
 from trackerdcs.ingest.filters import GlobFilter
 
 Fields = dict[str, float | str | bool]
@@ -133,6 +137,24 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
 _FIELD, _TAG, _STRING = 0, 1, 2  # what a key is: a field if numeric, a tag, a string field
 
 
+def decode(payload: bytes | str) -> Any:
+    """The JSON value of a message (None for an empty one), the same for every input; the
+    metrics come from `JsonParser.metrics`. `PayloadError` when it is not JSON."""
+    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+    text = text.strip().removeprefix("\ufeff")
+    if not text:
+        return None
+    try:
+        data = _decode(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError(f"malformed JSON: {shorten(str(exc), 120)}") from None
+    except ValueError as exc:  # an integer beyond Python's digit limit: out of range
+        raise PayloadError(f"number out of range: {shorten(str(exc), 80)}") from None
+    if has_surrogate_escape(text):
+        data = replace_surrogates(data)
+    return data
+
+
 class JsonParser:
     """One input's parser: `tag_keys` and `json_string_fields` are glob filters; `time_key` and
     `time_format` are `json_time_key` and `json_time_format` ("" for none)."""
@@ -163,14 +185,10 @@ class JsonParser:
 
     def parse(self, payload: bytes | str) -> list[Metric]:
         """The metrics of one message; `PayloadError` rejects the whole message."""
-        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
-        text = text.strip().removeprefix("\ufeff")
-        if not text:
-            return []
-        try:
-            data = _decode(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise PayloadError(f"malformed JSON: {exc}") from None
+        return self.metrics(decode(payload))
+
+    def metrics(self, data: Any) -> list[Metric]:
+        """The metrics of a decoded message (`decode`); `PayloadError` rejects it whole."""
         if type(data) is dict:
             return [self._metric(data)]
         if type(data) is list:

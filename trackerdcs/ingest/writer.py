@@ -6,6 +6,12 @@ timeout) goes back to the buffer and is retried at the next flush; one that Infl
 bad data (HTTP 400: field type conflict, beyond the retention policy ...) is dropped and logged,
 keeping the points InfluxDB reports it wrote. `database not found` creates the database first
 unless `skip_database_creation` is set.
+
+Only what can succeed later is retried (InfluxDB away, 5xx, a timeout). What never will is
+dropped and counted (`dropped`), with a line in the log: a line that cannot be encoded as UTF-8
+(the json parser prevents it; this is the last guard), and a batch whose writing raised an
+exception no one foresaw (also counted in `errors` and reported to `trackerdcs.guard`). The
+thread never ends before `stop()`; the bridge exits (status 70) if it does anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import threading
 import time
 import urllib.parse
 
+from trackerdcs.guard import FAULTS, clip
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import InfluxOutputConf
 from trackerdcs.ingest.influxdb import basic_auth, quote_ident
@@ -51,6 +58,8 @@ class InfluxWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.write_errors = 0
+        self.errors = 0  # unexpected exceptions (their batches dropped)
+        self.faults = FAULTS
         self.up: bool | None = None  # None until the first write
         self.last_error = ""
 
@@ -70,7 +79,21 @@ class InfluxWriter:
             pass
         self._close()
 
+    def alive(self) -> bool:
+        """The thread runs (or has not been started, or was stopped)."""
+        thread = self._thread
+        return thread is None or thread.is_alive() or self._stop.is_set()
+
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._loop()
+            except Exception as exc:  # the loop's own code: reported, the thread goes on
+                self.errors += 1
+                self.faults.fault("the InfluxDB writer", exc)
+                self._stop.wait(self.flush_interval)
+
+    def _loop(self) -> None:
         next_flush = time.monotonic() + self.flush_interval
         while not self._stop.is_set():
             timeout = max(0.0, next_flush - time.monotonic())
@@ -104,30 +127,40 @@ class InfluxWriter:
                 self.write_errors += 1
                 self._went_down(str(exc))
                 return False
+            except Exception as exc:  # it would fail again: dropped and counted, not retried
+                self.errors += 1
+                self.faults.fault("the InfluxDB writer", exc, batch[:3])
+                self.buffer.accept(batch, 0)
+                continue
+            self.faults.ok("the InfluxDB writer")
             self.buffer.accept(batch, written)
             self._came_up()
         return True
 
     def write(self, batch: list[str]) -> int | None:
-        """POST one batch; the number of points written when InfluxDB dropped some, else None."""
-        body = "".join(batch).encode()
+        """POST one batch; the number of points written when some were dropped (by InfluxDB, or
+        here: a line that cannot be encoded), else None."""
+        body, unencodable = _encode(batch)
+        if not body:
+            return 0
         status, text = self._post(self._write_path, body)
         if status == 204 or 200 <= status < 300:
-            return None
+            return len(batch) - unencodable if unencodable else None
         if status == 404 and "database not found" in text:
             if not self.conf.skip_database_creation:
                 self._create_database()
             raise WriteError(f"HTTP 404: {text}")
         if status == 400:
             match = _DROPPED.search(text)
-            dropped = int(match.group(1)) if match else len(batch)
+            sent = len(batch) - unencodable
+            dropped = min(sent, int(match.group(1))) if match else sent
             log.error(
                 "InfluxDB refused %d of %d points for good (not retried): %s",
                 dropped,
                 len(batch),
                 text[:500],
             )
-            return max(0, len(batch) - dropped)
+            return max(0, sent - dropped)
         raise WriteError(f"HTTP {status}: {text[:300]}")
 
     def _post(self, path: str, body: bytes) -> tuple[int, str]:
@@ -186,6 +219,23 @@ class InfluxWriter:
             log.info("InfluxDB accepts writes again; %d metrics still buffered", len(self.buffer))
         self.up = True
         self.last_error = ""
+
+
+def _encode(batch: list[str]) -> tuple[bytes, int]:
+    """The batch as UTF-8, and how many of its lines could not be encoded (dropped, logged)."""
+    try:
+        return "".join(batch).encode(), 0
+    except UnicodeEncodeError:
+        pass
+    good, bad = [], []
+    for line in batch:
+        try:
+            good.append(line.encode())
+        except UnicodeEncodeError:
+            bad.append(line)
+    log.error("dropped %d line(s) that cannot be encoded as UTF-8 (not retried), e.g. %s",
+              len(bad), clip(bad[0], 200))  # fmt: skip
+    return b"".join(good), len(bad)
 
 
 def _error_text(text: str) -> str:

@@ -1,15 +1,18 @@
-"""The Julabo chiller daemon: one process per chiller.
+"""The Julabo chiller daemon: one process per chiller of the lab YAML.
 
-trackerdcs-julabo --config examples/lab.yml
+trackerdcs-julabo --config examples/lab.yml                 a lab with one chiller
+trackerdcs-julabo --config lab.yml --chiller burnin         one of several (`chillers[].name`)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
 
-from trackerdcs.config import ConfigError, JulaboConfig, LabConfig
+from trackerdcs.clientids import client_id
+from trackerdcs.config import ConfigError, JulaboConfig, LabConfig, UnknownChiller
 from trackerdcs.julabo.device import Julabo
 from trackerdcs.julabo.fsm import Chiller, Poll, make_machine
 from trackerdcs.julabo.service import JulaboService
@@ -40,18 +43,23 @@ def make_device(cfg: JulaboConfig) -> Julabo:
 class JulaboDaemon:
     """Wires the line worker (its own thread) to the service (the asyncio loop)."""
 
-    def __init__(self, lab: LabConfig, loop: asyncio.AbstractEventLoop) -> None:
-        if lab.julabo is None:
-            raise ConfigError("the lab YAML has no 'julabo' section")
-        cfg = lab.julabo
+    def __init__(
+        self, lab: LabConfig, loop: asyncio.AbstractEventLoop, name: str | None = None
+    ) -> None:
+        try:
+            cfg = lab.chiller(name)
+        except UnknownChiller as exc:
+            raise ConfigError(str(exc)) from None
         self.loop = loop
-        self.chiller = Chiller(cfg.url, cfg.model)
+        self.chiller = Chiller(cfg.url, cfg.model, cfg.name)
         self.machine = make_machine(self.chiller)
         self.link = MqttLink(
             lab.mqtt,
             cfg.prefix,
-            client_id=f"trackerdcs-{lab.lab}-julabo",
-            on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
+            client_id=client_id(lab, "chiller", cfg.name),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                self.link.execute, self.service.handle_command, cmd
+            ),
             command_max_age=cfg.command_max_age,
         )
         self.worker = LineWorker(
@@ -75,7 +83,11 @@ class JulaboDaemon:
         self.service.publish_status()  # DISCONNECTED until the unit answers
         self.worker.start()
         log.info(
-            "serving chiller %s (model %s) on %s", self.cfg.url, self.cfg.model, self.cfg.prefix
+            "serving chiller %s: %s (model %s) on %s",
+            self.cfg.name,
+            self.cfg.url,
+            self.cfg.model,
+            self.cfg.prefix,
         )
 
     def stop(self) -> None:
@@ -84,13 +96,30 @@ class JulaboDaemon:
         self.link.stop()
 
 
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chiller", metavar="NAME", help="the chiller to serve (needed when the lab has several)"
+    )
+
+
+def _chiller_problem(lab: LabConfig, args: argparse.Namespace) -> str | None:
+    """Why there is no chiller to serve (nothing, several and none named, an unknown name)."""
+    try:
+        lab.chiller(args.chiller)
+    except UnknownChiller as exc:
+        hint = ": give --chiller NAME" if lab.chillers and args.chiller is None else ""
+        return f"{exc}{hint}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     return daemon_main(
         "trackerdcs-julabo",
         __doc__,
-        lambda lab, loop, args: JulaboDaemon(lab, loop),
+        lambda lab, loop, args: JulaboDaemon(lab, loop, args.chiller),
         argv,
-        validate=lambda lab, args: None if lab.julabo else "no 'julabo' section: nothing to serve",
+        add_arguments=_add_arguments,
+        validate=_chiller_problem,
     )
 
 

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from trackerdcs.guard import clip
 from trackerdcs.julabo.models import (
     DEFAULT_PROFILE,
     PARAMETERS,
@@ -44,14 +45,22 @@ Value = float | int | bool
 
 
 def decode(parameter: Parameter, command: str, reply: str) -> Value | None:
-    """The reply as the parameter's type, None for a placeholder; `ProtocolError` otherwise."""
+    """The reply as the parameter's type, None for a placeholder; `ProtocolError` otherwise,
+    also for a number outside what the parameter can hold (`Parameter.reading_range`: an
+    `IN_MODE_01` answering 3, a bath at 9999 °C): a garbled reply, asked again."""
     if is_placeholder(reply):
         return None
     number = parse_number(command, reply)
     if parameter.kind is not float and not number.is_integer():
-        raise ProtocolError(f"{command}: expected an integer, got {reply!r}")
+        raise ProtocolError(f"{command}: expected an integer, got {clip(reply, 40)}")
     if parameter.kind is bool and number not in (0, 1):
-        raise ProtocolError(f"{command}: expected 0 or 1, got {reply!r}")
+        raise ProtocolError(f"{command}: expected 0 or 1, got {clip(reply, 40)}")
+    low, high = parameter.reading_range
+    if not low <= number <= high:
+        raise ProtocolError(
+            f"{command}: {number:g} is outside {low:g}..{high:g} {parameter.unit}".rstrip()
+            + f" ({parameter.name}): a garbled reply"
+        )
     value: Value = parameter.kind(number)
     return value
 

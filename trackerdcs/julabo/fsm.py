@@ -58,7 +58,7 @@ class Poll:
     running: bool  # IN_MODE_05 (from the status code when the unit gave a placeholder)
     bath: float | None = None  # IN_PV_00, °C
     setpoint: float | None = None  # the active set point's value, °C
-    active_setpoint: int | None = None  # 1..3 (IN_MODE_01 + 1); 1 for single-set-point models
+    active_setpoint: int | None = None  # 1..3 (IN_MODE_01 + 1); 1: one set point; None: unread
     external: float | None = None  # the external Pt100, °C (IN_PV_02 on most models)
     power: float | None = None  # heating power, % (IN_PV_01 on most models)
     high_limit: float | None = None  # high-temperature warning limit, °C
@@ -81,9 +81,10 @@ class Chiller:
 
     state: ChillerState
 
-    def __init__(self, url: str, model: str = "full") -> None:
+    def __init__(self, url: str, model: str = "full", name: str = "julabo") -> None:
         self.url = url
         self.model = model
+        self.name = name  # the chiller's name in the lab YAML: the `chiller` key of its status
         self.poll: Poll | None = None
         self.line_error: str | None = "not connected yet"
 
@@ -116,6 +117,7 @@ class Chiller:
         (not connected, not on this model, a placeholder, or an optional reading dropped)."""
         p = self.poll
         return {
+            "chiller": self.name,
             "state": str(self.state),
             "model": self.model,
             "status_code": p.status.code if p else None,

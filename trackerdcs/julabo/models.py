@@ -48,6 +48,8 @@ class Parameter:
 
     `temperature`: a temperature the device's `temperature_range` bounds (set points, limits);
     otherwise `minimum`/`maximum` bound written values. `decimals`: how floats are written.
+    `reading_range`: what a reply may hold (`minimum`..`maximum`, or the unit's span below);
+    a number outside it is a garbled reply.
     """
 
     name: str
@@ -58,6 +60,20 @@ class Parameter:
     maximum: float | None = None
     temperature: bool = False
     decimals: int = 2
+
+    @property
+    def reading_range(self) -> tuple[float, float]:
+        if self.minimum is not None and self.maximum is not None:
+            return (self.minimum, self.maximum)
+        return UNIT_SPAN.get(self.unit, (-1e6, 1e6))
+
+
+# What a reply of a parameter without its own range may hold, by unit. Julabo units work
+# between -95 and +400 °C (the widest in the manuals' specifications); heating power is a
+# percentage, negative when cooling. Wider than that, a reply is garbled.
+UNIT_SPAN: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
+    {"°C": (-150.0, 500.0), "%": (-100.0, 100.0)}
+)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, TypeVar
 
+from trackerdcs.guard import clip
 from trackerdcs.julabo.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,10 @@ STATUS_TABLE: Final[dict[int, tuple[str, StatusKind]]] = {
 }
 """Every status code of the manual: code -> (text as the unit prints it, kind)."""
 
-_STATUS_RE: Final = re.compile(r"^\s*(-?\d{1,3})(?:\s+(.*?))?\s*$")
-_ERROR_LINE_RE: Final = re.compile(r"^\s*(-\d{1,3})\s+([A-Za-z].*?)\s*$")
-_NUMBER_RE: Final = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
-_PLACEHOLDER_RE: Final = re.compile(r"^[+-]?-+\.?-*$")
+_STATUS_RE: Final = re.compile(r"^\s*(-?\d{1,3})(?:\s+(.*?))?\s*$", re.ASCII | re.DOTALL)
+_ERROR_LINE_RE: Final = re.compile(r"^\s*(-\d{1,3})\s+([A-Za-z].*?)\s*$", re.ASCII | re.DOTALL)
+_NUMBER_RE: Final = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$", re.ASCII)
+_PLACEHOLDER_RE: Final = re.compile(r"^[+-]?-+\.?-*$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class JulaboStatus:
         """Decode `NN TEXT`; the table's text wins for known codes. Raises `ProtocolError`."""
         match = _STATUS_RE.match(reply)
         if match is None:
-            raise ProtocolError(f"STATUS: cannot decode reply {reply!r}")
+            raise ProtocolError(f"STATUS: cannot decode reply {clip(reply, 60)}")
         code = int(match.group(1))
         if code in STATUS_TABLE:
             return cls.from_code(code)
@@ -167,7 +168,7 @@ class JulaboTimeout(ProtocolError, TimeoutError):
     """No complete reply within the line's read timeout."""
 
     def __init__(self, command: str, partial: bytes) -> None:
-        detail = f" (partial reply {partial!r})" if partial else ""
+        detail = f" (partial reply {clip(partial, 60)})" if partial else ""
         super().__init__(f"{command}: no reply before the timeout{detail}")
         self.command = command
         self.partial = partial
@@ -191,7 +192,7 @@ class ReadbackMismatch(ProtocolError):
 
     def __init__(self, command: str, readback: str, status: JulaboStatus | None) -> None:
         why = f"; STATUS {status}" if status is not None else ""
-        super().__init__(f"{command}: not applied, read back {readback!r}{why}")
+        super().__init__(f"{command}: not applied, read back {clip(readback, 60)}{why}")
         self.command = command
         self.readback = readback
         self.status = status
@@ -215,14 +216,20 @@ def is_placeholder(reply: str) -> bool:
     return text.count("-") >= 2 and bool(_PLACEHOLDER_RE.match(text))
 
 
+MAX_REPLY_DIGITS = 12  # a Julabo prints at most 7 (`-100.00`, `1500`); more is a garbled line
+
+
 def parse_number(command: str, reply: str) -> float:
-    """A decimal number (`-12.50`, `3`), strictly: anything else raises `ProtocolError`."""
+    """A decimal number in ASCII (`-12.50`, `3`) of at most `MAX_REPLY_DIGITS` digits, strictly:
+    anything else raises `ProtocolError` (`ErrorReply` for an error status line)."""
     text = reply.strip()
     if not _NUMBER_RE.match(text):
         match = _ERROR_LINE_RE.match(text)
         if match:
             raise ErrorReply(command, JulaboStatus.parse(text))
-        raise ProtocolError(f"{command}: expected a number, got {reply!r}")
+        raise ProtocolError(f"{command}: expected a number, got {clip(reply, 60)}")
+    if sum(c.isdigit() for c in text) > MAX_REPLY_DIGITS:
+        raise ProtocolError(f"{command}: a number of more than {MAX_REPLY_DIGITS} digits")
     return float(text)
 
 
@@ -268,6 +275,7 @@ class JulaboProtocol:
         self._last_end: float | None = None
         self._last_was_write = False
         self._settle = False  # the previous exchange failed: wait `write_delay` before the next
+        self.last_exchange: tuple[str, bytes] | None = None  # (command, raw reply): for logs
 
     # -- public -------------------------------------------------------------------------------
 
@@ -363,6 +371,7 @@ class JulaboProtocol:
             if not expect_reply:
                 return ""
             raw = self.transport.read_until(LF)
+            self.last_exchange = (command, raw[:200])
         finally:
             self._last_end = self._clock()
             self._last_was_write = is_write
@@ -396,5 +405,5 @@ class JulaboProtocol:
             return clean.decode("ascii").strip()
         except UnicodeDecodeError:
             raise ProtocolError(
-                f"{command}: reply is not ASCII {raw!r} (check baud rate, bytesize, parity)"
+                f"{command}: reply is not ASCII {clip(raw, 60)} (check baud rate, bytesize, parity)"
             ) from None

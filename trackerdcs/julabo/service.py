@@ -15,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import JulaboConfig
-from trackerdcs.julabo.device import Applied, Julabo
+from trackerdcs.guard import FAULTS, clip
+from trackerdcs.julabo.device import Applied, Julabo, Value
 from trackerdcs.julabo.fsm import Chiller, Poll
-from trackerdcs.julabo.protocol import ReadbackMismatch
+from trackerdcs.julabo.protocol import ProtocolError, ReadbackMismatch
 from trackerdcs.julabo.worker import DoneFn, JobFn
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 
@@ -36,6 +38,8 @@ class Line(Protocol):
     def submit(self, fn: JobFn, done: DoneFn) -> None: ...
 
     def reconnect(self, done: DoneFn) -> None: ...
+
+    def alive(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,27 @@ COMMAND_TABLE: dict[str, CommandSpec] = {
 
 
 def write_setpoint(value: float) -> JobFn:
-    """Write the set point the unit regulates to (the active one; a model with one set point:
-    set point 1), verified by read-back."""
+    """Write the set point the unit regulates to, verified by read-back: the active one, read
+    from the unit first (`IN_MODE_01`); set point 1 on a unit with one set point. While the
+    unit does not say which is active, nothing is written (`ProtocolError`, the refusal):
+    writing set point 1 of a unit regulating to set point 2 would change nothing it does."""
 
     def job(device: Julabo) -> Applied:
-        index = device.read("active_setpoint") if device.has("active_setpoint") else 0
-        return device.apply(f"setpoint_{int(index or 0) + 1}", value)
+        index: Value | None = 0
+        if device.has("active_setpoint"):
+            try:
+                index = device.read("active_setpoint")
+            except ProtocolError as exc:  # a timeout too: refused, not a lost line
+                raise ProtocolError(
+                    f"the active set point is unknown ({exc}): nothing was written; "
+                    "send the set point again"
+                ) from None
+            if index is None:
+                raise ProtocolError(
+                    "the active set point is unknown (IN_MODE_01 gave no value): nothing was "
+                    "written; send the set point again"
+                )
+        return device.apply(f"setpoint_{int(index) + 1}", value)
 
     return job
 
@@ -99,6 +118,7 @@ class JulaboService:
         self.loop = loop
         self._published: dict[str, Any] | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
+        self.observed_at = time.time()  # unix s of the line worker's latest report
 
     # -- from the line worker (on the loop) ------------------------------------------------------
     def on_poll(self, poll: Poll) -> None:
@@ -109,6 +129,7 @@ class JulaboService:
 
     def _observe(self, poll: Poll | None, reason: str | None) -> None:
         before = self.chiller.state
+        self.observed_at = time.time()
         if self.chiller.observe(poll, reason):
             log.info("chiller %s -> %s%s", before, self.chiller.state, _why(self.chiller.error))
         if self.chiller.as_status() != self._published:
@@ -116,13 +137,24 @@ class JulaboService:
 
     # -- publishing ------------------------------------------------------------------------------
     def publish_status(self) -> None:
+        """Publish now: `time` is when the line worker last reported (a poll of the unit, or a
+        failed attempt to reach it), or the daemon's start before its first report."""
         status = self.chiller.as_status()
         self._published = status
-        stamped = {**status, "time": unix_time()}  # a heartbeat of the same values: a new time
+        stamped = {**status, "time": unix_time(self.observed_at)}
         self.link.publish_state(f"{self.prefix}/status", json.dumps(stamped))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self.publish_status)
+        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._on_heartbeat)
+
+    def _on_heartbeat(self) -> None:
+        """Republish what the line worker produced last, if it is alive: a dead worker's last
+        status is never passed off as live (the daemon exits, its supervisor restarts it)."""
+        self._heartbeat = None
+        if not self.line.alive():
+            FAULTS.fatal(f"{self.prefix}: the line worker thread has ended")
+            return
+        self.publish_status()
 
     def stop(self) -> None:
         if self._heartbeat is not None:
@@ -147,7 +179,7 @@ class JulaboService:
 
     def _answer_later(self, cmd: Command) -> DoneFn:
         def done(result: Any, error: Exception | None) -> None:
-            self.loop.call_soon_threadsafe(self._finish, cmd, result, error)
+            self.loop.call_soon_threadsafe(self.link.execute, self._finish, cmd, result, error)
 
         return done
 
@@ -166,7 +198,7 @@ class JulaboService:
         spec = COMMAND_TABLE.get(cmd.action)
         if spec is None:
             known = ", ".join(f"{self.prefix}/cmd/{s.usage}" for s in COMMAND_TABLE.values())
-            raise CommandError(f"unknown command {cmd.action!r} (known: {known})")
+            raise CommandError(f"unknown command {clip(cmd.action, 60)} (known: {known})")
         value, _ = cmd.decoded()
         handler: Callable[[Any], Job | None] = getattr(self, spec.handler)
         return handler(value)

@@ -26,6 +26,7 @@ from typing import Any, Protocol, Self
 import serial
 
 _PARITIES = ("N", "E", "O", "M", "S")
+MAX_REPLY = 256  # bytes of one reply (the longest, VERSION, is about 30)
 _PTY_MAJORS = range(136, 144)  # Linux Unix98 pty slaves (/dev/pts/N)
 _IO_ERRORS: tuple[type[Exception], ...] = (serial.SerialException, OSError, termios.error)
 _OPEN_ERRORS: tuple[type[Exception], ...] = (*_IO_ERRORS, ValueError)
@@ -119,7 +120,8 @@ class Transport(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def read_until(self, terminator: bytes) -> bytes:
-        """Bytes up to and including `terminator`, or what arrived before the read timeout."""
+        """Bytes up to and including `terminator`, or what arrived before the read timeout (at
+        most `MAX_REPLY` bytes: a longer line is garbage, never a reply)."""
         ...
 
     def discard_input(self) -> None:
@@ -204,7 +206,7 @@ class SerialTransport(OpenedInWith):
     def read_until(self, terminator: bytes) -> bytes:
         port = self._port()
         try:
-            return port.read_until(terminator)
+            return port.read_until(terminator, MAX_REPLY)
         except _IO_ERRORS as exc:
             raise TransportError(f"{self._url}: read failed: {exc}") from exc
 

@@ -30,9 +30,12 @@ A lab YAML picks an entry with `crates[].boards.<slot>.model`; a board without a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
+
+from trackerdcs.guard import clip
 
 
 class ParamType(StrEnum):
@@ -76,8 +79,26 @@ class Param:
     def writable(self) -> bool:
         return self.role is not Role.READBACK
 
+    def readback_problem(self, value: object) -> str | None:
+        """Why a value the crate reports for this parameter cannot be taken, or None: a FLOAT
+        must be a finite number, an ONOFF / ENUM / BITMASK a non-negative 32-bit integer."""
+        if self.type is ParamType.STRING:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{self.name} read {clip(value, 40)}: not a number"
+        if self.type is ParamType.FLOAT:
+            finite = math.isfinite(value) if isinstance(value, float) else abs(value) < 1e308
+            return None if finite else f"{self.name} read {clip(value, 40)}: not finite"
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            return f"{self.name} read {value!r}: not an integer"
+        if not 0 <= value < 2**32:
+            return f"{self.name} read {clip(value, 40)}: outside 0..2^32-1"
+        return None
+
     def check(self, value: object) -> str | None:
         """Why `value` is not acceptable for this parameter, or None."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
         if self.states:
             return None if value in self.states else f"must be one of {', '.join(self.states)}"
         if self.type is ParamType.BITMASK and (

@@ -28,11 +28,13 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from trackerdcs.config import CrateConfig
+from trackerdcs.guard import FAULTS
 from trackerdcs.power.backend import (
     BackendError,
     BackendSink,
@@ -144,6 +146,7 @@ class CaenWrapperBackend:
         self._absent: set[tuple[int, str]] = set()  # (slot, param) the board does not serve
         self._reported: set[tuple[int, str]] = set()
         self._connected = False
+        self._read_at: float | None = None  # unix s: the latest poll, or attempt to open
 
     def _model(self, slot: int) -> BoardModel:
         return self.crate.boards[slot].spec
@@ -154,6 +157,15 @@ class CaenWrapperBackend:
         self._thread = threading.Thread(target=self._run, name=f"caen-{self.crate.name}")
         self._thread.daemon = True
         self._thread.start()
+
+    def alive(self) -> bool:
+        """The session thread runs (or was stopped)."""
+        return (self._thread is not None and self._thread.is_alive()) or self._stop.is_set()
+
+    def data_time(self) -> float | None:
+        """When the latest poll (or attempt to open a session) started: the readbacks are as of
+        then (unix s); None if the session thread ended."""
+        return self._read_at if self.alive() else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -189,17 +201,30 @@ class CaenWrapperBackend:
     # -- the session thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self._device is None and not self._open():
-                self._stop.wait(self.retry_interval)
-                continue
             try:
-                self._drain_writes()
-                self._poll()
-            except Exception as exc:  # the library raises its own error types
-                log.error("crate %s: %s; reconnecting", self.crate.name, exc)
+                self._cycle()
+            except Exception as exc:  # a bug here, not the library's: reported, the session
+                FAULTS.fault(f"the session thread of crate {self.crate.name}", exc)  # reopened
                 self._lost()
-                continue
-            self._wait_for_work(self.poll_interval)
+                self._stop.wait(self.retry_interval)
+            else:
+                FAULTS.ok(f"the session thread of crate {self.crate.name}")
+
+    def _cycle(self) -> None:
+        """Open the session if needed, write what is queued, poll; then wait for the next."""
+        if self._device is None and not self._open():
+            self._read_at = time.time()  # DISCONNECTED is as of this attempt
+            self._stop.wait(self.retry_interval)
+            return
+        try:
+            self._drain_writes()
+            self._read_at = time.time()
+            self._poll()
+        except Exception as exc:  # the library raises its own error types
+            log.error("crate %s: %s; reconnecting", self.crate.name, exc)
+            self._lost()
+            return
+        self._wait_for_work(self.poll_interval)
 
     def _open(self) -> bool:
         try:

@@ -4,7 +4,9 @@ The state follows the crate: every readback is classified into the state it show
 (`observed_state`) and the matching observation trigger fires. Commands are triggers too, but
 internal ones (no change of state: the crate's readback will move the state); their sources say in
 which states the command is allowed, so `may_switch_on()` is the guard the service asks before it
-writes anything.
+writes anything. Switching off and kill are allowed in every state, DISCONNECTED included (a
+crate that marks a readback INVALID still takes `Pw`): a channel's state never stands between an
+operator, the interlock or the sequencer and switching it off.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ OBSERVATIONS: dict[ChannelState, str] = {
 # Commands: internal transitions; `source` lists the states in which they are allowed.
 COMMANDS: dict[str, list[ChannelState]] = {
     "switch_on": _HEALTHY,
-    "switch_off": _CONNECTED,
-    "kill": _CONNECTED,
+    "switch_off": _ALL,  # never refused for the channel's state: safety first
+    "kill": _ALL,
     "set_voltage": _CONNECTED,
     "set_current": _CONNECTED,
 }
@@ -103,6 +105,7 @@ class PowerChannel:
         self.address = ChannelAddress(cfg.board, cfg.channel)
         self.connected = False
         self.invalid: str | None = None  # why the readbacks cannot be trusted (INVALID severity)
+        self.garbled: dict[str, str] = {}  # readback -> why the crate's value was not taken
         # the board model's monitored readbacks, and how a change of each is published
         self.readback: dict[str, float | int] = {
             p.name: 0.0 if p.type is ParamType.FLOAT else 0 for p in self.model.monitored
@@ -116,13 +119,20 @@ class PowerChannel:
 
     @property
     def ready(self) -> bool:
-        """Connected, every readback has arrived since, none INVALID: the state can be trusted."""
-        return self.connected and self.invalid is None and len(self._fresh) == len(self.readback)
+        """Connected, every readback has arrived since, none INVALID or garbled: the state can be
+        trusted."""
+        return (
+            self.connected
+            and self.invalid is None
+            and not self.garbled
+            and len(self._fresh) == len(self.readback)
+        )
 
     def set_connected(self, connected: bool) -> None:
         self.connected = connected
         if not connected:
             self._fresh.clear()
+            self.garbled.clear()
 
     @property
     def number(self) -> int:
@@ -134,11 +144,20 @@ class PowerChannel:
 
     def update(self, param: str, value: float | int) -> bool:
         """Take a readback; True when its value differs from the one held (a monitor may
-        repeat an unchanged value)."""
-        changed = self.readback.get(param) != value
+        repeat an unchanged value). A value that is not a finite number of the parameter's
+        type (`Param.readback_problem`: a NaN `VMon`, a fractional `Status`) is not taken: the
+        channel counts as DISCONNECTED, with the reason in `garbled`, until a good one comes."""
+        spec = self.model.by_name.get(param)
+        problem = spec.readback_problem(value) if spec is not None else None
+        if problem is not None:
+            changed = self.garbled.get(param) != problem
+            self.garbled[param] = problem
+            return changed
+        was_garbled = self.garbled.pop(param, None) is not None
+        changed = was_garbled or self.readback.get(param) != value
         if changed:
             self.readback[param] = value
-            self._status_key = None
+            self._status_key = None  # `_cached_status` checks state and inhibits, not readbacks
         self._fresh.add(param)
         return changed
 
@@ -160,7 +179,7 @@ class PowerChannel:
         if self.state is S.TRIPPED:
             return f"channel {self.name} is TRIPPED: send clear first"
         if self.state is S.DISCONNECTED:
-            why = self.invalid or "the crate does not answer"
+            why = self.invalid or "; ".join(self.garbled.values()) or "the crate does not answer"
             return f"channel {self.name} is DISCONNECTED: {why}"
         flags = ",".join(flag_names(int(self.readback["Status"])))
         return f"channel {self.name} is {self.state} ({flags})"

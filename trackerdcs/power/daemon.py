@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 import threading
 import time
 
+from trackerdcs.clientids import client_id
+from trackerdcs.commands import ALWAYS_EXECUTED
 from trackerdcs.config import ChannelKind, LabConfig
+from trackerdcs.guard import FAULTS, loads, shorten
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend, make_backend
 from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
@@ -86,14 +88,17 @@ class CrateDaemon:
         link = MqttLink(
             self.cfg.mqtt,
             prefix,
-            client_id=f"trackerdcs-{self.cfg.lab}-{self.crate.name}-{kind}",
-            on_command=lambda cmd: loop.call_soon_threadsafe(service.handle_command, cmd),
+            client_id=client_id(self.cfg, self.crate.name, str(kind)),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                link.execute, service.handle_command, cmd
+            ),
             on_connection=lambda up: loop.call_soon_threadsafe(self._on_broker, prefix, up),
             subscribe=(self.cfg.power.interlock_topic, *self._supervision_topics) if hv else (),
             on_message=(
                 lambda msg: loop.call_soon_threadsafe(self.on_message, msg.topic, msg.payload)
             ) if hv else None,
             command_max_age=self.cfg.power.command_max_age,
+            always_executed=ALWAYS_EXECUTED["power"],
         )  # fmt: skip
         service = PowerService(
             kind, prefix, channels, self.backend, link, self.cfg.power.publish, loop
@@ -119,10 +124,17 @@ class CrateDaemon:
         route = self._route
         for addr, param, value in batch:
             service = route.get(addr)
-            if service is not None:
+            if service is None:
+                continue
+            try:  # one readback no code foresaw must not lose the others, nor the fail-safe
                 service.on_readback(addr, param, value)
-                if self._holds and param == "Pw" and value:
-                    self._hold_off(service, addr)
+            except Exception as exc:
+                service.note_fault(FAULTS.fault(f"the readbacks of {service.prefix}", exc,
+                                                (addr, param, value)))  # fmt: skip
+            else:
+                FAULTS.ok(f"the readbacks of {service.prefix}")
+            if self._holds and param == "Pw" and value:
+                self._hold_off(service, addr)
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None:
         service = self._route.get(addr)
@@ -177,14 +189,22 @@ class CrateDaemon:
             log.warning("interlock status cleared: no interlock inhibits")
             payload = b'{"rules": []}'
         try:
-            rules = json.loads(payload)["rules"]
+            rules = loads(payload, self.cfg.power.interlock_topic)["rules"]
             active = [
-                (r["name"], str(r.get("reason") or "active"), set(r.get("modules") or ["*"]))
+                (
+                    r["name"],
+                    shorten(str(r.get("reason") or "active")),
+                    set(r.get("modules") or ["*"]),
+                )
                 for r in rules
                 if r.get("active")
             ]
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("ignoring a malformed interlock status (%s): %r", exc, payload[:200])
+            if not all(isinstance(n, str) and all(isinstance(m, str) for m in ms)
+                       for n, _, ms in active):  # fmt: skip
+                raise TypeError("rule names and modules must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.error("ignoring a malformed interlock status (%s): %r", shorten(str(exc)),
+                      payload[:200])  # fmt: skip
             return
         for service in self.services:
             if service.kind is not ChannelKind.HV:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trackerdcs.config import CrateConfig
+from trackerdcs.guard import FAULTS
 from trackerdcs.power.backend import (
     BackendError,
     BackendSink,
@@ -131,6 +132,7 @@ class EpicsBackend:
         self._crate_lost = threading.Event()
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
+        self._absent_thread: threading.Thread | None = None
         self._generation = 0  # callbacks of channels from an earlier generation are ignored
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -143,12 +145,23 @@ class EpicsBackend:
         ca.initialize_libca()
         self._event_callback = ctypes.CFUNCTYPE(None, dbr.event_handler_args)(self._on_event)
         self._create_all()
-        self._watchdog = threading.Thread(target=self._watch, name="ca-watchdog", daemon=True)
+        self._watchdog = threading.Thread(
+            target=self._guarded(self._watch), name="ca-watchdog", daemon=True
+        )
         self._watchdog.start()
         self._absent_thread = threading.Thread(
-            target=self._watch_absent, name="ca-absent", daemon=True
+            target=self._guarded(self._watch_absent), name="ca-absent", daemon=True
         )
         self._absent_thread.start()
+
+    def alive(self) -> bool:
+        """The backend's own threads (watchdog, absent check) run; libca's are libca's."""
+        threads = (self._watchdog, self._absent_thread)
+        return all(t is not None and t.is_alive() for t in threads) or self._stop.is_set()
+
+    def data_time(self) -> float | None:
+        """CA monitors send every change: the readbacks are current now (None: a thread died)."""
+        return time.time() if self.alive() else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -215,6 +228,23 @@ class EpicsBackend:
                 ca.clear_subscription(chan.subscription[1])
             ca.clear_channel(chan.chid)
         ca.flush_io()
+
+    def _guarded(self, loop_fn):
+        """Run a thread's loop again after an unexpected error (reported, `trackerdcs.guard`):
+        the thread never ends before `stop`; too many errors in a row end the daemon."""
+        where = f"crate {self.crate.name} {loop_fn.__name__.strip('_')}"
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    loop_fn()
+                except Exception as exc:
+                    FAULTS.fault(where, exc)
+                    self._stop.wait(self.probe_interval)
+                    continue
+                return
+
+        return run
 
     def _subscribe(self, chid: Any, key: tuple[int, ChannelAddress, Param]) -> tuple[Any, Any]:
         """A monitor straight on libca, with our own C callback.

@@ -23,6 +23,7 @@ from typing import Any
 
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import ChannelKind, PublishConfig
+from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.power.backend import BackendError, ChannelAddress, ParamAbsent, PowerBackend
 from trackerdcs.power.channel import ChannelState, PowerChannel
@@ -53,6 +54,15 @@ def aggregate_state(states: list[ChannelState]) -> ServiceState:
     if present == {ChannelState.OFF}:
         return ServiceState.ALL_OFF
     return ServiceState.MIXED
+
+
+class PartlyDone(CommandError):
+    """An off or kill that could not be written on every target: answered `ok: false` with
+    `extra` (`channels` switched off, `not_written`)."""
+
+    def __init__(self, message: str, extra: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.extra = extra
 
 
 CONFIGURE_RETRY = 0.5  # s before writing a channel's settings again when the crate refused them
@@ -134,6 +144,9 @@ class PowerService:
         # extra refusal rules from outside the channel (e.g. LV off while the module's HV is on)
         self.guards: list[Callable[[PowerChannel, str], str | None]] = []
         self.failsafe_note: str | None = None  # set when the daemon acted on its own
+        # the last unexpected error handling a readback, and when (monotonic): in `warnings`
+        # until a heartbeat finds it older than one heartbeat period
+        self._fault: tuple[str, float] | None = None
 
     # -- readbacks --------------------------------------------------------------------------------
     def on_readback(self, addr: ChannelAddress, param: str, value: float | int) -> None:
@@ -141,12 +154,20 @@ class PowerService:
         if ch is None:
             return
         was_ready = ch.ready
+        was_garbled = param in ch.garbled
         changed = ch.update(param, value)
         changed_state = ch.observe()
         if changed_state:
             log.info("%s %s -> %s", self.prefix, ch.name, ch.state)
         if ch.ready and not was_ready:
             self._configure(ch)
+        if was_garbled or param in ch.garbled:
+            if changed:  # a value that cannot be taken, or a good one again
+                log.warning("%s %s: %s", self.prefix, ch.name, ch.garbled.get(param, "valid again"))
+                self._warnings = self._collect_warnings()
+            if changed or changed_state:
+                self.request_publish()
+            return
         # on change only: a repeated value (a client echoing the status back as a set point, a
         # monitor posted on a same-value put) must not republish, or it feeds itself
         monitor = ch.monitor.get(param)
@@ -160,9 +181,12 @@ class PowerService:
         if ch is None:
             return
         was_ready = ch.ready
+        had_garbled = bool(ch.garbled)
         ch.set_connected(connected)
         if not connected:
             self._settings_written.discard(addr)
+            if had_garbled:
+                self._warnings = self._collect_warnings()
         if ch.observe():
             log.info("%s %s -> %s", self.prefix, ch.name, ch.state)
         if ch.ready and not was_ready:
@@ -178,9 +202,9 @@ class PowerService:
         channels = self._absent.setdefault(key, set())
         if not channels:
             log.warning(
-                "%s: the crate does not serve %s on board %d (configured model %s): not "
-                "written; the channels work without it (is the board's model right in the "
-                "lab YAML?)", self.prefix, param, addr.board, ch.model.name,
+                "%s: the crate does not serve %s on board %d (configured model %s)%s; the "
+                "channels work without it (is the board's model right in the lab YAML?)",
+                self.prefix, param, addr.board, ch.model.name, self._absent_effect([ch], param),
             )  # fmt: skip
         if addr.channel not in channels:
             channels.add(addr.channel)
@@ -206,13 +230,39 @@ class PowerService:
         channels whose readbacks it marks INVALID."""
         out = []
         for (board, param), channels in sorted(self._absent.items()):
-            model = next(c.model.name for c in self.channels if c.address.board == board)
+            mine = [self.by_address[ChannelAddress(board, c)] for c in sorted(channels)]
+            effect = self._absent_effect(mine, param)
             out.append(
-                f"board {board} ({model}): {param} not served by the crate on channel(s) "
-                f"{', '.join(str(c) for c in sorted(channels))}: not written"
+                f"board {board} ({mine[0].model.name}): {param} not served by the crate on "
+                f"channel(s) {', '.join(str(c) for c in sorted(channels))}{effect}"
             )
         out += [f"{c.name}: {c.invalid}" for c in self.channels if c.invalid]
+        out += [f"{c.name}: {why}" for c in self.channels for why in c.garbled.values()]
+        if self._fault is not None:
+            out.append(self._fault[0])
         return out
+
+    def note_fault(self, reason: str) -> None:
+        """An unexpected error handling a readback (`trackerdcs.guard`): in `warnings` for at
+        least one heartbeat period."""
+        self._fault = (reason, time.monotonic())
+        self._warnings = self._collect_warnings()
+        self.request_publish()
+
+    @staticmethod
+    def _absent_effect(channels: list[PowerChannel], param: str) -> str:
+        """What a parameter the crate does not serve costs these channels, and only that: a
+        configured value that is not written, kill's fast ramp-down that cannot be set; or
+        nothing, when the lab YAML gives it no value."""
+        effects = []
+        if any(param in dict(settings_writes(ch)) for ch in channels):
+            effects.append("its configured value is not written")
+        if any(
+            param == ch.model.ramp_down and getattr(ch.limits, RAMP_DOWN_KEYS[param][1])
+            for ch in channels
+        ):
+            effects.append("kill cannot set its fast ramp-down")
+        return f": {'; '.join(effects)}" if effects else " (no value configured: nothing lost)"
 
     def _beyond_deadband(
         self, ch: PowerChannel, param: str, monitor: str | None, value: float
@@ -282,8 +332,8 @@ class PowerService:
                 "VMon": float(ch.readback["VMon"]),
                 "IMon": float(ch.readback["IMon"]),
             }
-        # every channel's object ends with the publish time: its cached JSON, `}` replaced
-        stamp = f', "time": {unix_time()!r}}}'
+        # every channel's object ends with the time of the data: its cached JSON, `}` replaced
+        stamp = f', "time": {unix_time(self.data_time())!r}}}'
         payload = "[" + ", ".join(ch.status_json()[:-1] + stamp for ch in self.channels) + "]"
         cfg = self.publish_cfg
         self._next_publish = time.monotonic() + max(
@@ -293,9 +343,29 @@ class PowerService:
         self._publish_state()
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
-        self._heartbeat_handle = self.loop.call_later(
-            self.publish_cfg.heartbeat, self.request_publish
-        )
+        self._heartbeat_handle = self.loop.call_later(self.publish_cfg.heartbeat, self._heartbeat)
+
+    def data_time(self) -> float:
+        """When the readbacks the status holds were known current (unix s): the backend's
+        `data_time()` (now, over CA monitors; the last poll, through the HV Wrapper), else now."""
+        data_time = getattr(self.backend, "data_time", None)
+        known = data_time() if data_time is not None else None
+        return time.time() if known is None else known
+
+    def _heartbeat(self) -> None:
+        """Republish, if the backend is alive: a heartbeat never passes off old data as live."""
+        alive = getattr(self.backend, "alive", None)
+        if alive is not None and not alive():
+            self._heartbeat_handle = None
+            FAULTS.fatal(f"{self.prefix}: the crate backend's thread has ended")
+            return
+        if (
+            self._fault is not None
+            and time.monotonic() - self._fault[1] >= self.publish_cfg.heartbeat
+        ):
+            self._fault = None
+            self._warnings = self._collect_warnings()
+        self.request_publish()
 
     def _publish_state(self) -> None:
         states = [c.state for c in self.channels]
@@ -329,7 +399,7 @@ class PowerService:
         try:
             extra = self._dispatch(cmd)
         except (CommandError, PayloadError, BackendError) as exc:
-            answer = self.link.respond(cmd, False, str(exc))
+            answer = self.link.respond(cmd, False, str(exc), **getattr(exc, "extra", {}))
         else:
             answer = self.link.respond(cmd, True, None, **extra)
         if self.on_command_done is not None:
@@ -341,14 +411,14 @@ class PowerService:
         spec = COMMAND_TABLE.get(parts[0])
         known = ", ".join(s.usage for s in COMMAND_TABLE.values())
         if spec is None:
-            raise CommandError(f"unknown command {cmd.action!r} (known: {known})")
+            raise CommandError(f"unknown command {clip(cmd.action, 60)} (known: {known})")
         if (
             spec.per_channel != (len(parts) == 2)
             or len(parts) > 2
             or (spec.per_channel and not parts[1])
         ):
             raise CommandError(
-                f"malformed command topic {cmd.topic!r}: use {self.prefix}/cmd/{spec.usage}"
+                f"malformed command topic {clip(cmd.topic, 80)}: use {self.prefix}/cmd/{spec.usage}"
             )
         value, _ = cmd.decoded()
         handler = getattr(self, spec.handler)
@@ -360,15 +430,17 @@ class PowerService:
         """Channels named by `{ch}`: a number, a channel name, a module name, or `all`."""
         if target == "all":
             return list(self.channels)
-        if target.isdigit() and int(target) in self._by_number:
-            return [self._by_number[int(target)]]
+        if target.isascii() and target.isdigit() and len(target) <= 9:
+            number = int(target)
+            if number in self._by_number:
+                return [self._by_number[number]]
         if target in self._by_name:
             return [self._by_name[target]]
         of_module = [c for c in self.channels if c.cfg.module == target]
         if of_module:
             return of_module
         raise CommandError(
-            f"unknown channel {target!r} on {self.prefix}: give a number ("
+            f"unknown channel {clip(target, 60)} on {self.prefix}: give a number ("
             + ", ".join(str(n) for n in self._by_number)
             + "), a channel name, a module name or 'all'"
         )
@@ -409,24 +481,72 @@ class PowerService:
 
     def _cmd_switch(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         on = parse_switch(value)
-        self._check_allowed(targets, "switch_on" if on else "switch_off")
-        if on:
-            for ch in targets:
-                if ch.killed:  # back to the configured ramp-down first
+        if not on:
+            self._check_allowed(targets, "switch_off")
+            return self._switch_off(targets, kill=False)
+        self._check_allowed(targets, "switch_on")
+        for ch in targets:
+            if ch.killed:  # back to the configured ramp-down first
+                try:
                     self._write_ramp_down(ch, kill=False)
-                    ch.killed = False
-        return self._write_all(targets, "Pw", 1 if on else 0)
+                except BackendError as exc:
+                    # on with kill's ramp-down, the next plain `off` would be a kill: refused
+                    raise CommandError(
+                        f"channel {ch.name}: its ramp-down is still kill's and the configured "
+                        f"one could not be written back ({exc}): nothing was switched on; "
+                        "try again when the crate answers"
+                    ) from None
+                ch.killed = False
+        return self._write_all(targets, "Pw", 1)
 
     def _cmd_kill(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         """Switch off at the fastest ramp-down (`kill_rate` or `kill_time`; interlocks use it)."""
         self._check_allowed(targets, "kill")
+        return self._switch_off(targets, kill=True)
+
+    def _switch_off(self, targets: list[PowerChannel], kill: bool) -> dict[str, Any]:
+        """`Pw` = 0 on every target the crate takes it for: safety over atomicity, the one
+        exception to all-or-nothing (docs/topics.md). A `kill` first sets the fast ramp-down;
+        when that cannot be written the channel is switched off all the same, at the crate's
+        current ramp-down, and the answer's `warning` says so. Channels whose `Pw` could not
+        be written make the answer `ok: false` (`not_written`; `channels`: those switched
+        off)."""
+        written: list[str] = []
+        failed: dict[str, str] = {}  # channel name -> why
+        warnings: list[str] = []
         for ch in targets:
-            ch.killed = self._write_ramp_down(ch, kill=True)
-        return self._write_all(targets, "Pw", 0)
+            if kill:
+                try:
+                    ch.killed = self._write_ramp_down(ch, kill=True) or ch.killed
+                except BackendError as exc:
+                    note = (
+                        f"{ch.name}: fast ramp-down not set ({exc}): "
+                        "ramps down at the crate's current ramp-down"
+                    )
+                    log.warning("%s kill: %s", self.prefix, note)
+                    warnings.append(note)
+            try:
+                self.backend.write(ch.address, "Pw", 0)
+            except BackendError as exc:
+                failed[ch.name] = str(exc)
+            else:
+                written.append(ch.name)
+        extra: dict[str, Any] = {"channels": written}
+        if warnings:
+            extra["warning"] = "; ".join(warnings)
+        if failed:
+            why = ", ".join(f"{name} ({reason})" for name, reason in failed.items())
+            done = f"; switched off: {', '.join(written)}" if written else ""
+            log.error("%s: could not switch off %s%s", self.prefix, why, done)
+            raise PartlyDone(
+                f"could not be switched off: {why}{done}", {**extra, "not_written": list(failed)}
+            )
+        return extra
 
     def _write_ramp_down(self, ch: PowerChannel, kill: bool) -> bool:
         """Write the board's ramp-down parameter (`RDWn` or `RDwTime`): its fastest for `kill`,
-        else the configured one. False when the board has none, or it has no value."""
+        else the configured one. False when the board has none, or it has no value (or the
+        crate does not serve it); `BackendError` when the crate cannot take it now."""
         param = ch.model.ramp_down
         if param is None:
             return False

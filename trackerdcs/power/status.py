@@ -48,3 +48,26 @@ def _flag_names(status: int) -> tuple[str, ...]:
 def flag_names(status: int) -> list[str]:
     """Names of every set bit, lowest first (several faults can be set at once)."""
     return list(_flag_names(status))
+
+
+# What each bit means, for people (the control UI explains a trip with it). CAEN's SY4527 /
+# SY5527 channel status word, as decoded by caen_libs (the project's hardware reference,
+# hardware.md, "Status bits").
+MEANINGS: dict[str, str] = {
+    "ON": "switched on",
+    "RAMP_UP": "ramping up",
+    "RAMP_DOWN": "ramping down",
+    "OVC": "over-current: the current is at its limit (I0Set)",
+    "OVV": "over-voltage: VMon above the set voltage",
+    "UNV": "under-voltage: VMon below the set voltage",
+    "EXT_TRIP": "external trip: switched off by the crate's trip input",
+    "HVMAX": "at the board's hardware maximum voltage",
+    "EXT_DISABLE": "disabled by the board's external interlock input",
+    "INT_TRIP": "tripped: the current stayed over its limit (I0Set) longer than the trip time",
+    "CALIB_ERR": "calibration error",
+    "UNPLUGGED": "board unplugged",
+    "UNC": "UNC (undocumented by CAEN)",
+    "OVV_PROT": "over-voltage protection",
+    "POWER_FAIL": "power fail",
+    "TEMP_FAIL": "temperature fail: the board is too hot",
+}

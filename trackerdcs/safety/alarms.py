@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from trackerdcs.commands import sender_of
 from trackerdcs.config import LabConfig
+from trackerdcs.guard import FAULTS, JsonError, clip, loads, shorten
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.safety.liveness import Liveness, heartbeats
 from trackerdcs.safety.store import Alarm, Store
@@ -46,9 +48,10 @@ def channel_faults(prefix: str, status: Any) -> list[Condition]:
     found = []
     for ch in status if isinstance(status, list) else []:
         if isinstance(ch, dict) and ch.get("state") in ("TRIPPED", "ERROR"):
-            name, module = ch.get("name"), ch.get("module")
-            flags = ", ".join(ch.get("flags") or []) or "no flags"
-            where = f"{name} ({module})" if module else str(name)
+            name, module = shorten(ch.get("name")), shorten(ch.get("module") or "")
+            flags = ch.get("flags") if isinstance(ch.get("flags"), list) else []
+            flags = shorten(", ".join(f for f in flags if isinstance(f, str))) or "no flags"
+            where = f"{name} ({module})" if module else name
             found.append(
                 Condition(
                     f"channel:{prefix}:{name}", "major", prefix, f"{where} {ch['state']}: {flags}"
@@ -69,17 +72,21 @@ def crate_faults(prefix: str, state: Any) -> list[Condition]:
     if state.get("failsafe"):
         found.append(
             Condition(
-                f"failsafe:{prefix}", "critical", prefix, f"{prefix} fail-safe: {state['failsafe']}"
+                f"failsafe:{prefix}",
+                "critical",
+                prefix,
+                f"{prefix} fail-safe: {shorten(state['failsafe'])}",
             )
         )
     return found
 
 
 def chiller_faults(prefix: str, status: Any) -> list[Condition]:
-    """`/julabo/status`: an error code, or the chiller disconnected."""
+    """`<chiller>/status` (one per chiller prefix): an error code, or the chiller disconnected."""
     if not isinstance(status, dict):
         return []
-    state, why = status.get("state"), status.get("error") or status.get("status_text")
+    state = status.get("state")
+    why = shorten(status.get("error") or status.get("status_text"))
     if state == "ERROR":
         return [Condition(f"chiller_error:{prefix}", "critical", prefix, f"chiller error: {why}")]
     if state == "DISCONNECTED":
@@ -97,7 +104,7 @@ def sensor_faults(prefix: str, status: Any) -> list[Condition]:
                 f"stale:{prefix}",
                 "minor",
                 prefix,
-                f"sensor {prefix[1:]} stale: {status.get('error')}",
+                f"sensor {prefix[1:]} stale: {shorten(status.get('error'))}",
             )
         ]
     return []
@@ -109,10 +116,10 @@ def interlocks_fired(prefix: str, status: Any) -> list[Condition]:
     return (
         [
             Condition(
-                f"interlock:{r.get('name')}",
+                f"interlock:{shorten(r.get('name'), 80)}",
                 "critical",
                 prefix,
-                f"interlock {r.get('name')} fired: {r.get('reason')}",
+                f"interlock {shorten(r.get('name'), 80)} fired: {shorten(r.get('reason'))}",
             )
             for r in rules
             if isinstance(rules, list) and isinstance(r, dict) and r.get("active")
@@ -148,8 +155,8 @@ def alarm_routes(lab: LabConfig) -> dict[str, tuple[str, str]]:
         for prefix in crate.prefixes.values():
             routes[f"{prefix}/status"] = ("channels", prefix)
             routes[f"{prefix}/state"] = ("crate", prefix)
-    if lab.julabo is not None:
-        routes[f"{lab.julabo.prefix}/status"] = ("chiller", lab.julabo.prefix)
+    for chiller in lab.chillers:
+        routes[f"{chiller.prefix}/status"] = ("chiller", chiller.prefix)
     for sensor in lab.sensors:
         routes[f"{sensor.prefix}/status"] = ("sensor", sensor.prefix)
     interlock = lab.power.interlock_topic
@@ -184,7 +191,7 @@ class AlarmBook:
                 changed = True
             elif not alarm.active:
                 alarm.active, alarm.cleared, alarm.text = True, None, cond.text
-                alarm.count += 1
+                alarm.count, alarm.last_raised = alarm.count + 1, now
                 self.store.update_alarm(alarm)
                 log.warning("alarm %d active again: %s", alarm.id, cond.text)
                 changed = True
@@ -233,13 +240,6 @@ class AlarmBook:
         }
 
 
-def sender_of(request_id: str | None) -> str | None:
-    """Who sent a command, from its id `<sender>:...` (the convention of the safety services)."""
-    if request_id and ":" in request_id:
-        return request_id.split(":", 1)[0] or None
-    return None
-
-
 class AlarmService:
     """`/alarms` (retained list) and `/alarms/cmd/ack/{id|all}`.
 
@@ -284,13 +284,21 @@ class AlarmService:
         text = payload.decode(errors="replace")
         if is_json:
             try:
-                value = json.loads(text) if text else None
-            except ValueError:
-                log.error("ignoring malformed %s: %r", topic, text[:200])
+                value = loads(text, topic) if text else None
+            except JsonError as exc:
+                log.error("ignoring a malformed message: %s", exc)
                 return
         else:
             value = text.strip()
-        if self.book.observe(topic, detector(prefix, value)):
+        where = f"the alarm detector of {topic}"
+        try:
+            conditions = detector(prefix, value)
+        except Exception as exc:  # a message no detector foresaw: an alarm of its own
+            reason = FAULTS.fault(where, exc, text)
+            conditions = [Condition(f"fault:{topic}", "major", prefix, f"{topic}: {reason}")]
+        else:
+            FAULTS.ok(where)
+        if self.book.observe(topic, conditions):
             self.publish()
 
     # -- liveness ---------------------------------------------------------------------------------
@@ -356,7 +364,7 @@ class AlarmService:
             self.link.respond(
                 cmd,
                 False,
-                f"unknown command {cmd.action!r} (known: "
+                f"unknown command {clip(cmd.action, 60)} (known: "
                 + ", ".join(f"{ALARMS_PREFIX}/cmd/{c}" for c in COMMANDS)
                 + ")",
             )
@@ -365,7 +373,9 @@ class AlarmService:
             acked = self.book.acknowledge(parts[1], sender_of(request_id))
         except KeyError:
             listed = ", ".join(str(a.id) for a in self.book.listed.values()) or "none"
-            self.link.respond(cmd, False, f"no listed alarm {parts[1]!r} (listed: {listed})")
+            self.link.respond(
+                cmd, False, f"no listed alarm {clip(parts[1], 40)} (listed: {shorten(listed)})"
+            )
             return
         self.publish()
         self.link.respond(cmd, True, None, acknowledged=acked)

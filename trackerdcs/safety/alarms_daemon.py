@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 
+from trackerdcs.clientids import client_id
 from trackerdcs.config import LabConfig
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.runner import daemon_main
@@ -29,13 +30,14 @@ class AlarmsDaemon:
     def __init__(self, lab: LabConfig, loop: asyncio.AbstractEventLoop, db: str) -> None:
         self.loop = loop
         self.store = Store(db)
-        client = f"trackerdcs-{lab.lab}"
         max_age = lab.alarms.command_max_age
         self.alarm_link = MqttLink(
             lab.mqtt,
             ALARMS_PREFIX,
-            client_id=f"{client}-alarms",
-            on_command=lambda cmd: loop.call_soon_threadsafe(self.alarms.handle_command, cmd),
+            client_id=client_id(lab, "alarms"),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                self.alarm_link.execute, self.alarms.handle_command, cmd
+            ),
             on_connection=lambda up: loop.call_soon_threadsafe(self.alarms.connection, up),
             subscribe=AlarmService.subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(
@@ -47,7 +49,7 @@ class AlarmsDaemon:
         self.audit_link = MqttLink(
             lab.mqtt,
             AUDIT_PREFIX,
-            client_id=f"{client}-audit",
+            client_id=client_id(lab, "audit"),
             on_connection=lambda up: loop.call_soon_threadsafe(self.audit.connection, up),
             subscribe=AuditService.subscriptions(),  # /+/cmd/# includes its own commands
             on_message=lambda msg: loop.call_soon_threadsafe(

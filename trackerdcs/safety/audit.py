@@ -10,8 +10,8 @@ the safety services report, kept in SQLite and published on `/dcs/log`.
   wants to know (the alarm service) is told through `on_retained`.
 - answers: `/+/response`, matched to the oldest unanswered command with the same topic and
   payload; the record is published again with `ok` and `error`.
-- actions: `/+/action` (`/interlock/action`, `/dcs/action`), JSON objects with `time`, `source`,
-  `event`, `modules`, `text`.
+- actions: `/+/action` (`/interlock/action`, `/dcs/action`) and `/dcs/ivscan/action` (the IV
+  scans' steps), JSON objects with `time`, `source`, `event`, `modules`, `text`.
 
 `/audit/cmd/query` lists records by time range, module, source and kind.
 """
@@ -27,9 +27,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from trackerdcs.commands import sender_of
 from trackerdcs.config import LabConfig
+from trackerdcs.guard import JsonError, clip, loads, shorten
 from trackerdcs.mqtt import Command, MqttLink, PayloadError
-from trackerdcs.safety.alarms import sender_of
 from trackerdcs.safety.clock import parse_when
 from trackerdcs.safety.store import Store
 
@@ -43,6 +44,7 @@ PENDING_FOR = 60.0  # s a command waits for its answer before it is no longer ma
 RETAINED_SWEEP = 3.0
 RETAINED_NOTE = "retained: never executed (clear it with an empty retained message)"
 COMMANDS = ("query",)  # under /audit/cmd/
+IVSCAN_ACTION = "/dcs/ivscan/action"  # the IV scans' steps (trackerdcs.ivscan.service)
 QUERY_KEYS = {"since", "until", "module", "source", "kind", "limit"}
 
 
@@ -66,7 +68,7 @@ class ModuleResolver:
                 return ["*"]
             module = self.power[prefix].get(parts[1])
             return [module] if module else []
-        if prefix == "/dcs" and len(parts) == 2 and parts[0] == "module":
+        if prefix == "/dcs" and len(parts) == 2 and parts[0] in ("module", "ivscan"):
             return ["*"] if parts[1] == "all" else [parts[1]] if parts[1] in self.modules else []
         return []
 
@@ -82,11 +84,19 @@ def request_id_of(payload: str) -> str | None:
     if not payload.lstrip().startswith("{"):
         return None
     try:
-        obj = json.loads(payload)
-    except ValueError:
+        obj = loads(payload)
+    except JsonError:
         return None
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return None if rid is None else str(rid)
+    return _text(obj.get("id")) if isinstance(obj, dict) else None
+
+
+def _text(value: Any, limit: int = 1000) -> str | None:
+    """A string field of a message as the log keeps it: a string or a number as text (at
+    most `limit` characters), None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    text = value if isinstance(value, str) else clip(value, 60)
+    return text[:limit]
 
 
 def _epoch(value: Any, default: float) -> float:
@@ -115,7 +125,7 @@ class AuditService:
 
     @staticmethod
     def subscriptions() -> tuple[str, ...]:
-        return ("/+/cmd/#", "/+/response", "/+/action")
+        return ("/+/cmd/#", "/+/response", "/+/action", IVSCAN_ACTION)
 
     # -- input (on the loop) ----------------------------------------------------------------------
     def on_message(
@@ -141,7 +151,7 @@ class AuditService:
                     expiry=getattr(properties, "MessageExpiryInterval", None),
                 )  # fmt: skip
                 if self.link.admit(cmd):
-                    self.handle_command(cmd)
+                    self.link.execute(self.handle_command, cmd)
         elif topic.endswith("/response"):
             self._answer(text)
         elif topic.endswith("/action"):
@@ -207,8 +217,9 @@ class AuditService:
 
     def _answer(self, text: str) -> None:
         try:
-            answer = json.loads(text)
+            answer = loads(text)
             key = (answer["topic"], answer["payload"])
+            hash(key)
         except (ValueError, KeyError, TypeError):
             return
         waiting = self._pending.get(key)
@@ -217,29 +228,29 @@ class AuditService:
         seq, _ = waiting.popleft()
         if not waiting:
             del self._pending[key]
-        self.store.set_answer(seq, bool(answer.get("ok")), answer.get("error"))
+        self.store.set_answer(seq, answer.get("ok") is True, _text(answer.get("error")))
         self._publish(seq)
 
     def _action(self, topic: str, text: str) -> None:
         try:
-            event = json.loads(text)
-        except ValueError:
-            event = None
+            event = loads(text, topic)
+        except JsonError as exc:
+            event = str(exc)
         if not isinstance(event, dict):
-            log.error("ignoring malformed %s: %r", topic, text[:200])
+            log.error("ignoring a malformed %s: %s", topic, clip(event, 200))
             return
-        modules = event.get("modules") or []
+        modules = event.get("modules")
         ok = event.get("ok")
         seq = self.store.add_record(
             t=_epoch(event.get("time"), self.clock()),
             kind="action",
-            source=str(event.get("source") or topic.split("/")[1]),
+            source=_text(event.get("source"), 100) or topic.split("/")[1],
             topic=topic,
             payload=text,
-            event=event.get("event"),
-            request_id=event.get("id"),
-            modules=[str(m) for m in modules if isinstance(m, str)],
-            text=event.get("text"),
+            event=_text(event.get("event"), 100),
+            request_id=_text(event.get("id"), 200),
+            modules=[m for m in modules if isinstance(m, str)] if isinstance(modules, list) else [],
+            text=_text(event.get("text")),
             ok=ok if isinstance(ok, bool) else None,
         )
         self._publish(seq)
@@ -266,13 +277,16 @@ class AuditService:
         unknown = set(spec) - QUERY_KEYS
         if unknown:
             raise ValueError(
-                f"unknown query key(s) {', '.join(sorted(unknown))} "
+                f"unknown query key(s) {shorten(', '.join(sorted(unknown)), 80)} "
                 f"(known: {', '.join(sorted(QUERY_KEYS))})"
             )
+        for key in ("module", "source", "kind"):
+            if spec.get(key) is not None and not isinstance(spec[key], str):
+                raise ValueError(f"{key} must be a string, got {clip(spec[key], 40)}")
         now = self.clock()
         limit = spec.get("limit", self.cfg.query_limit)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+            raise ValueError(f"limit must be a positive integer, got {clip(limit, 40)}")
         return self.store.records(
             since=parse_when(spec.get("since", "1h"), now),
             until=None if spec.get("until") is None else parse_when(spec["until"], now),
@@ -288,13 +302,13 @@ class AuditService:
             self.link.respond(
                 cmd,
                 False,
-                f"unknown command {cmd.action!r} (known: {AUDIT_PREFIX}/cmd/{COMMANDS[0]})",
+                f"unknown command {clip(cmd.action, 60)} (known: {AUDIT_PREFIX}/cmd/{COMMANDS[0]})",
             )
             return
         try:
             value, _ = cmd.decoded()
             if isinstance(value, str) and value.strip().startswith("{"):
-                value = json.loads(value)
+                value = loads(value, "query")
             records, truncated = self.query(value)
         except (PayloadError, ValueError) as exc:
             self.link.respond(cmd, False, str(exc))

@@ -75,6 +75,7 @@ def _from_service(args: argparse.Namespace, query: dict[str, Any]) -> list[dict[
     from paho.mqtt.properties import Properties
 
     from trackerdcs.config import load_config
+    from trackerdcs.guard import JsonError, loads
     from trackerdcs.mqtt import apply_broker_settings
 
     cfg = load_config(args.config).mqtt
@@ -89,7 +90,11 @@ def _from_service(args: argparse.Namespace, query: dict[str, Any]) -> list[dict[
     client.on_subscribe = lambda *_: subscribed.set()
 
     def on_message(c: Any, userdata: Any, msg: Any) -> None:
-        answer.update(json.loads(msg.payload))
+        try:  # never an exception into paho's thread: the command would wait for its timeout
+            reply = loads(msg.payload, "the answer")
+        except JsonError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        answer.update(reply if isinstance(reply, dict) else {"ok": False, "error": "no object"})
         answered.set()
 
     client.on_message = on_message

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """As `trackerdcs.config`'s base: unknown keys are errors, every float is finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")]
@@ -39,8 +41,12 @@ class Action(StrEnum):
 
 class _Rule(_Strict):
     name: Name
-    modules: list[ModuleName] | Literal["all"] = "all"  # the modules the rule protects
+    # the modules the rule protects; default: those its chiller cools (see `rule_modules`)
+    modules: list[ModuleName] | Literal["all"] = "all"
     action: Action = Action.RAMP_DOWN
+    # the chiller it watches (chiller_running) and whose set point it raises (chiller_setpoint);
+    # default: the lab's only chiller (required when the lab has several)
+    chiller: Name | None = None
     chiller_setpoint: float | None = None  # °C the chiller is raised to while the rule holds
     clear_delay: NonNegFloat = 0.0  # s the condition must stay clear before the rule clears
 
@@ -142,16 +148,34 @@ class SequencerConfig(_Strict):
     command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
 
+def uses_chiller(rule: Any) -> bool:
+    """The rule watches a chiller or acts on one (or names one for its modules)."""
+    return rule.kind == "chiller_running" or rule.chiller_setpoint is not None or bool(rule.chiller)
+
+
+def rule_chiller(lab: LabConfig, rule: Any) -> Any | None:
+    """The chiller (`JulaboConfig`) a rule watches or acts on: its `chiller`, else the lab's only
+    one; None for a rule that uses no chiller. `UnknownChiller` when it cannot be told."""
+    return lab.chiller(rule.chiller) if uses_chiller(rule) else None
+
+
+def rule_modules(lab: LabConfig, rule: Any) -> list[str]:
+    """The modules a rule protects: its `modules` (`all`: every module of the lab); not given,
+    those its chiller cools (a chiller rule in a lab of several chillers protects its own)."""
+    if "modules" not in rule.model_fields_set and uses_chiller(rule):
+        return lab.cooled_by(lab.chiller(rule.chiller))
+    return list(lab.modules()) if rule.modules == "all" else list(rule.modules)
+
+
 def check_safety(lab: LabConfig) -> None:
     """Check the safety sections against the lab; ValueError naming the key otherwise."""
+    from trackerdcs.config import UnknownChiller
+
     modules = set(lab.modules())
     sensors = {s.name: s for s in lab.sensors}
     prefixes = {p for crate in lab.crates for p in crate.prefixes.values()}
     prefixes |= {s.prefix for s in lab.sensors}
-    if lab.julabo is not None:
-        prefixes.add(lab.julabo.prefix)
-    if lab.interlocks.rules and not lab.power.interlock_topic.endswith("/status"):
-        raise ValueError("power.interlock_topic: must end with /status when interlocks are set")
+    prefixes |= {c.prefix for c in lab.chillers}
     for i, rule in enumerate(lab.interlocks.rules):
         where = f"interlocks.rules.{i}"
         if rule.modules != "all":
@@ -161,15 +185,20 @@ def check_safety(lab: LabConfig) -> None:
                     f"{where}.modules: no power channel powers {', '.join(unknown)} "
                     f"(known: {', '.join(sorted(modules)) or 'none'})"
                 )
-        needs_chiller = rule.kind == "chiller_running" or rule.chiller_setpoint is not None
-        if needs_chiller and lab.julabo is None:
-            raise ValueError(f"{where}: needs a chiller (the lab has no julabo section)")
-        if rule.chiller_setpoint is not None and lab.julabo is not None:
-            low, high = lab.julabo.setpoint_min, lab.julabo.setpoint_max
+        if uses_chiller(rule) and not lab.chillers:
+            raise ValueError(
+                f"{where}: needs a chiller (the lab has no julabo or chillers section)"
+            )
+        try:
+            chiller = rule_chiller(lab, rule)
+        except UnknownChiller as exc:
+            raise ValueError(f"{where}.chiller: {exc}") from None
+        if rule.chiller_setpoint is not None and chiller is not None:
+            low, high = chiller.setpoint_min, chiller.setpoint_max
             if not low <= rule.chiller_setpoint <= high:
                 raise ValueError(
                     f"{where}.chiller_setpoint: {rule.chiller_setpoint:g} is outside the "
-                    f"chiller's range {low:g}..{high:g} (julabo.setpoint_min/max)"
+                    f"chiller's range {low:g}..{high:g} (chiller {chiller.name}: setpoint_min/max)"
                 )
         if rule.kind == "dewpoint_margin":
             sensor = sensors.get(rule.sensor)

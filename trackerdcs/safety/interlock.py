@@ -4,7 +4,7 @@
   per-source deadline timer (not a poll) notices data that stops coming.
 - A rule fires when its evaluator finds modules unsafe: the service sends the rule's action
   (`/hv/cmd/switch/{module}` off, or `/hv/cmd/kill/{module}`) for each of them whose HV is not
-  known to be off, and `/julabo/cmd/setpoint` when the rule raises the chiller; then publishes
+  known to be off, and `<chiller>/cmd/setpoint` when the rule raises its chiller; then publishes
   `/interlock/status` (retained: the power daemons inhibit switching on from it) and an event on
   `/interlock/action` (for the audit log).
 - While a rule holds, an action whose effect is undone (HV seen on again, the set point seen
@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from trackerdcs.config import ChannelKind, LabConfig
+from trackerdcs.guard import FAULTS, JsonError, clip, loads
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
-from trackerdcs.safety.config import Action
+from trackerdcs.safety.config import Action, rule_chiller, rule_modules
 from trackerdcs.safety.rules import EPSILON, RULE_KINDS, RuleState, Verdict, reason_of
 from trackerdcs.safety.sender import CommandSender
 from trackerdcs.safety.world import World
@@ -70,11 +71,11 @@ class InterlockService:
         self.action_topic = f"{interlock_prefix(lab)}/action"
         self.sender = CommandSender(link, SOURCE, stamp_time=False)  # run whenever they arrive
         now, wall = loop.time(), clock()
-        every = frozenset(self.world.modules)
         self.states = [
             RuleState(
                 rule,
-                every if rule.modules == "all" else frozenset(rule.modules),
+                frozenset(rule_modules(lab, rule)),
+                chiller=chiller.prefix if (chiller := rule_chiller(lab, rule)) else None,
                 started=now,
                 since=wall,
                 armed=rule.kind != "chiller_running",
@@ -99,9 +100,10 @@ class InterlockService:
         if topic.endswith("/response"):
             answer = self.sender.on_response(payload)
             if answer is not None and not answer.get("ok"):
-                log.error(
-                    "%s refused %s: %s", answer.get("topic"), answer.get("id"), answer.get("error")
-                )
+                # refused, or an off not written on every channel (reasserted while HV is on)
+                what = "did not do all of" if answer.get("not_written") else "refused"
+                log.error("%s %s %s: %s", answer.get("topic"), what, answer.get("id"),
+                          answer.get("error"))  # fmt: skip
             return
         if self.world.update(topic, payload, self.loop.time(), retained) is not None:
             self.evaluate()
@@ -111,8 +113,8 @@ class InterlockService:
         chiller was running."""
         self._restored = True
         try:
-            rules = json.loads(payload)["rules"]
-        except (ValueError, KeyError, TypeError):
+            rules = loads(payload, self.status_topic)["rules"]
+        except (JsonError, KeyError, TypeError):
             return
         for old in rules if isinstance(rules, list) else []:
             state = self._by_name.get(old.get("name")) if isinstance(old, dict) else None
@@ -126,13 +128,29 @@ class InterlockService:
         """Every rule against the world now; act, publish, and set the next deadline."""
         now, wall = self.loop.time(), self.clock()
         for state in self.states:
-            verdict = RULE_KINDS[state.rule.kind].evaluate(state.rule, self.world, state, now)
-            self._apply(state, self._held(state, verdict, now), now, wall)
+            verdict, failed = self._verdict(state, now)
+            self._apply(state, verdict if failed else self._held(state, verdict, now), now, wall)
             if state.active:
                 self._reassert(state, now)
         if self._key() != self._published:
             self._maybe_publish(now)
         self._schedule(now)
+
+    def _verdict(self, state: RuleState, now: float) -> tuple[Verdict, bool]:
+        """The rule's verdict, and whether it could not be evaluated. A rule that cannot be
+        evaluated (an unexpected exception: a bug, data no check foresaw) is reported
+        (`trackerdcs.guard`) and holds every module it protects unsafe at once, without its
+        `hold`, until it can be evaluated again: not knowing is not safe."""
+        where = f"interlock rule {state.rule.name}"
+        try:
+            verdict = RULE_KINDS[state.rule.kind].evaluate(state.rule, self.world, state, now)
+        except Exception as exc:
+            data = {p: s.status for p, s in self.world.sources.items()}
+            reason = FAULTS.fault(where, exc, data)
+            why = f"cannot evaluate the rule: {reason}"
+            return dict.fromkeys(sorted(state.protects), why), True
+        FAULTS.ok(where)
+        return verdict, False
 
     def _held(self, state: RuleState, verdict: Verdict, now: float) -> Verdict:
         """The part of `verdict` that has held for the rule's `hold` s (all of it without one)."""
@@ -220,12 +238,12 @@ class InterlockService:
 
     def _setpoint_low(self, state: RuleState) -> bool:
         """The chiller's set point is below the rule's safe one, or unknown."""
-        setpoint = (self.world.chiller() or {}).get("setpoint")
+        setpoint = (self.world.chiller(state.chiller) or {}).get("setpoint")
         target = state.rule.chiller_setpoint
         return not isinstance(setpoint, int | float) or setpoint < target - SETPOINT_TOLERANCE
 
     def _raise_setpoint(self, state: RuleState, now: float) -> str:
-        topic = f"{self.world.chiller_prefix}/cmd/setpoint"
+        topic = f"{state.chiller}/cmd/setpoint"
         request_id = self.sender.send(topic, state.rule.chiller_setpoint, state.rule.name)
         state.last_sent[topic] = now
         log.warning(
@@ -258,8 +276,8 @@ class InterlockService:
                     sent += self._switch_off(state, module, now)
                     modules.append(module)
         if state.rule.chiller_setpoint is not None and self._setpoint_low(state):
-            topic = f"{self.world.chiller_prefix}/cmd/setpoint"
-            if self.world.chiller() is not None and due(topic):
+            topic = f"{state.chiller}/cmd/setpoint"
+            if self.world.chiller(state.chiller) is not None and due(topic):
                 sent.append(self._raise_setpoint(state, now))
         if sent:
             self._event(state, "reasserted", frozenset(modules), state.reason or "", sent, decided)
@@ -328,7 +346,11 @@ class InterlockService:
         for state in self.states:
             deadline = RULE_KINDS[state.rule.kind].deadline
             if deadline is not None:
-                due = deadline(state.rule, self.world, state, now)
+                try:
+                    due = deadline(state.rule, self.world, state, now)
+                except Exception as exc:  # evaluated again soon (and reported by `_verdict`)
+                    FAULTS.fault(f"interlock rule {state.rule.name}", exc)
+                    due = now + self.cfg.reassert_interval
                 if due is not None:
                     times.append(due)
             if state.clear_pending is not None:
@@ -379,9 +401,9 @@ class InterlockService:
             state = self._by_name.get(parts[1])
             if state is None:
                 known = ", ".join(self._by_name) or "none"
-                self.link.respond(cmd, False, f"no rule {parts[1]!r} (known: {known})")
+                self.link.respond(cmd, False, f"no rule {clip(parts[1], 60)} (known: {known})")
                 return
-            if state.rule.kind != "chiller_running":
+            if not RULE_KINDS[state.rule.kind].resettable:
                 self.link.respond(
                     cmd,
                     False,
@@ -400,7 +422,7 @@ class InterlockService:
         self.link.respond(
             cmd,
             False,
-            f"unknown command {cmd.action!r} (known: "
+            f"unknown command {clip(cmd.action, 60)} (known: "
             + ", ".join(f"{prefix}/cmd/{c}" for c in COMMANDS)
             + ")",
         )

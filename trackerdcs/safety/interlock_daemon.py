@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 
+from trackerdcs.clientids import client_id
 from trackerdcs.config import LabConfig
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.runner import daemon_main
@@ -26,8 +27,10 @@ class InterlockDaemon:
         self.link = MqttLink(
             lab.mqtt,
             prefix,
-            client_id=f"trackerdcs-{lab.lab}-interlock",
-            on_command=lambda cmd: loop.call_soon_threadsafe(self.service.handle_command, cmd),
+            client_id=client_id(lab, "interlock"),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                self.link.execute, self.service.handle_command, cmd
+            ),
             subscribe=subscriptions(lab),
             on_message=lambda msg: loop.call_soon_threadsafe(
                 self.service.on_message, msg.topic, msg.payload, bool(msg.retain)

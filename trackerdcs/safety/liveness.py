@@ -20,14 +20,14 @@ if TYPE_CHECKING:
 
 def heartbeats(lab: LabConfig) -> dict[str, float]:
     """Prefix -> the heartbeat (s) of the services the lab runs: every power prefix with
-    channels, the chiller, every sensor, the interlock service (when the lab has rules) and the
+    channels, every chiller, every sensor, the interlock service (when the lab has rules) and the
     sequencer (when it has modules). Not the ingest bridge: its period is a command-line option,
     and a lab running the real Telegraf has no `/ingest/status` at all."""
     beats: dict[str, float] = {}
     for ch in lab.power.channels:
         beats[lab.crate_of(ch).prefixes[ch.kind]] = lab.power.publish.heartbeat
-    if lab.julabo is not None:
-        beats[lab.julabo.prefix] = lab.julabo.heartbeat
+    for chiller in lab.chillers:
+        beats[chiller.prefix] = chiller.heartbeat
     for sensor in lab.sensors:
         beats[sensor.prefix] = sensor.publish_interval
     if lab.interlocks.rules:

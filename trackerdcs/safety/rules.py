@@ -27,6 +27,7 @@ class RuleState:
     protects: frozenset[str]  # the modules the rule protects
     started: float  # monotonic time the service started (heartbeats count from there)
     since: float  # wall time of the last change of `active`
+    chiller: str | None = None  # the prefix of the chiller it watches or acts on (None: none)
     armed: bool = True  # chiller_running: armed once the chiller was seen cooling
     invalid_since: float | None = None  # chiller_running: when its status stopped being valid
     pending: dict[str, float] = field(default_factory=dict)  # hold: module -> unsafe since
@@ -51,8 +52,9 @@ def _every(state: RuleState, why: str) -> Verdict:
 COOLING_STATES = frozenset({"RUNNING", "STOPPED", "ERROR", "MANUAL"})  # a status from the unit
 
 
-def chiller_cooling(status: dict[str, Any]) -> tuple[bool | None, str]:
-    """Whether a `/julabo/status` shows the unit cooling (None: no valid status), and why not.
+def chiller_cooling(status: dict[str, Any], label: str = "chiller") -> tuple[bool | None, str]:
+    """Whether a `/julabo/status` shows the unit cooling (None: no valid status), and why not
+    (starting with `label`: `chiller`, or `chiller burnin` in a lab of several).
 
     Running (`03 REMOTE START`, and `01 MANUAL START`: operated from the front panel, still
     cooling) is cooling; so is a warning code (-03 excess temperature, -20 check cooling water,
@@ -60,10 +62,10 @@ def chiller_cooling(status: dict[str, Any]) -> tuple[bool | None, str]:
     an unknown negative code counts as one) or `running` 0 is not."""
     state = status.get("state")
     if state not in COOLING_STATES:
-        return None, f"chiller {state}"
+        return None, f"{label} {state}"
     code, running = status.get("status_code"), status.get("running")
     detail = status.get("error") or status.get("status_text")
-    why = f"chiller {state}" + (f" ({detail})" if detail else "")
+    why = f"{label} {state}" + (f" ({detail})" if detail else "")
     if isinstance(code, int) and code < 0:
         kind = JulaboStatus(code, "").kind
         if kind is StatusKind.ALARM:
@@ -77,10 +79,10 @@ def chiller_not_running(rule: Any, world: World, state: RuleState, now: float) -
     as stopped only `status_timeout` s after the status stopped being valid (the first such status
     arrived); until then an active rule stays active (not knowing is not safe).
     `/interlock/cmd/reset/{rule}` disarms it again."""
-    status = world.chiller()
+    status = world.chiller(state.chiller)
     if status is None:
         return {}
-    cooling, why = chiller_cooling(status)
+    cooling, why = chiller_cooling(status, world.chiller_label(state.chiller))
     if cooling is not None:
         state.invalid_since = None
         if cooling:
@@ -88,7 +90,7 @@ def chiller_not_running(rule: Any, world: World, state: RuleState, now: float) -
             return {}
         return _every(state, why) if state.armed else {}
     if state.invalid_since is None:
-        state.invalid_since = world.sources[world.chiller_prefix or ""].received or now
+        state.invalid_since = world.sources[state.chiller or ""].received or now
     if not state.armed:
         return {}
     silent = now - state.invalid_since
@@ -104,7 +106,7 @@ def chiller_not_running(rule: Any, world: World, state: RuleState, now: float) -
 
 def chiller_deadline(rule: Any, world: World, state: RuleState, now: float) -> float | None:
     """When a DISCONNECTED chiller counts as stopped, if no valid status comes before."""
-    status = world.chiller()
+    status = world.chiller(state.chiller)
     if status is None or not state.armed or state.invalid_since is None:
         return None
     if chiller_cooling(status)[0] is not None:
@@ -204,6 +206,8 @@ class RuleKind:
     evaluate: Evaluator
     deadline: Deadline | None = None  # when the verdict may change without a message
     summary: str = ""
+    # `/interlock/cmd/reset/{rule}` disarms it (the other kinds clear by themselves)
+    resettable: bool = False
 
 
 RULE_KINDS: dict[str, RuleKind] = {
@@ -211,6 +215,7 @@ RULE_KINDS: dict[str, RuleKind] = {
         chiller_not_running,
         chiller_deadline,
         summary="the chiller stopped cooling (once it has cooled), or gave no status too long",
+        resettable=True,
     ),
     "module_temperature": RuleKind(
         module_too_hot, summary="a module's temperature is above its limit"

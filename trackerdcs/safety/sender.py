@@ -17,6 +17,7 @@ import json
 import logging
 from typing import Any, Protocol
 
+from trackerdcs.guard import JsonError, loads
 from trackerdcs.mqtt import unix_time
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ class CommandSender:
     def on_response(self, payload: bytes) -> dict[str, Any] | None:
         """An answer from some `<prefix>/response`: the answer if it is one of ours, else None."""
         try:
-            answer = json.loads(payload)
-        except ValueError:
+            answer = loads(payload)
+        except JsonError:
             return None
         request_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(request_id, str) or not request_id.startswith(f"{self.source}:"):

@@ -26,6 +26,7 @@ from typing import Any
 
 from trackerdcs.commands import CommandError, parse_switch
 from trackerdcs.config import ChannelKind, LabConfig
+from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.safety.sender import CommandSender
 from trackerdcs.safety.world import World
@@ -64,7 +65,14 @@ class Conditions:
 
     def changed(self) -> None:
         for check, future in list(self._waiting):
-            if not future.done() and (result := check()) is not None:
+            if future.done():
+                continue
+            try:
+                result = check()
+            except Exception as exc:  # ends that wait (its sequence fails, reported)
+                future.set_exception(exc)
+                continue
+            if result is not None:
                 future.set_result(result)
 
 
@@ -142,7 +150,8 @@ class SequencerService:
         parts = cmd.parts
         if len(parts) != 2 or parts[0] != "module" or not parts[1]:
             raise CommandError(
-                f"unknown command {cmd.action!r} (known: {PREFIX}/cmd/{COMMANDS[0]} with on or off)"
+                f"unknown command {clip(cmd.action, 60)} (known: {PREFIX}/cmd/{COMMANDS[0]} "
+                "with on or off)"
             )
         value, _ = cmd.decoded()
         on = parse_switch(value)
@@ -150,7 +159,7 @@ class SequencerService:
             return list(self.modules), on
         if parts[1] not in self.modules:
             known = ", ".join(self.modules) or "none"
-            raise CommandError(f"unknown module {parts[1]!r} (known: {known}, or all)")
+            raise CommandError(f"unknown module {clip(parts[1], 60)} (known: {known}, or all)")
         return [parts[1]], on
 
     async def _answer(self, cmd: Command, tasks: dict[str, asyncio.Task]) -> None:
@@ -160,7 +169,10 @@ class SequencerService:
             for m, r in zip(tasks, results, strict=True)
         }
         errors = [f"{m}: {o['error']}" for m, o in outcomes.items() if not o["ok"]]
-        self.link.respond(cmd, not errors, "; ".join(errors) or None, modules=outcomes)
+        self.link.execute(
+            lambda c: self.link.respond(c, not errors, "; ".join(errors) or None, modules=outcomes),
+            cmd,
+        )
 
     # -- one module -------------------------------------------------------------------------------
     async def _sequence(self, module: str, on: bool, request_id: str | None) -> dict[str, Any]:
@@ -180,6 +192,13 @@ class SequencerService:
             self._step(run, "cancelled", False, error)
             self._finish(run, "FAILED", error, current=False)
             return {"ok": False, "error": error, "steps": run.steps}
+        except Exception as exc:  # a bug, or data no check foresaw: the sequence fails
+            error = FAULTS.fault(f"the sequence of {module}", exc, run.steps[-1:] or None)
+            if on:
+                error += await self._roll_back(run)
+            self._finish(run, "FAILED", error)
+            return {"ok": False, "error": error, "steps": run.steps}
+        FAULTS.ok(f"the sequence of {module}")
         self._finish(run, "ON" if on else "OFF", None)
         return {"ok": True, "error": None, "steps": run.steps}
 
@@ -211,8 +230,9 @@ class SequencerService:
                 answer = await self.sender.request(topic, value, run.module, timeout)
             except TimeoutError:
                 raise self._fail(run, step, f"{topic}: no answer within {timeout:g} s") from None
-            if not answer.get("ok"):
-                raise self._fail(run, step, f"{topic} {value} refused: {answer.get('error')}")
+            if not answer.get("ok"):  # refused, or (off) not written on every channel
+                what = "not done on every channel" if answer.get("not_written") else "refused"
+                raise self._fail(run, step, f"{topic} {value} {what}: {answer.get('error')}")
             self._step(run, step, True, f"{topic} {value}: ok")
 
     async def _settle(self, run: Run, step: str, kind: ChannelKind, on: bool) -> None:

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS alarms (
     count INTEGER NOT NULL DEFAULT 1,
     acknowledged INTEGER NOT NULL DEFAULT 0,
     ack_time REAL,
-    ack_by TEXT
+    ack_by TEXT,
+    last_raised REAL                -- epoch s it was last raised (made active again)
 );
 CREATE INDEX IF NOT EXISTS alarms_listed ON alarms (active, acknowledged);
 CREATE TABLE IF NOT EXISTS audit (
@@ -69,6 +70,7 @@ class Alarm:
     acknowledged: bool = False
     ack_time: float | None = None
     ack_by: str | None = None
+    last_raised: float | None = None  # when it was last raised (None: only once, at `raised`)
 
     @property
     def listed(self) -> bool:
@@ -89,6 +91,7 @@ class Alarm:
             "ack_time": _unix(self.ack_time),
             "ack_by": self.ack_by,
             "key": self.key,
+            "last_time": unix_time(self.last_raised or self.raised),
         }
 
 
@@ -109,6 +112,7 @@ _ALARM_COLUMNS = (
     "acknowledged",
     "ack_time",
     "ack_by",
+    "last_raised",
 )
 
 
@@ -141,6 +145,9 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(alarms)")}
+        if "last_raised" not in columns:  # a file from before `last_time` was published
+            self.db.execute("ALTER TABLE alarms ADD COLUMN last_raised REAL")
 
     def close(self) -> None:
         self.db.close()

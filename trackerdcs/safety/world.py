@@ -2,22 +2,72 @@
 daemon is online, and when the status arrived. Pure state: the caller passes the time.
 
 A source is a service prefix of the lab YAML: a power prefix (`/hv`, `/lv`: a JSON array of
-channels), the chiller (`/julabo`) or a sensor (`/temp_m1`), each with `<prefix>/status` and
+channels), a chiller (`/julabo`) or a sensor (`/temp_m1`), each with `<prefix>/status` and
 `<prefix>/availability` (docs/topics.md).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from trackerdcs.config import ChannelKind, LabConfig
+from trackerdcs.guard import JsonError, clip, finite_number, loads
 
 log = logging.getLogger(__name__)
 
 LIVE_STATES = frozenset({"ON", "RAMPING_UP", "RAMPING_DOWN"})
+
+# The keys the safety services read from each kind of status, with the JSON types they may have
+# (docs/topics.md): a status with a key of another type, or a number that is not finite, is
+# malformed and ignored as a whole (logged), so that no rule compares a string with a limit.
+# `number`: int or float, not bool, finite; `None` in a tuple: null allowed; `required`: present.
+_N, _S, _B, _I, _L = "number", str, bool, "integer", list
+SCHEMAS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "power": {"name": (_S,), "state": (_S,), "on": (_I,), "vmon": (_N,), "vreq": (_N,),
+              "module": (_S,), "flags": (_L,)},
+    "chiller": {"state": (_S,), "status_code": (_I, None), "running": (_I, None),
+                "setpoint": (_N, None), "bath_temp": (_N, None), "error": (_S, None),
+                "status_text": (_S, None)},
+    "sensor": {"temperature": (_N, None), "humidity": (_N, None), "dewpoint": (_N, None),
+               "age": (_N, None), "stale": (_B,), "too_dry": (_B,), "error": (_S, None)},
+}  # fmt: skip
+REQUIRED = {"power": ("name", "state", "on", "vmon", "vreq")}
+
+
+def _type_ok(value: Any, allowed: tuple[Any, ...]) -> bool:
+    for kind in allowed:
+        if kind is None and value is None:
+            return True
+        if kind == _N and finite_number(value):
+            return True
+        if kind == _I and finite_number(value) and not isinstance(value, float):
+            return True
+        if (
+            isinstance(kind, type)
+            and isinstance(value, kind)
+            and not (kind is not bool and isinstance(value, bool))
+        ):
+            return True
+    return False
+
+
+def status_problem(kind: str, status: Any) -> str | None:
+    """Why a decoded status of a source of `kind` cannot be used, or None."""
+    entries = status if kind == "power" else [status]
+    schema, required = SCHEMAS[kind], REQUIRED.get(kind, ())
+    for i, entry in enumerate(entries):
+        where = f"channel {i}: " if kind == "power" else ""
+        if not isinstance(entry, dict):
+            return f"{where}not a JSON object"
+        for key in required:
+            if key not in entry:
+                return f"{where}no {key!r}"
+        for key, allowed in schema.items():
+            if key in entry and not _type_ok(entry[key], allowed):
+                return f"{where}{key} is {clip(entry[key], 40)}"
+    return None
 
 
 @dataclass
@@ -47,9 +97,14 @@ class World:
             for kind, prefix in crate.prefixes.items():
                 self.sources[prefix] = Source(prefix, "power")
                 self._power_kind[prefix] = kind
-        self.chiller_prefix = lab.julabo.prefix if lab.julabo else None
-        if self.chiller_prefix:
-            self.sources[self.chiller_prefix] = Source(self.chiller_prefix, "chiller")
+        self._cooled: dict[str, set[str] | None] = {}  # chiller prefix -> the modules it cools
+        self._chiller_names: dict[str, str] = {}  # chiller prefix -> its name
+        for chiller in lab.chillers:
+            self.sources[chiller.prefix] = Source(chiller.prefix, "chiller")
+            self._cooled[chiller.prefix] = (
+                None if chiller.modules == "all" else set(lab.cooled_by(chiller))
+            )
+            self._chiller_names[chiller.prefix] = chiller.name
         for sensor in lab.sensors:
             self.sources[sensor.prefix] = Source(sensor.prefix, "sensor")
         self.modules: list[str] = list(lab.modules())
@@ -92,13 +147,17 @@ class World:
             self._by_name.pop(prefix, None)
             return source
         try:
-            status = json.loads(payload)
-        except ValueError:
-            log.error("ignoring malformed %s: %r", topic, payload[:200])
+            status = loads(payload, topic)
+        except JsonError as exc:
+            log.error("ignoring a malformed status: %s", exc)
             return None
         expected = list if source.kind == "power" else dict
         if not isinstance(status, expected):
             log.error("ignoring %s: expected a JSON %s", topic, expected.__name__)
+            return None
+        problem = status_problem(source.kind, status)
+        if problem is not None:
+            log.error("ignoring a malformed %s: %s", topic, problem)
             return None
         source.status = status
         if not retained:
@@ -108,9 +167,16 @@ class World:
         return source
 
     # -- queries ----------------------------------------------------------------------------------
-    def chiller(self) -> dict[str, Any] | None:
-        source = self.sources.get(self.chiller_prefix or "")
-        return source.status if source else None
+    def chiller(self, prefix: str | None) -> dict[str, Any] | None:
+        """The latest status of the chiller on `prefix` (None: none yet, or no such chiller)."""
+        source = self.sources.get(prefix or "")
+        return source.status if source and source.kind == "chiller" else None
+
+    def chiller_label(self, prefix: str | None) -> str:
+        """`chiller`, or `chiller <name>` in a lab of several: how reasons name it."""
+        if len(self._chiller_names) > 1 and prefix in self._chiller_names:
+            return f"chiller {self._chiller_names[prefix]}"
+        return "chiller"
 
     def sensor(self, prefix: str) -> dict[str, Any] | None:
         source = self.sources.get(prefix)
@@ -141,7 +207,10 @@ class World:
 
     def modules_of(self, prefix: str) -> set[str] | None:
         """The modules a source concerns: a power prefix its modules', a module sensor its
-        module; None for a source of every module (the chiller, a room sensor)."""
+        module, a chiller those it cools; None for a source of every module (a room sensor, the
+        chiller of a lab with one)."""
+        if prefix in self._cooled:
+            return self._cooled[prefix]
         if prefix in self._power_kind:
             return {
                 module

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 
+from trackerdcs.clientids import client_id
 from trackerdcs.config import LabConfig, SensorConfig, SensorKind
 from trackerdcs.runner import daemon_main
 from trackerdcs.sensors.sensor import SensorState
@@ -52,10 +53,11 @@ class SensorDaemon:
         self.services: list[SensorService] = []
         self.sources: list[Source] = []
         for cfg in chosen:
-            client_id = f"trackerdcs-{lab.lab}-{cfg.name}"
-            service = SensorService(SensorState(cfg), lab.mqtt, client_id, loop)
+            cid = client_id(lab, "sensor", cfg.name)
+            service = SensorService(SensorState(cfg), lab.mqtt, cid, loop)
             self.services.append(service)
-            self.sources.append(make_source(lab, cfg, service))
+            service.source = make_source(lab, cfg, service)
+            self.sources.append(service.source)
 
     def start(self) -> None:
         for service, source in zip(self.services, self.sources, strict=True):

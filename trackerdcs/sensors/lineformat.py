@@ -6,7 +6,8 @@
 - fields `KEY=VALUE` or `KEY:VALUE`, separated by spaces, tabs, commas or semicolons;
 - keys, case-insensitive: `T`, `TEMP` or `TEMPERATURE` (°C); `RH`, `H`, `HUM` or `HUMIDITY` (%);
   other keys (`ID=3`, `P=1013.2`) are ignored;
-- values are plain decimal numbers (`-8.5`, `45`): no units, no `nan`;
+- values are plain decimal numbers in ASCII (`-8.5`, `45`): no units, no `nan`, no digits of
+  other scripts;
 - plausible ranges: temperature -80..150 °C; humidity 0..100 %, and within `tolerance` % RH
   outside it (default `HUMIDITY_TOLERANCE`): clamped to 0 or 100 and flagged `clamped`;
 - empty lines and lines starting with `#` (banners, comments) are not readings and are skipped.
@@ -30,6 +31,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from trackerdcs.guard import clip, shorten
+
 MAX_LINE: Final = 256
 TEMPERATURE_RANGE: Final = (-80.0, 150.0)
 HUMIDITY_TOLERANCE: Final = 5.0  # % RH: a few times an SHT4x's accuracy, well inside its -6..119
@@ -38,7 +41,7 @@ _KEYS: Final = {
     "rh": "humidity", "h": "humidity", "hum": "humidity", "humidity": "humidity",
 }  # fmt: skip
 _FIELD_SEP: Final = re.compile(r"[\s,;]+")
-_NUMBER: Final = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_NUMBER: Final = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$", re.ASCII)  # not `٣`, `²`
 
 
 class LineError(ValueError):
@@ -73,9 +76,9 @@ def parse_line(line: str, *, humidity: bool, tolerance: float = HUMIDITY_TOLERAN
         if name is None:
             continue
         if name in values:
-            raise LineError(f"{key} given twice")
+            raise LineError(f"{shorten(key, 20)} given twice")
         if not _NUMBER.match(raw):
-            raise LineError(f"{key}: not a number: {raw!r}")
+            raise LineError(f"{shorten(key, 20)}: not a number: {clip(raw, 40)}")
         values[name] = float(raw)
     if "temperature" not in values:
         raise LineError("no temperature (T=...)")

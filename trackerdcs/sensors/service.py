@@ -1,8 +1,12 @@
 """One sensor's MQTT service (`/<name>`), on the daemon's asyncio loop.
 
 Lines and source errors arrive from the source's thread through `call_soon_threadsafe`.
-`/<name>/status` (retained) is published every `publish_interval` s, and at once when `stale` or
-`error` change (a line that fails, a reading that goes stale, a sensor that comes back).
+`/<name>/status` (retained) is published every `publish_interval` s while the source's thread
+runs, and at once when `stale` or `error` change (a line that fails, a reading that goes stale,
+a sensor that comes back). Its `time` is when the source last reported (a line, good or bad, or
+a failure of the line) while the reading it holds is fresh; a stale status (no reading) is the
+daemon's judgement at publication, stamped then. A source thread that has
+ended is fatal (`trackerdcs.guard`): the daemon exits to be restarted rather than republish.
 `/<name>/availability` follows the service (last will); `/<name>/cmd/refresh` republishes now.
 """
 
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trackerdcs.config import MqttConfig
+from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, unix_time
 from trackerdcs.sensors.sensor import SensorState
 
@@ -40,9 +45,13 @@ class SensorService:
             mqtt,
             self.cfg.prefix,
             client_id=client_id,
-            on_command=lambda cmd: loop.call_soon_threadsafe(self.handle_command, cmd),
+            on_command=lambda cmd: loop.call_soon_threadsafe(
+                self.link.execute, self.handle_command, cmd
+            ),
         )
         self.clock = clock
+        self.source: Any = None  # the source (`alive()`), set by the daemon
+        self.reported: float | None = None  # unix s of the source's latest line or failure
         self._flags: tuple[bool, str | None] | None = None  # (stale, error) last published
         self._periodic: asyncio.TimerHandle | None = None
         self._stale_check: asyncio.TimerHandle | None = None
@@ -53,12 +62,20 @@ class SensorService:
 
     # -- from the source (on the loop) -----------------------------------------------------------
     def on_line(self, line: str) -> None:
-        self.state.ingest(line, self.clock())
+        where = f"the line handling of {self.cfg.prefix}"
+        self.reported = time.time()
+        try:
+            self.state.ingest(line, self.clock())
+        except Exception as exc:  # a line no parser foresaw: an error of the sensor, reported
+            self.state.error = FAULTS.fault(where, exc, line)
+        else:
+            FAULTS.ok(where)
         if self.state.read_at is not None and self._stale_check is None:
             self._watch_staleness()
         self._publish_if_flags_changed()
 
     def on_error(self, reason: str) -> None:
+        self.reported = time.time()
         self.state.source_failed(reason)
         self._publish_if_flags_changed()
 
@@ -74,11 +91,20 @@ class SensorService:
     def publish(self) -> None:
         snapshot = self.state.snapshot(self.clock())
         self._note_flags(snapshot)
-        snapshot["time"] = unix_time()
+        fresh = not snapshot["stale"] and self.reported is not None
+        snapshot["time"] = unix_time(self.reported if fresh else None)
         self.link.publish_state(self.topic, json.dumps(snapshot))
         if self._periodic is not None:
             self._periodic.cancel()
-        self._periodic = self.loop.call_later(self.cfg.publish_interval, self.publish)
+        self._periodic = self.loop.call_later(self.cfg.publish_interval, self._on_period)
+
+    def _on_period(self) -> None:
+        """The periodic status, while the source's thread runs (see the module doc)."""
+        self._periodic = None
+        if self.source is not None and not self.source.alive():
+            FAULTS.fatal(f"{self.cfg.prefix}: the thread reading {self.cfg.source} has ended")
+            return
+        self.publish()
 
     def _note_flags(self, snapshot: dict[str, Any]) -> None:
         flags = (snapshot["stale"], snapshot["error"])
@@ -113,4 +139,4 @@ class SensorService:
             self.link.respond(cmd, True, None)
             return
         known = ", ".join(f"{self.cfg.prefix}/cmd/{c}" for c in COMMANDS)
-        self.link.respond(cmd, False, f"unknown command {cmd.action!r} (known: {known})")
+        self.link.respond(cmd, False, f"unknown command {clip(cmd.action, 60)} (known: {known})")

@@ -7,6 +7,10 @@ cannot be opened or fails.
   unopenable line is retried with exponential backoff. On a serial device the first line after
   opening is dropped (the device may have been mid-line).
 - `SimSource`: a simulated sensor in the daemon: constant values with a little noise.
+
+The thread never ends before `stop()`: an unexpected exception in it is reported to
+`trackerdcs.guard` (logged, counted; too many in a row end the daemon) and, for a line, handled
+like a lost line (reported through `on_error`, reopened).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Protocol
 
 import serial
 
+from trackerdcs.guard import FAULTS
 from trackerdcs.sensors.lineformat import MAX_LINE, format_line
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,10 @@ class Source(Protocol):
 
     def join(self, timeout: float = 2.0) -> None: ...
 
+    def alive(self) -> bool:
+        """The thread runs (or was never started, or was asked to stop)."""
+        ...
+
 
 def normalize_url(url: str) -> str:
     if url.startswith("tcp://"):
@@ -54,7 +63,9 @@ class _SourceThread:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._guarded_run, name=self.thread_name, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -63,6 +74,29 @@ class _SourceThread:
     def join(self, timeout: float = 2.0) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        thread = self._thread
+        return thread is None or thread.is_alive() or self._stop.is_set()
+
+    @property
+    def where(self) -> str:
+        return f"the {self.thread_name} thread"
+
+    def _guarded_run(self) -> None:
+        """`_run` until stopped; an unexpected exception is reported and `_run` starts again."""
+        while not self._stop.is_set():
+            try:
+                self._run()
+            except Exception as exc:
+                reason = FAULTS.fault(self.where, exc)
+                self._report(reason)
+                self._stop.wait(1.0)
+                continue
+            return
+
+    def _report(self, reason: str) -> None:
+        """Tell the service about a fault of the source (the loop may be closing)."""
 
     def _run(self) -> None:
         raise NotImplementedError
@@ -121,6 +155,7 @@ class LineSource(_SourceThread):
                     log.debug("%s: dropped the first line %r", self.url, raw)
                     continue
                 self.on_line(raw.decode("ascii", errors="replace"))
+                FAULTS.ok(self.where)  # a line handed on: the count of errors in a row restarts
             if len(buffer) > MAX_LINE:
                 self.on_line(buffer[: MAX_LINE + 1].decode("ascii", errors="replace"))
                 buffer.clear()
@@ -129,7 +164,13 @@ class LineSource(_SourceThread):
         if reason != self._last_failure:
             log.warning("%s (retrying with backoff)", reason)
         self._last_failure = reason
-        self.on_error(reason)
+        self._report(reason)
+
+    def _report(self, reason: str) -> None:
+        try:
+            self.on_error(reason)
+        except RuntimeError as exc:  # asyncio: the loop is closing
+            log.debug("not reported (%s): %s", exc, reason)
 
 
 class SimSource(_SourceThread):

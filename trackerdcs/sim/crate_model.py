@@ -9,10 +9,12 @@ Semantics (as the real mainframe behaves, simplified):
 - VMon ramps towards V0Set (Pw on) or 0 (Pw off): at RUp / RDWn V/s on boards that ramp by
   rate; on boards that ramp by time (`RUpTime` / `RDwTime`, ms) a ramp to the set point (or
   from it to 0) takes that long. Status: ON while Pw is on, RAMP_UP / RAMP_DOWN while VMon moves.
-- IMon is a load model, zero while VMon is 0. HV: leakage `LEAK_PER_VOLT` µA/V x `leakage_scale`
-  (per channel) x `temperature_factor` (crate-wide) + `leak_extra` µA. LV: VMon / `LV_LOAD_OHM`
-  + `leak_extra` A. Measurement noise is relative gaussian, redrawn once per `readout_interval`
-  per channel (staggered), so a steady channel's IMon changes about once a second, not per step.
+- IMon is a load model, zero while VMon is 0. HV: the channel's sensor IV curve (`iv`, a
+  `trackerdcs.sim.iv.SensorIV`: the virtual lab gives each module's channels one), else a linear
+  leakage of `LEAK_PER_VOLT` µA/V; either x `leakage_scale` (per channel) x `temperature_factor`
+  (crate-wide), + `leak_extra` µA. LV: VMon / `LV_LOAD_OHM` + `leak_extra` A. Measurement
+  noise is relative gaussian, redrawn once per `readout_interval` per channel (staggered), so a
+  steady channel's IMon changes about once a second, not per step.
 - A load current above I0Set sets OVC; lasting longer than Trip seconds trips the channel:
   INT_TRIP is latched, Pw goes off and VMon drops to 0 at once (PDwn Kill, and boards without
   PDwn) or ramps down (PDwn Ramp). A tripped channel ignores Pw On until `clear_alarm()`.
@@ -44,6 +46,7 @@ from trackerdcs.power.boards import (
     board_model,
 )
 from trackerdcs.power.status import ChannelStatus
+from trackerdcs.sim.iv import SensorIV
 
 Kind = Literal["hv", "lv"]
 
@@ -92,6 +95,7 @@ class SimChannel:
     settings: dict[str, float | int | str] = field(default_factory=dict)  # every other setting
     leak_extra: float = 0.0  # fault injection, added to the load current
     leakage_scale: float = 1.0  # per-channel HV leakage multiplier (e.g. a module's temperature)
+    iv: SensorIV | None = None  # the HV load's IV curve (None: LEAK_PER_VOLT µA/V)
     over_current_time: float = 0.0  # how long the load has been above I0Set, s
     over_voltage_time: float = 0.0  # how long VMon has been beyond UNVThr/OVVThr, s
     ramp_ref: float = 0.0  # V a time-ramped board spreads over its ramp time
@@ -253,7 +257,8 @@ class SimCrate:
         if ch.vmon <= 0.0:
             return 0.0
         if ch.kind == "hv":
-            leak = LEAK_PER_VOLT * ch.vmon * ch.leakage_scale * self.temperature_factor
+            bulk = ch.iv.current_at(ch.vmon) if ch.iv is not None else LEAK_PER_VOLT * ch.vmon
+            leak = bulk * ch.leakage_scale * self.temperature_factor
         else:
             leak = ch.vmon / LV_LOAD_OHM
         return leak + ch.leak_extra

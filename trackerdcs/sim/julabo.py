@@ -33,8 +33,9 @@ sets), and the simulator's choice where they do not (relied upon by the tests):
   Injected faults persist until `clear_fault()`; an alarm stops the unit. While running, a bath
   above the high / below the low warning limit reports `-03` / `-04`. Priority: pending command
   error, then injected fault, then limit warning, then mode 00..03.
-- Transients on request: `drop_replies(n)` loses the next `n` replies, `drop_every = k` every
-  k-th (the command is executed, its answer never arrives), as a long RS-232 or ser2net line does.
+- Transients on request: `drop_replies(n)` loses the next `n` replies (`drop_replies(n,
+  "IN_MODE_01")`: the next `n` replies to that query only), `drop_every = k` every k-th (the
+  command is executed, its answer never arrives), as a long RS-232 or ser2net line does.
 - TCP: one client at a time, a second one is refused while the first is connected (as ser2net).
 
 Run standalone: `python -m trackerdcs.sim.julabo --tcp 127.0.0.1:5050 --pty [--model fl]`.
@@ -89,6 +90,7 @@ class SimulatedJulabo(JulaboUnit):
         self.drop_every = 0  # lose every n-th reply (0: none)
         self.dropped = 0  # replies lost so far
         self._drop_next = 0
+        self._drop_for: dict[str, int] = {}  # query -> replies to it still to lose
         self._replies = 0
         accessors = self._accessors()
         self._readers: dict[str, Reader] = {"VERSION": lambda: self.version,
@@ -110,10 +112,15 @@ class SimulatedJulabo(JulaboUnit):
                 return self._command_error
             return self.operating_code()
 
-    def drop_replies(self, count: int = 1) -> None:
-        """Lose the next `count` replies (the commands are executed, the answers never arrive)."""
+    def drop_replies(self, count: int = 1, command: str | None = None) -> None:
+        """Lose the next `count` replies (the commands are executed, the answers never arrive);
+        with `command` (`IN_MODE_01`), the next `count` replies to that query only."""
         with self._lock:
-            self._drop_next += count
+            if command is None:
+                self._drop_next += count
+            else:
+                key = command.upper()
+                self._drop_for[key] = self._drop_for.get(key, 0) + count
 
     @property
     def commands(self) -> frozenset[str]:
@@ -138,16 +145,20 @@ class SimulatedJulabo(JulaboUnit):
             if reader is None or args:
                 self._command_error = -8
                 return None
-            return self._deliver(reader())
+            return self._deliver(reader(), name)
 
     def invalid_command(self) -> None:
         """Record an unparseable line (garbage, overlong) as -08."""
         with self._lock:
             self._command_error = -8
 
-    def _deliver(self, reply: str) -> str | None:
+    def _deliver(self, reply: str, name: str) -> str | None:
         """The reply, unless the line is to lose it."""
         self._replies += 1
+        if self._drop_for.get(name, 0) > 0:
+            self._drop_for[name] -= 1
+            self.dropped += 1
+            return None
         lose = self._drop_next > 0 or (self.drop_every > 0 and self._replies % self.drop_every == 0)
         if not lose:
             return reply
@@ -399,9 +410,9 @@ class JulaboSimulator:
         """The front panel's start/stop key."""
         self.device.set_running(running)
 
-    def drop_replies(self, count: int = 1) -> None:
-        """Lose the next `count` replies."""
-        self.device.drop_replies(count)
+    def drop_replies(self, count: int = 1, command: str | None = None) -> None:
+        """Lose the next `count` replies (to `command` only, when given)."""
+        self.device.drop_replies(count, command)
 
     def inject_fault(self, code: int) -> None:
         self.device.inject_fault(code)

@@ -5,10 +5,11 @@ What it serves, from the lab YAML (everything on 127.0.0.1):
 - the crate of `virtual_lab.crate` (default: the first EPICS crate on loopback) over Channel
   Access, as
   `trackerdcs-sim-crate` does (`trackerdcs.sim.crate`);
-- the Julabo simulator on the TCP port of `julabo.url` (a loopback `socket://`), or on a pty
-  whose symlink is `julabo.url` when it is a path outside /dev (and `--julabo-pty LINK`),
-  impersonating `virtual_lab.chiller.model` (default: `julabo.model`), with or without an
-  external sensor (`virtual_lab.chiller.external_sensor`), losing every n-th reply if asked
+- a Julabo simulator per chiller of the lab (`chillers`, or the `julabo` shorthand) on the TCP
+  port of its `url` (a loopback `socket://`), or on a pty whose symlink is its `url` when that
+  is a path outside /dev (and `--julabo-pty LINK`: the first chiller), impersonating
+  `virtual_lab.chiller.model` (default: the chiller's own `model`), with or without an external
+  sensor (`virtual_lab.chiller.external_sensor`), losing every n-th reply if asked
   (`virtual_lab.chiller.drop_every`);
 - one line server per sensor whose source is a loopback `socket://` (`trackerdcs.sim.sensors`):
   room sensors print the room's T and RH, module sensors their module's temperature;
@@ -16,12 +17,16 @@ What it serves, from the lab YAML (everything on 127.0.0.1):
 
 The physics (`LabPhysics`), in simulated time (`speed` simulated s per wall s):
 
-- the chiller's bath as `SimulatedJulabo` computes it, its ambient being the room temperature;
-- each module's temperature follows the bath with a first-order lag (time constant
+- each chiller's bath as `SimulatedJulabo` computes it, its ambient being the room temperature;
+- each module's temperature follows the bath of the chiller that cools it (`modules` of the
+  chiller; the room for a module no chiller cools) with a first-order lag (time constant
   `module_lag`): dT/dt = (T_bath - T_module) / module_lag;
 - each module's HV channels get `leakage_scale = 2 ** ((T_module - reference_temperature) /
   leakage_doubling)`: silicon leakage current doubles about every 7 K, so a stopped chiller shows
-  up as a rising HV current. Modules are the `module` of the power channels.
+  up as a rising HV current. Modules are the `module` of the power channels;
+- each module's HV channels load the crate with its sensor's IV curve (`trackerdcs.sim.iv`:
+  `virtual_lab.iv`, with `virtual_lab.modules.<name>` over it): sqrt(V) up to full depletion, a
+  plateau, an exponential breakdown above the module's `breakdown_voltage`.
 
 Run: `trackerdcs-sim-lab --config examples/lab.yml [--speed 60]`. One ready line on stderr.
 """
@@ -52,6 +57,7 @@ from trackerdcs.julabo.models import DEFAULT_PROFILE
 from trackerdcs.sensors.lineformat import format_line
 from trackerdcs.sim.crate import CrateServer, boards_of, configure_environment, port_of, serve
 from trackerdcs.sim.crate_model import SimChannel, SimCrate
+from trackerdcs.sim.iv import SensorIV
 from trackerdcs.sim.julabo import JulaboSimulator, SimulatedJulabo
 from trackerdcs.sim.sensors import SensorLineServer
 
@@ -69,16 +75,20 @@ class Module:
     temperature: float  # °C
     hv_channels: list[SimChannel] = field(default_factory=list)
     leakage_scale: float = 1.0
+    chiller: str | None = None  # the chiller that cools it (None: it follows the room)
 
 
 class LabPhysics:
-    """Room -> chiller bath -> module temperatures -> HV leakage. Pure state, simulated time."""
+    """Room -> chiller baths -> module temperatures -> HV leakage. Pure state, simulated time."""
 
     def __init__(
-        self, cfg: VirtualLabConfig, chiller: SimulatedJulabo, modules: dict[str, Module]
+        self,
+        cfg: VirtualLabConfig,
+        chillers: dict[str, SimulatedJulabo],
+        modules: dict[str, Module],
     ) -> None:
         self.cfg = cfg
-        self.chiller = chiller
+        self.chillers = chillers
         self.modules = modules
         self.room_temperature = cfg.room_temperature
         self.room_humidity = cfg.room_humidity
@@ -91,12 +101,14 @@ class LabPhysics:
         if dt <= 0:
             return
         self.time += dt
-        self.chiller.ambient = self.room_temperature
-        self.chiller.step(dt)
-        bath = self.chiller.bath
+        for chiller in self.chillers.values():
+            chiller.ambient = self.room_temperature
+            chiller.step(dt)
         follow = -math.expm1(-dt / self.cfg.module_lag)
         for module in self.modules.values():
-            module.temperature += (bath - module.temperature) * follow
+            unit = self.chillers.get(module.chiller or "")
+            target = unit.bath if unit is not None else self.room_temperature
+            module.temperature += (target - module.temperature) * follow
         self._apply_leakage()
 
     def _apply_leakage(self) -> None:
@@ -108,17 +120,26 @@ class LabPhysics:
                 ch.leakage_scale = module.leakage_scale
 
     def snapshot(self) -> dict[str, Any]:
+        """The state: room, every chiller (`chillers`; the first one's also as `bath`,
+        `chiller_running`, `chiller_replies_dropped`, null without one), every module."""
+        chillers = {
+            name: {"bath": round(unit.bath, 4), "running": unit.running,
+                   "replies_dropped": unit.dropped}
+            for name, unit in self.chillers.items()
+        }  # fmt: skip
+        first = next(iter(chillers.values()), {})
         return {
             "time": round(self.time, 3),
             "speed": self.speed,
             "room_temperature": self.room_temperature,
             "room_humidity": self.room_humidity,
-            "bath": round(self.chiller.bath, 4),
-            "chiller_running": self.chiller.running,
-            "chiller_replies_dropped": self.chiller.dropped,
+            "bath": first.get("bath"),
+            "chiller_running": first.get("running"),
+            "chiller_replies_dropped": first.get("replies_dropped"),
+            "chillers": chillers,
             "modules": {
                 m.name: {"temperature": round(m.temperature, 4),
-                         "leakage_scale": round(m.leakage_scale, 6)}
+                         "leakage_scale": round(m.leakage_scale, 6), "chiller": m.chiller}
                 for m in self.modules.values()
             },
         }  # fmt: skip
@@ -128,11 +149,13 @@ class LabControl:
     """The backdoor: one command per line on TCP, one JSON object per answer line.
 
     - `get` -> the physics snapshot (room, bath, modules' temperatures and leakage scales);
-    - `set KEY=VALUE ...` with `room_temperature`, `room_humidity` (0..100) or `speed`;
+    - `set KEY=VALUE ...` with `room_temperature` (-50..60 °C), `room_humidity` (-6..119 % RH:
+      an unclipped sensor's span, so the edges 0 and 100 and beyond can be played) or
+      `speed` (0.001..100000 simulated s per wall s): the ranges of `SETTABLE`;
     - `sensor NAME ok|garbage|silent` -> a sensor line server's mode;
-    - `julabo fault CODE` | `julabo clear` | `julabo manual` | `julabo remote` |
-      `julabo start` | `julabo stop` (the front panel's keys) | `julabo unplug` | `julabo plug` |
-      `julabo drop N` (lose the next N replies) | `julabo drop-every N` (every N-th; 0: none).
+    - `julabo [NAME] fault CODE` | `clear` | `manual` | `remote` | `start` | `stop` (the front
+      panel's keys) | `unplug` | `plug` | `drop N` (lose the next N replies) | `drop-every N`
+      (every N-th; 0: none): NAME is the chiller's, needed when the lab has several.
 
     Every answer has `ok` (and `error` when false) and the snapshot. Try it with
     `nc 127.0.0.1 5059` and type `get`.
@@ -144,10 +167,13 @@ class LabControl:
                 "speed": (1e-3, 1e5)}  # fmt: skip
 
     def __init__(
-        self, physics: LabPhysics, chiller: JulaboSimulator, sensors: dict[str, SensorLineServer]
+        self,
+        physics: LabPhysics,
+        chillers: dict[str, JulaboSimulator],
+        sensors: dict[str, SensorLineServer],
     ) -> None:
         self.physics = physics
-        self.chiller = chiller
+        self.chillers = chillers
         self.sensors = sensors
 
     def execute(self, line: str) -> dict[str, Any]:
@@ -192,19 +218,27 @@ class LabControl:
         log.info("backdoor: sensor %s %s", *args)
 
     def _julabo(self, args: list[str]) -> None:
+        if args and args[0] in self.chillers and (len(args) > 1 or len(self.chillers) > 1):
+            name, args = args[0], args[1:]
+        elif len(self.chillers) == 1:
+            name = next(iter(self.chillers))
+        else:
+            known = ", ".join(self.chillers) or "none"
+            raise ValueError(f"julabo NAME ACTION: name the chiller (known: {known})")
+        chiller = self.chillers[name]
         actions: dict[str, Callable[[], None]] = {
-            "clear": self.chiller.clear_fault,
-            "manual": lambda: self.chiller.set_remote(False),
-            "remote": lambda: self.chiller.set_remote(True),
-            "start": lambda: self.chiller.set_running(True),
-            "stop": lambda: self.chiller.set_running(False),
-            "unplug": self.chiller.drop_line,
-            "plug": self.chiller.restore_line,
+            "clear": chiller.clear_fault,
+            "manual": lambda: chiller.set_remote(False),
+            "remote": lambda: chiller.set_remote(True),
+            "start": lambda: chiller.set_running(True),
+            "stop": lambda: chiller.set_running(False),
+            "unplug": chiller.drop_line,
+            "plug": chiller.restore_line,
         }
         counted: dict[str, Callable[[int], None]] = {
-            "fault": self.chiller.inject_fault,
-            "drop": self.chiller.drop_replies,
-            "drop-every": lambda n: setattr(self.chiller.device, "drop_every", n),
+            "fault": chiller.inject_fault,
+            "drop": chiller.drop_replies,
+            "drop-every": lambda n: setattr(chiller.device, "drop_every", n),
         }
         if len(args) == 2 and args[0] in counted:
             number = int(args[1])
@@ -215,7 +249,7 @@ class LabControl:
             actions[args[0]]()
         else:
             raise ValueError(f"julabo fault CODE | drop N | drop-every N | {' | '.join(actions)}")
-        log.info("backdoor: julabo %s", " ".join(args))
+        log.info("backdoor: julabo %s %s", name, " ".join(args))
 
 
 class VirtualLab:
@@ -232,20 +266,22 @@ class VirtualLab:
         self.crate = lab.virtual_lab_crate()
         self.model = SimCrate(boards_of(self.crate), seed, noise=noise) if self.crate else None
         self.crate_server = CrateServer(self.crate.system, self.model) if self.crate else None
-        device = self._chiller_unit()
-        self.chiller = JulaboSimulator(device, tick=None)
-        self.physics = LabPhysics(self.cfg, device, self._modules(device.bath))
+        self.chillers = {
+            c.name: JulaboSimulator(self._chiller_unit(c.model), tick=None) for c in lab.chillers
+        }
+        units = {name: sim.device for name, sim in self.chillers.items()}
+        self.physics = LabPhysics(self.cfg, units, self._modules(self.cfg.room_temperature))
         self.julabo_pty = julabo_pty
         self.sensor_servers: dict[str, SensorLineServer] = {}
-        self.control = LabControl(self.physics, self.chiller, self.sensor_servers)
+        self.control = LabControl(self.physics, self.chillers, self.sensor_servers)
         self.endpoints: list[str] = []
 
-    def _chiller_unit(self) -> SimulatedJulabo:
-        """The simulated Julabo: the lab's model (or `virtual_lab.chiller.model`), its faults."""
+    def _chiller_unit(self, model: str | None) -> SimulatedJulabo:
+        """A simulated Julabo: the chiller's model (or `virtual_lab.chiller.model`), its
+        faults."""
         settings = self.cfg.chiller
-        model = settings.model or (self.lab.julabo.model if self.lab.julabo else None)
         unit = SimulatedJulabo(
-            model=model or DEFAULT_PROFILE,
+            model=settings.model or model or DEFAULT_PROFILE,
             rate=self.cfg.chiller_rate,
             ambient=self.cfg.room_temperature,
             external_sensor=settings.external_sensor,
@@ -257,7 +293,10 @@ class VirtualLab:
         """Every module of the power channels and of the module sensors, at `temperature`."""
         names = list(self.lab.modules())
         names += [s.module for s in self.lab.sensors if s.module and s.module not in names]
-        modules = {name: Module(name, temperature) for name in names}
+        modules = {}
+        for name in names:
+            chiller = self.lab.chiller_of(name)
+            modules[name] = Module(name, temperature, chiller=chiller.name if chiller else None)
         if self.model is not None and self.crate is not None:
             for name, channels in self.lab.modules().items():
                 modules[name].hv_channels = [
@@ -265,21 +304,25 @@ class VirtualLab:
                     for ch in channels
                     if ch.kind.value == "hv" and self.lab.crate_of(ch).name == self.crate.name
                 ]
+                iv = SensorIV(**self.cfg.sensor_iv(name))
+                for channel in modules[name].hv_channels:
+                    channel.iv = iv
         return modules
 
     # -- the line servers (threads) ----------------------------------------------------------------
     def start_servers(self) -> None:
         """Julabo and sensor lines. OSError if a port is taken."""
-        julabo = self.lab.julabo
-        if julabo is not None:
+        for i, julabo in enumerate(self.lab.chillers):
+            sim = self.chillers[julabo.name]
+            pty = self.julabo_pty if i == 0 else None
             port = loopback_port(julabo.url)
             if port is not None:
-                self.endpoints.append(f"julabo {self.chiller.serve_tcp('127.0.0.1', port)}")
+                self.endpoints.append(f"julabo {julabo.name} {sim.serve_tcp('127.0.0.1', port)}")
             elif julabo.url.startswith("/") and not julabo.url.startswith("/dev/"):
-                self.julabo_pty = self.julabo_pty or julabo.url
-        if self.julabo_pty:
-            path = self.chiller.serve_pty(self.julabo_pty)
-            self.endpoints.append(f"julabo pty {self.julabo_pty} -> {path}")
+                pty = pty or julabo.url
+            if pty:
+                path = sim.serve_pty(pty)
+                self.endpoints.append(f"julabo {julabo.name} pty {pty} -> {path}")
         for sensor in self.lab.sensors:
             port = loopback_port(sensor.source)
             if port is None:
@@ -302,7 +345,8 @@ class VirtualLab:
     def stop_servers(self) -> None:
         for server in self.sensor_servers.values():
             server.stop()
-        self.chiller.close()
+        for chiller in self.chillers.values():
+            chiller.close()
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run_physics(self) -> None:
@@ -369,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="lab YAML file")
     p.add_argument("--host", default="127.0.0.1", help="CA interface (default 127.0.0.1)")
     p.add_argument("--speed", type=float, help="simulated s per wall s (default: virtual_lab)")
-    p.add_argument("--julabo-pty", metavar="LINK", help="also serve the chiller on a pty")
+    p.add_argument("--julabo-pty", metavar="LINK", help="also serve the (first) chiller on a pty")
     p.add_argument("--noise", type=float, default=0.005, help="relative IMon noise (0.005)")
     p.add_argument("--seed", type=int, default=0, help="noise random seed")
     return p

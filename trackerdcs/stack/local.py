@@ -2,7 +2,10 @@
 
 Everything listens on 127.0.0.1. Progress is printed while things start, then a summary of what
 runs where. Ctrl-C or SIGTERM stops every process it started, in reverse order, by PID. A daemon
-that dies is restarted (at most `MAX_RESTARTS` times in a row).
+that dies is restarted (at most `MAX_RESTARTS` times in a row). Every process dies with the
+supervisor, however it dies (`ManagedProcess`'s parent-death signal); the running stack is
+recorded in `run/stack.json`, from which (and from its ports) a new `make run` recognises the
+leftovers of an earlier one (`trackerdcs.stack.leftovers`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from trackerdcs.config import LabConfig, loopback_port
 from trackerdcs.stack.influx import data_path_ports, data_path_processes
+from trackerdcs.stack.leftovers import check_leftovers, clear_state, write_state
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.nodered import NodeRed
 from trackerdcs.stack.process import ManagedProcess, port_open
@@ -71,19 +75,20 @@ def _lab_entry(cfg: LabConfig, config_path: Path, logs: Path) -> StackEntry:
     assert vlab is not None
     crate = cfg.virtual_lab_crate()
     served = []
-    if cfg.julabo is not None and loopback_port(cfg.julabo.url) is not None:
-        served.append(f"Julabo on {cfg.julabo.url}")
+    chillers = [c for c in cfg.chillers if loopback_port(c.url) is not None]
+    if chillers:
+        served.append(f"Julabo on {chillers[0].url}" if len(chillers) == 1 else
+                      f"{len(chillers)} Julabos")  # fmt: skip
     lines = [s for s in cfg.sensors if loopback_port(s.source) is not None]
     if lines:
         served.append(f"{len(lines)} sensor line(s)")
     parts = [f"simulated SY4527 '{crate.system}'"] if crate else []
     what = "virtual lab: " + ", ".join(parts + served)
-    details = [f"{s.name} line on {s.source}" for s in lines]
-    if cfg.julabo is not None and loopback_port(cfg.julabo.url) is not None:
-        details.insert(0, f"Julabo simulator on {cfg.julabo.url}")
+    details = [f"Julabo simulator {c.name} on {c.url}" for c in chillers]
+    details += [f"{s.name} line on {s.source}" for s in lines]
     if vlab.control_port is not None:
         details.append(f"backdoor on 127.0.0.1:{vlab.control_port} (get, set, sensor, julabo)")
-    endpoint = f"ca://{crate.address}" if crate else (cfg.julabo.url if cfg.julabo else "-")
+    endpoint = f"ca://{crate.address}" if crate else (chillers[0].url if chillers else "-")
     return _python_entry(
         "sim-lab", "trackerdcs.sim.lab", config_path, logs, "virtual lab", endpoint, what,
         details=tuple(details),
@@ -138,12 +143,14 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
                 f"power-supply daemon for crate {crate.name}",
             )
         )
-    if cfg.julabo is not None:
-        julabo = _python_entry(
-            "julabo", "trackerdcs.julabo.daemon", config_path, logs, "serving chiller",
-            cfg.julabo.prefix, f"chiller daemon for the Julabo on {cfg.julabo.url}",
-        )  # fmt: skip
-        entries.append(julabo)
+    several = len(cfg.chillers) > 1
+    for chiller in cfg.chillers:  # one daemon per chiller (--chiller when the lab has several)
+        entries.append(_python_entry(
+            f"julabo-{chiller.name}" if several else "julabo", "trackerdcs.julabo.daemon",
+            config_path, logs, "serving chiller", chiller.prefix,
+            f"chiller daemon for the Julabo {chiller.name} on {chiller.url}",
+            args=("--chiller", chiller.name) if several else (),
+        ))  # fmt: skip
     if cfg.sensors:
         topics = [s.prefix for s in cfg.sensors]
         endpoint = " ".join(topics) if len(topics) <= 2 else f"{topics[0]} +{len(topics) - 1}"
@@ -166,6 +173,26 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
     return entries
 
 
+def stack_ports(cfg: LabConfig) -> dict[int, str]:
+    """The TCP ports the local stack listens on -> the lab YAML key (or process) that sets each."""
+    ports: dict[int, str] = {cfg.mqtt.port: "mqtt.port"}
+    ports.update({port: key for _, port, key in data_path_ports(cfg)})
+    ports.setdefault(NodeRed.port, "the Node-RED port")
+    if cfg.virtual_lab is not None and cfg.virtual_lab.control_port is not None:
+        ports.setdefault(cfg.virtual_lab.control_port, "virtual_lab.control_port")
+    if cfg.julabo is not None and (port := loopback_port(cfg.julabo.url)) is not None:
+        ports.setdefault(port, "julabo.url")
+    for i, sensor in enumerate(cfg.sensors):
+        if (port := loopback_port(sensor.source)) is not None:
+            ports.setdefault(port, f"sensors.{i}.source")
+    for i, crate in enumerate(cfg.crates):
+        if crate.backend == "epics" and _loopback(crate.address):
+            port = crate.address.rsplit(":", 1)[1] if ":" in crate.address else "5064"
+            if port.isdigit():
+                ports.setdefault(int(port), f"crates.{i}.address")
+    return ports
+
+
 def _safety_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[StackEntry]:
     """Interlocks (when the lab has rules), alarms and audit log, module sequencer."""
     logs, entries = run_dir / "logs", []
@@ -184,9 +211,13 @@ def _safety_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[St
         details=(f"alarms and audit log in {db}",), args=("--db", str(db)),
     ))  # fmt: skip
     if cfg.modules():
+        results = Path(cfg.ivscan.results_dir)
+        results = results if results.is_absolute() else run_dir / results.name
         entries.append(_python_entry(
             "dcs", "trackerdcs.safety.dcs_daemon", config_path, logs, "serving the sequencer",
-            "/dcs", "module on/off sequencer (/dcs/cmd/module/{name})",
+            "/dcs", "module on/off sequencer (/dcs/cmd/module/{name}), IV scans "
+            "(/dcs/cmd/ivscan/{module}, trackerdcs iv-scan)",
+            details=(f"IV scan results in {results}",), args=("--results-dir", str(results)),
         ))  # fmt: skip
     return entries
 
@@ -217,6 +248,13 @@ class LocalStack:
                     f"running?); stop it or set {key} in the lab YAML"
                 )
 
+    def record(self) -> None:
+        """`run/stack.json`: what runs now (for the leftovers check of a later stack)."""
+        write_state(self.run_dir, self.config_path, [
+            (e.name, e.process.pid, e.process.argv)
+            for e in self.entries if e.process is not None and e.process.pid is not None
+        ])  # fmt: skip
+
     def start(self) -> None:
         self.check_ports()
         total = len(self.entries)
@@ -231,6 +269,7 @@ class LocalStack:
                 self.stop()
                 raise
             entry.started_at = time.monotonic()
+            self.record()
             self.say(f"      ok: pid {entry.process.pid}, {time.monotonic() - t0:.1f} s")
 
     def summary(self) -> str:
@@ -252,8 +291,8 @@ class LocalStack:
             f"{pub} /hv/cmd/setv/0 -m 100",
             f"{pub} /hv/cmd/switch/0 -m on",
         ]
-        if self.cfg.julabo is not None:
-            prefix = self.cfg.julabo.prefix
+        for chiller in self.cfg.chillers:
+            prefix = chiller.prefix
             lines += [f"{pub} {prefix}/cmd/setpoint -m -10", f"{pub} {prefix}/cmd/switch -m on"]
         lines += ["", "Ctrl-C stops everything."]
         return "\n".join(lines)
@@ -277,6 +316,7 @@ class LocalStack:
                     proc.start()
                 except (RuntimeError, TimeoutError) as exc:
                     self.say(f"! {entry.name} failed to restart: {exc}")
+                self.record()
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -287,9 +327,14 @@ class LocalStack:
             if entry.process is not None and entry.process.proc is not None:
                 code = entry.process.stop()
                 self.say(f"stopped {entry.name} (pid {entry.process.pid}, exit {code})")
+        clear_state(self.run_dir)
 
 
 def run_stack(cfg: LabConfig, config_path: Path, run_dir: Path) -> int:
+    """`make run`: leftovers of an earlier stack first (named; stopped only if the user agrees),
+    then the stack until Ctrl-C or SIGTERM. 1 when it could not start."""
+    if not check_leftovers(run_dir, config_path, stack_ports(cfg)):
+        return 1
     stack = LocalStack(cfg, config_path.resolve(), run_dir.resolve())
     signal.signal(signal.SIGTERM, stack.request_stop)
     signal.signal(signal.SIGINT, stack.request_stop)

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from trackerdcs.config import LabConfig
+from trackerdcs.safety.alarms import ALARMS_PREFIX
+from trackerdcs.safety.audit import AUDIT_PREFIX
+from trackerdcs.safety.config import rule_chiller, rule_modules
+from trackerdcs.safety.interlock import interlock_prefix
 from trackerdcs.safety.liveness import heartbeats
+from trackerdcs.safety.rules import RULE_KINDS
+from trackerdcs.safety.sequencer import PREFIX as SEQUENCER_PREFIX
 from trackerdcs.stack.process import ManagedProcess
 
 NODE_RED_DIR = Path(__file__).resolve().parents[2] / "node-red"
@@ -74,10 +80,38 @@ def _private_file(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
+def ui_rules(cfg: LabConfig) -> list[dict[str, Any]]:
+    """The lab's interlock rules as the pages state their consequences ("stopping the chiller
+    ramps down the HV of M1-M4 through chiller_running"): what each watches, the modules it
+    protects and the chiller it watches or acts on (both resolved as the interlock service does:
+    `rule_modules`, `rule_chiller`; `chiller` is the chiller's name, None for a rule that uses
+    none), its action and what it does to the chiller. `margin`/`sensor`: a dew-point rule's;
+    `resettable`: it takes `/interlock/cmd/reset/{rule}` (docs/topics.md)."""
+    rules = []
+    for rule in cfg.interlocks.rules:
+        chiller = rule_chiller(cfg, rule)
+        rules.append(
+            {
+                "name": rule.name,
+                "kind": rule.kind,
+                "modules": rule_modules(cfg, rule),
+                "chiller": chiller.name if chiller else None,
+                "action": str(rule.action),
+                "chiller_setpoint": rule.chiller_setpoint,
+                "margin": getattr(rule, "margin", None),
+                "sensor": getattr(rule, "sensor", None),
+                "watches": RULE_KINDS[rule.kind].summary,
+                "resettable": RULE_KINDS[rule.kind].resettable,
+            }
+        )
+    return rules
+
+
 def ui_lab(cfg: LabConfig) -> dict[str, Any]:
-    """What the flows need to know about the lab (`TRACKERDCS_UI_LAB`): prefixes, limits, and
-    each source's heartbeat with the factor after which it counts as stale (as the alarm
-    service judges it: trackerdcs.safety.liveness)."""
+    """What the flows need to know about the lab (`TRACKERDCS_UI_LAB`): prefixes, limits, each
+    source's heartbeat with the factor after which it counts as stale (as the alarm service
+    judges it: trackerdcs.safety.liveness), the interlock rules, and the safety services'
+    prefixes (the sequencer only when the lab has modules)."""
     power: dict[str, dict[str, str]] = {}
     for crate in cfg.crates:
         for kind, prefix in sorted(crate.prefixes.items()):
@@ -89,17 +123,24 @@ def ui_lab(cfg: LabConfig) -> dict[str, Any]:
         )
         lim = cfg.limits_for(ch)
         limits.setdefault(prefix, {})[ch.name] = {"vmax": lim.vmax, "imax": lim.imax}
-    julabo = cfg.julabo
+    chillers = [
+        {"name": c.name, "prefix": c.prefix, "setpoint": [c.setpoint_min, c.setpoint_max],
+         "modules": cfg.cooled_by(c)}
+        for c in cfg.chillers
+    ]  # fmt: skip
     return {
         "lab": cfg.lab,
         "power": power,
-        "julabo": julabo.prefix if julabo else None,
-        "setpoint": [julabo.setpoint_min, julabo.setpoint_max] if julabo else None,
+        "chillers": chillers,
         "sensors": [s.name for s in cfg.sensors],
         "modules": list(cfg.modules()),
         "limits": limits,
         "heartbeats": heartbeats(cfg),
         "liveness_factor": cfg.alarms.liveness_factor,
+        "interlock": {"prefix": interlock_prefix(cfg), "rules": ui_rules(cfg)},
+        "sequencer": SEQUENCER_PREFIX if cfg.modules() else None,
+        "alarms": ALARMS_PREFIX,
+        "audit": AUDIT_PREFIX,
     }
 
 

@@ -1,7 +1,17 @@
-"""Child processes with a readiness check, stopped by PID; free loopback ports."""
+"""Child processes with a readiness check, stopped by PID; free loopback ports.
+
+A child dies with its parent, however the parent dies (Ctrl-C, SIGTERM, SIGKILL, the OOM
+killer): before it executes its program, the child asks Linux for a parent-death signal
+(`prctl(PR_SET_PDEATHSIG, SIGTERM)`, prctl(2)), which the kernel sends it when the thread that
+started it ends. It is set in the forked child, so it holds for any program (mosquitto, influxd,
+node) and survives `execve` (it is cleared only for set-user-ID programs, which none of ours
+is). Start children from a thread that lives as long as they should: the supervisor's main
+thread does.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -37,6 +47,35 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_prctl: Callable[..., int] | None = None
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive `sig` when its parent dies (None where
+    Linux's prctl is not available). libc's `prctl` is looked up here, in the parent: the
+    child only calls it, and checks that the parent did not die before it did."""
+    global _prctl
+    if _prctl is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            prctl = libc.prctl
+        except (OSError, AttributeError):
+            return None
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                          ctypes.c_ulong]  # fmt: skip
+        prctl.restype = ctypes.c_int
+        _prctl = prctl
+    call, parent = _prctl, os.getpid()
+
+    def preexec() -> None:
+        call(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was set: go now
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.02):
     """Return the predicate's first truthy value; TimeoutError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -62,6 +101,7 @@ class ManagedProcess:
         ready: Callable[[ManagedProcess], bool] | None = None,
         ready_timeout: float = 15.0,
         cwd: Path | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -70,6 +110,7 @@ class ManagedProcess:
         self.ready = ready
         self.ready_timeout = ready_timeout
         self.cwd = cwd
+        self.die_with_parent = die_with_parent  # SIGTERM when the starting thread ends
         self.proc: subprocess.Popen | None = None
         self._log_offset = 0
 
@@ -95,6 +136,7 @@ class ManagedProcess:
             env=env,
             cwd=self.cwd,
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops us in order
+            preexec_fn=die_with_parent() if self.die_with_parent else None,
         )
         logfile.close()
         log.debug("started %s (pid %d): %s", self.name, self.proc.pid, " ".join(self.argv))
