@@ -304,17 +304,35 @@ def test_commands_cut_off_host_fails_safe_and_its_data_follows(lab) -> None:
             client.close()
 
 
-def test_the_multihost_files_agree() -> None:
-    """What the central ACL grants each bridge is its host's prefixes in the lab YAML."""
-    cfg = load_config(ROOT / "deploy" / "lab.multihost.yml")
-    acl = (ROOT / "mosquitto" / "central.acl").read_text()
+def acl_rules(path: Path) -> dict[str, set[str]]:
+    """A Mosquitto ACL file's `topic` rules per user (`read #`, `write /hv/+`, ...)."""
     rules: dict[str, set[str]] = {}
     user = None
-    for line in acl.splitlines():
+    for line in path.read_text().splitlines():
         if line.startswith("user "):
             user = line.split()[1]
         elif line.startswith("topic ") and user:
             rules.setdefault(user, set()).add(" ".join(line.split()[1:]))
+    return rules
+
+
+def test_the_multihost_files_agree() -> None:
+    """What the central ACL grants each bridge is its host's prefixes in the lab YAML; the
+    central services may do on every crate what mosquitto/acl lets them do on /hv and /lv (the
+    one-host lab's chiller aside: the multi-host lab has none)."""
+    cfg = load_config(ROOT / "deploy" / "lab.multihost.yml")
+    rules = acl_rules(ROOT / "mosquitto" / "central.acl")
+    one_host = acl_rules(ROOT / "mosquitto" / "acl")
+    for user in ("interlock", "alarms", "dcs", "operator", "nodered", "viewer", "telegraf"):
+        expected = set()
+        for rule in one_host[user]:
+            topic = rule.split()[1]
+            kind = topic[1:3]
+            if topic.startswith(("/hv/", "/lv/")):
+                expected |= {rule.replace(f"/{kind}/", f"{c.prefixes[kind]}/") for c in cfg.crates}
+            elif not topic.startswith("/julabo/"):
+                expected.add(rule)
+        assert rules[user] == expected, user
     for crate in cfg.crates:
         granted = rules[f"bridge-{crate.name}"]
         for prefix in crate.prefixes.values():
