@@ -64,7 +64,7 @@ def test_the_repo_telegraf_conf_is_what_the_bridge_runs():
         ), topic
     assert (hv.topic_tag, hv.tagexclude.patterns, lv.topic_tag) == ("topic", ("topic",), "topic")
     assert all(c.topic_tag == "" for c in conf.inputs[2:])
-    assert sensor.topic_filter is None  # its tagpass looks at `kind`: every message is parsed
+    assert sensor.topic_filter is None  # its tagpass looks at `kind`: every message is read
     assert conf.output == InfluxOutputConf(
         url="http://127.0.0.1:8086", database="trackerdcs", skip_database_creation=True
     )
@@ -545,3 +545,38 @@ def test_inputs_reading_the_same_topics_share_one_connection():
     assert consumer.received == 8 and consumer.rejected == 2
     with pytest.raises(ValueError, match="one consumer each"):
         MqttConsumer([conf.inputs[-1], shared[0]], conf.agent, buffer, UniqueClock())
+
+
+def test_objects_that_cannot_pass_tagpass_are_not_parsed(monkeypatch):
+    """The chillers' and sensors' inputs read every crate's status: its channel objects have no
+    `chiller` or `kind` key and are not even parsed (a lone object is, so that a flaw in it is
+    counted); what lands is what Telegraf would store, a nested value that flattens to a
+    tagpass key included."""
+    conf = parse_telegraf_conf(
+        MINIMAL.replace('flush_interval = "1s"', 'flush_interval = "1s"\n  omit_hostname = true')
+        .replace('data_format = "json"', 'data_format = "json"\n  topic_tag = ""\n'
+                 '  tag_keys = ["kind", "where_room"]\n'
+                 '  [inputs.mqtt_consumer.tagpass]\n    kind = ["room"]\n'
+                 '    where_room = ["*"]'),
+        env={},
+    )  # fmt: skip
+    [c] = conf.inputs
+    buffer = MetricBuffer(limit=100, batch_size=100)
+    consumer = MqttConsumer(c, conf.agent, buffer, UniqueClock())
+    [i] = consumer.inputs
+    assert i.needs == {"kind", "where_room"}
+    channel = {"number": 0, "name": "hv_m1", "flags": ["ON"], "vmon": 1.0}
+    room = {"kind": "room", "t": 20.5}
+    nested = {"where": {"room": "b40"}, "t": 21.5}
+    consumer.handle("/x/status", json.dumps([channel, room, nested, channel]).encode())
+    assert [line.rsplit(" ", 1)[0] for line in buffer.take()] == [
+        "mqtt_consumer,kind=room t=20.5", "mqtt_consumer,where_room=b40 t=21.5"
+    ]  # fmt: skip
+    parsed = []
+    monkeypatch.setattr(i.parser, "_metric", lambda obj: parsed.append(obj) or ({}, {}, None))
+    consumer.handle("/hv/status", json.dumps([channel] * 3).encode())
+    assert parsed == [] and i.rejected == 0
+    consumer.handle("/x/status", json.dumps(channel).encode())  # a lone object: parsed
+    assert parsed == [channel]
+    consumer.handle("/x/status", json.dumps([channel, 5]).encode())  # not an array of objects
+    assert i.rejected == 1

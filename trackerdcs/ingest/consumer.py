@@ -12,8 +12,9 @@ Telegraf opens a connection per input. Inputs that subscribe identically (`/+/st
 HV and LV crates, the chillers and the sensors, telegraf.conf) get the same messages on each:
 here they share one connection (`shares_connection`) and each message is read and decoded once
 (not at all when every input's `tagpass` on the topic refuses it), then every input makes its
-own metrics, as it would from its own copy. What lands in InfluxDB, and the counters
-(`received` counts a message once per input), are the same.
+own metrics, as it would from its own copy, parsing only the array elements that carry a key
+its `tagpass` needs (`ConsumerInput.may_pass`). What lands in InfluxDB is the same; `received`
+counts a message once per input, `rejected` what an input parsed and refused.
 """
 
 from __future__ import annotations
@@ -137,6 +138,15 @@ class ConsumerInput:
         self.parser = JsonParser(conf.tag_keys, conf.string_fields, conf.time_key, conf.time_format)
         self.serializer = LineSerializer(conf.measurement)
         self.topic_filter = conf.topic_filter
+        # the tags one of which a metric needs to pass `tagpass` (None: the topic tag, which
+        # every metric has, or no `tagpass`); an object without any of them is not parsed
+        tagpass = conf.tagpass
+        self.needs: frozenset[str] | None = (
+            frozenset(tagpass.filters)
+            if tagpass is not None and conf.topic_tag not in tagpass.filters
+            else None
+        )
+        self._shapes: dict[tuple[str, ...], bool] = {}  # an object's keys -> may it pass
         self.host_tag = None if agent.omit_hostname else (agent.hostname or socket.gethostname())
         self.received = 0
         self.rejected = 0
@@ -150,9 +160,27 @@ class ConsumerInput:
         """False when `topic` fails a `tagpass` on the topic tag alone: no metric could pass."""
         return self.topic_filter is None or self.topic_filter.match(topic)
 
+    def may_pass(self, obj: dict[str, Any]) -> bool:
+        """Whether a metric of `obj` could pass `tagpass`: it has one of the keys `needs`, or a
+        nested value that could flatten to one (`prefix_...`). Decided once per set of keys
+        (a crate's channels all have the same)."""
+        keys = tuple(obj)
+        hit = self._shapes.get(keys)
+        if hit is None:
+            needs = self.needs or ()
+            hit = any(n == k or n.startswith(f"{k}_") for n in needs for k in keys)
+            if len(self._shapes) < 256:
+                self._shapes[keys] = hit
+        return hit
+
     def handle(self, topic: str, payload: bytes, data: Any, error: Exception | None) -> None:
         """Buffer the lines of one decoded message (`data`; `error`: it could not be decoded).
-        A payload the parser rejects is counted and skipped."""
+        A payload the parser rejects is counted and skipped. The objects of an array that
+        could not pass `tagpass` are not parsed (the chillers' and sensors' inputs read every
+        crate's status too): their lines would be dropped anyway, and a flaw in them is counted
+        by the input they are for (a crate's HV or LV input, which parses every object)."""
+        if error is None and self.needs is not None and type(data) is list:
+            data = [o for o in data if type(o) is not dict or self.may_pass(o)]
         if error is None:
             try:
                 metrics = self.parser.metrics(data)
