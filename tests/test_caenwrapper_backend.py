@@ -130,8 +130,11 @@ def test_every_setting_is_written_with_the_bindings_types(wrapper_lab):
     )
     assert (lv, "RUp") not in calls and (lv, "PDwn") not in calls  # an A2519 has neither
     since = lab.client.mark()
+    before = len(opened[-1].calls)
     assert lab.command("/lv/cmd/switch/lv_m1", "on")["ok"]
-    assert opened[-1].calls[-1][2]._type_ is ct.c_int  # Pw as a C int
+    # the daemon may write other settings meanwhile: look for the Pw write, not the last call
+    [pw] = [value for slot, name, value in opened[-1].calls[before:] if (slot, name) == (lv, "Pw")]
+    assert pw._type_ is ct.c_int  # Pw as a C int
     lab.wait_channel("/lv", "lv_m1", lambda c: c["state"] == "ON" and c["vmon"] == 10.5,
                      since=since)  # fmt: skip
 

@@ -6,7 +6,6 @@ persistence on, as in production."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -357,7 +356,7 @@ def test_a_command_stuck_with_a_frozen_daemon_is_refused_by_its_time(workdir, br
         props.MessageExpiryInterval = 1
         sent = time.time()
         since = lab.client.mark()
-        lab.daemon.signal(signal.SIGSTOP)
+        lab.daemon.freeze()
         try:
             lab.client.publish(
                 "/hv/cmd/switch/hv_m1",
@@ -370,7 +369,7 @@ def test_a_command_stuck_with_a_frozen_daemon_is_refused_by_its_time(workdir, br
                                                         "time": sent})  # fmt: skip
             threading.Event().wait(1.5)  # the scenario: frozen longer than command_max_age
         finally:
-            lab.daemon.signal(signal.SIGCONT)
+            lab.daemon.thaw()
 
         def answer(match) -> dict:
             return lab.client.wait_for("/hv/response", lambda m: match(m.json), 10, since).json

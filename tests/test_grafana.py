@@ -140,11 +140,14 @@ def test_the_cooling_dashboard_shows_chiller_points_stored_without_a_tag(lab):
     scratch = copy.copy(lab.db)
     scratch.database = "untagged_chillers"  # a database of its own: the lab's data stays as is
     lab.db.execute(f"CREATE DATABASE {scratch.database}")
-    fields = 'bath_temp=12.5,setpoint=12.0,external_temp=13.0,power=-20.0,state="RUNNING"'
-    scratch.write(f"julabo {fields}\njulabo,chiller=coldbox {fields}\n".encode())
-    board = dashboard(GRAFANA / "dashboards" / "cooling.json")
-    chiller_panels = [(t, q) for t, q in targets(board) if 'FROM "julabo"' in q["query"]]
-    assert len(chiller_panels) == 3
-    for title, target in chiller_panels:
-        series = scratch.series(substitute(target["query"], {"chiller": "coldbox"}))
-        assert {s.tags.get("chiller", "") for s in series} == {"", "coldbox"}, title
+    try:  # the InfluxDB is shared: other tests expect the lab's database alone
+        fields = 'bath_temp=12.5,setpoint=12.0,external_temp=13.0,power=-20.0,state="RUNNING"'
+        scratch.write(f"julabo {fields}\njulabo,chiller=coldbox {fields}\n".encode())
+        board = dashboard(GRAFANA / "dashboards" / "cooling.json")
+        chiller_panels = [(t, q) for t, q in targets(board) if 'FROM "julabo"' in q["query"]]
+        assert len(chiller_panels) == 3
+        for title, target in chiller_panels:
+            series = scratch.series(substitute(target["query"], {"chiller": "coldbox"}))
+            assert {s.tags.get("chiller", "") for s in series} == {"", "coldbox"}, title
+    finally:
+        lab.db.execute(f"DROP DATABASE {scratch.database}")

@@ -7,6 +7,7 @@ count of `OUT_` commands it received); the daemon is a subprocess. Physics is st
 from __future__ import annotations
 
 import logging
+import re
 import select
 import socket
 import threading
@@ -349,9 +350,12 @@ def test_the_daemon_on_each_model(
     finally:
         lab.stop()
     log = (workdir / f"{name}-julabo.log").read_text()
-    if model == "generic":  # reported once each, then dropped from the poll
-        assert log.count("(external_temperature) dropped from the poll") == 1
-        assert log.count("(active_setpoint) dropped from the poll") == 1
+    if model == "generic":  # reported once each per opened line, then dropped from the poll
+        # a loaded machine may time out and reopen the line: once per opened line
+        opened = len(re.findall(r"connected to ['\"].* \(model ", log))
+        assert opened >= 1
+        assert log.count("(external_temperature) dropped from the poll") == opened
+        assert log.count("(active_setpoint) dropped from the poll") == opened
     assert "line lost" not in log
 
 

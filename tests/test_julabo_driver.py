@@ -830,7 +830,7 @@ def test_tick_thread_advances_time() -> None:
         wait_for(lambda: simulator.device.bath > 21.0)
 
 
-def _read_stderr_line(process: subprocess.Popen[str], timeout: float = 5.0) -> str:
+def _read_stderr_line(process: subprocess.Popen[str], timeout: float = 30.0) -> str:
     assert process.stderr is not None
     ready, _, _ = select.select([process.stderr], [], [], timeout)
     assert ready, "simulator printed nothing"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -761,7 +760,7 @@ def test_a_frozen_source_is_greyed_within_its_timeout_on_the_servers_clock(
         expect(page.get_by_test_id("data-as-of")).to_contain_text(time.strftime("%Y-%m-%d %H:"))
 
         last = lab.client.latest("/sensor_1/status").json["time"]
-        lab.sensors.signal(signal.SIGSTOP)
+        lab.sensors.freeze()
         try:
             expect(row).to_have_class(re.compile("tdcs-old"), timeout=(SENSOR_TIMEOUT + 3) * 1000)
             greyed = time.time()
@@ -779,7 +778,7 @@ def test_a_frozen_source_is_greyed_within_its_timeout_on_the_servers_clock(
                 "sensor sensor_1: no live data for 6 s", timeout=WAIT
             )
         finally:
-            lab.sensors.signal(signal.SIGCONT)
+            lab.sensors.thaw()
         open_page(page, lab, "environment")
         expect(row.get_by_test_id("sensor-state")).to_have_text("ok", timeout=WAIT)
         expect(row).not_to_have_class(re.compile("tdcs-old"))

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -169,6 +170,24 @@ class ManagedProcess:
         if self.alive:
             os.kill(self.proc.pid, sig)
 
+    def freeze(self, timeout: float = 5.0) -> None:
+        """SIGSTOP, and wait until every thread of the process has stopped.
+
+        A stop signal is handled by one thread, which then stops the others: on a loaded
+        machine another thread (the MQTT network thread) may run on for a moment after
+        `kill` returns. Linux only (/proc/PID/task/*/stat, state `T`). Raises TimeoutError."""
+        self.signal(signal.SIGSTOP)
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        deadline = time.monotonic() + timeout
+        while not all(_stopped(task) for task in tasks.iterdir()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not stop within {timeout} s")
+            threading.Event().wait(0.002)
+
+    def thaw(self) -> None:
+        """SIGCONT: undo `freeze`."""
+        self.signal(signal.SIGCONT)
+
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
         if self.proc is None:
@@ -193,3 +212,12 @@ class ManagedProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _stopped(task: Path) -> bool:
+    """Whether the thread `/proc/PID/task/TID` is stopped (or gone)."""
+    try:
+        stat = (task / "stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t", "Z", "X")
