@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
+from trackerdcs.guard import finite_number, loads, shorten
 from trackerdcs.mqtt import MqttLink, unix_time
 
 log = logging.getLogger(__name__)
@@ -43,16 +43,14 @@ def heartbeat_payload(source: str, interval: float, seq: int, now: float) -> str
 
 def parse_heartbeat(payload: bytes) -> float:
     """The `time` (unix s) of a heartbeat payload. ValueError, saying why, for anything that is
-    not a JSON object with a finite number `time`."""
-    try:
-        obj: Any = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON ({exc})") from None
+    not strict JSON (`guard.loads`: no NaN, bounded nesting and numbers) or not an object with
+    a finite number `time`."""
+    obj: Any = loads(payload, "heartbeat")  # JsonError is a ValueError
     if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
+        raise ValueError("heartbeat: not a JSON object")
     sent = obj.get("time")
-    if isinstance(sent, bool) or not isinstance(sent, int | float) or not math.isfinite(sent):
-        raise ValueError(f"no finite number `time` (got {sent!r})")
+    if not finite_number(sent):
+        raise ValueError(f"heartbeat: no finite number `time` (got {shorten(sent, 40)})")
     return float(sent)
 
 
