@@ -13,7 +13,8 @@ lab file with its crate only (a 10,000-channel file is validated by every daemon
 - over a window of steady churn: the CPU of all daemons together (% of one core; target <= 100)
   and per 1,000 channels, beside the simulators', the broker's, the ingest's and InfluxDB's;
 - `tracker_points_lost`: status objects the daemons published in the window (counted by a
-  subscriber) minus the points InfluxDB holds for it (target 0: broker and ingest keep up);
+  subscriber) minus the points InfluxDB holds for it (target 0: broker and ingest keep up),
+  counted once the ingest's counters (`/ingest/status`) show its buffer written;
 - `tracker_load_average`: the machine's 1-minute load at the end (2 cores).
 """
 
@@ -54,6 +55,8 @@ from trackerdcs.stack.influx import influxd_process, setup_database
 from trackerdcs.stack.process import ManagedProcess, free_port, wait_until
 
 CRATES = 13
+INGEST_STATUS = "/ingest/status"  # the ingest's counters: the bench counts once it is drained
+DRAIN_TIMEOUT = 300.0  # s the ingest may take to write its backlog on a saturated machine
 FIGURES = (
     Figure("tracker_channels", "channels"),
     Figure("tracker_first_status_s", "s", 10.0),
@@ -80,10 +83,15 @@ class Counter:
         self.window: tuple[float, float] | None = None
         self.messages = 0
         self.objects = 0
+        self.ingest: dict = {}  # the ingest's latest counters (/ingest/status)
+        self._goal: int | None = None  # metrics made by the window's end (`drained`)
         self._lock = threading.Lock()
         self._all = threading.Event()
 
     def handler(self, topic: str, payload: bytes, t: float) -> None:
+        if topic == INGEST_STATUS:
+            self.ingest = json.loads(payload)
+            return
         if topic not in self.expected:
             return
         if topic not in self.complete and status_complete(payload, self.expected[topic]):
@@ -101,6 +109,17 @@ class Counter:
 
     def wait(self, timeout: float) -> bool:
         return self._all.wait(timeout)
+
+    def drained(self, after: float) -> bool:
+        """The ingest has written (or dropped) every metric its first counters sent after
+        `after` (unix s) had made: what it received until then is in InfluxDB (its buffer is
+        written oldest first, and new statuses keep coming)."""
+        counters = self.ingest
+        if counters.get("time", 0) <= after:
+            return False
+        if self._goal is None:
+            self._goal = counters["metrics"]
+        return counters["written"] + counters["dropped"] >= self._goal
 
 
 def crate_lab(path: Path, n: int, mqtt_port: int, ca_port: int) -> Path:
@@ -130,7 +149,8 @@ def ingest_process(workdir: Path, mqtt_port: int, influx_url: str) -> ManagedPro
     return ManagedProcess(
         "ingest",
         [sys.executable, "-m", "trackerdcs.ingest.bridge",
-         "--config", str(ROOT / "telegraf.conf"), "--status-prefix", ""],
+         "--config", str(ROOT / "telegraf.conf"), "--status-prefix", INGEST_STATUS[:-7],
+         "--status-interval", "2"],
         log_path=workdir / "ingest.log",
         env={"TRACKERDCS_MQTT_SERVER": f"tcp://{LOOPBACK}:{mqtt_port}",
              "TRACKERDCS_INFLUX_URL": influx_url},
@@ -184,7 +204,7 @@ def tracker(opts: Options) -> list[Result]:
         opts.log(f"  starting {crates} simulated crates ({crates * 768} channels)")
         for sim in sims:
             sim.start()
-        with Probe(mqtt_port, list(expected), counter.handler):
+        with Probe(mqtt_port, [*expected, INGEST_STATUS], counter.handler):
             t0 = time.perf_counter()
             for daemon in daemons:
                 daemon.start()
@@ -214,8 +234,17 @@ def tracker(opts: Options) -> list[Result]:
             for name, daemon in zip(labs, daemons, strict=True):
                 if not daemon.alive:
                     raise RuntimeError(f"daemon of {name.stem} died: {daemon.tail()}")
+            # the points of the window are behind everything the ingest buffered before it (the
+            # start-up's statuses, on a saturated machine): count once it has written them
+            end = start + window + 1.0
+            drained = True
+            with contextlib.suppress(TimeoutError):
+                wait_until(lambda: counter.drained(end), DRAIN_TIMEOUT, "the ingest drained", 1.0)
+            if not counter.drained(end):
+                drained = False
+                opts.log(f"  the ingest still holds {counter.ingest.get('buffered')} metrics")
         load = os.getloadavg()[0]
-        stored, note = -1, ""
+        stored, note = -1, "" if drained else f"ingest not drained in {DRAIN_TIMEOUT:g} s"
         try:
             # until InfluxDB holds all, or the count has not grown for 15 s (on a saturated
             # machine the ingest's buffer may hold ~100,000 points while InfluxDB catches up)
