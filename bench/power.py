@@ -56,6 +56,9 @@ LATENCY_FIGURES = (
     Figure("broker_roundtrip_p99_ms", "ms"),
     Figure("command_latency_max_ms", "ms"),
     Figure("command_response_p50_ms", "ms"),  # setv published -> its answer on /response
+    # the command's p99 against the bare broker round trip's p99 of the same run (issue 21)
+    Figure("command_latency_p99_per_roundtrip", "x", 3.0),
+    Figure("command_latency_p50_per_roundtrip", "x"),
 )
 SCALE_FIGURES = (
     Figure("scale_first_status_s", "s", 10.0),  # daemon spawned -> complete /hv and /lv status
@@ -186,6 +189,10 @@ def command_latency(opts: Options) -> list[Result]:
             "broker_roundtrip_p99_ms": percentile(roundtrips, 99),
             "command_latency_max_ms": max(latencies),
             "command_response_p50_ms": percentile(responses, 50),
+            "command_latency_p99_per_roundtrip": percentile(latencies, 99)
+            / percentile(roundtrips, 99),
+            "command_latency_p50_per_roundtrip": percentile(latencies, 50)
+            / percentile(roundtrips, 50),
         },
     )
 

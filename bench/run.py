@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import containers, ingest, power, safety
+from bench import containers, ingest, power, safety, tracker
 from bench.common import Figure, Options, Result
 
 Benchmark = Callable[[Options], list[Result]]
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, tuple[Figure, ...]]] = {
     "ingest": (ingest.ingest, ingest.INGEST_FIGURES),
     "interlock": (safety.interlock, safety.FIGURES),
     "containers": (containers.containers, containers.FIGURES),
+    "tracker": (tracker.tracker, tracker.FIGURES),
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 

@@ -58,10 +58,14 @@ SYSTEM = "benchsafety"
 
 FIGURES = (
     Figure("interlock_reaction_p50_ms", "ms", 50.0),  # breaching message -> Pw write at the crate
-    Figure("interlock_reaction_p99_ms", "ms", 50.0),
+    Figure("interlock_reaction_p99_ms", "ms", 5.0),  # issue 21 (was 50)
     Figure("interlock_reaction_max_ms", "ms"),
     Figure("interlock_broker_hop_p50_ms", "ms"),  # bare publish -> receive, same broker
     Figure("interlock_command_p50_ms", "ms"),  # breaching message -> the kill command on MQTT
+    # breaching message -> the power daemon's answer to the kill on MQTT (its writes issued):
+    # the reaction without the simulated crate's put handling and its CA monitor back
+    Figure("interlock_answered_p50_ms", "ms"),
+    Figure("interlock_answered_p99_ms", "ms"),
     Figure("stale_detection_ms", "ms", 100.0),  # worst trial: last message -> fired - timeout
     Figure("stale_detection_p50_ms", "ms"),
 )
@@ -247,13 +251,14 @@ def interlock(opts: Options) -> list[Result]:
             writes = CrateWrites(ca_port, system_pv(SYSTEM, "Sim:LastWrite"))
             try:
                 _command(client, inbox, "/hv/cmd/setv/hv_m1", "20")
-                reactions, hops, decisions = _reaction_trials(
+                reactions, hops, decisions, answered = _reaction_trials(
                     client, inbox, writes, pw, warmup + trials
                 )
                 stale = _stale_trials(client, inbox, stale_trials + 1)
             finally:
                 writes.close()
     reactions, decisions, stale = reactions[warmup:], decisions[warmup:], stale[1:]
+    answered = answered[warmup:]
     opts.log(f"  {len(reactions)} reaction trials, {len(stale)} stale-detection trials "
              f"(timeout {STALE_TIMEOUT:g} s)")  # fmt: skip
     return results(
@@ -264,6 +269,8 @@ def interlock(opts: Options) -> list[Result]:
             "interlock_reaction_max_ms": max(reactions),
             "interlock_broker_hop_p50_ms": percentile(hops, 50),
             "interlock_command_p50_ms": percentile(decisions, 50),
+            "interlock_answered_p50_ms": percentile(answered, 50),
+            "interlock_answered_p99_ms": percentile(answered, 99),
             "stale_detection_ms": max(stale),
             "stale_detection_p50_ms": percentile(stale, 50),
         },
@@ -280,8 +287,8 @@ def _command(client: Probe, inbox: Inbox, topic: str, payload: str) -> dict:
 
 def _reaction_trials(
     client: Probe, inbox: Inbox, writes: CrateWrites, pw: str, count: int
-) -> tuple[list[float], list[float], list[float]]:
-    reactions, hops, decisions = [], [], []
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    reactions, hops, decisions, answered = [], [], [], []
     for i in range(count):
         # re-arm: the temperature in range, the rule cleared, the inhibit lifted, HV on again
         since = inbox.mark()
@@ -309,7 +316,9 @@ def _reaction_trials(
         reactions.append((t1 - t0) * 1e3)
         _, t2 = inbox.wait("/hv/cmd/kill/M1", lambda p: True, since)
         decisions.append((t2 - t0) * 1e3)
-    return reactions, hops, decisions
+        _, t3 = inbox.wait("/hv/response", lambda a: a["topic"] == "/hv/cmd/kill/M1", since)
+        answered.append((t3 - t0) * 1e3)
+    return reactions, hops, decisions, answered
 
 
 def _stale_trials(client: Probe, inbox: Inbox, count: int) -> list[float]:

@@ -48,6 +48,11 @@ if [ -f "$config_dir/certs/server.key" ]; then
         "$run_dir/certs/"
 fi
 
+# A DAQ host's broker: the bridge to the central broker (bridge.sh, docker-compose.daq.yml).
+if [ -n "${TRACKERDCS_BRIDGE_ADDRESS:-}" ]; then
+    . "$(dirname "$0")/bridge.sh"
+fi
+
 # As root, Mosquitto switches to the `mosquitto` user before it reads these files.
 if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
     chown -R mosquitto: "$run_dir"

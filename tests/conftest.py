@@ -126,6 +126,9 @@ def write_lab(path: Path, *, mqtt_port: int, ca_port: int, system: str | None = 
         for p in parents:
             target = target[int(p)] if isinstance(target, list) else target[p]
         target[last] = value
+    # no interlock service runs beside most test labs: supervision only where a test asks for it
+    if not {"power", "power.failsafe"} & set(overrides):
+        data["power"].setdefault("failsafe", {})["supervisors"] = []
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

@@ -187,8 +187,8 @@ def published_port() -> int:
     raise RuntimeError("no free port in 20000-32000")
 
 
-def _file_args() -> list[str]:
-    return [a for f in FILES for a in ("-f", f)]
+def _file_args(files: tuple[str, ...] = FILES) -> list[str]:
+    return [a for f in files for a in ("-f", f)]
 
 
 # -- podman with its own store ---------------------------------------------------------------------
@@ -340,6 +340,14 @@ class Images:
     build_seconds: dict[str, float] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # what -> image name
 
+    @classmethod
+    def built(cls, podman: Podman) -> Images:
+        """Every image built once per test session: the container tests share them."""
+        global _BUILT
+        if _BUILT is None:
+            _BUILT = cls(podman).build_all()
+        return _BUILT
+
     def base(self) -> None:
         """The debootstrap base, made when the store has none (about a minute)."""
         if self.podman.has_image(BASE):
@@ -423,6 +431,9 @@ class Images:
         return self.podman.image_size(self.names[what]) / 1e6
 
 
+_BUILT: Images | None = None
+
+
 # -- the stack -------------------------------------------------------------------------------------
 class HealthLoop(threading.Thread):
     """Stands in for podman's systemd healthcheck timers: runs each running container's
@@ -492,6 +503,7 @@ class ComposeStack:
     images: Images | None = None
     services: list[str] = field(default_factory=list)  # what `start` brought up
     up_seconds: float = 0.0  # `up` to every service healthy
+    files: tuple[str, ...] = FILES  # the compose files, from the repository's root
 
     @staticmethod
     def placeholder_env() -> dict[str, str]:
@@ -509,7 +521,7 @@ class ComposeStack:
     def compose_command(self) -> str:
         """$COMPOSE for deploy/*.sh: the files, the project, the .env of this run."""
         argv = ["docker-compose", "-p", self.project, "--env-file", str(self.env_file)]
-        return shlex.join([*argv, *_file_args()])
+        return shlex.join([*argv, *_file_args(self.files)])
 
     def environment(self, **extra: str) -> dict[str, str]:
         """The shell of a user of the stack: DOCKER_HOST at podman's socket, the free ports;
@@ -707,7 +719,7 @@ def running(workdir: Path) -> Iterator[ComposeStack]:
     with exclusive():
         podman = Podman()
         stack = ComposeStack(podman, workdir)
-        stack.images = Images(podman).build_all()
+        stack.images = Images.built(podman)
         try:
             stack.start([s for s in compose_images() if s not in LEFT_OUT])
             yield stack

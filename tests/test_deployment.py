@@ -196,7 +196,9 @@ def test_env_example_lists_every_variable_and_holds_no_secret() -> None:
         text = re.sub(r"(?m)^\s*#.*$", "", (ROOT / name).read_text())  # not commented examples
         used |= set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", text))
     optional = {"TRACKERDCS_TAG", "TRACKERDCS_MQTT_TLS_BIND", "TRACKERDCS_JULABO_DEVICE"}
-    optional |= {f"TRACKERDCS_{s}_HOST_PORT" for s in ("MQTT", "INFLUX", "NODE_RED", "GRAFANA")}
+    optional |= {
+        f"TRACKERDCS_{s}_HOST_PORT" for s in ("MQTT", "INFLUX", "NODE_RED", "GRAFANA", "MQTT_TLS")
+    }
     assert used - optional == set(example), "compose and .env.example disagree"
     for key, value in example.items():
         if "PASSWORD" in key or "SECRET" in key:

@@ -53,7 +53,18 @@ def test_the_repo_telegraf_conf_is_what_the_bridge_runs():
     # retained statuses at QoS 0 (a lost one is sent again); the IV scans' points, events sent
     # once, at QoS 1
     assert [c.qos for c in conf.inputs] == [0, 0, 0, 0, 1]
-    assert all(c.topic_tag == "" for c in conf.inputs)
+    # every crate's HV and LV prefixes (several crates, several hosts) by their topic alone
+    hv, lv, _, sensor, _ = conf.inputs
+    for topic, measurement in {"/hv/status": "hv", "/hv1/status": "hv", "/hv-stand2/status": "hv",
+                               "/lv/status": "lv", "/lv12/status": "lv", "/lv_b/status": "lv",
+                               "/hvac/status": None, "/sensor_1/status": None,
+                               "/julabo/status": None}.items():  # fmt: skip
+        assert [c.measurement for c in (hv, lv) if c.topic_filter.match(topic)] == (
+            [measurement] if measurement else []
+        ), topic
+    assert (hv.topic_tag, hv.tagexclude.patterns, lv.topic_tag) == ("topic", ("topic",), "topic")
+    assert all(c.topic_tag == "" for c in conf.inputs[2:])
+    assert sensor.topic_filter is None  # its tagpass looks at `kind`: every message is read
     assert conf.output == InfluxOutputConf(
         url="http://127.0.0.1:8086", database="trackerdcs", skip_database_creation=True
     )
@@ -486,16 +497,33 @@ def test_a_status_delivered_again_makes_the_same_point():
     assert consumer.rejected == 1 and buffer.take() == []  # no time: rejected, as Telegraf
 
 
+def test_the_topic_picks_the_crates_and_is_no_tag_of_the_points(monkeypatch):
+    """The repo's telegraf.conf: every crate's `/hvN/status` lands in `hv`, selected by the topic
+    (tagpass) and without it as a tag (tagexclude); another topic is not even parsed."""
+    conf = load_telegraf_conf(TELEGRAF_CONF, env={})
+    hv = next(c for c in conf.inputs if c.measurement == "hv")
+    buffer = MetricBuffer(limit=100, batch_size=100)
+    consumer = MqttConsumer(hv, conf.agent, buffer, UniqueClock())
+    status = [{"number": 0, "name": "hv1_m1", "module": "M1", "vmon": 9.5, "time": 1.5}]
+    consumer.handle("/hv1/status", json.dumps(status).encode())
+    assert buffer.take() == ["hv,module=M1,name=hv1_m1,number=0 vmon=9.5 1500000000\n"]
+    monkeypatch.setattr(consumer.parser, "metrics", lambda data: pytest.fail("parsed"))
+    monkeypatch.setattr("trackerdcs.ingest.consumer.decode", lambda p: pytest.fail("decoded"))
+    for topic in ("/lv1/status", "/sensor_1/status", "/hvac/status"):
+        consumer.handle(topic, json.dumps(status).encode())
+    assert buffer.take() == [] and consumer.rejected == 0
+
+
 def test_inputs_reading_the_same_topics_share_one_connection():
-    """telegraf.conf's chillers and sensors both read /+/status: one connection, each message
-    decoded once, every input's own metrics and counts, as with a connection each."""
+    """telegraf.conf's crates, chillers and sensors all read /+/status: one connection, each
+    message decoded once, every input's own metrics and counts, as with a connection each."""
     conf = load_telegraf_conf(ROOT / "telegraf.conf", env={})
     shared = [c for c in conf.inputs if c.topics == ("/+/status",)]
-    assert [c.measurement for c in shared] == ["julabo", "sensor"]
-    assert shares_connection(*shared) and not shares_connection(conf.inputs[0], shared[0])
+    assert [c.measurement for c in shared] == ["hv", "lv", "julabo", "sensor"]
+    assert shares_connection(*shared[2:]) and not shares_connection(conf.inputs[-1], shared[0])
     consumers = Bridge(conf, status_prefix=None).consumers
     assert [[i.conf.measurement for i in c.inputs] for c in consumers] == [
-        ["hv"], ["lv"], ["julabo", "sensor"], ["ivscan"]
+        ["hv", "lv", "julabo", "sensor"], ["ivscan"]
     ]  # fmt: skip
     buffer = MetricBuffer(100, 10)
     consumer = MqttConsumer(shared, conf.agent, buffer, UniqueClock())
@@ -512,6 +540,43 @@ def test_inputs_reading_the_same_topics_share_one_connection():
     assert [line.split(" ")[0] for line in lines] == [
         "julabo,chiller=burnin", "sensor,kind=module,module=M3,name=temp_m3"
     ]  # fmt: skip
-    assert consumer.received == 4 and consumer.rejected == 2  # once per input, as Telegraf
+    # once per input, as Telegraf; `/x/status` is neither a crate's HV nor its LV: hv and lv
+    # neither parse it nor count it rejected
+    assert consumer.received == 8 and consumer.rejected == 2
     with pytest.raises(ValueError, match="one consumer each"):
-        MqttConsumer([conf.inputs[0], shared[0]], conf.agent, buffer, UniqueClock())
+        MqttConsumer([conf.inputs[-1], shared[0]], conf.agent, buffer, UniqueClock())
+
+
+def test_objects_that_cannot_pass_tagpass_are_not_parsed(monkeypatch):
+    """The chillers' and sensors' inputs read every crate's status: its channel objects have no
+    `chiller` or `kind` key and are not even parsed (a lone object is, so that a flaw in it is
+    counted); what lands is what Telegraf would store, a nested value that flattens to a
+    tagpass key included."""
+    conf = parse_telegraf_conf(
+        MINIMAL.replace('flush_interval = "1s"', 'flush_interval = "1s"\n  omit_hostname = true')
+        .replace('data_format = "json"', 'data_format = "json"\n  topic_tag = ""\n'
+                 '  tag_keys = ["kind", "where_room"]\n'
+                 '  [inputs.mqtt_consumer.tagpass]\n    kind = ["room"]\n'
+                 '    where_room = ["*"]'),
+        env={},
+    )  # fmt: skip
+    [c] = conf.inputs
+    buffer = MetricBuffer(limit=100, batch_size=100)
+    consumer = MqttConsumer(c, conf.agent, buffer, UniqueClock())
+    [i] = consumer.inputs
+    assert i.needs == {"kind", "where_room"}
+    channel = {"number": 0, "name": "hv_m1", "flags": ["ON"], "vmon": 1.0}
+    room = {"kind": "room", "t": 20.5}
+    nested = {"where": {"room": "b40"}, "t": 21.5}
+    consumer.handle("/x/status", json.dumps([channel, room, nested, channel]).encode())
+    assert [line.rsplit(" ", 1)[0] for line in buffer.take()] == [
+        "mqtt_consumer,kind=room t=20.5", "mqtt_consumer,where_room=b40 t=21.5"
+    ]  # fmt: skip
+    parsed = []
+    monkeypatch.setattr(i.parser, "_metric", lambda obj: parsed.append(obj) or ({}, {}, None))
+    consumer.handle("/hv/status", json.dumps([channel] * 3).encode())
+    assert parsed == [] and i.rejected == 0
+    consumer.handle("/x/status", json.dumps(channel).encode())  # a lone object: parsed
+    assert parsed == [channel]
+    consumer.handle("/x/status", json.dumps([channel, 5]).encode())  # not an array of objects
+    assert i.rejected == 1

@@ -35,6 +35,7 @@ from tests.inprocess import (
     settle,
     submit,
 )
+from trackerdcs import labyaml
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import ConfigError, LabConfig, load_config, parse_config
 from trackerdcs.guard import CLIP, FAULTS, JsonError, loads
@@ -45,7 +46,7 @@ from trackerdcs.ingest.lineproto import LineSerializer
 from trackerdcs.julabo.device import decode
 from trackerdcs.julabo.models import PARAMETERS
 from trackerdcs.julabo.protocol import JulaboProtocol, JulaboStatus, ProtocolError
-from trackerdcs.labyaml import YamlFileError, parse_yaml
+from trackerdcs.labyaml import LabLoader, YamlFileError, parse_yaml
 from trackerdcs.mqtt import Command
 from trackerdcs.mqtt import PayloadError as CommandPayloadError
 from trackerdcs.power.boards import BOARD_MODELS
@@ -460,6 +461,26 @@ def test_a_latin1_degree_sign_names_the_file_and_line(tmp_path) -> None:
     line = text.count("\n") + 1
     with pytest.raises(ConfigError, match=rf"^{path}: not UTF-8 at line {line} \(byte 0xb0"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "loader", [LabLoader, getattr(labyaml, "LabCLoader", None)], ids=["pyyaml", "libyaml"]
+)
+def test_both_loaders_read_the_lab_and_refuse_the_same(monkeypatch, loader) -> None:
+    """libyaml's events (`LabCLoader`, what PyYAML's wheels give) and PyYAML's own parser: the
+    same data, the same checks; a nesting libyaml's own composer would crash on is refused."""
+    if loader is None:
+        pytest.skip("PyYAML without libyaml")
+    monkeypatch.setattr(labyaml, "_LOADER", loader)
+    assert parse_yaml(EXAMPLE_LAB.read_text()) == yaml.safe_load(EXAMPLE_LAB.read_text())
+    for text, match in [
+        ("a: 1\nb:\n  c: 2\na: 3\n", r"at line 4, column 1: key 'a' given twice .*line 1"),
+        ("x: " + "[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+        ("x: " + "9" * 5001, "an integer of 5001 characters is out of range"),
+        ("when: 2024-02-31\n", "cannot read this value: day is out of range"),
+    ]:
+        with pytest.raises(YamlFileError, match=match):
+            parse_yaml(text, "lab.yml")
 
 
 def test_merge_keys_may_override_what_they_merge() -> None:

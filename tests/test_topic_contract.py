@@ -229,6 +229,18 @@ def test_interlock_status_and_action_match_the_contract(safety_lab):
     assert answer["ok"] and {"topic", "payload", "ok", "error", "id"} <= set(answer)
 
 
+def test_supervision_heartbeat_matches_the_contract(safety_lab):
+    lab = safety_lab
+    since = lab.client.mark()
+    beats = [lab.client.wait_for("/interlock/supervision", timeout=5, since=since)]
+    beats.append(lab.client.wait_for("/interlock/supervision", lambda m: m is not beats[0], 5,
+                                     lab.client.messages.index(beats[0]) + 1))  # fmt: skip
+    for beat in beats:
+        assert not beat.retain
+        check_safety_object(beat.json, "supervision")
+    assert beats[1].json["seq"] == beats[0].json["seq"] + 1
+
+
 def test_alarms_match_the_contract(safety_lab):
     lab = safety_lab
     alarms = lab.client.wait_for("/alarms", lambda m: m.json["alarms"], 5).json

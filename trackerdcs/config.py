@@ -347,10 +347,16 @@ class PublishConfig(_Model):
 
 
 class FailsafeConfig(_Model):
-    """What a power daemon does by itself when it loses its supervision (the broker)."""
+    """What a power daemon does by itself when it loses its supervision: its broker, or the
+    supervision heartbeat (`<prefix>/supervision`) of a safety service it requires, whatever
+    stopped it (the service, a bridge between brokers, the network)."""
 
     enabled: bool = True
     broker_timeout: PositiveFloat = 30.0  # s without the broker before HV is ramped down
+    # safety services (their MQTT prefixes, e.g. `/interlock`) whose supervision heartbeat the
+    # daemon requires; none: only the broker is watched
+    supervisors: list[Annotated[str, Field(pattern=r"^/[^/#+]+$")]] = []
+    supervision_timeout: PositiveFloat = 30.0  # s without a fresh heartbeat of one of them
 
 
 class PowerConfig(_Model):
@@ -706,8 +712,33 @@ class LabConfig(_Model):
             self._limits[ch.name] = (ch, limits)
             self._warnings.extend(w for w in warnings if w not in self._warnings)
         self._check_cooling(seen_prefix)
+        self._check_supervision()
         check_client_ids(self)
         return self
+
+    def _check_supervision(self) -> None:
+        """`power.failsafe.supervisors` are services that publish a supervision heartbeat (the
+        interlock service), and the timeout spans several of its heartbeats."""
+        failsafe = self.power.failsafe
+        interlock = self.power.interlock_topic.rsplit("/", 1)[0]
+        for i, prefix in enumerate(failsafe.supervisors):
+            if prefix != interlock:
+                raise ValueError(
+                    f"power.failsafe.supervisors.{i}: {prefix!r} publishes no supervision "
+                    f"heartbeat (the services that do: {interlock}, the interlock service)"
+                )
+        interval = self.interlocks.supervision_interval
+        if failsafe.supervisors and failsafe.supervision_timeout < 3 * interval:
+            raise ValueError(
+                f"power.failsafe.supervision_timeout: {failsafe.supervision_timeout:g} s is "
+                f"shorter than 3 heartbeats of the interlock service "
+                f"(interlocks.supervision_interval {interval:g} s)"
+            )
+        if self.interlocks.rules and not failsafe.supervisors and self.crates:
+            self._warnings.append(
+                "power.failsafe.supervisors is empty while the lab has interlock rules: a power "
+                f"daemon cut off from the interlock service keeps its HV on (add {interlock})"
+            )
 
     def _check_cooling(self, prefixes: dict[str, str]) -> None:
         """Julabo, sensors and virtual lab against the rest of the lab."""

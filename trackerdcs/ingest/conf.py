@@ -13,7 +13,8 @@ Implemented:
 - `[[inputs.mqtt_consumer]]`: servers (one `tcp://` or `mqtt://` URL), topics, qos, client_id,
   username, password, topic_tag, max_undelivered_messages, name_override, data_format (`json`),
   tag_keys, json_string_fields, json_time_key, json_time_format (`unix`, `unix_ms`, `unix_us`,
-  `unix_ns`; not Go layouts), and the metric filter `[inputs.mqtt_consumer.tagpass]`;
+  `unix_ns`; not Go layouts), the metric filter `[inputs.mqtt_consumer.tagpass]` and the tag
+  modifier `tagexclude` (applied after `tagpass`, as Telegraf does);
 - `[[outputs.influxdb]]` (exactly one): urls (one `http://` or `https://` URL), database,
   retention_policy, skip_database_creation, timeout, username, password.
 
@@ -150,6 +151,16 @@ class ConsumerConf:
     time_key: str = ""  # json_time_key: "" for the time of reception
     time_format: str = ""  # json_time_format
     tagpass: TagPass | None = None
+    tagexclude: GlobFilter = field(default_factory=lambda: GlobFilter(()))
+
+    @property
+    def topic_filter(self) -> GlobFilter | None:
+        """The `tagpass` patterns of the topic tag, when that is all `tagpass` looks at: then a
+        message whose topic fails them yields no metric, and need not be parsed."""
+        tagpass = self.tagpass
+        if tagpass is None or not self.topic_tag or set(tagpass.filters) != {self.topic_tag}:
+            return None
+        return tagpass.filters[self.topic_tag]
 
 
 @dataclass(frozen=True)
@@ -307,6 +318,7 @@ CONSUMER_OPTIONS = (
     "json_time_key",
     "json_time_format",
     "tagpass",
+    "tagexclude",
 )
 OUTPUT_OPTIONS = (
     "urls",
@@ -363,6 +375,7 @@ def _consumer(path: Path, index: int, table: dict[str, Any]) -> ConsumerConf:
         time_key=o.get("json_time_key", "", _string),
         time_format=o.get("json_time_format", "", _time_format),
         tagpass=o.get("tagpass", None, _tagpass),
+        tagexclude=o.get("tagexclude", GlobFilter(()), _globs),
     )
     o.done(", ".join(CONSUMER_OPTIONS))
     if conf.time_key and not conf.time_format:

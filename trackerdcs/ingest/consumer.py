@@ -3,15 +3,18 @@
 As Telegraf's mqtt_consumer: MQTT 3.1.1, a clean session, every topic subscribed at `qos` on each
 (re)connect, lost connections retried every `[agent] interval` at most; the measurement is
 `name_override` (else `mqtt_consumer`); the topic goes into the `topic_tag` tag (none when it is
-empty); metrics failing `tagpass` are left out; while `max_undelivered_messages` messages wait
-for InfluxDB, no further message is read. A payload the json parser rejects is counted, logged
-and skipped.
+empty); metrics failing `tagpass` are left out (a message whose topic fails a `tagpass` on the
+topic tag alone is not even parsed), then the `tagexclude` tags removed; while
+`max_undelivered_messages` messages wait for InfluxDB, no further message is read. A payload
+the json parser rejects is counted, logged and skipped.
 
 Telegraf opens a connection per input. Inputs that subscribe identically (`/+/status` for the
-chillers and for the sensors, telegraf.conf) get the same messages on each: here they share one
-connection (`shares_connection`) and each message is read and decoded once, then every input
-makes its own metrics, as it would from its own copy. What lands in InfluxDB, and the counters
-(`received` counts a message once per input), are the same.
+HV and LV crates, the chillers and the sensors, telegraf.conf) get the same messages on each:
+here they share one connection (`shares_connection`) and each message is read and decoded once
+(not at all when every input's `tagpass` on the topic refuses it), then every input makes its
+own metrics, as it would from its own copy, parsing only the array elements that carry a key
+its `tagpass` needs (`ConsumerInput.may_pass`). What lands in InfluxDB is the same; `received`
+counts a message once per input, `rejected` what an input parsed and refused.
 """
 
 from __future__ import annotations
@@ -134,6 +137,16 @@ class ConsumerInput:
         self.clock = clock
         self.parser = JsonParser(conf.tag_keys, conf.string_fields, conf.time_key, conf.time_format)
         self.serializer = LineSerializer(conf.measurement)
+        self.topic_filter = conf.topic_filter
+        # the tags one of which a metric needs to pass `tagpass` (None: the topic tag, which
+        # every metric has, or no `tagpass`); an object without any of them is not parsed
+        tagpass = conf.tagpass
+        self.needs: frozenset[str] | None = (
+            frozenset(tagpass.filters)
+            if tagpass is not None and conf.topic_tag not in tagpass.filters
+            else None
+        )
+        self._shapes: dict[tuple[str, ...], bool] = {}  # an object's keys -> may it pass
         self.host_tag = None if agent.omit_hostname else (agent.hostname or socket.gethostname())
         self.received = 0
         self.rejected = 0
@@ -143,9 +156,31 @@ class ConsumerInput:
     def name(self) -> str:
         return f"{self.conf.where} ({self.conf.measurement})"
 
+    def reads(self, topic: str) -> bool:
+        """False when `topic` fails a `tagpass` on the topic tag alone: no metric could pass."""
+        return self.topic_filter is None or self.topic_filter.match(topic)
+
+    def may_pass(self, obj: dict[str, Any]) -> bool:
+        """Whether a metric of `obj` could pass `tagpass`: it has one of the keys `needs`, or a
+        nested value that could flatten to one (`prefix_...`). Decided once per set of keys
+        (a crate's channels all have the same)."""
+        keys = tuple(obj)
+        hit = self._shapes.get(keys)
+        if hit is None:
+            needs = self.needs or ()
+            hit = any(n == k or n.startswith(f"{k}_") for n in needs for k in keys)
+            if len(self._shapes) < 256:
+                self._shapes[keys] = hit
+        return hit
+
     def handle(self, topic: str, payload: bytes, data: Any, error: Exception | None) -> None:
         """Buffer the lines of one decoded message (`data`; `error`: it could not be decoded).
-        A payload the parser rejects is counted and skipped."""
+        A payload the parser rejects is counted and skipped. The objects of an array that
+        could not pass `tagpass` are not parsed (the chillers' and sensors' inputs read every
+        crate's status too): their lines would be dropped anyway, and a flaw in them is counted
+        by the input they are for (a crate's HV or LV input, which parses every object)."""
+        if error is None and self.needs is not None and type(data) is list:
+            data = [o for o in data if type(o) is not dict or self.may_pass(o)]
         if error is None:
             try:
                 metrics = self.parser.metrics(data)
@@ -170,6 +205,7 @@ class ConsumerInput:
             return
         received: str | None = None  # the time of reception, for metrics that carry none
         topic_tag, tagpass, host = self.conf.topic_tag, self.conf.tagpass, self.host_tag
+        exclude = self.conf.tagexclude
         lines = []
         for tags, fields, when in metrics:
             if when is not None:
@@ -182,6 +218,9 @@ class ConsumerInput:
                 tags[topic_tag] = topic
             if tagpass is not None and not tagpass.select(tags):
                 continue
+            if exclude:
+                for key in [k for k in tags if exclude.match(k)]:
+                    del tags[key]
             if host is not None and "host" not in tags:
                 tags["host"] = host
             line = self.serializer.line(tags, fields, timestamp)
@@ -299,10 +338,13 @@ class MqttConsumer:
             FAULTS.ok(f"{self.name} message handling")
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Decode one message once and give it to every input."""
+        """Decode one message once and give it to every input that reads its topic."""
+        inputs = [i for i in self.inputs if i.reads(topic)]
+        if not inputs:
+            return
         try:
             data, error = decode(payload), None
         except Exception as exc:  # PayloadError, or anything else: each input counts it
             data, error = None, exc
-        for i in self.inputs:
+        for i in inputs:
             i.handle(topic, payload, data, error)

@@ -79,9 +79,10 @@ class Selection:
 
 def measurement_for(telegraf: TelegrafConf, topic: str, tags: dict[str, str]) -> str:
     """The measurement of a point with `tags` from `topic`: that of the first input whose topics
-    match and whose `tagpass` (if any) lets the point through."""
+    match and whose `tagpass` (if any) lets the point through, with the input's topic tag."""
     for consumer in telegraf.inputs:
-        passes = consumer.tagpass is None or consumer.tagpass.select(tags)
+        seen = {**tags, consumer.topic_tag: topic} if consumer.topic_tag else tags
+        passes = consumer.tagpass is None or consumer.tagpass.select(seen)
         if passes and any(mqtt.topic_matches_sub(sub, topic) for sub in consumer.topics):
             return consumer.measurement
     raise ExportError(f"{telegraf.path}: no [[inputs.mqtt_consumer]] stores {topic} {tags}")

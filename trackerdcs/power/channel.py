@@ -68,19 +68,25 @@ TRANSITIONS: list[dict[str, Any]] = [
 ]
 
 
+# plain ints: IntFlag arithmetic runs in Python, on every readback of every channel
+_TRIP, _FAULT = int(TRIP_BITS), int(FAULT_BITS)
+_RAMP_UP, _RAMP_DOWN, _ON = (int(ChannelStatus.RAMP_UP), int(ChannelStatus.RAMP_DOWN),
+                             int(ChannelStatus.ON))  # fmt: skip
+
+
 def observed_state(connected: bool, status: int) -> ChannelState:
     """The state the crate's readbacks show. Trips win over faults, faults over ramps."""
     if not connected:
         return S.DISCONNECTED
-    if status & TRIP_BITS:
+    if status & _TRIP:
         return S.TRIPPED
-    if status & FAULT_BITS:
+    if status & _FAULT:
         return S.ERROR
-    if status & ChannelStatus.RAMP_UP:
+    if status & _RAMP_UP:
         return S.RAMPING_UP
-    if status & ChannelStatus.RAMP_DOWN:
+    if status & _RAMP_DOWN:
         return S.RAMPING_DOWN
-    if status & ChannelStatus.ON:
+    if status & _ON:
         return S.ON
     return S.OFF
 
@@ -108,6 +114,7 @@ class PowerChannel:
         self.inhibits: dict[str, str] = {}  # name -> reason: switching on is refused while set
         self.killed = False  # RDWn was raised by `kill`: restored before switching on again
         self._status: tuple[tuple, dict[str, Any], str] | None = None  # as_status() cache
+        self._status_key: tuple | None = None  # what `_status` was made from, when still valid
         self._fresh: set[str] = set()  # readbacks received since the last disconnection
 
     @property
@@ -148,7 +155,9 @@ class PowerChannel:
             return changed
         was_garbled = self.garbled.pop(param, None) is not None
         changed = was_garbled or self.readback.get(param) != value
-        self.readback[param] = value
+        if changed:
+            self.readback[param] = value
+            self._status_key = None  # `_cached_status` checks state and inhibits, not readbacks
         self._fresh.add(param)
         return changed
 
@@ -184,6 +193,10 @@ class PowerChannel:
         return self._cached_status()[2]
 
     def _cached_status(self) -> tuple[tuple, dict[str, Any], str]:
+        # readbacks are checked by `update` (it drops the key); state and inhibits here, cheaply
+        if self._status is not None and self._status_key == (self.state, self.inhibits):
+            return self._status
+        self._status_key = (self.state, dict(self.inhibits))
         key = (*self.readback.values(), self.state, tuple(self.inhibits))
         if self._status is None or self._status[0] != key:
             status = self._build_status()

@@ -21,6 +21,7 @@ from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend,
 from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
 from trackerdcs.runner import daemon_main
+from trackerdcs.safety.supervision import SupervisionWatch, supervision_topic
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class CrateDaemon:
 
     Backend and MQTT callbacks arrive on foreign threads and are moved onto the asyncio loop
     here. The daemon also carries the safety duties that must hold even without supervision:
-    interlock inhibits, the LV-before-HV order, and the fail-safe on losing the broker.
+    interlock inhibits, the LV-before-HV order, and the fail-safe on losing the broker or the
+    supervision heartbeat of a safety service (`power.failsafe`).
     """
 
     def __init__(
@@ -56,7 +58,12 @@ class CrateDaemon:
         self._inbox_lock = threading.Lock()
         self._drain_scheduled = False
         self._failsafe_timer: asyncio.TimerHandle | None = None
-        self._failsafe_holding = False  # fired, broker still away: HV switched on goes off again
+        # causes of a fired fail-safe still there ("broker", "supervision"): HV that comes on
+        # goes off again, and switching it on is refused
+        self._holds: set[str] = set()
+        failsafe = cfg.power.failsafe
+        supervisors = failsafe.supervisors if failsafe.enabled else []
+        self._supervision_topics = tuple(supervision_topic(p) for p in supervisors)
         for kind, prefix in self.crate.prefixes.items():
             mine = [c for c in channels if c.cfg.kind == kind]
             if mine:
@@ -65,6 +72,15 @@ class CrateDaemon:
             for service in self.services:
                 if service.kind is ChannelKind.LV:
                     service.guards.append(self._lv_off_guard)
+        for service in self.services:
+            if service.kind is ChannelKind.HV:
+                service.guards.append(self._failsafe_guard)
+        self.supervision: SupervisionWatch | None = None
+        if self._supervision_topics and self._hv_channels():
+            self.supervision = SupervisionWatch(
+                supervisors, failsafe.supervision_timeout, cfg.mqtt.command_clock_skew, loop,
+                self._unsupervised, self._supervised,
+            )  # fmt: skip
 
     def _add_service(self, kind: ChannelKind, prefix: str, channels: list[PowerChannel]) -> None:
         loop = self.loop
@@ -77,9 +93,9 @@ class CrateDaemon:
                 link.execute, service.handle_command, cmd
             ),
             on_connection=lambda up: loop.call_soon_threadsafe(self._on_broker, prefix, up),
-            subscribe=(self.cfg.power.interlock_topic,) if hv else (),
+            subscribe=(self.cfg.power.interlock_topic, *self._supervision_topics) if hv else (),
             on_message=(
-                lambda msg: loop.call_soon_threadsafe(self.apply_interlocks, msg.payload)
+                lambda msg: loop.call_soon_threadsafe(self.on_message, msg.topic, msg.payload)
             ) if hv else None,
             command_max_age=self.cfg.power.command_max_age,
             always_executed=ALWAYS_EXECUTED["power"],
@@ -117,7 +133,7 @@ class CrateDaemon:
                                                 (addr, param, value)))  # fmt: skip
             else:
                 FAULTS.ok(f"the readbacks of {service.prefix}")
-            if self._failsafe_holding and param == "Pw" and value:
+            if self._holds and param == "Pw" and value:
                 self._hold_off(service, addr)
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None:
@@ -154,6 +170,13 @@ class CrateDaemon:
                 f"({', '.join(live)}): switch the HV off first"
             )
         return None
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """A supervision heartbeat, or `/interlock/status`."""
+        if self.supervision is not None and self.supervision.on_message(topic, payload):
+            return
+        if topic == self.cfg.power.interlock_topic:
+            self.apply_interlocks(payload)
 
     def apply_interlocks(self, payload: bytes) -> None:
         """Inhibit switching HV on for the modules of every active interlock rule.
@@ -206,7 +229,7 @@ class CrateDaemon:
         if self._stopping:
             return
         if all(self._broker_up.values()):
-            self._failsafe_holding = False
+            self._holds.discard("broker")
             if self._failsafe_timer is not None:
                 self._failsafe_timer.cancel()
                 self._failsafe_timer = None
@@ -220,15 +243,37 @@ class CrateDaemon:
         if failsafe.enabled and self._failsafe_timer is None:
             log.log(level, "%s: HV ramps down in %g s unless the broker is there",
                     why, failsafe.broker_timeout)  # fmt: skip
-            self._failsafe_timer = self.loop.call_later(failsafe.broker_timeout, self._failsafe)
+            self._failsafe_timer = self.loop.call_later(
+                failsafe.broker_timeout, self._broker_failsafe
+            )
 
-    def _failsafe(self) -> None:
-        """No supervision for too long: switch every HV channel off (ramping down at RDWn)."""
+    def _broker_failsafe(self) -> None:
         self._failsafe_timer = None
-        timeout = self.cfg.power.failsafe.broker_timeout
-        note = (
-            f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: no broker for {timeout:g} s: HV switched off"
+        self._failsafe("broker", f"no broker for {self.cfg.power.failsafe.broker_timeout:g} s")
+
+    def _unsupervised(self, why: str) -> None:
+        """A required supervisor's heartbeat is overdue (SupervisionWatch)."""
+        self._failsafe("supervision", why)
+
+    def _supervised(self) -> None:
+        """Every supervisor is back: HV may be switched on again (nothing is switched on)."""
+        if "supervision" in self._holds:
+            self._holds.discard("supervision")
+            log.warning("supervised again: HV may be switched on (the fail-safe note stays)")
+
+    def _failsafe_guard(self, ch: PowerChannel, command: str) -> str | None:
+        """While a fired fail-safe holds, HV may not be switched on."""
+        if command != "switch_on" or not self._holds:
+            return None
+        notes = {s.failsafe_note for s in self.services if s.failsafe_note}
+        return (
+            "HV may not go on while the fail-safe holds it off "
+            f"({'; '.join(sorted(notes)) or ', '.join(sorted(self._holds))}; power.failsafe)"
         )
+
+    def _failsafe(self, cause: str, why: str) -> None:
+        """No supervision for too long: switch every HV channel off (ramping down at RDWn)."""
+        note = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {why}: HV switched off"
         for service in self.services:
             if service.kind is not ChannelKind.HV:
                 continue
@@ -237,11 +282,11 @@ class CrateDaemon:
                     self._failsafe_off(ch)
             service.failsafe_note = note
             service.request_publish()
-        self._failsafe_holding = True  # a crate that answers only now, or a front panel
+        self._holds.add(cause)  # a crate that answers only now, or a front panel
         log.error("fail-safe: %s", note)
 
     def _hold_off(self, service: PowerService, addr: ChannelAddress) -> None:
-        """The fail-safe has fired and the broker is still away: no HV channel may stay on."""
+        """The fail-safe has fired and its cause is still there: no HV channel may stay on."""
         if service.kind is not ChannelKind.HV:
             return
         ch = service.by_address[addr]
@@ -261,6 +306,8 @@ class CrateDaemon:
             service.publish_status()  # everything DISCONNECTED until the crate answers
         # a daemon (re)started while the broker is away would leave HV on unsupervised
         self._arm_failsafe("fail-safe armed until the broker connects", logging.INFO)
+        if self.supervision is not None:
+            self.supervision.start()
         self.backend.start(self)
         log.info(
             "serving crate %s (%s at %s) on %s",
@@ -272,6 +319,8 @@ class CrateDaemon:
         self._stopping = True  # our own disconnection must not arm the fail-safe
         if self._failsafe_timer is not None:
             self._failsafe_timer.cancel()
+        if self.supervision is not None:
+            self.supervision.stop()
         for service in self.services:
             service.stop()
             service.link.stop()

@@ -122,6 +122,7 @@ class EpicsBackend:
         self._chans: dict[tuple[ChannelAddress, str], _Chan] = {}
         self._clear: _Chan | None = None
         self._up: dict[ChannelAddress, set[str]] = {}
+        self._connected: set[tuple[ChannelAddress, str]] = set()  # every param, written too
         self._invalid: dict[ChannelAddress, dict[str, str]] = {}  # param -> reason
         self._absent: set[tuple[ChannelAddress, str]] = set()  # reported, CA channel cleared
         self._absent_due: dict[ChannelAddress, float] = {}  # monotonic deadline per channel
@@ -188,6 +189,7 @@ class EpicsBackend:
             self._generation += 1
             generation = self._generation
             self._up = {a: set() for a in self.addresses}
+            self._connected = set()
             self._invalid = {a: {} for a in self.addresses}
             self._absent_due.clear()
         system = self.crate.system
@@ -304,6 +306,7 @@ class EpicsBackend:
                 if generation != self._generation:
                     return
                 names = self._up[addr]
+                (self._connected.add if conn else self._connected.discard)((addr, param))
                 before = len(names) == wanted
                 if monitored:
                     (names.add if conn else names.discard)(param)
@@ -402,6 +405,10 @@ class EpicsBackend:
             raise ParamAbsent(
                 f"{channel_pv(self.crate.system, addr.board, addr.channel, param)} not served"
             )
+        if (addr, param) not in self._connected:  # cheap: a crate still connecting gets many
+            raise BackendError(
+                f"{channel_pv(self.crate.system, addr.board, addr.channel, param)} not connected"
+            )
         chan = self._chans.get((addr, param))
         self._put(
             chan, value, lambda: channel_pv(self.crate.system, addr.board, addr.channel, param)
@@ -411,9 +418,26 @@ class EpicsBackend:
         self._put(self._clear, "Yes", lambda: system_pv(self.crate.system, "ClearAlarm"))
 
     def _put(self, chan: _Chan | None, value: float | int | str, name) -> None:
-        ca = self._ca
+        """`ca_array_put` of one element, then `ca_flush_io`: pyepics' `ca.put` does the same
+        and then polls (`ca_pend_event`), which the preemptive libca does not need and which
+        cost ~0.2 ms per write (the bench's profile: an eighth of a big crate's start-up)."""
+        ca, dbr = self._ca, self._dbr
         if chan is None or not ca.isConnected(chan.chid):
             raise BackendError(f"{name()} not connected")
+        libca = ca.libca
         # names of enum states ('On', 'Kill') go as strings: the server maps them to its indices
-        ftype = self._dbr.STRING if isinstance(value, str) else None
-        ca.put(chan.chid, value, wait=False, ftype=ftype)
+        if isinstance(value, str):
+            ftype = dbr.STRING
+            data = (dbr.Map[ftype] * 1)()
+            data[0].value = value.encode()
+        else:
+            ftype = libca.ca_field_type(chan.chid)
+            data = (dbr.Map[ftype] * 1)()
+            try:
+                data[0] = value
+            except TypeError:
+                data[0] = type(data[0])(value)
+        status = libca.ca_array_put(ftype, 1, chan.chid, data)
+        if status != dbr.ECA_NORMAL:
+            raise BackendError(f"{name()}: put failed ({ca.message(status)})")
+        libca.ca_flush_io()

@@ -66,6 +66,9 @@ class PartlyDone(CommandError):
 
 
 CONFIGURE_RETRY = 0.5  # s before writing a channel's settings again when the crate refused them
+# ... doubling up to this while they keep waiting: a big crate's settings PVs connect seconds
+# after its readbacks, and every retry of every channel costs (the bench's profile at start-up)
+CONFIGURE_RETRY_MAX = 2.0
 
 # The lab-YAML keys of the ramp-down parameter: (setting, value for `kill`), by CAEN name.
 RAMP_DOWN_KEYS = {"RDWn": ("rdwn", "kill_rate"), "RDwTime": ("rdwtime", "kill_time")}
@@ -284,7 +287,9 @@ class PowerService:
         self._configured.add(ch.address)
         self._write_settings(ch, writes)
 
-    def _write_settings(self, ch: PowerChannel, writes: list[tuple[str, Any]]) -> None:
+    def _write_settings(
+        self, ch: PowerChannel, writes: list[tuple[str, Any]], delay: float = CONFIGURE_RETRY
+    ) -> None:
         pending = []
         for param, value in writes:
             try:
@@ -295,18 +300,19 @@ class PowerService:
                 pending.append((param, value))
                 reason = exc
         if pending:
-            log.info("%s %s: %d setting(s) wait for the crate (%s)", self.prefix, ch.name,
-                     len(pending), reason)  # fmt: skip
+            if delay == CONFIGURE_RETRY:  # the first wait only: a slow crate must not flood the log
+                log.info("%s %s: %d setting(s) wait for the crate (%s)", self.prefix, ch.name,
+                         len(pending), reason)  # fmt: skip
             self._pending[ch.address] = pending
-            self.loop.call_later(CONFIGURE_RETRY, self._retry_pending, ch)
+            self.loop.call_later(delay, self._retry_pending, ch, delay)
             return
         self._pending.pop(ch.address, None)
         self._settings_written.add(ch.address)
 
-    def _retry_pending(self, ch: PowerChannel) -> None:
+    def _retry_pending(self, ch: PowerChannel, delay: float = CONFIGURE_RETRY) -> None:
         pending = self._pending.pop(ch.address, None)
         if pending and ch.ready and ch.address not in self._settings_written:
-            self._write_settings(ch, pending)
+            self._write_settings(ch, pending, min(2 * delay, CONFIGURE_RETRY_MAX))
 
     # -- publishing -------------------------------------------------------------------------------
     def request_publish(self) -> None:
@@ -443,7 +449,7 @@ class PowerService:
         reasons = [r for r in (c.refusal(command) for c in targets) if r]
         reasons += [r for guard in self.guards for c in targets if (r := guard(c, command))]
         if reasons:
-            raise CommandError("; ".join(reasons))
+            raise CommandError("; ".join(dict.fromkeys(reasons)))  # each reason once
 
     @staticmethod
     def _check_maximum(targets: list[PowerChannel], value: float, limit: str, unit: str) -> None:

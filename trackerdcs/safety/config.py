@@ -110,6 +110,9 @@ class InterlocksConfig(_Strict):
     reassert_interval: PositiveFloat = 1.0  # s before an action is sent again while it holds
     startup_grace: NonNegFloat = 1.0  # s to gather the retained statuses before publishing
     heartbeat: PositiveFloat = 10.0  # s between two `/interlock/status` at the latest
+    # s between two supervision heartbeats (`/interlock/supervision`), which the power daemons
+    # that list the service in `power.failsafe.supervisors` require
+    supervision_interval: PositiveFloat = 1.0
     command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
     @field_validator("rules")

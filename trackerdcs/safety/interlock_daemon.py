@@ -15,7 +15,8 @@ from trackerdcs.config import LabConfig
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.runner import daemon_main
 from trackerdcs.safety.config import safety_problem
-from trackerdcs.safety.interlock import InterlockService, interlock_prefix, subscriptions
+from trackerdcs.safety.interlock import SOURCE, InterlockService, interlock_prefix, subscriptions
+from trackerdcs.safety.supervision import SupervisionBeacon
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,25 @@ class InterlockDaemon:
         )
         self.service = InterlockService(lab, self.link, loop)
         self.prefix = prefix
+        self.loop = loop
+        self.grace = lab.interlocks.startup_grace
+        # the power daemons that require it ramp their HV down when it stops (supervision.py)
+        self.beacon = SupervisionBeacon(
+            self.link, loop, prefix, SOURCE, lab.interlocks.supervision_interval
+        )
+        self._beacon_start: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self.link.start()
         self.service.start()
+        # supervising once the retained statuses are in (the start-up grace)
+        self._beacon_start = self.loop.call_later(self.grace, self.beacon.start)
         log.info("serving interlocks on %s (%d rule(s))", self.prefix, len(self.service.states))
 
     def stop(self) -> None:
+        if self._beacon_start is not None:
+            self._beacon_start.cancel()
+        self.beacon.stop()
         self.service.stop()
         self.link.stop()
 
