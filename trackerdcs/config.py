@@ -14,8 +14,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -24,6 +22,8 @@ from pydantic import (
 )
 
 from trackerdcs.clientids import check_client_ids
+from trackerdcs.configbase import NonNegFloat, NonNegInt, PositiveFloat, UnknownChiller
+from trackerdcs.configbase import StrictModel as _Model
 from trackerdcs.guard import shorten
 from trackerdcs.ivscan.config import IvScanConfig
 from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
@@ -41,10 +41,6 @@ from trackerdcs.safety.config import AlarmsConfig, InterlocksConfig, SequencerCo
 
 class ConfigError(Exception):
     """An invalid or unreadable configuration file."""
-
-
-class UnknownChiller(LookupError):
-    """No such chiller in the lab (or no name given in a lab with several); says which exist."""
 
 
 TOPIC_LEVEL = r"[A-Za-z0-9_\-]+"  # a name that is one MQTT topic level (sensor, chiller, prefix)
@@ -69,14 +65,6 @@ def check_prefix(value: str) -> str:
 Prefix = Annotated[str, AfterValidator(check_prefix)]
 
 
-class _Model(BaseModel):
-    """Strict base: unknown keys are errors (a typo must not be silently ignored), and every
-    float, of every section and field to come, is finite: `.nan`, `.inf`, `1e400` are refused
-    (a NaN limit would silence its safety rule, an infinite one let every set point through)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 class _EnvCredentials:
     """A user name and password read from the environment variables a config names."""
 
@@ -90,11 +78,6 @@ class _EnvCredentials:
     @property
     def password(self) -> str | None:
         return os.environ.get(self.password_env) or None
-
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class TlsConfig(_Model):

@@ -21,10 +21,26 @@ import textwrap
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from trackerdcs.ivscan.procedure import IvScan
+    from trackerdcs.ivscan.plan import ScanPlan
+
+
+class IvScan(Protocol):
+    """What the results are written from: `trackerdcs.ivscan.procedure.IvScan` is one (this
+    module does not import it: the procedure imports this one to write its results)."""
+
+    plan: ScanPlan
+    points: list[dict[str, Any]]  # one per step, keys: COLUMNS
+    step: int
+    outcome: str | None
+    reason: str | None
+    started: float  # unix s
+    end_time: float | None
+    environment_start: dict[str, Any]
+    environment_end: dict[str, Any]
+
 
 # matplotlib is not thread-safe, even through its object API: text rendering shares cached
 # FreeType font objects, so two scans ending together must not draw at the same time
