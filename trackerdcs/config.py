@@ -27,6 +27,7 @@ from trackerdcs.configbase import StrictModel as _Model
 from trackerdcs.guard import shorten
 from trackerdcs.ivscan.config import IvScanConfig
 from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
+from trackerdcs.julabo.transport import SerialLine
 from trackerdcs.labyaml import YamlFileError, read_yaml
 from trackerdcs.power.boards import (
     BOARD_MODELS,
@@ -392,15 +393,9 @@ def loopback_port(url: str) -> int | None:
     return int(port) if host in ("127.0.0.1", "localhost") and port.isdigit() else None
 
 
-class SerialLineConfig(_Model):
-    """Serial settings of a line (ignored on `socket://` lines, whose far end owns them)."""
-
-    baudrate: int = Field(4800, gt=0)
-    bytesize: Literal[5, 6, 7, 8] = 7
-    parity: Literal["N", "E", "O", "M", "S"] = "E"
-    stopbits: Literal[1, 1.5, 2] = 1
-    rtscts: bool = True
-    xonxoff: bool = False
+class SerialLineConfig(SerialLine, _Model):
+    """Serial settings of a line (ignored on `socket://` lines, whose far end owns them); the
+    fields and their checks are the driver's (`trackerdcs.julabo.transport.SerialLine`)."""
 
 
 def _check_model(value: str) -> str:
