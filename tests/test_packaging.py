@@ -6,6 +6,7 @@ ranges of pyproject.toml hold requirements.txt's pins; every script takes its fi
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -68,9 +69,14 @@ def installed(tmp_path_factory) -> Path:
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     Path(purelib, "trackerdcs-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    source = tmp_path_factory.mktemp("source")  # setuptools builds in the tree: not in ours
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "trackerdcs", source / "trackerdcs",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-         "--no-build-isolation", "--no-index", str(ROOT)],
+         "--no-build-isolation", "--no-index", str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
