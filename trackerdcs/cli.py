@@ -1,7 +1,7 @@
 """The `trackerdcs` command: the local stack and users' tools.
 
 trackerdcs stack --config examples/lab.yml     start the local stack (what `make run` does)
-trackerdcs check-config FILE                    validate a lab YAML
+trackerdcs check-config --config FILE           validate a lab YAML (a bare FILE too)
 trackerdcs export|backup|restore ...            history to CSV, InfluxDB backups
 trackerdcs audit [--since 1h] [--module M1] ...  the audit log (commands, automatic actions)
 trackerdcs iv-scan M1 --stop 300 --step 10      an IV scan on the dcs daemon, with a progress bar

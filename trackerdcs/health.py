@@ -100,6 +100,8 @@ def target_from_argv(argv: list[str]) -> Target:
     p.add_argument("--chiller")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    for other in ("--db", "--results-dir"):  # the other daemons' options with a value
+        p.add_argument(other)
     opts, _ = p.parse_known_args(rest)
     return Target(
         service,
@@ -252,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit 0 when a trackerdcs daemon is up: its prefixes are online on MQTT.",
     )
     p.add_argument(
-        "prefixes", nargs="*", metavar="PREFIX", help="check these prefixes (`/hv`; needs the lab)"
+        "prefixes",
+        nargs="*",
+        metavar="PREFIX",
+        help="check these prefixes (`/hv`; needs the lab); one that is not a prefix is the lab "
+        "file, as --config FILE",
     )
     p.add_argument("--config", metavar="FILE", help="lab YAML (default: the daemon's own)")
     add_version(p)
