@@ -6,6 +6,7 @@ ranges of pyproject.toml hold requirements.txt's pins; every script takes its fi
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -142,3 +143,18 @@ def test_health_tells_the_bare_lab_file_from_prefixes(monkeypatch):
     )
     assert health_main([LAB, "/hv", "/lv"]) == 0
     assert list(seen["p"]) == ["/hv", "/lv"]
+
+
+# -- deploy/init-env.py: bcrypt without `crypt` (gone from Python 3.13) -------------------------
+def test_init_env_hashes_with_the_venv_s_bcrypt_when_its_python_has_none(tmp_path):
+    """`python3 deploy/init-env.py` with a Python lacking bcrypt (here: `-S`, no site-packages)
+    still makes the Node-RED hash, through the repo's virtualenv (`.venv`, which setup.sh makes;
+    the hash's check against Node-RED's bcryptjs is tests/test_deployment.py's)."""
+    out = tmp_path / ".env"
+    done = subprocess.run(
+        [sys.executable, "-S", str(ROOT / "deploy" / "init-env.py"), "-o", str(out)],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    hashes = [line for line in out.read_text().splitlines() if line.startswith("NODE_RED_PASS")]
+    assert re.fullmatch(r"NODE_RED_PASSWORD_HASH='\$2b\$10\$[./A-Za-z0-9]{53}'", hashes[0])
