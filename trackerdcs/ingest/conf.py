@@ -32,7 +32,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -281,6 +281,8 @@ Globs = Annotated[GlobFilter, BeforeValidator(_globs)]
 class _Options(BaseModel):
     """A table's options: unknown ones are errors (see `_validate`)."""
 
+    reported_first: ClassVar[tuple[str, ...]] = ()  # options whose error comes before the others'
+
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
@@ -294,9 +296,8 @@ class _AgentOptions(_Options):
 
 
 class _ConsumerOptions(_Options):
-    data_format: Annotated[str, BeforeValidator(_json_format)] = Field(
-        "influx", validate_default=True
-    )
+    reported_first: ClassVar[tuple[str, ...]] = ("data_format",)  # it decides what the rest mean
+
     servers: Annotated[tuple[str, int], BeforeValidator(_broker)] = ("127.0.0.1", 1883)
     topics: Annotated[tuple[str, ...], BeforeValidator(_some_topics)] = Field(
         [], validate_default=True
@@ -308,6 +309,9 @@ class _ConsumerOptions(_Options):
     topic_tag: String = ConsumerConf.topic_tag
     max_undelivered_messages: PositiveInt = ConsumerConf.max_undelivered_messages
     name_override: String = ""
+    data_format: Annotated[str, BeforeValidator(_json_format)] = Field(
+        "influx", validate_default=True
+    )
     tag_keys: Globs = GlobFilter(())
     json_string_fields: Globs = GlobFilter(())
     json_time_key: String = ConsumerConf.time_key
@@ -334,11 +338,13 @@ def _error(path: Path, where: str, key: str, reason: str) -> TelegrafConfError:
 
 def _validate(model: type[_OptionsT], path: Path, where: str, table: dict[str, Any]) -> _OptionsT:
     """The table's options; `TelegrafConfError` naming the file, table and option otherwise:
-    the first invalid option (in the model's order), else the first one not implemented."""
+    the first invalid option (`reported_first`, then in the model's order), else the first one
+    not implemented."""
     try:
         return model.model_validate(table)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        first = {(name,) for name in model.reported_first}
+        error = min(exc.errors(), key=lambda e: tuple(e["loc"][:1]) not in first)
         key = str(error["loc"][0]) if error["loc"] else "?"
         if error["type"] == "extra_forbidden":
             implemented = ", ".join(model.model_fields)
@@ -355,9 +361,6 @@ def _validate(model: type[_OptionsT], path: Path, where: str, table: dict[str, A
 
 
 # -- the tables -------------------------------------------------------------------------------
-AGENT_OPTIONS = tuple(_AgentOptions.model_fields)
-CONSUMER_OPTIONS = tuple(_ConsumerOptions.model_fields)
-OUTPUT_OPTIONS = tuple(_OutputOptions.model_fields)
 
 
 def _agent(path: Path, table: dict[str, Any]) -> AgentConf:
