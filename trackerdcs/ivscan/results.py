@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from trackerdcs.ivscan.plan import ScanPlan
 
 
-class IvScan(Protocol):
+class ScanRecord(Protocol):
     """What the results are written from: `trackerdcs.ivscan.procedure.IvScan` is one (this
     module does not import it: the procedure imports this one to write its results)."""
 
@@ -55,7 +55,7 @@ def iso(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def metadata(scan: IvScan) -> dict[str, Any]:
+def metadata(scan: ScanRecord) -> dict[str, Any]:
     plan = scan.plan
     meta: dict[str, Any] = {
         "scan": plan.scan_id, "module": plan.module, "channel": plan.channel,
@@ -72,7 +72,7 @@ def metadata(scan: IvScan) -> dict[str, Any]:
     return meta
 
 
-def csv_text(scan: IvScan) -> str:
+def csv_text(scan: ScanRecord) -> str:
     out = io.StringIO()
     out.write("# trackerdcs IV scan (units: V, uA, C, % RH; time: unix s)\n")
     for key, value in metadata(scan).items():
@@ -103,7 +103,7 @@ def read_results(path: Path) -> tuple[dict[str, str], list[dict[str, float | Non
     return meta, rows
 
 
-def plot(scan: IvScan, path: Path) -> None:
+def plot(scan: ScanRecord, path: Path) -> None:
     """The PNG: |I| (µA, log scale) against the voltage readback, with the readings' spread."""
     import matplotlib
 
@@ -139,7 +139,7 @@ def plot(scan: IvScan, path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def write_results(scan: IvScan, results_dir: Path) -> list[Path]:
+def write_results(scan: ScanRecord, results_dir: Path) -> list[Path]:
     """Write `<results_dir>/<module>/<scan id>.csv` and `.png`; their paths."""
     folder = Path(results_dir) / scan.plan.module
     folder.mkdir(parents=True, exist_ok=True)
