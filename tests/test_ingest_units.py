@@ -136,6 +136,18 @@ def test_options_the_bridge_does_not_implement_are_refused(edit, message):
     assert str(info.value).startswith("lab/telegraf.conf: ")
 
 
+def test_the_first_problem_of_a_table_is_the_one_reported():
+    """The first invalid option (`data_format` before the others: it decides what they mean),
+    before an option the bridge does not implement; the latter's message lists the options."""
+    bad = MINIMAL.replace('data_format = "json"', 'foo = 1\n  qos = 3\n  data_format = "influx"')
+    with pytest.raises(TelegrafConfError, match="option 'data_format': the bridge implements"):
+        parse_telegraf_conf(bad, env={})
+    with pytest.raises(TelegrafConfError, match="option 'qos': expected 0, 1 or 2, got 3"):
+        parse_telegraf_conf(bad.replace('"influx"', '"json"'), env={})
+    with pytest.raises(TelegrafConfError, match=r"'foo': .*\(it implements: servers, topics, qos,"):
+        parse_telegraf_conf(bad.replace('"influx"', '"json"').replace("qos = 3", ""), env={})
+
+
 def test_the_bridge_refuses_to_start_on_such_a_file(tmp_path: Path):
     bad = tmp_path / "telegraf.conf"
     bad.write_text(MINIMAL.replace('data_format = "json"', 'data_format = "json"\n  foo = 1'))
