@@ -6,9 +6,13 @@
 
 Every empty `*PASSWORD*` or `*SECRET*` gets 32 random hex digits; `NODE_RED_PASSWORD_HASH` gets
 the bcrypt hash of a new editor password, which is printed once and stored nowhere: keep it.
-The hash is made with Python's `crypt` (libxcrypt, Python <= 3.12) or `htpasswd -B`; without
-either it stays empty and the script says how to make it with the Node-RED image. The file is
-written with mode 0600. Standard library only: runs with any python3 on the DAQ PC.
+The hash is made with pyca's `bcrypt` (pinned in requirements.txt): this Python's, else that of
+the repo's virtualenv (`.venv`, `scripts/setup.sh` makes it; `$TRACKERDCS_VENV`), else with
+`htpasswd -B`: a `$2b$` hash, which Node-RED's `adminAuth` (bcryptjs) reads. Without any of
+them it stays empty and the script says how to make it with the Node-RED image. Mosquitto's
+password file is not made here: the broker's container writes it from `.env` with
+`mosquitto_passwd` (its own PBKDF2-SHA512 `$7$` format; Mosquitto reads no bcrypt). The file is
+written with mode 0600. Runs with any python3 >= 3.11 on the DAQ PC, `bcrypt` installed or not.
 """
 
 from __future__ import annotations
@@ -19,25 +23,32 @@ import secrets
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HASH_KEY = "NODE_RED_PASSWORD_HASH"
 
 
-def bcrypt_hash(password: str) -> str | None:
-    """A `$2b$` bcrypt hash of `password`, or None when no local tool can make one."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt  # removed in Python 3.13
+_HASH_WITH_BCRYPT = (
+    "import sys, bcrypt; "
+    "print(bcrypt.hashpw(sys.stdin.read().encode(), bcrypt.gensalt(rounds=10)).decode())"
+)
 
-        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 10))
-        if hashed and hashed.startswith("$2"):
-            return hashed
-    except (ImportError, OSError, ValueError):
+
+def bcrypt_hash(password: str) -> str | None:
+    """A `$2b$` bcrypt hash (cost 10) of `password`, or None when no local tool can make one."""
+    try:
+        import bcrypt  # pyca/bcrypt; Python's `crypt` is gone from 3.13
+    except ImportError:
         pass
+    else:
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode("ascii")
+    venv_python = ROOT / os.environ.get("TRACKERDCS_VENV", ".venv") / "bin" / "python"
+    if venv_python.is_file():
+        out = subprocess.run([str(venv_python), "-c", _HASH_WITH_BCRYPT], input=password,
+                             text=True, capture_output=True, check=False)  # fmt: skip
+        if out.returncode == 0 and out.stdout.startswith("$2b$"):
+            return out.stdout.strip()
     htpasswd = shutil.which("htpasswd")
     if htpasswd:
         out = subprocess.run([htpasswd, "-inbBC", "10", ""], input=password, text=True,

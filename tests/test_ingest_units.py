@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.conftest import ROOT
 from tests.ingestlab import TELEGRAF_CONF, InfluxServer
 from trackerdcs.config import ConfigError, influx_seconds, parse_config
+from trackerdcs.ingest import consumer as consumer_module
 from trackerdcs.ingest.bridge import Bridge
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import (
@@ -144,6 +145,18 @@ def test_options_the_bridge_does_not_implement_are_refused(edit, message):
     with pytest.raises(TelegrafConfError, match=message) as info:
         parse_telegraf_conf(MINIMAL.replace(old, new, 1), "lab/telegraf.conf", env={})
     assert str(info.value).startswith("lab/telegraf.conf: ")
+
+
+def test_the_first_problem_of_a_table_is_the_one_reported():
+    """The first invalid option (`data_format` before the others: it decides what they mean),
+    before an option the bridge does not implement; the latter's message lists the options."""
+    bad = MINIMAL.replace('data_format = "json"', 'foo = 1\n  qos = 3\n  data_format = "influx"')
+    with pytest.raises(TelegrafConfError, match="option 'data_format': the bridge implements"):
+        parse_telegraf_conf(bad, env={})
+    with pytest.raises(TelegrafConfError, match="option 'qos': expected 0, 1 or 2, got 3"):
+        parse_telegraf_conf(bad.replace('"influx"', '"json"'), env={})
+    with pytest.raises(TelegrafConfError, match=r"'foo': .*\(it implements: servers, topics, qos,"):
+        parse_telegraf_conf(bad.replace('"influx"', '"json"').replace("qos = 3", ""), env={})
 
 
 def test_the_bridge_refuses_to_start_on_such_a_file(tmp_path: Path):
@@ -383,7 +396,9 @@ def test_writer_creates_a_missing_database_unless_told_not_to(influx):
 
 
 # -- the buffered paho client -------------------------------------------------------------------
-def test_fast_client_receives_every_message_whatever_its_size(broker):
+@pytest.mark.parametrize("client_class", [FastClient, mqtt.Client], ids=["fast", "plain"])
+def test_the_client_receives_every_message_whatever_its_size(broker, client_class):
+    """Both clients the consumer may read with: `FastClient`, and paho's own (its fallback)."""
     sizes = [10, 1000, 70_000, 300_000, 5, 200_000] + [64] * 3000
     got: list[bytes] = []
     done = threading.Event()
@@ -394,7 +409,7 @@ def test_fast_client_receives_every_message_whatever_its_size(broker):
         if len(got) == len(sizes):
             done.set()
 
-    sub = FastClient(CallbackAPIVersion.VERSION2, client_id="fast-test", protocol=mqtt.MQTTv311)
+    sub = client_class(CallbackAPIVersion.VERSION2, client_id="fast-test", protocol=mqtt.MQTTv311)
     sub.on_message = on_message
     sub.on_connect = lambda c, *a: c.subscribe("/fast/#", 0)
     sub.on_subscribe = lambda *a: subscribed.set()
@@ -412,6 +427,36 @@ def test_fast_client_receives_every_message_whatever_its_size(broker):
         pub.close()
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_the_consumer_falls_back_to_paho_s_client_without_its_internals(monkeypatch, caplog):
+    """A paho without one of the internals `FastClient` uses (simulated: one more name to need):
+    the consumer reads with paho's own client, said once in the log; this paho has them all."""
+    conf = parse_telegraf_conf(MINIMAL, env={})
+    buffer = MetricBuffer(100, 10)
+    assert consumer_module.missing_internals() == []
+    assert type(MqttConsumer(conf.inputs[0], conf.agent, buffer, UniqueClock()).client) is (
+        FastClient
+    )
+    monkeypatch.setattr(
+        consumer_module,
+        "FAST_CLIENT_INTERNALS",
+        (*consumer_module.FAST_CLIENT_INTERNALS, "_gone_in_paho_3"),
+    )
+    monkeypatch.setattr(consumer_module, "_fallback_logged", False)
+    with caplog.at_level("WARNING", logger=consumer_module.__name__):
+        clients = [MqttConsumer(conf.inputs[0], conf.agent, buffer, UniqueClock()).client
+                   for _ in range(2)]  # fmt: skip
+    assert [type(c) for c in clients] == [mqtt.Client, mqtt.Client]
+    [record] = caplog.records
+    assert "lacks _gone_in_paho_3: reading with paho's own client" in record.getMessage()
+
+
+def test_the_environment_can_choose_paho_s_client(monkeypatch):
+    monkeypatch.setenv(consumer_module.CLIENT_ENV, "plain")
+    assert consumer_module.client_class() is mqtt.Client
+    monkeypatch.setenv(consumer_module.CLIENT_ENV, "")
+    assert consumer_module.client_class() is FastClient
 
 
 # -- the lab YAML's influx section --------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The `trackerdcs` command: the local stack and users' tools.
 
 trackerdcs stack --config examples/lab.yml     start the local stack (what `make run` does)
-trackerdcs check-config FILE                    validate a lab YAML
+trackerdcs check-config --config FILE           validate a lab YAML (a bare FILE too)
 trackerdcs export|backup|restore ...            history to CSV, InfluxDB backups
 trackerdcs audit [--since 1h] [--module M1] ...  the audit log (commands, automatic actions)
 trackerdcs iv-scan M1 --stop 300 --step 10      an IV scan on the dcs daemon, with a progress bar
@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from trackerdcs.cliargs import add_config, add_version, resolve_config
 from trackerdcs.config import ConfigError, load_config
 from trackerdcs.deploy import add_deploy_commands
 from trackerdcs.ingest.commands import add_data_commands
@@ -46,13 +47,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trackerdcs", description="trackerdcs lab tools")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("stack", help="start the local stack on simulated hardware")
-    p.add_argument("--config", default="examples/lab.yml", help="lab YAML file")
+    add_config(p, default="examples/lab.yml")
     p.add_argument("--run-dir", default="run", help="where logs and generated files go")
     p.set_defaults(func=_cmd_stack)
     p = sub.add_parser("check-config", help="validate a lab YAML file")
-    p.add_argument("config")
+    add_config(p)
     p.set_defaults(func=_cmd_check_config)
     add_data_commands(sub)  # export, backup, restore
     add_safety_commands(sub)  # audit
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     add_ivscan_commands(sub)  # iv-scan
     add_recipe_commands(sub)  # recipe run|check|start|pause|resume|abort|status
     args = parser.parse_args(argv)
+    if hasattr(args, "_config_required"):  # a command of add_config's
+        resolve_config(parser, args)
     try:
         return args.func(args)
     except ConfigError as exc:

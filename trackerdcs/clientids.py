@@ -23,21 +23,37 @@ ids above equal (a crate named `sensor` with a sensor named `hv`, say).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from trackerdcs.config import LabConfig
+
+class LabNames(Protocol):
+    """What the ids are built from (`trackerdcs.config.LabConfig` is one; this module does not
+    import it, since `trackerdcs.config` checks a lab's ids with `check_client_ids`)."""
+
+    @property
+    def lab(self) -> str: ...
+
+    @property
+    def crates(self) -> Sequence[Any]: ...
+
+    @property
+    def chillers(self) -> Sequence[Any]: ...
+
+    @property
+    def sensors(self) -> Sequence[Any]: ...
+
 
 # one connection each per lab
 SERVICES = ("interlock", "dcs", "alarms", "audit", "ivscan", "recipe")
 
 
-def client_id(lab: LabConfig, role: str, name: str | None = None) -> str:
+def client_id(lab: LabNames, role: str, name: str | None = None) -> str:
     """`trackerdcs-<lab>-<role>[-<name>]`."""
     return f"trackerdcs-{lab.lab}-{role}" + (f"-{name}" if name else "")
 
 
-def lab_client_ids(lab: LabConfig) -> dict[str, list[str]]:
+def lab_client_ids(lab: LabNames) -> dict[str, list[str]]:
     """Every long-lived connection of the lab's daemons: client id -> what uses it (a list, so
     that a clash shows both)."""
     ids: dict[str, list[str]] = {}
@@ -57,7 +73,7 @@ def lab_client_ids(lab: LabConfig) -> dict[str, list[str]]:
     return ids
 
 
-def check_client_ids(lab: LabConfig) -> None:
+def check_client_ids(lab: LabNames) -> None:
     """ValueError when two connections of the lab would share a client id."""
     for cid, users in lab_client_ids(lab).items():
         if len(users) > 1:

@@ -14,8 +14,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -24,9 +22,12 @@ from pydantic import (
 )
 
 from trackerdcs.clientids import check_client_ids
+from trackerdcs.configbase import NonNegFloat, NonNegInt, PositiveFloat, UnknownChiller
+from trackerdcs.configbase import StrictModel as _Model
 from trackerdcs.guard import shorten
 from trackerdcs.ivscan.config import IvScanConfig
 from trackerdcs.julabo.models import DEFAULT_PROFILE, PROFILES
+from trackerdcs.julabo.transport import SerialLine
 from trackerdcs.labyaml import YamlFileError, read_yaml
 from trackerdcs.power.boards import (
     BOARD_MODELS,
@@ -42,10 +43,6 @@ from trackerdcs.safety.config import AlarmsConfig, InterlocksConfig, SequencerCo
 
 class ConfigError(Exception):
     """An invalid or unreadable configuration file."""
-
-
-class UnknownChiller(LookupError):
-    """No such chiller in the lab (or no name given in a lab with several); says which exist."""
 
 
 TOPIC_LEVEL = r"[A-Za-z0-9_\-]+"  # a name that is one MQTT topic level (sensor, chiller, prefix)
@@ -70,14 +67,6 @@ def check_prefix(value: str) -> str:
 Prefix = Annotated[str, AfterValidator(check_prefix)]
 
 
-class _Model(BaseModel):
-    """Strict base: unknown keys are errors (a typo must not be silently ignored), and every
-    float, of every section and field to come, is finite: `.nan`, `.inf`, `1e400` are refused
-    (a NaN limit would silence its safety rule, an infinite one let every set point through)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 class _EnvCredentials:
     """A user name and password read from the environment variables a config names."""
 
@@ -91,11 +80,6 @@ class _EnvCredentials:
     @property
     def password(self) -> str | None:
         return os.environ.get(self.password_env) or None
-
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class TlsConfig(_Model):
@@ -416,15 +400,9 @@ def loopback_port(url: str) -> int | None:
     return int(port) if host in ("127.0.0.1", "localhost") and port.isdigit() else None
 
 
-class SerialLineConfig(_Model):
-    """Serial settings of a line (ignored on `socket://` lines, whose far end owns them)."""
-
-    baudrate: int = Field(4800, gt=0)
-    bytesize: Literal[5, 6, 7, 8] = 7
-    parity: Literal["N", "E", "O", "M", "S"] = "E"
-    stopbits: Literal[1, 1.5, 2] = 1
-    rtscts: bool = True
-    xonxoff: bool = False
+class SerialLineConfig(SerialLine, _Model):
+    """Serial settings of a line (ignored on `socket://` lines, whose far end owns them); the
+    fields and their checks are the driver's (`trackerdcs.julabo.transport.SerialLine`)."""
 
 
 def _check_model(value: str) -> str:

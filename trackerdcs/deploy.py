@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from trackerdcs.cliargs import add_config
 from trackerdcs.config import ConfigError, InfluxConfig, LabConfig, load_config
 from trackerdcs.ingest.conf import TelegrafConfError
 from trackerdcs.ingest.influxdb import DATABASE, InfluxClient, InfluxError, quote_ident
@@ -129,7 +130,7 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
         "influx-setup",
         help="InfluxDB with authentication: users, database, retention policies (idempotent)",
     )
-    p.add_argument("--config", required=True, help="lab YAML (influx section)")
+    add_config(p, what="lab YAML (influx section)")
     p.add_argument(
         "--user", type=parse_user, action="append", default=[], metavar="NAME:PRIVILEGE",
         help="a user with read, write or all on the database; password from "

@@ -21,6 +21,7 @@ healthy, 1 not, or cannot tell (one line says why).
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import sys
 import threading
@@ -29,7 +30,15 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from trackerdcs.config import ConfigError, LabConfig, MqttConfig, UnknownChiller, load_config
+from trackerdcs.cliargs import add_version, resolve_config
+from trackerdcs.config import (
+    TOPIC_LEVEL,
+    ConfigError,
+    LabConfig,
+    MqttConfig,
+    UnknownChiller,
+    load_config,
+)
 from trackerdcs.mqtt import apply_broker_settings
 
 ONLINE = "online"
@@ -85,14 +94,23 @@ def target_from_argv(argv: list[str]) -> Target:
         raise HealthError(f"not a trackerdcs daemon: {' '.join(argv) or '(empty command line)'}")
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--config")
+    p.add_argument("file", nargs="?")  # the daemon's lab file given bare
     p.add_argument("--crate")
     p.add_argument("--sensor", action="append", default=[])
     p.add_argument("--chiller")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    for other in ("--db", "--results-dir"):  # the other daemons' options with a value
+        p.add_argument(other)
     opts, _ = p.parse_known_args(rest)
     return Target(
-        service, opts.config, opts.crate, opts.sensor, opts.host, opts.port, chiller=opts.chiller
+        service,
+        opts.config or opts.file,
+        opts.crate,
+        opts.sensor,
+        opts.host,
+        opts.port,
+        chiller=opts.chiller,
     )
 
 
@@ -235,8 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trackerdcs-health",
         description="Exit 0 when a trackerdcs daemon is up: its prefixes are online on MQTT.",
     )
-    p.add_argument("prefixes", nargs="*", help="check these prefixes (with --config)")
-    p.add_argument("--config", help="lab YAML (default: the daemon's own --config)")
+    p.add_argument(
+        "prefixes",
+        nargs="*",
+        metavar="PREFIX",
+        help="check these prefixes (`/hv`; needs the lab); one that is not a prefix is the lab "
+        "file, as --config FILE",
+    )
+    p.add_argument("--config", metavar="FILE", help="lab YAML (default: the daemon's own)")
+    add_version(p)
     p.add_argument("--service", choices=SERVICES, help="the daemon (default: from --pid)")
     p.add_argument("--crate", help="power: the crate (default: the daemon's own --crate)")
     p.add_argument("--chiller", help="julabo: the chiller (default: the daemon's own --chiller)")
@@ -246,7 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # the lab file may be given bare too: the positional that is not a prefix (one level, `/hv`)
+    files = [a for a in args.prefixes if not re.fullmatch(f"/{TOPIC_LEVEL}", a)]
+    if len(files) > 1:
+        parser.error(f"one lab file, and prefixes such as /hv: got {', '.join(files)}")
+    args.prefixes = [a for a in args.prefixes if a not in files]
+    resolve_config(parser, args, files[0] if files else None)
     started = time.monotonic()
     try:
         if args.prefixes:

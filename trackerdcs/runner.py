@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from trackerdcs.cliargs import add_config, add_version, parse
 from trackerdcs.config import ConfigError, LabConfig, load_config
 from trackerdcs.guard import EXIT_FAULTS, FAULTS
 from trackerdcs.logs import setup_logging
@@ -53,7 +54,8 @@ def daemon_main(
     validate: Validate | None = None,
     skip_exit_handlers: bool = False,
 ) -> int:
-    """Parse `--config FILE [-v]` and the daemon's own options, then serve until SIGTERM.
+    """Parse `--config FILE` (or a bare `FILE`), `-v`, `--version` and the daemon's own options,
+    then serve until SIGTERM.
 
     `skip_exit_handlers`: after a clean stop, leave without running atexit handlers (pyepics'
     handler destroys the CA context, which takes tens of seconds with thousands of
@@ -61,11 +63,12 @@ def daemon_main(
     """
     description = (doc or prog).strip().split("\n")[0]
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", required=True, help="lab YAML file")
+    add_config(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_version(parser)
     if add_arguments is not None:
         add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     setup_logging(args.verbose, name=prog.removeprefix("trackerdcs-"))
     try:
         cfg = load_config(args.config)

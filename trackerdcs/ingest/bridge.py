@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trackerdcs.cliargs import add_config, add_version, parse
 from trackerdcs.guard import EXIT_FAULTS, FAULTS
 from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import (
@@ -162,11 +163,12 @@ class Bridge:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="trackerdcs-ingest", description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="telegraf.conf", help="telegraf.conf (default: %(default)s)")
+    add_config(p, what="telegraf.conf", default="telegraf.conf")
     p.add_argument("--status-prefix", default="/ingest", help="'' to publish no counters")
     p.add_argument("--status-interval", type=float, default=5.0, help="s between counters")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+    add_version(p)
+    return parse(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from trackerdcs.cliargs import add_config
 from trackerdcs.config import load_config
 from trackerdcs.ingest.backup import (
     BackupError,
@@ -89,7 +90,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", dest="end", default="now", help="end (default: now)")
     p.add_argument("-o", "--output", help="CSV file (default: stdout)")
     p.add_argument("--rp", help="retention policy, e.g. downsampled (default: the raw data)")
-    p.add_argument("--config", default="examples/lab.yml", help="lab YAML file")
+    add_config(p, default="examples/lab.yml")
     p.add_argument(
         "--telegraf-conf",
         default=str(DEFAULT_TELEGRAF_CONF),

@@ -30,13 +30,15 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from trackerdcs.guard import clip, shorten
-from trackerdcs.ingest.filters import FilterError, GlobFilter, TagPass
+from trackerdcs.ingest.filters import GlobFilter, TagPass
 from trackerdcs.ingest.jsonparse import UNIX_FORMATS
 
 
@@ -184,45 +186,18 @@ class TelegrafConf:
     output: InfluxOutputConf
 
 
-# -- option readers -----------------------------------------------------------------------------
-class _Options:
-    """The options of one table: typed getters; `done()` refuses whatever was not read."""
-
-    def __init__(self, path: Path, where: str, table: dict[str, Any]) -> None:
-        self.path, self.where, self.table = path, where, dict(table)
-        self._used: set[str] = set()
-
-    def error(self, key: str, reason: str) -> TelegrafConfError:
-        return TelegrafConfError(f"{self.path}: {self.where}: option '{key}': {reason}")
-
-    def get(self, key: str, default: Any, check: Callable[[Any], Any]) -> Any:
-        self._used.add(key)
-        if key not in self.table:
-            return default
-        try:
-            return check(self.table[key])
-        except (ValueError, TypeError, FilterError) as exc:
-            raise self.error(key, shorten(str(exc), 200)) from None
-
-    def done(self, implemented: str) -> None:
-        for key in self.table:
-            if key not in self._used:
-                raise self.error(
-                    _short(key),
-                    f"not implemented by the trackerdcs bridge (it implements: {implemented}); "
-                    "remove it or run the real Telegraf",
-                )
-
-
+# -- option validation (pydantic) ---------------------------------------------------------------
+# One model per table, its fields the table's options by their Telegraf names and defaults, in the
+# order their errors are reported (the first invalid option, then the first unknown one).
 def _string(v: Any) -> str:
     if not isinstance(v, str):
-        raise TypeError(f"expected a string, got {clip(v, 40)}")
+        raise ValueError(f"expected a string, got {clip(v, 40)}")
     return v
 
 
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
-        raise TypeError(f"expected true or false, got {clip(v, 40)}")
+        raise ValueError(f"expected true or false, got {clip(v, 40)}")
     return v
 
 
@@ -234,7 +209,7 @@ def _positive_int(v: Any) -> int:
 
 def _strings(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise TypeError(f"expected a list of strings, got {clip(v, 40)}")
+        raise ValueError(f"expected a list of strings, got {clip(v, 40)}")
     return tuple(v)
 
 
@@ -289,115 +264,156 @@ def _time_format(v: Any) -> str:
 
 def _tagpass(v: Any) -> TagPass:
     if not isinstance(v, dict):
-        raise TypeError(f"expected a table of tag -> patterns, got {clip(v, 40)}")
+        raise ValueError(f"expected a table of tag -> patterns, got {clip(v, 40)}")
     return TagPass({key: _strings(patterns) for key, patterns in v.items()})
 
 
+def _json_format(v: Any) -> str:
+    text = _string(v)
+    if text != "json":
+        raise ValueError(f"the bridge implements 'json' only, got {clip(text, 40)}")
+    return text
+
+
+def _some_topics(v: Any) -> tuple[str, ...]:
+    topics = _strings(v)
+    if not topics:
+        raise ValueError("at least one topic is needed")
+    return topics
+
+
+String = Annotated[str, BeforeValidator(_string)]
+Bool = Annotated[bool, BeforeValidator(_bool)]
+PositiveInt = Annotated[int, BeforeValidator(_positive_int)]
+PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
+Globs = Annotated[GlobFilter, BeforeValidator(_globs)]
+
+
+class _Options(BaseModel):
+    """A table's options: unknown ones are errors (see `_validate`)."""
+
+    reported_first: ClassVar[tuple[str, ...]] = ()  # options whose error comes before the others'
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class _AgentOptions(_Options):
+    interval: PositiveDuration = AgentConf.interval
+    flush_interval: PositiveDuration = AgentConf.flush_interval
+    metric_batch_size: PositiveInt = AgentConf.metric_batch_size
+    metric_buffer_limit: PositiveInt = AgentConf.metric_buffer_limit
+    omit_hostname: Bool = AgentConf.omit_hostname
+    hostname: String = AgentConf.hostname
+
+
+class _ConsumerOptions(_Options):
+    reported_first: ClassVar[tuple[str, ...]] = ("data_format",)  # it decides what the rest mean
+
+    servers: Annotated[tuple[str, int], BeforeValidator(_broker)] = ("127.0.0.1", 1883)
+    topics: Annotated[tuple[str, ...], BeforeValidator(_some_topics)] = Field(
+        [], validate_default=True
+    )
+    qos: Annotated[int, BeforeValidator(_qos)] = ConsumerConf.qos
+    client_id: String = ConsumerConf.client_id
+    username: String = ConsumerConf.username
+    password: String = ConsumerConf.password
+    topic_tag: String = ConsumerConf.topic_tag
+    max_undelivered_messages: PositiveInt = ConsumerConf.max_undelivered_messages
+    name_override: String = ""
+    data_format: Annotated[str, BeforeValidator(_json_format)] = Field(
+        "influx", validate_default=True
+    )
+    tag_keys: Globs = GlobFilter(())
+    json_string_fields: Globs = GlobFilter(())
+    json_time_key: String = ConsumerConf.time_key
+    json_time_format: Annotated[str, BeforeValidator(_time_format)] = ConsumerConf.time_format
+    tagpass: Annotated[TagPass | None, BeforeValidator(_tagpass)] = None
+    tagexclude: Globs = GlobFilter(())
+
+
+class _OutputOptions(_Options):
+    urls: Annotated[str, BeforeValidator(_influx_url)] = InfluxOutputConf.url
+    database: String = InfluxOutputConf.database
+    retention_policy: String = InfluxOutputConf.retention_policy
+    skip_database_creation: Bool = InfluxOutputConf.skip_database_creation
+    timeout: PositiveDuration = InfluxOutputConf.timeout
+    username: String = InfluxOutputConf.username
+    password: String = InfluxOutputConf.password
+
+
+_OptionsT = TypeVar("_OptionsT", bound=_Options)
+
+
+def _error(path: Path, where: str, key: str, reason: str) -> TelegrafConfError:
+    return TelegrafConfError(f"{path}: {where}: option '{key}': {reason}")
+
+
+def _validate(model: type[_OptionsT], path: Path, where: str, table: dict[str, Any]) -> _OptionsT:
+    """The table's options; `TelegrafConfError` naming the file, table and option otherwise:
+    the first invalid option (`reported_first`, then in the model's order), else the first one
+    not implemented."""
+    try:
+        return model.model_validate(table)
+    except ValidationError as exc:
+        first = {(name,) for name in model.reported_first}
+        error = min(exc.errors(), key=lambda e: tuple(e["loc"][:1]) not in first)
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        if error["type"] == "extra_forbidden":
+            implemented = ", ".join(model.model_fields)
+            raise _error(
+                path,
+                where,
+                _short(key),
+                f"not implemented by the trackerdcs bridge (it implements: {implemented}); "
+                "remove it or run the real Telegraf",
+            ) from None
+        cause = error.get("ctx", {}).get("error")
+        reason = str(cause) if isinstance(cause, Exception) else error["msg"]
+        raise _error(path, where, key, shorten(reason, 200)) from None
+
+
 # -- the tables -------------------------------------------------------------------------------
-AGENT_OPTIONS = (
-    "interval",
-    "flush_interval",
-    "metric_batch_size",
-    "metric_buffer_limit",
-    "omit_hostname",
-    "hostname",
-)
-CONSUMER_OPTIONS = (
-    "servers",
-    "topics",
-    "qos",
-    "client_id",
-    "username",
-    "password",
-    "topic_tag",
-    "max_undelivered_messages",
-    "name_override",
-    "data_format",
-    "tag_keys",
-    "json_string_fields",
-    "json_time_key",
-    "json_time_format",
-    "tagpass",
-    "tagexclude",
-)
-OUTPUT_OPTIONS = (
-    "urls",
-    "database",
-    "retention_policy",
-    "skip_database_creation",
-    "timeout",
-    "username",
-    "password",
-)
 
 
 def _agent(path: Path, table: dict[str, Any]) -> AgentConf:
-    o = _Options(path, "[agent]", table)
-    d = AgentConf()
-    agent = AgentConf(
-        interval=o.get("interval", d.interval, _positive_duration),
-        flush_interval=o.get("flush_interval", d.flush_interval, _positive_duration),
-        metric_batch_size=o.get("metric_batch_size", d.metric_batch_size, _positive_int),
-        metric_buffer_limit=o.get("metric_buffer_limit", d.metric_buffer_limit, _positive_int),
-        omit_hostname=o.get("omit_hostname", d.omit_hostname, _bool),
-        hostname=o.get("hostname", d.hostname, _string),
-    )
-    o.done(", ".join(AGENT_OPTIONS))
-    return agent
+    return AgentConf(**_validate(_AgentOptions, path, "[agent]", table).model_dump())
 
 
 def _consumer(path: Path, index: int, table: dict[str, Any]) -> ConsumerConf:
     where = f"[[inputs.mqtt_consumer]] #{index}"
-    o = _Options(path, where, table)
-    data_format = o.get("data_format", "influx", _string)
-    if data_format != "json":
-        raise o.error(
-            "data_format", f"the bridge implements 'json' only, got {clip(data_format, 40)}"
-        )
-    host, port = o.get("servers", ("127.0.0.1", 1883), _broker)
-    topics = o.get("topics", (), _strings)
-    if not topics:
-        raise o.error("topics", "at least one topic is needed")
+    o = _validate(_ConsumerOptions, path, where, table)
     conf = ConsumerConf(
         where=where,
-        host=host,
-        port=port,
-        topics=topics,
-        qos=o.get("qos", 0, _qos),
-        client_id=o.get("client_id", "", _string),
-        username=o.get("username", "", _string),
-        password=o.get("password", "", _string),
-        topic_tag=o.get("topic_tag", "topic", _string),
-        max_undelivered_messages=o.get("max_undelivered_messages", 1000, _positive_int),
-        measurement=o.get("name_override", "", _string) or "mqtt_consumer",
-        tag_keys=o.get("tag_keys", GlobFilter(()), _globs),
-        string_fields=o.get("json_string_fields", GlobFilter(()), _globs),
-        time_key=o.get("json_time_key", "", _string),
-        time_format=o.get("json_time_format", "", _time_format),
-        tagpass=o.get("tagpass", None, _tagpass),
-        tagexclude=o.get("tagexclude", GlobFilter(()), _globs),
+        host=o.servers[0],
+        port=o.servers[1],
+        topics=o.topics,
+        qos=o.qos,
+        client_id=o.client_id,
+        username=o.username,
+        password=o.password,
+        topic_tag=o.topic_tag,
+        max_undelivered_messages=o.max_undelivered_messages,
+        measurement=o.name_override or "mqtt_consumer",
+        tag_keys=o.tag_keys,
+        string_fields=o.json_string_fields,
+        time_key=o.json_time_key,
+        time_format=o.json_time_format,
+        tagpass=o.tagpass,
+        tagexclude=o.tagexclude,
     )
-    o.done(", ".join(CONSUMER_OPTIONS))
     if conf.time_key and not conf.time_format:
-        raise o.error("json_time_key", "use of 'json_time_key' requires 'json_time_format'")
+        raise _error(
+            path, where, "json_time_key", "use of 'json_time_key' requires 'json_time_format'"
+        )
     return conf
 
 
 def _output(path: Path, table: dict[str, Any]) -> InfluxOutputConf:
-    o = _Options(path, "[[outputs.influxdb]]", table)
-    d = InfluxOutputConf()
-    out = InfluxOutputConf(
-        url=o.get("urls", d.url, _influx_url),
-        database=o.get("database", d.database, _string),
-        retention_policy=o.get("retention_policy", d.retention_policy, _string),
-        skip_database_creation=o.get("skip_database_creation", False, _bool),
-        timeout=o.get("timeout", d.timeout, _positive_duration),
-        username=o.get("username", "", _string),
-        password=o.get("password", "", _string),
-    )
-    o.done(", ".join(OUTPUT_OPTIONS))
+    where = "[[outputs.influxdb]]"
+    o = _validate(_OutputOptions, path, where, table)
+    out = InfluxOutputConf(url=o.urls, **o.model_dump(exclude={"urls"}))
     if not out.database:
-        raise o.error("database", "must not be empty")
+        raise _error(path, where, "database", "must not be empty")
     return out
 
 

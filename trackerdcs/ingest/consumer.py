@@ -20,6 +20,7 @@ counts a message once per input, `rejected` what an input parsed and refused.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -27,6 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
@@ -90,8 +92,9 @@ class _BufferedSocket:
 class FastClient(mqtt.Client):
     """paho's client (2.2) reading through `_BufferedSocket` and draining it in one `loop_read`.
 
-    Relies on two internals of paho-mqtt 2.2 (pinned in requirements.txt): `_create_socket` and
-    `_packet_read`; `tests/test_ingest_units.py` checks it still receives every message.
+    Relies on internals of paho-mqtt 2.2 (pinned in requirements.txt), `FAST_CLIENT_INTERNALS`:
+    `client_class` checks them at start-up and falls back to paho's own client without them;
+    `tests/test_ingest_units.py` checks both receive every message.
     """
 
     def _create_socket(self) -> Any:
@@ -111,6 +114,37 @@ class FastClient(mqtt.Client):
                 return self._loop_rc_handle(rc)
             sock = self._sock
         return rc
+
+
+FAST_CLIENT_INTERNALS = ("_create_socket", "_packet_read", "_loop_rc_handle", "_sock")
+CLIENT_ENV = "TRACKERDCS_INGEST_MQTT_CLIENT"  # `plain`: paho's own client (for comparisons)
+_fallback_logged = False
+
+
+def missing_internals(client_class: type[mqtt.Client] = mqtt.Client) -> list[str]:
+    """The paho internals `FastClient` relies on that this paho lacks (methods on the class,
+    `_sock` on an instance: constructing a client connects nothing)."""
+    probe = client_class(CallbackAPIVersion.VERSION2)
+    return [name for name in FAST_CLIENT_INTERNALS if not hasattr(probe, name)]
+
+
+def client_class() -> type[mqtt.Client]:
+    """`FastClient` when this paho has its internals, else paho's own client, said once in the
+    log; also paho's own when the environment says `TRACKERDCS_INGEST_MQTT_CLIENT=plain`."""
+    global _fallback_logged
+    if os.environ.get(CLIENT_ENV, "") == "plain":
+        return mqtt.Client
+    missing = missing_internals()
+    if not missing:
+        return FastClient
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.warning(
+            "paho-mqtt %s lacks %s: reading with paho's own client (slower ingest)",
+            paho.mqtt.__version__,
+            ", ".join(missing),
+        )
+    return mqtt.Client
 
 
 def shares_connection(a: ConsumerConf, b: ConsumerConf) -> bool:
@@ -252,7 +286,7 @@ class MqttConsumer:
         self._stopping = False
         self._failed = 0  # messages whose handling raised outside the inputs' own checks
         client_id = conf.client_id or f"trackerdcs-ingest-{secrets.token_hex(4)}"
-        self.client = FastClient(
+        self.client = client_class()(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv311,

@@ -21,10 +21,26 @@ import textwrap
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from trackerdcs.ivscan.procedure import IvScan
+    from trackerdcs.ivscan.plan import ScanPlan
+
+
+class ScanRecord(Protocol):
+    """What the results are written from: `trackerdcs.ivscan.procedure.IvScan` is one (this
+    module does not import it: the procedure imports this one to write its results)."""
+
+    plan: ScanPlan
+    points: list[dict[str, Any]]  # one per step, keys: COLUMNS
+    step: int
+    outcome: str | None
+    reason: str | None
+    started: float  # unix s
+    end_time: float | None
+    environment_start: dict[str, Any]
+    environment_end: dict[str, Any]
+
 
 # matplotlib is not thread-safe, even through its object API: text rendering shares cached
 # FreeType font objects, so two scans ending together must not draw at the same time
@@ -39,7 +55,7 @@ def iso(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def metadata(scan: IvScan) -> dict[str, Any]:
+def metadata(scan: ScanRecord) -> dict[str, Any]:
     plan = scan.plan
     meta: dict[str, Any] = {
         "scan": plan.scan_id, "module": plan.module, "channel": plan.channel,
@@ -57,7 +73,7 @@ def metadata(scan: IvScan) -> dict[str, Any]:
     return meta
 
 
-def csv_text(scan: IvScan) -> str:
+def csv_text(scan: ScanRecord) -> str:
     out = io.StringIO()
     out.write("# trackerdcs IV scan (units: V, uA, C, % RH; time: unix s)\n")
     for key, value in metadata(scan).items():
@@ -103,7 +119,7 @@ def read_results(path: Path) -> tuple[dict[str, str], list[dict[str, float | Non
     return meta, rows
 
 
-def plot(scan: IvScan, path: Path) -> None:
+def plot(scan: ScanRecord, path: Path) -> None:
     """The PNG: |I| (µA, log scale) against the voltage readback, with the readings' spread."""
     import matplotlib
 
@@ -139,7 +155,7 @@ def plot(scan: IvScan, path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def write_results(scan: IvScan, results_dir: Path) -> list[Path]:
+def write_results(scan: ScanRecord, results_dir: Path) -> list[Path]:
     """Write `<results_dir>/<module>/<scan id>.csv` and `.png`; their paths."""
     folder = Path(results_dir) / scan.plan.module
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,13 +19,12 @@ import contextlib
 import os
 import stat
 import termios
-from dataclasses import asdict, dataclass, replace
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import serial
+from pydantic import BaseModel, ConfigDict, Field
 
-_PARITIES = ("N", "E", "O", "M", "S")
 MAX_REPLY = 256  # bytes of one reply (the longest, VERSION, is about 30)
 _PTY_MAJORS = range(136, 144)  # Linux Unix98 pty slaves (/dev/pts/N)
 _IO_ERRORS: tuple[type[Exception], ...] = (serial.SerialException, OSError, termios.error)
@@ -36,42 +35,36 @@ class TransportError(Exception):
     """The line cannot be opened, or failed while in use (closed, unplugged, refused)."""
 
 
-@dataclass(frozen=True)
-class SerialSettings:
-    """Serial line settings (ignored by `socket://` lines, whose far end owns them).
+class SerialLine(BaseModel):
+    """A serial line's settings, as the lab file gives them (`chillers[].serial`; ignored by
+    `socket://` lines, whose far end owns them). Validated by pydantic: `ValidationError` (a
+    ValueError) names the setting.
 
     Defaults are the older Julabo units' 4800 7E1 with RTS/CTS; newer units and the unit's
     own menu may use 9600 7E1, 4800 8E1 or 9600 8N1: set them to match the unit.
     """
 
-    baudrate: int = 4800
-    bytesize: int = 7
-    parity: str = "E"
-    stopbits: float = 1
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    baudrate: int = Field(4800, gt=0)
+    bytesize: Literal[5, 6, 7, 8] = 7
+    parity: Literal["N", "E", "O", "M", "S"] = "E"
+    stopbits: Literal[1, 1.5, 2] = 1
     rtscts: bool = True
     xonxoff: bool = False
-    timeout: float = 1.0
-    """Read timeout in seconds: how long to wait for a complete reply."""
-    write_timeout: float | None = 1.0
-    """Write timeout in seconds (a write blocked by a low CTS line fails instead of hanging)."""
 
-    def __post_init__(self) -> None:
-        if self.baudrate <= 0:
-            raise ValueError(f"baudrate must be positive, got {self.baudrate}")
-        if self.bytesize not in (5, 6, 7, 8):
-            raise ValueError(f"bytesize must be 5..8, got {self.bytesize}")
-        if self.parity not in _PARITIES:
-            raise ValueError(f"parity must be one of {_PARITIES}, got {self.parity!r}")
-        if self.stopbits not in (1, 1.5, 2):
-            raise ValueError(f"stopbits must be 1, 1.5 or 2, got {self.stopbits}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
-        if self.write_timeout is not None and self.write_timeout <= 0:
-            raise ValueError(f"write_timeout must be positive or None, got {self.write_timeout}")
+
+class SerialSettings(SerialLine):
+    """A line's settings and its timeouts: what `serial.serial_for_url` is opened with."""
+
+    timeout: float = Field(1.0, gt=0)
+    """Read timeout in seconds: how long to wait for a complete reply."""
+    write_timeout: float | None = Field(1.0, gt=0)
+    """Write timeout in seconds (a write blocked by a low CTS line fails instead of hanging)."""
 
     def pyserial_kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments of `serial.serial_for_url`."""
-        return asdict(self)
+        return self.model_dump()
 
 
 def normalize_url(url: str) -> str:
@@ -100,7 +93,7 @@ def effective_settings(url: str, settings: SerialSettings) -> SerialSettings:
     Character size and parity mean nothing on a pty, so they are dropped there.
     """
     if "://" not in url and is_pty(url):
-        return replace(settings, bytesize=8, parity="N")
+        return settings.model_copy(update={"bytesize": 8, "parity": "N"})
     return settings
 
 

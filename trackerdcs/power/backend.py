@@ -74,16 +74,3 @@ class PowerBackend(Protocol):
 
     def reconnect(self) -> None:
         """Drop and re-establish every connection."""
-
-
-def make_backend(crate: CrateConfig, addresses: list[ChannelAddress]) -> PowerBackend:
-    """The backend the crate's configuration names; imports its library only when chosen."""
-    if crate.backend == "epics":
-        from trackerdcs.power.epics_backend import EpicsBackend
-
-        return EpicsBackend(crate, addresses)
-    if crate.backend == "caenwrapper":
-        from trackerdcs.power.caenwrapper_backend import CaenWrapperBackend
-
-        return CaenWrapperBackend(crate, addresses)
-    raise ValueError(f"unknown backend {crate.backend!r}")

@@ -17,7 +17,8 @@ from trackerdcs.commands import ALWAYS_EXECUTED
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.guard import FAULTS, loads, shorten
 from trackerdcs.mqtt import MqttLink
-from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend, make_backend
+from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend
+from trackerdcs.power.backends import make_backend
 from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
 from trackerdcs.runner import daemon_main

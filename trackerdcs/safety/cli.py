@@ -17,12 +17,13 @@ import time
 import uuid
 from typing import Any
 
+from trackerdcs.cliargs import add_config
 from trackerdcs.safety.clock import iso, parse_when
 
 
 def add_safety_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="list the audit log (commands and automatic actions)")
-    p.add_argument("--config", default="examples/lab.yml", help="lab YAML file (the broker)")
+    add_config(p, what="lab YAML file (the broker)", default="examples/lab.yml")
     p.add_argument("--since", default="1h", help="ISO time or a span back (30m, 2h, 7d): 1h")
     p.add_argument("--until", help="ISO time or a span back (default: now)")
     p.add_argument("--module", help="only records about this module")

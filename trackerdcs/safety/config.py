@@ -5,30 +5,22 @@ Strict pydantic models (unknown keys are errors), checked by `load_config` like 
 prefixes) and names the key that is wrong; the safety daemons and `trackerdcs check-config` run
 it, so that a lab derived from the example (say, without its chiller) still loads for the
 daemons that do not read these sections. This module imports nothing from `trackerdcs.config`,
-which imports it.
+which imports it: the checks take the lab as a `SafetyLab`, the part of `LabConfig` they read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-if TYPE_CHECKING:
-    from trackerdcs.config import LabConfig
-
-
-class _Strict(BaseModel):
-    """As `trackerdcs.config`'s base: unknown keys are errors, every float is finite."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+from trackerdcs.configbase import NonNegFloat, PositiveFloat, UnknownChiller
+from trackerdcs.configbase import StrictModel as _Strict
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")]
 ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
 
 
 class Action(StrEnum):
@@ -148,18 +140,40 @@ class SequencerConfig(_Strict):
     command_max_age: PositiveFloat | None = None  # s; default: mqtt.command_max_age
 
 
+class SafetyLab(Protocol):
+    """What the checks below read of the lab: `trackerdcs.config.LabConfig` is one."""
+
+    @property
+    def interlocks(self) -> InterlocksConfig: ...
+
+    @property
+    def crates(self) -> Sequence[Any]: ...
+
+    @property
+    def sensors(self) -> Sequence[Any]: ...
+
+    @property
+    def chillers(self) -> Sequence[Any]: ...
+
+    def modules(self) -> Iterable[str]: ...
+
+    def chiller(self, name: str | None = None) -> Any: ...
+
+    def cooled_by(self, chiller: Any) -> list[str]: ...
+
+
 def uses_chiller(rule: Any) -> bool:
     """The rule watches a chiller or acts on one (or names one for its modules)."""
     return rule.kind == "chiller_running" or rule.chiller_setpoint is not None or bool(rule.chiller)
 
 
-def rule_chiller(lab: LabConfig, rule: Any) -> Any | None:
+def rule_chiller(lab: SafetyLab, rule: Any) -> Any | None:
     """The chiller (`JulaboConfig`) a rule watches or acts on: its `chiller`, else the lab's only
     one; None for a rule that uses no chiller. `UnknownChiller` when it cannot be told."""
     return lab.chiller(rule.chiller) if uses_chiller(rule) else None
 
 
-def rule_modules(lab: LabConfig, rule: Any) -> list[str]:
+def rule_modules(lab: SafetyLab, rule: Any) -> list[str]:
     """The modules a rule protects: its `modules` (`all`: every module of the lab); not given,
     those its chiller cools (a chiller rule in a lab of several chillers protects its own)."""
     if "modules" not in rule.model_fields_set and uses_chiller(rule):
@@ -167,10 +181,8 @@ def rule_modules(lab: LabConfig, rule: Any) -> list[str]:
     return list(lab.modules()) if rule.modules == "all" else list(rule.modules)
 
 
-def check_safety(lab: LabConfig) -> None:
+def check_safety(lab: SafetyLab) -> None:
     """Check the safety sections against the lab; ValueError naming the key otherwise."""
-    from trackerdcs.config import UnknownChiller
-
     modules = set(lab.modules())
     sensors = {s.name: s for s in lab.sensors}
     prefixes = {p for crate in lab.crates for p in crate.prefixes.values()}
@@ -227,7 +239,7 @@ def check_safety(lab: LabConfig) -> None:
                     )
 
 
-def safety_problem(lab: LabConfig, args: object = None) -> str | None:
+def safety_problem(lab: SafetyLab, args: object = None) -> str | None:
     """`check_safety` as a daemon's `validate` hook (trackerdcs.runner): the message, or None."""
     try:
         check_safety(lab)

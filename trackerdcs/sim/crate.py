@@ -60,6 +60,7 @@ from caproto._data import SkipWrite
 from caproto.asyncio.server import Context
 from caproto.server import common as caproto_server_common
 
+from trackerdcs.cliargs import add_config, add_version, resolve_config
 from trackerdcs.config import ConfigError, CrateConfig, load_config
 from trackerdcs.power.boards import BoardModel, Param, ParamType, board_model
 from trackerdcs.power.pvnames import board_pv, channel_pv, system_pv
@@ -387,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trackerdcs-sim-crate",
         description="Simulated CAEN SY4527 crate serving Channel Access PVs.",
     )
-    p.add_argument("--config", required=True, help="lab YAML file")
+    add_config(p)
+    add_version(p)
     p.add_argument("--crate", help="crate name (default: the first crate)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="CA server port (default: from the crate address)")
@@ -416,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = resolve_config(parser, parser.parse_args(argv))
     try:
         lab = load_config(args.config)
         crate = lab.crate(args.crate) if args.crate else lab.crates[0]

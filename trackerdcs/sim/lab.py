@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trackerdcs.cliargs import add_config, add_version, resolve_config
 from trackerdcs.config import (
     ConfigError,
     LabConfig,
@@ -410,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="trackerdcs-sim-lab", description="The coupled virtual lab: crate, chiller, sensors."
     )
-    p.add_argument("--config", required=True, help="lab YAML file")
+    add_config(p)
+    add_version(p)
     p.add_argument("--host", default="127.0.0.1", help="CA interface (default 127.0.0.1)")
     p.add_argument("--speed", type=float, help="simulated s per wall s (default: virtual_lab)")
     p.add_argument("--julabo-pty", metavar="LINK", help="also serve the (first) chiller on a pty")
@@ -420,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = resolve_config(parser, parser.parse_args(argv))
     if (args.speed is not None and args.speed <= 0) or args.noise < 0:
         print("trackerdcs-sim-lab: --speed must be > 0 and --noise >= 0", file=sys.stderr)
         return 2
