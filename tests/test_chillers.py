@@ -243,7 +243,8 @@ def test_the_daemons_build_the_lab_s_client_ids(tmp_path, monkeypatch):
         InterlockDaemon(lab, loop)
         AlarmsDaemon(lab, loop, str(tmp_path / "alarms.sqlite"))
         dcs = DcsDaemon(lab, loop)
-        built.append(dcs.ivscan.client.client_id)  # the IV scans' own client (not an MqttLink)
+        # the IV scans' and the recipes' own clients (not MqttLinks)
+        built += [dcs.ivscan.client.client_id, dcs.recipes.client.client_id]
     finally:
         loop.close()
     assert sorted(built) == sorted(lab_client_ids(lab))

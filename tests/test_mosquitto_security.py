@@ -653,8 +653,9 @@ def test_node_red_logs_in_as_nodered(broker, stack: Stack, tmp_path: Path) -> No
 
     home = tmp_path / "home"  # as /opt/node-red in the image
     home.mkdir()
-    for name in ("settings.js", "flows.json", "node_modules"):
+    for name in ("settings.js", "flows.json", "node_modules", "login"):
         (home / name).symlink_to(NODE_RED / name)
+    (home / "telegraf.conf").symlink_to(ROOT / "telegraf.conf")  # where the History page reads
     port = free_port()
     env = {
         "TRACKERDCS_NODE_RED_PASSWORD_HASH": hash_password(secrets.token_hex(8), home),
@@ -662,6 +663,9 @@ def test_node_red_logs_in_as_nodered(broker, stack: Stack, tmp_path: Path) -> No
         "TRACKERDCS_NODE_RED_HOST": "127.0.0.1",
         "TRACKERDCS_MQTT_USERNAME": "nodered",
         "TRACKERDCS_MQTT_PASSWORD": broker.passwords["nodered"],
+        # the History page's read-only InfluxDB user (no InfluxDB here: the page is not opened)
+        "TRACKERDCS_INFLUX_USERNAME": "nodered",
+        "TRACKERDCS_INFLUX_PASSWORD": secrets.token_hex(8),
     }
     url = f"http://127.0.0.1:{port}/dashboard/"
 

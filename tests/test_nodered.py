@@ -48,7 +48,7 @@ MODULE_TESTS = [
 ]
 DATE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
-JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 0.3,
+JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 1.0,
                "poll_interval": 0.2, "heartbeat": 1.0, "reconnect_min_delay": 0.1,
                "reconnect_max_delay": 0.5}  # fmt: skip
 SENSORS = [
