@@ -18,7 +18,7 @@ from trackerdcs.sensors.dewpoint import dew_point
 from trackerdcs.stack.process import ManagedProcess, free_port
 
 SPEED = 300.0  # simulated s per wall s: a 10 K/min chiller ramp takes 2 wall s per 100 K
-JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 0.3, "poll_interval": 0.2,
+JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 1.0, "poll_interval": 0.2,
                "heartbeat": 2, "reconnect_min_delay": 0.1, "reconnect_max_delay": 0.5}  # fmt: skip
 
 
@@ -140,7 +140,9 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
     assert running["external_temp"] is None  # the example's unit has no Pt100 plugged in
     assert running["model"] == "full" and isinstance(running["bath_temp"], float)
     cold = vlab.wait("/temp_m1/status", lambda s: (s["temperature"] or 99) < -7, timeout=10)
-    cold_hv = hv_m1(vlab.wait("/hv/status", lambda chs: hv_m1(chs)["imon"] < warm["imon"] / 8))
+    cold_hv = hv_m1(
+        vlab.wait("/hv/status", lambda chs: hv_m1(chs)["imon"] < warm["imon"] / 8, timeout=15)
+    )
     assert cold_hv["state"] == "ON"
 
     # the physics: leakage scale 2 ** ((T - 20) / 7), seen through the backdoor
