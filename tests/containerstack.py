@@ -314,17 +314,15 @@ def exclusive(cache: Path = CACHE, timeout: float = 1800) -> Iterator[None]:
     """One harness at a time on this machine (the store, the fixed project name)."""
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / "lock").open("w") as f:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def locked() -> bool:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{cache / 'lock'}: another container run holds it"
-                    ) from None
-                time.sleep(1.0)
+                return False
+            return True
+
+        wait_until(locked, timeout, f"{cache / 'lock'} (another container run holds it)", 1.0)
         try:
             yield
         finally:

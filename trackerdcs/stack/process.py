@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -178,11 +177,8 @@ class ManagedProcess:
         `kill` returns. Linux only (/proc/PID/task/*/stat, state `T`). Raises TimeoutError."""
         self.signal(signal.SIGSTOP)
         tasks = Path(f"/proc/{self.proc.pid}/task")
-        deadline = time.monotonic() + timeout
-        while not all(_stopped(task) for task in tasks.iterdir()):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not stop within {timeout} s")
-            threading.Event().wait(0.002)
+        wait_until(lambda: all(_stopped(task) for task in tasks.iterdir()), timeout,
+                   f"every thread of {self.name} to stop", poll=0.002)  # fmt: skip
 
     def thaw(self) -> None:
         """SIGCONT: undo `freeze`."""
