@@ -22,6 +22,7 @@ import yaml
 from tests.conftest import ROOT, Broker
 from tests.test_ivscan import IvLab
 from trackerdcs.client import CommandRefused
+from trackerdcs.stack.process import wait_until
 
 MODULES = ["M1", "M2"]
 STABLE = {"tolerance": 0.5, "stable_for": 0.5}
@@ -331,7 +332,19 @@ def test_a_stopped_chiller_is_started_and_the_run_waits_until_it_runs(lab: Recip
     recipe = {"modules": ["M1"], "steps": [
         {"setpoint": 20}, {"wait_stable": {"tolerance": 0.5, "stable_for": 0.5}},
         {"hold": 0.1}]}  # fmt: skip
-    run = lab.alice.start_recipe(recipe, file="cold-start.yml")["run"]
+    alice = lab.alice
+
+    def start() -> dict[str, Any] | None:
+        # The recipe service reads /interlock/status through its own subscription, which may
+        # deliver the cleared rule a moment after ours did: until then it refuses, naming it.
+        try:
+            return alice.start_recipe(recipe, file="cold-start.yml")
+        except CommandRefused as exc:
+            if "interlock chiller_running" not in str(exc):
+                raise
+            return None
+
+    run = wait_until(start, 10, "the recipe service to see chiller_running cleared")["run"]
     final = lab.alice.wait_recipe(run, timeout=60)
     assert final["outcome"] == "completed", final
     record = json.loads((lab.results / "recipes" / f"{run}.json").read_text())
