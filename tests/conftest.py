@@ -20,6 +20,8 @@ from trackerdcs.guard import FAULTS
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.process import ManagedProcess, free_port
 
+pytest_plugins = ["tests.pyramid"]  # the in-process / real-process counts at the end of a run
+
 # Property-based tests (hypothesis): a fixed, derandomized search of bounded size, so the suite
 # stays quick and gives the same result on every run; HYPOTHESIS_PROFILE=fuzz searches at random
 # and much longer (a local hunt for new failing inputs, not for CI).
