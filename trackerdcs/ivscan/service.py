@@ -115,13 +115,14 @@ class IvScanService:
         self.client.close()
 
     def scanning(self, module: str) -> bool:
+        """A scan of `module` runs: its thread is alive and it has not published its end (once
+        `ended` is set, its thread only hands the scan back)."""
         with self._lock:
-            return module in self.threads
+            return module in self.threads and self.scans[module].ended is None
 
     def stop_module(self, module: str, reason: str) -> bool:
         """Stop `module`'s running scan (the sequencer switches it off); whether one ran."""
-        with self._lock:
-            running = module in self.threads
+        running = self.scanning(module)
         if running:
             self.scans[module].stop(reason)
         return running
@@ -199,8 +200,9 @@ class IvScanService:
         except Exception:  # run() reports its own errors; this is the last guard
             log.exception("IV scan %s: unexpected error", scan.plan.scan_id)
         finally:
-            with self._lock:
-                self.threads.pop(scan.plan.module, None)
+            with self._lock:  # a new scan of the module may have started once this one ended
+                if self.threads.get(scan.plan.module) is threading.current_thread():
+                    del self.threads[scan.plan.module]
             self.changed(scan)
             self.loop.call_soon_threadsafe(self._indexed, scan)
 

@@ -111,6 +111,9 @@ class Poller:
             log.warning("the unit reported %s; reading STATUS again", status)
             status = device.status()
         running = self._required("running")
+        # 00..03 say stop/start themselves: running from the same reply as the mode, never a mix
+        # of two reads taken apart (the unit started or stopped in between)
+        said = 0 <= status.code <= 3
         active = self._active_setpoint()
         if active is None:  # not known this poll: which set point is active is unknown too
             setpoint = None
@@ -122,7 +125,7 @@ class Poller:
         self._polls += 1
         return Poll(
             status=status,
-            running=status.is_running if running is None else bool(running),
+            running=status.is_running if running is None or said else bool(running),
             bath=self._required("bath_temperature"),
             setpoint=setpoint,
             active_setpoint=active,
