@@ -44,6 +44,7 @@ from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock, shares_connect
 from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import unix_time
+from trackerdcs.payloads import IngestStatus, dump
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,10 @@ class Bridge:
     def _publish_status(self, counters: dict[str, Any]) -> None:
         if self.status_prefix:
             self.consumers[0].client.publish(
-                f"{self.status_prefix}/status", json.dumps(counters), qos=1, retain=True
+                f"{self.status_prefix}/status",
+                json.dumps(dump(IngestStatus(**counters))),
+                qos=1,
+                retain=True,
             )
 
 
