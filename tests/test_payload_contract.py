@@ -276,3 +276,13 @@ def test_idle_scan_and_recipe_statuses_are_their_models():
     assert P.dump(P.IvScanState.model_validate(idle_scan())) == idle_scan()
     recipe = {**idle_recipe(), "recipes": ["quick"], "time": 1.5}
     assert P.dump(P.RecipeStatus.model_validate(recipe)) == recipe
+
+
+def test_availability_values_are_the_documented_ones():
+    line = next(
+        line
+        for line in TOPICS_MD.read_text().splitlines()
+        if line.startswith("- `<prefix>/availability`")
+    )
+    documented = re.findall(r"`(\w+)`", line.split("—", 1)[1].split(".")[0])
+    assert documented == list(typing.get_args(P.Availability)) == [P.ONLINE, P.OFFLINE]

@@ -46,12 +46,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from trackerdcs.commands import always_executed, sender_of
 from trackerdcs.config import MqttConfig
 from trackerdcs.guard import FAULTS, Faults, JsonError, clip, finite_number, loads, shorten
-from trackerdcs.payloads import answer_payload
+from trackerdcs.payloads import OFFLINE, ONLINE, answer_payload
 
 log = logging.getLogger(__name__)
-
-ONLINE = "online"
-OFFLINE = "offline"
 
 
 class PayloadError(ValueError):

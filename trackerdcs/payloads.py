@@ -28,10 +28,11 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-AVAILABILITY_ONLINE = "online"
-AVAILABILITY_OFFLINE = "offline"
+ONLINE: Literal["online"] = "online"
+OFFLINE: Literal["offline"] = "offline"
 Availability = Literal["online", "offline"]
-"""`<prefix>/availability`: retained plain text, `online` or `offline` (the broker's last will)."""
+"""`<prefix>/availability`: retained plain text, `ONLINE` or `OFFLINE` (the service's last will,
+and its clean stop)."""
 
 
 class Payload(BaseModel):

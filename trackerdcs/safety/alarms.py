@@ -22,7 +22,7 @@ from trackerdcs.commands import sender_of
 from trackerdcs.config import LabConfig
 from trackerdcs.guard import FAULTS, JsonError, clip, loads, shorten
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
-from trackerdcs.payloads import AlarmList, dump
+from trackerdcs.payloads import OFFLINE, AlarmList, dump
 from trackerdcs.safety.liveness import Liveness, heartbeats
 from trackerdcs.safety.store import Alarm, Store
 
@@ -132,7 +132,7 @@ def interlocks_fired(prefix: str, status: Any) -> list[Condition]:
 
 def service_offline(prefix: str, payload: Any) -> list[Condition]:
     """`<prefix>/availability`: the daemon is gone (last will) or stopped."""
-    if payload == "offline":
+    if payload == OFFLINE:
         return [Condition(f"offline:{prefix}", "major", prefix, f"{prefix} daemon offline")]
     return []
 
