@@ -286,3 +286,14 @@ def test_availability_values_are_the_documented_ones():
     )
     documented = re.findall(r"`(\w+)`", line.split("—", 1)[1].split(".")[0])
     assert documented == list(typing.get_args(P.Availability)) == [P.ONLINE, P.OFFLINE]
+
+
+def test_the_client_channel_holds_every_key_of_a_channel_status():
+    """`trackerdcs.client.Channel` (the Python client's view of a channel) has a field per
+    published key, of the same name (`status`, the raw bit field, is read as its `flags`)."""
+    import dataclasses
+
+    from trackerdcs.client import Channel
+
+    own = {f.name for f in dataclasses.fields(Channel)} - {"kind", "prefix"}
+    assert own == set(P.PowerChannelStatus.model_fields) - {"status"}
