@@ -40,8 +40,8 @@ from trackerdcs.config import (
     load_config,
 )
 from trackerdcs.mqtt import apply_broker_settings
+from trackerdcs.payloads import ONLINE
 
-ONLINE = "online"
 SERVICES = ("power", "julabo", "sensors", "interlock", "alarms", "dcs", "sim-lab", "sim-crate")
 
 

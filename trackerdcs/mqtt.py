@@ -46,11 +46,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from trackerdcs.commands import always_executed, sender_of
 from trackerdcs.config import MqttConfig
 from trackerdcs.guard import FAULTS, Faults, JsonError, clip, finite_number, loads, shorten
+from trackerdcs.payloads import OFFLINE, ONLINE, answer_payload
 
 log = logging.getLogger(__name__)
-
-ONLINE = "online"
-OFFLINE = "offline"
 
 
 class PayloadError(ValueError):
@@ -534,19 +532,12 @@ class MqttLink:
 
     def respond(self, cmd: Command, ok: bool, error: str | None = None, **extra: Any) -> dict:
         """Answer a command on `<prefix>/response` and on the caller's MQTT 5 response topic."""
-        answer: dict[str, Any] = {
-            "topic": cmd.topic,
-            "payload": cmd.payload,
-            "ok": ok,
-            "error": error,
-            "id": cmd.request_id(),
-        }
-        answer.update(extra)
         if id(cmd) in self._executing:
             self._executing[id(cmd)] = True
         if cmd.lenient:  # run despite faults in its payload: say what was ignored
             note = "ignored: " + "; ".join(cmd.salvage()[3])
-            answer["warning"] = f"{answer['warning']}; {note}" if answer.get("warning") else note
+            extra["warning"] = f"{extra['warning']}; {note}" if extra.get("warning") else note
+        answer = answer_payload(cmd.topic, cmd.payload, ok, error, cmd.request_id(), **extra)
         data = json.dumps(answer)
         self.publish(self.response_topic, data, qos=1)
         if cmd.response_topic:

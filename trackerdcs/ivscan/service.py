@@ -38,6 +38,14 @@ from trackerdcs.ivscan.index import newest_first, result_entry, scan_index
 from trackerdcs.ivscan.plan import ScanPlan, check_channel, parse_params, plan_scan
 from trackerdcs.ivscan.procedure import IvScan
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
+from trackerdcs.payloads import (
+    IvScanAction,
+    IvScanPoint,
+    IvScanResults,
+    IvScanState,
+    IvScanStatus,
+    dump,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +61,11 @@ STOP_JOIN = 10.0  # s the daemon waits at its stop for scans to leave their chan
 
 def idle_status() -> dict[str, Any]:
     """A module's entry before its first scan."""
-    return {
-        "state": "IDLE", "scan": None, "channel": None, "operator": None, "step": 0,
-        "steps": 0, "vset": None, "vmon": None, "imon": None, "outcome": None, "reason": None,
-        "files": [], "started": None, "ended": None, "id": None, "recipe": None,
-    }  # fmt: skip
+    return dump(IvScanState(
+        state="IDLE", scan=None, channel=None, operator=None, step=0, steps=0, vset=None,
+        vmon=None, imon=None, outcome=None, reason=None, files=[], started=None, ended=None,
+        id=None, recipe=None,
+    ))  # fmt: skip
 
 
 def _sender(request_id: str | None) -> str:
@@ -211,26 +219,26 @@ class IvScanService:
         self.loop.call_soon_threadsafe(self._publish_status)
 
     def point(self, scan: IvScan, point: dict[str, Any]) -> None:
-        self.link.publish(POINTS_TOPIC, json.dumps(point), qos=1)
+        self.link.publish(POINTS_TOPIC, json.dumps(dump(IvScanPoint(**point))), qos=1)
         text = (f"step {point['step']}/{len(scan.plan.voltages)}: {point['vset']:g} V, vmon "
                 f"{point['vmon']:g} V, imon {point['imon']:.4g} +- {point['imon_std']:.2g} uA "
                 f"({point['readings']} readings)")  # fmt: skip
         self.event(scan, "step", text, True)
 
     def event(self, scan: IvScan, event: str, text: str, ok: bool | None = None) -> None:
-        payload = {
-            "time": unix_time(self.clock()), "source": SOURCE, "event": event,
-            "module": scan.plan.module, "modules": [scan.plan.module], "scan": scan.plan.scan_id,
-            "step": scan.step if event == "step" else None, "ok": ok, "text": text,
-            "id": scan.plan.request_id,
-        }  # fmt: skip
-        self.link.publish(ACTION_TOPIC, json.dumps(payload), qos=1)
+        payload = IvScanAction(
+            time=unix_time(self.clock()), source=SOURCE, event=event, module=scan.plan.module,
+            modules=[scan.plan.module], scan=scan.plan.scan_id,
+            step=scan.step if event == "step" else None, ok=ok, text=text,
+            id=scan.plan.request_id,
+        )  # fmt: skip
+        self.link.publish(ACTION_TOPIC, json.dumps(dump(payload)), qos=1)
 
     # -- status (on the loop) ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         scans = {m: self.scans[m].status() if m in self.scans else idle_status()
                  for m in self.modules}  # fmt: skip
-        return {"scans": scans, "time": unix_time(self.clock())}
+        return dump(IvScanStatus.model_validate({"scans": scans, "time": unix_time(self.clock())}))
 
     def _indexed(self, scan: IvScan) -> None:
         """A scan's files written: its entry first in `/dcs/ivscan/results`."""
@@ -243,7 +251,9 @@ class IvScanService:
 
     def _publish_results(self) -> None:
         payload = {"scans": self.results, "time": unix_time(self.clock())}
-        self.link.publish_state(RESULTS_TOPIC, json.dumps(payload))
+        self.link.publish_state(
+            RESULTS_TOPIC, json.dumps(dump(IvScanResults.model_validate(payload)))
+        )
 
     def _publish_status(self) -> None:
         """`/dcs/ivscan/status`, on change and every `ivscan.heartbeat` s."""

@@ -28,6 +28,7 @@ from trackerdcs.julabo.fsm import Chiller, Poll
 from trackerdcs.julabo.protocol import ProtocolError, ReadbackMismatch
 from trackerdcs.julabo.worker import DoneFn, JobFn
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
+from trackerdcs.payloads import ChillerStatus, dump
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class JulaboService:
         failed attempt to reach it), or the daemon's start before its first report."""
         status = self.chiller.as_status()
         self._published = status
-        stamped = {**status, "time": unix_time(self.observed_at)}
+        stamped = dump(ChillerStatus(**status, time=unix_time(self.observed_at)))
         self.link.publish_state(f"{self.prefix}/status", json.dumps(stamped))
         if self._heartbeat is not None:
             self._heartbeat.cancel()

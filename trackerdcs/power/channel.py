@@ -18,6 +18,7 @@ from typing import Any
 from transitions import Machine
 
 from trackerdcs.config import ChannelConfig, ChannelLimits
+from trackerdcs.payloads import PowerChannelStatus, dump
 from trackerdcs.power.backend import ChannelAddress
 from trackerdcs.power.boards import BoardModel, ParamType, board_model
 from trackerdcs.power.status import FAULT_BITS, TRIP_BITS, ChannelStatus, flag_names
@@ -206,20 +207,22 @@ class PowerChannel:
     def _build_status(self) -> dict[str, Any]:
         rb = self.readback
         status = int(rb["Status"])
-        return {
-            "number": self.cfg.number,
-            "name": self.cfg.name,
-            "module": self.cfg.module or "",
-            "on": 1 if int(rb["Pw"]) else 0,
-            "vreq": float(rb["V0Set"]),
-            "vmon": float(rb["VMon"]),
-            "imon": float(rb["IMon"]),
-            "ilim": float(rb["I0Set"]),
-            "status": status,
-            "flags": flag_names(status),
-            "state": str(self.state),
-            "interlocks": sorted(self.inhibits),
-        }
+        entry = PowerChannelStatus(
+            number=self.cfg.number,
+            name=self.cfg.name,
+            module=self.cfg.module or "",
+            on=1 if int(rb["Pw"]) else 0,
+            vreq=float(rb["V0Set"]),
+            vmon=float(rb["VMon"]),
+            imon=float(rb["IMon"]),
+            ilim=float(rb["I0Set"]),
+            status=status,
+            flags=flag_names(status),
+            state=str(self.state),
+            interlocks=sorted(self.inhibits),
+            time=0.0,  # stamped at publication: `PowerService.publish_status`
+        )
+        return dump(entry, exclude={"time"})
 
 
 def make_machine(channels: list[PowerChannel]) -> Machine:

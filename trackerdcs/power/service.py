@@ -25,6 +25,7 @@ from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import ChannelKind, PublishConfig
 from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
+from trackerdcs.payloads import PowerState, dump
 from trackerdcs.power.backend import BackendError, ChannelAddress, ParamAbsent, PowerBackend
 from trackerdcs.power.channel import ChannelState, PowerChannel
 
@@ -371,13 +372,15 @@ class PowerService:
         states = [c.state for c in self.channels]
         state = aggregate_state(states)
         counts = dict(Counter(str(s) for s in states))
-        payload = {
-            "state": str(state),
-            "channels": len(states),
-            "counts": counts,
-            "failsafe": self.failsafe_note,
-            "warnings": self._warnings,
-        }
+        payload = dump(
+            PowerState(
+                state=str(state),
+                channels=len(states),
+                counts=counts,
+                failsafe=self.failsafe_note,
+                warnings=self._warnings,
+            )
+        )
         if payload != self._state_payload:
             if self._state is not None and state != self._state:
                 log.info("%s state %s -> %s", self.prefix, self._state, state)

@@ -38,6 +38,7 @@ from trackerdcs.config import LabConfig, UnknownChiller
 from trackerdcs.guard import clip
 from trackerdcs.ivscan.plan import scan_id
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
+from trackerdcs.payloads import RecipeAction, RecipeStatus, dump
 from trackerdcs.recipe.model import Recipe, RecipeError, check_recipe, load_recipe, parse_recipe
 from trackerdcs.recipe.procedure import DewPoint, RecipeRun
 from trackerdcs.safety.config import rule_chiller, rule_modules
@@ -56,7 +57,7 @@ MAX_LISTED = 200  # recipe names listed in the status
 
 
 def idle_status() -> dict[str, Any]:
-    """The status before the first run."""
+    """The status before the first run (`RecipeStatus` but `recipes` and `time`)."""
     return {
         "state": "IDLE", "recipe": None, "run": None, "file": None, "operator": None,
         "modules": [], "step": 0, "steps": 0, "path": None, "text": None, "repetition": None,
@@ -276,19 +277,19 @@ class RecipeService:
         self.loop.call_soon_threadsafe(self._publish_status)
 
     def event(self, run: RecipeRun, event: str, text: str, ok: bool | None = None) -> None:
-        payload = {
-            "time": unix_time(self.clock()), "source": SOURCE, "event": event,
-            "recipe": run.recipe.name, "run": run.run_id, "modules": list(run.recipe.modules),
-            "path": run.path, "step": run.step or None, "ok": ok, "text": text,
-            "id": run.request_id,
-        }  # fmt: skip
+        payload = RecipeAction(
+            time=unix_time(self.clock()), source=SOURCE, event=event, recipe=run.recipe.name,
+            run=run.run_id, modules=list(run.recipe.modules), path=run.path,
+            step=run.step or None, ok=ok, text=text, id=run.request_id,
+        )  # fmt: skip
         log.info("recipe %s: %s: %s", run.run_id, event, text)
-        self.link.publish(ACTION_TOPIC, json.dumps(payload), qos=1)
+        self.link.publish(ACTION_TOPIC, json.dumps(dump(payload)), qos=1)
 
     # -- status (on the loop) ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         status = self.run.status() if self.run is not None else idle_status()
-        return {**status, "recipes": self.available(), "time": unix_time(self.clock())}
+        status = {**status, "recipes": self.available(), "time": unix_time(self.clock())}
+        return dump(RecipeStatus.model_validate(status))
 
     def _publish_status(self) -> None:
         """`/dcs/recipe/status`, on change and every `recipes.heartbeat` s."""

@@ -22,6 +22,7 @@ from trackerdcs.commands import sender_of
 from trackerdcs.config import LabConfig
 from trackerdcs.guard import FAULTS, JsonError, clip, loads, shorten
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
+from trackerdcs.payloads import OFFLINE, AlarmList, dump
 from trackerdcs.safety.liveness import Liveness, heartbeats
 from trackerdcs.safety.store import Alarm, Store
 
@@ -131,7 +132,7 @@ def interlocks_fired(prefix: str, status: Any) -> list[Condition]:
 
 def service_offline(prefix: str, payload: Any) -> list[Condition]:
     """`<prefix>/availability`: the daemon is gone (last will) or stopped."""
-    if payload == "offline":
+    if payload == OFFLINE:
         return [Condition(f"offline:{prefix}", "major", prefix, f"{prefix} daemon offline")]
     return []
 
@@ -232,12 +233,14 @@ class AlarmBook:
 
     def summary(self) -> dict[str, Any]:
         alarms = sorted(self.listed.values(), key=lambda a: a.id)
-        return {
-            "alarms": [a.as_json() for a in alarms],
-            "active": sum(a.active for a in alarms),
-            "unacknowledged": sum(not a.acknowledged for a in alarms),
-            "time": unix_time(self.clock()),
-        }
+        """`/alarms` (`AlarmList`)."""
+        summary = AlarmList(
+            alarms=[a.as_payload() for a in alarms],
+            active=sum(a.active for a in alarms),
+            unacknowledged=sum(not a.acknowledged for a in alarms),
+            time=unix_time(self.clock()),
+        )
+        return dump(summary)
 
 
 class AlarmService:

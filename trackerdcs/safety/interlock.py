@@ -29,6 +29,7 @@ from typing import Any
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.guard import FAULTS, JsonError, clip, loads
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
+from trackerdcs.payloads import InterlockAction, InterlockRule, InterlockStatus, dump
 from trackerdcs.safety.config import Action, rule_chiller, rule_modules
 from trackerdcs.safety.rules import EPSILON, RULE_KINDS, RuleState, Verdict, reason_of
 from trackerdcs.safety.sender import CommandSender
@@ -288,40 +289,40 @@ class InterlockService:
     ) -> None:  # fmt: skip
         """One automatic action on `/interlock/action` (the audit log keeps it). `when`: the
         time of the decision, before any command of it went out."""
-        payload = {
-            "time": unix_time(self.clock() if when is None else when),
-            "source": SOURCE,
-            "event": event,
-            "rule": state.rule.name,
-            "modules": sorted(modules),
-            "text": text,
-            "commands": sent,
-        }
-        self.link.publish(self.action_topic, json.dumps(payload), qos=1)
+        payload = InterlockAction(
+            time=unix_time(self.clock() if when is None else when),
+            source=SOURCE,
+            event=event,
+            rule=state.rule.name,
+            modules=sorted(modules),
+            text=text,
+            commands=sent,
+        )
+        self.link.publish(self.action_topic, json.dumps(dump(payload)), qos=1)
 
     # -- status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """`/interlock/status` (`InterlockStatus`)."""
         rules = [
-            {
-                "name": s.rule.name,
-                "kind": s.rule.kind,
-                "active": s.active,
-                "reason": s.reason,
-                "modules": sorted(s.affected),
-                "protects": sorted(s.protects),
-                "action": s.rule.action.value,
-                "armed": s.armed,
-                "since": unix_time(s.since),
-                "fired_at": None if s.fired_at is None else unix_time(s.fired_at),
-                "cleared_at": None if s.cleared_at is None else unix_time(s.cleared_at),
-            }
+            InterlockRule(
+                name=s.rule.name,
+                kind=s.rule.kind,
+                active=s.active,
+                reason=s.reason,
+                modules=sorted(s.affected),
+                protects=sorted(s.protects),
+                action=s.rule.action.value,
+                armed=s.armed,
+                since=unix_time(s.since),
+                fired_at=None if s.fired_at is None else unix_time(s.fired_at),
+                cleared_at=None if s.cleared_at is None else unix_time(s.cleared_at),
+            )
             for s in self.states
         ]
-        return {
-            "rules": rules,
-            "active": [r["name"] for r in rules if r["active"]],
-            "time": unix_time(self.clock()),
-        }
+        status = InterlockStatus(
+            rules=rules, active=[r.name for r in rules if r.active], time=unix_time(self.clock())
+        )
+        return dump(status)
 
     def _key(self) -> tuple:
         return tuple((s.active, s.affected, s.armed) for s in self.states)

@@ -28,6 +28,7 @@ from trackerdcs.commands import CommandError, parse_switch
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
+from trackerdcs.payloads import SequenceAction, SequencerStatus, SequenceStep, dump
 from trackerdcs.safety.sender import CommandSender
 from trackerdcs.safety.world import World
 
@@ -303,7 +304,7 @@ class SequencerService:
         return StepFailed(f"{step}: {why}")
 
     def _step(self, run: Run, step: str, ok: bool, detail: str) -> None:
-        entry = {"step": step, "ok": ok, "detail": detail, "time": unix_time(self.clock())}
+        entry = dump(SequenceStep(step=step, ok=ok, detail=detail, time=unix_time(self.clock())))
         run.steps.append(entry)
         (log.info if ok else log.error)("%s %s: %s", run.module, step, detail)
         self.states[run.module]["step"] = step
@@ -311,19 +312,19 @@ class SequencerService:
         self._publish_status()
 
     def _event(self, run: Run, event: str, step: str | None, text: str, ok: bool | None = None):
-        payload = {
-            "time": unix_time(self.clock()),
-            "source": SOURCE,
-            "event": event,
-            "module": run.module,
-            "modules": [run.module],
-            "direction": "on" if run.on else "off",
-            "step": step,
-            "ok": ok,
-            "text": text,
-            "id": run.request_id,
-        }
-        self.link.publish(f"{PREFIX}/action", json.dumps(payload), qos=1)
+        payload = SequenceAction(
+            time=unix_time(self.clock()),
+            source=SOURCE,
+            event=event,
+            module=run.module,
+            modules=[run.module],
+            direction="on" if run.on else "off",
+            step=step,
+            ok=ok,
+            text=text,
+            id=run.request_id,
+        )
+        self.link.publish(f"{PREFIX}/action", json.dumps(dump(payload)), qos=1)
 
     def _finish(self, run: Run, state: str, error: str | None, current: bool = True) -> None:
         if current:  # a cancelled run leaves the state to the run that replaced it
@@ -342,8 +343,10 @@ class SequencerService:
 
     def _publish_status(self) -> None:
         """`/dcs/status`, on change and every `sequencer.heartbeat` s."""
-        payload = {"modules": self.states, "time": unix_time(self.clock())}
-        self.link.publish_state(f"{PREFIX}/status", json.dumps(payload))
+        payload = SequencerStatus.model_validate(
+            {"modules": self.states, "time": unix_time(self.clock())}
+        )
+        self.link.publish_state(f"{PREFIX}/status", json.dumps(dump(payload)))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._publish_status)

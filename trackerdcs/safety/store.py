@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trackerdcs import payloads
 from trackerdcs.mqtt import unix_time
 
 SCHEMA = """
@@ -77,22 +78,26 @@ class Alarm:
         """Shown on `/alarms`: still active, or not acknowledged yet (latched)."""
         return self.active or not self.acknowledged
 
+    def as_payload(self) -> payloads.Alarm:
+        """The alarm as listed on `/alarms`."""
+        return payloads.Alarm(
+            id=self.id,
+            severity=self.severity,
+            source=self.source,
+            text=self.text,
+            time=unix_time(self.raised),
+            active=self.active,
+            cleared=_unix(self.cleared),
+            count=self.count,
+            acknowledged=self.acknowledged,
+            ack_time=_unix(self.ack_time),
+            ack_by=self.ack_by,
+            key=self.key,
+            last_time=unix_time(self.last_raised or self.raised),
+        )
+
     def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "severity": self.severity,
-            "source": self.source,
-            "text": self.text,
-            "time": unix_time(self.raised),
-            "active": self.active,
-            "cleared": _unix(self.cleared),
-            "count": self.count,
-            "acknowledged": self.acknowledged,
-            "ack_time": _unix(self.ack_time),
-            "ack_by": self.ack_by,
-            "key": self.key,
-            "last_time": unix_time(self.last_raised or self.raised),
-        }
+        return payloads.dump(self.as_payload())
 
 
 def _unix(t: float | None) -> float | None:
@@ -119,20 +124,21 @@ _ALARM_COLUMNS = (
 def record_json(row: sqlite3.Row) -> dict[str, Any]:
     """An audit record as `/dcs/log` and the audit query give it."""
     modules = [m for m in row["modules"].split(",") if m]
-    return {
-        "seq": row["seq"],
-        "time": unix_time(row["t"]),
-        "kind": row["kind"],
-        "source": row["source"],
-        "event": row["event"],
-        "topic": row["topic"],
-        "payload": row["payload"],
-        "id": row["request_id"],
-        "modules": modules,
-        "text": row["text"],
-        "ok": None if row["ok"] is None else bool(row["ok"]),
-        "error": row["error"],
-    }
+    record = payloads.AuditRecord(
+        seq=row["seq"],
+        time=unix_time(row["t"]),
+        kind=row["kind"],
+        source=row["source"],
+        event=row["event"],
+        topic=row["topic"],
+        payload=row["payload"],
+        id=row["request_id"],
+        modules=modules,
+        text=row["text"],
+        ok=None if row["ok"] is None else bool(row["ok"]),
+        error=row["error"],
+    )
+    return payloads.dump(record)
 
 
 class Store:

@@ -24,10 +24,12 @@ from typing import Any
 
 from trackerdcs.guard import finite_number, loads, shorten
 from trackerdcs.mqtt import MqttLink, unix_time
+from trackerdcs.payloads import SupervisionHeartbeat, dump, key
 
 log = logging.getLogger(__name__)
 
 TOPIC = "supervision"  # under the service's prefix: `/interlock/supervision`
+SENT = key(SupervisionHeartbeat, "time")  # what a heartbeat is judged by (the rest is not read)
 
 
 def supervision_topic(prefix: str) -> str:
@@ -36,9 +38,8 @@ def supervision_topic(prefix: str) -> str:
 
 def heartbeat_payload(source: str, interval: float, seq: int, now: float) -> str:
     """The heartbeat's JSON (docs/topics.md, contract table `supervision`)."""
-    return json.dumps(
-        {"time": unix_time(now), "source": source, "interval": float(interval), "seq": seq}
-    )
+    beat = SupervisionHeartbeat(time=unix_time(now), source=source, interval=interval, seq=seq)
+    return json.dumps(dump(beat))
 
 
 def parse_heartbeat(payload: bytes) -> float:
@@ -48,7 +49,7 @@ def parse_heartbeat(payload: bytes) -> float:
     obj: Any = loads(payload, "heartbeat")  # JsonError is a ValueError
     if not isinstance(obj, dict):
         raise ValueError("heartbeat: not a JSON object")
-    sent = obj.get("time")
+    sent = obj.get(SENT)
     if not finite_number(sent):
         raise ValueError(f"heartbeat: no finite number `time` (got {shorten(sent, 40)})")
     return float(sent)

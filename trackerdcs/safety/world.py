@@ -14,6 +14,7 @@ from typing import Any
 
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.guard import JsonError, clip, finite_number, loads
+from trackerdcs.payloads import OFFLINE
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class World:
         if source is None:
             return None
         if leaf == "availability":
-            source.online = payload.decode(errors="replace").strip() != "offline"
+            source.online = payload.decode(errors="replace").strip() != OFFLINE
             return source
         if leaf != "status":
             return None

@@ -22,6 +22,7 @@ from typing import Any
 from trackerdcs.config import MqttConfig
 from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, unix_time
+from trackerdcs.payloads import SensorStatus, dump
 from trackerdcs.sensors.sensor import SensorState
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ class SensorService:
         snapshot = self.state.snapshot(self.clock())
         self._note_flags(snapshot)
         fresh = not snapshot["stale"] and self.reported is not None
-        snapshot["time"] = unix_time(self.reported if fresh else None)
-        self.link.publish_state(self.topic, json.dumps(snapshot))
+        status = SensorStatus(**snapshot, time=unix_time(self.reported if fresh else None))
+        self.link.publish_state(self.topic, json.dumps(dump(status)))
         if self._periodic is not None:
             self._periodic.cancel()
         self._periodic = self.loop.call_later(self.cfg.publish_interval, self._on_period)
