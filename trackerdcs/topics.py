@@ -100,6 +100,13 @@ class ServiceTopics:
 
 EVERY_SERVICE = ServiceTopics(SEPARATOR + SINGLE_LEVEL)  # `/+`: filters over every service
 
+# the services whose prefix is fixed (the others' come from the lab YAML)
+DCS = ServiceTopics("/dcs")  # the sequencer; its procedures below it, its audit log `/dcs/log`
+IVSCAN = DCS.below("ivscan")  # `/dcs/ivscan/status`, `points`, `action`, `results`
+RECIPE = DCS.below("recipe")  # `/dcs/recipe/status`, `action`
+ALARMS = ServiceTopics("/alarms")  # the retained list is the prefix itself, `/alarms`
+AUDIT = ServiceTopics("/audit")
+
 
 def is_command(topic: str) -> bool:
     """Whether a topic (or filter) is a command one: it has a `cmd` level below a prefix."""

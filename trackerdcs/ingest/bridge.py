@@ -44,6 +44,7 @@ from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock, shares_connect
 from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import unix_time
+from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Bridge:
         self.buffer = MetricBuffer(agent.metric_buffer_limit, agent.metric_batch_size)
         self.writer = InfluxWriter(conf.output, self.buffer, agent.flush_interval)
         clock = UniqueClock()
-        will = (f"{status_prefix}/availability", "offline") if status_prefix else None
+        will = (ServiceTopics(status_prefix).availability, "offline") if status_prefix else None
         groups: list[list[ConsumerConf]] = []  # inputs that share a connection
         for c in conf.inputs:
             group = next((g for g in groups if shares_connection(g[0], c)), None)
@@ -138,9 +139,11 @@ class Bridge:
         log.info("stopped; counters %s", json.dumps(counters))
         if self.status_prefix and self.consumers:
             first = self.consumers[0].client
-            first.publish(f"{self.status_prefix}/status", json.dumps(counters), qos=1, retain=True)
+            first.publish(
+                ServiceTopics(self.status_prefix).status, json.dumps(counters), qos=1, retain=True
+            )
             info = first.publish(
-                f"{self.status_prefix}/availability", "offline", qos=1, retain=True
+                ServiceTopics(self.status_prefix).availability, "offline", qos=1, retain=True
             )
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(2.0)
@@ -150,14 +153,14 @@ class Bridge:
     def _publish_online(self) -> None:
         if self.status_prefix:
             self.consumers[0].client.publish(
-                f"{self.status_prefix}/availability", "online", qos=1, retain=True
+                ServiceTopics(self.status_prefix).availability, "online", qos=1, retain=True
             )
             self._publish_status(self.counters())
 
     def _publish_status(self, counters: dict[str, Any]) -> None:
         if self.status_prefix:
             self.consumers[0].client.publish(
-                f"{self.status_prefix}/status", json.dumps(counters), qos=1, retain=True
+                ServiceTopics(self.status_prefix).status, json.dumps(counters), qos=1, retain=True
             )
 
 

@@ -24,14 +24,14 @@ from typing import Any
 
 from trackerdcs.guard import finite_number, loads, shorten
 from trackerdcs.mqtt import MqttLink, unix_time
+from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
-TOPIC = "supervision"  # under the service's prefix: `/interlock/supervision`
-
 
 def supervision_topic(prefix: str) -> str:
-    return f"{prefix}/{TOPIC}"
+    """`<prefix>/supervision`: the heartbeat of the supervisor at `prefix`."""
+    return ServiceTopics(prefix).supervision
 
 
 def heartbeat_payload(source: str, interval: float, seq: int, now: float) -> str:
