@@ -106,6 +106,7 @@ IVSCAN = DCS.below("ivscan")  # `/dcs/ivscan/status`, `points`, `action`, `resul
 RECIPE = DCS.below("recipe")  # `/dcs/recipe/status`, `action`
 ALARMS = ServiceTopics("/alarms")  # the retained list is the prefix itself, `/alarms`
 AUDIT = ServiceTopics("/audit")
+INGEST = ServiceTopics("/ingest")  # the ingest bridge's counters (its default prefix)
 
 
 def is_command(topic: str) -> bool:

@@ -44,7 +44,7 @@ from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock, shares_connect
 from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import unix_time
-from trackerdcs.topics import ServiceTopics
+from trackerdcs.topics import INGEST, ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ READY = "ingest bridge running"  # logged once every input is connected (the sta
 
 class Bridge:
     def __init__(
-        self, conf: TelegrafConf, status_prefix: str | None = "/ingest", status_interval=5.0
+        self, conf: TelegrafConf, status_prefix: str | None = INGEST.prefix, status_interval=5.0
     ) -> None:
         self.conf = conf
         self.status_prefix = status_prefix
@@ -167,7 +167,7 @@ class Bridge:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="trackerdcs-ingest", description=__doc__.split("\n")[0])
     add_config(p, what="telegraf.conf", default="telegraf.conf")
-    p.add_argument("--status-prefix", default="/ingest", help="'' to publish no counters")
+    p.add_argument("--status-prefix", default=INGEST.prefix, help="'' to publish no counters")
     p.add_argument("--status-interval", type=float, default=5.0, help="s between counters")
     p.add_argument("-v", "--verbose", action="store_true")
     add_version(p)
