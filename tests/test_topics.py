@@ -46,8 +46,6 @@ def test_a_command_topic_splits_back_into_prefix_and_action(name, command, argum
     topic = topics.command(command, argument)
     action = command if argument is None else f"{command}/{argument}"
     assert is_command(topic) and split_command(topic) == (f"/{name}", action)
-    assert topics.action_of(topic) == action
-    assert ServiceTopics(f"/{name}x").action_of(topic) is None
     assert not is_command(topics.status) and split_command(topics.status) == (topics.status, "")
 
 

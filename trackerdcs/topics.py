@@ -91,12 +91,6 @@ class ServiceTopics:
         topic = f"{self.command_root}{name}"
         return topic if argument is None else f"{topic}{SEPARATOR}{argument}"
 
-    def action_of(self, topic: str) -> str | None:
-        """The command below `<prefix>/cmd/` (`setv/3` of `/hv/cmd/setv/3`); None when `topic`
-        is not one of this service's command topics."""
-        root = self.command_root
-        return topic[len(root) :] if topic.startswith(root) else None
-
 
 EVERY_SERVICE = ServiceTopics(SEPARATOR + SINGLE_LEVEL)  # `/+`: filters over every service
 
