@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import ROOT
 from trackerdcs.power.service import COMMAND_TABLE
+from trackerdcs.topics import ServiceTopics, is_command, split_command
 
 TOPICS_MD = ROOT / "docs" / "topics.md"
 
@@ -130,7 +131,8 @@ def test_julabo_documented_commands_are_the_implemented_ones(contract_chiller):
     from trackerdcs.julabo.service import COMMAND_TABLE as JULABO_COMMANDS
 
     documented = {row[0] for row in contract_table("julabo-commands")}
-    assert documented == {f"/julabo/cmd/{spec.usage}" for spec in JULABO_COMMANDS.values()}
+    julabo = ServiceTopics("/julabo")
+    assert documented == {julabo.command(spec.usage) for spec in JULABO_COMMANDS.values()}
     payloads = {"setpoint": "15", "switch": "off"}
     for spec in JULABO_COMMANDS.values():
         answer = contract_chiller.raw(spec.usage, payloads.get(spec.usage, ""))
@@ -353,4 +355,39 @@ def test_safety_documented_commands_are_the_implemented_ones():
         ("recipe-commands", "/dcs", recipe.COMMANDS),
     ):
         documented = {row[0] for row in contract_table(table)}
-        assert documented == {f"{prefix}/cmd/{c}" for c in implemented}, table
+        assert documented == {ServiceTopics(prefix).command(c) for c in implemented}, table
+
+
+# -- topic names: the ones the code builds (trackerdcs/topics.py) --------------------------------
+def documented_topics() -> set[str]:
+    """Every topic docs/topics.md names in a heading or in a table's first column (`/hv/status`,
+    `/<name>/status`, `/dcs/ivscan/...`, `/+/availability`, `/hv/cmd/setv/{ch}`)."""
+    found: set[str] = set()
+    for line in TOPICS_MD.read_text().splitlines():
+        if line.startswith("#"):
+            found |= set(re.findall(r"`(/[^`\s]*)`", line))
+        elif line.startswith("| `/"):
+            found |= set(re.findall(r"`(/[^`\s]*)`", line.split("|")[1]))
+    return found
+
+
+def test_documented_topics_are_the_ones_the_code_builds():
+    """Each documented topic is one a service of the example lab uses (tests/test_topics.py
+    lists them, as built by trackerdcs.topics); a command topic lies under a service's prefix
+    (its commands: the tests above)."""
+    from tests.inprocess import example_lab
+    from tests.test_topics import lab_topics
+    from trackerdcs.topics import INGEST
+
+    built = {t for topics in lab_topics().values() for t in topics if " " not in t}
+    built |= {INGEST.status, INGEST.availability}  # the ingest bridge's (not an in-process one)
+    sensors = [s.name for s in example_lab().sensors]
+    for documented in sorted(documented_topics()):
+        for topic in {documented.replace("<name>", n).replace("<sensor>", n) for n in sensors}:
+            if topic.endswith("/..."):
+                assert any(b.startswith(topic[:-3]) for b in built), topic
+            elif is_command(topic) and "+" not in topic:
+                prefix, _ = split_command(topic)
+                assert any(b.startswith(f"{prefix}/") for b in built), topic
+            else:
+                assert topic in built or any(b.startswith(f"{topic}/") for b in built), topic

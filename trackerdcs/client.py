@@ -56,13 +56,13 @@ from trackerdcs.config import (
     load_config,
 )
 from trackerdcs.mqtt import apply_broker_settings, disable_nagle, unix_time
+from trackerdcs.topics import DCS, IVSCAN, RECIPE, ServiceTopics
 
 T = TypeVar("T")
 FAULT_STATES = frozenset({"TRIPPED", "ERROR", "DISCONNECTED"})
 OFF_STATES = frozenset({"OFF", "TRIPPED", "ERROR"})
-DCS_PREFIX = "/dcs"
-IVSCAN_STATUS = "/dcs/ivscan/status"
-RECIPE_STATUS = "/dcs/recipe/status"
+IVSCAN_STATUS = IVSCAN.status
+RECIPE_STATUS = RECIPE.status
 POLL = 0.2  # s: a wait re-checks its condition at least this often (time-based conditions)
 _client_numbers = itertools.count(1)
 
@@ -186,9 +186,10 @@ class Lab:
         """What the client follows: every status and answer it reads."""
         prefixes = sorted(self._power_prefixes)
         prefixes += [c.prefix for c in self.lab.chillers]
-        topics = [f"{p}/{leaf}" for p in prefixes for leaf in ("status", "response")]
-        topics += [f"{s.prefix}/status" for s in self.lab.sensors]
-        topics += [f"{DCS_PREFIX}/status", f"{DCS_PREFIX}/response", IVSCAN_STATUS, RECIPE_STATUS]
+        services = [ServiceTopics(p) for p in prefixes]
+        topics = [t for s in services for t in (s.status, s.response)]
+        topics += [ServiceTopics(s.prefix).status for s in self.lab.sensors]
+        topics += [DCS.status, DCS.response, IVSCAN_STATUS, RECIPE_STATUS]
         topics.append(self.lab.power.interlock_topic)
         return topics
 
@@ -331,7 +332,7 @@ class Lab:
 
     def _entry(self, name: str) -> dict[str, Any] | None:
         _, prefix = self._channels[name]
-        status = self._status.get(f"{prefix}/status")
+        status = self._status.get(ServiceTopics(prefix).status)
         if not isinstance(status, list):
             return None
         return next((c for c in status if isinstance(c, dict) and c.get("name") == name), None)
@@ -356,7 +357,7 @@ class Lab:
         if name not in {s.name for s in self.lab.sensors}:
             known = ", ".join(s.name for s in self.lab.sensors) or "none"
             raise UnknownName(f"no sensor {name!r} in the lab (known: {known})")
-        return self._latest(f"/{name}/status", f"a status of sensor {name}")
+        return self._latest(ServiceTopics(f"/{name}").status, f"a status of sensor {name}")
 
     def room(self) -> dict[str, Any] | None:
         """The first room sensor's latest status (None if the lab has none)."""
@@ -372,7 +373,7 @@ class Lab:
     def chiller(self, name: str | None = None) -> dict[str, Any]:
         """The chiller's latest status (`/julabo/status`: state, bath_temp, setpoint, ...);
         `name`: which one, in a lab with several (the chiller's prefix without `/`)."""
-        return self._latest(f"{self._chiller_prefix(name)}/status", "a chiller status")
+        return self._latest(ServiceTopics(self._chiller_prefix(name)).status, "a chiller status")
 
     def interlocks(self, module: str | None = None) -> list[dict[str, Any]]:
         """The active interlock rules (`/interlock/status`), those holding `module` unsafe when
@@ -388,7 +389,7 @@ class Lab:
     def module_state(self, module: str) -> dict[str, Any] | None:
         """The sequencer's state of a module (`/dcs/status`), None before it published."""
         with self._cond:
-            status = self._status.get(f"{DCS_PREFIX}/status")
+            status = self._status.get(DCS.status)
         return (status.get("modules") or {}).get(module) if isinstance(status, dict) else None
 
     # -- commands ---------------------------------------------------------------------------------
@@ -408,7 +409,7 @@ class Lab:
             self._client.publish(topic, payload, qos=1)
             answer = self.wait_until(
                 lambda: self._answers.pop(request_id, None), limit,
-                f"an answer to {topic} on {prefix}/response",
+                f"an answer to {topic} on {ServiceTopics(prefix).response}",
             )  # fmt: skip
         except WaitTimeout as exc:
             raise NoAnswer(f"{topic}: no answer from {prefix} within {limit:g} s") from exc
@@ -426,7 +427,7 @@ class Lab:
         names = self.channels_of(target)
         prefixes = dict.fromkeys(self._channels[n][1] for n in names)
         for prefix in prefixes:
-            self.command(f"{prefix}/cmd/{verb}/{target}", value)
+            self.command(ServiceTopics(prefix).command(verb, target), value)
         return names
 
     def _tolerance(self, name: str) -> float:
@@ -563,7 +564,7 @@ class Lab:
         if module not in self.lab.modules():
             raise UnknownName(f"no module {module!r} (known: {', '.join(self.lab.modules())})")
         limit = self._sequence_timeout(module, on) if timeout is None else timeout
-        answer = self.command(f"{DCS_PREFIX}/cmd/module/{module}", "on" if on else "off", limit)
+        answer = self.command(DCS.command("module", module), "on" if on else "off", limit)
         return answer["modules"][module]
 
     def _chiller_prefix(self, name: str | None = None) -> str:
@@ -576,12 +577,12 @@ class Lab:
 
     def start_chiller(self, chiller: str | None = None) -> dict[str, Any]:
         """Start temperature control (`/julabo/cmd/switch on`); the daemon's answer."""
-        return self.command(f"{self._chiller_prefix(chiller)}/cmd/switch", "on")
+        return self.command(ServiceTopics(self._chiller_prefix(chiller)).command("switch"), "on")
 
     def stop_chiller(self, chiller: str | None = None) -> dict[str, Any]:
         """Stop temperature control (`/julabo/cmd/switch off`); the daemon's answer. The
         interlock's `chiller_running` rule ramps the HV down when a running chiller stops."""
-        return self.command(f"{self._chiller_prefix(chiller)}/cmd/switch", "off")
+        return self.command(ServiceTopics(self._chiller_prefix(chiller)).command("switch"), "off")
 
     def set_chiller(
         self, setpoint: float, *, wait: bool = True, tolerance: float = 0.2,
@@ -598,10 +599,10 @@ class Lab:
         `setpoint_min`..`setpoint_max`, `WaitTimeout`, `NoAnswer`, `Aborted` (see `wait_until`).
         """
         prefix = self._chiller_prefix(chiller)
-        start = self._latest(f"{prefix}/status", "a chiller status")
-        self.command(f"{prefix}/cmd/setpoint", setpoint)
+        start = self._latest(ServiceTopics(prefix).status, "a chiller status")
+        self.command(ServiceTopics(prefix).command("setpoint"), setpoint)
         if not wait:
-            return self._latest(f"{prefix}/status", "a chiller status")
+            return self._latest(ServiceTopics(prefix).status, "a chiller status")
         return self.wait_chiller_stable(
             setpoint, tolerance=tolerance, stable_for=stable_for, chiller=chiller, abort=abort,
             timeout=timeout, bath=start.get("bath_temp") if isinstance(start, dict) else None,
@@ -619,7 +620,7 @@ class Lab:
         (from `bath`, the bath temperature to start from, default now's); `WaitTimeout`,
         `Aborted` when `abort()` returns a reason."""
         prefix = self._chiller_prefix(chiller)
-        topic = f"{prefix}/status"
+        topic = ServiceTopics(prefix).status
         now = self._latest(topic, "a chiller status")
         now = now if isinstance(now, dict) else {}
         if setpoint is None:
@@ -666,7 +667,7 @@ class Lab:
         update of a module's scan, and returns the module's final scan status (`outcome`, `reason`,
         `files`) once it has ended; `timeout` defaults to 24 h. Without, returns the answer.
         """
-        answer = self.command(f"{DCS_PREFIX}/cmd/ivscan/{module}", params)
+        answer = self.command(DCS.command("ivscan", module), params)
         if not wait:
             return answer
         ended = self.wait_iv_scans(answer.get("scans") or {}, progress, timeout)
@@ -702,7 +703,7 @@ class Lab:
     def stop_iv_scan(self, module: str) -> dict[str, Any]:
         """Stop the IV scan of `module` (or `all`): the channel is ramped down and the reason
         recorded; the daemon's answer."""
-        return self.command(f"{DCS_PREFIX}/cmd/ivscan/{module}", "stop")
+        return self.command(DCS.command("ivscan", module), "stop")
 
     # -- recipes ----------------------------------------------------------------------------------
     def start_recipe(
@@ -720,7 +721,7 @@ class Lab:
         (`outcome`, `reason`, `scans`); `timeout` defaults to 30 days."""
         value: Any = str(recipe) if not isinstance(recipe, dict) else {
             "recipe": recipe, "file": file or "a script"}  # fmt: skip
-        answer = self.command(f"{DCS_PREFIX}/cmd/recipe/start", value)
+        answer = self.command(DCS.command("recipe/start"), value)
         if not wait:
             return answer
         return self.wait_recipe(answer["run"], progress, timeout)
@@ -754,12 +755,12 @@ class Lab:
 
     def pause_recipe(self) -> dict[str, Any]:
         """Pause the running recipe (at once in a hold or a wait, else after the step)."""
-        return self.command(f"{DCS_PREFIX}/cmd/recipe/pause", "")
+        return self.command(DCS.command("recipe/pause"), "")
 
     def resume_recipe(self) -> dict[str, Any]:
         """Resume the paused recipe; `CommandRefused` while an interlock holds its modules."""
-        return self.command(f"{DCS_PREFIX}/cmd/recipe/resume", "")
+        return self.command(DCS.command("recipe/resume"), "")
 
     def abort_recipe(self) -> dict[str, Any]:
         """Abort the running recipe: its scans stopped, its modules switched off."""
-        return self.command(f"{DCS_PREFIX}/cmd/recipe/abort", "")
+        return self.command(DCS.command("recipe/abort"), "")

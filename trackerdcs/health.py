@@ -41,6 +41,7 @@ from trackerdcs.config import (
 )
 from trackerdcs.mqtt import apply_broker_settings
 from trackerdcs.payloads import ONLINE
+from trackerdcs.topics import ServiceTopics
 
 SERVICES = ("power", "julabo", "sensors", "interlock", "alarms", "dcs", "sim-lab", "sim-crate")
 
@@ -194,7 +195,7 @@ def availability(cfg: MqttConfig, prefixes: list[str], timeout: float) -> dict[s
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    topics = {f"{p}/availability": p for p in prefixes}
+    topics = {ServiceTopics(p).availability: p for p in prefixes}
     seen: dict[str, str | None] = dict.fromkeys(prefixes)
     done, refused = threading.Event(), []
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)

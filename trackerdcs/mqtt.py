@@ -47,6 +47,7 @@ from trackerdcs.commands import always_executed, sender_of
 from trackerdcs.config import MqttConfig
 from trackerdcs.guard import FAULTS, Faults, JsonError, clip, finite_number, loads, shorten
 from trackerdcs.payloads import OFFLINE, ONLINE, answer_payload
+from trackerdcs.topics import ServiceTopics, is_command
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ def apply_broker_settings(client: mqtt.Client, cfg: MqttConfig) -> None:
 def subscribe_options(topic_filter: str) -> SubscribeOptions:
     """QoS 1; command topics with "retain as published" (MQTT 5), so that the retain flag of a
     live command tells how it was published; other topics plain (retain flag: stored)."""
-    return SubscribeOptions(qos=1, retainAsPublished="/cmd/" in topic_filter)
+    return SubscribeOptions(qos=1, retainAsPublished=is_command(topic_filter))
 
 
 CommandHandler = Callable[[Command], None]
@@ -372,8 +373,9 @@ class MqttLink:
         self.faults = faults or FAULTS
         self.prefix = prefix
         self.client_id = client_id
-        self.availability_topic = f"{prefix}/availability"
-        self.response_topic = f"{prefix}/response"
+        self.topics = ServiceTopics(prefix)
+        self.availability_topic = self.topics.availability
+        self.response_topic = self.topics.response
         self._on_command = on_command
         self._on_connection = on_connection
         self._extra_subscriptions = subscribe
@@ -435,7 +437,7 @@ class MqttLink:
             log.error("broker refused the connection: %s", reason_code)
             return
         log.info("connected to the broker")
-        topics = [f"{self.prefix}/cmd/#"] if self._on_command else []
+        topics = [self.topics.commands] if self._on_command else []
         topics += self._extra_subscriptions
         if topics:
             client.subscribe([(t, subscribe_options(t)) for t in topics])
@@ -463,7 +465,7 @@ class MqttLink:
         except Exception as exc:
             topic = bytes(getattr(msg, "_topic", b"")).decode("utf-8", errors="replace")
             reason = self.faults.fault(where, exc, f"{topic} {clip(msg.payload)}")
-            cmd_root = f"{self.prefix}/cmd/"
+            cmd_root = self.topics.command_root
             if self._on_command and topic.startswith(cmd_root) and msg.payload:
                 with contextlib.suppress(Exception):
                     payload = msg.payload.decode("utf-8", errors="replace")
@@ -473,7 +475,7 @@ class MqttLink:
             self.faults.ok(where)
 
     def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        cmd_root = f"{self.prefix}/cmd/"
+        cmd_root = self.topics.command_root
         if self._on_command and msg.topic.startswith(cmd_root):
             cmd = self.gate.tolerate(command_from_message(msg, cmd_root))
             if self.admit(cmd):

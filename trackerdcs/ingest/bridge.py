@@ -45,6 +45,7 @@ from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import unix_time
 from trackerdcs.payloads import OFFLINE, ONLINE, IngestStatus, dump
+from trackerdcs.topics import INGEST, ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ READY = "ingest bridge running"  # logged once every input is connected (the sta
 
 class Bridge:
     def __init__(
-        self, conf: TelegrafConf, status_prefix: str | None = "/ingest", status_interval=5.0
+        self, conf: TelegrafConf, status_prefix: str | None = INGEST.prefix, status_interval=5.0
     ) -> None:
         self.conf = conf
         self.status_prefix = status_prefix
@@ -62,7 +63,7 @@ class Bridge:
         self.buffer = MetricBuffer(agent.metric_buffer_limit, agent.metric_batch_size)
         self.writer = InfluxWriter(conf.output, self.buffer, agent.flush_interval)
         clock = UniqueClock()
-        will = (f"{status_prefix}/availability", OFFLINE) if status_prefix else None
+        will = (ServiceTopics(status_prefix).availability, OFFLINE) if status_prefix else None
         groups: list[list[ConsumerConf]] = []  # inputs that share a connection
         for c in conf.inputs:
             group = next((g for g in groups if shares_connection(g[0], c)), None)
@@ -139,8 +140,12 @@ class Bridge:
         log.info("stopped; counters %s", json.dumps(counters))
         if self.status_prefix and self.consumers:
             first = self.consumers[0].client
-            first.publish(f"{self.status_prefix}/status", json.dumps(counters), qos=1, retain=True)
-            info = first.publish(f"{self.status_prefix}/availability", OFFLINE, qos=1, retain=True)
+            first.publish(
+                ServiceTopics(self.status_prefix).status, json.dumps(counters), qos=1, retain=True
+            )
+            info = first.publish(
+                ServiceTopics(self.status_prefix).availability, OFFLINE, qos=1, retain=True
+            )
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(2.0)
         for c in self.consumers:
@@ -149,14 +154,14 @@ class Bridge:
     def _publish_online(self) -> None:
         if self.status_prefix:
             self.consumers[0].client.publish(
-                f"{self.status_prefix}/availability", ONLINE, qos=1, retain=True
+                ServiceTopics(self.status_prefix).availability, ONLINE, qos=1, retain=True
             )
             self._publish_status(self.counters())
 
     def _publish_status(self, counters: dict[str, Any]) -> None:
         if self.status_prefix:
             self.consumers[0].client.publish(
-                f"{self.status_prefix}/status",
+                ServiceTopics(self.status_prefix).status,
                 json.dumps(dump(IngestStatus(**counters))),
                 qos=1,
                 retain=True,
@@ -166,7 +171,7 @@ class Bridge:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="trackerdcs-ingest", description=__doc__.split("\n")[0])
     add_config(p, what="telegraf.conf", default="telegraf.conf")
-    p.add_argument("--status-prefix", default="/ingest", help="'' to publish no counters")
+    p.add_argument("--status-prefix", default=INGEST.prefix, help="'' to publish no counters")
     p.add_argument("--status-interval", type=float, default=5.0, help="s between counters")
     p.add_argument("-v", "--verbose", action="store_true")
     add_version(p)

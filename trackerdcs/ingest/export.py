@@ -35,8 +35,9 @@ import paho.mqtt.client as mqtt
 from trackerdcs.config import ChannelConfig, LabConfig, SensorConfig, UnknownChiller
 from trackerdcs.ingest.conf import TelegrafConf
 from trackerdcs.ingest.influxdb import InfluxClient, quote_ident, quote_string
+from trackerdcs.topics import IVSCAN, ServiceTopics
 
-IVSCAN_POINTS = "/dcs/ivscan/points"  # trackerdcs.ivscan.service.POINTS_TOPIC
+IVSCAN_POINTS = IVSCAN.leaf("points")  # trackerdcs.ivscan.service.POINTS_TOPIC
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -96,7 +97,8 @@ def lab_measurements(lab: LabConfig, telegraf: TelegrafConf) -> dict[str, list[s
         found[str(ch.kind)].append(_channel_measurement(lab, telegraf, ch))
     found["sensor"] = [_sensor_measurement(telegraf, s) for s in lab.sensors]
     found["chiller"] = [
-        measurement_for(telegraf, f"{c.prefix}/status", {"chiller": c.name}) for c in lab.chillers
+        measurement_for(telegraf, ServiceTopics(c.prefix).status, {"chiller": c.name})
+        for c in lab.chillers
     ]
     return {source: list(dict.fromkeys(names)) for source, names in found.items()}
 
@@ -113,7 +115,7 @@ def selections(lab: LabConfig, telegraf: TelegrafConf, what: str, name: str | No
         except UnknownChiller as exc:
             raise ExportError(str(exc)) from None
         tags = {"chiller": chiller.name}
-        measurement = measurement_for(telegraf, f"{chiller.prefix}/status", tags)
+        measurement = measurement_for(telegraf, ServiceTopics(chiller.prefix).status, tags)
         # the lab's only chiller, unnamed: every point (those stored before the tag was, too)
         return [Selection(measurement, "" if name is None else _tag_is("chiller", name))]
     if not name:
@@ -148,12 +150,13 @@ def selections(lab: LabConfig, telegraf: TelegrafConf, what: str, name: str | No
 
 def _channel_measurement(lab: LabConfig, telegraf: TelegrafConf, ch: ChannelConfig) -> str:
     tags = {"number": str(ch.number), "name": ch.name, "module": ch.module or ""}
-    return measurement_for(telegraf, f"{lab.crate_of(ch).prefixes[ch.kind]}/status", tags)
+    topics = ServiceTopics(lab.crate_of(ch).prefixes[ch.kind])
+    return measurement_for(telegraf, topics.status, tags)
 
 
 def _sensor_measurement(telegraf: TelegrafConf, sensor: SensorConfig) -> str:
     tags = {"name": sensor.name, "kind": sensor.kind.value, "module": sensor.module or ""}
-    return measurement_for(telegraf, f"{sensor.prefix}/status", tags)
+    return measurement_for(telegraf, ServiceTopics(sensor.prefix).status, tags)
 
 
 def _tag_is(tag: str, value: str) -> str:

@@ -29,6 +29,7 @@ from trackerdcs.client import Aborted, Channel, ChannelFault, CommandRefused, Dc
 from trackerdcs.ivscan.analysis import breakdown, mean_and_spread
 from trackerdcs.ivscan.plan import ScanPlan
 from trackerdcs.mqtt import unix_time
+from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +203,9 @@ class IvScan:
         (null when unknown or stale)."""
         lab = self.lab
         module_sensor = next((s for s in lab.lab.sensors if s.module == self.plan.module), None)
-        status = lab.latest(f"{module_sensor.prefix}/status") if module_sensor else None
+        status = lab.latest(ServiceTopics(module_sensor.prefix).status) if module_sensor else None
         room = next((s for s in lab.lab.sensors if s.kind.value == "room"), None)
-        air = (lab.latest(f"{room.prefix}/status") if room else None) or {}
+        air = (lab.latest(ServiceTopics(room.prefix).status) if room else None) or {}
 
         def number(obj: Any, key: str) -> float | None:
             value = obj.get(key) if isinstance(obj, dict) else None

@@ -46,16 +46,16 @@ from trackerdcs.payloads import (
     IvScanStatus,
     dump,
 )
+from trackerdcs.topics import DCS, IVSCAN
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/dcs"
 COMMANDS = ("ivscan/{module}",)  # under /dcs/cmd/
 SOURCE = "ivscan"
-STATUS_TOPIC = f"{PREFIX}/ivscan/status"
-POINTS_TOPIC = f"{PREFIX}/ivscan/points"
-ACTION_TOPIC = f"{PREFIX}/ivscan/action"
-RESULTS_TOPIC = f"{PREFIX}/ivscan/results"
+STATUS_TOPIC = IVSCAN.status
+POINTS_TOPIC = IVSCAN.leaf("points")
+ACTION_TOPIC = IVSCAN.action
+RESULTS_TOPIC = IVSCAN.leaf("results")
 STOP_JOIN = 10.0  # s the daemon waits at its stop for scans to leave their channels safe
 
 
@@ -158,8 +158,8 @@ class IvScanService:
     def _parse(self, cmd: Command) -> tuple[list[str], Any, str | None]:
         parts = cmd.parts
         if len(parts) != 2 or parts[0] != "ivscan" or not parts[1]:
-            raise CommandError(f"unknown command {cmd.action!r} (known: {PREFIX}/cmd/"
-                               f"{COMMANDS[0]} with parameters or stop)")  # fmt: skip
+            raise CommandError(f"unknown command {cmd.action!r} (known: "
+                               f"{DCS.command(COMMANDS[0])} with parameters or stop)")  # fmt: skip
         value, request_id = cmd.decoded()
         if parts[1] == "all":
             return list(self.modules), value, request_id

@@ -29,6 +29,7 @@ from trackerdcs.julabo.protocol import ProtocolError, ReadbackMismatch
 from trackerdcs.julabo.worker import DoneFn, JobFn
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.payloads import ChillerStatus, dump
+from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class JulaboService:
         status = self.chiller.as_status()
         self._published = status
         stamped = dump(ChillerStatus(**status, time=unix_time(self.observed_at)))
-        self.link.publish_state(f"{self.prefix}/status", json.dumps(stamped))
+        self.link.publish_state(ServiceTopics(self.prefix).status, json.dumps(stamped))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._on_heartbeat)
@@ -198,7 +199,8 @@ class JulaboService:
     def _dispatch(self, cmd: Command) -> Job | None:
         spec = COMMAND_TABLE.get(cmd.action)
         if spec is None:
-            known = ", ".join(f"{self.prefix}/cmd/{s.usage}" for s in COMMAND_TABLE.values())
+            topics = ServiceTopics(self.prefix)
+            known = ", ".join(topics.command(s.usage) for s in COMMAND_TABLE.values())
             raise CommandError(f"unknown command {clip(cmd.action, 60)} (known: {known})")
         value, _ = cmd.decoded()
         handler: Callable[[Any], Job | None] = getattr(self, spec.handler)

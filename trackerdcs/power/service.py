@@ -28,6 +28,7 @@ from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.payloads import PowerState, dump
 from trackerdcs.power.backend import BackendError, ChannelAddress, ParamAbsent, PowerBackend
 from trackerdcs.power.channel import ChannelState, PowerChannel
+from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ class PowerService:
         self._next_publish = time.monotonic() + max(
             cfg.min_interval, len(payload) / cfg.max_bytes_per_s
         )
-        self.link.publish_state(f"{self.prefix}/status", payload)
+        self.link.publish_state(ServiceTopics(self.prefix).status, payload)
         self._publish_state()
         if self._heartbeat_handle is not None:
             self._heartbeat_handle.cancel()
@@ -385,7 +386,7 @@ class PowerService:
             if self._state is not None and state != self._state:
                 log.info("%s state %s -> %s", self.prefix, self._state, state)
             self._state, self._state_payload = state, payload
-            self.link.publish_state(f"{self.prefix}/state", json.dumps(payload))
+            self.link.publish_state(ServiceTopics(self.prefix).state, json.dumps(payload))
 
     @property
     def state(self) -> ServiceState:
@@ -421,7 +422,8 @@ class PowerService:
             or (spec.per_channel and not parts[1])
         ):
             raise CommandError(
-                f"malformed command topic {clip(cmd.topic, 80)}: use {self.prefix}/cmd/{spec.usage}"
+                f"malformed command topic {clip(cmd.topic, 80)}: "
+                f"use {ServiceTopics(self.prefix).command(spec.usage)}"
             )
         value, _ = cmd.decoded()
         handler = getattr(self, spec.handler)

@@ -19,6 +19,7 @@ import sys
 from typing import Any, TextIO
 
 from trackerdcs.config import load_config
+from trackerdcs.topics import RECIPE
 
 
 def _minutes(seconds: float | None) -> str:
@@ -165,7 +166,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
     try:
         with Lab(args.config, name=args.name, timeout=args.timeout) as lab:
             if args.command == "status":
-                status = lab.wait_until(lab.recipe_status, args.timeout, "/dcs/recipe/status")
+                status = lab.wait_until(lab.recipe_status, args.timeout, RECIPE.status)
                 if args.follow and status.get("run") and status.get("ended") is None:
                     return _follow(lab, status["run"], abort_on_interrupt=False)
                 print(describe(status) if status.get("run") else "no recipe has run yet")

@@ -57,6 +57,7 @@ from trackerdcs.recipe.model import (
     WaitStableStep,
     human_path,
 )
+from trackerdcs.topics import DCS, ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class DewPoint:
         dews: list[float] = []
         known = False
         for prefix in self.sensors:
-            status = lab.latest(f"{prefix}/status")
+            status = lab.latest(ServiceTopics(prefix).status)
             if not isinstance(status, dict) or status.get("stale"):
                 continue
             if status.get("too_dry") is True:  # 0 % RH: no dew point at all
@@ -496,7 +497,7 @@ class RecipeRun:
         scans: dict[str, str] = {}
         try:
             for module in self.recipe.step_modules(step):
-                answer = self.lab.command(f"/dcs/cmd/ivscan/{module}", params)
+                answer = self.lab.command(DCS.command("ivscan", module), params)
                 scans[module] = answer["scans"][module]
                 self._scanning[module] = scans[module]
                 self.scans.append({"scan": scans[module], "module": module, "path": self.path,

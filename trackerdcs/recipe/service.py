@@ -42,14 +42,14 @@ from trackerdcs.payloads import RecipeAction, RecipeStatus, dump
 from trackerdcs.recipe.model import Recipe, RecipeError, check_recipe, load_recipe, parse_recipe
 from trackerdcs.recipe.procedure import DewPoint, RecipeRun
 from trackerdcs.safety.config import rule_chiller, rule_modules
+from trackerdcs.topics import DCS, RECIPE, ServiceTopics
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/dcs"
 COMMANDS = ("recipe/start", "recipe/pause", "recipe/resume", "recipe/abort")  # under /dcs/cmd/
 SOURCE = "recipe"
-STATUS_TOPIC = f"{PREFIX}/recipe/status"
-ACTION_TOPIC = f"{PREFIX}/recipe/action"
+STATUS_TOPIC = RECIPE.status
+ACTION_TOPIC = RECIPE.action
 STOP_JOIN = 3.0  # s the daemon waits at its stop for a run to switch its modules' HV off
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 START_KEYS = {"recipe", "file"}
@@ -158,7 +158,7 @@ class RecipeService:
         parts = cmd.parts
         try:
             if len(parts) != 2 or f"{parts[0]}/{parts[1]}" not in COMMANDS:
-                known = ", ".join(f"{PREFIX}/cmd/{c}" for c in COMMANDS)
+                known = ", ".join(DCS.command(c) for c in COMMANDS)
                 raise CommandError(f"unknown command {clip(cmd.action, 60)} (known: {known})")
             value, request_id = cmd.decoded()
             who = sender_of(request_id) or "unknown"
@@ -186,7 +186,7 @@ class RecipeService:
         if running is not None:
             raise CommandError(
                 f"recipe {running.recipe.name} is running ({running.run_id}, {running.state}): "
-                f"abort it first ({PREFIX}/cmd/recipe/abort)"
+                f"abort it first ({DCS.command('recipe/abort')})"
             )
         recipe = self._recipe(value)
         try:
@@ -201,7 +201,10 @@ class RecipeService:
         chiller = None  # check_recipe: the chiller it uses exists
         if recipe.uses_chiller() or recipe.chiller is not None:
             chiller = self.lab.chiller(recipe.chiller)
-        if recipe.uses_chiller() and self.client.latest(f"{chiller.prefix}/status") is None:
+        if (
+            recipe.uses_chiller()
+            and self.client.latest(ServiceTopics(chiller.prefix).status) is None
+        ):
             raise CommandError(f"no status from chiller {chiller.name} ({chiller.prefix}) yet: "
                                "is its daemon running?")  # fmt: skip
         run = RecipeRun(

@@ -25,10 +25,11 @@ from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.payloads import OFFLINE, AlarmList, dump
 from trackerdcs.safety.liveness import Liveness, heartbeats
 from trackerdcs.safety.store import Alarm, Store
+from trackerdcs.topics import ALARMS, AUDIT, EVERY_SERVICE, ServiceTopics, prefix_of, split_command
 
 log = logging.getLogger(__name__)
 
-ALARMS_PREFIX = "/alarms"  # the retained list is `/alarms` itself
+ALARMS_PREFIX = ALARMS.prefix  # the retained list is `/alarms` itself
 SEVERITIES = ("critical", "major", "minor")
 COMMANDS = ("ack/{id}", "ack/all")  # under /alarms/cmd/
 
@@ -154,14 +155,14 @@ def alarm_routes(lab: LabConfig) -> dict[str, tuple[str, str]]:
     routes: dict[str, tuple[str, str]] = {}
     for crate in lab.crates:
         for prefix in crate.prefixes.values():
-            routes[f"{prefix}/status"] = ("channels", prefix)
-            routes[f"{prefix}/state"] = ("crate", prefix)
+            routes[ServiceTopics(prefix).status] = ("channels", prefix)
+            routes[ServiceTopics(prefix).state] = ("crate", prefix)
     for chiller in lab.chillers:
-        routes[f"{chiller.prefix}/status"] = ("chiller", chiller.prefix)
+        routes[ServiceTopics(chiller.prefix).status] = ("chiller", chiller.prefix)
     for sensor in lab.sensors:
-        routes[f"{sensor.prefix}/status"] = ("sensor", sensor.prefix)
+        routes[ServiceTopics(sensor.prefix).status] = ("sensor", sensor.prefix)
     interlock = lab.power.interlock_topic
-    routes[interlock] = ("interlock", interlock.rsplit("/", 1)[0])
+    routes[interlock] = ("interlock", prefix_of(interlock))
     return routes
 
 
@@ -260,7 +261,7 @@ class AlarmService:
         self.link = link
         self.book = AlarmBook(store, clock)
         self.routes = alarm_routes(lab)
-        self._own = {ALARMS_PREFIX, "/audit"}
+        self._own = {ALARMS_PREFIX, AUDIT.prefix}
         self.loop = loop
         self.liveness = Liveness(heartbeats(lab), lab.alarms.liveness_factor)
         self._timer: asyncio.TimerHandle | None = None
@@ -268,8 +269,8 @@ class AlarmService:
 
     @staticmethod
     def subscriptions(lab: LabConfig) -> tuple[str, ...]:
-        watched = (f"{prefix}/status" for prefix in heartbeats(lab))
-        return tuple(dict.fromkeys((*alarm_routes(lab), *watched, "/+/availability")))
+        watched = (ServiceTopics(prefix).status for prefix in heartbeats(lab))
+        return tuple(dict.fromkeys((*alarm_routes(lab), *watched, EVERY_SERVICE.availability)))
 
     def on_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
         """A message of `subscriptions()`; `retained`: stored by the broker (not live)."""
@@ -318,7 +319,7 @@ class AlarmService:
         now = time.monotonic()
         silent = self.liveness.silent(prefix, now)
         found = [Condition(f"silent:{prefix}", "major", prefix, self.liveness.why(prefix))]
-        if self.book.observe(f"{prefix}/status (live)", found if silent else []):
+        if self.book.observe(f"{ServiceTopics(prefix).status} (live)", found if silent else []):
             self.publish()
         self._schedule(now)
 
@@ -342,7 +343,7 @@ class AlarmService:
     # -- retained commands ------------------------------------------------------------------------
     def retained_command(self, topic: str, payload: str | None) -> None:
         """A command published with the retain flag sits on `topic` (None: it was cleared)."""
-        prefix = topic.split("/cmd/", 1)[0]
+        prefix, _ = split_command(topic)
         found = []
         if payload:
             found = [Condition(
@@ -368,7 +369,7 @@ class AlarmService:
                 cmd,
                 False,
                 f"unknown command {clip(cmd.action, 60)} (known: "
-                + ", ".join(f"{ALARMS_PREFIX}/cmd/{c}" for c in COMMANDS)
+                + ", ".join(ALARMS.command(c) for c in COMMANDS)
                 + ")",
             )
             return

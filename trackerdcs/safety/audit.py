@@ -34,11 +34,12 @@ from trackerdcs.guard import JsonError, clip, loads, shorten
 from trackerdcs.mqtt import Command, MqttLink, PayloadError
 from trackerdcs.safety.clock import parse_when
 from trackerdcs.safety.store import Store
+from trackerdcs.topics import AUDIT, DCS, EVERY_SERVICE, SINGLE_LEVEL, is_command, split_command
 
 log = logging.getLogger(__name__)
 
-AUDIT_PREFIX = "/audit"
-LOG_TOPIC = "/dcs/log"
+AUDIT_PREFIX = AUDIT.prefix
+LOG_TOPIC = DCS.leaf("log")
 PENDING_FOR = 60.0  # s a command waits for its answer before it is no longer matched
 # s after (re)connecting by which the broker has delivered its retained commands: one not seen
 # again by then was cleared while we were away
@@ -46,7 +47,7 @@ RETAINED_SWEEP = 3.0
 RETAINED_NOTE = "retained: never executed (clear it with an empty retained message)"
 COMMANDS = ("query",)  # under /audit/cmd/
 # the dcs daemon's procedures' steps: /dcs/ivscan/action, /dcs/recipe/action
-PROCEDURE_ACTIONS = "/dcs/+/action"
+PROCEDURE_ACTIONS = DCS.below(SINGLE_LEVEL).action
 QUERY_KEYS = {"since", "until", "module", "source", "kind", "limit"}
 
 
@@ -63,14 +64,14 @@ class ModuleResolver:
         self.modules = set(lab.modules())
 
     def __call__(self, topic: str) -> list[str]:
-        prefix, _, action = topic.partition("/cmd/")
+        prefix, action = split_command(topic)
         parts = action.split("/")
         if prefix in self.power and len(parts) == 2:
             if parts[1] == "all":
                 return ["*"]
             module = self.power[prefix].get(parts[1])
             return [module] if module else []
-        if prefix == "/dcs" and len(parts) == 2 and parts[0] in ("module", "ivscan"):
+        if prefix == DCS.prefix and len(parts) == 2 and parts[0] in ("module", "ivscan"):
             return ["*"] if parts[1] == "all" else [parts[1]] if parts[1] in self.modules else []
         return []
 
@@ -127,7 +128,8 @@ class AuditService:
 
     @staticmethod
     def subscriptions() -> tuple[str, ...]:
-        return ("/+/cmd/#", "/+/response", "/+/action", PROCEDURE_ACTIONS)
+        every = EVERY_SERVICE
+        return (every.commands, every.response, every.action, PROCEDURE_ACTIONS)
 
     # -- input (on the loop) ----------------------------------------------------------------------
     def on_message(
@@ -137,13 +139,13 @@ class AuditService:
         service's own commands come this way too (its link has no command subscription:
         Mosquitto would deliver them twice), through the same gate as every command."""
         text = payload.decode(errors="replace")
-        if "/cmd/" in topic:
+        if is_command(topic):
             client = user_property(properties, "client_id")
             if retained:
                 self._retained_command(topic, text, client)
             else:
                 self.record_command(topic, text, client)
-            own = f"{AUDIT_PREFIX}/cmd/"
+            own = AUDIT.command_root
             if topic.startswith(own):
                 cmd = Command(
                     topic=topic, action=topic[len(own):], payload=text,
@@ -304,7 +306,7 @@ class AuditService:
             self.link.respond(
                 cmd,
                 False,
-                f"unknown command {clip(cmd.action, 60)} (known: {AUDIT_PREFIX}/cmd/{COMMANDS[0]})",
+                f"unknown command {clip(cmd.action, 60)} (known: {AUDIT.command(COMMANDS[0])})",
             )
             return
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from trackerdcs.cliargs import add_config
 from trackerdcs.safety.clock import iso, parse_when
+from trackerdcs.topics import AUDIT
 
 
 def add_safety_commands(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +82,7 @@ def _from_service(args: argparse.Namespace, query: dict[str, Any]) -> list[dict[
 
     cfg = load_config(args.config).mqtt
     token = uuid.uuid4().hex[:12]
-    reply_topic = f"/audit/reply/{token}"
+    reply_topic = AUDIT.below("reply").leaf(token)
     answer: dict[str, Any] = {}
     subscribed, answered = threading.Event(), threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"trackerdcs-audit-{token}",
@@ -108,7 +109,7 @@ def _from_service(args: argparse.Namespace, query: dict[str, Any]) -> list[dict[
         props.ResponseTopic = reply_topic
         props.UserProperty = ("client_id", "trackerdcs-audit")
         payload = json.dumps({"value": query, "id": f"audit-cli:{token}", "time": time.time()})
-        client.publish("/audit/cmd/query", payload, qos=1, properties=props)
+        client.publish(AUDIT.command("query"), payload, qos=1, properties=props)
         if not answered.wait(args.timeout):
             raise TimeoutError(f"no answer from the alarm service within {args.timeout:g} s")
     finally:

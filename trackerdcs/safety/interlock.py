@@ -34,6 +34,7 @@ from trackerdcs.safety.config import Action, rule_chiller, rule_modules
 from trackerdcs.safety.rules import EPSILON, RULE_KINDS, RuleState, Verdict, reason_of
 from trackerdcs.safety.sender import CommandSender
 from trackerdcs.safety.world import World
+from trackerdcs.topics import ServiceTopics, prefix_of
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,13 @@ SETPOINT_TOLERANCE = 0.05  # K: a chiller set point this close to the safe one c
 
 def interlock_prefix(lab: LabConfig) -> str:
     """`/interlock` from `power.interlock_topic` (`/interlock/status`)."""
-    return lab.power.interlock_topic.rsplit("/", 1)[0]
+    return prefix_of(lab.power.interlock_topic)
 
 
 def subscriptions(lab: LabConfig) -> tuple[str, ...]:
     """What the interlock service listens to, besides its commands."""
     world = World(lab)
-    answers = {f"{p}/response" for p, s in world.sources.items() if s.kind != "sensor"}
+    answers = {ServiceTopics(p).response for p, s in world.sources.items() if s.kind != "sensor"}
     return (*world.topics(), lab.power.interlock_topic, *sorted(answers))
 
 
@@ -69,7 +70,7 @@ class InterlockService:
         self.clock = clock
         self.world = World(lab)
         self.status_topic = lab.power.interlock_topic
-        self.action_topic = f"{interlock_prefix(lab)}/action"
+        self.action_topic = ServiceTopics(interlock_prefix(lab)).action
         self.sender = CommandSender(link, SOURCE, stamp_time=False)  # run whenever they arrive
         now, wall = loop.time(), clock()
         self.states = [
@@ -230,7 +231,7 @@ class InterlockService:
         verb = "kill" if state.rule.action is Action.KILL else "switch"
         topics = []
         for prefix in self.world.prefixes(module, ChannelKind.HV):
-            topic = f"{prefix}/cmd/{verb}/{module}"
+            topic = ServiceTopics(prefix).command(verb, module)
             request_id = self.sender.send(topic, "off", state.rule.name)
             state.last_sent[topic] = now
             log.warning("interlock %s: %s (id %s)", state.rule.name, topic, request_id)
@@ -244,7 +245,7 @@ class InterlockService:
         return not isinstance(setpoint, int | float) or setpoint < target - SETPOINT_TOLERANCE
 
     def _raise_setpoint(self, state: RuleState, now: float) -> str:
-        topic = f"{state.chiller}/cmd/setpoint"
+        topic = ServiceTopics(state.chiller).command("setpoint")
         request_id = self.sender.send(topic, state.rule.chiller_setpoint, state.rule.name)
         state.last_sent[topic] = now
         log.warning(
@@ -271,13 +272,14 @@ class InterlockService:
             verb = "kill" if state.rule.action is Action.KILL else "switch"
             for module in sorted(state.affected):
                 topics = [
-                    f"{p}/cmd/{verb}/{module}" for p in self.world.prefixes(module, ChannelKind.HV)
+                    ServiceTopics(p).command(verb, module)
+                    for p in self.world.prefixes(module, ChannelKind.HV)
                 ]
                 if self.world.hv_on(module) and any(due(t) for t in topics):
                     sent += self._switch_off(state, module, now)
                     modules.append(module)
         if state.rule.chiller_setpoint is not None and self._setpoint_low(state):
-            topic = f"{state.chiller}/cmd/setpoint"
+            topic = ServiceTopics(state.chiller).command("setpoint")
             if self.world.chiller(state.chiller) is not None and due(topic):
                 sent.append(self._raise_setpoint(state, now))
         if sent:
@@ -424,6 +426,6 @@ class InterlockService:
             cmd,
             False,
             f"unknown command {clip(cmd.action, 60)} (known: "
-            + ", ".join(f"{prefix}/cmd/{c}" for c in COMMANDS)
+            + ", ".join(ServiceTopics(prefix).command(c) for c in COMMANDS)
             + ")",
         )

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from trackerdcs.topics import DCS, prefix_of
+
 if TYPE_CHECKING:
     from trackerdcs.config import LabConfig
 
@@ -31,9 +33,9 @@ def heartbeats(lab: LabConfig) -> dict[str, float]:
     for sensor in lab.sensors:
         beats[sensor.prefix] = sensor.publish_interval
     if lab.interlocks.rules:
-        beats[lab.power.interlock_topic.rsplit("/", 1)[0]] = lab.interlocks.heartbeat
+        beats[prefix_of(lab.power.interlock_topic)] = lab.interlocks.heartbeat
     if lab.modules():
-        beats["/dcs"] = lab.sequencer.heartbeat
+        beats[DCS.prefix] = lab.sequencer.heartbeat
     return beats
 
 

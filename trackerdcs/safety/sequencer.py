@@ -31,11 +31,12 @@ from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.payloads import SequenceAction, SequencerStatus, SequenceStep, dump
 from trackerdcs.safety.sender import CommandSender
 from trackerdcs.safety.world import World
+from trackerdcs.topics import DCS, ServiceTopics
 
 log = logging.getLogger(__name__)
 
 SOURCE = "dcs"
-PREFIX = "/dcs"
+PREFIX = DCS.prefix
 COMMANDS = ("module/{name}",)  # under /dcs/cmd/
 FAULT_STATES = frozenset({"TRIPPED", "ERROR", "DISCONNECTED"})
 OFF_STATES = frozenset({"OFF", "TRIPPED", "ERROR"})
@@ -115,7 +116,8 @@ class SequencerService:
     @staticmethod
     def subscriptions(lab: LabConfig) -> tuple[str, ...]:
         prefixes = sorted({p for crate in lab.crates for p in crate.prefixes.values()})
-        return tuple(t for p in prefixes for t in (f"{p}/status", f"{p}/response"))
+        services = [ServiceTopics(p) for p in prefixes]
+        return tuple(t for s in services for t in (s.status, s.response))
 
     # -- input (on the loop) ----------------------------------------------------------------------
     def on_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
@@ -151,7 +153,7 @@ class SequencerService:
         parts = cmd.parts
         if len(parts) != 2 or parts[0] != "module" or not parts[1]:
             raise CommandError(
-                f"unknown command {clip(cmd.action, 60)} (known: {PREFIX}/cmd/{COMMANDS[0]} "
+                f"unknown command {clip(cmd.action, 60)} (known: {DCS.command(COMMANDS[0])} "
                 "with on or off)"
             )
         value, _ = cmd.decoded()
@@ -225,7 +227,7 @@ class SequencerService:
 
     async def _command(self, run: Run, step: str, kind: ChannelKind, value: str) -> None:
         for prefix in self.world.prefixes(run.module, kind):
-            topic = f"{prefix}/cmd/switch/{run.module}"
+            topic = ServiceTopics(prefix).command("switch", run.module)
             timeout = self.cfg.answer_timeout
             try:
                 answer = await self.sender.request(topic, value, run.module, timeout)
@@ -324,7 +326,7 @@ class SequencerService:
             text=text,
             id=run.request_id,
         )
-        self.link.publish(f"{PREFIX}/action", json.dumps(dump(payload)), qos=1)
+        self.link.publish(DCS.action, json.dumps(dump(payload)), qos=1)
 
     def _finish(self, run: Run, state: str, error: str | None, current: bool = True) -> None:
         if current:  # a cancelled run leaves the state to the run that replaced it
@@ -346,7 +348,7 @@ class SequencerService:
         payload = SequencerStatus.model_validate(
             {"modules": self.states, "time": unix_time(self.clock())}
         )
-        self.link.publish_state(f"{PREFIX}/status", json.dumps(dump(payload)))
+        self.link.publish_state(DCS.status, json.dumps(dump(payload)))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._publish_status)

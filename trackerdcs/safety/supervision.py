@@ -25,15 +25,16 @@ from typing import Any
 from trackerdcs.guard import finite_number, loads, shorten
 from trackerdcs.mqtt import MqttLink, unix_time
 from trackerdcs.payloads import SupervisionHeartbeat, dump, key
+from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
-TOPIC = "supervision"  # under the service's prefix: `/interlock/supervision`
 SENT = key(SupervisionHeartbeat, "time")  # what a heartbeat is judged by (the rest is not read)
 
 
 def supervision_topic(prefix: str) -> str:
-    return f"{prefix}/{TOPIC}"
+    """`<prefix>/supervision`: the heartbeat of the supervisor at `prefix`."""
+    return ServiceTopics(prefix).supervision
 
 
 def heartbeat_payload(source: str, interval: float, seq: int, now: float) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.guard import JsonError, clip, finite_number, loads
 from trackerdcs.payloads import OFFLINE
+from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ class World:
 
     # -- input ------------------------------------------------------------------------------------
     def topics(self) -> list[str]:
-        return [f"{p}/{leaf}" for p in self.sources for leaf in ("status", "availability")]
+        sources = [ServiceTopics(p) for p in self.sources]
+        return [t for s in sources for t in (s.status, s.availability)]
 
     def update(
         self, topic: str, payload: bytes, now: float, retained: bool = False

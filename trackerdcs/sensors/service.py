@@ -24,6 +24,7 @@ from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, unix_time
 from trackerdcs.payloads import SensorStatus, dump
 from trackerdcs.sensors.sensor import SensorState
+from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class SensorService:
 
     @property
     def topic(self) -> str:
-        return f"{self.cfg.prefix}/status"
+        return ServiceTopics(self.cfg.prefix).status
 
     # -- from the source (on the loop) -----------------------------------------------------------
     def on_line(self, line: str) -> None:
@@ -139,5 +140,5 @@ class SensorService:
             self.publish()
             self.link.respond(cmd, True, None)
             return
-        known = ", ".join(f"{self.cfg.prefix}/cmd/{c}" for c in COMMANDS)
+        known = ", ".join(ServiceTopics(self.cfg.prefix).command(c) for c in COMMANDS)
         self.link.respond(cmd, False, f"unknown command {clip(cmd.action, 60)} (known: {known})")

@@ -25,6 +25,7 @@ from trackerdcs.stack.leftovers import check_leftovers, clear_state, write_state
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.nodered import NodeRed
 from trackerdcs.stack.process import ManagedProcess, port_open
+from trackerdcs.topics import ServiceTopics
 
 MAX_RESTARTS = 5
 PY = sys.executable
@@ -303,8 +304,11 @@ class LocalStack:
             f"{pub} /hv/cmd/switch/0 -m on",
         ]
         for chiller in self.cfg.chillers:
-            prefix = chiller.prefix
-            lines += [f"{pub} {prefix}/cmd/setpoint -m -10", f"{pub} {prefix}/cmd/switch -m on"]
+            topics = ServiceTopics(chiller.prefix)
+            lines += [
+                f"{pub} {topics.command('setpoint')} -m -10",
+                f"{pub} {topics.command('switch')} -m on",
+            ]
         lines += ["", "Ctrl-C stops everything."]
         return "\n".join(lines)
 
