@@ -23,6 +23,7 @@ from trackerdcs.power.caenwrapper_backend import CaenWrapperBackend
 from trackerdcs.power.daemon import CrateDaemon
 from trackerdcs.sim.crate import boards_of
 from trackerdcs.sim.crate_model import SimCrate
+from trackerdcs.stack.process import wait_until
 
 
 def start_wrapper_lab(workdir, broker, name: str, omit=None, **overrides):
@@ -132,8 +133,12 @@ def test_every_setting_is_written_with_the_bindings_types(wrapper_lab):
     since = lab.client.mark()
     before = len(opened[-1].calls)
     assert lab.command("/lv/cmd/switch/lv_m1", "on")["ok"]
-    # the daemon may write other settings meanwhile: look for the Pw write, not the last call
-    [pw] = [value for slot, name, value in opened[-1].calls[before:] if (slot, name) == (lv, "Pw")]
+    # the daemon may write other settings meanwhile: look for the Pw write, not the last call;
+    # the answer comes once the write is queued for the wrapper's session thread, not done
+    [pw] = wait_until(
+        lambda: [v for slot, name, v in opened[-1].calls[before:] if (slot, name) == (lv, "Pw")],
+        5, "the Pw write through the wrapper",
+    )  # fmt: skip
     assert pw._type_ is ct.c_int  # Pw as a C int
     lab.wait_channel("/lv", "lv_m1", lambda c: c["state"] == "ON" and c["vmon"] == 10.5,
                      since=since)  # fmt: skip
