@@ -19,7 +19,7 @@ from trackerdcs.guard import FAULTS, loads, shorten
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend
 from trackerdcs.power.backends import make_backend
-from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
+from trackerdcs.power.channel import ChannelCommand, ChannelState, PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
 from trackerdcs.runner import daemon_main
 from trackerdcs.safety.supervision import SupervisionWatch, supervision_topic
@@ -156,9 +156,9 @@ class CrateDaemon:
     def _hv_channels(self) -> list[PowerChannel]:
         return [c for s in self.services if s.kind is ChannelKind.HV for c in s.channels]
 
-    def _lv_off_guard(self, ch: PowerChannel, command: str) -> str | None:
+    def _lv_off_guard(self, ch: PowerChannel, command: ChannelCommand) -> str | None:
         """Refuse LV off (or kill) while HV of the same module is on."""
-        if command not in ("switch_off", "kill") or not ch.cfg.module:
+        if command not in (ChannelCommand.SWITCH_OFF, ChannelCommand.KILL) or not ch.cfg.module:
             return None
         live = [
             h.name
@@ -262,9 +262,9 @@ class CrateDaemon:
             self._holds.discard("supervision")
             log.warning("supervised again: HV may be switched on (the fail-safe note stays)")
 
-    def _failsafe_guard(self, ch: PowerChannel, command: str) -> str | None:
+    def _failsafe_guard(self, ch: PowerChannel, command: ChannelCommand) -> str | None:
         """While a fired fail-safe holds, HV may not be switched on."""
-        if command != "switch_on" or not self._holds:
+        if command != ChannelCommand.SWITCH_ON or not self._holds:
             return None
         notes = {s.failsafe_note for s in self.services if s.failsafe_note}
         return (
