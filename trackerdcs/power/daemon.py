@@ -84,25 +84,21 @@ class CrateDaemon:
             )  # fmt: skip
 
     def _add_service(self, kind: ChannelKind, prefix: str, channels: list[PowerChannel]) -> None:
-        loop = self.loop
         hv = kind is ChannelKind.HV
         link = MqttLink(
             self.cfg.mqtt,
             prefix,
             client_id=client_id(self.cfg, self.crate.name, str(kind)),
-            on_command=lambda cmd: loop.call_soon_threadsafe(
-                link.execute, service.handle_command, cmd
-            ),
-            on_connection=lambda up: loop.call_soon_threadsafe(self._on_broker, prefix, up),
+            on_command=lambda cmd: service.handle_command(cmd),
+            on_connection=lambda up: self._on_broker(prefix, up),
             subscribe=(self.cfg.power.interlock_topic, *self._supervision_topics) if hv else (),
-            on_message=(
-                lambda msg: loop.call_soon_threadsafe(self.on_message, msg.topic, msg.payload)
-            ) if hv else None,
+            on_message=(lambda msg: self.on_message(msg.topic, msg.payload)) if hv else None,
             command_max_age=self.cfg.power.command_max_age,
             always_executed=ALWAYS_EXECUTED["power"],
+            loop=self.loop,
         )  # fmt: skip
         service = PowerService(
-            kind, prefix, channels, self.backend, link, self.cfg.power.publish, loop
+            kind, prefix, channels, self.backend, link, self.cfg.power.publish, self.loop
         )
         self.services.append(service)
         self._route.update({c.address: service for c in channels})

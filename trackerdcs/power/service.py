@@ -1,7 +1,7 @@
 """The MQTT service of one kind of channel on one crate (`/hv` or `/lv`).
 
-Runs on the daemon's asyncio loop: readbacks and commands are handed to it with
-`call_soon_threadsafe`, so its state is only ever touched from one thread.
+Runs on the daemon's asyncio loop: readbacks are handed to it with `call_soon_threadsafe`, commands
+by its `MqttLink` (given the loop), so its state is only ever touched from one thread.
 
 Topic contract (docs/topics.md): `<prefix>/status` (retained JSON array, one object per channel),
 `<prefix>/state` (retained aggregate), `<prefix>/availability`, `<prefix>/cmd/...`, and answers
