@@ -132,3 +132,24 @@ def test_without_a_loop_callbacks_run_on_pahos_thread() -> None:
     link = RecordingLink(example_lab(), "/hv", on_command=lambda c: handled.append(c.action))
     link._guarded_message(None, None, _message("/hv/cmd/clear", b""))
     assert handled == ["clear"]
+
+
+def test_a_command_answered_later_is_answered_on_the_loop(running_loop) -> None:
+    """`execute_soon` from another thread (a device line's worker): the handler runs on the
+    loop, through `execute` (a failure there is still answered)."""
+    answered = threading.Event()
+    link = RecordingLink(example_lab(), "/julabo", loop=running_loop)
+    threads: list[str] = []
+
+    def finish(cmd: Command, result: str) -> None:
+        threads.append(threading.current_thread().name)
+        raise RuntimeError(f"a bug with {result}")
+
+    cmd = Command("/julabo/cmd/switch", "switch", "on")
+    worker = threading.Thread(target=link.execute_soon, args=(finish, cmd, "done"))
+    worker.start()
+    worker.join(TIMEOUT)
+    running_loop.call_soon_threadsafe(answered.set)  # after the handler: FIFO
+    assert answered.wait(TIMEOUT)
+    (answer,) = link.answers()
+    assert threads == ["service-loop"] and "internal error" in answer["error"]

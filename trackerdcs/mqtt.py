@@ -526,6 +526,12 @@ class MqttLink:
         finally:
             self._executing.pop(key, None)
 
+    def execute_soon(self, handler: Callable[..., Any], cmd: Command, *args: Any) -> None:
+        """From any thread: `execute(handler, cmd, *args)` on the service's loop (now, on
+        this thread, for a link without one). For a command answered later, e.g. once a device
+        line has run it."""
+        self._deliver(self.execute, handler, cmd, *args)
+
     def admit(self, cmd: Command) -> bool:
         """Pass `cmd` through the gate: True to execute it; else it has been answered (a
         refusal), or it is the empty retained message that clears a retained command."""

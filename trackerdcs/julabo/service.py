@@ -3,7 +3,7 @@
 Polls and lost lines arrive from the line worker through `call_soon_threadsafe`, so the service's
 state is only touched from the loop. A command is checked here (payload, range, state) before
 anything is queued for the line: a refused command sends nothing. An accepted command is answered
-once the worker has written it and read it back.
+once the worker has written it and read it back (back on the loop: `MqttLink.execute_soon`).
 
 Topic contract (docs/topics.md): `<prefix>/status` (retained JSON, on change and every
 `heartbeat` s), `<prefix>/availability`, `<prefix>/cmd/{setpoint,switch,refresh,reconnect}`,
@@ -169,7 +169,7 @@ class JulaboService:
 
     def _answer_later(self, cmd: Command) -> DoneFn:
         def done(result: Any, error: Exception | None) -> None:
-            self.loop.call_soon_threadsafe(self.link.execute, self._finish, cmd, result, error)
+            self.link.execute_soon(self._finish, cmd, result, error)  # from the line's thread
 
         return done
 
