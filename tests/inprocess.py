@@ -28,8 +28,9 @@ def example_lab() -> LabConfig:
 class RecordingLink(MqttLink):
     """A real `MqttLink` (never started: no connection) that records what it publishes."""
 
-    def __init__(self, lab: LabConfig, prefix: str) -> None:
-        super().__init__(lab.mqtt, prefix, client_id=f"test-{prefix}", on_command=lambda c: None)
+    def __init__(self, lab: LabConfig, prefix: str, **options: Any) -> None:
+        options.setdefault("on_command", lambda c: None)
+        super().__init__(lab.mqtt, prefix, client_id=f"test-{prefix}", **options)
         self.sent: list[tuple[str, Any]] = []
         self._client.publish = self._record  # an MQTT 5 response topic's copy
 

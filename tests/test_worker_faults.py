@@ -30,6 +30,7 @@ from tests.inprocess import (
 )
 from trackerdcs import guard
 from trackerdcs.guard import EXIT_FAULTS, FAULTS, MAX_CONSECUTIVE, Faults
+from trackerdcs.power.channel import ChannelCommand
 from trackerdcs.stack.process import wait_until
 
 
@@ -468,7 +469,7 @@ def test_a_non_finite_readback_disconnects_the_channel_and_says_why() -> None:
     hv.on_readback(ch.address, "VMon", float("nan"))
     assert str(ch.state) == "DISCONNECTED" and "VMon read nan: not finite" in hv._warnings[-1]
     assert "NaN" not in ch.status_json() and ch.readback["VMon"] == 0
-    assert "VMon read nan" in (ch.refusal("switch_on") or "")
+    assert "VMon read nan" in (ch.refusal(ChannelCommand.SWITCH_ON) or "")
     hv.on_readback(ch.address, "VMon", 1.0)
     assert str(ch.state) == "OFF" and not hv._warnings
     loop.close()

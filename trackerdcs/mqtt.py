@@ -16,15 +16,20 @@
 Other subscriptions are plain: there the retain flag means "stored by the broker" (delivered at
 subscription), as MQTT defines it, which is how the safety services tell live data from stale.
 
-Callbacks run on paho's network thread; services hand them to their own loop. An unexpected
+Callbacks run on paho's network thread, or, given the service's asyncio loop (`MqttLink(loop=)`),
+are handed to that loop by the link (`call_soon_threadsafe`): the service's state is then only
+touched from its loop, and no service writes its own hand-off. The gate runs on the network
+thread either way (a refused command is answered there and never reaches the loop). An unexpected
 exception in a callback never reaches paho (it would end the network thread): it is reported to
-`trackerdcs.guard.FAULTS` (logged with its message, counted). A command handler runs through
-`MqttLink.execute`, so that a command whose handler fails unexpectedly is still answered
-(`ok: false`, `internal error ...`).
+`trackerdcs.guard.FAULTS` (logged with its message, counted); on the loop, the daemon's loop
+exception handler reports it (`trackerdcs.runner`). A command handler runs through
+`MqttLink.execute` (with `loop`, the link does that itself), so that a command whose handler fails
+unexpectedly is still answered (`ok: false`, `internal error ...`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -354,7 +359,12 @@ ConnectionHandler = Callable[[bool], None]
 
 
 class MqttLink:
-    """A service's connection to the broker for one topic prefix."""
+    """A service's connection to the broker for one topic prefix.
+
+    `loop`: the service's asyncio loop. Given, `on_command` (through `execute`),
+    `on_connection` and `on_message` run on it, scheduled by the link from paho's thread; else
+    they run on paho's network thread.
+    """
 
     def __init__(
         self,
@@ -368,8 +378,10 @@ class MqttLink:
         command_max_age: float | None = None,
         faults: Faults | None = None,
         always_executed: dict[str, bool | str | None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.cfg = cfg
+        self.loop = loop
         self.faults = faults or FAULTS
         self.prefix = prefix
         self.client_id = client_id
@@ -447,7 +459,7 @@ class MqttLink:
                 client.publish(topic, payload, qos=1, retain=True)
             self._connected.set()
         if self._on_connection:
-            self._on_connection(True)
+            self._deliver(self._on_connection, True)
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
@@ -455,7 +467,7 @@ class MqttLink:
         if not self._stopping:
             log.warning("lost the broker (%s); reconnecting", reason_code)
         if was and self._on_connection:
-            self._on_connection(False)
+            self._deliver(self._on_connection, False)
 
     def _guarded_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         """`_handle_message`; an unexpected exception is reported, and a command answered."""
@@ -479,9 +491,19 @@ class MqttLink:
         if self._on_command and msg.topic.startswith(cmd_root):
             cmd = self.gate.tolerate(command_from_message(msg, cmd_root))
             if self.admit(cmd):
-                self._on_command(cmd)
+                if self.loop is None:
+                    self._on_command(cmd)
+                else:
+                    self.loop.call_soon_threadsafe(self.execute, self._on_command, cmd)
         elif self._on_message:
-            self._on_message(msg)
+            self._deliver(self._on_message, msg)
+
+    def _deliver(self, callback: Callable[..., Any], *args: Any) -> None:
+        """`callback(*args)`: now, or on the service's loop when the link has one."""
+        if self.loop is None:
+            callback(*args)
+        else:
+            self.loop.call_soon_threadsafe(callback, *args)
 
     def execute(self, handler: Callable[..., Any], cmd: Command, *args: Any) -> None:
         """Run `handler(cmd, *args)` (a command handler, on the service's loop). An unexpected
@@ -503,6 +525,12 @@ class MqttLink:
             self.faults.ok(where)
         finally:
             self._executing.pop(key, None)
+
+    def execute_soon(self, handler: Callable[..., Any], cmd: Command, *args: Any) -> None:
+        """From any thread: `execute(handler, cmd, *args)` on the service's loop (now, on
+        this thread, for a link without one). For a command answered later, e.g. once a device
+        line has run it."""
+        self._deliver(self.execute, handler, cmd, *args)
 
     def admit(self, cmd: Command) -> bool:
         """Pass `cmd` through the gate: True to execute it; else it has been answered (a

@@ -57,10 +57,9 @@ class JulaboDaemon:
             lab.mqtt,
             cfg.prefix,
             client_id=client_id(lab, "chiller", cfg.name),
-            on_command=lambda cmd: loop.call_soon_threadsafe(
-                self.link.execute, self.service.handle_command, cmd
-            ),
+            on_command=lambda cmd: self.service.handle_command(cmd),
             command_max_age=cfg.command_max_age,
+            loop=loop,
         )
         self.worker = LineWorker(
             make_device(cfg),

@@ -3,7 +3,8 @@
 The state follows the unit: every poll (or lost line) is classified into the state it shows
 (`observed_state`) and the matching observation trigger fires. Commands are internal triggers
 (no change of state: the next poll moves it); their sources say in which states a command is
-allowed, so `may_switch_on()` is the guard the service asks before anything is sent.
+allowed, so `allows(ChillerCommand.SWITCH_ON)` is the guard the service asks before anything is
+sent (the pattern: `trackerdcs.statemachine`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from transitions import Machine
 
 from trackerdcs.julabo.protocol import JulaboStatus
+from trackerdcs.statemachine import Observed, observing_machine
 
 
 class ChillerState(StrEnum):
@@ -36,17 +38,23 @@ OBSERVATIONS: dict[ChillerState, str] = {
     S.MANUAL: "see_manual",
 }
 
-# Commands: internal transitions; `source` lists the states in which they are allowed.
-COMMANDS: dict[str, list[ChillerState]] = {
-    "set_setpoint": [S.STOPPED, S.RUNNING, S.ERROR],  # a new set point may cure a warning
-    "switch_on": [S.STOPPED, S.RUNNING],
-    "switch_off": [S.STOPPED, S.RUNNING, S.ERROR],  # stopping is always allowed when connected
-}
 
-TRANSITIONS: list[dict[str, Any]] = [
-    *({"trigger": t, "source": "*", "dest": s} for s, t in OBSERVATIONS.items()),
-    *({"trigger": cmd, "source": src, "dest": None} for cmd, src in COMMANDS.items()),
-]
+class ChillerCommand(StrEnum):
+    """The chiller's command triggers (internal transitions of its machine)."""
+
+    SET_SETPOINT = "set_setpoint"
+    SWITCH_ON = "switch_on"
+    SWITCH_OFF = "switch_off"
+
+
+C = ChillerCommand
+
+# Commands: internal transitions; `source` lists the states in which they are allowed.
+COMMANDS: dict[ChillerCommand, list[ChillerState]] = {
+    C.SET_SETPOINT: [S.STOPPED, S.RUNNING, S.ERROR],  # a new set point may cure a warning
+    C.SWITCH_ON: [S.STOPPED, S.RUNNING],
+    C.SWITCH_OFF: [S.STOPPED, S.RUNNING, S.ERROR],  # stopping is always allowed when connected
+}
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,10 @@ def observed_state(poll: Poll | None) -> ChillerState:
     return S.RUNNING if poll.running else S.STOPPED
 
 
-class Chiller:
+class Chiller(Observed):
     """The unit's latest poll, why it is not connected, and the state (set by the `Machine`)."""
 
+    OBSERVATIONS = OBSERVATIONS
     state: ChillerState
 
     def __init__(self, url: str, model: str = "full", name: str = "julabo") -> None:
@@ -92,15 +101,11 @@ class Chiller:
         """Record a poll (or a lost line, with its reason); True when the state changed."""
         self.poll = poll
         self.line_error = line_error if poll is None else None
-        seen = observed_state(poll)
-        if seen == self.state:
-            return False
-        getattr(self, OBSERVATIONS[seen])()
-        return True
+        return self.follow(observed_state(poll))
 
-    def refusal(self, command: str) -> str | None:
+    def refusal(self, command: ChillerCommand) -> str | None:
         """Why `command` is not allowed now, or None when it is."""
-        if getattr(self, f"may_{command}")():
+        if self.allows(command):
             return None
         if self.state is S.DISCONNECTED:
             return f"the chiller is DISCONNECTED ({self.line_error}): nothing was sent"
@@ -148,11 +153,4 @@ def _float(value: float | None) -> float | None:
 
 
 def make_machine(chiller: Chiller) -> Machine:
-    return Machine(
-        model=chiller,
-        states=ChillerState,
-        transitions=TRANSITIONS,
-        initial=S.DISCONNECTED,
-        auto_transitions=False,
-        send_event=False,
-    )
+    return observing_machine(chiller, ChillerState, OBSERVATIONS, COMMANDS, S.DISCONNECTED)

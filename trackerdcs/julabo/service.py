@@ -3,7 +3,7 @@
 Polls and lost lines arrive from the line worker through `call_soon_threadsafe`, so the service's
 state is only touched from the loop. A command is checked here (payload, range, state) before
 anything is queued for the line: a refused command sends nothing. An accepted command is answered
-once the worker has written it and read it back.
+once the worker has written it and read it back (back on the loop: `MqttLink.execute_soon`).
 
 Topic contract (docs/topics.md): `<prefix>/status` (retained JSON, on change and every
 `heartbeat` s), `<prefix>/availability`, `<prefix>/cmd/{setpoint,switch,refresh,reconnect}`,
@@ -16,15 +16,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import JulaboConfig
+from trackerdcs.dispatch import CommandRegistry
 from trackerdcs.guard import FAULTS, clip
 from trackerdcs.julabo.device import Applied, Julabo, Value
-from trackerdcs.julabo.fsm import Chiller, Poll
+from trackerdcs.julabo.fsm import Chiller, ChillerCommand, Poll
 from trackerdcs.julabo.protocol import ProtocolError, ReadbackMismatch
 from trackerdcs.julabo.worker import DoneFn, JobFn
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
@@ -51,19 +51,9 @@ class Job:
     fn: JobFn | None  # None: reconnect the line
 
 
-@dataclass(frozen=True)
-class CommandSpec:
-    usage: str
-    handler: str  # method name on JulaboService
-    payload: str  # as documented
-
-
-COMMAND_TABLE: dict[str, CommandSpec] = {
-    "setpoint": CommandSpec("setpoint", "_cmd_setpoint", "°C"),
-    "switch": CommandSpec("switch", "_cmd_switch", "`on` / `off`"),
-    "refresh": CommandSpec("refresh", "_cmd_refresh", "anything"),
-    "reconnect": CommandSpec("reconnect", "_cmd_reconnect", "anything"),
-}
+# The topic contract's commands, declared on their handlers below (`@COMMANDS.command`).
+COMMANDS = CommandRegistry()
+COMMAND_TABLE = COMMANDS.table
 
 
 def write_setpoint(value: float) -> JobFn:
@@ -181,7 +171,7 @@ class JulaboService:
 
     def _answer_later(self, cmd: Command) -> DoneFn:
         def done(result: Any, error: Exception | None) -> None:
-            self.loop.call_soon_threadsafe(self.link.execute, self._finish, cmd, result, error)
+            self.link.execute_soon(self._finish, cmd, result, error)  # from the line's thread
 
         return done
 
@@ -203,14 +193,14 @@ class JulaboService:
             known = ", ".join(topics.command(s.usage) for s in COMMAND_TABLE.values())
             raise CommandError(f"unknown command {clip(cmd.action, 60)} (known: {known})")
         value, _ = cmd.decoded()
-        handler: Callable[[Any], Job | None] = getattr(self, spec.handler)
-        return handler(value)
+        return spec.handler(self, value)
 
-    def _check_allowed(self, command: str) -> None:
+    def _check_allowed(self, command: ChillerCommand) -> None:
         reason = self.chiller.refusal(command)
         if reason:
             raise CommandError(reason)
 
+    @COMMANDS.command("setpoint", payload="°C")
     def _cmd_setpoint(self, value: Any) -> Job:
         celsius = parse_number(value, "set point")
         low, high = self.cfg.setpoint_min, self.cfg.setpoint_max
@@ -218,17 +208,20 @@ class JulaboService:
             raise CommandError(f"{celsius:g} C exceeds the maximum set point {high:g} C")
         if celsius < low:
             raise CommandError(f"{celsius:g} C is below the minimum set point {low:g} C")
-        self._check_allowed("set_setpoint")
+        self._check_allowed(ChillerCommand.SET_SETPOINT)
         return Job(write_setpoint(celsius))
 
+    @COMMANDS.command("switch", payload="`on` / `off`")
     def _cmd_switch(self, value: Any) -> Job:
         on = parse_switch(value)
-        self._check_allowed("switch_on" if on else "switch_off")
+        self._check_allowed(ChillerCommand.SWITCH_ON if on else ChillerCommand.SWITCH_OFF)
         return Job(switch(on))
 
+    @COMMANDS.command("refresh")
     def _cmd_refresh(self, value: Any) -> None:
         self.publish_status()
 
+    @COMMANDS.command("reconnect")
     def _cmd_reconnect(self, value: Any) -> Job:
         return Job(None)
 

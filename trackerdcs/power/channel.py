@@ -3,10 +3,11 @@
 The state follows the crate: every readback is classified into the state it shows
 (`observed_state`) and the matching observation trigger fires. Commands are triggers too, but
 internal ones (no change of state: the crate's readback will move the state); their sources say in
-which states the command is allowed, so `may_switch_on()` is the guard the service asks before it
-writes anything. Switching off and kill are allowed in every state, DISCONNECTED included (a
-crate that marks a readback INVALID still takes `Pw`): a channel's state never stands between an
-operator, the interlock or the sequencer and switching it off.
+which states the command is allowed, so `allows(ChannelCommand.SWITCH_ON)` is the guard the service
+asks before it writes anything (the pattern: `trackerdcs.statemachine`). Switching off and kill
+are allowed in every state, DISCONNECTED included (a crate that marks a readback INVALID still
+takes `Pw`): a channel's state never stands between an operator, the interlock or the sequencer
+and switching it off.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from trackerdcs.payloads import PowerChannelStatus, dump
 from trackerdcs.power.backend import ChannelAddress
 from trackerdcs.power.boards import BoardModel, ParamType, board_model
 from trackerdcs.power.status import FAULT_BITS, TRIP_BITS, ChannelStatus, flag_names
+from trackerdcs.statemachine import Observed, observing_machine
 
 
 class ChannelState(StrEnum):
@@ -51,22 +53,27 @@ OBSERVATIONS: dict[ChannelState, str] = {
     S.ERROR: "fail",
 }
 
-# Commands: internal transitions; `source` lists the states in which they are allowed.
-COMMANDS: dict[str, list[ChannelState]] = {
-    "switch_on": _HEALTHY,
-    "switch_off": _ALL,  # never refused for the channel's state: safety first
-    "kill": _ALL,
-    "set_voltage": _CONNECTED,
-    "set_current": _CONNECTED,
-}
 
-TRANSITIONS: list[dict[str, Any]] = [
-    *(
-        {"trigger": trigger, "source": "*", "dest": state}
-        for state, trigger in OBSERVATIONS.items()
-    ),
-    *({"trigger": cmd, "source": src, "dest": None} for cmd, src in COMMANDS.items()),
-]
+class ChannelCommand(StrEnum):
+    """The channel's command triggers (internal transitions of its machine)."""
+
+    SWITCH_ON = "switch_on"
+    SWITCH_OFF = "switch_off"
+    KILL = "kill"
+    SET_VOLTAGE = "set_voltage"
+    SET_CURRENT = "set_current"
+
+
+C = ChannelCommand
+
+# Commands: internal transitions; `source` lists the states in which they are allowed.
+COMMANDS: dict[ChannelCommand, list[ChannelState]] = {
+    C.SWITCH_ON: _HEALTHY,
+    C.SWITCH_OFF: _ALL,  # never refused for the channel's state: safety first
+    C.KILL: _ALL,
+    C.SET_VOLTAGE: _CONNECTED,
+    C.SET_CURRENT: _CONNECTED,
+}
 
 
 # plain ints: IntFlag arithmetic runs in Python, on every readback of every channel
@@ -92,9 +99,10 @@ def observed_state(connected: bool, status: int) -> ChannelState:
     return S.OFF
 
 
-class PowerChannel:
+class PowerChannel(Observed):
     """A channel as the service sees it. `state` is managed by the shared `Machine`."""
 
+    OBSERVATIONS = OBSERVATIONS
     state: ChannelState
 
     def __init__(
@@ -164,18 +172,14 @@ class PowerChannel:
 
     def observe(self) -> bool:
         """Move the state machine to what the readbacks show; True when the state changed."""
-        seen = observed_state(self.ready, int(self.readback["Status"]))
-        if seen == self.state:
-            return False
-        getattr(self, OBSERVATIONS[seen])()
-        return True
+        return self.follow(observed_state(self.ready, int(self.readback["Status"])))
 
-    def refusal(self, command: str) -> str | None:
+    def refusal(self, command: ChannelCommand) -> str | None:
         """Why `command` is not allowed now, or None when it is."""
-        if command == "switch_on" and self.inhibits:
+        if command == C.SWITCH_ON and self.inhibits:
             names = ", ".join(f"{k} ({v})" for k, v in sorted(self.inhibits.items()))
             return f"channel {self.name}: switching on inhibited by interlock {names}"
-        if getattr(self, f"may_{command}")():
+        if self.allows(command):
             return None
         if self.state is S.TRIPPED:
             return f"channel {self.name} is TRIPPED: send clear first"
@@ -227,11 +231,4 @@ class PowerChannel:
 
 def make_machine(channels: list[PowerChannel]) -> Machine:
     """One machine driving every channel of a service (cheaper than a machine per channel)."""
-    return Machine(
-        model=channels,
-        states=ChannelState,
-        transitions=TRANSITIONS,
-        initial=S.DISCONNECTED,
-        auto_transitions=False,
-        send_event=False,
-    )
+    return observing_machine(channels, ChannelState, OBSERVATIONS, COMMANDS, S.DISCONNECTED)

@@ -19,7 +19,7 @@ from trackerdcs.guard import FAULTS, loads, shorten
 from trackerdcs.mqtt import MqttLink
 from trackerdcs.power.backend import BackendError, ChannelAddress, PowerBackend
 from trackerdcs.power.backends import make_backend
-from trackerdcs.power.channel import ChannelState, PowerChannel, make_machine
+from trackerdcs.power.channel import ChannelCommand, ChannelState, PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
 from trackerdcs.runner import daemon_main
 from trackerdcs.safety.supervision import SupervisionWatch, supervision_topic
@@ -84,25 +84,21 @@ class CrateDaemon:
             )  # fmt: skip
 
     def _add_service(self, kind: ChannelKind, prefix: str, channels: list[PowerChannel]) -> None:
-        loop = self.loop
         hv = kind is ChannelKind.HV
         link = MqttLink(
             self.cfg.mqtt,
             prefix,
             client_id=client_id(self.cfg, self.crate.name, str(kind)),
-            on_command=lambda cmd: loop.call_soon_threadsafe(
-                link.execute, service.handle_command, cmd
-            ),
-            on_connection=lambda up: loop.call_soon_threadsafe(self._on_broker, prefix, up),
+            on_command=lambda cmd: service.handle_command(cmd),
+            on_connection=lambda up: self._on_broker(prefix, up),
             subscribe=(self.cfg.power.interlock_topic, *self._supervision_topics) if hv else (),
-            on_message=(
-                lambda msg: loop.call_soon_threadsafe(self.on_message, msg.topic, msg.payload)
-            ) if hv else None,
+            on_message=(lambda msg: self.on_message(msg.topic, msg.payload)) if hv else None,
             command_max_age=self.cfg.power.command_max_age,
             always_executed=ALWAYS_EXECUTED["power"],
+            loop=self.loop,
         )  # fmt: skip
         service = PowerService(
-            kind, prefix, channels, self.backend, link, self.cfg.power.publish, loop
+            kind, prefix, channels, self.backend, link, self.cfg.power.publish, self.loop
         )
         self.services.append(service)
         self._route.update({c.address: service for c in channels})
@@ -156,9 +152,9 @@ class CrateDaemon:
     def _hv_channels(self) -> list[PowerChannel]:
         return [c for s in self.services if s.kind is ChannelKind.HV for c in s.channels]
 
-    def _lv_off_guard(self, ch: PowerChannel, command: str) -> str | None:
+    def _lv_off_guard(self, ch: PowerChannel, command: ChannelCommand) -> str | None:
         """Refuse LV off (or kill) while HV of the same module is on."""
-        if command not in ("switch_off", "kill") or not ch.cfg.module:
+        if command not in (ChannelCommand.SWITCH_OFF, ChannelCommand.KILL) or not ch.cfg.module:
             return None
         live = [
             h.name
@@ -262,9 +258,9 @@ class CrateDaemon:
             self._holds.discard("supervision")
             log.warning("supervised again: HV may be switched on (the fail-safe note stays)")
 
-    def _failsafe_guard(self, ch: PowerChannel, command: str) -> str | None:
+    def _failsafe_guard(self, ch: PowerChannel, command: ChannelCommand) -> str | None:
         """While a fired fail-safe holds, HV may not be switched on."""
-        if command != "switch_on" or not self._holds:
+        if command != ChannelCommand.SWITCH_ON or not self._holds:
             return None
         notes = {s.failsafe_note for s in self.services if s.failsafe_note}
         return (

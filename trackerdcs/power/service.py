@@ -1,7 +1,7 @@
 """The MQTT service of one kind of channel on one crate (`/hv` or `/lv`).
 
-Runs on the daemon's asyncio loop: readbacks and commands are handed to it with
-`call_soon_threadsafe`, so its state is only ever touched from one thread.
+Runs on the daemon's asyncio loop: readbacks are handed to it with `call_soon_threadsafe`, commands
+by its `MqttLink` (given the loop), so its state is only ever touched from one thread.
 
 Topic contract (docs/topics.md): `<prefix>/status` (retained JSON array, one object per channel),
 `<prefix>/state` (retained aggregate), `<prefix>/availability`, `<prefix>/cmd/...`, and answers
@@ -17,17 +17,17 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from trackerdcs.commands import CommandError, parse_number, parse_switch
 from trackerdcs.config import ChannelKind, PublishConfig
+from trackerdcs.dispatch import CommandRegistry
 from trackerdcs.guard import FAULTS, clip
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.payloads import PowerState, dump
 from trackerdcs.power.backend import BackendError, ChannelAddress, ParamAbsent, PowerBackend
-from trackerdcs.power.channel import ChannelState, PowerChannel
+from trackerdcs.power.channel import ChannelCommand, ChannelState, PowerChannel
 from trackerdcs.topics import ServiceTopics
 
 log = logging.getLogger(__name__)
@@ -87,24 +87,9 @@ def settings_writes(ch: PowerChannel) -> list[tuple[str, float | int | str]]:
     return writes
 
 
-@dataclass(frozen=True)
-class CommandSpec:
-    """One command of the topic contract."""
-
-    usage: str  # as documented, e.g. `setv/{ch}`
-    per_channel: bool
-    handler: str  # method name on PowerService
-
-
-COMMAND_TABLE: dict[str, CommandSpec] = {
-    "setv": CommandSpec("setv/{ch}", True, "_cmd_setv"),
-    "seti": CommandSpec("seti/{ch}", True, "_cmd_seti"),
-    "switch": CommandSpec("switch/{ch}", True, "_cmd_switch"),
-    "kill": CommandSpec("kill/{ch}", True, "_cmd_kill"),
-    "clear": CommandSpec("clear", False, "_cmd_clear"),
-    "refresh": CommandSpec("refresh", False, "_cmd_refresh"),
-    "reconnect": CommandSpec("reconnect", False, "_cmd_reconnect"),
-}
+# The topic contract's commands, declared on their handlers below (`@COMMANDS.command`).
+COMMANDS = CommandRegistry()
+COMMAND_TABLE = COMMANDS.table
 
 
 class PowerService:
@@ -144,7 +129,7 @@ class PowerService:
         self._absent: dict[tuple[int, str], set[int]] = {}  # (board, param) -> channels
         self._warnings: list[str] = []  # `<prefix>/state` warnings
         # extra refusal rules from outside the channel (e.g. LV off while the module's HV is on)
-        self.guards: list[Callable[[PowerChannel, str], str | None]] = []
+        self.guards: list[Callable[[PowerChannel, ChannelCommand], str | None]] = []
         self.failsafe_note: str | None = None  # set when the daemon acted on its own
         # the last unexpected error handling a readback, and when (monotonic): in `warnings`
         # until a heartbeat finds it older than one heartbeat period
@@ -426,10 +411,9 @@ class PowerService:
                 f"use {ServiceTopics(self.prefix).command(spec.usage)}"
             )
         value, _ = cmd.decoded()
-        handler = getattr(self, spec.handler)
         if spec.per_channel:
-            return handler(self.resolve(parts[1]), value)
-        return handler(value)
+            return spec.handler(self, self.resolve(parts[1]), value)
+        return spec.handler(self, value)
 
     def resolve(self, target: str) -> list[PowerChannel]:
         """Channels named by `{ch}`: a number, a channel name, a module name, or `all`."""
@@ -450,7 +434,7 @@ class PowerService:
             + "), a channel name, a module name or 'all'"
         )
 
-    def _check_allowed(self, targets: list[PowerChannel], command: str) -> None:
+    def _check_allowed(self, targets: list[PowerChannel], command: ChannelCommand) -> None:
         reasons = [r for r in (c.refusal(command) for c in targets) if r]
         reasons += [r for guard in self.guards for c in targets if (r := guard(c, command))]
         if reasons:
@@ -467,29 +451,32 @@ class PowerService:
         if reasons:
             raise CommandError("; ".join(reasons))
 
+    @COMMANDS.command("setv", "setv/{ch}", per_channel=True)
     def _cmd_setv(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         volts = parse_number(value, "voltage")
         if volts < 0:
             raise CommandError(f"voltage must not be negative, got {volts:g} V")
         self._check_maximum(targets, volts, "vmax", "V")
-        self._check_allowed(targets, "set_voltage")
+        self._check_allowed(targets, ChannelCommand.SET_VOLTAGE)
         return self._write_all(targets, "V0Set", volts)
 
+    @COMMANDS.command("seti", "seti/{ch}", per_channel=True)
     def _cmd_seti(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         unit = "uA" if self.kind is ChannelKind.HV else "A"
         amps = parse_number(value, "current limit")
         if amps <= 0:
             raise CommandError(f"current limit must be positive, got {amps:g} {unit}")
         self._check_maximum(targets, amps, "imax", unit)
-        self._check_allowed(targets, "set_current")
+        self._check_allowed(targets, ChannelCommand.SET_CURRENT)
         return self._write_all(targets, "I0Set", amps)
 
+    @COMMANDS.command("switch", "switch/{ch}", per_channel=True)
     def _cmd_switch(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         on = parse_switch(value)
         if not on:
-            self._check_allowed(targets, "switch_off")
+            self._check_allowed(targets, ChannelCommand.SWITCH_OFF)
             return self._switch_off(targets, kill=False)
-        self._check_allowed(targets, "switch_on")
+        self._check_allowed(targets, ChannelCommand.SWITCH_ON)
         for ch in targets:
             if ch.killed:  # back to the configured ramp-down first
                 try:
@@ -504,9 +491,10 @@ class PowerService:
                 ch.killed = False
         return self._write_all(targets, "Pw", 1)
 
+    @COMMANDS.command("kill", "kill/{ch}", per_channel=True)
     def _cmd_kill(self, targets: list[PowerChannel], value: Any) -> dict[str, Any]:
         """Switch off at the fastest ramp-down (`kill_rate` or `kill_time`; interlocks use it)."""
-        self._check_allowed(targets, "kill")
+        self._check_allowed(targets, ChannelCommand.KILL)
         return self._switch_off(targets, kill=True)
 
     def _switch_off(self, targets: list[PowerChannel], kill: bool) -> dict[str, Any]:
@@ -569,15 +557,18 @@ class PowerService:
             self.backend.write(ch.address, param, value)
         return {"channels": [c.name for c in targets]}
 
+    @COMMANDS.command("clear")
     def _cmd_clear(self, value: Any) -> dict[str, Any]:
         self.backend.clear_alarm()
         return {}
 
+    @COMMANDS.command("refresh")
     def _cmd_refresh(self, value: Any) -> dict[str, Any]:
         self._state_payload = None  # republish the aggregate too
         self.publish_status()
         return {}
 
+    @COMMANDS.command("reconnect")
     def _cmd_reconnect(self, value: Any) -> dict[str, Any]:
         self.backend.reconnect()
         return {}

@@ -35,27 +35,25 @@ class AlarmsDaemon:
             lab.mqtt,
             ALARMS_PREFIX,
             client_id=client_id(lab, "alarms"),
-            on_command=lambda cmd: loop.call_soon_threadsafe(
-                self.alarm_link.execute, self.alarms.handle_command, cmd
-            ),
-            on_connection=lambda up: loop.call_soon_threadsafe(self.alarms.connection, up),
+            on_command=lambda cmd: self.alarms.handle_command(cmd),
+            on_connection=lambda up: self.alarms.connection(up),
             subscribe=AlarmService.subscriptions(lab),
-            on_message=lambda msg: loop.call_soon_threadsafe(
-                self.alarms.on_message, msg.topic, msg.payload, bool(msg.retain)
-            ),
+            on_message=lambda msg: self.alarms.on_message(msg.topic, msg.payload, bool(msg.retain)),
             command_max_age=max_age,
+            loop=loop,
         )
         self.alarms = AlarmService(lab, self.store, self.alarm_link, loop=loop)
         self.audit_link = MqttLink(
             lab.mqtt,
             AUDIT_PREFIX,
             client_id=client_id(lab, "audit"),
-            on_connection=lambda up: loop.call_soon_threadsafe(self.audit.connection, up),
+            on_connection=lambda up: self.audit.connection(up),
             subscribe=AuditService.subscriptions(),  # /+/cmd/# includes its own commands
-            on_message=lambda msg: loop.call_soon_threadsafe(
-                self.audit.on_message, msg.topic, msg.payload, msg.properties, bool(msg.retain)
+            on_message=lambda msg: self.audit.on_message(
+                msg.topic, msg.payload, msg.properties, bool(msg.retain)
             ),
             command_max_age=max_age,
+            loop=loop,
         )
         self.audit = AuditService(lab, self.store, self.audit_link, loop=loop)
         self.audit.on_retained = self.alarms.retained_command

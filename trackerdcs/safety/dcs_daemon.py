@@ -41,15 +41,14 @@ class DcsDaemon:
             lab.mqtt,
             PREFIX,
             client_id=client_id(lab, "dcs"),
-            on_command=lambda cmd: loop.call_soon_threadsafe(
-                self.link.execute, self.handle_command, cmd
-            ),
+            on_command=self.handle_command,
             subscribe=SequencerService.subscriptions(lab),
-            on_message=lambda msg: loop.call_soon_threadsafe(
-                self.service.on_message, msg.topic, msg.payload, bool(msg.retain)
+            on_message=lambda msg: self.service.on_message(
+                msg.topic, msg.payload, bool(msg.retain)
             ),
             command_max_age=lab.sequencer.command_max_age,
             always_executed=ALWAYS_EXECUTED["sequencer"],
+            loop=loop,
         )
         self.service = SequencerService(lab, self.link, loop)
         self.ivscan = IvScanService(lab, self.link, loop, results_dir, busy=self._sequencing)

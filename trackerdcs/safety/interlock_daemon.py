@@ -28,14 +28,13 @@ class InterlockDaemon:
             lab.mqtt,
             prefix,
             client_id=client_id(lab, "interlock"),
-            on_command=lambda cmd: loop.call_soon_threadsafe(
-                self.link.execute, self.service.handle_command, cmd
-            ),
+            on_command=lambda cmd: self.service.handle_command(cmd),
             subscribe=subscriptions(lab),
-            on_message=lambda msg: loop.call_soon_threadsafe(
-                self.service.on_message, msg.topic, msg.payload, bool(msg.retain)
+            on_message=lambda msg: self.service.on_message(
+                msg.topic, msg.payload, bool(msg.retain)
             ),
             command_max_age=lab.interlocks.command_max_age,
+            loop=loop,
         )
         self.service = InterlockService(lab, self.link, loop)
         self.prefix = prefix

@@ -47,9 +47,8 @@ class SensorService:
             mqtt,
             self.cfg.prefix,
             client_id=client_id,
-            on_command=lambda cmd: loop.call_soon_threadsafe(
-                self.link.execute, self.handle_command, cmd
-            ),
+            on_command=self.handle_command,
+            loop=loop,
         )
         self.clock = clock
         self.source: Any = None  # the source (`alive()`), set by the daemon
