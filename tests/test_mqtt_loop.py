@@ -109,22 +109,27 @@ def test_messages_and_connection_changes_are_delivered_on_the_loop(loop) -> None
     assert seen == ["/interlock/status", True, False]
 
 
-def test_a_failing_message_callback_on_the_loop_goes_to_the_loops_handler(loop) -> None:
-    """On the loop, a callback's exception is the loop's to report (the daemons' handler,
-    `trackerdcs.runner.loop_exception_handler`, counts it in FAULTS); paho's thread is never
-    touched by it."""
-    from trackerdcs.runner import loop_exception_handler
-
-    loop.set_exception_handler(loop_exception_handler)
+def test_a_failing_message_callback_on_the_loop_is_reported_as_the_links(loop, caplog) -> None:
+    """On the loop, a callback's exception is reported as on paho's thread: counted in FAULTS
+    under the link's message callback, with the message's topic and payload; the loop and the
+    next message go on."""
+    seen: list[bytes] = []
 
     def fail(msg: mqtt.MQTTMessage) -> None:
-        raise RuntimeError("a bug")
+        seen.append(msg.payload)
+        if msg.payload == b"{}":
+            raise RuntimeError("a bug")
 
     link = RecordingLink(example_lab(), "/hv", on_message=fail, loop=loop)
     link._guarded_message(None, None, _message("/interlock/status", b"{}"))
+    link._guarded_message(None, None, _message("/interlock/status", b"[]"))
     assert FAULTS.total == 0
     _drain(loop)
-    assert FAULTS.total == 1
+    assert FAULTS.total == 1 and seen == [b"{}", b"[]"]
+    assert FAULTS.last == (
+        "unexpected error in the MQTT message callback of /hv: RuntimeError: a bug"
+    )
+    assert "/interlock/status b'{}'" in caplog.text
 
 
 def test_without_a_loop_callbacks_run_on_pahos_thread() -> None:

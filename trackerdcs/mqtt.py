@@ -459,7 +459,7 @@ class MqttLink:
                 client.publish(topic, payload, qos=1, retain=True)
             self._connected.set()
         if self._on_connection:
-            self._deliver(self._on_connection, True)
+            self._deliver(self._on_connection, True, where="connection")
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
@@ -467,7 +467,7 @@ class MqttLink:
         if not self._stopping:
             log.warning("lost the broker (%s); reconnecting", reason_code)
         if was and self._on_connection:
-            self._deliver(self._on_connection, False)
+            self._deliver(self._on_connection, False, where="connection")
 
     def _guarded_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         """`_handle_message`; an unexpected exception is reported, and a command answered."""
@@ -496,14 +496,33 @@ class MqttLink:
                 else:
                     self.loop.call_soon_threadsafe(self.execute, self._on_command, cmd)
         elif self._on_message:
-            self._deliver(self._on_message, msg)
+            self._deliver(self._on_message, msg, where="message", data=msg)
 
-    def _deliver(self, callback: Callable[..., Any], *args: Any) -> None:
-        """`callback(*args)`: now, or on the service's loop when the link has one."""
+    def _deliver(
+        self, callback: Callable[..., Any], *args: Any, where: str | None = None, data: Any = None
+    ) -> None:
+        """`callback(*args)`: now (inside the paho thread's guard), or on the service's loop when
+        the link has one, where an unexpected exception is reported as the link's own `where`
+        callback with its input (a message's topic and payload), like on paho's thread."""
         if self.loop is None:
             callback(*args)
-        else:
+        elif where is None:
             self.loop.call_soon_threadsafe(callback, *args)
+        else:
+            self.loop.call_soon_threadsafe(self._run_guarded, where, data, callback, *args)
+
+    def _run_guarded(self, what: str, data: Any, callback: Callable[..., Any], *args: Any) -> None:
+        where = f"the MQTT {what} callback of {self.prefix}"
+        try:
+            callback(*args)
+        except Exception as exc:
+            shown = data
+            if isinstance(data, mqtt.MQTTMessage):
+                topic = bytes(getattr(data, "_topic", b"")).decode("utf-8", errors="replace")
+                shown = f"{topic} {clip(data.payload)}"
+            self.faults.fault(where, exc, shown)
+        else:
+            self.faults.ok(where)
 
     def execute(self, handler: Callable[..., Any], cmd: Command, *args: Any) -> None:
         """Run `handler(cmd, *args)` (a command handler, on the service's loop). An unexpected
@@ -562,8 +581,6 @@ class MqttLink:
 
     def respond(self, cmd: Command, ok: bool, error: str | None = None, **extra: Any) -> dict:
         """Answer a command on `<prefix>/response` and on the caller's MQTT 5 response topic."""
-        if id(cmd) in self._executing:
-            self._executing[id(cmd)] = True
         if cmd.lenient:  # run despite faults in its payload: say what was ignored
             note = "ignored: " + "; ".join(cmd.salvage()[3])
             extra["warning"] = f"{extra['warning']}; {note}" if extra.get("warning") else note
@@ -575,6 +592,8 @@ class MqttLink:
             if cmd.correlation_data is not None:
                 props.CorrelationData = cmd.correlation_data
             self._client.publish(cmd.response_topic, data, qos=1, properties=props)
+        if id(cmd) in self._executing:  # answered: only once it is sent
+            self._executing[id(cmd)] = True
         if ok:
             log.info("command %s %r: ok", cmd.topic, cmd.payload)
         else:

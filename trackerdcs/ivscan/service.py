@@ -256,8 +256,9 @@ class IvScanService:
         )
 
     def _publish_status(self) -> None:
-        """`/dcs/ivscan/status`, on change and every `ivscan.heartbeat` s."""
-        self.link.publish_state(STATUS_TOPIC, json.dumps(self.status()))
+        """`/dcs/ivscan/status`, on change and every `ivscan.heartbeat` s (rescheduled first: a
+        payload that fails never ends the heartbeat)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._heartbeat = self.loop.call_later(self.lab.ivscan.heartbeat, self._publish_status)
+        self.link.publish_state(STATUS_TOPIC, json.dumps(self.status()))

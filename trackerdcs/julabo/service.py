@@ -131,13 +131,13 @@ class JulaboService:
     def publish_status(self) -> None:
         """Publish now: `time` is when the line worker last reported (a poll of the unit, or a
         failed attempt to reach it), or the daemon's start before its first report."""
+        if self._heartbeat is not None:  # first: a payload that fails never ends the heartbeat
+            self._heartbeat.cancel()
+        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._on_heartbeat)
         status = self.chiller.as_status()
         self._published = status
         stamped = dump(ChillerStatus(**status, time=unix_time(self.observed_at)))
         self.link.publish_state(ServiceTopics(self.prefix).status, json.dumps(stamped))
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._on_heartbeat)
 
     def _on_heartbeat(self) -> None:
         """Republish what the line worker produced last, if it is alive: a dead worker's last

@@ -529,9 +529,11 @@ class RecipeRun:
         return "IV scans: " + ", ".join(results)
 
     def _scan_progress(self, module: str, scan: dict[str, Any]) -> None:
+        outcome = scan.get("outcome")  # read from MQTT: into our status only a string, or null
+        outcome = outcome if isinstance(outcome, str) else None
         for entry in self.scans:
-            if entry["scan"] == scan.get("scan") and entry["outcome"] != scan.get("outcome"):
-                entry["outcome"] = scan.get("outcome")
+            if entry["scan"] == scan.get("scan") and entry["outcome"] != outcome:
+                entry["outcome"] = outcome
                 self.reporter.changed(self)
 
     def _stop_scans(self, scans: dict[str, str], why: str) -> str:

@@ -295,11 +295,12 @@ class RecipeService:
         return dump(RecipeStatus.model_validate(status))
 
     def _publish_status(self) -> None:
-        """`/dcs/recipe/status`, on change and every `recipes.heartbeat` s."""
-        self.link.publish_state(STATUS_TOPIC, json.dumps(self.status()))
+        """`/dcs/recipe/status`, on change and every `recipes.heartbeat` s (rescheduled first:
+        a payload that fails never ends the heartbeat)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         self._heartbeat = self.loop.call_later(self.lab.recipes.heartbeat, self._publish_status)
+        self.link.publish_state(STATUS_TOPIC, json.dumps(self.status()))
 
 
 def _one_line(exc: Exception) -> str:

@@ -344,14 +344,15 @@ class SequencerService:
         self._publish_status()
 
     def _publish_status(self) -> None:
-        """`/dcs/status`, on change and every `sequencer.heartbeat` s."""
+        """`/dcs/status`, on change and every `sequencer.heartbeat` s (rescheduled first: a
+        payload that fails never ends the heartbeat)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._publish_status)
         payload = SequencerStatus.model_validate(
             {"modules": self.states, "time": unix_time(self.clock())}
         )
         self.link.publish_state(DCS.status, json.dumps(dump(payload)))
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        self._heartbeat = self.loop.call_later(self.cfg.heartbeat, self._publish_status)
 
     def start(self) -> None:
         self._publish_status()

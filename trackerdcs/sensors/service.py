@@ -90,14 +90,14 @@ class SensorService:
                 handle.cancel()
 
     def publish(self) -> None:
+        if self._periodic is not None:  # first: a payload that fails never ends the period
+            self._periodic.cancel()
+        self._periodic = self.loop.call_later(self.cfg.publish_interval, self._on_period)
         snapshot = self.state.snapshot(self.clock())
         self._note_flags(snapshot)
         fresh = not snapshot["stale"] and self.reported is not None
         status = SensorStatus(**snapshot, time=unix_time(self.reported if fresh else None))
         self.link.publish_state(self.topic, json.dumps(dump(status)))
-        if self._periodic is not None:
-            self._periodic.cancel()
-        self._periodic = self.loop.call_later(self.cfg.publish_interval, self._on_period)
 
     def _on_period(self) -> None:
         """The periodic status, while the source's thread runs (see the module doc)."""
