@@ -111,6 +111,10 @@ def test_an_alarm_file_from_before_last_time_is_migrated(tmp_path):
          ["crate of /x disconnected", "/x fail-safe: no broker for 30 s: HV switched off"]),
         ("chiller", {"state": "ERROR", "error": "-01 LOW LEVEL ALARM"},
          ["chiller error: -01 LOW LEVEL ALARM"]),
+        ("chiller", {"state": "ERROR", "status_code": -1, "error": "-01 LOW LEVEL ALARM"},
+         ["chiller error: -01 LOW LEVEL ALARM"]),
+        ("chiller", {"state": "ERROR", "status_code": -40, "error": "-40 LOW LEVEL WARNING"},
+         ["chiller warning: -40 LOW LEVEL WARNING"]),
         ("chiller", {"state": "DISCONNECTED", "error": "no answer"},
          ["chiller disconnected: no answer"]),
         ("sensor", {"stale": True, "error": "no good reading within 10 s"},
@@ -125,6 +129,17 @@ def test_an_alarm_file_from_before_last_time_is_migrated(tmp_path):
 def test_detectors(role, payload, texts):
     detector, _ = DETECTORS[role]
     assert [c.text for c in detector("/x", payload)] == texts
+
+
+def test_a_chiller_warning_is_major_an_alarm_or_unknown_code_critical():
+    """Julabo warnings keep the unit running; its alarms stop it (the manuals' status table)."""
+    detector, _ = DETECTORS["chiller"]
+
+    def severity(code: object) -> list[str]:
+        return [c.severity for c in detector("/x", {"state": "ERROR", "status_code": code})]
+
+    assert severity(-40) == severity(-3) == ["major"]  # LOW LEVEL, EXCESS TEMPERATURE WARNING
+    assert severity(-1) == severity(-99) == severity(True) == severity(None) == ["critical"]
 
 
 def test_audit_queries_by_time_module_source_and_kind(tmp_path):

@@ -21,6 +21,7 @@ from typing import Any
 from trackerdcs.commands import sender_of
 from trackerdcs.config import LabConfig
 from trackerdcs.guard import FAULTS, JsonError, clip, loads, shorten
+from trackerdcs.julabo.protocol import STATUS_TABLE, StatusKind
 from trackerdcs.mqtt import Command, MqttLink, PayloadError, unix_time
 from trackerdcs.payloads import OFFLINE, AlarmList, dump
 from trackerdcs.safety.liveness import Liveness, heartbeats
@@ -84,12 +85,19 @@ def crate_faults(prefix: str, state: Any) -> list[Condition]:
 
 
 def chiller_faults(prefix: str, status: Any) -> list[Condition]:
-    """`<chiller>/status` (one per chiller prefix): an error code, or the chiller disconnected."""
+    """`<chiller>/status` (one per chiller prefix): an error code (a warning major, an alarm or an
+    unknown code critical: `trackerdcs.julabo.protocol.STATUS_TABLE`), or the chiller
+    disconnected."""
     if not isinstance(status, dict):
         return []
     state = status.get("state")
     why = shorten(status.get("error") or status.get("status_text"))
     if state == "ERROR":
+        code = status.get("status_code")
+        kind = STATUS_TABLE.get(code, ("", StatusKind.ALARM))[1] if type(code) is int else None
+        if kind is StatusKind.WARNING:  # the unit keeps running (Julabo manuals' warnings)
+            return [Condition(f"chiller_warning:{prefix}", "major", prefix,
+                              f"chiller warning: {why}")]  # fmt: skip
         return [Condition(f"chiller_error:{prefix}", "critical", prefix, f"chiller error: {why}")]
     if state == "DISCONNECTED":
         return [
