@@ -44,7 +44,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -665,11 +665,12 @@ class ComposeStack:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}: {self.states()}\n{self.diagnose()}") from None
 
-    def diagnose(self, lines: int = 15) -> str:
-        """The last log lines of every container that is not healthy."""
+    def diagnose(self, lines: int = 15, services: Iterable[str] = ()) -> str:
+        """The last log lines of every container that is not healthy, and of `services`."""
         out = []
+        wanted = set(services)
         for name, state in self.states().items():
-            if state not in ("healthy", "exited(0)"):
+            if state not in ("healthy", "exited(0)") or name in wanted:
                 log = self.podman(
                     "logs", "--tail", str(lines), f"{self.project}_{name}_1", check=False
                 )
