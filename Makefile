@@ -22,8 +22,12 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The suite runs in TEST_WORKERS pytest-xdist workers, one test module per worker at a time
+# (tests/conftest.py): most tests wait on real processes, so more workers than cores pay off.
+# TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 4
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.run

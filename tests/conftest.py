@@ -18,7 +18,7 @@ from tests.mqttclient import TestClient
 from tests.simca import SimCrateProcess
 from trackerdcs.guard import FAULTS
 from trackerdcs.stack.mosquitto import mosquitto_process
-from trackerdcs.stack.process import ManagedProcess, free_port
+from trackerdcs.stack.process import PORT_BLOCK_ENV, ManagedProcess, free_port
 
 pytest_plugins = ["tests.pyramid"]  # the in-process / real-process counts at the end of a run
 
@@ -34,7 +34,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "trackerdcs"))
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_LAB = ROOT / "examples" / "lab.yml"
-_systems = itertools.count()
+# EPICS system names (the PV prefix) are unique per test run and per pytest-xdist worker, so that
+# no two simulated crates on this machine serve the same PV names
+_systems = (f"{os.environ.get('PYTEST_XDIST_WORKER', '')}n{n}" for n in itertools.count())
 
 
 class Broker:
@@ -55,6 +57,27 @@ class Broker:
 
     def client(self, **kw) -> TestClient:
         return TestClient(self.port, **kw)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker (and a run without workers) draws its free ports from a block of
+    its own below the kernel's ephemeral range (`free_port`, TRACKERDCS_PORT_BLOCK): 1,500 ports
+    from 10000 on, gw0 the second block. Its children (a bench run) inherit it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = (int(worker[2:]) + 1) % 15 if worker.startswith("gw") else 0
+    first = 10_000 + 1_500 * index
+    os.environ[PORT_BLOCK_ENV] = f"{first}-{first + 1_499}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs the suite in pytest-xdist workers with `--dist loadgroup`: each test
+    module is one group, so its module-scoped labs start once, on one worker. Modules that share
+    a machine-wide resource name one group (`pytestmark = pytest.mark.xdist_group("podman")`) and
+    run one after the other on one worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import yaml
 
-from trackerdcs.stack.process import ManagedProcess, wait_until
+from trackerdcs.stack.process import ManagedProcess, free_port, port_block, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "containers"
@@ -174,8 +174,10 @@ def dockerfile_args() -> dict[str, str]:
 def published_port() -> int:
     """A free port on 127.0.0.1 below the ephemeral range (32768-60999 here): the stack's host
     ports stay free between being chosen and podman publishing them (seconds later, once what
-    the service waits for is healthy), where other tests' free ports and client connections
-    (ephemeral ports) never land."""
+    the service waits for is healthy), where client connections (ephemeral ports) never land.
+    Under pytest, the worker's own block (`free_port`, tests/conftest.py)."""
+    if port_block() is not None:
+        return free_port()
     for _ in range(100):
         port = random.randrange(20000, 32000)
         with socket.socket() as s:

@@ -18,6 +18,8 @@ import pytest
 _started = 0
 _process_fixtures: set[str] = set()
 _kinds: dict[str, str] = {}
+_KEY = "pyramid"
+_BEFORE = pytest.StashKey[int]()
 _original_init = subprocess.Popen.__init__
 
 
@@ -47,12 +49,27 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: Any) -> Generat
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
-    before = _started
-    try:
-        return (yield)
-    finally:
+    item.stash[_BEFORE] = _started
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator:
+    """The kind travels in the teardown report, so that pytest-xdist's controller, which runs
+    no test itself, counts what its workers ran."""
+    report = yield
+    if call.when == "teardown":
         uses = set(getattr(item, "fixturenames", ())) & _process_fixtures
-        _kinds[item.nodeid] = "real-process" if _started > before or uses else "in-process"
+        started = _started > item.stash.get(_BEFORE, _started)
+        report.user_properties.append((_KEY, "real-process" if started or uses else "in-process"))
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        for key, kind in report.user_properties:
+            if key == _KEY:
+                _kinds[report.nodeid] = kind
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

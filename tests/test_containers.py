@@ -50,7 +50,7 @@ from trackerdcs.stack.process import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # A cold store (debootstrap, every image) takes several minutes; from cache, about a minute.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.xdist_group("podman")]
 
 # Node-RED paths that must refuse a request without a login (the editor's, or the dashboard's:
 # Node-RED listens beyond loopback in its container, so the dashboard's login is on).

@@ -61,7 +61,7 @@ DAQ_FILES = (
     "tests/containers/multihost-daq.yml",
 )
 DAQ_SERVICES = ["mosquitto", "sim-crate", "power"]
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.xdist_group("podman")]
 
 
 @dataclass

@@ -14,29 +14,84 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on `host` (CA uses both on the same number)."""
+PORT_BLOCK_ENV = "TRACKERDCS_PORT_BLOCK"
+_port_lock = threading.Lock()
+_port_cursor: dict[tuple[int, int], int] = {}
+
+
+def port_block() -> tuple[int, int] | None:
+    """`TRACKERDCS_PORT_BLOCK` ("FIRST-LAST", inclusive) as (first, last), or None when unset.
+
+    Raises ValueError naming the variable when it is set but not a block of ports 1024..65535.
+    """
+    text = os.environ.get(PORT_BLOCK_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        first, last = (int(part) for part in text.split("-"))
+    except ValueError:
+        expected = "expected FIRST-LAST, e.g. 20000-21999"
+        raise ValueError(f"{PORT_BLOCK_ENV}={text!r}: {expected}") from None
+    if not 1024 <= first < last <= 65535:
+        raise ValueError(f"{PORT_BLOCK_ENV}={text!r}: expected 1024 <= FIRST < LAST <= 65535")
+    return first, last
+
+
+def _block_ports(first: int, last: int) -> Iterator[int]:
+    """Every port of the block once, in turn from where this process left off (a random place
+    at its first call), so a port is not handed out again soon after it was."""
+    size = last - first + 1
+    for _ in range(size):
+        with _port_lock:
+            k = _port_cursor.setdefault((first, last), random.randrange(size))
+            _port_cursor[(first, last)] = (k + 1) % size
+        yield first + k
+
+
+def _kernel_ports(host: str) -> Iterator[int]:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind((host, 0))
             port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port found")
+        yield port
+
+
+def _free(host: str, port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on `host` (CA uses both on the same number).
+
+    By default the kernel picks it (bind to port 0), from its ephemeral range. With
+    `TRACKERDCS_PORT_BLOCK` set (the test suite gives each parallel worker a block of its own,
+    below the ephemeral range, 32768-60999 on Linux by default), it comes from that block: no
+    outgoing connection's source port and no other worker's port lands on it between being
+    chosen and being bound by the server it is for. RuntimeError when none is free.
+    """
+    block = port_block()
+    for port in _block_ports(*block) if block else _kernel_ports(host):
+        if _free(host, port):
+            return port
+    raise RuntimeError(f"no free port found{f' in {PORT_BLOCK_ENV} {block}' if block else ''}")
 
 
 def port_open(host: str, port: int) -> bool:
