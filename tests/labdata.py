@@ -31,24 +31,25 @@ class Channel:
     channel: int
     module: str | None
     prefix: str
+    vmax: float | None = None  # the channel's own `vmax`, when it overrides the default
 
     @property
     def place(self) -> tuple[int, int]:
         """(board slot, channel on the board): the address of its crate PVs."""
         return self.board, self.channel
 
-    def topic(self, command: str, selector: str | int | None = None) -> str:
-        """`<prefix>/cmd/<command>/<selector>`; `selector` is the channel's name unless given
-        (its `number`, its `module`, `all`)."""
-        return f"{self.prefix}/cmd/{command}/{self.name if selector is None else selector}"
+    def topic(self, command: str, by: str = "name") -> str:
+        """`<prefix>/cmd/<command>/<ch>`, the channel named `by` its `name`, `number` or
+        `module` (docs/topics.md: `{ch}`)."""
+        return f"{self.prefix}/cmd/{command}/{getattr(self, by)}"
 
 
 def _channel(entry: dict, prefixes: dict[str, str]) -> Channel:
     name, kind, number, board, channel = (
         entry[k] for k in ("name", "kind", "number", "board", "channel")
     )
-    module = entry.get("module")
-    return Channel(name, kind, int(number), int(board), int(channel), module, prefixes[kind])
+    module, vmax = entry.get("module"), entry.get("vmax")
+    return Channel(name, kind, int(number), int(board), int(channel), module, prefixes[kind], vmax)
 
 
 class LabData:
@@ -73,6 +74,10 @@ class LabData:
 
     def named(self, name: str) -> Channel:
         return next(c for c in self.channels_all if c.name == name)
+
+    def limited(self, kind: str) -> Channel:
+        """The first channel of this kind with a `vmax` of its own (the example's lower one)."""
+        return next(c for c in self.channels(kind) if c.vmax is not None)
 
     def of_module(self, module: str, kind: str) -> Channel:
         """The channel of this kind that powers `module`."""
