@@ -99,13 +99,13 @@ class IvLab(SafetyLab):
 
     def reset(self) -> None:
         """Every HV channel off at 0 V, at its set point of 0 V, limit 10 uA, no trip."""
-        for module in ("M1", "M2", "M3", "M4"):
-            self.put(HV, int(module[1]) - 1, "SimLeak", 0.0)
+        for hv in self.lab.channels("hv"):
+            self.put(hv.name, "SimLeak", 0.0)
         assert self.command("/hv/cmd/switch/all", "off")["ok"]
         assert self.command("/hv/cmd/clear", "")["ok"]
         assert self.command("/hv/cmd/setv/all", 0)["ok"]
         assert self.command("/hv/cmd/seti/all", 10)["ok"]
-        for module in ("M1", "M2", "M3", "M4"):
+        for module in self.lab.modules:
             off_at(self, module)
 
 
@@ -142,8 +142,8 @@ def off_at(lab: IvLab, module: str, vreq: float = 0.0, ilim: float = 10.0) -> Ch
 
 
 def test_a_scan_to_the_end_writes_its_results_and_restores_the_channel(lab: IvLab) -> None:
-    assert lab.command("/hv/cmd/setv/M1", 80)["ok"]
-    assert lab.command("/hv/cmd/switch/M1", "on")["ok"]
+    assert lab.command(HV[0].topic("setv", by="module"), 80)["ok"]
+    assert lab.command(HV[0].topic("switch", by="module"), "on")["ok"]
     lab.wait("/hv/status", lambda chs: any(c["module"] == "M1" and c["state"] == "ON" and
                                            abs(c["vmon"] - 80) < 2 for c in chs))  # fmt: skip
     since = lab.client.mark()
@@ -151,7 +151,7 @@ def test_a_scan_to_the_end_writes_its_results_and_restores_the_channel(lab: IvLa
                      compliance=20)  # fmt: skip
     assert final["state"] == "COMPLETED" and final["outcome"] == "completed", final
     assert final["step"] == final["steps"] == 5 and final["operator"] == "alice"
-    assert "hv_m1 back at 80 V (on), current limit 10 uA" in final["reason"]
+    assert f"{HV[0].name} back at 80 V (on), current limit 10 uA" in final["reason"]
     channel = hv(lab, "M1")
     assert channel["on"] == 1 and abs(channel["vmon"] - 80) < 2 and channel["ilim"] == 10
 
@@ -159,7 +159,7 @@ def test_a_scan_to_the_end_writes_its_results_and_restores_the_channel(lab: IvLa
     csv_path, png_path = (Path(f) for f in final["files"])
     assert csv_path.parent == lab.results / "M1" and csv_path.name == f"{final['scan']}.csv"
     meta, rows = read_results(csv_path)
-    assert meta["module"] == "M1" and meta["channel"] == "hv_m1" and meta["operator"] == "alice"
+    assert meta["module"] == "M1" and meta["channel"] == HV[0].name and meta["operator"] == "alice"
     assert meta["outcome"] == "completed" and meta["parameter.compliance"] == "20.0"
     assert meta["start_time"] < meta["end_time"] and float(meta["humidity_start"]) == 45.0
     assert [r["vset"] for r in rows] == [0, 50, 100, 150, 200]
@@ -189,7 +189,7 @@ def test_a_scan_to_the_end_writes_its_results_and_restores_the_channel(lab: IvLa
     assert [r["event"] for r in scan_actions] == ["start"] + ["step"] * 5 + ["done"]
     sent = [r["topic"] for r in lab.audit(module="M1", source="ivscan", since="5m",
                                           kind="command")]  # fmt: skip
-    assert "/hv/cmd/seti/hv_m1" in sent and "/hv/cmd/setv/hv_m1" in sent
+    assert HV[0].topic("seti") in sent and HV[0].topic("setv") in sent
 
     # InfluxDB: the points in their own measurement, tagged with the scan id
     assert lab.influx is not None
@@ -199,7 +199,9 @@ def test_a_scan_to_the_end_writes_its_results_and_restores_the_channel(lab: IvLa
     [series] = lab.influx.client.series(query)
     stored = series.rows()
     assert [r["vset"] for r in stored] == [0.0, 50.0, 100.0, 150.0, 200.0]
-    assert {r["module"] for r in stored} == {"M1"} and {r["channel"] for r in stored} == {"hv_m1"}
+    assert {r["module"] for r in stored} == {"M1"} and {r["channel"] for r in stored} == {
+        HV[0].name
+    }
     assert [r["imon"] for r in stored] == pytest.approx(currents)
 
     def export(name: str) -> list[str]:
@@ -219,7 +221,9 @@ def test_a_scan_to_the_end_writes_its_results_and_restores_the_channel(lab: IvLa
 def test_breakdown_stops_the_scan_and_ramps_the_channel_down(lab: IvLab) -> None:
     final = lab.scan("M3", start=100, stop=500, step=20)
     assert final["outcome"] == "breakdown" and final["state"] == "STOPPED", final
-    assert "breakdown at" in final["reason"] and "hv_m3 ramped down and off" in final["reason"]
+    assert (
+        "breakdown at" in final["reason"] and f"{HV[2].name} ramped down and off" in final["reason"]
+    )
     last = final["vset"]
     assert BREAKDOWN_M3 - 60 <= last <= BREAKDOWN_M3 + 20  # before the current runs away
     off_at(lab, "M3")
@@ -303,15 +307,17 @@ def test_two_modules_scan_in_parallel(lab: IvLab) -> None:
         ("M1", {"stop": 100}, "step: Field required"),
         ("M1", {"stop": 100, "step": 0}, "step: Input should be greater than 0"),
         ("M1", {"stop": -5, "step": 10}, "stop: Input should be greater than or equal to 0"),
-        ("M4", {"stop": 450, "step": 10}, "stop: 450 V exceeds the maximum 400 V of hv_m4"),
+        ("M4", {"stop": 450, "step": 10}, f"stop: 450 V exceeds the maximum 400 V of {HV[3].name}"),
         ("M1", {"stop": 100, "step": 10, "compliance": 500},
-         "compliance: 500 uA exceeds the maximum 100 uA of hv_m1 (imax)"),
+         f"compliance: 500 uA exceeds the maximum 100 uA of {HV[0].name} (imax)"),
         ("M1", {"stop": 600, "step": 0.5}, "1201 steps exceed the 200 a scan may have"),
         ("M1", {"stop": 100, "step": 10, "end": "stay"}, "end: Input should be 'ramp_down'"),
-        ("M1", {"stop": 100, "step": 10, "channel": "hv_m2"}, "'hv_m2' is no HV channel of M1"),
+        ("M1", {"stop": 100, "step": 10, "channel": HV[1].name},
+         f"'{HV[1].name}' is no HV channel of M1"),
         ("M1", {"stop": 100, "step": 10, "readings": 0}, "readings: Input should be greater"),
         ("M9", {"stop": 100, "step": 10}, "unknown module 'M9' (known: M1, M2, M3, M4, or all)"),
-        ("all", {"stop": 100, "step": 10, "channel": "hv_m1"}, "channel: only for a scan of one"),
+        ("all", {"stop": 100, "step": 10, "channel": HV[0].name},
+         "channel: only for a scan of one"),
         ("M1", "go", "an IV scan takes a JSON object of parameters"),
     ],
 )  # fmt: skip
@@ -353,7 +359,7 @@ def test_a_busy_or_interlocked_module_is_refused(lab: IvLab) -> None:
             final = lab.alice.wait_iv_scans(answer["scans"], timeout=10)["M3"]
             assert final["outcome"] == "interlock" and final["step"] == 0, final
             assert "chiller_running" in final["reason"]
-            assert lab.crate(HV, 2, "Pw") == 0  # refused by the power daemon: never on
+            assert lab.crate(HV[2].name, "Pw") == 0  # refused by the power daemon: never on
     finally:
         lab.client.publish("/interlock/status", b"", retain=True)
         assert lab.command("/interlock/cmd/refresh", "")["ok"]
@@ -378,6 +384,6 @@ def test_the_command_line_shows_progress_and_the_outcome(lab: IvLab) -> None:
     assert ended.returncode == 3 and "M3: breakdown: breakdown at" in ended.stdout
     refused = iv_scan("M4", "--stop", "450", "--step", "10")
     assert refused.returncode == 1
-    assert "stop: 450 V exceeds the maximum 400 V of hv_m4" in refused.stderr
+    assert f"stop: 450 V exceeds the maximum 400 V of {HV[3].name}" in refused.stderr
     assert iv_scan("M4", "--stop", "450").returncode == 2
     off_at(lab, "M3")

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, Broker
+from tests.labdata import EXAMPLE
 from tests.test_ivscan import IvLab
 from trackerdcs.client import CommandRefused
 from trackerdcs.stack.process import wait_until
@@ -241,17 +242,18 @@ def test_bad_recipes_are_refused_before_anything_moves(lab: RecipeLab, tmp_path:
     assert done.returncode == 2 and "step 2.1 (steps.1.steps.0), hold" in done.stderr
 
     # sent anyway: the daemon refuses it, and then what the lab does not allow
+    hv, known = EXAMPLE.channel("hv", 0), ", ".join(EXAMPLE.modules)  # the lab starts from it
     refusals = {
         "a mapping": (42, "start takes a recipe name or a path, got 42"),
         "no file": ("nothere", "no recipe 'nothere' in"),
         "the steps": ({"recipe": yaml.safe_load(bad.read_text()), "file": "bad.yml"},
                       "bad.yml: invalid recipe; step 2.1 (steps.1.steps.0), hold: not a duration"),
-        "the lab": ({"recipe": {"modules": ["M1", "M9"], "steps": [
+        "the lab": ({"recipe": {"modules": [hv.module, "M9"], "steps": [
             {"setpoint": -50}, {"ivscan": {"stop": 900, "step": 10}}]}, "file": "lab.yml"},
-            "lab.yml: invalid recipe; modules: no power channel powers M9 (known: M1, M2, M3, "
-            "M4); step 1 (steps.0), setpoint: -50 °C is outside chiller julabo's range -30..40 "
-            "°C (setpoint_min/setpoint_max); step 2 (steps.1), ivscan: M1: stop: 900 V exceeds "
-            "the maximum 600 V of hv_m1"),
+            f"lab.yml: invalid recipe; modules: no power channel powers M9 (known: {known}); "
+            "step 1 (steps.0), setpoint: -50 °C is outside chiller julabo's range -30..40 "
+            f"°C (setpoint_min/setpoint_max); step 2 (steps.1), ivscan: {hv.module}: stop: 900 V "
+            f"exceeds the maximum 600 V of {hv.name}"),
     }  # fmt: skip
     for what, (value, error) in refusals.items():
         with pytest.raises(CommandRefused) as refused:

@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE_SLOTS, Broker, _logged, python_process
+from tests.conftest import Broker, _logged, python_process
+from tests.labdata import EXAMPLE
 from tests.simca import ca_get, ca_put, wait_for
 from tests.test_virtual_lab import VirtualLab
 from trackerdcs.power.pvnames import channel_pv
 from trackerdcs.stack.process import ManagedProcess
 
-HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the virtual lab starts from it
 SENSOR_TIMEOUT = 1.5  # s: the sensors publish every 0.2 s, and go stale after 1 s of silence
 STATUS_TIMEOUT = 2.0  # s: a DISCONNECTED chiller counts as stopped after this
 SOAK = 15.0  # s of a loaded machine and a lossy chiller line
@@ -73,14 +74,15 @@ class SafetyLab(VirtualLab):
         ]
 
     # -- the crate, as the simulator sees it ------------------------------------------------------
-    def pv(self, board: int, channel: int, param: str) -> str:
-        return channel_pv(self.system, board, channel, param)
+    def pv(self, name: str, param: str) -> str:
+        """The PV of a parameter of the channel called `name` in the lab file."""
+        return channel_pv(self.system, *self.lab.named(name).place, param)
 
-    def crate(self, board: int, channel: int, param: str) -> Any:
-        return ca_get(self.ca_port, self.pv(board, channel, param))
+    def crate(self, name: str, param: str) -> Any:
+        return ca_get(self.ca_port, self.pv(name, param))
 
-    def put(self, board: int, channel: int, param: str, value: Any) -> None:
-        ca_put(self.ca_port, self.pv(board, channel, param), value)
+    def put(self, name: str, param: str, value: Any) -> None:
+        ca_put(self.ca_port, self.pv(name, param), value)
 
     # -- MQTT -------------------------------------------------------------------------------------
     def module(self, name: str, value: str) -> dict[str, Any]:
@@ -133,7 +135,10 @@ def test_chiller_stopped_at_full_hv_ramps_down_latches_and_is_audited(lab: Safet
     assert lab.command("/julabo/cmd/setpoint", 15)["ok"]
     assert lab.command("/julabo/cmd/switch", "on")["ok"]
     lab.rules(lambda r: r["chiller_running"]["armed"])
-    assert lab.command("/hv/cmd/setv/M1", 150)["ok"] and lab.command("/hv/cmd/setv/M2", 150)["ok"]
+    assert (
+        lab.command(HV[0].topic("setv", by="module"), 150)["ok"]
+        and lab.command(HV[1].topic("setv", by="module"), 150)["ok"]
+    )
     for module in ("M1", "M2"):
         assert lab.module(module, "on")["ok"]
     lab.hv(lambda m: on_at(150)(m["M1"]) and on_at(150)(m["M2"]), since=0)
@@ -143,19 +148,19 @@ def test_chiller_stopped_at_full_hv_ramps_down_latches_and_is_audited(lab: Safet
     rules = lab.rules(lambda r: r["chiller_running"]["active"], since=since)
     assert rules["chiller_running"]["reason"].startswith("chiller STOPPED")
     lab.hv(lambda m: m["M1"]["state"] == "OFF" and m["M2"]["state"] == "OFF", since=since)
-    assert lab.crate(HV, 0, "Pw") == 0 and lab.crate(HV, 1, "Pw") == 0
-    assert lab.crate(LV, 0, "Pw") == 1  # the LV is left to the operator
+    assert lab.crate(HV[0].name, "Pw") == 0 and lab.crate(HV[1].name, "Pw") == 0
+    assert lab.crate(LV[0].name, "Pw") == 1  # the LV is left to the operator
 
     alarms = lab.alarms(lambda a: by_text(a, "interlock chiller_running fired"), since)
     alarm = by_text(alarms, "interlock chiller_running fired")[0]
     assert alarm["severity"] == "critical" and alarm["active"] and not alarm["acknowledged"]
 
     # HV on is refused while the interlock holds, by the power daemon and so by the sequencer
-    answer = lab.command("/hv/cmd/switch/M1", "on")
+    answer = lab.command(HV[0].topic("switch", by="module"), "on")
     assert not answer["ok"] and "interlock chiller_running (chiller STOPPED" in answer["error"]
     answer = lab.module("M3", "on")
     assert not answer["ok"] and "hv_on: /hv/cmd/switch/M3 on refused" in answer["error"]
-    assert lab.crate(LV, 2, "Pw") == 0  # rolled back
+    assert lab.crate(LV[2].name, "Pw") == 0  # rolled back
 
     # the chain, from the audit log: the chiller stopped, the rule fired, HV switched off
     records = lab.audit(module="M1", since="5m")
@@ -163,7 +168,7 @@ def test_chiller_stopped_at_full_hv_ramps_down_latches_and_is_audited(lab: Safet
                 and json.loads(r["payload"])["rule"] == "chiller_running")  # fmt: skip
     assert "chiller STOPPED" in records[fired]["text"]
     after = [(r["source"], r["topic"], r["ok"]) for r in records[fired:] if r["kind"] == "command"]
-    assert ("interlock", "/hv/cmd/switch/M1", True) in after
+    assert ("interlock", HV[0].topic("switch", by="module"), True) in after
     stop = [r for r in lab.audit(since="5m", kind="command")
             if r["topic"] == "/julabo/cmd/switch" and '"off"' in r["payload"]][-1]  # fmt: skip
     assert stop["time"] <= records[fired]["time"]
@@ -181,7 +186,7 @@ def test_chiller_stopped_at_full_hv_ramps_down_latches_and_is_audited(lab: Safet
 
 def test_dewpoint_margin_breached(lab: SafetyLab) -> None:
     lab.wait("/julabo/status", lambda s: s["state"] == "RUNNING", since=0)
-    assert lab.command("/hv/cmd/setv/M1", 100)["ok"]
+    assert lab.command(HV[0].topic("setv", by="module"), 100)["ok"]
     assert lab.module("M1", "on")["ok"]
     lab.wait("/temp_m1/status", lambda s: abs((s["temperature"] or 99) - 15) < 1, 10)
     since = lab.client.mark()
@@ -219,38 +224,39 @@ def test_one_module_trips_only_it_goes_off(lab: SafetyLab) -> None:
         assert lab.command(f"/hv/cmd/setv/{module}", 100)["ok"]
         assert lab.module(module, "on")["ok"]
     since = lab.client.mark()
-    lab.put(HV, 1, "SimLeak", 50.0)  # 50 uA over hv_m2's 10 uA limit
+    lab.put(HV[1].name, "SimLeak", 50.0)  # 50 uA over its 10 uA limit
     hv = lab.hv(lambda m: m["M2"]["state"] == "TRIPPED", since=since)
     assert on_at(100)(hv["M1"])
-    alarms = lab.alarms(lambda a: by_text(a, "hv_m2 (M2) TRIPPED"), since)
-    assert by_text(alarms, "hv_m2 (M2) TRIPPED")[0]["severity"] == "major"
+    tripped = f"{HV[1].name} ({HV[1].module}) TRIPPED"
+    alarms = lab.alarms(lambda a: by_text(a, tripped), since)
+    assert by_text(alarms, tripped)[0]["severity"] == "major"
     status = lab.client.latest("/interlock/status").json
     assert status["active"] == []  # a trip is the crate's business: no interlock fires
     # the LV of a module whose HV is on stays on (the power daemon refuses it)
-    answer = lab.command("/lv/cmd/switch/M1", "off")
+    answer = lab.command(LV[0].topic("switch", by="module"), "off")
     assert not answer["ok"] and "switch the HV off first" in answer["error"]
-    lab.put(HV, 1, "SimLeak", 0.0)
+    lab.put(HV[1].name, "SimLeak", 0.0)
     assert lab.command("/hv/cmd/clear", "")["ok"]
     lab.all_off()
 
 
 def test_module_on_off_order_from_the_audit_log(lab: SafetyLab) -> None:
-    assert lab.command("/hv/cmd/setv/M4", 120)["ok"]
+    assert lab.command(HV[3].topic("setv", by="module"), 120)["ok"]
     assert lab.module("M4", "on")["ok"]
     assert lab.module("M4", "off")["ok"]
     records = lab.audit(module="M4", source="dcs", since="1m")
     commands = [(r["topic"], json.loads(r["payload"])["value"], r["ok"], r["time"])
                 for r in records if r["kind"] == "command"][-4:]  # fmt: skip
+    lv, hv = LV[3].topic("switch", by="module"), HV[3].topic("switch", by="module")
     assert [c[:3] for c in commands] == [
-        ("/lv/cmd/switch/M4", "on", True), ("/hv/cmd/switch/M4", "on", True),
-        ("/hv/cmd/switch/M4", "off", True), ("/lv/cmd/switch/M4", "off", True),
+        (lv, "on", True), (hv, "on", True), (hv, "off", True), (lv, "off", True),
     ]  # fmt: skip
     last = [(json.loads(r["payload"])["step"], r) for r in records if r["event"] == "step"][-8:]
     assert [name for name, _ in last] == ["lv_on", "lv_ready", "hv_on", "hv_ready",
                                           "hv_off", "hv_down", "lv_off", "lv_down"]  # fmt: skip
     steps = dict(last)
-    assert steps["lv_ready"]["text"] == "lv_m4 ON 10.5/10.5 V"
-    assert steps["hv_down"]["text"].startswith("hv_m4 OFF 0/120 V")
+    assert steps["lv_ready"]["text"] == f"{LV[3].name} ON 10.5/10.5 V"
+    assert steps["hv_down"]["text"].startswith(f"{HV[3].name} OFF 0/120 V")
     assert steps["lv_ready"]["time"] <= commands[1][3]  # HV on only once the LV was ready
     assert steps["hv_down"]["time"] <= commands[3][3]  # LV off only once the HV was down
 
@@ -285,12 +291,14 @@ def test_acknowledgement_kept_across_a_restart_of_the_alarm_service(lab: SafetyL
 
 
 def test_power_daemon_cut_from_the_broker_ramps_hv_down_by_itself(lab: SafetyLab) -> None:
-    assert lab.command("/hv/cmd/setv/M2", 100)["ok"]
+    assert lab.command(HV[1].topic("setv", by="module"), 100)["ok"]
     assert lab.module("M2", "on")["ok"]
     lab.client.close()
     lab.broker.stop()
-    wait_for(lambda: lab.crate(HV, 1, "Pw") == 0, timeout=5)  # the crate sees it: 1 s fail-safe
-    assert lab.crate(LV, 1, "Pw") == 1
+    wait_for(
+        lambda: lab.crate(HV[1].name, "Pw") == 0, timeout=5
+    )  # the crate sees it: 1 s fail-safe
+    assert lab.crate(LV[1].name, "Pw") == 1
     lab.broker.start()
     lab.client = lab.broker.client()
     state = lab.client.wait_for("/hv/state", lambda m: m.json["failsafe"], timeout=10).json

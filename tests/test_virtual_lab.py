@@ -14,8 +14,11 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_LAB, FAST_DEFAULTS, Broker, _logged, python_process, write_lab
+from tests.labdata import EXAMPLE, LabData
 from trackerdcs.sensors.dewpoint import dew_point
 from trackerdcs.stack.process import ManagedProcess, free_port
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
 
 SPEED = 300.0  # simulated s per wall s: a 10 K/min chiller ramp takes 2 wall s per 100 K
 JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 1.0, "poll_interval": 0.2,
@@ -57,6 +60,7 @@ class VirtualLab:
             sensors=sensors, virtual_lab=virtual_lab,
             **{"power.defaults": FAST_DEFAULTS, **cooling, **overrides},
         )  # fmt: skip
+        self.lab = LabData.load(self.config)  # the channels, modules and slots it was given
         config = ["--config", str(self.config)]
 
         def process(
@@ -126,12 +130,13 @@ def vlab(workdir: Path, broker: Broker) -> Iterator[VirtualLab]:
 
 
 def hv_m1(channels: list[dict]) -> dict:
-    return next(c for c in channels if c["name"] == "hv_m1")
+    """The lab's first HV channel in a `/hv/status`."""
+    return next(c for c in channels if c["name"] == HV[0].name)
 
 
 def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: VirtualLab) -> None:
-    assert vlab.command("/hv/cmd/setv/hv_m1", 100)["ok"]
-    assert vlab.command("/hv/cmd/switch/hv_m1", "on")["ok"]
+    assert vlab.command(HV[0].topic("setv"), 100)["ok"]
+    assert vlab.command(HV[0].topic("switch"), "on")["ok"]
     warm = hv_m1(vlab.wait("/hv/status", lambda chs: hv_m1(chs)["state"] == "ON"))
 
     assert vlab.command("/julabo/cmd/setpoint", -10)["ok"]
@@ -165,7 +170,7 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
     temps = [m.json["temperature"] for m in vlab.client.messages[since:]
              if m.topic == "/temp_m1/status"]  # fmt: skip
     assert temps[-1] > temps[0]  # the module warms up steadily, as the bath does
-    assert vlab.command("/hv/cmd/switch/hv_m1", "off")["ok"]
+    assert vlab.command(HV[0].topic("switch"), "off")["ok"]
 
 
 def test_room_humidity_sets_the_dew_point(vlab: VirtualLab) -> None:
