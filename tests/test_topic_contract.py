@@ -7,8 +7,11 @@ import re
 import pytest
 
 from tests.conftest import ROOT
+from tests.labdata import EXAMPLE
 from trackerdcs.power.service import COMMAND_TABLE
 from trackerdcs.topics import ServiceTopics, is_command, split_command
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
 
 TOPICS_MD = ROOT / "docs" / "topics.md"
 
@@ -41,8 +44,10 @@ def check_object(obj: dict, table: str) -> None:
 
 def test_status_and_state_match_the_contract(power_lab):
     lab = power_lab
-    assert lab.command("/hv/cmd/switch/0", "on")["ok"]  # an ON and some OFF channels
-    lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] in ("RAMPING_UP", "ON"))
+    assert lab.command(HV[0].topic("switch", by="number"), "on")[
+        "ok"
+    ]  # an ON and some OFF channels
+    lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] in ("RAMPING_UP", "ON"))
     for prefix in ("/hv", "/lv"):
         channels = lab.client.latest(f"{prefix}/status").json
         numbers = [c["number"] for c in channels]
@@ -60,13 +65,13 @@ def test_documented_commands_are_the_implemented_ones():
 def test_every_command_is_answered_with_the_documented_keys(power_lab):
     response_keys = {"topic", "payload", "ok", "error", "id"}
     for usage in (spec.usage for spec in COMMAND_TABLE.values()):
-        topic = "/hv/cmd/" + usage.replace("{ch}", "hv_m2")
+        topic = "/hv/cmd/" + usage.replace("{ch}", HV[1].name)
         payload = {"setv": "5", "seti": "5", "switch": "off"}.get(usage.split("/")[0], "")
         answer = lab_answer(power_lab, topic, payload)
         assert response_keys <= set(answer), answer
         assert answer["ok"] is True, answer
         if "{ch}" in usage:
-            assert answer["channels"] == ["hv_m2"]
+            assert answer["channels"] == [HV[1].name]
 
 
 def lab_answer(lab, topic: str, payload: str) -> dict:
@@ -256,7 +261,7 @@ def test_alarms_match_the_contract(safety_lab):
 def test_sequencer_and_audit_log_match_the_contract(safety_lab):
     lab = safety_lab
     since = lab.client.mark()
-    assert lab.command("/hv/cmd/setv/M3", 30)["ok"]
+    assert lab.command(HV[2].topic("setv", by="module"), 30)["ok"]
     for value in ("on", "off"):
         answer = lab.client.command("/dcs/cmd/module/M3", value, "/dcs/response", 20)
         assert answer["ok"] and {"topic", "payload", "ok", "error", "id"} <= set(answer)
