@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import Broker
 from tests.test_ivscan import IvLab, off_at
-from tests.test_safety_scenarios import HV, LV
+from tests.test_safety_scenarios import HV, LV, M
 from trackerdcs.client import (
     Aborted,
     ChannelFault,
@@ -73,17 +73,17 @@ def test_set_voltage_waits_until_the_channel_is_there(lab: IvLab, alice: Lab) ->
     [ch] = alice.set_voltage(HV[0].name, 300)  # 200 V/s: 1.5 s
     assert time.monotonic() - started >= 1.2
     assert ch.state == "ON" and abs(ch.vmon - 300) <= 2.0 and ch.vreq == 300
-    assert ch.imon > 0 and alice.channel(HV[0].name).module == "M1"
+    assert ch.imon > 0 and alice.channel(HV[0].name).module == M[0]
     # the command as it went out: value, the client's id, its send time; answered ok
     [cmd] = [m for m in lab.client.messages[since:] if m.topic == HV[0].topic("setv")]
     assert set(cmd.json) == {"value", "id", "time"} and cmd.json["value"] == 300
     assert cmd.json["id"].startswith("alice:") and abs(cmd.json["time"] - time.time()) < 10
-    records = lab.audit(module="M1", source="alice", since="1m", kind="command")
+    records = lab.audit(module=M[0], source="alice", since="1m", kind="command")
     assert any(r["topic"] == HV[0].topic("setv") and r["ok"] for r in records)
     # a module's HV channels by the module's name, with a tolerance of one's own
-    [ch] = alice.set_voltage("M1", 250, tolerance=0.5)
+    [ch] = alice.set_voltage(M[0], 250, tolerance=0.5)
     assert abs(ch.vmon - 250) <= 0.5
-    alice.switch("M1", False)
+    alice.switch(M[0], False)
     assert alice.channel(HV[0].name).vmon == 0
 
 
@@ -121,25 +121,25 @@ def test_timeouts_faults_and_aborts_end_a_wait(lab: IvLab, alice: Lab) -> None:
     with pytest.raises(CommandRefused, match="TRIPPED"):
         alice.switch(HV[1].name, True)
     alice.command("/hv/cmd/clear", "")
-    off_at(lab, "M2", vreq=300)
+    off_at(lab, M[1], vreq=300)
 
 
 def test_module_on_and_off_through_the_sequencer(lab: IvLab, alice: Lab) -> None:
-    alice.set_voltage("M3", 60)  # off: only the set point's readback
-    outcome = alice.module_on("M3")
+    alice.set_voltage(M[2], 60)  # off: only the set point's readback
+    outcome = alice.module_on(M[2])
     assert outcome["ok"] and [s["step"] for s in outcome["steps"]] == [
         "lv_on", "lv_ready", "hv_on", "hv_ready"]  # fmt: skip
     assert alice.channel(LV[2].name).state == "ON" and abs(alice.channel(HV[2].name).vmon - 60) <= 2
-    assert alice.module_state("M3")["state"] == "ON"
-    outcome = alice.module_off("M3")
+    assert alice.module_state(M[2])["state"] == "ON"
+    outcome = alice.module_off(M[2])
     assert outcome["ok"] and alice.channel(LV[2].name).state == "OFF"
     lab.client.publish("/interlock/status", {"rules": [
         {"name": "chiller_running", "active": True, "reason": "chiller STOPPED",
-         "modules": ["M3"]}]}, retain=True)  # fmt: skip
+         "modules": [M[2]]}]}, retain=True)  # fmt: skip
     try:
-        alice.wait_until(lambda: alice.interlocks("M3") or None, 5)
+        alice.wait_until(lambda: alice.interlocks(M[2]) or None, 5)
         with pytest.raises(CommandRefused, match=r"hv_on: .* chiller_running") as refused:
-            alice.module_on("M3")
+            alice.module_on(M[2])
         assert "rolled back: module off" in refused.value.error
         with pytest.raises(UnknownName, match="no module 'M7'"):
             alice.module_on("M7")
@@ -168,9 +168,9 @@ def test_set_chiller_waits_until_the_bath_is_stable(lab: IvLab, alice: Lab) -> N
 def test_readings_by_name(lab: IvLab, alice: Lab) -> None:
     room = alice.room()
     assert room is not None and room["kind"] == "room" and room["humidity"] == 45.0
-    assert isinstance(alice.module_temperature("M1"), float)
-    assert alice.sensor("temp_m2")["module"] == "M2"
-    assert [c.name for c in alice.channels("M4", kind=None)] == [HV[3].name, LV[3].name]
+    assert isinstance(alice.module_temperature(M[0]), float)
+    assert alice.sensor("temp_m2")["module"] == M[1]
+    assert [c.name for c in alice.channels(M[3], kind=None)] == [HV[3].name, LV[3].name]
     with pytest.raises(UnknownName, match="no sensor 'nope'"):
         alice.sensor("nope")
     assert alice.lab == load_config(lab.config)

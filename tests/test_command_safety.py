@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.conftest import Broker, PowerLab
-from tests.test_safety_scenarios import HV, LV, SafetyLab
+from tests.test_safety_scenarios import HV, LV, M, SafetyLab
 from trackerdcs.commands import ALWAYS_EXECUTED, always_executed
 from trackerdcs.config import MqttConfig, RateLimitConfig
 from trackerdcs.mqtt import Command, CommandGate, PayloadError
@@ -184,7 +184,7 @@ FAMILIES = [
     (HV[0].topic("switch", by="number"), "on"),
     (LV[0].topic("switch", by="module"), "on"),
     ("/julabo/cmd/switch", "on"),
-    ("/dcs/cmd/module/M2", "on"),
+    (f"/dcs/cmd/module/{M[1]}", "on"),
     ("/interlock/cmd/reset/chiller_running", "yes"),
     ("/alarms/cmd/ack/all", "all"),
     ("/sensor_1/cmd/refresh", "now"),
@@ -241,9 +241,9 @@ def retained_records(lab: SafetyLab) -> dict[str, list[dict]]:
 def assert_nothing_ran(lab: SafetyLab) -> None:
     assert lab.crate(HV[0].name, "Pw") == 0
     lv = lab.client.latest("/lv/status").json
-    assert not any(c["on"] for c in lv if c["module"] == "M1")
+    assert not any(c["on"] for c in lv if c["module"] == M[0])
     assert lab.client.latest("/julabo/status").json["state"] == "STOPPED"
-    assert lab.client.latest("/dcs/status").json["modules"]["M2"]["state"] == "IDLE"
+    assert lab.client.latest("/dcs/status").json["modules"][M[1]]["state"] == "IDLE"
 
 
 def test_a_retained_command_is_never_executed_answered_audited_once_and_alarmed(lab, persistent):
@@ -311,7 +311,7 @@ def test_old_and_future_commands_are_refused_switching_off_always_runs(lab):
     assert old_on["ok"] is False and "older than the 5 s" in old_on["error"]
     future = lab.client.command("/julabo/cmd/setpoint", 15, "/julabo/response", time=now + 60)
     assert future["ok"] is False and "in the future" in future["error"]
-    late_on = lab.client.command("/dcs/cmd/module/M1", "on", "/dcs/response", time=now - 60)
+    late_on = lab.client.command(f"/dcs/cmd/module/{M[0]}", "on", "/dcs/response", time=now - 60)
     assert late_on["ok"] is False and "older than" in late_on["error"]
     assert lab.crate(HV[0].name, "Pw") == 0
     # switching off: whatever its age
@@ -319,7 +319,7 @@ def test_old_and_future_commands_are_refused_switching_off_always_runs(lab):
     assert lab.client.command(
         HV[0].topic("kill", by="module"), "", "/hv/response", time=now - 3600
     )["ok"]
-    off = lab.client.command("/dcs/cmd/module/M1", "off", "/dcs/response", 30, time=now - 3600)
+    off = lab.client.command(f"/dcs/cmd/module/{M[0]}", "off", "/dcs/response", 30, time=now - 3600)
     assert off["ok"], off
     # fresh: executed
     assert lab.client.command(HV[0].topic("setv"), 12, "/hv/response", time=time.time())["ok"]
@@ -342,7 +342,7 @@ def test_a_faulty_off_runs_on_the_daemons_a_chiller_stop_is_judged(lab):
     assert off["ok"] and off["warning"] == "ignored: unknown key(s) source"
     typo = lab.client.command(HV[0].topic("switch"), "of", "/hv/response", source="ui")
     assert not typo["ok"] and "unknown key(s) in payload: source" in typo["error"]
-    module = lab.client.command("/dcs/cmd/module/M2", "off", "/dcs/response", 30,
+    module = lab.client.command(f"/dcs/cmd/module/{M[1]}", "off", "/dcs/response", 30,
                                 time=float("nan"))  # fmt: skip
     assert module["ok"] and module["warning"] == "ignored: time must be finite, got nan"
     stale = lab.client.command("/julabo/cmd/switch", "off", "/julabo/response",

@@ -35,6 +35,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-sync"]  # fmt: skip
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the UI lab starts from it
+M = EXAMPLE.modules  # its modules, in the lab file's order
 LOW = EXAMPLE.limited("hv")  # the HV channel with a vmax (400 V) of its own
 WAIT = 10_000  # ms, for anything that crosses MQTT, the daemons and the crate
 OPERATOR = "tester"  # the name every page's browser has given (localStorage), unless a test asks
@@ -67,7 +68,7 @@ pytestmark = pytest.mark.skipif(
 
 
 # Two chillers: `julabo` (/julabo) cools M1 and M2, `burnin` (/julabo_burnin) M3 and M4.
-CHILLERS = {"julabo": ("/julabo", ["M1", "M2"]), "burnin": ("/julabo_burnin", ["M3", "M4"])}
+CHILLERS = {"julabo": ("/julabo", M[:2]), "burnin": ("/julabo_burnin", M[2:])}
 RUNNING = {"julabo": "chiller_running", "burnin": "burnin_running"}  # each chiller's rule
 # The example lab's interlock rules, made per chiller: each chiller's `chiller_running` and
 # dew-point rules protect what it cools (no `modules`: its chiller's), the dew-point rules with
@@ -550,9 +551,10 @@ def test_chiller_set_point_is_checked_against_the_dew_point(lab: UiLab, page: Pa
     set_point_warned(  # below it: warned first
         page, card, "-5",
         f"-5 °C is below the dew point {shown:.1f} °C + 2.0 K margin ({shown + 2:.1f} °C): "
-        "modules M1, M2 cooled that far collect condensation.",
+        f"modules {M[0]}, {M[1]} cooled that far collect condensation.",
         "Interlock dewpoint fires when the coldest module is less than 2 K above the dew point: "
-        "it ramps down the HV of M1, M2 and raises the set point of chiller julabo to 20 °C.",
+        f"it ramps down the HV of {M[0]}, {M[1]} and raises the set point of chiller julabo to "
+        "20 °C.",
     )  # fmt: skip
     page.get_by_test_id("confirm-no").click()
     assert not [m for m in lab.client.messages[since:] if m.topic == "/julabo/cmd/setpoint"]
@@ -600,12 +602,13 @@ def test_stopping_the_chiller_states_the_consequence_and_the_interlock_says_why(
     since = lab.client.mark()
     julabo.get_by_test_id("stop").click()
     confirm(page, "Stop the chiller julabo /julabo?",
-            "Stopping the chiller julabo ramps down the HV of M1, M2 through chiller_running "
-            "(HV on now: M1).", "disarm chiller_running on the Alarms page")  # fmt: skip
+            f"Stopping the chiller julabo ramps down the HV of {M[0]}, {M[1]} through "
+            f"chiller_running (HV on now: {M[0]}).",
+            "disarm chiller_running on the Alarms page")  # fmt: skip
     expect(julabo.get_by_test_id("chiller-state")).to_have_text("STOPPED", timeout=WAIT)
     assert lab.sim.device.running is False
     rules = lab.rules(lambda r: r["chiller_running"]["active"], since=since)
-    assert rules["chiller_running"]["modules"] == ["M1", "M2"]  # what this chiller cools
+    assert rules["chiller_running"]["modules"] == M[:2]  # what this chiller cools
     assert not rules["burnin_running"]["active"]
     lab.power.wait_channel(
         "/hv", HV[0].name, lambda c: c["state"] == "OFF", timeout=10, since=since
@@ -631,7 +634,7 @@ def test_stopping_the_chiller_states_the_consequence_and_the_interlock_says_why(
     expect(m1.get_by_test_id("module-on")).to_be_enabled()  # the sequencer would fail: it says so
     m1.get_by_test_id("module-on").click()
     expect(page.get_by_test_id("confirm-warning")).to_contain_text(
-        "Interlock chiller_running holds the HV of M1 off"
+        f"Interlock chiller_running holds the HV of {M[0]} off"
     )
     page.get_by_test_id("confirm-no").click()
 
@@ -647,21 +650,21 @@ def test_stopping_the_chiller_states_the_consequence_and_the_interlock_says_why(
     expect(rule).to_have_attribute("data-active", "yes")
     expect(rule.get_by_test_id("armed")).to_have_text("armed")
     expect(rule.get_by_test_id("reason")).to_have_text(rules["chiller_running"]["reason"])
-    expect(rule.get_by_test_id("effect")).to_have_text("ramps down the HV of M1, M2")
+    expect(rule.get_by_test_id("effect")).to_have_text(f"ramps down the HV of {M[0]}, {M[1]}")
     expect(rule.get_by_test_id("rule-chiller")).to_have_text("(chiller julabo)")
     expect(rule.get_by_test_id("last-action")).to_have_text(
-        re.compile(r"^fired \d{4}-\d\d-\d\d \d\d:\d\d:\d\d: sent /hv/cmd/switch/M1$")
+        re.compile(rf"^fired \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d: sent /hv/cmd/switch/{M[0]}$")
     )
     expect(page.locator('tr[data-rule="burnin_running"]')).to_have_attribute("data-active", "no")
     expect(page.locator('tr[data-rule="dewpoint"]').get_by_test_id("effect")).to_have_text(
-        "ramps down the HV of M1, M2 and raises the set point of chiller julabo to 20 °C"
+        f"ramps down the HV of {M[0]}, {M[1]} and raises the set point of chiller julabo to 20 °C"
     )
     expect(
         page.locator('tr[data-rule="module_temperature"]').get_by_test_id("disarm")
     ).to_have_count(0)
     rule.get_by_test_id("disarm").click()
     confirm(page, "Disarm interlock chiller_running?",
-            "It clears the rule now: the HV of M1, M2 may be switched on again.",
+            f"It clears the rule now: the HV of {M[0]}, {M[1]} may be switched on again.",
             "Until chiller julabo cools again")  # fmt: skip
     expect(rule).to_have_attribute("data-active", "no", timeout=WAIT)
     expect(rule.get_by_test_id("armed")).to_have_text("disarmed")
@@ -681,7 +684,7 @@ def test_the_chiller_page_shows_and_commands_each_unit(lab: UiLab, page: Page) -
     expect(cards).to_have_count(2, timeout=WAIT)
     burnin = chiller_card(page, "burnin")
     expect(burnin).to_have_attribute("data-prefix", "/julabo_burnin")
-    expect(burnin.get_by_test_id("cools")).to_have_text("Cools M3, M4")
+    expect(burnin.get_by_test_id("cools")).to_have_text(f"Cools {M[2]}, {M[3]}")
     expect(burnin.get_by_test_id("chiller-state")).to_have_text("STOPPED", timeout=WAIT)
     expect(burnin.get_by_test_id("age")).to_have_attribute("title", re.compile("^/julabo_burnin: "))
     shown = float(burnin.get_by_test_id("dewpoint").inner_text().split()[0])
@@ -691,10 +694,10 @@ def test_the_chiller_page_shows_and_commands_each_unit(lab: UiLab, page: Page) -
     set_point_warned(  # below its own rule's 3 K margin: warned
         page, burnin, "5",
         f"5 °C is below the dew point {shown:.1f} °C + 3.0 K margin ({shown + 3:.1f} °C): "
-        "modules M3, M4 cooled that far collect condensation.",
+        f"modules {M[2]}, {M[3]} cooled that far collect condensation.",
         "Interlock dewpoint_burnin fires when the coldest module is less than 3 K above the dew "
-        "point: it ramps down the HV of M3, M4 and raises the set point of chiller burnin to "
-        "25 °C.",
+        f"point: it ramps down the HV of {M[2]}, {M[3]} and raises the set point of chiller "
+        "burnin to 25 °C.",
     )  # fmt: skip
     page.get_by_test_id("confirm-no").click()
     assert not [m for m in lab.client.messages[since:] if m.topic.endswith("/cmd/setpoint")]
@@ -730,10 +733,10 @@ def test_the_chiller_page_shows_and_commands_each_unit(lab: UiLab, page: Page) -
     since = lab.client.mark()
     burnin.get_by_test_id("stop").click()
     confirm(page, "Stop the chiller burnin /julabo_burnin?",
-            "Stopping the chiller burnin ramps down the HV of M3, M4 through burnin_running "
-            "(HV on now: M3).")  # fmt: skip
+            f"Stopping the chiller burnin ramps down the HV of {M[2]}, {M[3]} through "
+            f"burnin_running (HV on now: {M[2]}).")  # fmt: skip
     rules = lab.rules(lambda r: r["burnin_running"]["active"], since=since)
-    assert rules["burnin_running"]["modules"] == ["M3", "M4"]
+    assert rules["burnin_running"]["modules"] == M[2:]
     assert not rules["chiller_running"]["active"]  # the other chiller's rule: untouched
     lab.power.wait_channel(
         "/hv", HV[2].name, lambda c: c["state"] == "OFF", timeout=10, since=since
@@ -769,7 +772,7 @@ def test_environment_shows_the_sensors_and_the_dew_point_margin(lab: UiLab, page
 
     dewpoint = lab.client.latest("/sensor_1/status").json["dewpoint"]
     module = lab.client.latest("/temp_m1/status").json["temperature"]
-    margin = page.locator('tr[data-module="M1"]').get_by_test_id("margin")
+    margin = page.locator(f'tr[data-module="{M[0]}"]').get_by_test_id("margin")
     expect(margin).to_have_text(re.compile(r"^-?\d+\.\d K$"), timeout=WAIT)
     assert float(margin.inner_text().split()[0]) == pytest.approx(module - dewpoint, abs=0.3)
     expect(page.get_by_test_id("dewpoint")).to_have_text(re.compile(r"^\d+\.\d °C$"))
@@ -804,7 +807,7 @@ def test_a_frozen_source_is_greyed_within_its_timeout_on_the_servers_clock(
             expect(row.get_by_test_id("sensor-state")).to_have_text("no live data")
             last = max(m.json["time"] for m in lab.client.messages if m.topic == "/sensor_1/status")
             assert greyed - last <= SENSOR_TIMEOUT + 1.5  # within its timeout (and a tick)
-            expect(page.locator('tr[data-module="M2"]')).to_have_class(re.compile("tdcs-old"))
+            expect(page.locator(f'tr[data-module="{M[1]}"]')).to_have_class(re.compile("tdcs-old"))
             open_page(page, lab, "overview")
             expect(card(page, HV[1].module).get_by_test_id("temperature")).to_have_class(
                 re.compile("tdcs-old")
@@ -961,7 +964,7 @@ def test_a_module_switched_on_and_off_from_the_overview_through_the_sequencer(
     m2 = card(page, HV[1].module)
     since = lab.client.mark()
     m2.get_by_test_id("module-on").click()
-    confirm(page, "Switch module M2 on?",
+    confirm(page, f"Switch module {M[1]} on?",
             f"LV {LV[1].name} (10.5 V) on; the sequencer waits until it is at its set point,",
             f"then HV {HV[1].name} (60.0 V) on, ramping to its set voltage.")  # fmt: skip
     done = lab.client.wait_for("/dcs/response", lambda m: m.json["ok"], 30, since).json
@@ -977,33 +980,34 @@ def test_a_module_switched_on_and_off_from_the_overview_through_the_sequencer(
     m2.get_by_test_id("module-off").click()
     confirm(
         page,
-        "Switch module M2 off?",
+        f"Switch module {M[1]} off?",
         f"HV {HV[1].name} ramps down to 0 V,",
         f"then LV {LV[1].name} switches off.",
     )
     lab.client.wait_for("/dcs/response", lambda m: m.json["ok"], 30, since)
     expect(m2.get_by_test_id("sequence")).to_have_text("OFF", timeout=WAIT)
     expect(m2.locator("[data-testid=lv] [data-testid=state]")).to_have_text("OFF")
-    records = lab.audit(since="1m", module="M2", source=OPERATOR)
+    records = lab.audit(since="1m", module=M[1], source=OPERATOR)
     assert [
         (r["topic"], json.loads(r["payload"])["value"])
         for r in records
         if r["topic"].startswith("/dcs/")
-    ] == [("/dcs/cmd/module/M2", "on"), ("/dcs/cmd/module/M2", "off")]
+    ] == [(f"/dcs/cmd/module/{M[1]}", "on"), (f"/dcs/cmd/module/{M[1]}", "off")]
 
 
 def test_all_off_is_reachable_from_every_page(lab: UiLab, page: Page) -> None:
     lab.reset()
     lab.command(HV[0].topic("setv", by="module"), 30)
-    lab.command("/dcs/cmd/module/M1", "on", timeout=30)
+    lab.command(f"/dcs/cmd/module/{M[0]}", "on", timeout=30)
     for name in PAGES:
         open_page(page, lab, name)
         expect(page.get_by_test_id("banner-all-off")).to_be_enabled()
     since = lab.client.mark()
     page.get_by_test_id("banner-all-off").click()  # from the environment page
     confirm(page, "Switch every module off?",
-            "Through the sequencer: the HV of M1-M4 ramps down to 0 V, then their LV switches off.",
-            "HV on now: M1.")  # fmt: skip
+            f"Through the sequencer: the HV of {M[0]}-{M[-1]} ramps down to 0 V, then their LV "
+            "switches off.",
+            f"HV on now: {M[0]}.")  # fmt: skip
     sent = lab.client.wait_for("/dcs/cmd/module/all", timeout=5, since=since).json
     assert sent["value"] == "off" and sent["id"].startswith(f"{OPERATOR}:")
     lab.client.wait_for("/dcs/response", lambda m: m.json["ok"], 30, since)
@@ -1156,7 +1160,7 @@ def test_on_a_phone_every_module_shows_state_temperature_and_alarms_without_scro
         show(phone, lab, name)
         assert no_horizontal_scroll(phone) == [], name
         screenshot(phone, f"phone-{name}")
-    for module in ("M1", "M2", "M3", "M4"):  # the overview: every module's card, all of it
+    for module in M:  # the overview: every module's card, all of it
         m = card(phone, module)
         for what in ("alarms", "lv", "hv", "temperature", "margin"):
             box = m.get_by_test_id(what).first.bounding_box()

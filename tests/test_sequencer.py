@@ -12,6 +12,7 @@ from tests.labdata import EXAMPLE
 from trackerdcs.stack.process import ManagedProcess
 
 HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the labs below start from it
+M = EXAMPLE.modules  # its modules, in the lab file's order
 
 
 class SequencerLab:
@@ -68,9 +69,9 @@ def test_on_then_off_in_order(sequencer):
     lab = sequencer.lab
     assert lab.command(HV[0].topic("setv", by="module"), 150)["ok"]
     since = lab.client.mark()
-    answer = sequencer.module("M1", "on")
+    answer = sequencer.module(M[0], "on")
     assert answer["ok"] and answer["error"] is None, answer
-    assert steps(answer, "M1") == ["lv_on", "lv_ready", "hv_on", "hv_ready"]
+    assert steps(answer, M[0]) == ["lv_on", "lv_ready", "hv_on", "hv_ready"]
     sent = sequencer.commands(since)
     assert [(t, v) for t, v, _ in sent] == [(LV[0].topic("switch", by="module"), "on"),
                                             (HV[0].topic("switch", by="module"), "on")]  # fmt: skip
@@ -79,14 +80,14 @@ def test_on_then_off_in_order(sequencer):
     assert lv_ready < sent[1][2]  # HV only once the LV is at its set point
     hv = lab.client.latest("/hv/status").json[0]
     assert hv["state"] == "ON" and abs(hv["vmon"] - 150) <= 2.0
-    status = lab.client.wait_for("/dcs/status", lambda m: m.json["modules"]["M1"]["state"] == "ON",
+    status = lab.client.wait_for("/dcs/status", lambda m: m.json["modules"][M[0]]["state"] == "ON",
                                  since=since).json  # fmt: skip
-    assert status["modules"]["M1"]["error"] is None
+    assert status["modules"][M[0]]["error"] is None
 
     since = lab.client.mark()
-    answer = sequencer.module("M1", "off")
+    answer = sequencer.module(M[0], "off")
     assert answer["ok"], answer
-    assert steps(answer, "M1") == ["hv_off", "hv_down", "lv_off", "lv_down"]
+    assert steps(answer, M[0]) == ["hv_off", "hv_down", "lv_off", "lv_down"]
     sent = sequencer.commands(since)
     assert [(t, v) for t, v, _ in sent] == [
         (HV[0].topic("switch", by="module"), "off"), (LV[0].topic("switch", by="module"), "off")
@@ -95,7 +96,7 @@ def test_on_then_off_in_order(sequencer):
     assert hv_down < sent[1][2]  # LV only once the HV is at 0 V
     assert lab.get(lab.chpv(LV[0].name, "Pw")) == 0 and lab.get(lab.chpv(HV[0].name, "Pw")) == 0
     steps_seen = [m.json for m in lab.client.messages[since:] if m.topic == "/dcs/action"]
-    assert [e["step"] for e in steps_seen if e["event"] == "step"] == steps(answer, "M1")
+    assert [e["step"] for e in steps_seen if e["event"] == "step"] == steps(answer, M[0])
     assert steps_seen[-1]["event"] == "done" and steps_seen[0]["event"] == "start"
 
 
@@ -104,16 +105,16 @@ def test_hv_refused_by_an_interlock_rolls_the_module_back(sequencer):
     since = lab.client.mark()
     lab.client.publish("/interlock/status", {"rules": [
         {"name": "chiller_running", "active": True, "reason": "chiller STOPPED",
-         "modules": ["M2"]}]}, retain=True)  # fmt: skip
+         "modules": [M[1]]}]}, retain=True)  # fmt: skip
     lab.wait_channel("/hv", HV[1].name, lambda c: c["interlocks"] == ["chiller_running"],
                      since=since)  # fmt: skip
-    answer = sequencer.module("M2", "on")
+    answer = sequencer.module(M[1], "on")
     assert not answer["ok"]
-    error = answer["modules"]["M2"]["error"]
-    assert error.startswith("hv_on: /hv/cmd/switch/M2 on refused: ")
+    error = answer["modules"][M[1]]["error"]
+    assert error.startswith(f"hv_on: /hv/cmd/switch/{M[1]} on refused: ")
     assert "chiller_running (chiller STOPPED)" in error
     assert error.endswith("rolled back: module off")
-    assert steps(answer, "M2") == [
+    assert steps(answer, M[1]) == [
         "lv_on",
         "lv_ready",
         "hv_on",
@@ -123,8 +124,8 @@ def test_hv_refused_by_an_interlock_rolls_the_module_back(sequencer):
         "rollback_lv_down",
     ]
     assert lab.get(lab.chpv(LV[1].name, "Pw")) == 0  # the module is off again: LV too
-    dcs = lab.client.wait_for("/dcs/status", lambda m: m.json["modules"]["M2"]["state"] ==
-                              "FAILED", since=since).json["modules"]["M2"]  # fmt: skip
+    dcs = lab.client.wait_for("/dcs/status", lambda m: m.json["modules"][M[1]]["state"] ==
+                              "FAILED", since=since).json["modules"][M[1]]  # fmt: skip
     assert dcs["error"] == error
 
 
@@ -134,15 +135,15 @@ def test_off_with_an_invalid_hv_readback_writes_it_and_keeps_the_lv_on(sequencer
     module's LV stays on (LV only after its HV is known off)."""
     lab = sequencer.lab
     assert lab.command(HV[2].topic("setv", by="module"), 60)["ok"]
-    assert sequencer.module("M3", "on")["ok"]
+    assert sequencer.module(M[2], "on")["ok"]
     invalid = lab.chpv(HV[2].name, "SimInvalid")
     since = lab.client.mark()
     lab.put(invalid, 1)
     try:
         lab.wait_channel("/hv", HV[2].name, lambda c: c["state"] == "DISCONNECTED", since=since)
-        answer = sequencer.module("M3", "off")
-        assert not answer["ok"] and steps(answer, "M3") == ["hv_off", "hv_down"], answer
-        assert f"hv_down: {HV[2].name} is DISCONNECTED" in answer["modules"]["M3"]["error"]
+        answer = sequencer.module(M[2], "off")
+        assert not answer["ok"] and steps(answer, M[2]) == ["hv_off", "hv_down"], answer
+        assert f"hv_down: {HV[2].name} is DISCONNECTED" in answer["modules"][M[2]]["error"]
         assert lab.get(lab.chpv(HV[2].name, "Pw")) == 0 and lab.get(lab.chpv(LV[2].name, "Pw")) == 1
     finally:
         since = lab.client.mark()
@@ -155,11 +156,11 @@ def test_a_trip_while_ramping_fails_fast_and_leaves_it_off(sequencer):
     lab = sequencer.lab
     assert lab.command(HV[2].topic("setv", by="module"), 300)["ok"]  # 1.5 s of ramp at 200 V/s
     lab.put(lab.chpv(HV[2].name, "SimLeak"), 50.0)  # 50 uA over the 10 uA limit: trips in 0.2 s
-    answer = sequencer.module("M3", "on")
+    answer = sequencer.module(M[2], "on")
     assert not answer["ok"]
-    error = answer["modules"]["M3"]["error"]
+    error = answer["modules"][M[2]]["error"]
     assert error.startswith(f"hv_ready: {HV[2].name} is TRIPPED") and "rolled back" in error, error
-    assert steps(answer, "M3")[-2:] == ["rollback_lv_off", "rollback_lv_down"]
+    assert steps(answer, M[2])[-2:] == ["rollback_lv_off", "rollback_lv_down"]
     assert lab.get(lab.chpv(LV[2].name, "Pw")) == 0
 
 
@@ -168,7 +169,7 @@ def test_all_busy_and_off_cancels_on(sequencer):
     assert lab.command("/hv/cmd/setv/all", 40)["ok"]
     answer = sequencer.module("all", "on")
     assert answer["ok"], answer
-    assert sorted(answer["modules"]) == ["M1", "M2", "M3", "M4"]
+    assert sorted(answer["modules"]) == M
     states = {c["name"]: c["state"] for c in lab.client.latest("/hv/status").json}
     assert set(states.values()) == {"ON"}
     assert sequencer.module("all", "off")["ok"]
@@ -176,22 +177,22 @@ def test_all_busy_and_off_cancels_on(sequencer):
     assert lab.command(HV[3].topic("setv", by="module"), 300)["ok"]
     first = "req-seq-on"
     since = lab.client.mark()
-    lab.client.publish("/dcs/cmd/module/M4", {"value": "on", "id": first})
+    lab.client.publish(f"/dcs/cmd/module/{M[3]}", {"value": "on", "id": first})
     lab.client.wait_for("/dcs/action", lambda m: m.json["step"] == "hv_on", since=since)
-    busy = sequencer.module("M4", "on")
-    assert not busy["ok"] and busy["error"] == "M4 is busy switching on"
-    off = sequencer.module("M4", "off")  # cancels the ramp up, then switches off
+    busy = sequencer.module(M[3], "on")
+    assert not busy["ok"] and busy["error"] == f"{M[3]} is busy switching on"
+    off = sequencer.module(M[3], "off")  # cancels the ramp up, then switches off
     assert off["ok"], off
     cancelled = lab.client.wait_for("/dcs/response", lambda m: m.json["id"] == first).json
     assert not cancelled["ok"] and "cancelled by an off command" in cancelled["error"]
-    assert steps(cancelled, "M4") == ["lv_on", "lv_ready", "hv_on", "cancelled"]
+    assert steps(cancelled, M[3]) == ["lv_on", "lv_ready", "hv_on", "cancelled"]
     assert lab.get(lab.chpv(HV[3].name, "Pw")) == 0 and lab.get(lab.chpv(LV[3].name, "Pw")) == 0
 
 
 def test_bad_commands_are_refused(sequencer):
     answer = sequencer.module("M9", "on")
     assert not answer["ok"] and "unknown module 'M9'" in answer["error"]
-    answer = sequencer.module("M1", "sideways")
+    answer = sequencer.module(M[0], "sideways")
     assert not answer["ok"] and "switch takes 'on' or 'off'" in answer["error"]
     answer = sequencer.lab.client.command("/dcs/cmd/reboot", "", "/dcs/response")
     assert not answer["ok"] and "/dcs/cmd/module/{name}" in answer["error"]

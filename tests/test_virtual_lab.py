@@ -19,6 +19,7 @@ from trackerdcs.sensors.dewpoint import dew_point
 from trackerdcs.stack.process import ManagedProcess, free_port
 
 HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
+M = EXAMPLE.modules  # its modules, in the lab file's order
 
 SPEED = 300.0  # simulated s per wall s: a 10 K/min chiller ramp takes 2 wall s per 100 K
 JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 1.0, "poll_interval": 0.2,
@@ -27,7 +28,7 @@ JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 1.0, "poll
 
 # The two-chiller lab (`chillers=2`): the example's chiller becomes `coldbox` (still /julabo),
 # cooling M1 and M2; `burnin` on /julabo_burnin cools M3 and M4.
-TWO_CHILLERS = {"coldbox": ("/julabo", ["M1", "M2"]), "burnin": ("/julabo_burnin", ["M3", "M4"])}
+TWO_CHILLERS = {"coldbox": ("/julabo", M[:2]), "burnin": ("/julabo_burnin", M[2:])}
 
 
 class VirtualLab:
@@ -152,7 +153,7 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
 
     # the physics: leakage scale 2 ** ((T - 20) / 7), seen through the backdoor
     state = vlab.backdoor("get")
-    m1 = state["modules"]["M1"]
+    m1 = state["modules"][M[0]]
     assert m1["leakage_scale"] == pytest.approx(2 ** ((m1["temperature"] - 20) / 7), rel=1e-4)
     assert state["chiller_running"] is True and state["bath"] < -9
 
@@ -166,7 +167,7 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
     rising = hv_m1(
         vlab.wait("/hv/status", lambda chs: hv_m1(chs)["imon"] > 2 * cold_hv["imon"], 10, since)
     )
-    assert rising["state"] == "ON" and warmer["module"] == "M1"
+    assert rising["state"] == "ON" and warmer["module"] == M[0]
     temps = [m.json["temperature"] for m in vlab.client.messages[since:]
              if m.topic == "/temp_m1/status"]  # fmt: skip
     assert temps[-1] > temps[0]  # the module warms up steadily, as the bath does
@@ -193,7 +194,7 @@ def test_backdoor_faults_reach_the_daemons(vlab: VirtualLab) -> None:
 
     assert vlab.backdoor("sensor temp_m2 silent")["ok"]
     stale = vlab.wait("/temp_m2/status", lambda s: s["stale"], timeout=3)
-    assert stale["temperature"] is None and stale["module"] == "M2"
+    assert stale["temperature"] is None and stale["module"] == M[1]
     vlab.backdoor("sensor temp_m2 ok")
     vlab.wait("/temp_m2/status", lambda s: not s["stale"])
     answer = vlab.backdoor("sensor nope ok")
