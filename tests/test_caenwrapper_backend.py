@@ -126,9 +126,9 @@ def test_every_setting_is_written_with_the_bindings_types(wrapper_lab):
     for slot, name in ((hv, "SVMax"), (hv, "RUp"), (hv, "RDWn"), (hv, "Trip"), (lv, "Trip"),
                        (lv, "RUpTime"), (lv, "RDwTime"), (lv, "V0Set"), (lv, "I0Set")):  # fmt: skip
         assert calls[(slot, name)]._type_ is ct.c_float, name
-    lv_m1 = model.channel(*lab.places[LV[0].name])
+    lv0 = model.channel(*lab.places[LV[0].name])
     limits = cfg.limits_for(next(c for c in cfg.power.channels if c.name == LV[0].name))
-    assert (lv_m1.settings["RUpTime"], lv_m1.settings["RDwTime"]) == (
+    assert (lv0.settings["RUpTime"], lv0.settings["RDwTime"]) == (
         limits.ruptime,
         limits.rdwtime,
     )
@@ -176,8 +176,8 @@ def test_a_parameter_the_board_lacks_is_reported_once_and_the_rest_works(workdir
         ).json
         [warning] = state["warnings"]
         assert warning.startswith("board ") and "(A2519): RDwTime not served" in warning
-        lv_m2 = model.channel(*lab.places[LV[1].name])
-        wait_for(lambda: lv_m2.settings["RUpTime"] == 500.0 and lv_m2.trip == 0.5)  # the rest
+        lv1 = model.channel(*lab.places[LV[1].name])
+        wait_for(lambda: lv1.settings["RUpTime"] == 500.0 and lv1.trip == 0.5)  # the rest
         since = lab.client.mark()
         assert lab.command(LV[1].topic("switch"), "on")["ok"]
         lab.wait_channel("/lv", LV[1].name, lambda c: c["state"] == "ON", since=since)

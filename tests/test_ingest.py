@@ -122,7 +122,8 @@ def test_each_chillers_points_are_told_apart_by_its_tag(lab: DataLab) -> None:
 
 
 def test_a_command_reaches_influxdb(lab: DataLab) -> None:
-    """hv_m1 to 120 V and on: the stored channel follows what the daemon published."""
+    """The first HV channel to 120 V and on: the stored channel follows what the daemon
+    published."""
     vlab = lab.vlab
     assert vlab.command(HV[0].topic("setv"), 120)["ok"]
     assert vlab.command(HV[0].topic("switch"), "on")["ok"]

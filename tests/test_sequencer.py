@@ -130,7 +130,7 @@ def test_hv_refused_by_an_interlock_rolls_the_module_back(sequencer):
 
 
 def test_off_with_an_invalid_hv_readback_writes_it_and_keeps_the_lv_on(sequencer):
-    """The IOC marks hv_m3's readbacks INVALID: the HV off is written all the same (an off is
+    """The IOC marks a module's HV readbacks INVALID: the HV off is written all the same (an off is
     never refused for a channel's state), but 0 V cannot be confirmed: the step fails and the
     module's LV stays on (LV only after its HV is known off)."""
     lab = sequencer.lab

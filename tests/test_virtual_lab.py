@@ -130,7 +130,7 @@ def vlab(workdir: Path, broker: Broker) -> Iterator[VirtualLab]:
     assert lab.stop() == [0, 0, 0, 0]  # every process exits cleanly on SIGTERM
 
 
-def hv_m1(channels: list[dict]) -> dict:
+def first_hv(channels: list[dict]) -> dict:
     """The lab's first HV channel in a `/hv/status`."""
     return next(c for c in channels if c["name"] == HV[0].name)
 
@@ -138,7 +138,7 @@ def hv_m1(channels: list[dict]) -> dict:
 def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: VirtualLab) -> None:
     assert vlab.command(HV[0].topic("setv"), 100)["ok"]
     assert vlab.command(HV[0].topic("switch"), "on")["ok"]
-    warm = hv_m1(vlab.wait("/hv/status", lambda chs: hv_m1(chs)["state"] == "ON"))
+    warm = first_hv(vlab.wait("/hv/status", lambda chs: first_hv(chs)["state"] == "ON"))
 
     assert vlab.command("/julabo/cmd/setpoint", -10)["ok"]
     assert vlab.command("/julabo/cmd/switch", "on")["ok"]
@@ -146,8 +146,8 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
     assert running["external_temp"] is None  # the example's unit has no Pt100 plugged in
     assert running["model"] == "full" and isinstance(running["bath_temp"], float)
     cold = vlab.wait("/temp_m1/status", lambda s: (s["temperature"] or 99) < -7, timeout=10)
-    cold_hv = hv_m1(
-        vlab.wait("/hv/status", lambda chs: hv_m1(chs)["imon"] < warm["imon"] / 8, timeout=15)
+    cold_hv = first_hv(
+        vlab.wait("/hv/status", lambda chs: first_hv(chs)["imon"] < warm["imon"] / 8, timeout=15)
     )
     assert cold_hv["state"] == "ON"
 
@@ -164,8 +164,8 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
     warmer = vlab.wait(
         "/temp_m1/status", lambda s: s["temperature"] > cold["temperature"] + 8, 10, since
     )
-    rising = hv_m1(
-        vlab.wait("/hv/status", lambda chs: hv_m1(chs)["imon"] > 2 * cold_hv["imon"], 10, since)
+    rising = first_hv(
+        vlab.wait("/hv/status", lambda chs: first_hv(chs)["imon"] > 2 * cold_hv["imon"], 10, since)
     )
     assert rising["state"] == "ON" and warmer["module"] == M[0]
     temps = [m.json["temperature"] for m in vlab.client.messages[since:]
