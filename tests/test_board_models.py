@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_LAB, EXAMPLE_SLOTS, PowerLab
-from tests.labdata import LabData
+from tests.labdata import EXAMPLE, LabData
 from tests.simca import CAMonitor, SimCrateProcess, ca_get, ca_put, wait_for
 from trackerdcs.power.boards import BOARD_MODELS, GENERIC, markdown_table
 from trackerdcs.power.pvnames import board_pv, channel_pv, system_pv
@@ -260,8 +260,9 @@ def example_crate():
 def test_a_lab_client_connects_to_every_pv_of_its_list(example_crate):
     sim, slots = example_crate
     for kind, extra in (("hv", HV_EXTRA), ("lv", LV_EXTRA)):
+        first = EXAMPLE.channel(kind)  # the lab's first channel of this kind
         for param in (*EVERY_BOARD, *extra):
-            pv = channel_pv(sim.system, slots[kind], 0, param)
+            pv = channel_pv(sim.system, *first.place, param)
             assert ca_get(sim.port, pv) is not None, pv
         assert ca_get(sim.port, board_pv(sim.system, slots[kind], "BdStatus")) == 0
     assert ca_get(sim.port, system_pv(sim.system, "ClearAlarm"), as_string=True) == "No"
