@@ -14,6 +14,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, settings
 
+from tests.labdata import EXAMPLE_LAB, LabData
 from tests.mqttclient import TestClient
 from tests.simca import SimCrateProcess
 from trackerdcs.guard import FAULTS
@@ -33,7 +34,6 @@ settings.register_profile("fuzz", max_examples=20_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "trackerdcs"))
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_LAB = ROOT / "examples" / "lab.yml"
 # EPICS system names (the PV prefix) are unique per test run and per pytest-xdist worker, so that
 # no two simulated crates on this machine serve the same PV names
 _systems = (f"{os.environ.get('PYTEST_XDIST_WORKER', '')}n{n}" for n in itertools.count())
@@ -110,19 +110,19 @@ def client(broker):
 def board_slots(data: dict) -> dict[str, int]:
     """kind (`hv`, `lv`) -> the slot of the first crate's board that powers channels of that kind,
     read from lab data: tests never assume where a lab's boards sit."""
-    slots: dict[str, int] = {}
-    for ch in data["power"]["channels"]:
-        slots.setdefault(ch["kind"], int(ch["board"]))
-    return slots
+    return LabData(data).slots
 
 
 EXAMPLE_SLOTS = board_slots(yaml.safe_load(EXAMPLE_LAB.read_text()))
 
 
+CLEANROOM_SLOTS = {"hv": 12, "lv": 3}
+
+
 def cleanroom_layout(data: dict) -> dict:
     """The example lab as a real lab lays it out: another system name, HV boards in a high slot
-    (12), LV boards in a low one (3)."""
-    moved = {EXAMPLE_SLOTS["hv"]: 12, EXAMPLE_SLOTS["lv"]: 3}
+    (12), LV boards in a low one (3): CLEANROOM_SLOTS."""
+    moved = {EXAMPLE_SLOTS[kind]: slot for kind, slot in CLEANROOM_SLOTS.items()}
     crate = data["crates"][0]
     crate["boards"] = {moved[slot]: board for slot, board in crate["boards"].items()}
     crate["system"] = f"cleanroom{next(_systems)}"
@@ -180,8 +180,9 @@ class PowerLab:
         )
         data = yaml.safe_load(self.config.read_text())
         self.system = data["crates"][0]["system"]
-        self.places = {c["name"]: (c["board"], c["channel"]) for c in data["power"]["channels"]}
-        self.slots = board_slots(data)
+        self.lab = LabData(data)  # what the tests address: channels, slots, modules
+        self.places = self.lab.places
+        self.slots = self.lab.slots
         self.crate = SimCrateProcess(
             self.config,
             self.ca_port,
@@ -217,6 +218,10 @@ class PowerLab:
     # simulator side (Channel Access, as a crate client would see it)
     def pv(self, board: int, channel: int, param: str) -> str:
         return self.crate.pv(board, channel, param)
+
+    def channel(self, kind: str, index: int = 0):
+        """The `index`-th channel of this kind in this lab's file (tests.labdata.Channel)."""
+        return self.lab.channel(kind, index)
 
     def chpv(self, name: str, param: str) -> str:
         """The PV of a parameter of the channel called `name` in the lab file."""

@@ -13,6 +13,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.conftest import ROOT, Broker, _logged, python_process, write_lab
+from tests.labdata import EXAMPLE
 from trackerdcs.safety.alarms import DETECTORS, AlarmBook, Condition
 from trackerdcs.safety.cli import format_record
 from trackerdcs.safety.store import Store
@@ -254,36 +255,41 @@ def test_chiller_error_alarm_ack_and_restart(alab):
 
 def test_every_command_and_action_is_audited(alab, tmp_path):
     lab = alab
+    hv, lv = EXAMPLE.channel("hv", 0), EXAMPLE.channel("lv", 1)  # the lab starts from it
     since = lab.client.mark()
     props = Properties(PacketTypes.PUBLISH)
     props.UserProperty = ("client_id", "alice")
-    lab.client.publish("/hv/cmd/switch/hv_m1", "on", properties=props)
-    record = lab.log(lambda r: r["topic"] == "/hv/cmd/switch/hv_m1", since)
-    assert (record["source"], record["modules"], record["ok"]) == ("alice", ["M1"], None)
-    lab.client.publish("/hv/response", {"topic": "/hv/cmd/switch/hv_m1", "payload": "on",
+    lab.client.publish(hv.topic("switch"), "on", properties=props)
+    record = lab.log(lambda r: r["topic"] == hv.topic("switch"), since)
+    assert (record["source"], record["modules"], record["ok"]) == ("alice", [hv.module], None)
+    lab.client.publish("/hv/response", {"topic": hv.topic("switch"), "payload": "on",
                                         "ok": False, "error": "TRIPPED", "id": None})  # fmt: skip
     answered = lab.log(lambda r: r["seq"] == record["seq"] and r["ok"] is not None, since)
     assert answered["ok"] is False and answered["error"] == "TRIPPED"
 
-    lab.client.publish("/lv/cmd/switch/1", {"value": "off", "id": "interlock:dewpoint:7"})
-    record = lab.log(lambda r: r["topic"] == "/lv/cmd/switch/1", since)
-    assert record["source"] == "interlock" and record["modules"] == ["M2"]
+    lab.client.publish(
+        lv.topic("switch", by="number"), {"value": "off", "id": "interlock:dewpoint:7"}
+    )
+    record = lab.log(lambda r: r["topic"] == lv.topic("switch", by="number"), since)
+    assert record["source"] == "interlock" and record["modules"] == [lv.module]
     assert record["id"] == "interlock:dewpoint:7"
     event = {"time": 1714550400.0, "source": "interlock", "event": "fired",  # 2024-05-01T08Z
-             "rule": "dewpoint", "modules": ["M2", "M3"], "text": "0.5 K from the dew point",
+             "rule": "dewpoint", "modules": [lv.module, "M3"], "text": "0.5 K from the dew point",
              "commands": []}  # fmt: skip
     lab.client.publish("/interlock/action", event)
     action = lab.log(lambda r: r["kind"] == "action", since)
     assert action["time"] == event["time"] and action["event"] == "fired"
-    assert action["modules"] == ["M2", "M3"] and action["text"] == event["text"]
+    assert action["modules"] == [lv.module, "M3"] and action["text"] == event["text"]
 
     answer = lab.client.command(
-        "/audit/cmd/query", {"since": "2024-05-01T07:00:00Z", "module": "M2"}, "/audit/response"
+        "/audit/cmd/query",
+        {"since": "2024-05-01T07:00:00Z", "module": lv.module},
+        "/audit/response",
     )
     assert answer["ok"], answer
     assert [(r["kind"], r["topic"]) for r in answer["records"]] == [
         ("action", "/interlock/action"),
-        ("command", "/lv/cmd/switch/1"),
+        ("command", lv.topic("switch", by="number")),
     ]  # time order
     answer = lab.client.command("/audit/cmd/query", {"sinse": "1h"}, "/audit/response")
     assert not answer["ok"] and "unknown query key(s) sinse" in answer["error"]
@@ -298,7 +304,7 @@ def test_every_command_and_action_is_audited(alab, tmp_path):
     out = subprocess.run([*base, "--since", "10m", "--source", "alice"], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "alice" in out.stdout and "/hv/cmd/switch/hv_m1 on -> refused: TRIPPED" in out.stdout
+    assert "alice" in out.stdout and f"{hv.topic('switch')} on -> refused: TRIPPED" in out.stdout
     out = subprocess.run([*base, "--db", str(lab.db), "--since", "2024-05-01T07:00:00Z",
                           "--kind", "action", "--json"], cwd=ROOT, capture_output=True,
                          text=True, timeout=30)  # fmt: skip

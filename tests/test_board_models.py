@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_LAB, EXAMPLE_SLOTS, PowerLab
+from tests.labdata import EXAMPLE, LabData
 from tests.simca import CAMonitor, SimCrateProcess, ca_get, ca_put, wait_for
 from trackerdcs.power.boards import BOARD_MODELS, GENERIC, markdown_table
 from trackerdcs.power.pvnames import board_pv, channel_pv, system_pv
@@ -22,21 +23,28 @@ EVERY_BOARD = ("V0Set", "I0Set", "Pw", "Trip", "TripInt", "TripExt", "Status", "
 HV_EXTRA = ("RUp", "RDWn", "ImRange", "PDwn")
 LV_EXTRA = ("UNVThr", "OVVThr", "RUpTime", "RDwTime", "Temp")
 
-# One crate with every model of the table: slot -> (model, board settings, channels used)
+# One crate with every model of the table: slot -> (kind, model, board settings, channels used)
 ALL_MODELS = {
-    12: ("A1515TG", {"imrange": "Low", "tripint": 3, "tripext": 1, "rup": 100, "rdwn": 200}, 2),
-    14: ("A7435SN", {"tripint": 5}, 2),
-    9: ("generic", {}, 2),
-    1: ("A2519", {"unvthr": 9.5, "ovvthr": 11.5, "ruptime": 400, "rdwtime": 200}, 2),
-    2: ("generic", {"rup": 30, "rdwn": 60}, 2),
-}
-KINDS = {12: "hv", 14: "hv", 9: "hv", 1: "lv", 2: "lv"}
+    12: ("hv", "A1515TG", {"imrange": "Low", "tripint": 3, "tripext": 1, "rup": 100, "rdwn": 200},
+         2),
+    14: ("hv", "A7435SN", {"tripint": 5}, 2),
+    9: ("hv", "generic", {}, 2),
+    1: ("lv", "A2519", {"unvthr": 9.5, "ovvthr": 11.5, "ruptime": 400, "rdwtime": 200}, 2),
+    2: ("lv", "generic", {"rup": 30, "rdwn": 60}, 2),
+}  # fmt: skip
+
+
+def slot_of(model: str) -> int:
+    """The slot of the all-models crate's (only) board of this model."""
+    return next(slot for slot, (_, m, *_) in ALL_MODELS.items() if m == model)
+
+
+HV_SLOT, LV_SLOT = slot_of("A1515TG"), slot_of("A2519")  # the boards the tests below drive
 
 
 def all_models_lab(path, mqtt_port: int, ca_port: int, system: str) -> None:
     boards, channels, numbers = {}, [], {"hv": 0, "lv": 0}
-    for slot, (model, settings, used) in ALL_MODELS.items():
-        kind = KINDS[slot]
+    for slot, (kind, model, settings, used) in ALL_MODELS.items():
         board = {"kind": kind, "model": model, "settings": settings}
         if BOARD_MODELS.get(model, GENERIC[kind]).channels is None:
             board["channels"] = 4  # generic boards and A7435SN: the count is the YAML's
@@ -65,8 +73,12 @@ class ModelsLab(PowerLab):
     def __init__(self, workdir, broker, name: str, **kw) -> None:
         super().__init__(workdir, broker, name, **kw)
         all_models_lab(self.config, broker.port, self.ca_port, self.system)
-        data = yaml.safe_load(self.config.read_text())
-        self.places = {c["name"]: (c["board"], c["channel"]) for c in data["power"]["channels"]}
+        self.lab = LabData.load(self.config)
+        self.places, self.slots = self.lab.places, self.lab.slots
+
+    def on_board(self, slot: int) -> list:
+        """The lab file's channels on the board in `slot` (tests.labdata.Channel)."""
+        return [c for c in self.lab.channels() if c.board == slot]
 
     def start(self) -> ModelsLab:
         self.client = self.broker.client()
@@ -86,19 +98,19 @@ def models_lab(workdir, broker):
 
 def test_every_model_is_configured_end_to_end(models_lab):
     lab = models_lab
-    expected = {
-        12: {"SVMax": 600.0, "RUp": 100.0, "RDWn": 200.0, "Trip": 0.2, "PDwn": 0, "ImRange": 1,
-             "TripInt": 3, "TripExt": 1, "I0Set": 10.0},
-        14: {"SVMax": 600.0, "RUp": 50.0, "RDWn": 50.0, "Trip": 0.2, "TripInt": 5, "I0Set": 10.0},
-        9: {"SVMax": 600.0, "RUp": 50.0, "RDWn": 50.0, "Trip": 0.2, "PDwn": 0, "I0Set": 10.0},
-        1: {"Trip": 0.5, "UNVThr": 9.5, "OVVThr": 11.5, "RUpTime": 400.0, "RDwTime": 200.0,
-            "V0Set": 10.5, "I0Set": 2.0},
-        2: {"SVMax": 12.0, "RUp": 30.0, "RDWn": 60.0, "Trip": 0.5, "V0Set": 10.5, "I0Set": 2.0},
-    }  # fmt: skip
-    for slot, values in expected.items():
-        for ch in range(2):
+    expected = [  # per board of ALL_MODELS, in its order
+        {"SVMax": 600.0, "RUp": 100.0, "RDWn": 200.0, "Trip": 0.2, "PDwn": 0, "ImRange": 1,
+         "TripInt": 3, "TripExt": 1, "I0Set": 10.0},
+        {"SVMax": 600.0, "RUp": 50.0, "RDWn": 50.0, "Trip": 0.2, "TripInt": 5, "I0Set": 10.0},
+        {"SVMax": 600.0, "RUp": 50.0, "RDWn": 50.0, "Trip": 0.2, "PDwn": 0, "I0Set": 10.0},
+        {"Trip": 0.5, "UNVThr": 9.5, "OVVThr": 11.5, "RUpTime": 400.0, "RDwTime": 200.0,
+         "V0Set": 10.5, "I0Set": 2.0},
+        {"SVMax": 12.0, "RUp": 30.0, "RDWn": 60.0, "Trip": 0.5, "V0Set": 10.5, "I0Set": 2.0},
+    ]  # fmt: skip
+    for slot, values in zip(ALL_MODELS, expected, strict=True):
+        for ch in lab.on_board(slot):
             for param, value in values.items():
-                pv = lab.pv(slot, ch, param)
+                pv = lab.chpv(ch.name, param)
                 wait_for(lambda pv=pv, v=value: lab.get(pv) == pytest.approx(v), timeout=5)
     state = lab.client.latest("/hv/state").json
     assert state["warnings"] == [] and lab.client.latest("/lv/state").json["warnings"] == []
@@ -106,57 +118,60 @@ def test_every_model_is_configured_end_to_end(models_lab):
 
 def test_lv_board_ramps_by_time_to_its_set_point(models_lab):
     lab = models_lab
+    lv = lab.on_board(LV_SLOT)[0]
     since = lab.client.mark()
     t0 = time.monotonic()
-    assert lab.command("/lv/cmd/switch/lv_1_0", "on")["ok"]
-    on = lab.wait_channel("/lv", "lv_1_0", lambda c: c["state"] == "ON", since=since)
+    assert lab.command(lv.topic("switch"), "on")["ok"]
+    on = lab.wait_channel("/lv", lv.name, lambda c: c["state"] == "ON", since=since)
     assert on["vmon"] == 10.5 and on["vreq"] == 10.5
     at_on = next(
         m.t for m in lab.client.messages[since:]
-        if m.topic == "/lv/status" and any(c["name"] == "lv_1_0" and c["state"] == "ON"
+        if m.topic == "/lv/status" and any(c["name"] == lv.name and c["state"] == "ON"
                                            for c in m.json)
     )  # fmt: skip
     assert at_on - t0 > 0.3  # RUpTime 400 ms: the ramp takes that long, whatever the load
     assert "RAMPING_UP" in [
-        next(c["state"] for c in m.json if c["name"] == "lv_1_0")
+        next(c["state"] for c in m.json if c["name"] == lv.name)
         for m in lab.client.messages[since:]
         if m.topic == "/lv/status"
     ]
-    assert lab.get(lab.pv(1, 0, "Temp")) > 25.0  # the board warms with its load
+    assert lab.get(lab.chpv(lv.name, "Temp")) > 25.0  # the board warms with its load
     since = lab.client.mark()
-    assert lab.command("/lv/cmd/kill/lv_1_0", "")["ok"]
-    lab.wait_channel("/lv", "lv_1_0", lambda c: c["state"] == "OFF", since=since)
-    assert lab.get(lab.pv(1, 0, "RDwTime")) == 100.0  # kill_time, restored at the next on
-    assert lab.command("/lv/cmd/switch/lv_1_0", "on")["ok"]
-    assert lab.get(lab.pv(1, 0, "RDwTime")) == 200.0
-    assert lab.command("/lv/cmd/switch/lv_1_0", "off")["ok"]
+    assert lab.command(lv.topic("kill"), "")["ok"]
+    lab.wait_channel("/lv", lv.name, lambda c: c["state"] == "OFF", since=since)
+    assert lab.get(lab.chpv(lv.name, "RDwTime")) == 100.0  # kill_time, restored at the next on
+    assert lab.command(lv.topic("switch"), "on")["ok"]
+    assert lab.get(lab.chpv(lv.name, "RDwTime")) == 200.0
+    assert lab.command(lv.topic("switch"), "off")["ok"]
 
 
 def test_over_voltage_threshold_trips_an_lv_channel(models_lab):
     lab = models_lab
+    lv = lab.on_board(LV_SLOT)[1]
     since = lab.client.mark()
-    assert lab.command("/lv/cmd/switch/lv_1_1", "on")["ok"]
-    lab.wait_channel("/lv", "lv_1_1", lambda c: c["state"] == "ON", since=since)
-    lab.put(lab.pv(1, 1, "OVVThr"), 10.0)  # below the 10.5 V output
-    tripped = lab.wait_channel("/lv", "lv_1_1", lambda c: c["state"] == "TRIPPED", since=since)
+    assert lab.command(lv.topic("switch"), "on")["ok"]
+    lab.wait_channel("/lv", lv.name, lambda c: c["state"] == "ON", since=since)
+    lab.put(lab.chpv(lv.name, "OVVThr"), 10.0)  # below the 10.5 V output
+    tripped = lab.wait_channel("/lv", lv.name, lambda c: c["state"] == "TRIPPED", since=since)
     assert "INT_TRIP" in tripped["flags"]
-    lab.put(lab.pv(1, 1, "OVVThr"), 11.5)
+    lab.put(lab.chpv(lv.name, "OVVThr"), 11.5)
     assert lab.command("/lv/cmd/clear", "")["ok"]
-    lab.wait_channel("/lv", "lv_1_1", lambda c: c["state"] == "OFF", since=since)
+    lab.wait_channel("/lv", lv.name, lambda c: c["state"] == "OFF", since=since)
 
 
 def test_invalid_severity_shows_as_lost_data(models_lab):
     lab = models_lab
+    hv = lab.on_board(HV_SLOT)[1]
     since = lab.client.mark()
-    lab.put(lab.pv(12, 1, "SimInvalid"), 1)
-    lab.wait_channel("/hv", "hv_12_1", lambda c: c["state"] == "DISCONNECTED", since=since)
-    both = ["hv_12_1: IMon INVALID (COMM), VMon INVALID (COMM)"]
+    lab.put(lab.chpv(hv.name, "SimInvalid"), 1)
+    lab.wait_channel("/hv", hv.name, lambda c: c["state"] == "DISCONNECTED", since=since)
+    both = [f"{hv.name}: IMon INVALID (COMM), VMon INVALID (COMM)"]
     state = lab.client.wait_for("/hv/state", lambda m: m.json["warnings"] == both, since=since)
     assert state.json["state"] == "DISCONNECTED"
-    answer = lab.command("/hv/cmd/switch/hv_12_1", "on")
+    answer = lab.command(hv.topic("switch"), "on")
     assert not answer["ok"] and "DISCONNECTED: IMon INVALID (COMM)" in answer["error"]
-    lab.put(lab.pv(12, 1, "SimInvalid"), 0)
-    lab.wait_channel("/hv", "hv_12_1", lambda c: c["state"] == "OFF", since=since)
+    lab.put(lab.chpv(hv.name, "SimInvalid"), 0)
+    lab.wait_channel("/hv", hv.name, lambda c: c["state"] == "OFF", since=since)
     lab.client.wait_for("/hv/state", lambda m: m.json["warnings"] == [], since=since)
 
 
@@ -166,38 +181,40 @@ CONFIGURED = ": its configured value is not written"
 @pytest.mark.parametrize(
     ("name", "crate_args", "absent"),
     [
-        ("omit", ["--omit", "12:ImRange,PDwn"], ["ImRange", "PDwn"]),  # another firmware
-        ("mismatch", ["--board", "12=generic"], ["ImRange", "TripExt", "TripInt"]),
+        ("omit", ["--omit", f"{HV_SLOT}:ImRange,PDwn"], ["ImRange", "PDwn"]),  # another firmware
+        ("mismatch", ["--board", f"{HV_SLOT}=generic"], ["ImRange", "TripExt", "TripInt"]),
     ],
 )
 def test_board_without_a_configured_parameter_works_and_warns_once(
     workdir, broker, name, crate_args, absent
 ):
     lab = ModelsLab(workdir, broker, f"models-{name}", crate_args=tuple(crate_args)).start()
+    hv = lab.on_board(HV_SLOT)
     try:
         state = lab.client.wait_for(
             "/hv/state",
             lambda m: (
                 len(m.json["warnings"]) == len(absent)
-                and all("0, 1:" in w for w in m.json["warnings"])
+                and all(f"{hv[0].channel}, {hv[1].channel}:" in w for w in m.json["warnings"])
             ),
             timeout=10,
         ).json
         for param, warning in zip(absent, state["warnings"], strict=True):
             assert warning == (
-                f"board 12 (A1515TG): {param} not served by the crate on channel(s) 0, 1"
-                + CONFIGURED
+                f"board {HV_SLOT} (A1515TG): {param} not served by the crate on channel(s) "
+                f"{hv[0].channel}, {hv[1].channel}" + CONFIGURED
             )
-        for pv, value in ((lab.pv(12, 0, "SVMax"), 600.0), (lab.pv(12, 1, "RUp"), 100.0)):
+        for pv, value in ((lab.chpv(hv[0].name, "SVMax"), 600.0),
+                          (lab.chpv(hv[1].name, "RUp"), 100.0)):  # fmt: skip
             wait_for(lambda pv=pv, value=value: lab.get(pv) == value, timeout=5)
         since = lab.client.mark()
-        assert lab.command("/hv/cmd/setv/hv_12_0", 40)["ok"]
-        assert lab.command("/hv/cmd/switch/hv_12_0", "on")["ok"]
-        lab.wait_channel("/hv", "hv_12_0", lambda c: c["state"] == "ON", since=since)
-        assert lab.command("/hv/cmd/switch/hv_12_0", "off")["ok"]
+        assert lab.command(hv[0].topic("setv"), 40)["ok"]
+        assert lab.command(hv[0].topic("switch"), "on")["ok"]
+        lab.wait_channel("/hv", hv[0].name, lambda c: c["state"] == "ON", since=since)
+        assert lab.command(hv[0].topic("switch"), "off")["ok"]
         log = lab.daemon.output()
         for param in absent:
-            assert log.count(f"the crate does not serve {param} on board 12") == 1
+            assert log.count(f"the crate does not serve {param} on board {HV_SLOT}") == 1
     finally:
         lab.stop()
 
@@ -205,8 +222,11 @@ def test_board_without_a_configured_parameter_works_and_warns_once(
 def test_a_warning_says_only_what_the_missing_parameter_costs(workdir, broker):
     """An LV board configured A2519 that is a generic one: what the lab YAML gives a value for
     is not written; kill's fast ramp-down cannot be set; the rest costs nothing."""
-    lab = ModelsLab(workdir, broker, "models-lv-generic", crate_args=("--board", "1=generic"))
+    lab = ModelsLab(
+        workdir, broker, "models-lv-generic", crate_args=("--board", f"{LV_SLOT}=generic")
+    )
     lab.start()
+    lv = lab.on_board(LV_SLOT)
     try:
         costs = {
             "OVVThr": CONFIGURED,
@@ -217,12 +237,13 @@ def test_a_warning_says_only_what_the_missing_parameter_costs(workdir, broker):
             "UNVThr": CONFIGURED,
         }
         expected = [
-            f"board 1 (A2519): {param} not served by the crate on channel(s) 0, 1{cost}"
+            f"board {LV_SLOT} (A2519): {param} not served by the crate on channel(s) "
+            f"{lv[0].channel}, {lv[1].channel}{cost}"
             for param, cost in costs.items()
         ]
         lab.client.wait_for("/lv/state", lambda m: m.json["warnings"] == expected, timeout=10)
         log = lab.daemon.output()
-        said = "the crate does not serve {} on board 1 (configured model A2519){}"
+        said = f"the crate does not serve {{}} on board {LV_SLOT} (configured model A2519){{}}"
         assert said.format("TripExt", " (no value configured: nothing lost)") in log
         assert said.format("UNVThr", CONFIGURED) in log
     finally:
@@ -239,8 +260,9 @@ def example_crate():
 def test_a_lab_client_connects_to_every_pv_of_its_list(example_crate):
     sim, slots = example_crate
     for kind, extra in (("hv", HV_EXTRA), ("lv", LV_EXTRA)):
+        first = EXAMPLE.channel(kind)  # the lab's first channel of this kind
         for param in (*EVERY_BOARD, *extra):
-            pv = channel_pv(sim.system, slots[kind], 0, param)
+            pv = channel_pv(sim.system, *first.place, param)
             assert ca_get(sim.port, pv) is not None, pv
         assert ca_get(sim.port, board_pv(sim.system, slots[kind], "BdStatus")) == 0
     assert ca_get(sim.port, system_pv(sim.system, "ClearAlarm"), as_string=True) == "No"

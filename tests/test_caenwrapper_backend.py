@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import PowerLab
 from tests.fake_caenhv import Device, Error
+from tests.labdata import EXAMPLE
 from tests.simca import wait_for
 from trackerdcs.config import load_config
 from trackerdcs.power.backend import ChannelAddress
@@ -24,6 +25,8 @@ from trackerdcs.power.daemon import CrateDaemon
 from trackerdcs.sim.crate import boards_of
 from trackerdcs.sim.crate_model import SimCrate
 from trackerdcs.stack.process import wait_until
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
 
 
 def start_wrapper_lab(workdir, broker, name: str, omit=None, **overrides):
@@ -84,19 +87,19 @@ def wrapper_lab(workdir, broker):
 
 def test_commands_reach_the_crate_and_readbacks_come_back(wrapper_lab):
     lab, model, *_ = wrapper_lab
-    assert model.channel(*lab.places["hv_m1"]).svmax == 600.0  # settings written at connect
+    assert model.channel(*lab.places[HV[0].name]).svmax == 600.0  # settings written at connect
     since = lab.client.mark()
-    assert lab.command("/hv/cmd/setv/hv_m1", 80)["ok"]
-    assert lab.command("/hv/cmd/switch/hv_m1", "on")["ok"]
-    on = lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "ON", since=since)
+    assert lab.command(HV[0].topic("setv"), 80)["ok"]
+    assert lab.command(HV[0].topic("switch"), "on")["ok"]
+    on = lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "ON", since=since)
     assert on["vreq"] == 80.0 and abs(on["vmon"] - 80) <= 2
-    assert model.channel(*lab.places["hv_m1"]).pw
+    assert model.channel(*lab.places[HV[0].name]).pw
 
 
 def test_refused_command_writes_nothing(wrapper_lab):
     lab, model, *_ = wrapper_lab
     writes = model.writes
-    assert not lab.command("/hv/cmd/setv/hv_m4", 450)["ok"]
+    assert not lab.command(EXAMPLE.limited("hv").topic("setv"), 450)["ok"]
     assert model.writes == writes
 
 
@@ -123,16 +126,16 @@ def test_every_setting_is_written_with_the_bindings_types(wrapper_lab):
     for slot, name in ((hv, "SVMax"), (hv, "RUp"), (hv, "RDWn"), (hv, "Trip"), (lv, "Trip"),
                        (lv, "RUpTime"), (lv, "RDwTime"), (lv, "V0Set"), (lv, "I0Set")):  # fmt: skip
         assert calls[(slot, name)]._type_ is ct.c_float, name
-    lv_m1 = model.channel(*lab.places["lv_m1"])
-    limits = cfg.limits_for(next(c for c in cfg.power.channels if c.name == "lv_m1"))
-    assert (lv_m1.settings["RUpTime"], lv_m1.settings["RDwTime"]) == (
+    lv0 = model.channel(*lab.places[LV[0].name])
+    limits = cfg.limits_for(next(c for c in cfg.power.channels if c.name == LV[0].name))
+    assert (lv0.settings["RUpTime"], lv0.settings["RDwTime"]) == (
         limits.ruptime,
         limits.rdwtime,
     )
     assert (lv, "RUp") not in calls and (lv, "PDwn") not in calls  # an A2519 has neither
     since = lab.client.mark()
     before = len(opened[-1].calls)
-    assert lab.command("/lv/cmd/switch/lv_m1", "on")["ok"]
+    assert lab.command(LV[0].topic("switch"), "on")["ok"]
     # the daemon may write other settings meanwhile: look for the Pw write, not the last call;
     # the answer comes once the write is queued for the wrapper's session thread, not done
     [pw] = wait_until(
@@ -140,14 +143,14 @@ def test_every_setting_is_written_with_the_bindings_types(wrapper_lab):
         5, "the Pw write through the wrapper",
     )  # fmt: skip
     assert pw._type_ is ct.c_int  # Pw as a C int
-    lab.wait_channel("/lv", "lv_m1", lambda c: c["state"] == "ON" and c["vmon"] == 10.5,
+    lab.wait_channel("/lv", LV[0].name, lambda c: c["state"] == "ON" and c["vmon"] == 10.5,
                      since=since)  # fmt: skip
 
 
 def test_the_stand_in_fails_like_the_binding(wrapper_lab):
     lab, _, _, opened = wrapper_lab
     device = opened[-1]
-    hv_slot, ch = lab.places["hv_m1"]
+    hv_slot, ch = lab.places[HV[0].name]
     with pytest.raises(TypeError):  # ctypes refuses a str for a C int, as in caen-libs
         device.set_ch_param(hv_slot, [ch], "PDwn", "Kill")
     with pytest.raises(TypeError):
@@ -173,13 +176,13 @@ def test_a_parameter_the_board_lacks_is_reported_once_and_the_rest_works(workdir
         ).json
         [warning] = state["warnings"]
         assert warning.startswith("board ") and "(A2519): RDwTime not served" in warning
-        lv_m2 = model.channel(*lab.places["lv_m2"])
-        wait_for(lambda: lv_m2.settings["RUpTime"] == 500.0 and lv_m2.trip == 0.5)  # the rest
+        lv1 = model.channel(*lab.places[LV[1].name])
+        wait_for(lambda: lv1.settings["RUpTime"] == 500.0 and lv1.trip == 0.5)  # the rest
         since = lab.client.mark()
-        assert lab.command("/lv/cmd/switch/lv_m2", "on")["ok"]
-        lab.wait_channel("/lv", "lv_m2", lambda c: c["state"] == "ON", since=since)
-        assert lab.command("/lv/cmd/kill/lv_m2", "")["ok"]  # no RDwTime to raise: just off
-        lab.wait_channel("/lv", "lv_m2", lambda c: c["state"] == "OFF", timeout=5, since=since)
+        assert lab.command(LV[1].topic("switch"), "on")["ok"]
+        lab.wait_channel("/lv", LV[1].name, lambda c: c["state"] == "ON", since=since)
+        assert lab.command(LV[1].topic("kill"), "")["ok"]  # no RDwTime to raise: just off
+        lab.wait_channel("/lv", LV[1].name, lambda c: c["state"] == "OFF", timeout=5, since=since)
         assert len(opened) == 1  # one session: no reconnect loop
     finally:
         stop()

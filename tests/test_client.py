@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import Broker
 from tests.test_ivscan import IvLab, off_at
-from tests.test_safety_scenarios import HV
+from tests.test_safety_scenarios import HV, LV, M
 from trackerdcs.client import (
     Aborted,
     ChannelFault,
@@ -67,36 +67,37 @@ def test_no_connection_before_connect_and_a_missing_broker_is_reported(tmp_path)
 
 
 def test_set_voltage_waits_until_the_channel_is_there(lab: IvLab, alice: Lab) -> None:
-    alice.switch("hv_m1", True)  # on at 0 V
+    alice.switch(HV[0].name, True)  # on at 0 V
     since = lab.client.mark()
     started = time.monotonic()
-    [ch] = alice.set_voltage("hv_m1", 300)  # 200 V/s: 1.5 s
+    [ch] = alice.set_voltage(HV[0].name, 300)  # 200 V/s: 1.5 s
     assert time.monotonic() - started >= 1.2
     assert ch.state == "ON" and abs(ch.vmon - 300) <= 2.0 and ch.vreq == 300
-    assert ch.imon > 0 and alice.channel("hv_m1").module == "M1"
+    assert ch.imon > 0 and alice.channel(HV[0].name).module == M[0]
     # the command as it went out: value, the client's id, its send time; answered ok
-    [cmd] = [m for m in lab.client.messages[since:] if m.topic == "/hv/cmd/setv/hv_m1"]
+    [cmd] = [m for m in lab.client.messages[since:] if m.topic == HV[0].topic("setv")]
     assert set(cmd.json) == {"value", "id", "time"} and cmd.json["value"] == 300
     assert cmd.json["id"].startswith("alice:") and abs(cmd.json["time"] - time.time()) < 10
-    records = lab.audit(module="M1", source="alice", since="1m", kind="command")
-    assert any(r["topic"] == "/hv/cmd/setv/hv_m1" and r["ok"] for r in records)
+    records = lab.audit(module=M[0], source="alice", since="1m", kind="command")
+    assert any(r["topic"] == HV[0].topic("setv") and r["ok"] for r in records)
     # a module's HV channels by the module's name, with a tolerance of one's own
-    [ch] = alice.set_voltage("M1", 250, tolerance=0.5)
+    [ch] = alice.set_voltage(M[0], 250, tolerance=0.5)
     assert abs(ch.vmon - 250) <= 0.5
-    alice.switch("M1", False)
-    assert alice.channel("hv_m1").vmon == 0
+    alice.switch(M[0], False)
+    assert alice.channel(HV[0].name).vmon == 0
 
 
 def test_refusals_carry_the_daemons_text_and_write_nothing(lab: IvLab, alice: Lab) -> None:
+    low = lab.lab.limited("hv")  # its own vmax of 400 V
     with pytest.raises(CommandRefused) as refused:
-        alice.set_voltage("hv_m4", 450)
-    assert refused.value.error == "450 V exceeds the maximum 400 V of hv_m4"
-    assert refused.value.answer["ok"] is False and refused.value.topic == "/hv/cmd/setv/hv_m4"
-    assert lab.crate(HV, 3, "V0Set") == 0
+        alice.set_voltage(low.name, 450)
+    assert refused.value.error == f"450 V exceeds the maximum 400 V of {low.name}"
+    assert refused.value.answer["ok"] is False and refused.value.topic == low.topic("setv")
+    assert lab.crate(low.name, "V0Set") == 0
     with pytest.raises(CommandRefused, match="60 C exceeds the maximum set point 40 C"):
         alice.set_chiller(60)
     with pytest.raises(CommandRefused, match=r"current limit .* exceeds the maximum|exceeds"):
-        alice.set_current_limit("hv_m1", 500)
+        alice.set_current_limit(HV[0].name, 500)
     with pytest.raises(UnknownName, match="no channel or module 'hv_m9'"):
         alice.set_voltage("hv_m9", 10)
     with pytest.raises(NoAnswer, match=r"/nobody/cmd/x: no answer from /nobody within 0\.3 s"):
@@ -104,41 +105,41 @@ def test_refusals_carry_the_daemons_text_and_write_nothing(lab: IvLab, alice: La
 
 
 def test_timeouts_faults_and_aborts_end_a_wait(lab: IvLab, alice: Lab) -> None:
-    alice.switch("hv_m2", True)
+    alice.switch(HV[1].name, True)
     started = time.monotonic()
-    with pytest.raises(WaitTimeout, match=r"hv_m2 at 500 V not reached within 0.3 s"):
-        alice.set_voltage("hv_m2", 500, timeout=0.3)  # 2.5 s of ramp
+    with pytest.raises(WaitTimeout, match=rf"{HV[1].name} at 500 V not reached within 0.3 s"):
+        alice.set_voltage(HV[1].name, 500, timeout=0.3)  # 2.5 s of ramp
     assert time.monotonic() - started < 2
-    alice.set_voltage("hv_m2", 0)
+    alice.set_voltage(HV[1].name, 0)
     with pytest.raises(Aborted, match="the operator said so"):
-        alice.set_voltage("hv_m2", 400, abort=lambda: "the operator said so")
-    lab.put(HV, 1, "SimLeak", 50.0)  # 50 uA over its 10 uA limit: trips in 0.2 s
-    with pytest.raises(ChannelFault, match="hv_m2 TRIPPED") as fault:
-        alice.set_voltage("hv_m2", 300)
+        alice.set_voltage(HV[1].name, 400, abort=lambda: "the operator said so")
+    lab.put(HV[1].name, "SimLeak", 50.0)  # 50 uA over its 10 uA limit: trips in 0.2 s
+    with pytest.raises(ChannelFault, match=f"{HV[1].name} TRIPPED") as fault:
+        alice.set_voltage(HV[1].name, 300)
     assert fault.value.channel.state == "TRIPPED" and "INT_TRIP" in fault.value.channel.flags
-    lab.put(HV, 1, "SimLeak", 0.0)
+    lab.put(HV[1].name, "SimLeak", 0.0)
     with pytest.raises(CommandRefused, match="TRIPPED"):
-        alice.switch("hv_m2", True)
+        alice.switch(HV[1].name, True)
     alice.command("/hv/cmd/clear", "")
-    off_at(lab, "M2", vreq=300)
+    off_at(lab, M[1], vreq=300)
 
 
 def test_module_on_and_off_through_the_sequencer(lab: IvLab, alice: Lab) -> None:
-    alice.set_voltage("M3", 60)  # off: only the set point's readback
-    outcome = alice.module_on("M3")
+    alice.set_voltage(M[2], 60)  # off: only the set point's readback
+    outcome = alice.module_on(M[2])
     assert outcome["ok"] and [s["step"] for s in outcome["steps"]] == [
         "lv_on", "lv_ready", "hv_on", "hv_ready"]  # fmt: skip
-    assert alice.channel("lv_m3").state == "ON" and abs(alice.channel("hv_m3").vmon - 60) <= 2
-    assert alice.module_state("M3")["state"] == "ON"
-    outcome = alice.module_off("M3")
-    assert outcome["ok"] and alice.channel("lv_m3").state == "OFF"
+    assert alice.channel(LV[2].name).state == "ON" and abs(alice.channel(HV[2].name).vmon - 60) <= 2
+    assert alice.module_state(M[2])["state"] == "ON"
+    outcome = alice.module_off(M[2])
+    assert outcome["ok"] and alice.channel(LV[2].name).state == "OFF"
     lab.client.publish("/interlock/status", {"rules": [
         {"name": "chiller_running", "active": True, "reason": "chiller STOPPED",
-         "modules": ["M3"]}]}, retain=True)  # fmt: skip
+         "modules": [M[2]]}]}, retain=True)  # fmt: skip
     try:
-        alice.wait_until(lambda: alice.interlocks("M3") or None, 5)
+        alice.wait_until(lambda: alice.interlocks(M[2]) or None, 5)
         with pytest.raises(CommandRefused, match=r"hv_on: .* chiller_running") as refused:
-            alice.module_on("M3")
+            alice.module_on(M[2])
         assert "rolled back: module off" in refused.value.error
         with pytest.raises(UnknownName, match="no module 'M7'"):
             alice.module_on("M7")
@@ -167,9 +168,9 @@ def test_set_chiller_waits_until_the_bath_is_stable(lab: IvLab, alice: Lab) -> N
 def test_readings_by_name(lab: IvLab, alice: Lab) -> None:
     room = alice.room()
     assert room is not None and room["kind"] == "room" and room["humidity"] == 45.0
-    assert isinstance(alice.module_temperature("M1"), float)
-    assert alice.sensor("temp_m2")["module"] == "M2"
-    assert [c.name for c in alice.channels("M4", kind=None)] == ["hv_m4", "lv_m4"]
+    assert isinstance(alice.module_temperature(M[0]), float)
+    assert alice.sensor("temp_m2")["module"] == M[1]
+    assert [c.name for c in alice.channels(M[3], kind=None)] == [HV[3].name, LV[3].name]
     with pytest.raises(UnknownName, match="no sensor 'nope'"):
         alice.sensor("nope")
     assert alice.lab == load_config(lab.config)

@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.conftest import Broker, PowerLab
-from tests.test_safety_scenarios import HV, SafetyLab
+from tests.test_safety_scenarios import HV, LV, M, SafetyLab
 from trackerdcs.commands import ALWAYS_EXECUTED, always_executed
 from trackerdcs.config import MqttConfig, RateLimitConfig
 from trackerdcs.mqtt import Command, CommandGate, PayloadError
@@ -181,10 +181,10 @@ def test_only_an_off_is_run_despite_a_faulty_payload(service, action, payload):
 # -- every command topic family, on the real daemons ----------------------------------------------
 # (topic, a payload that would act, the state that shows it did not)
 FAMILIES = [
-    ("/hv/cmd/switch/0", "on"),
-    ("/lv/cmd/switch/M1", "on"),
+    (HV[0].topic("switch", by="number"), "on"),
+    (LV[0].topic("switch", by="module"), "on"),
     ("/julabo/cmd/switch", "on"),
-    ("/dcs/cmd/module/M2", "on"),
+    (f"/dcs/cmd/module/{M[1]}", "on"),
     ("/interlock/cmd/reset/chiller_running", "yes"),
     ("/alarms/cmd/ack/all", "all"),
     ("/sensor_1/cmd/refresh", "now"),
@@ -239,18 +239,20 @@ def retained_records(lab: SafetyLab) -> dict[str, list[dict]]:
 
 
 def assert_nothing_ran(lab: SafetyLab) -> None:
-    assert lab.crate(HV, 0, "Pw") == 0
+    assert lab.crate(HV[0].name, "Pw") == 0
     lv = lab.client.latest("/lv/status").json
-    assert not any(c["on"] for c in lv if c["module"] == "M1")
+    assert not any(c["on"] for c in lv if c["module"] == M[0])
     assert lab.client.latest("/julabo/status").json["state"] == "STOPPED"
-    assert lab.client.latest("/dcs/status").json["modules"]["M2"]["state"] == "IDLE"
+    assert lab.client.latest("/dcs/status").json["modules"][M[1]]["state"] == "IDLE"
 
 
 def test_a_retained_command_is_never_executed_answered_audited_once_and_alarmed(lab, persistent):
     since = lab.client.mark()
     for topic, payload in FAMILIES:
         lab.client.publish(topic, payload, retain=True)
-    lab.client.publish("/hv/cmd/switch/0", "off")  # the issue's reproduction: then a live off
+    lab.client.publish(
+        HV[0].topic("switch", by="number"), "off"
+    )  # the issue's reproduction: then a live off
     for topic, answer in refusals(lab, since).items():
         assert answer["ok"] is False, answer
         assert "published with the retain flag" in answer["error"]
@@ -275,8 +277,9 @@ def test_a_retained_command_is_never_executed_answered_audited_once_and_alarmed(
     power.stop()
     since = lab.client.mark()
     power.start()
-    answer = lab.client.wait_for("/hv/response", lambda m: m.json["topic"] == "/hv/cmd/switch/0",
-                                 10, since).json  # fmt: skip
+    switch = HV[0].topic("switch", by="number")
+    answer = lab.client.wait_for("/hv/response", lambda m: m.json["topic"] == switch, 10,
+                                 since).json  # fmt: skip
     assert answer["ok"] is False
     lab.wait("/hv/status", lambda chs: all(c["state"] == "OFF" for c in chs), 10, since=since)
     assert_nothing_ran(lab)
@@ -291,7 +294,9 @@ def test_a_retained_command_is_never_executed_answered_audited_once_and_alarmed(
         lab.client.publish(topic, b"", retain=True)
     lab.alarms(lambda a: not any(x["active"] for x in a if x["key"].startswith("retained:")),
                since)  # fmt: skip
-    after = lab.command("/hv/cmd/switch/0", "off")  # ordered after the clearing, same topic
+    after = lab.command(
+        HV[0].topic("switch", by="number"), "off"
+    )  # ordered after the clearing, same topic
     assert after["ok"]
     answers = [m.json for m in lab.client.messages[since:] if m.topic == "/hv/response"]
     assert not any(a["payload"] == "" for a in answers)
@@ -300,23 +305,25 @@ def test_a_retained_command_is_never_executed_answered_audited_once_and_alarmed(
 
 def test_old_and_future_commands_are_refused_switching_off_always_runs(lab):
     now = time.time()
-    topic = "/hv/cmd/switch/hv_m1"
+    topic = HV[0].topic("switch")
     since = lab.client.mark()
     old_on = lab.client.command(topic, "on", "/hv/response", time=now - 60)
     assert old_on["ok"] is False and "older than the 5 s" in old_on["error"]
     future = lab.client.command("/julabo/cmd/setpoint", 15, "/julabo/response", time=now + 60)
     assert future["ok"] is False and "in the future" in future["error"]
-    late_on = lab.client.command("/dcs/cmd/module/M1", "on", "/dcs/response", time=now - 60)
+    late_on = lab.client.command(f"/dcs/cmd/module/{M[0]}", "on", "/dcs/response", time=now - 60)
     assert late_on["ok"] is False and "older than" in late_on["error"]
-    assert lab.crate(HV, 0, "Pw") == 0
+    assert lab.crate(HV[0].name, "Pw") == 0
     # switching off: whatever its age
     assert lab.client.command(topic, "off", "/hv/response", time=now - 3600)["ok"]
-    assert lab.client.command("/hv/cmd/kill/M1", "", "/hv/response", time=now - 3600)["ok"]
-    off = lab.client.command("/dcs/cmd/module/M1", "off", "/dcs/response", 30, time=now - 3600)
+    assert lab.client.command(
+        HV[0].topic("kill", by="module"), "", "/hv/response", time=now - 3600
+    )["ok"]
+    off = lab.client.command(f"/dcs/cmd/module/{M[0]}", "off", "/dcs/response", 30, time=now - 3600)
     assert off["ok"], off
     # fresh: executed
-    assert lab.client.command("/hv/cmd/setv/hv_m1", 12, "/hv/response", time=time.time())["ok"]
-    assert lab.crate(HV, 0, "V0Set") == 12.0
+    assert lab.client.command(HV[0].topic("setv"), 12, "/hv/response", time=time.time())["ok"]
+    assert lab.crate(HV[0].name, "V0Set") == 12.0
     # the audit log has them, refusals with their reason
     records = {r["topic"]: r for r in lab.audit(since="1m", kind="command")
                if r["topic"] in (topic, "/julabo/cmd/setpoint")}  # fmt: skip
@@ -328,14 +335,14 @@ def test_old_and_future_commands_are_refused_switching_off_always_runs(lab):
 def test_a_faulty_off_runs_on_the_daemons_a_chiller_stop_is_judged(lab):
     """Switching power off runs despite a bad `time` or an unknown key (answered with a
     warning); an unreadable value is no off; a chiller stop is judged like any command."""
-    kill = lab.client.command("/hv/cmd/kill/hv_m1", "", "/hv/response", time="yesterday")
+    kill = lab.client.command(HV[0].topic("kill"), "", "/hv/response", time="yesterday")
     assert kill["ok"], kill
     assert kill["warning"] == "ignored: time must be unix seconds (a number), got 'yesterday'"
-    off = lab.client.command("/hv/cmd/switch/hv_m1", "off", "/hv/response", source="ui")
+    off = lab.client.command(HV[0].topic("switch"), "off", "/hv/response", source="ui")
     assert off["ok"] and off["warning"] == "ignored: unknown key(s) source"
-    typo = lab.client.command("/hv/cmd/switch/hv_m1", "of", "/hv/response", source="ui")
+    typo = lab.client.command(HV[0].topic("switch"), "of", "/hv/response", source="ui")
     assert not typo["ok"] and "unknown key(s) in payload: source" in typo["error"]
-    module = lab.client.command("/dcs/cmd/module/M2", "off", "/dcs/response", 30,
+    module = lab.client.command(f"/dcs/cmd/module/{M[1]}", "off", "/dcs/response", 30,
                                 time=float("nan"))  # fmt: skip
     assert module["ok"] and module["warning"] == "ignored: time must be finite, got nan"
     stale = lab.client.command("/julabo/cmd/switch", "off", "/julabo/response",
@@ -343,7 +350,7 @@ def test_a_faulty_off_runs_on_the_daemons_a_chiller_stop_is_judged(lab):
     assert not stale["ok"] and "older than the 5 s" in stale["error"]
     faulty = lab.client.command("/julabo/cmd/switch", "off", "/julabo/response", source="ui")
     assert not faulty["ok"] and "unknown key(s) in payload: source" in faulty["error"]
-    assert lab.crate(HV, 0, "Pw") == 0
+    assert lab.crate(HV[0].name, "Pw") == 0
 
 
 def test_a_command_stuck_with_a_frozen_daemon_is_refused_by_its_time(workdir, broker):
@@ -359,13 +366,13 @@ def test_a_command_stuck_with_a_frozen_daemon_is_refused_by_its_time(workdir, br
         lab.daemon.freeze()
         try:
             lab.client.publish(
-                "/hv/cmd/switch/hv_m1",
+                HV[0].topic("switch"),
                 {"value": "on", "id": "late-on", "time": sent},
                 properties=props,
             )
-            lab.client.publish("/hv/cmd/setv/hv_m2", {"value": 7, "id": "late-setv", "time": sent})
-            lab.client.publish("/hv/cmd/setv/hv_m3", "9")  # no time: nothing to judge
-            lab.client.publish("/hv/cmd/switch/hv_m4", {"value": "off", "id": "late-off",
+            lab.client.publish(HV[1].topic("setv"), {"value": 7, "id": "late-setv", "time": sent})
+            lab.client.publish(HV[2].topic("setv"), "9")  # no time: nothing to judge
+            lab.client.publish(HV[3].topic("switch"), {"value": "off", "id": "late-off",
                                                         "time": sent})  # fmt: skip
             threading.Event().wait(1.5)  # the scenario: frozen longer than command_max_age
         finally:
@@ -377,14 +384,16 @@ def test_a_command_stuck_with_a_frozen_daemon_is_refused_by_its_time(workdir, br
         late_on = answer(lambda a: a["id"] == "late-on")
         assert late_on["ok"] is False and "older than the 1 s" in late_on["error"]
         assert answer(lambda a: a["id"] == "late-setv")["ok"] is False
-        assert answer(lambda a: a["topic"] == "/hv/cmd/setv/hv_m3")["ok"]
+        assert answer(lambda a: a["topic"] == HV[2].topic("setv"))["ok"]
         assert answer(lambda a: a["id"] == "late-off")["ok"]
-        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0 and lab.get(lab.chpv("hv_m2", "V0Set")) != 7
-        assert lab.get(lab.chpv("hv_m3", "V0Set")) == 9
+        assert (
+            lab.get(lab.chpv(HV[0].name, "Pw")) == 0 and lab.get(lab.chpv(HV[1].name, "V0Set")) != 7
+        )
+        assert lab.get(lab.chpv(HV[2].name, "V0Set")) == 9
         # with an expiry that has time left, a fresh command runs
         props.MessageExpiryInterval = 60
         since = lab.client.mark()
-        lab.client.publish("/hv/cmd/setv/hv_m2", {"value": 8, "id": "fresh", "time": time.time()},
+        lab.client.publish(HV[1].topic("setv"), {"value": 8, "id": "fresh", "time": time.time()},
                            properties=props)  # fmt: skip
         assert answer(lambda a: a["id"] == "fresh")["ok"]
     finally:
@@ -395,16 +404,16 @@ def test_the_rate_limit_on_a_real_daemon(workdir, broker):
     lab = PowerLab(workdir, broker, "ratelimit",
                    **{"mqtt.command_rate_limit": {"rate": 0.2, "burst": 2}}).start()  # fmt: skip
     try:
-        answers = [lab.command("/hv/cmd/setv/hv_m1", v) for v in (1, 2, 3)]
+        answers = [lab.command(HV[0].topic("setv"), v) for v in (1, 2, 3)]
         assert [a["ok"] for a in answers] == [True, True, False]
         assert "mqtt.command_rate_limit" in answers[2]["error"]
-        assert lab.get(lab.chpv("hv_m1", "V0Set")) == 2.0  # the refused one wrote nothing
-        assert lab.command("/hv/cmd/setv/hv_m2", 4)["ok"]  # per topic
-        assert all(lab.command("/hv/cmd/switch/hv_m1", "off")["ok"] for _ in range(5))
+        assert lab.get(lab.chpv(HV[0].name, "V0Set")) == 2.0  # the refused one wrote nothing
+        assert lab.command(HV[1].topic("setv"), 4)["ok"]  # per topic
+        assert all(lab.command(HV[0].topic("switch"), "off")["ok"] for _ in range(5))
         # per sender: the anonymous bucket of setv/hv_m1 is empty, the interlock's is not
         raised = {"value": 5, "id": "interlock:dewpoint:1"}
-        answer = lab.client.raw_command("/hv/cmd/setv/hv_m1", json.dumps(raised), "/hv/response")
-        assert answer["ok"] and lab.get(lab.chpv("hv_m1", "V0Set")) == 5.0
+        answer = lab.client.raw_command(HV[0].topic("setv"), json.dumps(raised), "/hv/response")
+        assert answer["ok"] and lab.get(lab.chpv(HV[0].name, "V0Set")) == 5.0
     finally:
         lab.stop()
 
@@ -430,9 +439,9 @@ def test_the_readme_commands_that_are_refused(lab):
     run(old)
     assert "older than" in answer(since, lambda p: p.startswith("{"))["error"]
     run(clear)
-    lab.alarms(lambda a: any(x["key"] == "retained:/hv/cmd/switch/0" and not x["active"]
-                             for x in a), since)  # fmt: skip
-    assert lab.crate(HV, 0, "Pw") == 0
+    key = "retained:" + HV[0].topic("switch", by="number")
+    lab.alarms(lambda a: any(x["key"] == key and not x["active"] for x in a), since)
+    assert lab.crate(HV[0].name, "Pw") == 0
     assert lab.client.command("/alarms/cmd/ack/all", "", "/alarms/response")["ok"]
 
 
@@ -467,23 +476,24 @@ def test_the_audit_records_a_retained_command_once_and_sees_it_cleared(tmp_path)
         return audit
 
     audit = service()
+    switch = HV[0].topic("switch", by="number")
     for _ in range(2):  # delivered, then delivered again after a reconnection
-        audit.on_message("/hv/cmd/switch/0", b"on", retained=True)
-    audit.on_message("/hv/cmd/switch/0", b"off")  # a live command is recorded as ever
+        audit.on_message(switch, b"on", retained=True)
+    audit.on_message(switch, b"off")  # a live command is recorded as ever
     audit.on_message("/audit/cmd/query", b"{}", retained=True)  # its own: refused by the gate
     records, _ = audit.store.records(kind="command")
     assert [(r["topic"], r["payload"], (r["text"] or "")[:8]) for r in records] == [
-        ("/hv/cmd/switch/0", "on", "retained"), ("/hv/cmd/switch/0", "off", ""),
+        (switch, "on", "retained"), (switch, "off", ""),
         ("/audit/cmd/query", "{}", "retained"),
     ]  # fmt: skip
-    assert told == [("/hv/cmd/switch/0", "on"), ("/audit/cmd/query", "{}")]
+    assert told == [(switch, "on"), ("/audit/cmd/query", "{}")]
     assert audit.link.refused == ["/audit/cmd/query"]
     audit.store.close()
 
     audit = service()  # restarted: still known, not recorded again
-    audit.on_message("/hv/cmd/switch/0", b"on", retained=True)
-    audit.on_message("/hv/cmd/switch/0", b"", retained=True)  # cleared
-    assert told[2:] == [("/hv/cmd/switch/0", None)]
+    audit.on_message(HV[0].topic("switch", by="number"), b"on", retained=True)
+    audit.on_message(HV[0].topic("switch", by="number"), b"", retained=True)  # cleared
+    assert told[2:] == [(HV[0].topic("switch", by="number"), None)]
     # /audit/cmd/query was cleared while the service was away: not delivered after connecting
     audit._retained_seen = set()
     audit._sweep_retained()

@@ -43,12 +43,15 @@ import pytest
 import yaml
 
 from tests import containerstack as cs
+from tests.labdata import LabData
 from tests.mqttclient import TestClient
 from tests.noderedapi import LOGIN, api, request
 from trackerdcs.ingest.influxdb import InfluxClient, InfluxError
 from trackerdcs.stack.process import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+# the lab file the stack runs (docker-compose.dummy.yml mounts it): its first two HV channels
+HV0, HV1 = LabData.load(ROOT / "deploy" / "lab.dummy.yml").channels("hv")[:2]
 # A cold store (debootstrap, every image) takes several minutes; from cache, about a minute.
 pytestmark = [pytest.mark.timeout(1800), pytest.mark.xdist_group("podman")]
 
@@ -140,7 +143,8 @@ def test_operator_sets_and_switches_a_channel(stack) -> None:
     client = viewer(stack, "/hv/#")
     try:
         since = client.mark()
-        for topic, payload in (("/hv/cmd/setv/0", "50"), ("/hv/cmd/switch/0", "on")):
+        setv, switch = HV0.topic("setv", by="number"), HV0.topic("switch", by="number")
+        for topic, payload in ((setv, "50"), (switch, "on")):
             done = mosquitto(stack, "mosquitto_pub", "operator", "-t", topic, "-m", payload)
             assert done.returncode == 0, done.stderr
             answer = client.wait_for(
@@ -149,12 +153,17 @@ def test_operator_sets_and_switches_a_channel(stack) -> None:
             assert answer["ok"], answer
         status = client.wait_for(
             "/hv/status",
-            lambda m: channel(m.json, 0)["vreq"] == 50 and channel(m.json, 0)["on"],
+            lambda m: (
+                channel(m.json, HV0.number)["vreq"] == 50 and channel(m.json, HV0.number)["on"]
+            ),
             30,
             since,
         ).json
-        assert channel(status, 0)["state"] in ("RAMPING_UP", "ON"), channel(status, 0)
-        client.wait_for("/hv/status", lambda m: channel(m.json, 0)["state"] == "ON", 30, since)
+        on = channel(status, HV0.number)
+        assert on["state"] in ("RAMPING_UP", "ON"), on
+        client.wait_for(
+            "/hv/status", lambda m: channel(m.json, HV0.number)["state"] == "ON", 30, since
+        )
     finally:
         client.close()
 
@@ -172,13 +181,15 @@ def test_the_viewer_cannot_command_and_strangers_cannot_connect(stack) -> None:
             "-q",
             "1",
             "-t",
-            "/hv/cmd/setv/1",
+            HV1.topic("setv", by="number"),
             "-m",
             "77",
         )
         assert "not authori" in (denied.stdout + denied.stderr).lower(), denied
         # the operator's command after it is answered; the viewer's never was
-        done = mosquitto(stack, "mosquitto_pub", "operator", "-t", "/hv/cmd/setv/1", "-m", "33")
+        done = mosquitto(
+            stack, "mosquitto_pub", "operator", "-t", HV1.topic("setv", by="number"), "-m", "33"
+        )
         assert done.returncode == 0, done.stderr
         client.wait_for("/hv/response", lambda m: m.json["payload"] == "33", 15, since)
         answered = [m.json["payload"] for m in client.messages[since:] if m.topic == "/hv/response"]
@@ -196,13 +207,13 @@ def test_the_viewer_cannot_command_and_strangers_cannot_connect(stack) -> None:
 # -- InfluxDB: Telegraf's stand-in writes, with authentication on ----------------------------------
 def test_points_reach_influxdb_with_authentication(stack) -> None:
     grafana = influx(stack, "grafana")
-    query = 'SELECT last("vreq") FROM "hv" WHERE "name" = \'hv_m1\''
+    query = f'SELECT last("vreq") FROM "hv" WHERE "name" = \'{HV0.name}\''
 
     def landed():
         series = grafana.series(query)
         return series and series[0].values[0][1] == 50
 
-    wait_until(landed, 30, "hv_m1's set point of 50 V in InfluxDB", poll=0.5)
+    wait_until(landed, 30, f"{HV0.name}'s set point of 50 V in InfluxDB", poll=0.5)
     for user, code in ((None, "401"), ("telegraf", "403")):  # anonymous; write-only user
         with pytest.raises(InfluxError, match=code):
             influx(stack, user).series(query)
@@ -345,7 +356,7 @@ def test_backup_down_and_restore_bring_the_data_back(stack, tmp_path) -> None:
     listed = alarms(stack)
     scans = ivscan_files(stack)
     commands = {(r["topic"], r["payload"]) for r in audit_log(stack, lab)}
-    assert points > 0 and listed and ("/hv/cmd/setv/0", "50") in commands
+    assert points > 0 and listed and (HV0.topic("setv", by="number"), "50") in commands
 
     services = " ".join(stack.services)
     backup = tmp_path / "backup"

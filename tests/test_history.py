@@ -17,8 +17,11 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.ingestlab import DataLab, InfluxServer, shared_data_lab
+from tests.labdata import EXAMPLE
 from trackerdcs.ingest.export import rfc3339
 from trackerdcs.ingest.influxdb import DATABASE, InfluxClient
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
 
 
 @pytest.fixture(scope="module")
@@ -61,20 +64,20 @@ def test_export_a_channel(lab: DataLab, tmp_path: Path):
     config = lab_yaml(lab, tmp_path / "lab.yml")
     end = lab.written_until_now()
     start = rfc3339(end - timedelta(minutes=10))
-    out = tmp_path / "hv_m1.csv"
+    out = tmp_path / f"{HV[0].name}.csv"
     proc = trackerdcs(
-        "export", "channel", "hv_m1", "--from", start, "--to", rfc3339(end), "-o", str(out),
+        "export", "channel", HV[0].name, "--from", start, "--to", rfc3339(end), "-o", str(out),
         "--config", str(config),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     header, *_ = out.read_text().splitlines()
     assert header.startswith("time,measurement,") and "vmon" in header and "state" in header
     rows = list(csv.DictReader(out.open()))
-    expected = count_between(lab.db, "hv", "\"name\" = 'hv_m1'", start, rfc3339(end))
+    expected = count_between(lab.db, "hv", f"\"name\" = '{HV[0].name}'", start, rfc3339(end))
     assert len(rows) == expected > 0
     assert f"{out}: {expected} row(s)" in proc.stderr
     assert {(r["measurement"], r["name"], r["module"], r["number"]) for r in rows} == {
-        ("hv", "hv_m1", "M1", "0")
+        ("hv", HV[0].name, HV[0].module, str(HV[0].number))
     }
     assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
     float(rows[-1]["vmon"])  # numbers as numbers
@@ -82,10 +85,10 @@ def test_export_a_channel(lab: DataLab, tmp_path: Path):
 
 def test_export_a_module_the_chiller_and_a_sensor(lab: DataLab, tmp_path: Path):
     config = lab_yaml(lab, tmp_path / "lab.yml")
-    module = export_rows(config, "module", "M2", "--from", "10m")
+    module = export_rows(config, "module", HV[1].module, "--from", "10m")
     assert {r["measurement"] for r in module} == {"hv", "lv", "sensor"}
-    assert {r["module"] for r in module} == {"M2"}
-    assert {r["name"] for r in module} == {"hv_m2", "lv_m2", "temp_m2"}
+    assert {r["module"] for r in module} == {HV[1].module}
+    assert {r["name"] for r in module} == {HV[1].name, LV[1].name, "temp_m2"}
     for name in ("coldbox", "burnin"):  # the lab's two chillers, each by its tag
         chiller = export_rows(config, "chiller", name, "--from", "10m")
         assert chiller and {(r["measurement"], r["chiller"]) for r in chiller} == {("julabo", name)}
@@ -99,8 +102,8 @@ def test_export_a_module_the_chiller_and_a_sensor(lab: DataLab, tmp_path: Path):
     [
         (("channel", "hv_m9", "--from", "1h"), "no channel 'hv_m9'"),
         (("module", "M9", "--from", "1h"), "no module 'M9'"),
-        (("channel", "hv_m1", "--from", "yesterday"), "bad time 'yesterday'"),
-        (("channel", "hv_m1", "--from", "1h", "--to", "2h"), "ends .* before it starts"),
+        (("channel", HV[0].name, "--from", "yesterday"), "bad time 'yesterday'"),
+        (("channel", HV[0].name, "--from", "1h", "--to", "2h"), "ends .* before it starts"),
         (("channel", "--from", "1h"), "needs a name"),
         (("chiller", "--from", "1h"), r"several chillers \(coldbox, burnin\): name one"),
         (("chiller", "coldbox2", "--from", "1h"), "no chiller named 'coldbox2'"),

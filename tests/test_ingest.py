@@ -13,10 +13,13 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.ingestlab import TELEGRAF_CONF, DataLab, dump, shared_data_lab
+from tests.labdata import EXAMPLE
 from trackerdcs.ingest.conf import load_telegraf_conf
 from trackerdcs.ingest.influxdb import DATABASE, InfluxClient
 from trackerdcs.stack.influx import DOWNSAMPLED_RP, RAW_RP, downsample_query
 from trackerdcs.stack.process import wait_until
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
 
 TOPICS_MD = ROOT / "docs" / "topics.md"
 # contract table -> (a topic it describes, the measurement telegraf.conf should write)
@@ -119,24 +122,26 @@ def test_each_chillers_points_are_told_apart_by_its_tag(lab: DataLab) -> None:
 
 
 def test_a_command_reaches_influxdb(lab: DataLab) -> None:
-    """hv_m1 to 120 V and on: the stored channel follows what the daemon published."""
+    """The first HV channel to 120 V and on: the stored channel follows what the daemon
+    published."""
     vlab = lab.vlab
-    assert vlab.command("/hv/cmd/setv/hv_m1", 120)["ok"]
-    assert vlab.command("/hv/cmd/switch/hv_m1", "on")["ok"]
+    assert vlab.command(HV[0].topic("setv"), 120)["ok"]
+    assert vlab.command(HV[0].topic("switch"), "on")["ok"]
     published = vlab.wait("/hv/status", lambda chs: chs[0]["state"] == "ON", timeout=10)[0]
     q = (
         'SELECT last("vreq") AS vreq, last("state") AS state, last("on") AS "on" FROM "hv" '
-        "WHERE \"name\" = 'hv_m1' AND \"module\" = 'M1' AND \"number\" = '0'"
+        f"WHERE \"name\" = '{HV[0].name}' AND \"module\" = '{HV[0].module}' "
+        f"AND \"number\" = '{HV[0].number}'"
     )
 
     def stored():
         rows = lab.db.series(q)[0].rows()[0]
         return rows if rows["state"] == "ON" else None
 
-    row = wait_until(stored, 5, "hv_m1 ON in InfluxDB", poll=0.1)
+    row = wait_until(stored, 5, f"{HV[0].name} ON in InfluxDB", poll=0.1)
     assert row["vreq"] == published["vreq"] == 120.0
     assert row["on"] == 1
-    assert vlab.command("/hv/cmd/switch/hv_m1", "off")["ok"]
+    assert vlab.command(HV[0].topic("switch"), "off")["ok"]
 
 
 def test_counters_are_published_and_add_up(lab: DataLab) -> None:
@@ -209,7 +214,7 @@ def test_retention_policies_and_the_downsampled_copy(lab: DataLab) -> None:
     select = downsample_query("1m").split(" BEGIN ", 1)[1].removesuffix(" END")
     select = select.replace(" GROUP BY", " WHERE time > now() - 1h GROUP BY")
     db.execute(select)
-    assert db.count("hv", "mean_vmon", "\"name\" = 'hv_m2'", rp=DOWNSAMPLED_RP) > 0
+    assert db.count("hv", "mean_vmon", f"\"name\" = '{HV[1].name}'", rp=DOWNSAMPLED_RP) > 0
     fields = db.series(f'SHOW FIELD KEYS FROM "{DOWNSAMPLED_RP}"."hv"')[0].rows()
     assert {"fieldKey": "mean_vmon", "fieldType": "float"} in fields
     assert not any(f["fieldKey"] == "mean_state" for f in fields)  # strings have no mean

@@ -36,6 +36,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import ROOT
+from tests.labdata import LabData
 from tests.mqttclient import Message
 from tests.test_deployment import DUMMY, SCRIPTS, argv_of, compose_config
 from trackerdcs.config import load_config
@@ -582,8 +583,9 @@ def test_every_daemon_works_under_the_production_acl(broker, stack: Stack) -> No
         viewer.wait_for("/hv/status", connected, timeout=20)
         viewer.wait_for("/julabo/status", connected, timeout=20)
         # an operator's command, answered by the power daemon; the audit log records it
+        hv = LabData.load(stack.lab).channel("hv", 0)  # the stack's first HV channel
         command = {"value": "on", "id": "op-1"}
-        assert operator.publish("/hv/cmd/switch/hv_m1", json.dumps(command)) == 0
+        assert operator.publish(hv.topic("switch"), json.dumps(command)) == 0
         answer = operator.wait_for("/hv/response", lambda m: m.json.get("id") == "op-1").json
         assert answer["ok"], answer
         viewer.wait_for("/dcs/log", lambda m: m.json.get("id") == "op-1")
@@ -617,7 +619,7 @@ def test_every_daemon_works_under_the_production_acl(broker, stack: Stack) -> No
         login = {"TRACKERDCS_MQTT_USERNAME": "operator",
                  "TRACKERDCS_MQTT_PASSWORD": broker.passwords["operator"]}  # fmt: skip
         done = run_module("trackerdcs.cli", f"audit --config {stack.lab} --since 10m", login)
-        assert done.returncode == 0 and "/hv/cmd/switch/hv_m1" in done.stdout, done.stderr
+        assert done.returncode == 0 and hv.topic("switch") in done.stdout, done.stderr
     finally:
         viewer.close()
         operator.close()

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.conftest import EXAMPLE_SLOTS, ROOT, Broker, PowerLab, _logged, python_process
+from tests.conftest import ROOT, Broker, PowerLab, _logged, python_process
+from tests.labdata import EXAMPLE
 from tests.noderedapi import LOGIN
 from tests.noderedapi import api as _http
 from trackerdcs.config import load_config
@@ -33,7 +34,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]  # boards of the example crate
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the UI lab starts from it
+M = EXAMPLE.modules  # its modules, in the lab file's order
+LOW = EXAMPLE.limited("hv")  # the HV channel with a vmax (400 V) of its own
 WAIT = 10_000  # ms, for anything that crosses MQTT, the daemons and the crate
 OPERATOR = "tester"  # the name every page's browser has given (localStorage), unless a test asks
 DESKTOP = {"width": 1400, "height": 900}
@@ -65,7 +68,7 @@ pytestmark = pytest.mark.skipif(
 
 
 # Two chillers: `julabo` (/julabo) cools M1 and M2, `burnin` (/julabo_burnin) M3 and M4.
-CHILLERS = {"julabo": ("/julabo", ["M1", "M2"]), "burnin": ("/julabo_burnin", ["M3", "M4"])}
+CHILLERS = {"julabo": ("/julabo", M[:2]), "burnin": ("/julabo_burnin", M[2:])}
 RUNNING = {"julabo": "chiller_running", "burnin": "burnin_running"}  # each chiller's rule
 # The example lab's interlock rules, made per chiller: each chiller's `chiller_running` and
 # dew-point rules protect what it cools (no `modules`: its chiller's), the dew-point rules with
@@ -285,15 +288,16 @@ def confirm(page: Page, text: str | re.Pattern, *details: str) -> None:
     expect(page.get_by_test_id("confirm")).to_have_count(0)
 
 
-def crate_value(lab: UiLab, board: int, channel: int, param: str) -> Any:
-    return lab.power.get(lab.power.pv(board, channel, param))
+def crate_value(lab: UiLab, name: str, param: str) -> Any:
+    """A parameter of the channel called `name` in the lab file, as the crate has it."""
+    return lab.power.get(lab.power.chpv(name, param))
 
 
-def wait_crate(lab: UiLab, board: int, channel: int, param: str, value: Any) -> None:
+def wait_crate(lab: UiLab, name: str, param: str, value: Any) -> None:
     wait_until(
-        lambda: crate_value(lab, board, channel, param) == value,
+        lambda: crate_value(lab, name, param) == value,
         5,
-        f"{param} of board {board} channel {channel} to be {value}",
+        f"{param} of {name} to be {value}",
         poll=0.1,
     )
 
@@ -363,13 +367,13 @@ def test_flows_json_is_built_from_the_sources_and_the_daemon_rules() -> None:
 def test_switching_a_channel_from_the_page(lab: UiLab, page: Page) -> None:
     lab.reset()
     open_page(page, lab, "power")
-    row = page.locator('tr[data-channel="lv_m2"]')
+    row = page.locator(f'tr[data-channel="{LV[1].name}"]')
     switch = row.get_by_test_id("switch")
     expect(row).to_have_attribute("data-state", "OFF")
     expect(switch).not_to_be_checked()
 
     switch.click()
-    wait_crate(lab, LV, 1, "Pw", 1)  # the command reached the simulated crate
+    wait_crate(lab, LV[1].name, "Pw", 1)  # the command reached the simulated crate
     expect(row).to_have_attribute("data-state", "ON", timeout=WAIT)
     expect(switch).to_be_checked()
     expect(row.get_by_test_id("answer")).to_have_text("ok")
@@ -377,38 +381,40 @@ def test_switching_a_channel_from_the_page(lab: UiLab, page: Page) -> None:
     expect(row.get_by_test_id("vmon")).to_have_text("10.5 V")
 
     # HV asks for a confirmation first; cancelling sends nothing
-    hv = page.locator('tr[data-channel="hv_m1"]')
+    hv = page.locator(f'tr[data-channel="{HV[0].name}"]')
     hv.get_by_test_id("switch").click()
-    expect(page.get_by_test_id("confirm-text")).to_have_text("Switch hv_m1 (M1) ON?")
+    expect(page.get_by_test_id("confirm-text")).to_have_text(
+        f"Switch {HV[0].name} ({HV[0].module}) ON?"
+    )
     expect(page.get_by_test_id("confirm-details")).to_have_text("It ramps to 0.0 V.")
     page.get_by_test_id("confirm-no").click()
     expect(page.get_by_test_id("confirm")).to_have_count(0)
     expect(hv.get_by_test_id("answer")).to_have_text("")
     hv.get_by_test_id("switch").click()
     page.get_by_test_id("confirm-yes").click()
-    wait_crate(lab, HV, 0, "Pw", 1)
+    wait_crate(lab, HV[0].name, "Pw", 1)
     expect(hv).to_have_attribute("data-state", "ON", timeout=WAIT)
     expect(hv.get_by_test_id("answer")).to_have_text("ok")
-    assert crate_value(lab, LV, 1, "Pw") == 1
+    assert crate_value(lab, LV[1].name, "Pw") == 1
 
     switch.click()  # off needs no confirmation
-    wait_crate(lab, LV, 1, "Pw", 0)
+    wait_crate(lab, LV[1].name, "Pw", 0)
     expect(row).to_have_attribute("data-state", "OFF", timeout=WAIT)
     expect(switch).not_to_be_checked()
 
 
 def test_a_trip_is_explained_latched_and_the_crate_cleared(lab: UiLab, page: Page) -> None:
     lab.reset()
-    lab.command("/hv/cmd/setv/hv_m3", 50)
-    lab.command("/hv/cmd/switch/hv_m3", "on")
+    lab.command(HV[2].topic("setv"), 50)
+    lab.command(HV[2].topic("switch"), "on")
     open_page(page, lab, "power")
-    row = page.locator('tr[data-channel="hv_m3"]')
+    row = page.locator(f'tr[data-channel="{HV[2].name}"]')
     expect(row).to_have_attribute("data-state", "ON", timeout=WAIT)
     expect(row.get_by_test_id("clear")).to_be_disabled()  # nothing to clear
 
-    lab.power.put(lab.power.pv(HV, 2, "SimLeak"), 50.0)  # 50 µA over the 10 µA limit
+    lab.power.put(lab.power.chpv(HV[2].name, "SimLeak"), 50.0)  # 50 µA over the 10 µA limit
     expect(row).to_have_attribute("data-state", "TRIPPED", timeout=WAIT)
-    lab.power.put(lab.power.pv(HV, 2, "SimLeak"), 0.0)
+    lab.power.put(lab.power.chpv(HV[2].name, "SimLeak"), 0.0)
     expect(row.get_by_test_id("flags")).to_contain_text(
         "INT_TRIP: tripped: the current stayed over its limit (I0Set) longer than the trip time"
     )
@@ -420,44 +426,55 @@ def test_a_trip_is_explained_latched_and_the_crate_cleared(lab: UiLab, page: Pag
     expect(row.get_by_test_id("setv")).to_be_enabled()  # set_voltage is allowed when TRIPPED
 
     open_page(page, lab, "overview")  # the trip: the module's present state and its latched alarm
-    m3 = card(page, "M3")
-    expect(m3.get_by_test_id("condition")).to_contain_text("HV hv_m3 TRIPPED (INT_TRIP)")
-    expect(m3.get_by_test_id("alarm")).to_contain_text("hv_m3 (M3) TRIPPED: INT_TRIP", timeout=WAIT)
+    m3 = card(page, HV[2].module)
+    expect(m3.get_by_test_id("condition")).to_contain_text(f"HV {HV[2].name} TRIPPED (INT_TRIP)")
+    expect(m3.get_by_test_id("alarm")).to_contain_text(
+        f"{HV[2].name} ({HV[2].module}) TRIPPED: INT_TRIP", timeout=WAIT
+    )
     expect(m3.get_by_test_id("alarm")).to_have_attribute("data-severity", "major")
-    expect(card(page, "M1").get_by_test_id("no-alarm")).to_be_visible()
+    expect(card(page, HV[0].module).get_by_test_id("no-alarm")).to_be_visible()
 
     open_page(page, lab, "power")
     row.get_by_test_id("clear").click()  # the crate's ClearAlarm: the page says so first
-    confirm(page, "Clear the trips of crate sy4527?", "not only hv_m3: hv_m3 (M3)", "/hv, /lv")
+    confirm(
+        page,
+        "Clear the trips of crate sy4527?",
+        f"not only {HV[2].name}: {HV[2].name} ({HV[2].module})",
+        "/hv, /lv",
+    )
     expect(row).to_have_attribute("data-state", "OFF", timeout=WAIT)
     expect(switch).to_be_enabled()
     expect(row.get_by_test_id("clear")).to_be_disabled()
-    expect(page.get_by_test_id("answers")).to_contain_text("clear trips of crate sy4527 (hv_m3)")
+    expect(page.get_by_test_id("answers")).to_contain_text(
+        f"clear trips of crate sy4527 ({HV[2].name})"
+    )
 
 
 def test_limits_known_to_the_page_are_checked_before_asking(lab: UiLab, page: Page) -> None:
     lab.reset()
     open_page(page, lab, "power")
-    row = page.locator('tr[data-channel="hv_m2"]')
+    row = page.locator(f'tr[data-channel="{HV[1].name}"]')
     field, apply = row.get_by_test_id("setv-input"), row.get_by_test_id("setv")
 
     field.fill("150")
     apply.click()
     confirm(
-        page, "Set hv_m2 (M2) to 150 V?", "The channel is off: it ramps to 150 V when switched on."
+        page,
+        f"Set {HV[1].name} ({HV[1].module}) to 150 V?",
+        "The channel is off: it ramps to 150 V when switched on.",
     )
     expect(row.get_by_test_id("answer")).to_have_text("ok", timeout=WAIT)
     expect(row.get_by_test_id("vreq")).to_have_text("150.0 V")
     expect(field).to_have_value("")  # sent: the readback shows it
-    assert crate_value(lab, HV, 1, "V0Set") == 150.0
+    assert crate_value(lab, HV[1].name, "V0Set") == 150.0
 
     since = lab.client.mark()
     vmax = "(vmax in the lab configuration): not sent"
     for channel, typed, error in (
-        ("hv_m2", "700", f"700 V exceeds the maximum 600 V of hv_m2 {vmax}"),
-        ("hv_m4", "500", f"500 V exceeds the maximum 400 V of hv_m4 {vmax}"),
-        ("hv_m2", "lots", "voltage must be a number, got 'lots': not sent"),
-        ("hv_m2", "-5", "voltage -5 V must be 0 or more: not sent"),
+        (HV[1].name, "700", f"700 V exceeds the maximum 600 V of {HV[1].name} {vmax}"),
+        (LOW.name, "500", f"500 V exceeds the maximum 400 V of {LOW.name} {vmax}"),
+        (HV[1].name, "lots", "voltage must be a number, got 'lots': not sent"),
+        (HV[1].name, "-5", "voltage -5 V must be 0 or more: not sent"),
     ):  # fmt: skip
         row = page.locator(f'tr[data-channel="{channel}"]')
         row.get_by_test_id("setv-input").fill(typed)
@@ -465,32 +482,32 @@ def test_limits_known_to_the_page_are_checked_before_asking(lab: UiLab, page: Pa
         expect(page.get_by_test_id("confirm")).to_have_count(0)  # nothing asked
         expect(row.get_by_test_id("answer")).to_have_text(error)
         expect(row.get_by_test_id("answer-time")).to_have_text(DATE_TIME)
-    lv = page.locator('tr[data-channel="lv_m1"]')
+    lv = page.locator(f'tr[data-channel="{LV[0].name}"]')
     lv.get_by_test_id("seti-input").fill("5")
     lv.get_by_test_id("seti").click()
     expect(lv.get_by_test_id("answer")).to_have_text(
-        "5 A exceeds the maximum 4 A of lv_m1 (imax in the lab configuration): not sent"
+        f"5 A exceeds the maximum 4 A of {LV[0].name} (imax in the lab configuration): not sent"
     )
     assert not [m for m in lab.client.messages[since:] if "/cmd/set" in m.topic]  # nothing sent
-    assert crate_value(lab, HV, 1, "V0Set") == 150.0
+    assert crate_value(lab, HV[1].name, "V0Set") == 150.0
 
     lv.get_by_test_id("seti-input").fill("3")  # LV: no confirmation
     lv.get_by_test_id("seti").click()
     expect(lv.get_by_test_id("ilim")).to_have_text("3.00 A", timeout=WAIT)
     expect(lv.get_by_test_id("answer")).to_have_text("ok")
-    assert crate_value(lab, LV, 0, "I0Set") == 3.0
+    assert crate_value(lab, LV[0].name, "I0Set") == 3.0
 
     # the daemon's refusal of a command the page could not judge (another client's) is listed,
     # with its date and time; an older answer on the same topic fades as superseded
-    assert not lab.client.command("/hv/cmd/setv/hv_m4", 450, "/hv/response")["ok"]
+    assert not lab.client.command(LOW.topic("setv"), 450, "/hv/response")["ok"]
     entry = page.get_by_test_id("answer-entry").first
-    expect(entry).to_contain_text("450 V exceeds the maximum 400 V of hv_m4", timeout=WAIT)
+    expect(entry).to_contain_text(f"450 V exceeds the maximum 400 V of {LOW.name}", timeout=WAIT)
     expect(entry).to_contain_text("(not from the UI)")
     expect(entry.get_by_test_id("entry-time")).to_have_text(DATE_TIME)
     lv.get_by_test_id("seti-input").fill("2.5")
     lv.get_by_test_id("seti").click()
     expect(lv.get_by_test_id("ilim")).to_have_text("2.50 A", timeout=WAIT)
-    older = page.get_by_test_id("answer-entry").filter(has_text="lv_m1: current limit 3 A")
+    older = page.get_by_test_id("answer-entry").filter(has_text=f"{LV[0].name}: current limit 3 A")
     expect(older).to_have_class(re.compile("tdcs-superseded"))
     expect(older).to_contain_text("(superseded)")
 
@@ -534,9 +551,10 @@ def test_chiller_set_point_is_checked_against_the_dew_point(lab: UiLab, page: Pa
     set_point_warned(  # below it: warned first
         page, card, "-5",
         f"-5 °C is below the dew point {shown:.1f} °C + 2.0 K margin ({shown + 2:.1f} °C): "
-        "modules M1, M2 cooled that far collect condensation.",
+        f"modules {M[0]}, {M[1]} cooled that far collect condensation.",
         "Interlock dewpoint fires when the coldest module is less than 2 K above the dew point: "
-        "it ramps down the HV of M1, M2 and raises the set point of chiller julabo to 20 °C.",
+        f"it ramps down the HV of {M[0]}, {M[1]} and raises the set point of chiller julabo to "
+        "20 °C.",
     )  # fmt: skip
     page.get_by_test_id("confirm-no").click()
     assert not [m for m in lab.client.messages[since:] if m.topic == "/julabo/cmd/setpoint"]
@@ -575,7 +593,7 @@ def test_stopping_the_chiller_states_the_consequence_and_the_interlock_says_why(
 ) -> None:
     lab.reset()
     lab.start_chiller()
-    lab.hv_on("hv_m1", volts=40)
+    lab.hv_on(HV[0].name, volts=40)
     open_page(page, lab, "chiller")
     julabo = chiller_card(page, "julabo")
     expect(julabo.get_by_test_id("chiller-state")).to_have_text("RUNNING", timeout=WAIT)
@@ -584,17 +602,20 @@ def test_stopping_the_chiller_states_the_consequence_and_the_interlock_says_why(
     since = lab.client.mark()
     julabo.get_by_test_id("stop").click()
     confirm(page, "Stop the chiller julabo /julabo?",
-            "Stopping the chiller julabo ramps down the HV of M1, M2 through chiller_running "
-            "(HV on now: M1).", "disarm chiller_running on the Alarms page")  # fmt: skip
+            f"Stopping the chiller julabo ramps down the HV of {M[0]}, {M[1]} through "
+            f"chiller_running (HV on now: {M[0]}).",
+            "disarm chiller_running on the Alarms page")  # fmt: skip
     expect(julabo.get_by_test_id("chiller-state")).to_have_text("STOPPED", timeout=WAIT)
     assert lab.sim.device.running is False
     rules = lab.rules(lambda r: r["chiller_running"]["active"], since=since)
-    assert rules["chiller_running"]["modules"] == ["M1", "M2"]  # what this chiller cools
+    assert rules["chiller_running"]["modules"] == M[:2]  # what this chiller cools
     assert not rules["burnin_running"]["active"]
-    lab.power.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "OFF", timeout=10, since=since)
+    lab.power.wait_channel(
+        "/hv", HV[0].name, lambda c: c["state"] == "OFF", timeout=10, since=since
+    )
 
     open_page(page, lab, "overview")  # the module says its HV went down, when and why
-    m1 = card(page, "M1")
+    m1 = card(page, HV[0].module)
     expect(m1.get_by_test_id("interlock-action")).to_contain_text(
         "HV ramped down by interlock chiller_running at", timeout=WAIT
     )
@@ -605,18 +626,20 @@ def test_stopping_the_chiller_states_the_consequence_and_the_interlock_says_why(
         f"interlock chiller_running holds the HV off since {time.strftime('%Y-%m-%d')}"
     )
     expect(m1.get_by_test_id("interlock")).to_contain_text(rules["chiller_running"]["reason"])
-    expect(card(page, "M2").get_by_test_id("interlock")).to_contain_text("chiller_running")
-    expect(card(page, "M4").get_by_test_id("interlock")).to_have_count(0)  # the other chiller's
+    expect(card(page, HV[1].module).get_by_test_id("interlock")).to_contain_text("chiller_running")
+    expect(card(page, HV[3].module).get_by_test_id("interlock")).to_have_count(
+        0
+    )  # the other chiller's
     expect(m1.get_by_test_id("alarm").first).to_contain_text("interlock chiller_running fired")
     expect(m1.get_by_test_id("module-on")).to_be_enabled()  # the sequencer would fail: it says so
     m1.get_by_test_id("module-on").click()
     expect(page.get_by_test_id("confirm-warning")).to_contain_text(
-        "Interlock chiller_running holds the HV of M1 off"
+        f"Interlock chiller_running holds the HV of {M[0]} off"
     )
     page.get_by_test_id("confirm-no").click()
 
     open_page(page, lab, "power")  # a channel names the rule that holds it, and why
-    hv = page.locator('tr[data-channel="hv_m1"]')
+    hv = page.locator(f'tr[data-channel="{HV[0].name}"]')
     expect(hv.get_by_test_id("interlocks")).to_have_text(
         f"interlock chiller_running ({rules['chiller_running']['reason']}) holds the HV off"
     )
@@ -627,21 +650,21 @@ def test_stopping_the_chiller_states_the_consequence_and_the_interlock_says_why(
     expect(rule).to_have_attribute("data-active", "yes")
     expect(rule.get_by_test_id("armed")).to_have_text("armed")
     expect(rule.get_by_test_id("reason")).to_have_text(rules["chiller_running"]["reason"])
-    expect(rule.get_by_test_id("effect")).to_have_text("ramps down the HV of M1, M2")
+    expect(rule.get_by_test_id("effect")).to_have_text(f"ramps down the HV of {M[0]}, {M[1]}")
     expect(rule.get_by_test_id("rule-chiller")).to_have_text("(chiller julabo)")
     expect(rule.get_by_test_id("last-action")).to_have_text(
-        re.compile(r"^fired \d{4}-\d\d-\d\d \d\d:\d\d:\d\d: sent /hv/cmd/switch/M1$")
+        re.compile(rf"^fired \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d: sent /hv/cmd/switch/{M[0]}$")
     )
     expect(page.locator('tr[data-rule="burnin_running"]')).to_have_attribute("data-active", "no")
     expect(page.locator('tr[data-rule="dewpoint"]').get_by_test_id("effect")).to_have_text(
-        "ramps down the HV of M1, M2 and raises the set point of chiller julabo to 20 °C"
+        f"ramps down the HV of {M[0]}, {M[1]} and raises the set point of chiller julabo to 20 °C"
     )
     expect(
         page.locator('tr[data-rule="module_temperature"]').get_by_test_id("disarm")
     ).to_have_count(0)
     rule.get_by_test_id("disarm").click()
     confirm(page, "Disarm interlock chiller_running?",
-            "It clears the rule now: the HV of M1, M2 may be switched on again.",
+            f"It clears the rule now: the HV of {M[0]}, {M[1]} may be switched on again.",
             "Until chiller julabo cools again")  # fmt: skip
     expect(rule).to_have_attribute("data-active", "no", timeout=WAIT)
     expect(rule.get_by_test_id("armed")).to_have_text("disarmed")
@@ -661,7 +684,7 @@ def test_the_chiller_page_shows_and_commands_each_unit(lab: UiLab, page: Page) -
     expect(cards).to_have_count(2, timeout=WAIT)
     burnin = chiller_card(page, "burnin")
     expect(burnin).to_have_attribute("data-prefix", "/julabo_burnin")
-    expect(burnin.get_by_test_id("cools")).to_have_text("Cools M3, M4")
+    expect(burnin.get_by_test_id("cools")).to_have_text(f"Cools {M[2]}, {M[3]}")
     expect(burnin.get_by_test_id("chiller-state")).to_have_text("STOPPED", timeout=WAIT)
     expect(burnin.get_by_test_id("age")).to_have_attribute("title", re.compile("^/julabo_burnin: "))
     shown = float(burnin.get_by_test_id("dewpoint").inner_text().split()[0])
@@ -671,10 +694,10 @@ def test_the_chiller_page_shows_and_commands_each_unit(lab: UiLab, page: Page) -
     set_point_warned(  # below its own rule's 3 K margin: warned
         page, burnin, "5",
         f"5 °C is below the dew point {shown:.1f} °C + 3.0 K margin ({shown + 3:.1f} °C): "
-        "modules M3, M4 cooled that far collect condensation.",
+        f"modules {M[2]}, {M[3]} cooled that far collect condensation.",
         "Interlock dewpoint_burnin fires when the coldest module is less than 3 K above the dew "
-        "point: it ramps down the HV of M3, M4 and raises the set point of chiller burnin to "
-        "25 °C.",
+        f"point: it ramps down the HV of {M[2]}, {M[3]} and raises the set point of chiller "
+        "burnin to 25 °C.",
     )  # fmt: skip
     page.get_by_test_id("confirm-no").click()
     assert not [m for m in lab.client.messages[since:] if m.topic.endswith("/cmd/setpoint")]
@@ -705,20 +728,22 @@ def test_the_chiller_page_shows_and_commands_each_unit(lab: UiLab, page: Page) -
     expect(page.locator('tr[data-chiller="burnin"]')).to_contain_text("/julabo_burnin")
 
     lab.rules(lambda r: r["burnin_running"]["armed"], since=0)
-    lab.hv_on("hv_m3", volts=40)
+    lab.hv_on(HV[2].name, volts=40)
     open_page(page, lab, "chiller")
     since = lab.client.mark()
     burnin.get_by_test_id("stop").click()
     confirm(page, "Stop the chiller burnin /julabo_burnin?",
-            "Stopping the chiller burnin ramps down the HV of M3, M4 through burnin_running "
-            "(HV on now: M3).")  # fmt: skip
+            f"Stopping the chiller burnin ramps down the HV of {M[2]}, {M[3]} through "
+            f"burnin_running (HV on now: {M[2]}).")  # fmt: skip
     rules = lab.rules(lambda r: r["burnin_running"]["active"], since=since)
-    assert rules["burnin_running"]["modules"] == ["M3", "M4"]
+    assert rules["burnin_running"]["modules"] == M[2:]
     assert not rules["chiller_running"]["active"]  # the other chiller's rule: untouched
-    lab.power.wait_channel("/hv", "hv_m3", lambda c: c["state"] == "OFF", timeout=10, since=since)
+    lab.power.wait_channel(
+        "/hv", HV[2].name, lambda c: c["state"] == "OFF", timeout=10, since=since
+    )
     open_page(page, lab, "overview")
-    expect(card(page, "M3").get_by_test_id("interlock")).to_contain_text("burnin_running")
-    expect(card(page, "M1").get_by_test_id("interlock")).to_have_count(0)
+    expect(card(page, HV[2].module).get_by_test_id("interlock")).to_contain_text("burnin_running")
+    expect(card(page, HV[0].module).get_by_test_id("interlock")).to_have_count(0)
 
 
 def test_environment_shows_the_sensors_and_the_dew_point_margin(lab: UiLab, page: Page) -> None:
@@ -747,7 +772,7 @@ def test_environment_shows_the_sensors_and_the_dew_point_margin(lab: UiLab, page
 
     dewpoint = lab.client.latest("/sensor_1/status").json["dewpoint"]
     module = lab.client.latest("/temp_m1/status").json["temperature"]
-    margin = page.locator('tr[data-module="M1"]').get_by_test_id("margin")
+    margin = page.locator(f'tr[data-module="{M[0]}"]').get_by_test_id("margin")
     expect(margin).to_have_text(re.compile(r"^-?\d+\.\d K$"), timeout=WAIT)
     assert float(margin.inner_text().split()[0]) == pytest.approx(module - dewpoint, abs=0.3)
     expect(page.get_by_test_id("dewpoint")).to_have_text(re.compile(r"^\d+\.\d °C$"))
@@ -782,9 +807,9 @@ def test_a_frozen_source_is_greyed_within_its_timeout_on_the_servers_clock(
             expect(row.get_by_test_id("sensor-state")).to_have_text("no live data")
             last = max(m.json["time"] for m in lab.client.messages if m.topic == "/sensor_1/status")
             assert greyed - last <= SENSOR_TIMEOUT + 1.5  # within its timeout (and a tick)
-            expect(page.locator('tr[data-module="M2"]')).to_have_class(re.compile("tdcs-old"))
+            expect(page.locator(f'tr[data-module="{M[1]}"]')).to_have_class(re.compile("tdcs-old"))
             open_page(page, lab, "overview")
-            expect(card(page, "M2").get_by_test_id("temperature")).to_have_class(
+            expect(card(page, HV[1].module).get_by_test_id("temperature")).to_have_class(
                 re.compile("tdcs-old")
             )
             ages = page.locator('[data-testid=source-age][data-prefix="/sensor_1"]')
@@ -811,22 +836,24 @@ def test_alarms_appear_in_the_banner_and_list_and_are_acknowledged_from_the_ui(
     """A trip, an interlock, a daemon going offline: in the banner of every page and in the
     list; acknowledged from the page, with the operator's name in `/alarms` and the audit log."""
     lab.reset()
-    lab.hv_on("hv_m2", volts=30)
+    lab.hv_on(HV[1].name, volts=30)
     open_page(page, lab, "power")
     expect(page.get_by_test_id("banner-newest")).to_have_text(
         re.compile("^(no alarms|every alarm acknowledged)$")
     )
 
     since = lab.client.mark()
-    lab.power.put(lab.power.pv(HV, 1, "SimLeak"), 50.0)  # hv_m2 trips
-    lab.alarms(lambda a: any(x["key"] == "channel:/hv:hv_m2" and x["active"] for x in a), since)
-    lab.power.put(lab.power.pv(HV, 1, "SimLeak"), 0.0)
+    lab.power.put(lab.power.chpv(HV[1].name, "SimLeak"), 50.0)  # it trips
+    lab.alarms(
+        lambda a: any(x["key"] == f"channel:/hv:{HV[1].name}" and x["active"] for x in a), since
+    )
+    lab.power.put(lab.power.chpv(HV[1].name, "SimLeak"), 0.0)
     lab.julabo.stop()  # the chiller daemon goes offline: its alarm, and the heartbeat interlock
     try:
         # offline at once (its last will), silent 3 x its 1 s heartbeat later
         down = {"offline:/julabo", "interlock:heartbeat", "silent:/julabo"}
         alarms = lab.alarms(lambda a: down <= {x["key"] for x in a if not x["acknowledged"]}, since)
-        keys = {"channel:/hv:hv_m2", "offline:/julabo", "interlock:heartbeat"}
+        keys = {f"channel:/hv:{HV[1].name}", "offline:/julabo", "interlock:heartbeat"}
         mine = {a["key"]: a for a in alarms if a["key"] in keys}
         banner = page.get_by_test_id("banner")
         for sev in ("critical", "major"):  # the banner of every page counts them
@@ -841,7 +868,9 @@ def test_alarms_appear_in_the_banner_and_list_and_are_acknowledged_from_the_ui(
             )
         expect(page.get_by_test_id("lab-alarms")).to_contain_text("/julabo daemon offline")
         expect(
-            card(page, "M2").get_by_test_id("alarm").filter(has_text="hv_m2 (M2) TRIPPED")
+            card(page, HV[1].module)
+            .get_by_test_id("alarm")
+            .filter(has_text=f"{HV[1].name} ({HV[1].module}) TRIPPED")
         ).to_be_visible()
 
         page.get_by_test_id("banner-newest").click()  # to the alarms page
@@ -857,14 +886,16 @@ def test_alarms_appear_in_the_banner_and_list_and_are_acknowledged_from_the_ui(
         ).to_have_text("critical")
 
         since = lab.client.mark()
-        trip = page.locator('tr[data-key="channel:/hv:hv_m2"]')
+        trip = page.locator(f'tr[data-key="channel:/hv:{HV[1].name}"]')
         trip.get_by_test_id("ack-button").click()
         expect(trip.get_by_test_id("ack")).to_contain_text(f"by {OPERATOR}, ", timeout=WAIT)
-        listed = lab.alarms(lambda a: any(x["key"] == "channel:/hv:hv_m2" and x["acknowledged"]
-                                          for x in a), since)  # fmt: skip
-        assert next(a for a in listed if a["key"] == "channel:/hv:hv_m2")["ack_by"] == OPERATOR
+        key = f"channel:/hv:{HV[1].name}"
+        listed = lab.alarms(lambda a: any(x["key"] == key and x["acknowledged"] for x in a), since)
+        assert (
+            next(a for a in listed if a["key"] == f"channel:/hv:{HV[1].name}")["ack_by"] == OPERATOR
+        )
         records = lab.audit(since="1m", source=OPERATOR)
-        acked = mine["channel:/hv:hv_m2"]["id"]
+        acked = mine[f"channel:/hv:{HV[1].name}"]["id"]
         assert any(r["topic"] == f"/alarms/cmd/ack/{acked}" and r["ok"] for r in records), records
 
         page.get_by_test_id("ack-all").click()
@@ -928,14 +959,14 @@ def test_a_module_switched_on_and_off_from_the_overview_through_the_sequencer(
     lab: UiLab, page: Page
 ) -> None:
     lab.reset()
-    lab.command("/hv/cmd/setv/hv_m2", 60)
+    lab.command(HV[1].topic("setv"), 60)
     open_page(page, lab, "overview")
-    m2 = card(page, "M2")
+    m2 = card(page, HV[1].module)
     since = lab.client.mark()
     m2.get_by_test_id("module-on").click()
-    confirm(page, "Switch module M2 on?",
-            "LV lv_m2 (10.5 V) on; the sequencer waits until it is at its set point,",
-            "then HV hv_m2 (60.0 V) on, ramping to its set voltage.")  # fmt: skip
+    confirm(page, f"Switch module {M[1]} on?",
+            f"LV {LV[1].name} (10.5 V) on; the sequencer waits until it is at its set point,",
+            f"then HV {HV[1].name} (60.0 V) on, ramping to its set voltage.")  # fmt: skip
     done = lab.client.wait_for("/dcs/response", lambda m: m.json["ok"], 30, since).json
     assert done["id"].startswith(f"{OPERATOR}:ui-")
     expect(m2.get_by_test_id("sequence")).to_have_text("ON", timeout=WAIT)
@@ -948,35 +979,39 @@ def test_a_module_switched_on_and_off_from_the_overview_through_the_sequencer(
     since = lab.client.mark()
     m2.get_by_test_id("module-off").click()
     confirm(
-        page, "Switch module M2 off?", "HV hv_m2 ramps down to 0 V,", "then LV lv_m2 switches off."
+        page,
+        f"Switch module {M[1]} off?",
+        f"HV {HV[1].name} ramps down to 0 V,",
+        f"then LV {LV[1].name} switches off.",
     )
     lab.client.wait_for("/dcs/response", lambda m: m.json["ok"], 30, since)
     expect(m2.get_by_test_id("sequence")).to_have_text("OFF", timeout=WAIT)
     expect(m2.locator("[data-testid=lv] [data-testid=state]")).to_have_text("OFF")
-    records = lab.audit(since="1m", module="M2", source=OPERATOR)
+    records = lab.audit(since="1m", module=M[1], source=OPERATOR)
     assert [
         (r["topic"], json.loads(r["payload"])["value"])
         for r in records
         if r["topic"].startswith("/dcs/")
-    ] == [("/dcs/cmd/module/M2", "on"), ("/dcs/cmd/module/M2", "off")]
+    ] == [(f"/dcs/cmd/module/{M[1]}", "on"), (f"/dcs/cmd/module/{M[1]}", "off")]
 
 
 def test_all_off_is_reachable_from_every_page(lab: UiLab, page: Page) -> None:
     lab.reset()
-    lab.command("/hv/cmd/setv/M1", 30)
-    lab.command("/dcs/cmd/module/M1", "on", timeout=30)
+    lab.command(HV[0].topic("setv", by="module"), 30)
+    lab.command(f"/dcs/cmd/module/{M[0]}", "on", timeout=30)
     for name in PAGES:
         open_page(page, lab, name)
         expect(page.get_by_test_id("banner-all-off")).to_be_enabled()
     since = lab.client.mark()
     page.get_by_test_id("banner-all-off").click()  # from the environment page
     confirm(page, "Switch every module off?",
-            "Through the sequencer: the HV of M1-M4 ramps down to 0 V, then their LV switches off.",
-            "HV on now: M1.")  # fmt: skip
+            f"Through the sequencer: the HV of {M[0]}-{M[-1]} ramps down to 0 V, then their LV "
+            "switches off.",
+            f"HV on now: {M[0]}.")  # fmt: skip
     sent = lab.client.wait_for("/dcs/cmd/module/all", timeout=5, since=since).json
     assert sent["value"] == "off" and sent["id"].startswith(f"{OPERATOR}:")
     lab.client.wait_for("/dcs/response", lambda m: m.json["ok"], 30, since)
-    lab.power.wait_channel("/lv", "lv_m1", lambda c: c["state"] == "OFF", since=since)
+    lab.power.wait_channel("/lv", LV[0].name, lambda c: c["state"] == "OFF", since=since)
 
 
 def test_the_operators_name_is_asked_once_and_in_the_audit_log(
@@ -990,15 +1025,15 @@ def test_the_operators_name_is_asked_once_and_in_the_audit_log(
         page.get_by_test_id("name-later").click()  # only looking
         expect(page.get_by_test_id("operator")).to_have_text("not set")
         since = lab.client.mark()
-        page.locator('tr[data-channel="lv_m3"]').get_by_test_id("switch").click()
+        page.locator(f'tr[data-channel="{LV[2].name}"]').get_by_test_id("switch").click()
         expect(page.get_by_test_id("name-dialog")).to_be_visible()  # a command needs a name
         assert not [m for m in lab.client.messages[since:] if "/cmd/" in m.topic]
         page.get_by_test_id("name-input").fill("Night Owl")
         page.get_by_test_id("name-save").click()  # and then it goes out
-        sent = lab.client.wait_for("/lv/cmd/switch/lv_m3", timeout=5, since=since)
+        sent = lab.client.wait_for(LV[2].topic("switch"), timeout=5, since=since)
         assert sent.json["id"].startswith("Night_Owl:ui-") and sent.json["value"] == "on"
         assert abs(sent.json["time"] - time.time()) < 5  # unix s: the daemon judges its age
-        wait_crate(lab, LV, 2, "Pw", 1)
+        wait_crate(lab, LV[2].name, "Pw", 1)
         expect(page.get_by_test_id("operator")).to_have_text("Night_Owl")
         expect(page.get_by_test_id("answer-entry").first).to_contain_text("by Night_Owl")
         page.reload()  # asked once per browser
@@ -1006,7 +1041,7 @@ def test_the_operators_name_is_asked_once_and_in_the_audit_log(
         expect(page.get_by_test_id("operator")).to_have_text("Night_Owl", timeout=WAIT)
         expect(page.get_by_test_id("name-dialog")).to_have_count(0)
         records = lab.audit(since="1m", source="Night_Owl")
-        assert [r["topic"] for r in records] == ["/lv/cmd/switch/lv_m3"] and records[0]["ok"]
+        assert [r["topic"] for r in records] == [LV[2].topic("switch")] and records[0]["ok"]
     finally:
         context.close()
     assert not errors, errors
@@ -1045,14 +1080,14 @@ def lab_at_work(lab: UiLab) -> None:
         lab.command(cmd, value)
     for name in CHILLERS:
         lab.start_chiller(name)
-    lab.hv_on("hv_m1", volts=100)
-    lab.hv_on("hv_m2", volts=150)
-    lab.hv_on("hv_m3", volts=40)
+    lab.hv_on(HV[0].name, volts=100)
+    lab.hv_on(HV[1].name, volts=150)
+    lab.hv_on(HV[2].name, volts=40)
     since = lab.client.mark()
-    lab.power.put(lab.power.pv(HV, 2, "SimLeak"), 50.0)
-    lab.alarms(lambda a: any(x["key"] == "channel:/hv:hv_m3" for x in a), since)
-    lab.power.put(lab.power.pv(HV, 2, "SimLeak"), 0.0)
-    assert not lab.client.command("/hv/cmd/setv/hv_m4", 450, "/hv/response")["ok"]
+    lab.power.put(lab.power.chpv(HV[2].name, "SimLeak"), 50.0)
+    lab.alarms(lambda a: any(x["key"] == f"channel:/hv:{HV[2].name}" for x in a), since)
+    lab.power.put(lab.power.chpv(HV[2].name, "SimLeak"), 0.0)
+    assert not lab.client.command(LOW.topic("setv"), 450, "/hv/response")["ok"]
 
 
 def chiller_stopped(lab: UiLab) -> None:
@@ -1061,7 +1096,7 @@ def chiller_stopped(lab: UiLab) -> None:
     since = lab.client.mark()
     lab.command("/julabo/cmd/switch", "off")
     lab.rules(lambda r: r["chiller_running"]["active"], since=since)
-    for name in ("hv_m1", "hv_m2"):
+    for name in (HV[0].name, HV[1].name):
         lab.power.wait_channel("/hv", name, lambda c: c["state"] == "OFF", 10, since)
 
 
@@ -1073,13 +1108,13 @@ def show(page: Page, lab: UiLab, name: str) -> None:
     """A page of the lab at work, once its data are in."""
     open_page(page, lab, name)
     if name == "overview":
-        expect(card(page, "M2").get_by_test_id("interlock-action")).to_contain_text(
+        expect(card(page, HV[1].module).get_by_test_id("interlock-action")).to_contain_text(
             "chiller_running", timeout=WAIT
         )
-        expect(card(page, "M4").get_by_test_id("temperature")).to_have_text(
+        expect(card(page, HV[3].module).get_by_test_id("temperature")).to_have_text(
             re.compile(r"^\d+\.\d °C$"), timeout=WAIT
         )
-        expect(card(page, "M3").get_by_test_id("alarm").first).to_be_visible()
+        expect(card(page, HV[2].module).get_by_test_id("alarm").first).to_be_visible()
     elif name == "alarms":
         expect(page.get_by_test_id("alarm-row").first).to_be_visible(timeout=WAIT)
         expect(page.locator('tr[data-rule="chiller_running"]')).to_have_attribute(
@@ -1087,7 +1122,7 @@ def show(page: Page, lab: UiLab, name: str) -> None:
         )
         expect(page.get_by_test_id("history-row").first).to_be_visible(timeout=WAIT)
     elif name == "power":
-        expect(page.locator('tr[data-channel="hv_m2"]')).to_have_attribute(
+        expect(page.locator(f'tr[data-channel="{HV[1].name}"]')).to_have_attribute(
             "data-state", "ON", timeout=WAIT
         )
     elif name == "chiller":
@@ -1125,7 +1160,7 @@ def test_on_a_phone_every_module_shows_state_temperature_and_alarms_without_scro
         show(phone, lab, name)
         assert no_horizontal_scroll(phone) == [], name
         screenshot(phone, f"phone-{name}")
-    for module in ("M1", "M2", "M3", "M4"):  # the overview: every module's card, all of it
+    for module in M:  # the overview: every module's card, all of it
         m = card(phone, module)
         for what in ("alarms", "lv", "hv", "temperature", "margin"):
             box = m.get_by_test_id(what).first.bounding_box()
@@ -1142,5 +1177,5 @@ def test_on_a_phone_every_module_shows_state_temperature_and_alarms_without_scro
             m.get_by_test_id("hv").bounding_box(),
         )
         assert alarms["y"] + alarms["height"] <= body["y"]  # alarms and interlocks first
-    m3 = card(phone, "M3").get_by_test_id("alarm")
-    expect(m3.filter(has_text="hv_m3 (M3) TRIPPED")).to_be_visible()
+    m3 = card(phone, HV[2].module).get_by_test_id("alarm")
+    expect(m3.filter(has_text=f"{HV[2].name} ({HV[2].module}) TRIPPED")).to_be_visible()

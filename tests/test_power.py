@@ -11,10 +11,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.conftest import PowerLab
+from tests.labdata import EXAMPLE
 from tests.simca import wait_for
 from trackerdcs.config import load_config
 from trackerdcs.power.channel import PowerChannel
 from trackerdcs.power.service import settings_writes
+
+# the example lab's channels: both layouts below keep their names, numbers and modules
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")
+LOW = EXAMPLE.limited("hv")  # the HV channel whose own vmax is below the default
 
 
 @pytest.fixture(scope="module", params=["example", "cleanroom"])
@@ -42,10 +47,10 @@ def states_seen(lab, prefix: str, name: str, since: int) -> list[str]:
 @pytest.mark.parametrize(
     ("target", "names"),
     [
-        ("0", ["hv_m1"]),
-        ("hv_m2", ["hv_m2"]),
-        ("M3", ["hv_m3"]),
-        ("all", ["hv_m1", "hv_m2", "hv_m3", "hv_m4"]),
+        (str(HV[0].number), [HV[0].name]),
+        (HV[1].name, [HV[1].name]),
+        (HV[2].module, [HV[2].name]),
+        ("all", [c.name for c in HV]),
     ],
 )
 def test_setv_by_number_name_module_and_all(power_lab, target, names):
@@ -63,30 +68,30 @@ def test_setv_by_number_name_module_and_all(power_lab, target, names):
 
 def test_seti_by_module_on_lv(power_lab):
     since = power_lab.client.mark()
-    answer = power_lab.command("/lv/cmd/seti/M2", 1.25)
+    answer = power_lab.command(LV[1].topic("seti", by="module"), 1.25)
     assert answer["ok"], answer
-    power_lab.wait_channel("/lv", "lv_m2", lambda c: c["ilim"] == 1.25, since=since)
-    assert power_lab.get(power_lab.chpv("lv_m2", "I0Set")) == 1.25
+    power_lab.wait_channel("/lv", LV[1].name, lambda c: c["ilim"] == 1.25, since=since)
+    assert power_lab.get(power_lab.chpv(LV[1].name, "I0Set")) == 1.25
 
 
 def test_switch_ramps_up_then_on_then_down_then_off(power_lab):
-    assert power_lab.command("/hv/cmd/setv/hv_m1", 100)["ok"]
+    assert power_lab.command(HV[0].topic("setv"), 100)["ok"]
     since = power_lab.client.mark()
-    assert power_lab.command("/hv/cmd/switch/hv_m1", "on")["ok"]
-    on = power_lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "ON", since=since)
+    assert power_lab.command(HV[0].topic("switch"), "on")["ok"]
+    on = power_lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "ON", since=since)
     assert on["on"] == 1 and abs(on["vmon"] - 100) <= 2 and "ON" in on["flags"]
     assert on["imon"] > 0  # the leakage current of the load model
-    assert states_seen(power_lab, "/hv", "hv_m1", since)[-2:] == ["RAMPING_UP", "ON"]
+    assert states_seen(power_lab, "/hv", HV[0].name, since)[-2:] == ["RAMPING_UP", "ON"]
     state = power_lab.client.wait_for(
         "/hv/state", lambda m: m.json["state"] == "MIXED", since=since
     )
-    assert state.json["counts"] == {"ON": 1, "OFF": 3}
+    assert state.json["counts"] == {"ON": 1, "OFF": len(HV) - 1}
 
     since = power_lab.client.mark()
-    assert power_lab.command("/hv/cmd/switch/hv_m1", "OFF")["ok"]
-    off = power_lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "OFF", since=since)
+    assert power_lab.command(HV[0].topic("switch"), "OFF")["ok"]
+    off = power_lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "OFF", since=since)
     assert off["on"] == 0 and off["vmon"] == 0.0
-    assert states_seen(power_lab, "/hv", "hv_m1", since)[-2:] == ["RAMPING_DOWN", "OFF"]
+    assert states_seen(power_lab, "/hv", HV[0].name, since)[-2:] == ["RAMPING_DOWN", "OFF"]
 
 
 def test_switch_all_lv_then_all_on_state(power_lab):
@@ -102,55 +107,61 @@ def test_switch_all_lv_then_all_on_state(power_lab):
 # -- trips ------------------------------------------------------------------------------------
 def test_over_current_trips_and_switch_on_needs_clear(power_lab):
     lab = power_lab
-    assert lab.command("/hv/cmd/setv/hv_m2", 50)["ok"]
+    assert lab.command(HV[1].topic("setv"), 50)["ok"]
     since = lab.client.mark()
-    assert lab.command("/hv/cmd/switch/hv_m2", "on")["ok"]
-    lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "ON", since=since)
+    assert lab.command(HV[1].topic("switch"), "on")["ok"]
+    lab.wait_channel("/hv", HV[1].name, lambda c: c["state"] == "ON", since=since)
 
     since = lab.client.mark()
-    lab.put(lab.chpv("hv_m2", "SimLeak"), 50.0)  # 50 µA over a 10 µA limit
-    tripped = lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "TRIPPED", since=since)
+    lab.put(lab.chpv(HV[1].name, "SimLeak"), 50.0)  # 50 µA over a 10 µA limit
+    tripped = lab.wait_channel("/hv", HV[1].name, lambda c: c["state"] == "TRIPPED", since=since)
     assert "INT_TRIP" in tripped["flags"] and tripped["on"] == 0
     others = lab.client.latest("/hv/status").json
-    assert [c["state"] for c in others if c["name"] != "hv_m2"] == ["OFF", "OFF", "OFF"]
+    assert [c["state"] for c in others if c["name"] != HV[1].name] == ["OFF"] * (len(HV) - 1)
     lab.client.wait_for("/hv/state", lambda m: m.json["state"] == "ERROR", since=since)
 
-    lab.put(lab.chpv("hv_m2", "SimLeak"), 0.0)
+    lab.put(lab.chpv(HV[1].name, "SimLeak"), 0.0)
     writes = lab.writes()
-    answer = lab.command("/hv/cmd/switch/hv_m2", "on")
+    answer = lab.command(HV[1].topic("switch"), "on")
     assert answer["ok"] is False and "TRIPPED" in answer["error"] and "clear" in answer["error"]
     assert lab.writes() == writes  # nothing reached the crate
 
     since = lab.client.mark()
     assert lab.command("/hv/cmd/clear", "")["ok"]
-    lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "OFF" and not c["flags"], since=since)
-    assert lab.command("/hv/cmd/switch/hv_m2", "on")["ok"]
-    lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "ON", since=since)
+    lab.wait_channel(
+        "/hv", HV[1].name, lambda c: c["state"] == "OFF" and not c["flags"], since=since
+    )
+    assert lab.command(HV[1].topic("switch"), "on")["ok"]
+    lab.wait_channel("/hv", HV[1].name, lambda c: c["state"] == "ON", since=since)
 
 
 # -- bad input --------------------------------------------------------------------------------
 BAD_COMMANDS = [
-    ("/hv/cmd/setv/0", "abc", "must be a number"),
-    ("/hv/cmd/setv/0", "", "must be a number"),
-    ("/hv/cmd/setv/0", "nan", "must be finite"),
-    ("/hv/cmd/setv/0", "-5", "must not be negative"),
-    ("/hv/cmd/setv/0", "600.5", "exceeds the maximum 600 V of hv_m1"),
-    ("/hv/cmd/setv/hv_m4", "450", "exceeds the maximum 400 V of hv_m4"),
-    ("/hv/cmd/setv/all", "450", "exceeds the maximum 400 V of hv_m4"),
+    (HV[0].topic("setv", by="number"), "abc", "must be a number"),
+    (HV[0].topic("setv", by="number"), "", "must be a number"),
+    (HV[0].topic("setv", by="number"), "nan", "must be finite"),
+    (HV[0].topic("setv", by="number"), "-5", "must not be negative"),
+    (HV[0].topic("setv", by="number"), "600.5", f"exceeds the maximum 600 V of {HV[0].name}"),
+    (LOW.topic("setv"), "450", f"exceeds the maximum 400 V of {LOW.name}"),
+    ("/hv/cmd/setv/all", "450", f"exceeds the maximum 400 V of {LOW.name}"),
     ("/hv/cmd/setv/99", "10", "unknown channel '99'"),
     ("/hv/cmd/setv/nosuch", "10", "unknown channel 'nosuch'"),
-    ("/hv/cmd/setv/lv_m1", "10", "unknown channel 'lv_m1'"),
+    (f"/hv/cmd/setv/{LV[0].name}", "10", f"unknown channel '{LV[0].name}'"),
     ("/hv/cmd/setv", "10", "malformed command topic"),
-    ("/hv/cmd/setv/0/1", "10", "malformed command topic"),
-    ("/hv/cmd/seti/0", "0", "must be positive"),
-    ("/hv/cmd/seti/0", "1000", "exceeds the maximum 100 uA"),
-    ("/lv/cmd/seti/0", "5", "exceeds the maximum 4 A"),
-    ("/lv/cmd/setv/M1", "12.1", "exceeds the maximum 12 V of lv_m1"),
-    ("/hv/cmd/switch/0", "maybe", "takes 'on' or 'off'"),
-    ("/hv/cmd/switch/0", '{"value": "on", "extra": 1}', "unknown key(s) in payload: extra"),
-    ("/hv/cmd/switch/0", '{"value": "on"', "malformed JSON"),
-    ("/hv/cmd/switch/0", "[1, 2]", "takes 'on' or 'off'"),
-    ("/hv/cmd/setv/0", '{"value": true}', "must be a number"),
+    (HV[0].topic("setv", by="number") + "/1", "10", "malformed command topic"),
+    (HV[0].topic("seti", by="number"), "0", "must be positive"),
+    (HV[0].topic("seti", by="number"), "1000", "exceeds the maximum 100 uA"),
+    (LV[0].topic("seti", by="number"), "5", "exceeds the maximum 4 A"),
+    (LV[0].topic("setv", by="module"), "12.1", f"exceeds the maximum 12 V of {LV[0].name}"),
+    (HV[0].topic("switch", by="number"), "maybe", "takes 'on' or 'off'"),
+    (
+        HV[0].topic("switch", by="number"),
+        '{"value": "on", "extra": 1}',
+        "unknown key(s) in payload: extra",
+    ),
+    (HV[0].topic("switch", by="number"), '{"value": "on"', "malformed JSON"),
+    (HV[0].topic("switch", by="number"), "[1, 2]", "takes 'on' or 'off'"),
+    (HV[0].topic("setv", by="number"), '{"value": true}', "must be a number"),
     ("/hv/cmd/explode", "1", "unknown command 'explode'"),
     ("/hv/cmd/clear/now", "", "malformed command topic"),
 ]
@@ -159,20 +170,20 @@ BAD_COMMANDS = [
 def test_bad_commands_are_answered_and_write_nothing(power_lab):
     lab = power_lab
     writes = lab.writes()
-    vset = lab.get(lab.chpv("hv_m1", "V0Set"))
+    vset = lab.get(lab.chpv(HV[0].name, "V0Set"))
     for topic, payload, expected in BAD_COMMANDS:
         answer = lab.client.raw_command(topic, payload, topic.split("/cmd")[0] + "/response")
         assert answer["ok"] is False, (topic, payload, answer)
         assert expected in answer["error"], (topic, payload, answer["error"])
         assert answer["topic"] == topic and answer["payload"] == payload
     assert lab.writes() == writes, "a refused command wrote to the crate"
-    assert lab.get(lab.chpv("hv_m1", "V0Set")) == vset
+    assert lab.get(lab.chpv(HV[0].name, "V0Set")) == vset
 
 
 def test_invalid_utf8_payload_is_refused(power_lab):
     writes = power_lab.writes()
     since = power_lab.client.mark()
-    power_lab.client.publish("/hv/cmd/setv/0", b"\xff\xfe")
+    power_lab.client.publish(HV[0].topic("setv", by="number"), b"\xff\xfe")
     answer = power_lab.client.wait_for("/hv/response", since=since).json
     assert answer["ok"] is False and "must be a number" in answer["error"]
     assert power_lab.writes() == writes
@@ -180,14 +191,14 @@ def test_invalid_utf8_payload_is_refused(power_lab):
 
 def test_all_or_nothing_when_one_channel_refuses(power_lab):
     lab = power_lab
-    lab.put(lab.chpv("hv_m3", "SimLeak"), 50.0)
-    assert lab.command("/hv/cmd/setv/M3", 20)["ok"]
+    lab.put(lab.chpv(HV[2].name, "SimLeak"), 50.0)
+    assert lab.command(HV[2].topic("setv", by="module"), 20)["ok"]
     since = lab.client.mark()
-    assert lab.command("/hv/cmd/switch/M3", "on")["ok"]
-    lab.wait_channel("/hv", "hv_m3", lambda c: c["state"] == "TRIPPED", since=since)
+    assert lab.command(HV[2].topic("switch", by="module"), "on")["ok"]
+    lab.wait_channel("/hv", HV[2].name, lambda c: c["state"] == "TRIPPED", since=since)
     writes = lab.writes()
     answer = lab.command("/hv/cmd/switch/all", "on")
-    assert not answer["ok"] and "hv_m3 is TRIPPED" in answer["error"]
+    assert not answer["ok"] and f"{HV[2].name} is TRIPPED" in answer["error"]
     assert lab.writes() == writes
 
 
@@ -206,9 +217,14 @@ def test_request_id_and_mqtt5_response_topic(power_lab, broker):
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = "reply/me"
         props.CorrelationData = b"corr-42"
-        c.publish("/hv/cmd/setv/1", json.dumps({"value": 12, "id": "abc"}), qos=1, properties=props)
+        c.publish(
+            HV[1].topic("setv", by="number"),
+            json.dumps({"value": 12, "id": "abc"}),
+            qos=1,
+            properties=props,
+        )
         answer = power_lab.client.wait_for("/hv/response", lambda m: m.json["id"] == "abc").json
-        assert answer["ok"] is True and answer["topic"] == "/hv/cmd/setv/1"
+        assert answer["ok"] is True and answer["topic"] == HV[1].topic("setv", by="number")
         wait_for(lambda: got, timeout=5)
         assert json.loads(got[0].payload)["id"] == "abc"
         assert got[0].properties.CorrelationData == b"corr-42"
@@ -243,8 +259,9 @@ def test_reconnect_command_recreates_the_channels(power_lab):
         len(settings_writes(PowerChannel(c, cfg.limits_for(c), cfg.board_of(c).spec)))
         for c in cfg.power.channels
     )
-    assert settings == 4 * 5 + 4 * 3  # HV SVMax RUp RDWn Trip PDwn; LV Trip RUpTime RDwTime
+    # HV: SVMax RUp RDWn Trip PDwn; LV: Trip RUpTime RDwTime
+    assert settings == len(HV) * 5 + len(LV) * 3
     wait_for(lambda: lab.writes() >= writes + settings, timeout=5)
     for prefix in ("/hv", "/lv"):
         lab.wait_status(prefix, lambda chs: all(c["state"] == "OFF" for c in chs), since=since)
-    assert lab.command("/hv/cmd/setv/0", 3)["ok"]
+    assert lab.command(HV[0].topic("setv", by="number"), 3)["ok"]

@@ -12,9 +12,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import EXAMPLE_LAB, PowerLab
+from tests.labdata import EXAMPLE
 from trackerdcs.config import ChannelKind, load_config
 from trackerdcs.power.channel import PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
 
 
 class RecordingLink:
@@ -139,7 +142,7 @@ class EchoClient:
             return
         vreq = next(c["vreq"] for c in json.loads(msg.payload) if c["number"] == 0)
         self.echoes += 1
-        client.publish("/hv/cmd/setv/0", f"{vreq:g}", qos=1)
+        client.publish(HV[0].topic("setv", by="number"), f"{vreq:g}", qos=1)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -181,7 +184,9 @@ def test_a_client_echoing_the_status_back_as_a_set_point_dies_out(power_lab):
     echo = EchoClient(lab.broker.port)
     try:
         writes = settled_writes(lab, gap=1.0, timeout=10)
-        assert lab.command("/hv/cmd/setv/0", 50)["ok"]  # one change: one status, one echo
+        assert lab.command(HV[0].topic("setv", by="number"), 50)[
+            "ok"
+        ]  # one change: one status, one echo
         quiet(lab.client, "/hv/status", gap=1.0, timeout=10)
         # (before: each echo made a same-value put, a monitor and a status: ~130 commands/s)
         assert echo.echoes <= 3, echo.echoes

@@ -7,7 +7,10 @@ import time
 import pytest
 
 from tests.conftest import Broker, PowerLab
+from tests.labdata import EXAMPLE
 from tests.simca import wait_for
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
 
 
 @pytest.fixture
@@ -23,8 +26,8 @@ def all_in(state: str):
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_crate_lost_then_back_without_restarting_the_daemon(lab, how):
-    assert lab.command("/lv/cmd/switch/lv_m1", "on")["ok"]
-    lab.wait_channel("/lv", "lv_m1", lambda c: c["state"] == "ON")
+    assert lab.command(LV[0].topic("switch"), "on")["ok"]
+    lab.wait_channel("/lv", LV[0].name, lambda c: c["state"] == "ON")
     daemon_pid = lab.daemon.pid
 
     since = lab.client.mark()
@@ -38,7 +41,7 @@ def test_crate_lost_then_back_without_restarting_the_daemon(lab, how):
     lv = lab.client.latest("/lv/status").json
     assert lv[0]["vreq"] == 10.5 and isinstance(lv[0]["vmon"], float)
 
-    answer = lab.command("/hv/cmd/switch/0", "on")
+    answer = lab.command(HV[0].topic("switch", by="number"), "on")
     assert not answer["ok"] and "DISCONNECTED" in answer["error"]
 
     since = lab.client.mark()
@@ -46,10 +49,10 @@ def test_crate_lost_then_back_without_restarting_the_daemon(lab, how):
     for prefix in ("/hv", "/lv"):
         lab.wait_status(prefix, all_in("OFF"), timeout=10, since=since)
     assert lab.daemon.pid == daemon_pid and lab.daemon.alive
-    assert lab.command("/hv/cmd/setv/0", 42)["ok"]
-    lab.wait_channel("/hv", "hv_m1", lambda c: c["vreq"] == 42.0, since=since)
+    assert lab.command(HV[0].topic("setv", by="number"), 42)["ok"]
+    lab.wait_channel("/hv", HV[0].name, lambda c: c["vreq"] == 42.0, since=since)
     # protection settings written again (the settings channels connect just after the readbacks)
-    wait_for(lambda: lab.get(lab.chpv("hv_m1", "SVMax")) == 600.0, timeout=5)
+    wait_for(lambda: lab.get(lab.chpv(HV[0].name, "SVMax")) == 600.0, timeout=5)
 
 
 def test_broker_restart_reconnects_republishes_and_takes_commands(workdir):
@@ -71,9 +74,9 @@ def test_broker_restart_reconnects_republishes_and_takes_commands(workdir):
                     assert late.wait_for(f"{prefix}/{topic}").retain
         finally:
             late.close()
-        answer = lab.command("/hv/cmd/setv/hv_m2", 77)
+        answer = lab.command(HV[1].topic("setv"), 77)
         assert answer["ok"], answer
-        lab.wait_channel("/hv", "hv_m2", lambda c: c["vreq"] == 77.0)
+        lab.wait_channel("/hv", HV[1].name, lambda c: c["vreq"] == 77.0)
     finally:
         lab.stop()
         broker.stop()

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import EXAMPLE_LAB, EXAMPLE_SLOTS, Broker, PowerLab
+from tests.conftest import EXAMPLE_LAB, Broker, PowerLab
+from tests.labdata import EXAMPLE
 from tests.simca import wait_for
 from trackerdcs.config import ChannelKind, load_config
 from trackerdcs.mqtt import Command
@@ -16,7 +17,7 @@ from trackerdcs.power.backend import BackendError
 from trackerdcs.power.channel import PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
 
-HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the labs below start from it
 
 
 def switch_on(lab, prefix: str, name: str, volts: float) -> None:
@@ -43,20 +44,22 @@ def test_active_interlock_inhibits_hv_on_of_its_modules(power_lab, interlocks):
     lab = power_lab
     since = lab.client.mark()
     interlocks({"name": "chiller_running", "active": True, "reason": "chiller STOPPED",
-                "modules": ["M2"]})  # fmt: skip
-    lab.wait_channel("/hv", "hv_m2", lambda c: c["interlocks"] == ["chiller_running"], since=since)
+                "modules": [HV[1].module]})  # fmt: skip
+    lab.wait_channel(
+        "/hv", HV[1].name, lambda c: c["interlocks"] == ["chiller_running"], since=since
+    )
     writes = lab.writes()
-    answer = lab.command("/hv/cmd/switch/hv_m2", "on")
+    answer = lab.command(HV[1].topic("switch"), "on")
     assert not answer["ok"]
     assert "chiller_running" in answer["error"] and "chiller STOPPED" in answer["error"]
     assert lab.writes() == writes
-    assert lab.command("/hv/cmd/switch/hv_m1", "on")["ok"]  # another module is not inhibited
-    assert lab.command("/hv/cmd/switch/hv_m2", "off")["ok"]  # switching off is always allowed
+    assert lab.command(HV[0].topic("switch"), "on")["ok"]  # another module is not inhibited
+    assert lab.command(HV[1].topic("switch"), "off")["ok"]  # switching off is always allowed
 
     since = lab.client.mark()
-    interlocks({"name": "chiller_running", "active": False, "modules": ["M2"]})
-    lab.wait_channel("/hv", "hv_m2", lambda c: c["interlocks"] == [], since=since)
-    assert lab.command("/hv/cmd/switch/hv_m2", "on")["ok"]
+    interlocks({"name": "chiller_running", "active": False, "modules": [HV[1].module]})
+    lab.wait_channel("/hv", HV[1].name, lambda c: c["interlocks"] == [], since=since)
+    assert lab.command(HV[1].topic("switch"), "on")["ok"]
 
 
 def test_interlock_for_every_module_and_malformed_status_ignored(power_lab, interlocks):
@@ -71,58 +74,58 @@ def test_interlock_for_every_module_and_malformed_status_ignored(power_lab, inte
 
 def test_lv_off_refused_while_the_modules_hv_is_on(power_lab):
     lab = power_lab
-    switch_on(lab, "/lv", "lv_m1", 10.5)
-    switch_on(lab, "/hv", "hv_m1", 60)
+    switch_on(lab, "/lv", LV[0].name, 10.5)
+    switch_on(lab, "/hv", HV[0].name, 60)
     writes = lab.writes()
-    for topic in ("/lv/cmd/switch/lv_m1", "/lv/cmd/switch/M1", "/lv/cmd/kill/lv_m1"):
+    for topic in (LV[0].topic("switch"), LV[0].topic("switch", by="module"), LV[0].topic("kill")):
         answer = lab.command(topic, "off")
-        assert not answer["ok"] and "HV is on (hv_m1)" in answer["error"], answer
+        assert not answer["ok"] and f"HV is on ({HV[0].name})" in answer["error"], answer
     assert lab.writes() == writes
     since = lab.client.mark()
-    assert lab.command("/hv/cmd/switch/hv_m1", "off")["ok"]
-    lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "OFF", since=since)
-    assert lab.command("/lv/cmd/switch/lv_m1", "off")["ok"]
+    assert lab.command(HV[0].topic("switch"), "off")["ok"]
+    lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "OFF", since=since)
+    assert lab.command(LV[0].topic("switch"), "off")["ok"]
 
 
 def test_kill_switches_off_fast_and_switch_on_restores_the_ramp(power_lab):
     lab = power_lab
-    switch_on(lab, "/hv", "hv_m3", 100)
+    switch_on(lab, "/hv", HV[2].name, 100)
     since = lab.client.mark()
-    assert lab.command("/hv/cmd/kill/hv_m3", "")["ok"]
-    lab.wait_channel("/hv", "hv_m3", lambda c: c["state"] == "OFF", since=since)
-    assert lab.get(lab.pv(HV, 2, "RDWn")) == 1000.0
-    assert lab.command("/hv/cmd/switch/hv_m3", "on")["ok"]
-    assert lab.get(lab.pv(HV, 2, "RDWn")) == 400.0  # the lab's configured rdwn
+    assert lab.command(HV[2].topic("kill"), "")["ok"]
+    lab.wait_channel("/hv", HV[2].name, lambda c: c["state"] == "OFF", since=since)
+    assert lab.get(lab.chpv(HV[2].name, "RDWn")) == 1000.0
+    assert lab.command(HV[2].topic("switch"), "on")["ok"]
+    assert lab.get(lab.chpv(HV[2].name, "RDWn")) == 400.0  # the lab's configured rdwn
 
 
 def test_an_invalid_channel_is_still_switched_off_and_killed(power_lab):
     """An IOC that marks a readback INVALID shows the channel DISCONNECTED, but still takes
     `Pw`: `off`, `kill` and `switch/all off` reach it (and the others); `on` and `setv` wait."""
     lab = power_lab
-    invalid = lab.chpv("hv_m1", "SimInvalid")
+    invalid = lab.chpv(HV[0].name, "SimInvalid")
     try:
-        for name in ("hv_m1", "hv_m2"):
+        for name in (HV[0].name, HV[1].name):
             switch_on(lab, "/hv", name, 60)
         since = lab.client.mark()
         lab.put(invalid, 1)
-        lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "DISCONNECTED", since=since)
+        lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "DISCONNECTED", since=since)
         answer = lab.command("/hv/cmd/switch/all", "off")
-        assert answer["ok"] and answer["channels"] == ["hv_m1", "hv_m2", "hv_m3", "hv_m4"]
-        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0 and lab.get(lab.chpv("hv_m2", "Pw")) == 0
-        for topic, value in (("/hv/cmd/switch/hv_m1", "on"), ("/hv/cmd/setv/hv_m1", 70)):
+        assert answer["ok"] and answer["channels"] == [c.name for c in HV]
+        assert lab.get(lab.chpv(HV[0].name, "Pw")) == 0 and lab.get(lab.chpv(HV[1].name, "Pw")) == 0
+        for topic, value in ((HV[0].topic("switch"), "on"), (HV[0].topic("setv"), 70)):
             refused = lab.command(topic, value)
             assert not refused["ok"] and "DISCONNECTED: IMon INVALID (COMM)" in refused["error"]
         since = lab.client.mark()
         lab.put(invalid, 0)
-        lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "OFF", since=since)
-        switch_on(lab, "/hv", "hv_m1", 60)
+        lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "OFF", since=since)
+        switch_on(lab, "/hv", HV[0].name, 60)
         since = lab.client.mark()
         lab.put(invalid, 1)
-        lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "DISCONNECTED", since=since)
-        assert lab.command("/hv/cmd/kill/hv_m1", "")["ok"]
-        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0
-        assert lab.get(lab.chpv("hv_m1", "RDWn")) == 1000.0  # kill_rate
-        assert lab.command("/hv/cmd/switch/hv_m1", "off")["ok"]
+        lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "DISCONNECTED", since=since)
+        assert lab.command(HV[0].topic("kill"), "")["ok"]
+        assert lab.get(lab.chpv(HV[0].name, "Pw")) == 0
+        assert lab.get(lab.chpv(HV[0].name, "RDWn")) == 1000.0  # kill_rate
+        assert lab.command(HV[0].topic("switch"), "off")["ok"]
     finally:
         lab.put(invalid, 0)
 
@@ -132,19 +135,19 @@ def test_kill_switches_off_while_the_ramp_down_pv_is_not_connected(workdir):
     same, and its answer says the fast ramp-down was not set."""
     broker = Broker(workdir).start()  # its own: the module's lab serves /hv as well
     never_absent = {"crates.0.absent_timeout": 600}  # not counted absent during the test
-    lab = PowerLab(workdir, broker, "kill_no_rdwn", crate_args=("--omit", f"{HV}:RDWn"),
+    lab = PowerLab(workdir, broker, "kill_no_rdwn", crate_args=("--omit", f"{HV[0].board}:RDWn"),
                    **never_absent).start()  # fmt: skip
     try:
-        switch_on(lab, "/hv", "hv_m1", 60)
-        answer = lab.command("/hv/cmd/kill/hv_m1", "")
-        assert answer["ok"] and answer["channels"] == ["hv_m1"], answer
+        switch_on(lab, "/hv", HV[0].name, 60)
+        answer = lab.command(HV[0].topic("kill"), "")
+        assert answer["ok"] and answer["channels"] == [HV[0].name], answer
         warning = answer["warning"]
-        assert warning.startswith("hv_m1: fast ramp-down not set (") and warning.endswith(
+        assert warning.startswith(f"{HV[0].name}: fast ramp-down not set (") and warning.endswith(
             "RDWn not connected): ramps down at the crate's current ramp-down"
         )
-        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0
-        switch_on(lab, "/hv", "hv_m1", 60)  # nothing to restore: on as usual
-        assert lab.command("/hv/cmd/switch/hv_m1", "off")["ok"]
+        assert lab.get(lab.chpv(HV[0].name, "Pw")) == 0
+        switch_on(lab, "/hv", HV[0].name, 60)  # nothing to restore: on as usual
+        assert lab.command(HV[0].topic("switch"), "off")["ok"]
     finally:
         lab.stop()
         broker.stop()
@@ -208,34 +211,37 @@ def command(svc: PowerService, action: str, payload: str) -> dict:
 @pytest.mark.parametrize("action", ["switch/all", "kill/all"])
 def test_off_reaches_every_channel_it_can_and_names_the_others(hv_service, action):
     backend = hv_service.backend
-    backend.down = {("hv_m2", "Pw"), ("hv_m2", "RDWn")}
+    backend.down = {(HV[1].name, "Pw"), (HV[1].name, "RDWn")}
     backend.writes.clear()
     answer = command(hv_service, action, "off")
-    assert answer["ok"] is False and answer["not_written"] == ["hv_m2"]
-    assert answer["channels"] == ["hv_m1", "hv_m3", "hv_m4"]
+    assert answer["ok"] is False and answer["not_written"] == [HV[1].name]
+    assert answer["channels"] == [HV[0].name, HV[2].name, HV[3].name]
     assert answer["error"] == (
-        "could not be switched off: hv_m2 (hv_m2:Pw not connected); switched off: hv_m1, "
-        "hv_m3, hv_m4"
+        f"could not be switched off: {HV[1].name} ({HV[1].name}:Pw not connected); "
+        f"switched off: {HV[0].name}, {HV[2].name}, {HV[3].name}"
     )
     assert [(n, v) for n, p, v in backend.writes if p == "Pw"] == [
-        ("hv_m1", 0), ("hv_m3", 0), ("hv_m4", 0)
+        (HV[0].name, 0), (HV[2].name, 0), (HV[3].name, 0)
     ]  # fmt: skip
     if action.startswith("kill"):
-        assert "hv_m2: fast ramp-down not set (hv_m2:RDWn not connected)" in answer["warning"]
+        assert (
+            f"{HV[1].name}: fast ramp-down not set ({HV[1].name}:RDWn not connected)"
+            in answer["warning"]
+        )
 
 
 def test_switch_on_after_kill_waits_until_the_ramp_down_is_restored(hv_service):
     backend = hv_service.backend
-    assert command(hv_service, "kill/hv_m3", "")["ok"]
-    assert backend.writes[-2:] == [("hv_m3", "RDWn", 1000.0), ("hv_m3", "Pw", 0)]
-    backend.down = {("hv_m3", "RDWn")}
+    assert command(hv_service, f"kill/{HV[2].name}", "")["ok"]
+    assert backend.writes[-2:] == [(HV[2].name, "RDWn", 1000.0), (HV[2].name, "Pw", 0)]
+    backend.down = {(HV[2].name, "RDWn")}
     writes = len(backend.writes)
-    answer = command(hv_service, "switch/hv_m3", "on")
+    answer = command(hv_service, f"switch/{HV[2].name}", "on")
     assert answer["ok"] is False and "ramp-down is still kill's" in answer["error"]
     assert "nothing was switched on" in answer["error"] and len(backend.writes) == writes
     backend.down = set()
-    assert command(hv_service, "switch/hv_m3", "on")["ok"]
-    assert backend.writes[-2:] == [("hv_m3", "RDWn", 50.0), ("hv_m3", "Pw", 1)]
+    assert command(hv_service, f"switch/{HV[2].name}", "on")["ok"]
+    assert backend.writes[-2:] == [(HV[2].name, "RDWn", 50.0), (HV[2].name, "Pw", 1)]
 
 
 def test_failsafe_switches_hv_off_when_the_broker_is_gone(workdir):
@@ -243,17 +249,17 @@ def test_failsafe_switches_hv_off_when_the_broker_is_gone(workdir):
     lab = PowerLab(workdir, broker, "failsafe",
                    **{"power.failsafe": {"broker_timeout": 0.5}}).start()  # fmt: skip
     try:
-        switch_on(lab, "/lv", "lv_m2", 10.5)
-        switch_on(lab, "/hv", "hv_m2", 80)
+        switch_on(lab, "/lv", LV[1].name, 10.5)
+        switch_on(lab, "/hv", HV[1].name, 80)
         lab.client.close()
         broker.stop()
-        wait_for(lambda: lab.get(lab.pv(HV, 1, "Pw")) == 0, timeout=5)  # the crate sees it
-        assert lab.get(lab.pv(LV, 1, "Pw")) == 1  # LV is left alone
+        wait_for(lambda: lab.get(lab.chpv(HV[1].name, "Pw")) == 0, timeout=5)  # the crate sees it
+        assert lab.get(lab.chpv(LV[1].name, "Pw")) == 1  # LV is left alone
         broker.start()
         lab.client = broker.client()
         state = lab.client.wait_for("/hv/state", lambda m: m.json["failsafe"], timeout=10).json
         assert "no broker for 0.5 s" in state["failsafe"]
-        lab.wait_channel("/hv", "hv_m2", lambda c: c["state"] == "OFF", timeout=10)
+        lab.wait_channel("/hv", HV[1].name, lambda c: c["state"] == "OFF", timeout=10)
         lv_state = lab.client.wait_for("/lv/state", timeout=5).json
         assert lv_state["failsafe"] is None
     finally:
@@ -269,18 +275,20 @@ def test_failsafe_covers_a_daemon_started_without_the_broker(workdir):
                    **{"power.failsafe": {"broker_timeout": 0.5}}).start()  # fmt: skip
     try:
         wait_for(lambda: "fail-safe countdown stopped" in lab.daemon.output(), timeout=5)
-        switch_on(lab, "/hv", "hv_m1", 60)
+        switch_on(lab, "/hv", HV[0].name, 60)
         assert "fail-safe:" not in lab.daemon.output()  # the broker was there: it never fired
         lab.daemon.stop()  # a restart leaves the crate as it was
-        assert lab.get(lab.pv(HV, 0, "Pw")) == 1
+        assert lab.get(lab.chpv(HV[0].name, "Pw")) == 1
         lab.client.close()
         broker.stop()
         lab.daemon.start()
-        wait_for(lambda: lab.get(lab.pv(HV, 0, "Pw")) == 0, timeout=5)
+        wait_for(lambda: lab.get(lab.chpv(HV[0].name, "Pw")) == 0, timeout=5)
         assert "fail-safe armed until the broker connects" in lab.daemon.output()
-        lab.put(lab.pv(HV, 0, "Pw"), 1)  # the front panel, while nobody watches: off again
-        wait_for(lambda: "hv_m1 is on without supervision" in lab.daemon.output(), timeout=5)
-        wait_for(lambda: lab.get(lab.pv(HV, 0, "Pw")) == 0, timeout=5)
+        lab.put(lab.chpv(HV[0].name, "Pw"), 1)  # the front panel, while nobody watches: off again
+        wait_for(
+            lambda: f"{HV[0].name} is on without supervision" in lab.daemon.output(), timeout=5
+        )
+        wait_for(lambda: lab.get(lab.chpv(HV[0].name, "Pw")) == 0, timeout=5)
         broker.start()
         lab.client = broker.client()
         state = lab.client.wait_for("/hv/state", lambda m: m.json["failsafe"], timeout=10).json
@@ -295,7 +303,7 @@ def test_short_broker_outage_does_not_trigger_the_failsafe(workdir):
     lab = PowerLab(workdir, broker, "failsafe_short",
                    **{"power.failsafe": {"broker_timeout": 30}}).start()  # fmt: skip
     try:
-        switch_on(lab, "/hv", "hv_m1", 50)
+        switch_on(lab, "/hv", HV[0].name, 50)
         lab.client.close()
         broker.stop()
         broker.start()

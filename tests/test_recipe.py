@@ -20,11 +20,14 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, Broker
+from tests.labdata import EXAMPLE
 from tests.test_ivscan import IvLab
 from trackerdcs.client import CommandRefused
 from trackerdcs.stack.process import wait_until
 
-MODULES = ["M1", "M2"]
+M = EXAMPLE.modules  # the lab's modules (the recipe lab starts from the example), in order
+
+MODULES = M[:2]
 STABLE = {"tolerance": 0.5, "stable_for": 0.5}
 SCAN = {"stop": 40, "step": 20, "settle": 0, "readings": 1, "end": "previous"}
 
@@ -115,7 +118,7 @@ def test_two_cycles_paused_and_resumed(lab: RecipeLab) -> None:
 
     # its four scans, linked both ways by id
     assert [(s["module"], s["path"], s["outcome"]) for s in final["scans"]] == [
-        ("M1", "4.4", "completed"), ("M2", "4.4", "completed")] * 2  # fmt: skip
+        (M[0], "4.4", "completed"), (M[1], "4.4", "completed")] * 2  # fmt: skip
     scans = lab.client.latest("/dcs/ivscan/status").json["scans"]
     assert {scans[m]["recipe"] for m in MODULES} == {run}
     assert {scans[m]["scan"] for m in MODULES} <= {s["scan"] for s in final["scans"]}
@@ -133,7 +136,7 @@ def test_two_cycles_paused_and_resumed(lab: RecipeLab) -> None:
     assert events.count("step") == 18 and events.count("step_done") == 18
     assert {"pausing", "paused", "resumed"} <= set(events)
     sent = {r["topic"] for r in lab.audit(source="recipe", kind="command", since="5m")}
-    assert {"/julabo/cmd/setpoint", "/dcs/cmd/module/M1", "/dcs/cmd/ivscan/M2"} <= sent
+    assert {"/julabo/cmd/setpoint", f"/dcs/cmd/module/{M[0]}", f"/dcs/cmd/ivscan/{M[1]}"} <= sent
 
 
 def test_an_interlock_aborts_the_run_and_leaves_everything_safe(lab: RecipeLab) -> None:
@@ -147,7 +150,7 @@ def test_an_interlock_aborts_the_run_and_leaves_everything_safe(lab: RecipeLab) 
         final = lab.alice.wait_recipe(run, timeout=60)
         assert final["state"] == "ABORTED" and final["outcome"] == "interlock", final
         assert final["reason"].startswith("interlock chiller_running: chiller STOPPED")
-        assert "M1, M2 switched off (sequencer)" in final["reason"]
+        assert f"{M[0]}, {M[1]} switched off (sequencer)" in final["reason"]
         assert "chiller set to 22 °C" in final["reason"]
         lab.modules_off()  # HV and LV of both
         lab.wait("/julabo/status", lambda s: s["setpoint"] == 22.0, 5, since)
@@ -183,7 +186,7 @@ def test_an_interlock_pauses_the_run_until_it_clears_then_restores_it(lab: Recip
     events = [r for r in lab.audit(source="recipe", kind="action", since="5m")
               if run in r["payload"]]  # fmt: skip
     restored = next(r["text"] for r in events if r["event"] == "restored")
-    assert "set point 15 °C" in restored and "M1, M2 on again" in restored
+    assert "set point 15 °C" in restored and f"{M[0]}, {M[1]} on again" in restored
     commands = [r for r in lab.audit(since="5m", kind="command") if r["time"] >= events[0]["time"]]
     setpoints = [(r["source"], json.loads(r["payload"])["value"]) for r in commands
                  if r["topic"] == "/julabo/cmd/setpoint"]  # fmt: skip
@@ -195,7 +198,7 @@ def test_an_interlock_pauses_the_run_until_it_clears_then_restores_it(lab: Recip
 
 def test_a_set_point_too_close_to_the_dew_point_waits_or_fails(lab: RecipeLab) -> None:
     assert lab.alice is not None
-    cold = {"name": "cold", "modules": ["M1"], "steps": [{"setpoint": 10}, {"hold": 0.1}]}
+    cold = {"name": "cold", "modules": [M[0]], "steps": [{"setpoint": 10}, {"hold": 0.1}]}
     final = lab.alice.start_recipe({**cold, "dewpoint": "fail"}, wait=True, timeout=30)
     assert final["outcome"] == "failed" and final["step"] == 1, final
     assert ("set point 10 °C is below the dew point 8.6 °C + 2 K margin (10.6 °C): the air is "
@@ -218,7 +221,7 @@ def test_a_set_point_too_close_to_the_dew_point_waits_or_fails(lab: RecipeLab) -
 def test_bad_recipes_are_refused_before_anything_moves(lab: RecipeLab, tmp_path: Path) -> None:
     assert lab.alice is not None
     bad = tmp_path / "bad.yml"
-    bad.write_text(yaml.safe_dump({"modules": ["M1", "M9"], "steps": [
+    bad.write_text(yaml.safe_dump({"modules": [M[0], "M9"], "steps": [
         {"setpoint": 15}, {"repeat": 2, "steps": [{"hold": "ten minutes"}, {"module": "up"}]},
         {"ivscan": {"stop": 900, "step": 10}},
     ]}, sort_keys=False))  # fmt: skip
@@ -241,29 +244,30 @@ def test_bad_recipes_are_refused_before_anything_moves(lab: RecipeLab, tmp_path:
     assert done.returncode == 2 and "step 2.1 (steps.1.steps.0), hold" in done.stderr
 
     # sent anyway: the daemon refuses it, and then what the lab does not allow
+    hv, known = EXAMPLE.channel("hv", 0), ", ".join(EXAMPLE.modules)  # the lab starts from it
     refusals = {
         "a mapping": (42, "start takes a recipe name or a path, got 42"),
         "no file": ("nothere", "no recipe 'nothere' in"),
         "the steps": ({"recipe": yaml.safe_load(bad.read_text()), "file": "bad.yml"},
                       "bad.yml: invalid recipe; step 2.1 (steps.1.steps.0), hold: not a duration"),
-        "the lab": ({"recipe": {"modules": ["M1", "M9"], "steps": [
+        "the lab": ({"recipe": {"modules": [hv.module, "M9"], "steps": [
             {"setpoint": -50}, {"ivscan": {"stop": 900, "step": 10}}]}, "file": "lab.yml"},
-            "lab.yml: invalid recipe; modules: no power channel powers M9 (known: M1, M2, M3, "
-            "M4); step 1 (steps.0), setpoint: -50 °C is outside chiller julabo's range -30..40 "
-            "°C (setpoint_min/setpoint_max); step 2 (steps.1), ivscan: M1: stop: 900 V exceeds "
-            "the maximum 600 V of hv_m1"),
+            f"lab.yml: invalid recipe; modules: no power channel powers M9 (known: {known}); "
+            "step 1 (steps.0), setpoint: -50 °C is outside chiller julabo's range -30..40 "
+            f"°C (setpoint_min/setpoint_max); step 2 (steps.1), ivscan: {hv.module}: stop: 900 V "
+            f"exceeds the maximum 600 V of {hv.name}"),
     }  # fmt: skip
     for what, (value, error) in refusals.items():
         with pytest.raises(CommandRefused) as refused:
             lab.alice.command("/dcs/cmd/recipe/start", value)
         assert refused.value.error.startswith(error), (what, refused.value.error)
     # a recipe whose module is busy, or held by an interlock
-    assert lab.alice.iv_scan("M2", wait=False, stop=300, step=5, settle=0.2)["ok"]
-    with pytest.raises(CommandRefused, match="M2 is scanning"):
-        lab.alice.start_recipe({"modules": ["M2"], "steps": [{"hold": 1}]})
-    lab.alice.stop_iv_scan("M2")
-    lab.wait("/dcs/ivscan/status", lambda s: s["scans"]["M2"]["ended"], 20)
-    lab.modules_off(["M2"])
+    assert lab.alice.iv_scan(M[1], wait=False, stop=300, step=5, settle=0.2)["ok"]
+    with pytest.raises(CommandRefused, match=f"{M[1]} is scanning"):
+        lab.alice.start_recipe({"modules": [M[1]], "steps": [{"hold": 1}]})
+    lab.alice.stop_iv_scan(M[1])
+    lab.wait("/dcs/ivscan/status", lambda s: s["scans"][M[1]]["ended"], 20)
+    lab.modules_off([M[1]])
     sent = [m.topic for m in lab.client.messages[since:] if "/cmd/" in m.topic
             and b'"id": "recipe:' in m.payload]  # fmt: skip
     assert not sent  # no recipe ran: it sent nothing
@@ -275,7 +279,7 @@ def test_trackerdcs_recipe_run_follows_the_run_with_its_progress(
 ) -> None:
     """`trackerdcs recipe run FILE`: checked, started, followed step by step to its end, the
     outcome and its scans printed, exit status 0; the modules left off."""
-    recipe = {"modules": ["M1"], "steps": [
+    recipe = {"modules": [M[0]], "steps": [
         {"module": "on"}, {"repeat": 2, "steps": [{"hold": 0.3}]}, {"ivscan": SCAN},
         {"module": "off"}]}  # fmt: skip
     path = tmp_path / "short.yml"
@@ -292,18 +296,20 @@ def test_trackerdcs_recipe_run_follows_the_run_with_its_progress(
     assert progress[-1].startswith("[5/5] step 4: ") and progress[-1].endswith("COMPLETED")
     report = done.stdout.splitlines()
     assert report[0].startswith("short short-") and ": completed: " in report[0]
-    assert report[1].startswith("  IV scan M1-") and report[1].endswith("(M1, step 3): completed")
+    assert report[1].startswith(f"  IV scan {M[0]}-") and report[1].endswith(
+        f"({M[0]}, step 3): completed"
+    )
     started = [r for r in lab.audit(source="carol", kind="command", since="5m")
                if r["topic"] == "/dcs/cmd/recipe/start"]  # fmt: skip
     assert started and started[-1]["ok"] is True  # sent as carol, accepted
-    lab.modules_off(["M1"])
+    lab.modules_off([M[0]])
 
 
 def test_paused_while_waiting_for_a_stable_bath_and_resumed(lab: RecipeLab) -> None:
     """A pause takes effect at once in a wait; resumed, the wait starts again and the run goes
     on to its end."""
     assert lab.alice is not None
-    recipe = {"modules": ["M1"], "steps": [
+    recipe = {"modules": [M[0]], "steps": [
         {"setpoint": 20}, {"wait_stable": {"tolerance": 0.5, "stable_for": 3}},
         {"hold": 0.2}]}  # fmt: skip
     run = lab.alice.start_recipe(recipe, file="wait.yml")["run"]
@@ -329,7 +335,7 @@ def test_a_stopped_chiller_is_started_and_the_run_waits_until_it_runs(lab: Recip
     assert lab.command("/interlock/cmd/reset/chiller_running", "")["ok"]
     lab.rules(lambda r: not any(rule["active"] for rule in r.values()), since=since)
     lab.wait("/julabo/status", lambda s: not s["running"], 10, since=0)
-    recipe = {"modules": ["M1"], "steps": [
+    recipe = {"modules": [M[0]], "steps": [
         {"setpoint": 20}, {"wait_stable": {"tolerance": 0.5, "stable_for": 0.5}},
         {"hold": 0.1}]}  # fmt: skip
     alice = lab.alice

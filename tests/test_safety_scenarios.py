@@ -18,13 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE_SLOTS, Broker, _logged, python_process
+from tests.conftest import Broker, _logged, python_process
+from tests.labdata import EXAMPLE
 from tests.simca import ca_get, ca_put, wait_for
 from tests.test_virtual_lab import VirtualLab
 from trackerdcs.power.pvnames import channel_pv
 from trackerdcs.stack.process import ManagedProcess
 
-HV, LV = EXAMPLE_SLOTS["hv"], EXAMPLE_SLOTS["lv"]
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the virtual lab starts from it
+M = EXAMPLE.modules  # its modules, in the lab file's order
 SENSOR_TIMEOUT = 1.5  # s: the sensors publish every 0.2 s, and go stale after 1 s of silence
 STATUS_TIMEOUT = 2.0  # s: a DISCONNECTED chiller counts as stopped after this
 SOAK = 15.0  # s of a loaded machine and a lossy chiller line
@@ -73,14 +75,15 @@ class SafetyLab(VirtualLab):
         ]
 
     # -- the crate, as the simulator sees it ------------------------------------------------------
-    def pv(self, board: int, channel: int, param: str) -> str:
-        return channel_pv(self.system, board, channel, param)
+    def pv(self, name: str, param: str) -> str:
+        """The PV of a parameter of the channel called `name` in the lab file."""
+        return channel_pv(self.system, *self.lab.named(name).place, param)
 
-    def crate(self, board: int, channel: int, param: str) -> Any:
-        return ca_get(self.ca_port, self.pv(board, channel, param))
+    def crate(self, name: str, param: str) -> Any:
+        return ca_get(self.ca_port, self.pv(name, param))
 
-    def put(self, board: int, channel: int, param: str, value: Any) -> None:
-        ca_put(self.ca_port, self.pv(board, channel, param), value)
+    def put(self, name: str, param: str, value: Any) -> None:
+        ca_put(self.ca_port, self.pv(name, param), value)
 
     # -- MQTT -------------------------------------------------------------------------------------
     def module(self, name: str, value: str) -> dict[str, Any]:
@@ -133,37 +136,40 @@ def test_chiller_stopped_at_full_hv_ramps_down_latches_and_is_audited(lab: Safet
     assert lab.command("/julabo/cmd/setpoint", 15)["ok"]
     assert lab.command("/julabo/cmd/switch", "on")["ok"]
     lab.rules(lambda r: r["chiller_running"]["armed"])
-    assert lab.command("/hv/cmd/setv/M1", 150)["ok"] and lab.command("/hv/cmd/setv/M2", 150)["ok"]
-    for module in ("M1", "M2"):
+    assert (
+        lab.command(HV[0].topic("setv", by="module"), 150)["ok"]
+        and lab.command(HV[1].topic("setv", by="module"), 150)["ok"]
+    )
+    for module in M[:2]:
         assert lab.module(module, "on")["ok"]
-    lab.hv(lambda m: on_at(150)(m["M1"]) and on_at(150)(m["M2"]), since=0)
+    lab.hv(lambda m: on_at(150)(m[M[0]]) and on_at(150)(m[M[1]]), since=0)
 
     since = lab.client.mark()
     assert lab.command("/julabo/cmd/switch", "off")["ok"]
     rules = lab.rules(lambda r: r["chiller_running"]["active"], since=since)
     assert rules["chiller_running"]["reason"].startswith("chiller STOPPED")
-    lab.hv(lambda m: m["M1"]["state"] == "OFF" and m["M2"]["state"] == "OFF", since=since)
-    assert lab.crate(HV, 0, "Pw") == 0 and lab.crate(HV, 1, "Pw") == 0
-    assert lab.crate(LV, 0, "Pw") == 1  # the LV is left to the operator
+    lab.hv(lambda m: m[M[0]]["state"] == "OFF" and m[M[1]]["state"] == "OFF", since=since)
+    assert lab.crate(HV[0].name, "Pw") == 0 and lab.crate(HV[1].name, "Pw") == 0
+    assert lab.crate(LV[0].name, "Pw") == 1  # the LV is left to the operator
 
     alarms = lab.alarms(lambda a: by_text(a, "interlock chiller_running fired"), since)
     alarm = by_text(alarms, "interlock chiller_running fired")[0]
     assert alarm["severity"] == "critical" and alarm["active"] and not alarm["acknowledged"]
 
     # HV on is refused while the interlock holds, by the power daemon and so by the sequencer
-    answer = lab.command("/hv/cmd/switch/M1", "on")
+    answer = lab.command(HV[0].topic("switch", by="module"), "on")
     assert not answer["ok"] and "interlock chiller_running (chiller STOPPED" in answer["error"]
-    answer = lab.module("M3", "on")
-    assert not answer["ok"] and "hv_on: /hv/cmd/switch/M3 on refused" in answer["error"]
-    assert lab.crate(LV, 2, "Pw") == 0  # rolled back
+    answer = lab.module(M[2], "on")
+    assert not answer["ok"] and f"hv_on: /hv/cmd/switch/{M[2]} on refused" in answer["error"]
+    assert lab.crate(LV[2].name, "Pw") == 0  # rolled back
 
     # the chain, from the audit log: the chiller stopped, the rule fired, HV switched off
-    records = lab.audit(module="M1", since="5m")
+    records = lab.audit(module=M[0], since="5m")
     fired = max(i for i, r in enumerate(records) if r["event"] == "fired"
                 and json.loads(r["payload"])["rule"] == "chiller_running")  # fmt: skip
     assert "chiller STOPPED" in records[fired]["text"]
     after = [(r["source"], r["topic"], r["ok"]) for r in records[fired:] if r["kind"] == "command"]
-    assert ("interlock", "/hv/cmd/switch/M1", True) in after
+    assert ("interlock", HV[0].topic("switch", by="module"), True) in after
     stop = [r for r in lab.audit(since="5m", kind="command")
             if r["topic"] == "/julabo/cmd/switch" and '"off"' in r["payload"]][-1]  # fmt: skip
     assert stop["time"] <= records[fired]["time"]
@@ -181,15 +187,15 @@ def test_chiller_stopped_at_full_hv_ramps_down_latches_and_is_audited(lab: Safet
 
 def test_dewpoint_margin_breached(lab: SafetyLab) -> None:
     lab.wait("/julabo/status", lambda s: s["state"] == "RUNNING", since=0)
-    assert lab.command("/hv/cmd/setv/M1", 100)["ok"]
-    assert lab.module("M1", "on")["ok"]
+    assert lab.command(HV[0].topic("setv", by="module"), 100)["ok"]
+    assert lab.module(M[0], "on")["ok"]
     lab.wait("/temp_m1/status", lambda s: abs((s["temperature"] or 99) - 15) < 1, 10)
     since = lab.client.mark()
     assert lab.backdoor("set room_humidity=75")["ok"]  # dew point 16.4 C: above the modules
     rules = lab.rules(lambda r: r["dewpoint"]["active"], since=since)
     assert "from the dew point 16.4 C" in rules["dewpoint"]["reason"]
-    assert rules["dewpoint"]["modules"] == ["M1", "M2", "M3", "M4"]
-    lab.hv(lambda m: m["M1"]["state"] == "OFF", since=since)
+    assert rules["dewpoint"]["modules"] == M
+    lab.hv(lambda m: m[M[0]]["state"] == "OFF", since=since)
     chiller = lab.wait("/julabo/status", lambda s: s["setpoint"] == 20.0, since=since)
     assert chiller["state"] == "RUNNING"  # raised to the safe set point, still cooling
     assert lab.backdoor("set room_humidity=45")["ok"]
@@ -198,16 +204,16 @@ def test_dewpoint_margin_breached(lab: SafetyLab) -> None:
 
 
 def test_silent_sensor_ramps_down_its_module_only(lab: SafetyLab) -> None:
-    for module in ("M2", "M3"):
+    for module in (M[1], M[2]):
         assert lab.command(f"/hv/cmd/setv/{module}", 80)["ok"]
         assert lab.module(module, "on")["ok"]
     since = lab.client.mark()
     assert lab.backdoor("sensor temp_m3 silent")["ok"]
     rules = lab.rules(lambda r: r["heartbeat"]["active"], since=since)
-    assert rules["heartbeat"]["modules"] == ["M3"]
+    assert rules["heartbeat"]["modules"] == [M[2]]
     assert "/temp_m3 stale" in rules["heartbeat"]["reason"]
-    hv = lab.hv(lambda m: m["M3"]["state"] == "OFF", since=since)
-    assert hv["M2"]["state"] == "ON"
+    hv = lab.hv(lambda m: m[M[2]]["state"] == "OFF", since=since)
+    assert hv[M[1]]["state"] == "ON"
     lab.alarms(lambda a: by_text(a, "sensor temp_m3 stale"), since)
     assert lab.backdoor("sensor temp_m3 ok")["ok"]
     lab.rules(lambda r: not r["heartbeat"]["active"], since=since)
@@ -215,42 +221,43 @@ def test_silent_sensor_ramps_down_its_module_only(lab: SafetyLab) -> None:
 
 
 def test_one_module_trips_only_it_goes_off(lab: SafetyLab) -> None:
-    for module in ("M1", "M2"):
+    for module in M[:2]:
         assert lab.command(f"/hv/cmd/setv/{module}", 100)["ok"]
         assert lab.module(module, "on")["ok"]
     since = lab.client.mark()
-    lab.put(HV, 1, "SimLeak", 50.0)  # 50 uA over hv_m2's 10 uA limit
-    hv = lab.hv(lambda m: m["M2"]["state"] == "TRIPPED", since=since)
-    assert on_at(100)(hv["M1"])
-    alarms = lab.alarms(lambda a: by_text(a, "hv_m2 (M2) TRIPPED"), since)
-    assert by_text(alarms, "hv_m2 (M2) TRIPPED")[0]["severity"] == "major"
+    lab.put(HV[1].name, "SimLeak", 50.0)  # 50 uA over its 10 uA limit
+    hv = lab.hv(lambda m: m[M[1]]["state"] == "TRIPPED", since=since)
+    assert on_at(100)(hv[M[0]])
+    tripped = f"{HV[1].name} ({HV[1].module}) TRIPPED"
+    alarms = lab.alarms(lambda a: by_text(a, tripped), since)
+    assert by_text(alarms, tripped)[0]["severity"] == "major"
     status = lab.client.latest("/interlock/status").json
     assert status["active"] == []  # a trip is the crate's business: no interlock fires
     # the LV of a module whose HV is on stays on (the power daemon refuses it)
-    answer = lab.command("/lv/cmd/switch/M1", "off")
+    answer = lab.command(LV[0].topic("switch", by="module"), "off")
     assert not answer["ok"] and "switch the HV off first" in answer["error"]
-    lab.put(HV, 1, "SimLeak", 0.0)
+    lab.put(HV[1].name, "SimLeak", 0.0)
     assert lab.command("/hv/cmd/clear", "")["ok"]
     lab.all_off()
 
 
 def test_module_on_off_order_from_the_audit_log(lab: SafetyLab) -> None:
-    assert lab.command("/hv/cmd/setv/M4", 120)["ok"]
-    assert lab.module("M4", "on")["ok"]
-    assert lab.module("M4", "off")["ok"]
-    records = lab.audit(module="M4", source="dcs", since="1m")
+    assert lab.command(HV[3].topic("setv", by="module"), 120)["ok"]
+    assert lab.module(M[3], "on")["ok"]
+    assert lab.module(M[3], "off")["ok"]
+    records = lab.audit(module=M[3], source="dcs", since="1m")
     commands = [(r["topic"], json.loads(r["payload"])["value"], r["ok"], r["time"])
                 for r in records if r["kind"] == "command"][-4:]  # fmt: skip
+    lv, hv = LV[3].topic("switch", by="module"), HV[3].topic("switch", by="module")
     assert [c[:3] for c in commands] == [
-        ("/lv/cmd/switch/M4", "on", True), ("/hv/cmd/switch/M4", "on", True),
-        ("/hv/cmd/switch/M4", "off", True), ("/lv/cmd/switch/M4", "off", True),
+        (lv, "on", True), (hv, "on", True), (hv, "off", True), (lv, "off", True),
     ]  # fmt: skip
     last = [(json.loads(r["payload"])["step"], r) for r in records if r["event"] == "step"][-8:]
     assert [name for name, _ in last] == ["lv_on", "lv_ready", "hv_on", "hv_ready",
                                           "hv_off", "hv_down", "lv_off", "lv_down"]  # fmt: skip
     steps = dict(last)
-    assert steps["lv_ready"]["text"] == "lv_m4 ON 10.5/10.5 V"
-    assert steps["hv_down"]["text"].startswith("hv_m4 OFF 0/120 V")
+    assert steps["lv_ready"]["text"] == f"{LV[3].name} ON 10.5/10.5 V"
+    assert steps["hv_down"]["text"].startswith(f"{HV[3].name} OFF 0/120 V")
     assert steps["lv_ready"]["time"] <= commands[1][3]  # HV on only once the LV was ready
     assert steps["hv_down"]["time"] <= commands[3][3]  # LV off only once the HV was down
 
@@ -285,18 +292,20 @@ def test_acknowledgement_kept_across_a_restart_of_the_alarm_service(lab: SafetyL
 
 
 def test_power_daemon_cut_from_the_broker_ramps_hv_down_by_itself(lab: SafetyLab) -> None:
-    assert lab.command("/hv/cmd/setv/M2", 100)["ok"]
-    assert lab.module("M2", "on")["ok"]
+    assert lab.command(HV[1].topic("setv", by="module"), 100)["ok"]
+    assert lab.module(M[1], "on")["ok"]
     lab.client.close()
     lab.broker.stop()
-    wait_for(lambda: lab.crate(HV, 1, "Pw") == 0, timeout=5)  # the crate sees it: 1 s fail-safe
-    assert lab.crate(LV, 1, "Pw") == 1
+    wait_for(
+        lambda: lab.crate(HV[1].name, "Pw") == 0, timeout=5
+    )  # the crate sees it: 1 s fail-safe
+    assert lab.crate(LV[1].name, "Pw") == 1
     lab.broker.start()
     lab.client = lab.broker.client()
     state = lab.client.wait_for("/hv/state", lambda m: m.json["failsafe"], timeout=10).json
     assert "HV switched off" in state["failsafe"]
     lab.alarms(lambda a: by_text(a, "/hv fail-safe"), since=0)
-    answer = lab.module("M2", "off")
+    answer = lab.module(M[1], "off")
     assert answer["ok"], answer
 
 
@@ -327,7 +336,7 @@ def no_fired_rule_for(lab: SafetyLab, seconds: float, since: int) -> None:
 
 
 def test_dry_box_then_condensing_air_through_the_interlock_service(lab: SafetyLab) -> None:
-    cooling_with_hv(lab, "M1")
+    cooling_with_hv(lab, M[0])
     lab.wait("/temp_m1/status", lambda s: abs((s["temperature"] or 99) - 15) < 1, 10)
     since = lab.client.mark()
     assert lab.backdoor("set room_humidity=0")["ok"]  # the box flushed with dry nitrogen
@@ -335,7 +344,7 @@ def test_dry_box_then_condensing_air_through_the_interlock_service(lab: SafetyLa
     assert (dry["dewpoint"], dry["too_dry"], dry["stale"]) == (None, True, False)
     no_fired_rule_for(lab, SENSOR_TIMEOUT + 0.5, since)  # longer than the sensors' timeout
     assert lab.client.latest("/interlock/status").json["active"] == []
-    assert on_at(100)(lab.hv(lambda m: True)["M1"])
+    assert on_at(100)(lab.hv(lambda m: True)[M[0]])
 
     since = lab.client.mark()
     assert lab.backdoor("set room_humidity=100.4")["ok"]  # condensing air, unclipped sensor
@@ -343,7 +352,7 @@ def test_dry_box_then_condensing_air_through_the_interlock_service(lab: SafetyLa
     assert "from the dew point 21.0 C" in rules["dewpoint"]["reason"]  # Td = T at 100 %
     room = lab.client.latest("/sensor_1/status").json
     assert (room["humidity"], room["humidity_clamped"], room["dewpoint"]) == (100.0, True, 21.0)
-    lab.hv(lambda m: m["M1"]["state"] == "OFF", since=since)
+    lab.hv(lambda m: m[M[0]]["state"] == "OFF", since=since)
     lab.wait("/julabo/status", lambda s: s["setpoint"] == 20.0, since=since)  # raised
     assert lab.backdoor("set room_humidity=45")["ok"]
     lab.rules(lambda r: not r["dewpoint"]["active"], since=since)
@@ -351,7 +360,7 @@ def test_dry_box_then_condensing_air_through_the_interlock_service(lab: SafetyLa
 
 
 def test_manual_start_keeps_hv_on_manual_stop_does_not(lab: SafetyLab) -> None:
-    since = cooling_with_hv(lab, "M2")
+    since = cooling_with_hv(lab, M[1])
     assert lab.backdoor("julabo manual")["ok"]  # the operator takes the front panel
     status = lab.wait("/julabo/status", lambda s: s["state"] == "MANUAL", since=since)
     assert (status["status_code"], status["status_text"], status["running"]) == (
@@ -360,13 +369,13 @@ def test_manual_start_keeps_hv_on_manual_stop_does_not(lab: SafetyLab) -> None:
     answer = lab.command("/julabo/cmd/setpoint", 10)
     assert not answer["ok"] and "MANUAL mode" in answer["error"]
     no_fired_rule_for(lab, 1.0, since)  # still cooling: the HV stays on
-    assert on_at(100)(lab.hv(lambda m: True)["M2"])
+    assert on_at(100)(lab.hv(lambda m: True)[M[1]])
 
     since = lab.client.mark()
     assert lab.backdoor("julabo stop")["ok"]  # 00 MANUAL STOP: not cooling any more
     rules = lab.rules(lambda r: r["chiller_running"]["active"], since=since)
     assert rules["chiller_running"]["reason"].startswith("chiller MANUAL (MANUAL STOP)")
-    lab.hv(lambda m: m["M2"]["state"] == "OFF", since=since)
+    lab.hv(lambda m: m[M[1]]["state"] == "OFF", since=since)
     assert lab.backdoor("julabo remote")["ok"]
     lab.wait("/julabo/status", lambda s: s["state"] == "STOPPED", since=since)
     assert lab.command("/julabo/cmd/switch", "on")["ok"]
@@ -377,7 +386,7 @@ def test_manual_start_keeps_hv_on_manual_stop_does_not(lab: SafetyLab) -> None:
 def test_a_lossy_chiller_line_never_fires_the_chiller_rule_a_lost_one_does(
     lab: SafetyLab,
 ) -> None:
-    since = cooling_with_hv(lab, "M1")
+    since = cooling_with_hv(lab, M[0])
     dropped = lab.backdoor("julabo drop-every 3")["chiller_replies_dropped"]
     try:
         # 20 lost replies: slow on a loaded machine (each costs a reply timeout)
@@ -387,7 +396,7 @@ def test_a_lossy_chiller_line_never_fires_the_chiller_rule_a_lost_one_does(
         assert lab.backdoor("julabo drop-every 0")["ok"]
     assert {s["state"] for s in statuses(lab, "/julabo/status", since)} == {"RUNNING"}
     assert not lab.client.latest("/interlock/status").json["active"]
-    assert on_at(100)(lab.hv(lambda m: True)["M1"])
+    assert on_at(100)(lab.hv(lambda m: True)[M[0]])
 
     since = lab.client.mark()
     unplugged = time.monotonic()
@@ -397,7 +406,7 @@ def test_a_lossy_chiller_line_never_fires_the_chiller_rule_a_lost_one_does(
                                 and m.json["rule"] == "chiller_running", 10, since)  # fmt: skip
     assert fired.t - unplugged >= STATUS_TIMEOUT - 0.1  # its own time, not at once
     assert "no valid status" in fired.json["text"]
-    lab.hv(lambda m: m["M1"]["state"] == "OFF", since=since)
+    lab.hv(lambda m: m[M[0]]["state"] == "OFF", since=since)
     assert lab.backdoor("julabo plug")["ok"]
     lab.rules(lambda r: not r["chiller_running"]["active"], timeout=15, since=since)
     lab.all_off()
@@ -406,7 +415,7 @@ def test_a_lossy_chiller_line_never_fires_the_chiller_rule_a_lost_one_does(
 def test_soak_a_loaded_machine_and_a_lossy_line_trip_nothing(lab: SafetyLab) -> None:
     """Every module on, the chiller cooling over a line that loses every 7th reply, both cores
     busy with other work: for SOAK s nothing fires, nothing goes DISCONNECTED or stale."""
-    since = cooling_with_hv(lab, "M1", "M2", "M3", "M4", volts=60.0)
+    since = cooling_with_hv(lab, *M, volts=60.0)
     start = lab.backdoor("julabo drop-every 7")["chiller_replies_dropped"]
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:

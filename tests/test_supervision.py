@@ -36,6 +36,7 @@ from tests.conftest import (
     python_process,
     write_lab,
 )
+from tests.labdata import EXAMPLE
 from tests.simca import wait_for
 from tests.test_power_safety import switch_on
 from trackerdcs.config import ConfigError, parse_config
@@ -47,6 +48,8 @@ from trackerdcs.safety.supervision import (
     parse_heartbeat,
 )
 from trackerdcs.stack.process import free_port
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
 
 T0 = 1_700_000_000.0  # the fake wall clock's start
 
@@ -294,28 +297,30 @@ def test_the_power_daemon_ramps_hv_down_when_the_interlock_service_dies(workdir)
     try:
         lab.start()
         lab.client.wait_for("/interlock/supervision", timeout=5)
-        switch_on(lab, "/lv", "lv_m1", 10.5)
-        switch_on(lab, "/hv", "hv_m1", 60)
-        switch_on(lab, "/hv", "hv_m2", 60)
+        switch_on(lab, "/lv", LV[0].name, 10.5)
+        switch_on(lab, "/hv", HV[0].name, 60)
+        switch_on(lab, "/hv", HV[1].name, 60)
         since = lab.client.mark()
         interlock.stop()  # the service is gone; the broker is not
         state = lab.client.wait_for("/hv/state", lambda m: m.json["failsafe"], 5, since).json
         assert "no supervision heartbeat from /interlock for 1 s" in state["failsafe"]
         lab.wait_status("/hv", lambda chs: all(c["state"] == "OFF" for c in chs), 5, since)
-        assert lab.get(lab.chpv("lv_m1", "Pw")) == 1  # LV is left alone
+        assert lab.get(lab.chpv(LV[0].name, "Pw")) == 1  # LV is left alone
         assert "lost the broker" not in lab.daemon.output()  # its broker never went away
         writes = lab.writes()
-        answer = lab.command("/hv/cmd/switch/hv_m1", "on")
+        answer = lab.command(HV[0].topic("switch"), "on")
         assert not answer["ok"] and "fail-safe holds it off" in answer["error"], answer
         assert "no supervision heartbeat" in answer["error"] and lab.writes() == writes
-        lab.put(lab.chpv("hv_m2", "Pw"), 1)  # the front panel, while nobody supervises
-        wait_for(lambda: "hv_m2 is on without supervision" in lab.daemon.output(), timeout=5)
-        wait_for(lambda: lab.get(lab.chpv("hv_m2", "Pw")) == 0, timeout=5)
+        lab.put(lab.chpv(HV[1].name, "Pw"), 1)  # the front panel, while nobody supervises
+        wait_for(
+            lambda: f"{HV[1].name} is on without supervision" in lab.daemon.output(), timeout=5
+        )
+        wait_for(lambda: lab.get(lab.chpv(HV[1].name, "Pw")) == 0, timeout=5)
 
         interlock.start()  # supervised again: nothing goes on by itself, switching on may
         wait_for(lambda: "supervised again" in lab.daemon.output(), timeout=5)
-        assert lab.get(lab.chpv("hv_m1", "Pw")) == 0
-        switch_on(lab, "/hv", "hv_m1", 60)
+        assert lab.get(lab.chpv(HV[0].name, "Pw")) == 0
+        switch_on(lab, "/hv", HV[0].name, 60)
     finally:
         interlock.stop()
         lab.stop()
@@ -362,18 +367,18 @@ def test_a_daq_host_cut_from_the_central_broker_ramps_hv_down_and_its_data_follo
     try:
         lab.start()
         # commands from the central broker reach the crate, answers and statuses come back
-        assert watcher.command("/hv/cmd/setv/hv_m1", 60, "/hv/response")["ok"]
+        assert watcher.command(HV[0].topic("setv"), 60, "/hv/response")["ok"]
         since = watcher.mark()
-        assert watcher.command("/hv/cmd/switch/hv_m1", "on", "/hv/response")["ok"]
+        assert watcher.command(HV[0].topic("switch"), "on", "/hv/response")["ok"]
         watcher.wait_for("/hv/status", lambda m: any(
-            c["name"] == "hv_m1" and c["state"] == "ON" for c in m.json), 10, since)  # fmt: skip
+            c["name"] == HV[0].name and c["state"] == "ON" for c in m.json), 10, since)  # fmt: skip
         # across the bridge, a retained command stays refused and an MQTT 5 caller gets its
         # answer on its response topic, with its correlation data
         since = watcher.mark()
-        watcher.publish("/hv/cmd/setv/hv_m2", "70", retain=True)
+        watcher.publish(HV[1].topic("setv"), "70", retain=True)
         refusal = watcher.wait_for("/hv/response", lambda m: m.json["payload"] == "70", 10, since)
         assert "retain flag" in refusal.json["error"]
-        watcher.publish("/hv/cmd/setv/hv_m2", b"", retain=True)
+        watcher.publish(HV[1].topic("setv"), b"", retain=True)
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic, props.CorrelationData = "/hv/reply/test", b"corr-1"
         watcher.publish("/hv/cmd/refresh", "", properties=props)
@@ -385,7 +390,7 @@ def test_a_daq_host_cut_from_the_central_broker_ramps_hv_down_and_its_data_follo
         cut = local.mark()
         state = local.wait_for("/hv/state", lambda m: m.json["failsafe"], 5, cut).json
         assert "no supervision heartbeat from /interlock" in state["failsafe"]
-        lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] == "OFF", 5, cut)
+        lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "OFF", 5, cut)
         assert "lost the broker" not in lab.daemon.output()
         queued = [m.json for m in local.messages[cut:] if m.topic.endswith("/status")]
         assert queued

@@ -7,8 +7,12 @@ import re
 import pytest
 
 from tests.conftest import ROOT
+from tests.labdata import EXAMPLE
 from trackerdcs.power.service import COMMAND_TABLE
 from trackerdcs.topics import ServiceTopics, is_command, split_command
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
+M = EXAMPLE.modules  # its modules, in the lab file's order
 
 TOPICS_MD = ROOT / "docs" / "topics.md"
 
@@ -41,8 +45,10 @@ def check_object(obj: dict, table: str) -> None:
 
 def test_status_and_state_match_the_contract(power_lab):
     lab = power_lab
-    assert lab.command("/hv/cmd/switch/0", "on")["ok"]  # an ON and some OFF channels
-    lab.wait_channel("/hv", "hv_m1", lambda c: c["state"] in ("RAMPING_UP", "ON"))
+    assert lab.command(HV[0].topic("switch", by="number"), "on")[
+        "ok"
+    ]  # an ON and some OFF channels
+    lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] in ("RAMPING_UP", "ON"))
     for prefix in ("/hv", "/lv"):
         channels = lab.client.latest(f"{prefix}/status").json
         numbers = [c["number"] for c in channels]
@@ -60,13 +66,13 @@ def test_documented_commands_are_the_implemented_ones():
 def test_every_command_is_answered_with_the_documented_keys(power_lab):
     response_keys = {"topic", "payload", "ok", "error", "id"}
     for usage in (spec.usage for spec in COMMAND_TABLE.values()):
-        topic = "/hv/cmd/" + usage.replace("{ch}", "hv_m2")
+        topic = "/hv/cmd/" + usage.replace("{ch}", HV[1].name)
         payload = {"setv": "5", "seti": "5", "switch": "off"}.get(usage.split("/")[0], "")
         answer = lab_answer(power_lab, topic, payload)
         assert response_keys <= set(answer), answer
         assert answer["ok"] is True, answer
         if "{ch}" in usage:
-            assert answer["channels"] == ["hv_m2"]
+            assert answer["channels"] == [HV[1].name]
 
 
 def lab_answer(lab, topic: str, payload: str) -> dict:
@@ -214,14 +220,14 @@ def test_interlock_status_and_action_match_the_contract(safety_lab):
 
     lab = safety_lab
     since = lab.client.mark()
-    lab.client.publish("/temp_m1/status", sensor("temp_m1", 35.0, module="M1"), retain=True)
+    lab.client.publish("/temp_m1/status", sensor("temp_m1", 35.0, module=M[0]), retain=True)
     status = lab.client.wait_for("/interlock/status", lambda m: "module_temperature" in
                                  m.json["active"], 5, since).json  # fmt: skip
     check_safety_object(status, "interlock-status")
     assert {r["active"] for r in status["rules"]} == {True, False}
     for rule in status["rules"]:
         check_safety_object(rule, "interlock-rule")
-    lab.client.publish("/temp_m1/status", sensor("temp_m1", 20.0, module="M1"), retain=True)
+    lab.client.publish("/temp_m1/status", sensor("temp_m1", 20.0, module=M[0]), retain=True)
     lab.client.wait_for("/interlock/action", lambda m: m.json["event"] == "cleared", 5, since)
     events = [m.json for m in lab.client.messages[since:] if m.topic == "/interlock/action"]
     assert {"fired", "cleared"} <= {e["event"] for e in events}
@@ -256,11 +262,11 @@ def test_alarms_match_the_contract(safety_lab):
 def test_sequencer_and_audit_log_match_the_contract(safety_lab):
     lab = safety_lab
     since = lab.client.mark()
-    assert lab.command("/hv/cmd/setv/M3", 30)["ok"]
+    assert lab.command(HV[2].topic("setv", by="module"), 30)["ok"]
     for value in ("on", "off"):
-        answer = lab.client.command("/dcs/cmd/module/M3", value, "/dcs/response", 20)
+        answer = lab.client.command(f"/dcs/cmd/module/{M[2]}", value, "/dcs/response", 20)
         assert answer["ok"] and {"topic", "payload", "ok", "error", "id"} <= set(answer)
-        outcome = answer["modules"]["M3"]
+        outcome = answer["modules"][M[2]]
         assert set(outcome) == {"ok", "error", "steps"}
         for step in outcome["steps"]:
             check_safety_object(step, "dcs-step")
@@ -285,14 +291,16 @@ def test_ivscan_status_points_and_actions_match_the_contract(safety_lab):
     lab = safety_lab
     idle = lab.client.wait_for("/dcs/ivscan/status").json
     since = lab.client.mark()
-    answer = lab.client.command("/dcs/cmd/ivscan/M3", {"stop": 20, "step": 10}, "/dcs/response")
-    assert answer["ok"] and set(answer["scans"]) == {"M3"}, answer
-    ended = lab.client.wait_for("/dcs/ivscan/status", lambda m: m.json["scans"]["M3"]["ended"],
+    answer = lab.client.command(
+        f"/dcs/cmd/ivscan/{M[2]}", {"stop": 20, "step": 10}, "/dcs/response"
+    )
+    assert answer["ok"] and set(answer["scans"]) == {M[2]}, answer
+    ended = lab.client.wait_for("/dcs/ivscan/status", lambda m: m.json["scans"][M[2]]["ended"],
                                 20, since).json  # fmt: skip
-    assert ended["scans"]["M3"]["outcome"] == "completed", ended
+    assert ended["scans"][M[2]]["outcome"] == "completed", ended
     statuses = [idle] + [m.json for m in lab.client.messages[since:]
                          if m.topic == "/dcs/ivscan/status"]  # fmt: skip
-    assert {s["scans"]["M3"]["state"] for s in statuses} >= {"IDLE", "RUNNING", "COMPLETED"}
+    assert {s["scans"][M[2]]["state"] for s in statuses} >= {"IDLE", "RUNNING", "COMPLETED"}
     for status in statuses:
         check_safety_object(status, "ivscan-status")
         for scan in status["scans"].values():
@@ -308,9 +316,9 @@ def test_ivscan_status_points_and_actions_match_the_contract(safety_lab):
     documented = {row[0] for row in contract_table("ivscan-params")}
     assert documented == set(ScanParams.model_fields)
     results = lab.client.wait_for("/dcs/ivscan/results", lambda m: any(
-        r["scan"] == ended["scans"]["M3"]["scan"] for r in m.json["scans"]), 10).json  # fmt: skip
+        r["scan"] == ended["scans"][M[2]]["scan"] for r in m.json["scans"]), 10).json  # fmt: skip
     check_safety_object(results, "ivscan-results")
-    assert results["scans"][0]["scan"] == ended["scans"]["M3"]["scan"], results
+    assert results["scans"][0]["scan"] == ended["scans"][M[2]]["scan"], results
     for result in results["scans"]:
         check_safety_object(result, "ivscan-result")
 
@@ -319,7 +327,7 @@ def test_recipe_status_and_actions_match_the_contract(safety_lab):
     lab = safety_lab
     idle = lab.client.wait_for("/dcs/recipe/status").json
     since = lab.client.mark()
-    recipe = {"modules": ["M3"], "steps": [
+    recipe = {"modules": [M[2]], "steps": [
         {"module": "on"}, {"repeat": 2, "steps": [{"hold": 0.2}]},
         {"ivscan": {"stop": 10, "step": 10}}, {"module": "off"}]}  # fmt: skip
     value = {"recipe": recipe, "file": "contract.yml"}

@@ -40,6 +40,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.conftest import ROOT, Broker, PowerLab, _logged, python_process
+from tests.labdata import EXAMPLE
 from tests.noderedapi import LOGIN, api, request
 from tests.test_nodered import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT
 from trackerdcs.config import InfluxConfig, load_config
@@ -48,6 +49,9 @@ from trackerdcs.ingest.influxdb import InfluxClient, InfluxError
 from trackerdcs.stack.influx import influxd_process
 from trackerdcs.stack.nodered import FLOWS, NODE_RED_DIR, NodeRed, node_binary
 from trackerdcs.stack.process import free_port, wait_until
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
+HV0, LV0 = (f"{c.name} ({c.module})" for c in (HV[0], LV[0]))  # as the charts name them
 
 pytestmark = pytest.mark.skipif(
     not (NODE_RED_DIR / "node_modules" / "node-red").exists() or not Path(CHROMIUM).exists(),
@@ -375,12 +379,12 @@ def test_wrong_passwords_are_refused(lab: AccessLab, browser: Browser) -> None:
 # -- roles --------------------------------------------------------------------------------------
 
 COMMANDS = [  # every kind of command a page can send, as the lab model takes them
-    {"prefix": "/hv", "action": "switch", "target": "hv_m1", "value": "on"},
-    {"prefix": "/hv", "action": "setv", "target": "hv_m1", "value": 100},
-    {"prefix": "/lv", "action": "switch", "target": "lv_m1", "value": "on"},
+    {"prefix": "/hv", "action": "switch", "target": HV[0].name, "value": "on"},
+    {"prefix": "/hv", "action": "setv", "target": HV[0].name, "value": 100},
+    {"prefix": "/lv", "action": "switch", "target": LV[0].name, "value": "on"},
     {"prefix": "/hv", "action": "switch", "target": "all", "value": "off"},
     {"prefix": "/julabo", "action": "setpoint", "target": None, "value": -5},
-    {"prefix": "/dcs", "action": "module", "target": "M1", "value": "on"},
+    {"prefix": "/dcs", "action": "module", "target": HV[0].module, "value": "on"},
     {"prefix": "/alarms", "action": "ack", "target": "all", "value": ""},
     {"prefix": "/interlock", "action": "reset", "target": "chiller_running", "value": ""},
 ]
@@ -392,7 +396,7 @@ def test_a_viewer_sees_but_every_command_is_refused_by_the_flows(
     page = viewer
     expect(page.get_by_test_id("user-role")).to_have_text("viewer")
     expect(page.get_by_test_id("look-only")).to_be_visible()
-    card = page.locator('article[data-module="M1"]')
+    card = page.locator(f'article[data-module="{HV[0].module}"]')
     expect(card.get_by_test_id("hv").get_by_test_id("state")).to_have_text("OFF", timeout=WAIT)
     expect(card.get_by_test_id("module-on")).to_be_disabled()
     expect(page.get_by_test_id("banner-all-off")).to_be_disabled()
@@ -400,7 +404,7 @@ def test_a_viewer_sees_but_every_command_is_refused_by_the_flows(
     screenshot(page, "viewer")
     page.goto(lab.ui.dashboard_url + "power")
     expect(page.get_by_test_id("power-page")).to_be_visible(timeout=WAIT)
-    row = page.locator('tr[data-channel="lv_m1"]')
+    row = page.locator(f'tr[data-channel="{LV[0].name}"]')
     expect(row.get_by_test_id("switch")).to_be_disabled()
     expect(page.get_by_test_id("all-off").first).to_be_disabled()
 
@@ -430,7 +434,7 @@ def test_a_viewer_sees_but_every_command_is_refused_by_the_flows(
         lab.client.wait_for("/hv/cmd/switch/all", timeout=WAIT / 1000, since=since)
         sent = [m.topic for m in lab.client.messages[since:] if "/cmd/" in m.topic]
         assert sent == ["/hv/cmd/switch/all"], sent
-        assert lab.power.get(lab.power.chpv("lv_m1", "Pw")) == 0
+        assert lab.power.get(lab.power.chpv(LV[0].name, "Pw")) == 0
     finally:
         context.close()
     assert not errors, errors
@@ -443,12 +447,17 @@ def test_an_operator_commands_and_the_audit_log_shows_the_name(
     lab.power.reset()
     expect(page.get_by_test_id("user-role")).to_have_text("operator")
     expect(page.get_by_test_id("look-only")).to_have_count(0)
-    row = page.locator('tr[data-channel="lv_m1"]')
+    row = page.locator(f'tr[data-channel="{LV[0].name}"]')
     since = lab.client.mark()
     row.get_by_test_id("switch").click()
-    sent = lab.client.wait_for("/lv/cmd/switch/lv_m1", timeout=5, since=since).json
+    sent = lab.client.wait_for(LV[0].topic("switch"), timeout=5, since=since).json
     assert sent["id"].startswith("olivia:ui-") and sent["value"] == "on"
-    wait_until(lambda: lab.power.get(lab.power.chpv("lv_m1", "Pw")) == 1, 5, "lv_m1 on", poll=0.1)
+    wait_until(
+        lambda: lab.power.get(lab.power.chpv(LV[0].name, "Pw")) == 1,
+        5,
+        f"{LV[0].name} on",
+        poll=0.1,
+    )
     expect(row.get_by_test_id("answer")).to_have_text("ok", timeout=WAIT)
     expect(page.get_by_test_id("answer-entry").first).to_contain_text("by olivia")
     # whatever the page claims, the session's name goes out
@@ -456,11 +465,11 @@ def test_an_operator_commands_and_the_audit_log_shows_the_name(
     DashboardSocket(lab.url(), cookie_of(page)).send("Power supplies", {
         "topic": "ui/command", "_client": {"user": {"username": "admin", "role": "admin"}},
         "payload": {**COMMANDS[2], "value": "off", "operator": "Somebody_Else"}})  # fmt: skip
-    sent = lab.client.wait_for("/lv/cmd/switch/lv_m1", timeout=5, since=since).json
+    sent = lab.client.wait_for(LV[0].topic("switch"), timeout=5, since=since).json
     assert sent["id"].startswith("olivia:ui-")
 
     def answered() -> list[dict]:  # both commands, each with the daemon's answer
-        records = [r for r in lab.audit(since="5m", source="olivia") if "lv_m1" in r["topic"]]
+        records = [r for r in lab.audit(since="5m", source="olivia") if LV[0].name in r["topic"]]
         return records if len(records) == 2 and all(r["ok"] for r in records) else []
 
     wait_until(answered, 10, "both answers in the audit log", poll=0.2)
@@ -516,16 +525,17 @@ def write_history(lab: AccessLab, now_ms: int) -> dict[str, int]:
     at = {"40min": now_ms - 40 * MINUTE, "30min": now_ms - 30 * MINUTE, "2h": now_ms - 120 * MINUTE,
           "20h": now_ms - 1200 * MINUTE}  # fmt: skip
     room = "sensor,kind=room,name=sensor_1"
+    hv, lv = (f"{c.kind},module={c.module},name={c.name},number={c.number}" for c in (HV[0], LV[0]))
     lines = [
-        f"hv,module=M1,name=hv_m1,number=0 vmon=123.4,imon=1.25,vreq=123.4 {at['40min']}",
-        f"hv,module=M1,name=hv_m1,number=0 vmon=123.4,imon=1.5,vreq=123.4 {at['30min']}",
-        f"hv,module=M1,name=hv_m1,number=0 vmon=77.7,imon=0.5,vreq=77.7 {at['2h']}",
-        f"hv,module=M1,name=hv_m1,number=0 vmon=55.5,imon=0.25,vreq=55.5 {at['20h']}",
-        f"lv,module=M1,name=lv_m1,number=0 vmon=10.5,imon=1.2 {at['40min']}",
-        f"lv,module=M1,name=lv_m1,number=0 vmon=10.5,imon=1.25 {at['30min']}",
+        f"{hv} vmon=123.4,imon=1.25,vreq=123.4 {at['40min']}",
+        f"{hv} vmon=123.4,imon=1.5,vreq=123.4 {at['30min']}",
+        f"{hv} vmon=77.7,imon=0.5,vreq=77.7 {at['2h']}",
+        f"{hv} vmon=55.5,imon=0.25,vreq=55.5 {at['20h']}",
+        f"{lv} vmon=10.5,imon=1.2 {at['40min']}",
+        f"{lv} vmon=10.5,imon=1.25 {at['30min']}",
         f"{room} temperature=21.5,humidity=45.5,dewpoint=9.25 {at['40min']}",
         f"{room} temperature=21.75,humidity=46.5,dewpoint=9.5 {at['30min']}",
-        f"sensor,kind=module,module=M1,name=temp_m1 temperature=-5.5 {at['40min']}",
+        f"sensor,kind=module,module={HV[0].module},name=temp_m1 temperature=-5.5 {at['40min']}",
         f"julabo,chiller=julabo bath_temp=-10.25,setpoint=-10 {at['40min']}",
         f"julabo,chiller=julabo bath_temp=-10.5,setpoint=-10 {at['30min']}",
     ]
@@ -551,13 +561,13 @@ def test_a_range_reads_influxdb_beyond_15_minutes_and_exports_it(
     try:
         expect(page.get_by_test_id("shown-range")).to_be_visible(timeout=WAIT)  # 1 h at first
         hv = chart(page, "hv_voltage")
-        series = hv.locator('[data-testid="series"][data-series="hv_m1 (M1)"]')
+        series = hv.locator(f'[data-testid="series"][data-series="{HV0}"]')
         expect(series).to_contain_text("123.4", timeout=WAIT)
         assert int(hv.get_attribute("data-oldest")) <= at["40min"] + 5000  # 40 min back
         assert int(hv.get_attribute("data-oldest")) < time.time() * 1000 - 15 * MINUTE
-        for cid, name, value in (("hv_current", "hv_m1 (M1)", "1.50"),
-                                 ("lv_voltage", "lv_m1 (M1)", "10.50"),
-                                 ("lv_current", "lv_m1 (M1)", "1.25"),
+        for cid, name, value in (("hv_current", HV0, "1.50"),
+                                 ("lv_voltage", LV0, "10.50"),
+                                 ("lv_current", LV0, "1.25"),
                                  ("temperature", "temp_m1", "-5.50"),
                                  ("temperature", "sensor_1", "21.75"),
                                  ("humidity", "sensor_1", "46.50"),
@@ -608,7 +618,7 @@ def test_a_range_reads_influxdb_beyond_15_minutes_and_exports_it(
         assert got == expected
         rows = list(csv.DictReader(io.StringIO(got)))
         found = {(r["measurement"], r["name"]) for r in rows}
-        assert found >= {("hv", "hv_m1"), ("lv", "lv_m1"), ("sensor", "sensor_1")}
+        assert found >= {("hv", HV[0].name), ("lv", LV[0].name), ("sensor", "sensor_1")}
         assert "77.7" in {r["vmon"] for r in rows}  # the point 2 h back
     finally:
         context.close()

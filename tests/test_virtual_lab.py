@@ -14,8 +14,12 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_LAB, FAST_DEFAULTS, Broker, _logged, python_process, write_lab
+from tests.labdata import EXAMPLE, LabData
 from trackerdcs.sensors.dewpoint import dew_point
 from trackerdcs.stack.process import ManagedProcess, free_port
+
+HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the lab below starts from it
+M = EXAMPLE.modules  # its modules, in the lab file's order
 
 SPEED = 300.0  # simulated s per wall s: a 10 K/min chiller ramp takes 2 wall s per 100 K
 JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 1.0, "poll_interval": 0.2,
@@ -24,7 +28,7 @@ JULABO_FAST = {"write_delay": 0.005, "query_delay": 0.002, "timeout": 1.0, "poll
 
 # The two-chiller lab (`chillers=2`): the example's chiller becomes `coldbox` (still /julabo),
 # cooling M1 and M2; `burnin` on /julabo_burnin cools M3 and M4.
-TWO_CHILLERS = {"coldbox": ("/julabo", ["M1", "M2"]), "burnin": ("/julabo_burnin", ["M3", "M4"])}
+TWO_CHILLERS = {"coldbox": ("/julabo", M[:2]), "burnin": ("/julabo_burnin", M[2:])}
 
 
 class VirtualLab:
@@ -57,6 +61,7 @@ class VirtualLab:
             sensors=sensors, virtual_lab=virtual_lab,
             **{"power.defaults": FAST_DEFAULTS, **cooling, **overrides},
         )  # fmt: skip
+        self.lab = LabData.load(self.config)  # the channels, modules and slots it was given
         config = ["--config", str(self.config)]
 
         def process(
@@ -125,14 +130,15 @@ def vlab(workdir: Path, broker: Broker) -> Iterator[VirtualLab]:
     assert lab.stop() == [0, 0, 0, 0]  # every process exits cleanly on SIGTERM
 
 
-def hv_m1(channels: list[dict]) -> dict:
-    return next(c for c in channels if c["name"] == "hv_m1")
+def first_hv(channels: list[dict]) -> dict:
+    """The lab's first HV channel in a `/hv/status`."""
+    return next(c for c in channels if c["name"] == HV[0].name)
 
 
 def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: VirtualLab) -> None:
-    assert vlab.command("/hv/cmd/setv/hv_m1", 100)["ok"]
-    assert vlab.command("/hv/cmd/switch/hv_m1", "on")["ok"]
-    warm = hv_m1(vlab.wait("/hv/status", lambda chs: hv_m1(chs)["state"] == "ON"))
+    assert vlab.command(HV[0].topic("setv"), 100)["ok"]
+    assert vlab.command(HV[0].topic("switch"), "on")["ok"]
+    warm = first_hv(vlab.wait("/hv/status", lambda chs: first_hv(chs)["state"] == "ON"))
 
     assert vlab.command("/julabo/cmd/setpoint", -10)["ok"]
     assert vlab.command("/julabo/cmd/switch", "on")["ok"]
@@ -140,14 +146,14 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
     assert running["external_temp"] is None  # the example's unit has no Pt100 plugged in
     assert running["model"] == "full" and isinstance(running["bath_temp"], float)
     cold = vlab.wait("/temp_m1/status", lambda s: (s["temperature"] or 99) < -7, timeout=10)
-    cold_hv = hv_m1(
-        vlab.wait("/hv/status", lambda chs: hv_m1(chs)["imon"] < warm["imon"] / 8, timeout=15)
+    cold_hv = first_hv(
+        vlab.wait("/hv/status", lambda chs: first_hv(chs)["imon"] < warm["imon"] / 8, timeout=15)
     )
     assert cold_hv["state"] == "ON"
 
     # the physics: leakage scale 2 ** ((T - 20) / 7), seen through the backdoor
     state = vlab.backdoor("get")
-    m1 = state["modules"]["M1"]
+    m1 = state["modules"][M[0]]
     assert m1["leakage_scale"] == pytest.approx(2 ** ((m1["temperature"] - 20) / 7), rel=1e-4)
     assert state["chiller_running"] is True and state["bath"] < -9
 
@@ -158,14 +164,14 @@ def test_stopped_chiller_warms_the_modules_and_raises_the_hv_current(vlab: Virtu
     warmer = vlab.wait(
         "/temp_m1/status", lambda s: s["temperature"] > cold["temperature"] + 8, 10, since
     )
-    rising = hv_m1(
-        vlab.wait("/hv/status", lambda chs: hv_m1(chs)["imon"] > 2 * cold_hv["imon"], 10, since)
+    rising = first_hv(
+        vlab.wait("/hv/status", lambda chs: first_hv(chs)["imon"] > 2 * cold_hv["imon"], 10, since)
     )
-    assert rising["state"] == "ON" and warmer["module"] == "M1"
+    assert rising["state"] == "ON" and warmer["module"] == M[0]
     temps = [m.json["temperature"] for m in vlab.client.messages[since:]
              if m.topic == "/temp_m1/status"]  # fmt: skip
     assert temps[-1] > temps[0]  # the module warms up steadily, as the bath does
-    assert vlab.command("/hv/cmd/switch/hv_m1", "off")["ok"]
+    assert vlab.command(HV[0].topic("switch"), "off")["ok"]
 
 
 def test_room_humidity_sets_the_dew_point(vlab: VirtualLab) -> None:
@@ -188,7 +194,7 @@ def test_backdoor_faults_reach_the_daemons(vlab: VirtualLab) -> None:
 
     assert vlab.backdoor("sensor temp_m2 silent")["ok"]
     stale = vlab.wait("/temp_m2/status", lambda s: s["stale"], timeout=3)
-    assert stale["temperature"] is None and stale["module"] == "M2"
+    assert stale["temperature"] is None and stale["module"] == M[1]
     vlab.backdoor("sensor temp_m2 ok")
     vlab.wait("/temp_m2/status", lambda s: not s["stale"])
     answer = vlab.backdoor("sensor nope ok")
