@@ -27,7 +27,7 @@ format: setup
 # TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 4
 test: lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.run
