@@ -9,7 +9,8 @@ project on its own podman network, as docs/deployment.md ("Several hosts") sets 
   daemon; every host reads deploy/lab.multihost.dummy.yml.
 
 A podman network stands in for the LAN between the hosts (tests/containers/multihost-*.yml put
-each broker on it; the DAQ hosts' own networks stay theirs). Then, through the published ports:
+each broker on it; the DAQ hosts' own networks stay theirs). Then, through the central host's
+published ports, and the DAQ hosts' brokers at their addresses on their own networks:
 
 - commands sent to the central broker reach both crates, and their statuses come back;
 - daq1's link to the LAN goes down for 60 s (`ip link set ... down` in its broker's network
@@ -75,7 +76,19 @@ class Host:
         return int(self.stack.ports["TRACKERDCS_MQTT_HOST_PORT"])
 
     def client(self, user: str, *topics: str) -> TestClient:
+        """A client of this host's broker through its published port."""
         return TestClient(self.mqtt_port, topics=topics or ("#",), username=user,
+                          password=self.secrets[f"MQTT_PASSWORD_{user.upper()}"])  # fmt: skip
+
+    def own_client(self, user: str, *topics: str) -> TestClient:
+        """A client of this host's broker at its address on the host's own network (reached
+        over that network's bridge on this machine), never over the LAN. The published port
+        may be forwarded to the broker's LAN address, and a cut of the LAN then silences the
+        client too: seen as a test that heard nothing from daq1 during the cut while its
+        daemon did ramp down."""
+        networks = self.stack.containers()["mosquitto"]["NetworkSettings"]["Networks"]
+        address = next(net["IPAddress"] for name, net in networks.items() if name != LAN)
+        return TestClient(1883, host=address, topics=topics or ("#",), username=user,
                           password=self.secrets[f"MQTT_PASSWORD_{user.upper()}"])  # fmt: skip
 
 
@@ -229,7 +242,7 @@ def test_commands_cut_off_host_fails_safe_and_its_data_follows(lab) -> None:
     cfg = load_config(ROOT / LAB)
     timeout = cfg.power.failsafe.supervision_timeout
     operator, watcher = central.client("operator", "/response"), central.client("viewer")
-    local = daq1.client("viewer", "/hv1/#", "/lv1/#")  # daq1's own broker
+    local = daq1.own_client("viewer", "/hv1/#", "/lv1/#")  # daq1's own broker, not over the LAN
     try:
         # commands from the central broker reach both crates, through both bridges
         for prefix, name in (("/hv1", "hv1_m1"), ("/hv2", "hv2_m3")):
@@ -264,7 +277,7 @@ def test_commands_cut_off_host_fails_safe_and_its_data_follows(lab) -> None:
         since = watcher.mark()
         status = watcher.wait_for("/hv2/status", lambda m: not m.retain, 30, since).json
         assert channel(status, "hv2_m3")["state"] == "ON"
-        other = daq2.client("viewer", "/hv2/state")  # daq2's own broker
+        other = daq2.own_client("viewer", "/hv2/state")  # daq2's own broker
         try:
             assert other.wait_for("/hv2/state", timeout=10).json["failsafe"] is None
         finally:
