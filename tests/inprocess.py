@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
+from tests.labdata import EXAMPLE_LAB
 from trackerdcs.config import LabConfig, load_config
 from trackerdcs.mqtt import Command, MqttLink
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_LAB = ROOT / "examples" / "lab.yml"
 _LAB: LabConfig | None = None
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.labdata import EXAMPLE_LAB
 from tests.simca import CAMonitor, CAPutError, SimCrateProcess, ca_get, ca_put, wait_for
 from trackerdcs.config import load_config
 from trackerdcs.power.boards import BOARD_MODELS
@@ -14,7 +14,6 @@ from trackerdcs.power.status import ChannelStatus as S
 from trackerdcs.sim.crate import boards_of, port_of
 from trackerdcs.sim.crate_model import LEAK_PER_VOLT, LV_LOAD_OHM, TEMP_AMBIENT, SimCrate
 
-EXAMPLE_LAB = Path(__file__).resolve().parent.parent / "examples" / "lab.yml"
 DT = 0.1
 
 
