@@ -83,6 +83,17 @@ class LabData:
         """The channel of this kind that powers `module`."""
         return next(c for c in self.channels_all if c.module == module and c.kind == kind)
 
+    def targets(self, kind: str) -> list[tuple[str, list[str]]]:
+        """`{ch}` values of this kind's commands, one of each form (a number, a channel name, a
+        module, `all`), each with the channel names it reaches: (target, names)."""
+        chs = self.channels(kind)
+        return [
+            (str(chs[0].number), [chs[0].name]),
+            (chs[1].name, [chs[1].name]),
+            (str(chs[2].module), [c.name for c in chs if c.module == chs[2].module]),
+            ("all", [c.name for c in chs]),
+        ]
+
     @property
     def modules(self) -> list[str]:
         """The modules of the power channels, in the lab file's order."""

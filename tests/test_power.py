@@ -44,15 +44,7 @@ def states_seen(lab, prefix: str, name: str, since: int) -> list[str]:
 
 
 # -- set points -------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("target", "names"),
-    [
-        (str(HV[0].number), [HV[0].name]),
-        (HV[1].name, [HV[1].name]),
-        (HV[2].module, [HV[2].name]),
-        ("all", [c.name for c in HV]),
-    ],
-)
+@pytest.mark.parametrize(("target", "names"), EXAMPLE.targets("hv"))
 def test_setv_by_number_name_module_and_all(power_lab, target, names):
     since = power_lab.client.mark()
     answer = power_lab.command(f"/hv/cmd/setv/{target}", 123.5)

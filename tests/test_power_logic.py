@@ -63,15 +63,7 @@ def test_the_daemon_configures_every_channel_at_connection(h):
 
 
 # -- set points and switching reach the crate -------------------------------------------------
-@pytest.mark.parametrize(
-    ("target", "names"),
-    [
-        (str(HV[0].number), [HV[0].name]),
-        (HV[1].name, [HV[1].name]),
-        (HV[2].module, [HV[2].name]),
-        ("all", [c.name for c in HV]),
-    ],
-)
+@pytest.mark.parametrize(("target", "names"), EXAMPLE.targets("hv"))
 def test_setv_by_number_name_module_and_all(h, target, names):
     answer = h.command(f"/hv/cmd/setv/{target}", 123.5)
     assert answer["ok"] is True and answer["error"] is None and answer["channels"] == names
