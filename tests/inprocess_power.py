@@ -87,7 +87,9 @@ class SimBackend:
         spec = self._channel(addr).model.by_name.get(param)
         if spec is None:
             raise ParamAbsent(f"{param} of {addr} not served")
-        if not spec.writable or (addr, param) in self.down:
+        if not spec.writable:
+            raise BackendError(f"{param} is not a writable parameter of {addr}")
+        if (addr, param) in self.down:
             raise BackendError(f"{param} of {addr} not connected")
         try:
             self.crate.write(addr.board, addr.channel, param, value)
