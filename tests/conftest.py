@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.labdata import EXAMPLE_LAB, LabData
 from tests.mqttclient import TestClient
+from tests.ports import claim_block
 from tests.simca import SimCrateProcess
 from trackerdcs.guard import FAULTS
 from trackerdcs.stack.mosquitto import mosquitto_process
@@ -60,13 +61,11 @@ class Broker:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Each pytest-xdist worker (and a run without workers) draws its free ports from a block of
-    its own below the kernel's ephemeral range (`free_port`, TRACKERDCS_PORT_BLOCK): 1,500 ports
-    from 10000 on, gw0 the second block. Its children (a bench run) inherit it."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    index = (int(worker[2:]) + 1) % 15 if worker.startswith("gw") else 0
-    first = 10_000 + 1_500 * index
-    os.environ[PORT_BLOCK_ENV] = f"{first}-{first + 1_499}"
+    """This test process draws its free ports from a block of its own (tests/ports.py); the
+    pytest-xdist controller, which runs no test, claims none."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    os.environ[PORT_BLOCK_ENV] = claim_block()
 
 
 # The groups that take minutes (about 4, 2.5, 2 and 1.5 on this 2-core machine, serially) start

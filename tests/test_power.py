@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.conftest import PowerLab
+from tests.conftest import FAST_DEFAULTS, PowerLab
 from tests.labdata import EXAMPLE
 from tests.simca import wait_for
 from trackerdcs.config import load_config
@@ -78,6 +78,19 @@ def test_switch_ramps_up_then_on_then_down_then_off(power_lab):
     off = power_lab.wait_channel("/hv", HV[0].name, lambda c: c["state"] == "OFF", since=since)
     assert off["on"] == 0 and off["vmon"] == 0.0
     assert states_seen(power_lab, "/hv", HV[0].name, since)[-2:] == ["RAMPING_DOWN", "OFF"]
+
+
+def test_switch_all_lv_then_all_on_state(power_lab):
+    """The LV boards over Channel Access in each layout (Pw, VMon and the state from their
+    monitors); the command logic of `all` is in tests/test_power_logic.py."""
+    since = power_lab.client.mark()
+    assert power_lab.command("/lv/cmd/switch/all", "on")["ok"]
+    power_lab.client.wait_for(
+        "/lv/state", lambda m: m.json["state"] == "ALL_ON", timeout=5, since=since
+    )
+    status = power_lab.client.latest("/lv/status").json
+    vset = FAST_DEFAULTS["lv"]["vset"]
+    assert all(c["on"] == 1 and abs(c["vmon"] - vset) < 0.1 for c in status)
 
 
 def test_over_current_trips_and_switch_on_needs_clear(power_lab):

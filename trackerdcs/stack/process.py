@@ -82,10 +82,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both TCP and UDP on `host` (CA uses both on the same number).
 
     By default the kernel picks it (bind to port 0), from its ephemeral range. With
-    `TRACKERDCS_PORT_BLOCK` set (the test suite gives each parallel worker a block of its own,
-    below the ephemeral range, 32768-60999 on Linux by default), it comes from that block: no
-    outgoing connection's source port and no other worker's port lands on it between being
-    chosen and being bound by the server it is for. RuntimeError when none is free.
+    `TRACKERDCS_PORT_BLOCK` set (the test suite claims a block for each test process, outside
+    the ephemeral range, 32768-60999 on Linux by default: tests/ports.py), it comes from that
+    block: no outgoing connection's source port and no other test process's port lands on it
+    between being chosen and being bound by the server it is for. RuntimeError when none is
+    free.
     """
     block = port_block()
     for port in _block_ports(*block) if block else _kernel_ports(host):
