@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-import select
+import queue
 import socket
 import subprocess
 import sys
@@ -830,11 +830,22 @@ def test_tick_thread_advances_time() -> None:
         wait_for(lambda: simulator.device.bath > 21.0)
 
 
-def _read_stderr_line(process: subprocess.Popen[str], timeout: float = 30.0) -> str:
+def _stderr_lines(process: subprocess.Popen[str], count: int, timeout: float = 30.0) -> list[str]:
+    """The first `count` lines the process writes on stderr, read by a thread until the pipe
+    closes (a `select` on the pipe misses a line already in the reader's buffer: two lines
+    written at once came in one read)."""
     assert process.stderr is not None
-    ready, _, _ = select.select([process.stderr], [], [], timeout)
-    assert ready, "simulator printed nothing"
-    return process.stderr.readline().strip()
+    stderr, lines = process.stderr, queue.Queue[str]()
+
+    def read() -> None:
+        for line in stderr:
+            lines.put(line.strip())
+
+    threading.Thread(target=read, name="sim-stderr", daemon=True).start()
+    try:
+        return [lines.get(timeout=timeout) for _ in range(count)]
+    except queue.Empty:
+        raise AssertionError(f"the simulator printed fewer than {count} lines") from None
 
 
 def test_standalone_process() -> None:
@@ -843,7 +854,7 @@ def test_standalone_process() -> None:
         [*command, "--tick", "0.05", "--xon"], stderr=subprocess.PIPE, text=True
     )
     try:
-        pty_line, tcp_line = _read_stderr_line(process), _read_stderr_line(process)
+        pty_line, tcp_line = _stderr_lines(process, 2)
         assert pty_line.startswith("julabo-sim: pty /dev/")
         assert tcp_line.startswith("julabo-sim: tcp socket://127.0.0.1:")
         for url in (pty_line.split()[-1], tcp_line.split()[-1]):
