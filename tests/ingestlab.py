@@ -105,7 +105,7 @@ class DataLab:
         self.bridge.start()
         self.client = self.broker.client()
         self.vlab = self._make_vlab().start()
-        publish_iv_scan(self.client, "M1")
+        publish_iv_scan(self.client, self.vlab.lab.modules[0])  # the lab's first module
         for measurement, field in (
             ("hv", "vmon"),
             ("lv", "vmon"),

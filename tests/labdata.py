@@ -2,10 +2,12 @@
 
 Tests never write a board slot, a channel number or a channel name of their own: they ask the
 lab they start. `LabData(data)` wraps a lab file's parsed YAML (`LabData.load(path)` reads one);
-`EXAMPLE` is examples/lab.yml, the file every test lab (`write_lab`, `PowerLab`, the virtual
-lab, the compose stacks) starts from. Layouts (`write_lab(layout=...)`) move boards but keep
-channel names, numbers and modules, so module-level parameter lists may take those from
-`EXAMPLE`; a board slot always comes from the lab actually started (`PowerLab.lab`).
+`LabData(data, crate=NAME)` (or `.crate(NAME)`) is the view of one crate of a lab of several
+(deploy/lab.multihost.dummy.yml). `EXAMPLE` is examples/lab.yml, the file every test lab
+(`write_lab`, `PowerLab`, the virtual lab, the compose stacks) starts from. Layouts
+(`write_lab(layout=...)`) move boards but keep channel names, numbers and modules, so
+module-level parameter lists may take those from `EXAMPLE`; a board slot always comes from the
+lab actually started (`PowerLab.lab`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ EXAMPLE_LAB = Path(__file__).resolve().parent.parent / "examples" / "lab.yml"
 class Channel:
     """One `power.channels` entry of a lab file: `name`, `kind` (hv, lv), `number` (the
     `{ch}` of its command topics), crate `board` slot and `channel` on that board, `module`,
-    and the MQTT `prefix` of its kind (`crates[].prefixes`, /hv and /lv by default)."""
+    the MQTT `prefix` of its kind on its crate (`crates[].prefixes`, /hv and /lv by default)
+    and its `crate`'s name (the entry's `crate`, default: the first crate)."""
 
     name: str
     kind: str
@@ -32,6 +35,7 @@ class Channel:
     module: str | None
     prefix: str
     vmax: float | None = None  # the channel's own `vmax`, when it overrides the default
+    crate: str = ""
 
     @property
     def place(self) -> tuple[int, int]:
@@ -44,25 +48,40 @@ class Channel:
         return f"{self.prefix}/cmd/{command}/{getattr(self, by)}"
 
 
-def _channel(entry: dict, prefixes: dict[str, str]) -> Channel:
+def _channel(entry: dict, crates: dict[str, dict]) -> Channel:
     name, kind, number, board, channel = (
         entry[k] for k in ("name", "kind", "number", "board", "channel")
     )
     module, vmax = entry.get("module"), entry.get("vmax")
-    return Channel(name, kind, int(number), int(board), int(channel), module, prefixes[kind], vmax)
+    crate = entry.get("crate") or next(iter(crates))
+    prefixes = {"hv": "/hv", "lv": "/lv", **crates[crate].get("prefixes", {})}
+    return Channel(
+        name, kind, int(number), int(board), int(channel), module, prefixes[kind], vmax, crate
+    )
 
 
 class LabData:
-    """The power side of a lab file's data (the parsed YAML)."""
+    """The power side of a lab file's data (the parsed YAML); with `crate`, only the channels
+    of the crate of that name (a lab of several crates: each has its own prefixes)."""
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict, crate: str | None = None) -> None:
         self.data = data
-        prefixes = {"hv": "/hv", "lv": "/lv", **data["crates"][0].get("prefixes", {})}
-        self.channels_all = [_channel(c, prefixes) for c in data["power"]["channels"]]
+        crates = {c["name"]: c for c in data["crates"]}
+        channels = [_channel(c, crates) for c in data["power"]["channels"]]
+        self.channels_all = [c for c in channels if crate is None or c.crate == crate]
 
     @classmethod
     def load(cls, path: Path) -> LabData:
         return cls(yaml.safe_load(Path(path).read_text()))
+
+    def crate(self, name: str) -> LabData:
+        """The view of the crate `name`: its channels only."""
+        return LabData(self.data, crate=name)
+
+    @property
+    def crates(self) -> list[str]:
+        """The names of the lab's crates, in the lab file's order."""
+        return [c["name"] for c in self.data["crates"]]
 
     def channels(self, kind: str | None = None) -> list[Channel]:
         """The channels of this `kind` (all when None), in the lab file's order."""

@@ -256,6 +256,7 @@ def test_chiller_error_alarm_ack_and_restart(alab):
 def test_every_command_and_action_is_audited(alab, tmp_path):
     lab = alab
     hv, lv = EXAMPLE.channel("hv", 0), EXAMPLE.channel("lv", 1)  # the lab starts from it
+    other = EXAMPLE.channel("lv", 2).module  # a second module the interlock action names
     since = lab.client.mark()
     props = Properties(PacketTypes.PUBLISH)
     props.UserProperty = ("client_id", "alice")
@@ -274,12 +275,12 @@ def test_every_command_and_action_is_audited(alab, tmp_path):
     assert record["source"] == "interlock" and record["modules"] == [lv.module]
     assert record["id"] == "interlock:dewpoint:7"
     event = {"time": 1714550400.0, "source": "interlock", "event": "fired",  # 2024-05-01T08Z
-             "rule": "dewpoint", "modules": [lv.module, "M3"], "text": "0.5 K from the dew point",
+             "rule": "dewpoint", "modules": [lv.module, other], "text": "0.5 K from the dew point",
              "commands": []}  # fmt: skip
     lab.client.publish("/interlock/action", event)
     action = lab.log(lambda r: r["kind"] == "action", since)
     assert action["time"] == event["time"] and action["event"] == "fired"
-    assert action["modules"] == [lv.module, "M3"] and action["text"] == event["text"]
+    assert action["modules"] == [lv.module, other] and action["text"] == event["text"]
 
     answer = lab.client.command(
         "/audit/cmd/query",

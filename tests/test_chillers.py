@@ -21,6 +21,7 @@ import yaml
 
 from tests.conftest import EXAMPLE_LAB, ROOT, Broker
 from tests.ingestlab import TELEGRAF_CONF
+from tests.labdata import EXAMPLE
 from tests.test_safety_scenarios import SENSOR_TIMEOUT, STATUS_TIMEOUT, SafetyLab, on_at
 from tests.test_virtual_lab import TWO_CHILLERS
 from trackerdcs.clientids import lab_client_ids
@@ -33,6 +34,9 @@ from trackerdcs.safety.config import check_safety, rule_chiller, rule_modules
 from trackerdcs.safety.world import World
 from trackerdcs.stack.local import build_entries
 from trackerdcs.stack.nodered import ui_lab
+
+M = EXAMPLE.modules  # the modules of every lab here, in the lab file's order
+COLD, BURNIN = TWO_CHILLERS["coldbox"][1], TWO_CHILLERS["burnin"][1]  # what each chiller cools
 
 
 def example() -> dict[str, Any]:
@@ -76,8 +80,8 @@ def test_the_julabo_section_is_a_one_chiller_list():
     [chiller] = lab.chillers
     assert (chiller.name, chiller.prefix, chiller.modules) == ("julabo", "/julabo", "all")
     assert lab.chiller() is chiller and lab.chiller("julabo") is chiller
-    assert lab.cooled_by(chiller) == ["M1", "M2", "M3", "M4"]
-    assert lab.chiller_of("M3") is chiller
+    assert lab.cooled_by(chiller) == M
+    assert lab.chiller_of(M[2]) is chiller
 
 
 def test_a_list_of_chillers():
@@ -85,8 +89,8 @@ def test_a_list_of_chillers():
     coldbox, burnin = lab.chillers
     assert (coldbox.name, coldbox.prefix, coldbox.url) == ("coldbox", "/julabo",
                                                           "socket://127.0.0.1:5050")  # fmt: skip
-    assert (burnin.prefix, lab.cooled_by(burnin)) == ("/julabo_burnin", ["M3", "M4"])
-    assert lab.chiller_of("M2") is coldbox and lab.chiller_of("M4") is burnin
+    assert (burnin.prefix, lab.cooled_by(burnin)) == ("/julabo_burnin", BURNIN)
+    assert lab.chiller_of(COLD[-1]) is coldbox and lab.chiller_of(BURNIN[-1]) is burnin
     assert lab.julabo is None
     with pytest.raises(UnknownChiller, match=r"several chillers \(coldbox, burnin\): name one"):
         lab.chiller()
@@ -113,9 +117,9 @@ def test_a_list_of_chillers():
          "chillers.1.url: 'socket://127.0.0.1:5050' is the line of chiller coldbox"),
         (lambda d: d["chillers"][1].pop("modules"),
          "chillers.1.modules: required when the lab has several chillers (the modules chiller "
-         "burnin cools; known: M1, M2, M3, M4)"),
-        (lambda d: d["chillers"][1].update(modules=["M2"]),
-         "chillers.1.modules: M2 is cooled by chiller coldbox"),
+         f"burnin cools; known: {', '.join(M)})"),
+        (lambda d: d["chillers"][1].update(modules=[COLD[-1]]),
+         f"chillers.1.modules: {COLD[-1]} is cooled by chiller coldbox"),
         (lambda d: d["chillers"][1].update(modules=["M9"]),
          "chillers.1.modules: no power channel powers module 'M9'"),
         (lambda d: d["chillers"][1].update(name="bad name"), "chillers.1.name"),
@@ -134,10 +138,10 @@ def test_rules_name_their_chiller_and_protect_what_it_cools():
     check_safety(lab)
     rules = {r.name: r for r in lab.interlocks.rules}
     for name, chiller, modules in (
-        ("coldbox_running", "coldbox", ["M1", "M2"]),
-        ("burnin_running", "burnin", ["M3", "M4"]),
-        ("dewpoint", "coldbox", ["M1", "M2"]),
-        ("module_temperature", None, ["M1", "M2", "M3", "M4"]),
+        ("coldbox_running", "coldbox", COLD),
+        ("burnin_running", "burnin", BURNIN),
+        ("dewpoint", "coldbox", COLD),
+        ("module_temperature", None, M),
     ):
         found = rule_chiller(lab, rules[name])
         assert (found.name if found else None, rule_modules(lab, rules[name])) == (chiller, modules)
@@ -145,14 +149,14 @@ def test_rules_name_their_chiller_and_protect_what_it_cools():
     data = two_chillers()
     data["interlocks"]["rules"][1]["modules"] = "all"
     lab = loads(data)
-    assert rule_modules(lab, lab.interlocks.rules[1]) == ["M1", "M2", "M3", "M4"]
+    assert rule_modules(lab, lab.interlocks.rules[1]) == M
     # one chiller: the rules need no `chiller` key, and protect what it cools
     data = example()
-    data["julabo"]["modules"] = ["M1", "M2"]
+    data["julabo"]["modules"] = COLD
     lab = loads(data)
     running = lab.interlocks.rules[0]
     assert rule_chiller(lab, running).name == "julabo"
-    assert rule_modules(lab, running) == ["M1", "M2", "M3", "M4"]  # the example says `all`
+    assert rule_modules(lab, running) == M  # the example says `all`
 
 
 @pytest.mark.parametrize(
@@ -180,8 +184,8 @@ def test_rules_of_a_lab_of_several_chillers_must_name_one(rule, expected):
 
 def test_the_world_knows_which_modules_each_chiller_cools():
     world = World(loads(two_chillers()))
-    assert world.modules_of("/julabo") == {"M1", "M2"}
-    assert world.modules_of("/julabo_burnin") == {"M3", "M4"}
+    assert world.modules_of("/julabo") == set(COLD)
+    assert world.modules_of("/julabo_burnin") == set(BURNIN)
     assert world.chiller_label("/julabo_burnin") == "chiller burnin"
     one = World(loads(example()))
     assert one.modules_of("/julabo") is None and one.chiller_label("/julabo") == "chiller"
@@ -299,20 +303,20 @@ def test_the_ui_knows_every_chiller():
     given = ui_lab(loads(two_chillers()))
     assert given["chillers"] == [
         {"name": "coldbox", "prefix": "/julabo", "setpoint": [-30.0, 40.0],
-         "modules": ["M1", "M2"]},
+         "modules": COLD},
         {"name": "burnin", "prefix": "/julabo_burnin", "setpoint": [-30.0, 40.0],
-         "modules": ["M3", "M4"]},
+         "modules": BURNIN},
     ]  # fmt: skip
     # the pages state each rule's consequences for the chiller it watches and what it cools
     rules = {r["name"]: (r["chiller"], r["modules"]) for r in given["interlock"]["rules"]}
-    assert rules["coldbox_running"] == ("coldbox", ["M1", "M2"])
-    assert rules["burnin_running"] == ("burnin", ["M3", "M4"])
-    assert rules["dewpoint"] == ("coldbox", ["M1", "M2"])
-    assert rules["module_temperature"] == (None, ["M1", "M2", "M3", "M4"])
+    assert rules["coldbox_running"] == ("coldbox", COLD)
+    assert rules["burnin_running"] == ("burnin", BURNIN)
+    assert rules["dewpoint"] == ("coldbox", COLD)
+    assert rules["module_temperature"] == (None, M)
     one = ui_lab(loads(example()))
     assert [c["name"] for c in one["chillers"]] == ["julabo"]
     running = next(r for r in one["interlock"]["rules"] if r["kind"] == "chiller_running")
-    assert (running["chiller"], running["modules"]) == ("julabo", ["M1", "M2", "M3", "M4"])
+    assert (running["chiller"], running["modules"]) == ("julabo", M)
 
 
 def test_the_deployed_labs_run_a_daemon_per_chiller():
@@ -359,7 +363,6 @@ INTERLOCKS = {
          "sources": {"/julabo": 3.0, "/julabo_burnin": 3.0, "/sensor_1": SENSOR_TIMEOUT}},
     ],
 }  # fmt: skip
-COLD, BURNIN = ("M1", "M2"), ("M3", "M4")
 PREFIX = {name: prefix for name, (prefix, _) in TWO_CHILLERS.items()}
 
 
@@ -415,7 +418,7 @@ def test_both_chiller_daemons_are_online_together_and_commanded_each_on_its_own(
     assert state["chillers"]["burnin"]["running"] is True
     assert state["chillers"]["coldbox"]["running"] is False
     assert {m: state["modules"][m]["chiller"] for m in COLD + BURNIN} == {
-        "M1": "coldbox", "M2": "coldbox", "M3": "burnin", "M4": "burnin"
+        **dict.fromkeys(COLD, "coldbox"), **dict.fromkeys(BURNIN, "burnin")
     }  # fmt: skip
     assert julabo(lab, "burnin", "switch", "off")["ok"]
     # one client id each: the broker never closed one for the other (no flapping)
@@ -435,16 +438,16 @@ def test_stopping_one_chiller_ramps_down_only_the_modules_it_cools(lab):
     assert julabo(lab, "burnin", "switch", "off")["ok"]
     rules = lab.rules(lambda r: r["burnin_running"]["active"], since=since)
     assert rules["burnin_running"]["reason"] == "chiller burnin STOPPED (REMOTE STOP)"
-    assert rules["burnin_running"]["modules"] == ["M3", "M4"]
+    assert rules["burnin_running"]["modules"] == BURNIN
     assert not rules["coldbox_running"]["active"]
     hv = lab.hv(lambda m: all(m[x]["state"] == "OFF" for x in BURNIN), since=since)
     assert all(on_at(60)(hv[x]) for x in COLD)  # the cold box goes on
-    answer = lab.command("/hv/cmd/switch/M3", "on")  # inhibited, M1 is not
+    answer = lab.command(f"/hv/cmd/switch/{BURNIN[0]}", "on")  # inhibited, the cold box's not
     assert not answer["ok"] and "burnin_running (chiller burnin STOPPED" in answer["error"]
-    assert lab.command("/hv/cmd/switch/M1", "on")["ok"]
+    assert lab.command(f"/hv/cmd/switch/{COLD[0]}", "on")["ok"]
     sent = interlock_commands(lab, since)
-    assert {"/hv/cmd/switch/M3", "/hv/cmd/switch/M4"} <= sent
-    assert not {"/hv/cmd/switch/M1", "/hv/cmd/switch/M2"} & sent
+    assert {f"/hv/cmd/switch/{m}" for m in BURNIN} <= sent
+    assert not {f"/hv/cmd/switch/{m}" for m in COLD} & sent
 
     assert lab.command("/interlock/cmd/reset/burnin_running", "")["ok"]  # stopped on purpose
     lab.rules(lambda r: not r["burnin_running"]["active"], since=since)
@@ -457,7 +460,7 @@ def test_a_silent_chiller_daemon_ramps_down_only_its_modules(lab):
     since = lab.client.mark()
     daemon.stop()  # its last will: /julabo_burnin/availability offline
     rules = lab.rules(lambda r: r["heartbeat"]["active"], since=since)
-    assert rules["heartbeat"]["modules"] == ["M3", "M4"]
+    assert rules["heartbeat"]["modules"] == BURNIN
     assert "/julabo_burnin offline" in rules["heartbeat"]["reason"]
     hv = lab.hv(lambda m: all(m[x]["state"] == "OFF" for x in BURNIN), since=since)
     assert all(on_at(60)(hv[x]) for x in COLD)
@@ -473,7 +476,7 @@ def test_the_dew_point_rule_raises_its_own_chiller_only(lab):
     since = lab.client.mark()
     assert lab.backdoor("set room_humidity=75")["ok"]  # dew point 16.4 C: above the modules
     rules = lab.rules(lambda r: r["coldbox_dewpoint"]["active"], since=since)
-    assert rules["coldbox_dewpoint"]["modules"] == ["M1", "M2"]
+    assert rules["coldbox_dewpoint"]["modules"] == COLD
     coldbox = lab.wait("/julabo/status", lambda s: s["setpoint"] == 20.0, since=since)
     assert coldbox["state"] == "RUNNING"
     hv = lab.hv(lambda m: all(m[x]["state"] == "OFF" for x in COLD), since=since)

@@ -329,13 +329,14 @@ def test_an_iv_scan_keeps_its_results_in_its_volume(stack, tmp_path) -> None:
     broker user) and writes the CSV and PNG to the ivscan-data volume (the backup test below
     brings them back)."""
     lab = host_lab(stack, tmp_path / "lab.yml")
+    module = HV1.module  # the lab's second HV channel's module
     done = subprocess.run(
-        [sys.executable, "-m", "trackerdcs.cli", "iv-scan", "M2", "--stop", "40", "--step", "20",
+        [sys.executable, "-m", "trackerdcs.cli", "iv-scan", module, "--stop", "40", "--step", "20",
          "--settle", "0", "--readings", "1", "--config", str(lab), "--name", "operator"],
         env=operator_env(stack), capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "M2: completed: completed 3 steps" in done.stdout
+    assert f"{module}: completed: completed 3 steps" in done.stdout
     written = [line.strip() for line in done.stdout.splitlines() if line.startswith("  /")]
     assert [Path(f).suffix for f in written] == [".csv", ".png"]
     assert set(written) <= set(ivscan_files(stack))

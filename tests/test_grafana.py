@@ -109,7 +109,7 @@ def test_every_panel_query_returns_data(lab: DataLab, path: Path):
     board = dashboard(path)
     variables = variable_values(lab, board)
     if path.stem == "module":
-        assert variables == {"module": "M1"}
+        assert variables == {"module": min(lab.vlab.lab.modules)}  # the first of its values
     empty = []
     for title, target in targets(board):
         query = substitute(target["query"], variables)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_LAB, ROOT, Broker, _logged, python_process, write_lab
+from tests.labdata import EXAMPLE
 from tests.simca import wait_for
 from trackerdcs.config import ConfigError, LabConfig, parse_config
 from trackerdcs.safety.config import check_safety, rule_chiller, rule_modules
@@ -22,7 +23,7 @@ from trackerdcs.safety.rules import RULE_KINDS, RuleState
 from trackerdcs.safety.world import World
 from trackerdcs.stack.process import free_port
 
-MODULES = ("M1", "M2", "M3", "M4")
+MODULES = tuple(EXAMPLE.modules)  # every lab here is the example's (write_lab, lab_with)
 
 
 def example() -> dict[str, Any]:
@@ -39,15 +40,15 @@ def lab_with(rules: list[dict], **extra: Any) -> LabConfig:
 
 def channel(name: str, module: str, on: int = 0, state: str = "OFF", vmon: float = 0.0,
             vreq: float = 100.0) -> dict:  # fmt: skip
-    return {"number": int(name[-1]) - 1, "name": name, "module": module, "on": on,
+    return {"number": EXAMPLE.named(name).number, "name": name, "module": module, "on": on,
             "vreq": vreq, "vmon": vmon, "imon": 0.0, "ilim": 10.0, "status": 1 if on else 0,
             "flags": ["ON"] if on else [], "state": state, "interlocks": []}  # fmt: skip
 
 
 def hv_status(on: tuple[str, ...] = ()) -> list[dict]:
     return [
-        channel(f"hv_m{i}", f"M{i}", *((1, "ON", 100.0) if f"M{i}" in on else ()))
-        for i in range(1, 5)
+        channel(c.name, str(c.module), *((1, "ON", 100.0) if c.module in on else ()))
+        for c in EXAMPLE.channels("hv")
     ]
 
 
@@ -329,14 +330,26 @@ def test_a_lab_without_a_chiller_refuses_a_chiller_rule():
 
 # -- the interlock daemon on a real broker ----------------------------------------------------
 
+# the modules of the interlock lab (write_lab: the example's) by their part in these tests: the
+# one that stays on, the hot one, the one of the `held` rule, the one of the heartbeat's sensor
+KEPT, HOT, HELD, BEATING = MODULES[:4]
+
+
+def sensor_of(module: str) -> str:
+    """The name of the lab's `kind: module` sensor of `module`."""
+    return next(s["name"] for s in EXAMPLE.data["sensors"] if s.get("module") == module)
+
+
+BEAT = f"/{sensor_of(BEATING)}"  # the heartbeat rule's source
+
 RULES = [
     {"name": "chiller_running", "kind": "chiller_running", "modules": "all"},
     {"name": "module_temperature", "kind": "module_temperature", "action": "kill"},
     {"name": "dewpoint", "kind": "dewpoint_margin", "sensor": "sensor_1", "margin": 2.0,
      "chiller_setpoint": 20},
     {"name": "heartbeat", "kind": "heartbeat", "action": "ramp_down",
-     "sources": {"/temp_m4": 0.4}},
-    {"name": "held", "kind": "module_temperature", "modules": ["M3"], "action": "none",
+     "sources": {BEAT: 0.4}},
+    {"name": "held", "kind": "module_temperature", "modules": [HELD], "action": "none",
      "hold": 0.5},
 ]  # fmt: skip
 HOLD = 0.5
@@ -346,7 +359,7 @@ SAFETY = {"rules": RULES, "reassert_interval": 0.3, "startup_grace": 0.2}
 class InterlockLab:
     """The interlock daemon; the test client plays the power, chiller and sensor daemons.
 
-    A thread keeps `/temp_m4` (the heartbeat rule's source, 0.4 s timeout) coming unless paused.
+    A thread keeps BEAT (the heartbeat rule's source, 0.4 s timeout) coming unless paused.
     """
 
     def __init__(self, workdir: Path, broker: Broker, name: str) -> None:
@@ -365,7 +378,7 @@ class InterlockLab:
     def _feed(self) -> None:
         while not self._closed.wait(0.1):
             if self.feeding.is_set():
-                self.temperature("M4", 20.0)
+                self.temperature(BEATING, 20.0)
 
     def start(self) -> InterlockLab:
         self.publish_world()
@@ -387,8 +400,8 @@ class InterlockLab:
         self.client.publish("/hv/status", json.dumps(hv_status(hv_on)), retain=True)
         self.client.publish("/sensor_1/status", sensor("sensor_1", 21.0, humidity=45.0,
                                                        dewpoint=8.6), retain=True)  # fmt: skip
-        for i in range(1, 5):
-            self.temperature(f"M{i}", 20.0)
+        for module in MODULES:
+            self.temperature(module, 20.0)
 
     def calm(self) -> None:
         """The calm lab, and no rule active (asked with `refresh` after it is published)."""
@@ -399,7 +412,7 @@ class InterlockLab:
         self.wait_rules(lambda rules: not any(r["active"] for r in rules.values()), since=since)
 
     def temperature(self, module: str, value: float | None, **kw: Any) -> None:
-        name = f"temp_{module.lower()}"
+        name = sensor_of(module)
         self.client.publish(f"/{name}/status", sensor(name, value, module=module, **kw),
                             retain=True)  # fmt: skip
 
@@ -434,35 +447,35 @@ def calm(ilab):
 
 def test_hot_module_kills_its_hv_only(calm):
     lab = calm
-    lab.publish_world(hv_on=("M1", "M2"))
+    lab.publish_world(hv_on=(KEPT, HOT))
     since = lab.client.mark()
     t0 = time.monotonic()
-    lab.temperature("M2", 31.5)
+    lab.temperature(HOT, 31.5)
     kill = lab.wait_command("/hv/cmd/+/+", since)
-    assert kill.topic == "/hv/cmd/kill/M2" and kill.t - t0 < 0.5
+    assert kill.topic == f"/hv/cmd/kill/{HOT}" and kill.t - t0 < 0.5
     request = kill.json
     assert request["value"] == "off" and request["id"].startswith("interlock:module_temperature:")
     rules = lab.wait_rules(lambda r: r["module_temperature"]["active"], since=since)
     rule = rules["module_temperature"]
-    assert rule["modules"] == ["M2"] and rule["reason"] == "M2 at 31.5 C (limit 30 C)"
+    assert rule["modules"] == [HOT] and rule["reason"] == f"{HOT} at 31.5 C (limit 30 C)"
     assert rule["fired_at"] and rule["kind"] == "module_temperature" and rule["action"] == "kill"
     event = lab.client.wait_for("/interlock/action", lambda m: m.json["event"] == "fired",
                                 since=since).json  # fmt: skip
-    assert event["commands"] == ["/hv/cmd/kill/M2"] and event["modules"] == ["M2"]
-    assert lab.commands(since) == ["/hv/cmd/kill/M2"]
+    assert event["commands"] == [f"/hv/cmd/kill/{HOT}"] and event["modules"] == [HOT]
+    assert lab.commands(since) == [f"/hv/cmd/kill/{HOT}"]
 
     # the module comes back on behind the interlock's back: it is killed again
     since = lab.client.mark()
-    lab.client.publish("/hv/status", json.dumps(hv_status(("M1", "M2"))), retain=True)
-    again = lab.wait_command("/hv/cmd/kill/M2", since)
+    lab.client.publish("/hv/status", json.dumps(hv_status((KEPT, HOT))), retain=True)
+    again = lab.wait_command(f"/hv/cmd/kill/{HOT}", since)
     assert again.json["id"] != request["id"]
-    lab.client.publish("/hv/status", json.dumps(hv_status(("M1",))), retain=True)
+    lab.client.publish("/hv/status", json.dumps(hv_status((KEPT,))), retain=True)
 
     since = lab.client.mark()
-    lab.temperature("M2", 29.8)  # within the hysteresis: still held
-    lab.temperature("M2", 29.0)
+    lab.temperature(HOT, 29.8)  # within the hysteresis: still held
+    lab.temperature(HOT, 29.0)
     rules = lab.wait_rules(lambda r: not r["module_temperature"]["active"], since=since)
-    assert rules["module_temperature"]["reason"] == "M2 at 29.8 C (limit 30 C)"  # the last one
+    assert rules["module_temperature"]["reason"] == f"{HOT} at 29.8 C (limit 30 C)"  # the last one
     assert rules["module_temperature"]["cleared_at"]
 
 
@@ -471,31 +484,32 @@ def test_a_kill_not_written_everywhere_is_logged_and_sent_again(calm):
     for the rest: the interlock logs it as not done, and sends the action again while the HV
     shows on."""
     lab = calm
-    lab.publish_world(hv_on=("M2",))
+    hot = EXAMPLE.of_module(HOT, "hv").name  # its HV channel
+    lab.publish_world(hv_on=(HOT,))
     since = lab.client.mark()
-    lab.temperature("M2", 31.5)
-    kill = lab.wait_command("/hv/cmd/kill/M2", since)
+    lab.temperature(HOT, 31.5)
+    kill = lab.wait_command(f"/hv/cmd/kill/{HOT}", since)
     request_id = kill.json["id"]
     lab.client.publish("/hv/response", {
         "topic": kill.topic, "payload": kill.text, "ok": False, "id": request_id,
-        "error": "could not be switched off: hv_m2 (test:00:001:Pw not connected)",
-        "channels": [], "not_written": ["hv_m2"]})  # fmt: skip
-    logged = f"/hv/cmd/kill/M2 did not do all of {request_id}: could not be switched off: hv_m2"
+        "error": f"could not be switched off: {hot} (test:00:001:Pw not connected)",
+        "channels": [], "not_written": [hot]})  # fmt: skip
+    logged = f"/hv/cmd/kill/{HOT} did not do all of {request_id}: could not be switched off: {hot}"
     wait_for(lambda: logged in lab.daemon.output(), timeout=5)
     since = lab.client.mark()
-    lab.client.publish("/hv/status", json.dumps(hv_status(("M2",))), retain=True)  # still on
-    assert lab.wait_command("/hv/cmd/kill/M2", since).json["id"] != request_id
+    lab.client.publish("/hv/status", json.dumps(hv_status((HOT,))), retain=True)  # still on
+    assert lab.wait_command(f"/hv/cmd/kill/{HOT}", since).json["id"] != request_id
     lab.client.publish("/hv/status", json.dumps(hv_status()), retain=True)
     since = lab.client.mark()
-    lab.temperature("M2", 29.0)
+    lab.temperature(HOT, 29.0)
     lab.wait_rules(lambda r: not r["module_temperature"]["active"], since=since)
 
 
 def test_a_spike_does_not_fire_a_rule_with_a_hold_a_sustained_breach_does(calm):
     lab = calm
     since = lab.client.mark()
-    lab.temperature("M3", 35.0)  # one glitched sample ...
-    lab.temperature("M3", 20.0)  # ... and the next one is fine again
+    lab.temperature(HELD, 35.0)  # one glitched sample ...
+    lab.temperature(HELD, 20.0)  # ... and the next one is fine again
     fired = lab.client.wait_for("/interlock/action", lambda m: m.json["event"] == "fired",
                                 since=since)  # fmt: skip
     assert fired.json["rule"] == "module_temperature"  # the rule without a hold acts at once
@@ -505,45 +519,45 @@ def test_a_spike_does_not_fire_a_rule_with_a_hold_a_sustained_breach_does(calm):
 
     since = lab.client.mark()
     started = time.monotonic()
-    lab.temperature("M3", 35.0)  # sustained
+    lab.temperature(HELD, 35.0)  # sustained
     event = lab.client.wait_for("/interlock/action", lambda m: m.json["rule"] == "held"
                                 and m.json["event"] == "fired", 3, since)  # fmt: skip
     assert HOLD - 0.05 <= event.t - started < HOLD + 0.3  # a timer ends the hold, not a message
-    assert event.json["modules"] == ["M3"] and event.json["commands"] == []  # action none
+    assert event.json["modules"] == [HELD] and event.json["commands"] == []  # action none
     rules = lab.wait_rules(lambda r: r["held"]["active"], since=since)
-    assert rules["held"]["reason"] == "M3 at 35.0 C (limit 30 C)"
-    lab.temperature("M3", 20.0)
+    assert rules["held"]["reason"] == f"{HELD} at 35.0 C (limit 30 C)"
+    lab.temperature(HELD, 20.0)
     lab.wait_rules(lambda r: not r["held"]["active"], since=since)
 
 
 def test_silent_sensor_fires_the_heartbeat_on_its_deadline(calm):
     lab = calm
-    lab.publish_world(hv_on=("M3", "M4"))
+    lab.publish_world(hv_on=(HELD, BEATING))
     lab.feeding.clear()
     since = lab.client.mark()
-    lab.temperature("M4", 20.0, age=0.0)
-    last = lab.client.wait_for("/temp_m4/status", since=since).t  # as the broker sent it
+    lab.temperature(BEATING, 20.0, age=0.0)
+    last = lab.client.wait_for(f"{BEAT}/status", since=since).t  # as the broker sent it
     rules = lab.wait_rules(lambda r: r["heartbeat"]["active"], since=since)
     fired = lab.client.latest("/interlock/status").t
     assert 0.4 <= fired - last < 0.4 + 0.15  # the timeout, plus little
-    assert rules["heartbeat"]["modules"] == ["M4"]  # the module of that sensor only
-    assert "no data from /temp_m4" in rules["heartbeat"]["reason"]
-    lab.wait_command("/hv/cmd/switch/M4", since)  # ramp down: switch off
-    assert lab.commands(since) == ["/hv/cmd/switch/M4"]
+    assert rules["heartbeat"]["modules"] == [BEATING]  # the module of that sensor only
+    assert f"no data from {BEAT}" in rules["heartbeat"]["reason"]
+    lab.wait_command(f"/hv/cmd/switch/{BEATING}", since)  # ramp down: switch off
+    assert lab.commands(since) == [f"/hv/cmd/switch/{BEATING}"]
 
     since = lab.client.mark()
     lab.feeding.set()
     lab.wait_rules(lambda r: not r["heartbeat"]["active"], since=since)
-    lab.client.publish("/temp_m4/availability", "offline", retain=True)
+    lab.client.publish(f"{BEAT}/availability", "offline", retain=True)
     rules = lab.wait_rules(lambda r: r["heartbeat"]["active"], since=since)
-    assert rules["heartbeat"]["reason"] == "/temp_m4 offline"
-    lab.client.publish("/temp_m4/availability", "online", retain=True)
+    assert rules["heartbeat"]["reason"] == f"{BEAT} offline"
+    lab.client.publish(f"{BEAT}/availability", "online", retain=True)
     lab.wait_rules(lambda r: not r["heartbeat"]["active"], since=since)
 
 
 def test_chiller_stop_ramps_down_and_reset_disarms(calm):
     lab = calm
-    lab.publish_world(hv_on=("M1", "M3"))
+    lab.publish_world(hv_on=(KEPT, HELD))
     since = lab.client.mark()
     lab.client.publish("/julabo/status", chiller("RUNNING"), retain=True)
     lab.wait_rules(lambda r: r["chiller_running"]["armed"], since=since)
@@ -551,8 +565,9 @@ def test_chiller_stop_ramps_down_and_reset_disarms(calm):
     rules = lab.wait_rules(lambda r: r["chiller_running"]["active"], since=since)
     assert rules["chiller_running"]["modules"] == list(MODULES)
     assert rules["chiller_running"]["reason"] == "chiller STOPPED (REMOTE STOP)"
-    lab.wait_command("/hv/cmd/switch/M3", since)
-    assert sorted(lab.commands(since)) == ["/hv/cmd/switch/M1", "/hv/cmd/switch/M3"]  # M2, M4 off
+    lab.wait_command(f"/hv/cmd/switch/{HELD}", since)
+    on = sorted(f"/hv/cmd/switch/{m}" for m in (KEPT, HELD))
+    assert sorted(lab.commands(since)) == on  # the other modules' HV is off already
 
     answer = lab.client.command("/interlock/cmd/reset/module_temperature", "",
                                 "/interlock/response")  # fmt: skip

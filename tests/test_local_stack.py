@@ -20,12 +20,25 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
+from tests.labdata import EXAMPLE
 from tests.mqttclient import TestClient
 from trackerdcs.stack.process import port_open, wait_until
 
 README = ROOT / "README.md"
+# the stack starts examples/lab.yml (the Makefile's CONFIG): the README's commands name its
+# channels and modules, and the tests take them from it
+HV, LV, LIMITED = EXAMPLE.channel("hv", 0), EXAMPLE.channel("lv", 1), EXAMPLE.limited("hv")
+BREAKDOWN = next(  # the module whose sensor breaks down below its maximum (virtual_lab.modules)
+    m for m, iv in EXAMPLE.data["virtual_lab"]["modules"].items() if "breakdown_voltage" in iv
+)
+
+
+def status_of(channels: list[dict], name: str) -> dict:
+    """The entry of channel `name` in a `/hv/status` or `/lv/status` payload."""
+    return next(c for c in channels if c["name"] == name)
 
 
 def readme_example(name: str) -> list[str]:
@@ -93,7 +106,10 @@ def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
     for name, where in (
         ("mosquitto", "mqtt://127.0.0.1:1883"),
         ("sim-lab", "ca://127.0.0.1:5064"),
-        ("power-sy4527", "/hv /lv"),
+        (
+            f"power-{EXAMPLE.data['crates'][0]['name']}",
+            " ".join(dict.fromkeys(c.prefix for c in EXAMPLE.channels())),
+        ),
         ("julabo", "/julabo"),
         ("sensors", "/sensor_1 +4"),
         ("influxdb", "http://127.0.0.1:8086"),
@@ -108,6 +124,11 @@ def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
         client.wait_for("/hv/status", lambda m: all(c["state"] == "OFF" for c in m.json), 10)
         commands = readme_example("power")
         assert commands[0].startswith("mosquitto_sub")
+        # by number, by module, all, by name: the lab's channels
+        assert [shlex.split(line)[4] for line in commands[1:]] == [
+            HV.topic("setv", by="number"), HV.topic("switch", by="number"),
+            LV.topic("switch", by="module"), f"{HV.prefix}/cmd/setv/all", LIMITED.topic("setv"),
+        ]  # fmt: skip
         sub = subprocess.Popen(shlex.split(commands[0]), stdout=subprocess.PIPE, text=True)
         sub_out = LineReader(sub)
         try:
@@ -123,12 +144,16 @@ def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
             assert answers[3].json["id"] == "my-ramp"
             assert answers[-1].json == readme_documented_answer()
 
-            def hv_m1_on_at_150(m):
-                ch = m.json[0]
+            def hv_on_at_150(m):
+                ch = status_of(m.json, HV.name)
                 return ch["state"] == "ON" and ch["vreq"] == 150.0 and abs(ch["vmon"] - 150) < 2
 
-            client.wait_for("/hv/status", hv_m1_on_at_150, timeout=10, since=since)
-            client.wait_for("/lv/status", lambda m: m.json[1]["state"] == "ON", 5, since)
+            client.wait_for(f"{HV.prefix}/status", hv_on_at_150, timeout=10, since=since)
+
+            def lv_on(m):
+                return status_of(m.json, LV.name)["state"] == "ON"
+
+            client.wait_for(f"{LV.prefix}/status", lv_on, 5, since)
             sub_out.wait(r"^/hv/response .*my-ramp", timeout=5)
             sub_out.wait(r'"state": "RAMPING_UP"', timeout=5)
         finally:
@@ -238,18 +263,20 @@ def test_readme_data_commands(stack):
         client.wait_for("/ingest/status", lambda m: m.json["written"] > 0, 10)
     finally:
         client.close()
+    commands = readme_example("data")
+    assert shlex.split(commands[2])[2:4] == ["channel", HV.name]
     printed = [
         subprocess.run(
             line, shell=True, check=True, timeout=30, capture_output=True, text=True, cwd=ROOT
         ).stdout
-        for line in readme_example("data")
+        for line in commands
     ]
-    assert "name: hv" in printed[0] and "hv_m4" in printed[0]
+    assert "name: hv" in printed[0] and EXAMPLE.channel("hv", -1).name in printed[0]
     counters = json.loads(printed[1])
     assert counters["written"] > 0 and counters["dropped"] == 0
     header, *rows = printed[2].splitlines()
     assert header.startswith("time,measurement,") and rows
-    assert all(",hv," in row and ",hv_m1," in row for row in rows)
+    assert all(",hv," in row and f",{HV.name}," in row for row in rows)
 
 
 def test_a_killed_stack_leaves_nothing_behind(stack, tmp_path):
@@ -278,9 +305,12 @@ def test_a_killed_stack_leaves_nothing_behind(stack, tmp_path):
 
 
 def test_readme_ivscan_commands(stack, tmp_path):
-    """The README's IV scans, run as written against `make run`'s stack: M1 to the end, M3 into
-    its breakdown, every module side by side; results in the run directory."""
+    """The README's IV scans, run as written against `make run`'s stack: the first module to the
+    end, the one whose sensor breaks down into its breakdown, every module side by side; results in
+    the run directory."""
     commands = readme_example("ivscan")
+    first, modules = EXAMPLE.modules[0], EXAMPLE.modules
+    assert [shlex.split(line)[2] for line in commands[:2]] == [first, BREAKDOWN]
     client = TestClient(1883)
     try:
         client.wait_for("/hv/status", lambda m: all(c["state"] == "OFF" for c in m.json), 10)
@@ -290,22 +320,23 @@ def test_readme_ivscan_commands(stack, tmp_path):
             for line in commands[:2]
         ]
         assert done[0].returncode == 0, done[0].stderr
-        assert "M1: completed: completed 9 steps" in done[0].stdout
-        assert "M1 [####################] 9/9" in done[0].stderr
-        csv = tmp_path / "run" / "ivscans" / "M1"
+        assert f"{first}: completed: completed 9 steps" in done[0].stdout
+        assert f"{first} [####################] 9/9" in done[0].stderr
+        csv = tmp_path / "run" / "ivscans" / first
         assert [p.suffix for p in sorted(csv.iterdir())] == [".csv", ".png"]
-        assert done[1].returncode == 3 and "M3: breakdown: breakdown at 4" in done[1].stdout
+        broke = f"{BREAKDOWN}: breakdown: breakdown at 4"
+        assert done[1].returncode == 3 and broke in done[1].stdout
         since = client.mark()
         subprocess.run(commands[2], shell=True, check=True, timeout=10, cwd=ROOT)
         answer = client.wait_for("/dcs/response", lambda m: m.json["id"] == "alice:iv", 5, since)
-        assert answer.json["ok"] and sorted(answer.json["scans"]) == ["M1", "M2", "M3", "M4"]
+        assert answer.json["ok"] and sorted(answer.json["scans"]) == sorted(modules)
         scans = answer.json["scans"]
         client.wait_for("/dcs/ivscan/status", lambda m: all(
             m.json["scans"][k]["scan"] == v and m.json["scans"][k]["outcome"] == "completed"
             and m.json["scans"][k]["ended"] for k, v in scans.items()), 60, since)  # fmt: skip
         printed = subprocess.run(commands[3], shell=True, check=True, timeout=10,
                                  capture_output=True, text=True).stdout  # fmt: skip
-        assert json.loads(printed)["scans"]["M4"]["scan"] == scans["M4"]
+        assert json.loads(printed)["scans"][modules[-1]]["scan"] == scans[modules[-1]]
     finally:
         client.close()
 
@@ -327,7 +358,10 @@ def test_readme_recipe_commands(stack):
             assert done.returncode == 0, (line, done.stdout, done.stderr, status and status.json)
             return done
 
-        assert "quick on M1, M2: 18 steps" in run(commands[0]).stdout
+        checked = shlex.split(commands[0])[3]  # the recipe's own modules, lab modules all
+        recipe_modules = yaml.safe_load((ROOT / checked).read_text())["modules"]
+        assert set(recipe_modules) <= set(EXAMPLE.modules)
+        assert f"quick on {', '.join(recipe_modules)}: 18 steps" in run(commands[0]).stdout
         since = client.mark()
         run(commands[1])
         answer = client.wait_for("/dcs/response", lambda m: m.json["id"] == "alice:r1", 10, since)

@@ -18,6 +18,7 @@ import yaml
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Broker
+from tests.labdata import EXAMPLE
 from tests.test_nodered import (
     DESKTOP,
     OPERATOR,
@@ -35,10 +36,11 @@ from trackerdcs.safety.dcs_daemon import recipes_dir
 from trackerdcs.stack.nodered import NodeRed
 from trackerdcs.stack.process import free_port
 
+MODULE = EXAMPLE.modules[0]  # the module these tests scan and power: the lab's first
 WAIT = 20_000  # ms: a scan's steps and a recipe's, through every daemon and the crate
 HOLD = 30  # s: the recipe's hold, long enough to be paused, resumed and aborted in
 RECIPE = {
-    "name": "uihold", "modules": ["M1"], "on_interlock": "abort",
+    "name": "uihold", "modules": [MODULE], "on_interlock": "abort",
     "steps": [{"module": "on"}, {"repeat": 2, "steps": [{"hold": HOLD}]}, {"module": "off"}],
 }  # fmt: skip
 
@@ -95,11 +97,11 @@ def test_a_scan_started_from_the_page_builds_its_curve_live_and_is_listed(
     lab.reset()
     since = lab.client.mark()
     open_tests(page, lab)
-    row = page.locator("[data-testid=scan-row][data-module=M1]")
+    row = page.locator(f"[data-testid=scan-row][data-module={MODULE}]")
     expect(row.get_by_test_id("scan-state")).to_have_text("IDLE", timeout=WAIT)
 
     # numbers only, and the last voltage given, before anything is asked
-    page.get_by_test_id("choose-M1").check()
+    page.get_by_test_id(f"choose-{MODULE}").check()
     page.get_by_test_id("param-stop").fill("sixty")
     page.get_by_test_id("scan-start").click()
     expect(page.get_by_test_id("scan-refused")).to_contain_text("not a number: sixty")
@@ -108,18 +110,20 @@ def test_a_scan_started_from_the_page_builds_its_curve_live_and_is_listed(
     for key, value in {"stop": "60", "step": "10", "settle": "0.4", "readings": "1"}.items():
         page.get_by_test_id(f"param-{key}").fill(value)
     page.get_by_test_id("scan-start").click()
-    confirm(page, "Start an IV scan of M1?", "M1: HV", "from 0 V to 60 V in 10 V steps")
+    confirm(page, f"Start an IV scan of {MODULE}?", f"{MODULE}: HV",
+            "from 0 V to 60 V in 10 V steps")  # fmt: skip
 
     # the curve builds up while the scan runs: a line with some points, then all seven
-    curve = page.locator("[data-testid=curve-line][data-module=M1]")
+    curve = page.locator(f"[data-testid=curve-line][data-module={MODULE}]")
     expect(curve).to_have_attribute("data-points", re.compile("^[2-5]$"), timeout=WAIT)
     expect(row.get_by_test_id("scan-state")).to_have_text("RUNNING")
     expect(row.get_by_test_id("scan-state")).to_have_text("COMPLETED", timeout=WAIT)
     expect(curve).to_have_attribute("data-points", "7")
-    ended = lab.client.wait_for("/dcs/ivscan/status", lambda m: m.json["scans"]["M1"]["ended"],
+    ended = lab.client.wait_for("/dcs/ivscan/status",
+                                lambda m: m.json["scans"][MODULE]["ended"],
                                 10, since)  # fmt: skip
     status = ended.json
-    scan = status["scans"]["M1"]
+    scan = status["scans"][MODULE]
     assert scan["operator"] == OPERATOR and scan["id"].startswith(f"{OPERATOR}:ui-"), scan
     assert len(curve.get_attribute("points").split()) == 7  # one vertex per point
 
@@ -135,12 +139,12 @@ def test_a_scan_started_from_the_page_builds_its_curve_live_and_is_listed(
     root = lab.ui.url.rstrip("/")
     csv = page.request.get(root + listed.get_by_test_id("result-csv").get_attribute("href"))
     assert csv.ok and f"# scan: {scan['scan']}" in csv.text()
-    assert csv.text() == (lab.results / "M1" / f"{scan['scan']}.csv").read_text()
+    assert csv.text() == (lab.results / MODULE / f"{scan['scan']}.csv").read_text()
     png = page.request.get(root + listed.get_by_test_id("result-png").get_attribute("href"))
     assert png.ok and png.headers["content-type"] == "image/png" and png.body()[:4] == b"\x89PNG"
     base = lab.ui.url + "moduletests/files/"
-    for path in ("M1/..%2F..%2Fetc.csv", "M9/x.csv", "M1/.hidden.csv", "M1/notes.txt",
-                 f"M1/{scan['scan']}-none.csv"):  # fmt: skip
+    for path in (f"{MODULE}/..%2F..%2Fetc.csv", "M9/x.csv", f"{MODULE}/.hidden.csv",
+                 f"{MODULE}/notes.txt", f"{MODULE}/{scan['scan']}-none.csv"):  # fmt: skip
         refused = page.request.get(base + path)
         assert refused.status == 404, (path, refused.status, refused.text())
     screenshot(page, "moduletests")
@@ -172,10 +176,10 @@ def test_a_recipe_is_followed_paused_resumed_and_aborted_from_the_page(
     expect(state).to_have_text("RUNNING", timeout=WAIT)
 
     page.get_by_test_id("recipe-abort").click()
-    confirm(page, "Abort the recipe uihold?", "M1 switched off through the sequencer")
+    confirm(page, "Abort the recipe uihold?", f"{MODULE} switched off through the sequencer")
     expect(state).to_have_text("ABORTED", timeout=WAIT)
     expect(page.get_by_test_id("recipe-outcome")).to_contain_text("aborted")
-    lab.modules_off(["M1"])
+    lab.modules_off([MODULE])
     answers = page.locator("[data-testid=answer-entry]")
     expect(answers.filter(has_text="recipe uihold: abort")).to_have_attribute("data-state", "ok")
     expect(page.get_by_test_id("recipe-start")).to_be_enabled()

@@ -584,6 +584,7 @@ def test_every_daemon_works_under_the_production_acl(broker, stack: Stack) -> No
         viewer.wait_for("/julabo/status", connected, timeout=20)
         # an operator's command, answered by the power daemon; the audit log records it
         hv = LabData.load(stack.lab).channel("hv", 0)  # the stack's first HV channel
+        scanned = LabData.load(stack.lab).channel("hv", 1).module  # a module the scan takes
         command = {"value": "on", "id": "op-1"}
         assert operator.publish(hv.topic("switch"), json.dumps(command)) == 0
         answer = operator.wait_for("/hv/response", lambda m: m.json.get("id") == "op-1").json
@@ -595,11 +596,12 @@ def test_every_daemon_works_under_the_production_acl(broker, stack: Stack) -> No
         assert answer["ok"], answer
         # an IV scan by an operator: the dcs daemon sets the voltage and limit under its user
         scan = {"value": {"stop": 20, "step": 10, "settle": 0, "readings": 1}, "id": "op-3"}
-        assert operator.publish("/dcs/cmd/ivscan/M2", json.dumps(scan)) == 0
+        assert operator.publish(f"/dcs/cmd/ivscan/{scanned}", json.dumps(scan)) == 0
         answer = operator.wait_for("/dcs/response", lambda m: m.json.get("id") == "op-3").json
         assert answer["ok"], answer
-        ended = viewer.wait_for("/dcs/ivscan/status", lambda m: m.json["scans"]["M2"]["ended"],
-                                timeout=30).json["scans"]["M2"]  # fmt: skip
+        ended = viewer.wait_for("/dcs/ivscan/status",
+                                lambda m: m.json["scans"][scanned]["ended"],
+                                timeout=30).json["scans"][scanned]  # fmt: skip
         assert ended["outcome"] == "completed", ended
         viewer.wait_for("/dcs/ivscan/points", lambda m: m.json["step"] == 3)
         # humid air: the dew point rule fires; the interlock switches M1's HV off and raises the

@@ -39,6 +39,7 @@ import pytest
 import yaml
 
 from tests import containerstack as cs
+from tests.labdata import LabData
 from tests.mqttclient import TestClient
 from trackerdcs.config import load_config
 from trackerdcs.ingest.influxdb import InfluxClient
@@ -46,6 +47,8 @@ from trackerdcs.stack.process import ManagedProcess, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = "deploy/lab.multihost.dummy.yml"
+MH = LabData.load(ROOT / LAB)  # every host reads it: crates, prefixes and channels from it
+DAQS = MH.crates  # a DAQ host per crate, named as its crate
 LAN = "trackerdcs-mh-lan"
 CUT = 60.0  # s daq1 is cut off
 CENTRAL_FILES = (
@@ -85,7 +88,9 @@ class Host:
         over that network's bridge on this machine), never over the LAN. The published port
         may be forwarded to the broker's LAN address, and a cut of the LAN then silences the
         client too: seen as a test that heard nothing from daq1 during the cut while its
-        daemon did ramp down."""
+        daemon did ramp down. Reaching that bridge address from this machine needs rootful
+        podman, as this machine runs it: rootless podman's bridge network lives in its own
+        network namespace and is not reachable from the host."""
         networks = self.stack.containers()["mosquitto"]["NetworkSettings"]["Networks"]
         address = next(net["IPAddress"] for name, net in networks.items() if name != LAN)
         return TestClient(1883, host=address, topics=topics or ("#",), username=user,
@@ -124,14 +129,13 @@ def hosts(workdir: Path) -> Iterator[dict[str, Host]]:
         service = None
         made: dict[str, Host] = {}
         try:
-            for project in ("trackerdcs-mh-central", "trackerdcs-mh-daq1", "trackerdcs-mh-daq2"):
+            for project in ("trackerdcs-mh-central", *(f"trackerdcs-mh-{n}" for n in DAQS)):
                 podman.remove_all(project)
             podman("network", "rm", "-f", LAN, check=False)
             podman("network", "create", "--disable-dns", LAN)  # a LAN: no podman names
             common = {"TRACKERDCS_LAB": f"./{LAB}", "TRACKERDCS_TEST_LAN": LAN}
             bridges = {}
-            for name in ("daq1", "daq2"):
-                number = name[-1]
+            for name in DAQS:
                 ports = {"TRACKERDCS_MQTT_HOST_PORT": str(cs.published_port())}
                 stack = cs.ComposeStack(podman, workdir, project=f"trackerdcs-mh-{name}",
                                         files=DAQ_FILES, ports=ports)  # fmt: skip
@@ -139,7 +143,7 @@ def hosts(workdir: Path) -> Iterator[dict[str, Host]]:
                 secrets = env_file(stack.env_file, "deploy/daq.env.example", {
                     **common, "TRACKERDCS_BRIDGE_NAME": name,
                     "TRACKERDCS_BRIDGE_ADDRESS": "central:8883",
-                    "TRACKERDCS_BRIDGE_PREFIXES": f"/hv{number} /lv{number}",
+                    "TRACKERDCS_BRIDGE_PREFIXES": " ".join(prefixes(MH.crate(name))),
                     "TRACKERDCS_CRATE": name, "TRACKERDCS_BRIDGE_CA": str(certs / "ca.crt"),
                 })  # fmt: skip
                 bridges[f"MQTT_PASSWORD_BRIDGE_{name.upper()}"] = secrets["MQTT_PASSWORD_BRIDGE"]
@@ -163,11 +167,11 @@ def hosts(workdir: Path) -> Iterator[dict[str, Host]]:
             started = time.monotonic()
             central.up(CENTRAL_SERVICES)
             broker = central.containers()["mosquitto"]["NetworkSettings"]["Networks"][LAN]
-            for name in ("daq1", "daq2"):
+            for name in DAQS:
                 made[name].stack.ports["TRACKERDCS_TEST_CENTRAL_IP"] = broker["IPAddress"]
-            for name in ("daq1", "daq2"):
+            for name in DAQS:
                 made[name].stack.compose("up", "-d", "--no-build", *DAQ_SERVICES, timeout=300)
-            for name in ("daq1", "daq2"):
+            for name in DAQS:
                 made[name].stack.wait_healthy(DAQ_SERVICES)
             print(f"three hosts healthy in {time.monotonic() - started:.0f} s")
             yield made
@@ -210,6 +214,11 @@ def channel(status: list[dict], name: str) -> dict:
     return next(c for c in status if c["name"] == name)
 
 
+def prefixes(crate: LabData) -> list[str]:
+    """The MQTT prefixes of a crate's channels (its hv and lv ones), in the lab file's order."""
+    return list(dict.fromkeys(c.prefix for c in crate.channels()))
+
+
 def link(host: Host, up: bool) -> str:
     """Set the LAN interface of the host's broker up or down (in its network namespace)."""
     container = host.stack.containers()["mosquitto"]
@@ -223,14 +232,15 @@ def link(host: Host, up: bool) -> str:
     return iface
 
 
-def point_times(influx: InfluxClient, prefix: str, start: float, end: float) -> set:
-    """(name, time in ms) of the points of the crate behind `prefix` between start and end
+def point_times(influx: InfluxClient, crate: LabData, start: float, end: float) -> set:
+    """(name, time in ms) of the points of the channels of `crate` between start and end
     (read in ns and rounded, as the statuses' times are)."""
     found = set()
     for measurement in ("hv", "lv"):
+        names = "|".join(c.name for c in crate.channels(measurement))
         query = (
-            f'SELECT "vmon", "name" FROM "{measurement}" WHERE "name" =~ /^{measurement}'
-            f"{prefix[-1]}_/ AND time >= {int(start * 1e9)} AND time <= {int(end * 1e9)}"
+            f'SELECT "vmon", "name" FROM "{measurement}" WHERE "name" =~ /^({names})$/'
+            f" AND time >= {int(start * 1e9)} AND time <= {int(end * 1e9)}"
         )
         for series in influx.series(query, epoch="ns"):
             found |= {(row[2], round(row[0] / 1e6)) for row in series.values}
@@ -238,25 +248,27 @@ def point_times(influx: InfluxClient, prefix: str, start: float, end: float) -> 
 
 
 def test_commands_cut_off_host_fails_safe_and_its_data_follows(lab) -> None:
-    central, daq1, daq2 = lab["central"], lab["daq1"], lab["daq2"]
+    central, daq1, daq2 = lab["central"], *(lab[name] for name in DAQS)
+    crate1, crate2 = (MH.crate(name) for name in DAQS)  # daq1's crate and daq2's
+    hv1, hv2 = crate1.channel("hv", 0), crate2.channel("hv", 0)  # an HV channel on each
     cfg = load_config(ROOT / LAB)
     timeout = cfg.power.failsafe.supervision_timeout
     operator, watcher = central.client("operator", "/response"), central.client("viewer")
-    local = daq1.own_client("viewer", "/hv1/#", "/lv1/#")  # daq1's own broker, not over the LAN
+    # daq1's own broker, not over the LAN
+    local = daq1.own_client("viewer", *(f"{prefix}/#" for prefix in prefixes(crate1)))
     try:
         # commands from the central broker reach both crates, through both bridges
-        for prefix, name in (("/hv1", "hv1_m1"), ("/hv2", "hv2_m3")):
-            for topic, value in ((f"{prefix}/cmd/setv/{name}", 50), (f"{prefix}/cmd/switch/{name}",
-                                                                     "on")):  # fmt: skip
+        for ch in (hv1, hv2):
+            for topic, value in ((ch.topic("setv"), 50), (ch.topic("switch"), "on")):
                 since = watcher.mark()
                 operator.publish(topic, {"value": value, "id": topic})
                 answer = watcher.wait_for(
-                    f"{prefix}/response", lambda m, t=topic: m.json["id"] == t, 30, since
+                    f"{ch.prefix}/response", lambda m, t=topic: m.json["id"] == t, 30, since
                 )
                 assert answer.json["ok"], answer.json
-        for prefix, name in (("/hv1", "hv1_m1"), ("/hv2", "hv2_m3")):
+        for ch in (hv1, hv2):
             watcher.wait_for(
-                f"{prefix}/status", lambda m, n=name: channel(m.json, n)["state"] == "ON", 60
+                f"{ch.prefix}/status", lambda m, n=ch.name: channel(m.json, n)["state"] == "ON", 60
             )
         window_start = time.time()
         record = local.mark()
@@ -265,21 +277,23 @@ def test_commands_cut_off_host_fails_safe_and_its_data_follows(lab) -> None:
         cut = time.monotonic()
         link(daq1, up=False)
         try:
-            state = local.wait_for("/hv1/state", lambda m: m.json["failsafe"], timeout + 15).json
+            state = local.wait_for(f"{hv1.prefix}/state", lambda m: m.json["failsafe"],
+                                   timeout + 15).json  # fmt: skip
         except TimeoutError as exc:  # seen once in ~10 runs: what daq1's broker and daemon said
             logs = daq1.stack.diagnose(40, ("mosquitto", "power"))
             raise AssertionError(f"{exc}\n{logs}") from exc
         fired = time.monotonic() - cut
         assert "no supervision heartbeat from /interlock" in state["failsafe"], state
         assert fired <= timeout + 3, f"fired {fired:.1f} s after the cut ({timeout:g} s timeout)"
-        local.wait_for("/hv1/status", lambda m: channel(m.json, "hv1_m1")["state"] == "OFF", 30)
+        local.wait_for(f"{hv1.prefix}/status",
+                       lambda m: channel(m.json, hv1.name)["state"] == "OFF", 30)  # fmt: skip
         # daq2 is supervised all along: its HV stays on
         since = watcher.mark()
-        status = watcher.wait_for("/hv2/status", lambda m: not m.retain, 30, since).json
-        assert channel(status, "hv2_m3")["state"] == "ON"
-        other = daq2.own_client("viewer", "/hv2/state")  # daq2's own broker
+        status = watcher.wait_for(f"{hv2.prefix}/status", lambda m: not m.retain, 30, since).json
+        assert channel(status, hv2.name)["state"] == "ON"
+        other = daq2.own_client("viewer", f"{hv2.prefix}/state")  # daq2's own broker
         try:
-            assert other.wait_for("/hv2/state", timeout=10).json["failsafe"] is None
+            assert other.wait_for(f"{hv2.prefix}/state", timeout=10).json["failsafe"] is None
         finally:
             other.close()
         wait_until(lambda: time.monotonic() - cut >= CUT, CUT + 5, "the cut's end", poll=0.5)
@@ -288,7 +302,7 @@ def test_commands_cut_off_host_fails_safe_and_its_data_follows(lab) -> None:
         print(f"daq1 cut off for {time.monotonic() - cut:.0f} s; fail-safe after {fired:.1f} s")
 
         # every status daq1 published meanwhile reaches InfluxDB, with its own time
-        watcher.wait_for("/hv1/status", lambda m: not m.retain, 60, watcher.mark())
+        watcher.wait_for(f"{hv1.prefix}/status", lambda m: not m.retain, 60, watcher.mark())
         window_end = healed + 5
         wait_until(lambda: time.time() > window_end + 2, 10, "the window's end", poll=0.5)
         published = {
@@ -306,7 +320,7 @@ def test_commands_cut_off_host_fails_safe_and_its_data_follows(lab) -> None:
         )  # fmt: skip
 
         def stored() -> set:
-            return point_times(influx, "/hv1", window_start, window_end)
+            return point_times(influx, crate1, window_start, window_end)
 
         with contextlib.suppress(TimeoutError):
             wait_until(lambda: published <= stored(), 60, "daq1's statuses in InfluxDB", 1.0)
@@ -314,8 +328,8 @@ def test_commands_cut_off_host_fails_safe_and_its_data_follows(lab) -> None:
         assert published - points == set(), "lost"
         assert points - published == set(), "invented"
         print(f"{len(published)} points of daq1 in the window, {len(cut_off)} from the cut")
-        status = local.latest("/hv1/status").json
-        assert channel(status, "hv1_m1")["state"] == "OFF", "nothing goes on by itself"
+        status = local.latest(f"{hv1.prefix}/status").json
+        assert channel(status, hv1.name)["state"] == "OFF", "nothing goes on by itself"
     finally:
         for client in (operator, watcher, local):
             client.close()

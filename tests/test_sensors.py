@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Broker, _logged, python_process, write_lab
+from tests.labdata import EXAMPLE
 from trackerdcs.config import SensorConfig
 from trackerdcs.sensors.dewpoint import dew_point
 from trackerdcs.sensors.lineformat import LineError, format_line, parse_line
@@ -28,6 +29,7 @@ from trackerdcs.stack.process import ManagedProcess, free_port
 
 # Sensirion, SHTxx application note "Dew-point Calculation" (Magnus, Sonntag 1990 constants):
 # its two worked examples, to the hundredth; and the brief's room condition.
+MODULE = EXAMPLE.modules[0]  # the module of the pty sensor: the lab's (write_lab) first
 SENSIRION_EXAMPLES = [(25.0, 10.0, -8.77), (50.0, 90.0, 47.90), (20.0, 50.0, 9.26)]
 
 # A published climate/humidity table (the "Dew Point Table" of absolute humidity and dew point
@@ -239,7 +241,7 @@ class SensorLab:
         common = {"stale_timeout": STALE_TIMEOUT, "publish_interval": 0.2}
         sensors = [
             {"name": "room_tcp", "kind": "room", "source": self.server.url, **common},
-            {"name": "m1_pty", "kind": "module", "module": "M1", "source": self.pty.path,
+            {"name": "m1_pty", "kind": "module", "module": MODULE, "source": self.pty.path,
              "max_temperature": 30, **common},
             {"name": "room_sim", "kind": "room", "source": "sim", **common},
         ]  # fmt: skip
@@ -318,7 +320,7 @@ def test_dry_and_condensing_air_over_tcp(sensors: SensorLab) -> None:
 def test_module_sensor_over_a_pty(sensors: SensorLab) -> None:
     status = sensors.wait("m1_pty", lambda s: True)
     assert (status["temperature"], status["humidity"], status["dewpoint"]) == (-5.25, None, None)
-    assert (status["kind"], status["module"], status["max_temperature"]) == ("module", "M1", 30.0)
+    assert (status["kind"], status["module"], status["max_temperature"]) == ("module", MODULE, 30.0)
     sensors.pty.line = "T=abc"
     status = sensors.wait("m1_pty", lambda s: s["error"] is not None)
     assert status["error"] == "unparsable line 'T=abc': T: not a number: 'abc'"
