@@ -24,6 +24,7 @@ from tests.simca import ca_get, ca_put, wait_for
 from tests.test_virtual_lab import VirtualLab
 from trackerdcs.power.pvnames import channel_pv
 from trackerdcs.stack.process import ManagedProcess
+from trackerdcs.topics import ServiceTopics
 
 HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the virtual lab starts from it
 M = EXAMPLE.modules  # its modules, in the lab file's order
@@ -305,6 +306,10 @@ def test_power_daemon_cut_from_the_broker_ramps_hv_down_by_itself(lab: SafetyLab
     state = lab.client.wait_for("/hv/state", lambda m: m.json["failsafe"], timeout=10).json
     assert "HV switched off" in state["failsafe"]
     lab.alarms(lambda a: by_text(a, "/hv fail-safe"), since=0)
+    # the restarted broker kept no session: a command sent before the sequencer is back (its
+    # `online` follows its subscriptions) would reach no one
+    online = ServiceTopics("/dcs").availability
+    lab.client.wait_for(online, lambda m: m.payload == b"online", timeout=10)
     answer = lab.module(M[1], "off")
     assert answer["ok"], answer
 
