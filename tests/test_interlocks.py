@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE_LAB, ROOT, Broker, _logged, python_process, write_lab
+from tests.conftest import (
+    EXAMPLE_LAB,
+    ROOT,
+    Broker,
+    _logged,
+    python_process,
+    start_online,
+    write_lab,
+)
 from tests.labdata import EXAMPLE
 from tests.simca import wait_for
 from trackerdcs.config import ConfigError, LabConfig, parse_config
@@ -384,7 +392,7 @@ class InterlockLab:
         self.publish_world()
         self.feeding.set()
         self._feeder.start()
-        self.daemon.start()
+        start_online(self.daemon, self.client, "/interlock")
         self.calm()
         return self
 

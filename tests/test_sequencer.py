@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PowerLab, _logged, python_process
+from tests.conftest import PowerLab, _logged, python_process, start_online
 from tests.labdata import EXAMPLE
 from trackerdcs.stack.process import ManagedProcess
 
@@ -49,7 +49,7 @@ class SequencerLab:
 @pytest.fixture(scope="module")
 def seq(power_lab_module, workdir):
     s = SequencerLab(power_lab_module, workdir)
-    s.daemon.start()
+    start_online(s.daemon, power_lab_module.client, "/dcs")
     yield s
     s.daemon.stop()
 
