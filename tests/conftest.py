@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, settings
 
-from tests.labdata import EXAMPLE_LAB, LabData
+from tests.labdata import EXAMPLE, EXAMPLE_LAB, LabData
 from tests.mqttclient import TestClient
 from tests.ports import claim_block
 from tests.simca import SimCrateProcess
@@ -126,13 +126,7 @@ def client(broker):
     c.close()
 
 
-def board_slots(data: dict) -> dict[str, int]:
-    """kind (`hv`, `lv`) -> the slot of the first crate's board that powers channels of that kind,
-    read from lab data: tests never assume where a lab's boards sit."""
-    return LabData(data).slots
-
-
-EXAMPLE_SLOTS = board_slots(yaml.safe_load(EXAMPLE_LAB.read_text()))
+EXAMPLE_SLOTS = EXAMPLE.slots  # kind -> the slot of its first board in examples/lab.yml
 
 
 CLEANROOM_SLOTS = {"hv": 12, "lv": 3}
