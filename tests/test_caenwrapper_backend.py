@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from tests.conftest import PowerLab
+from tests.conftest import PowerLab, write_lab
 from tests.fake_caenhv import Device, Error
 from tests.labdata import EXAMPLE
 from tests.simca import wait_for
@@ -186,3 +186,48 @@ def test_a_parameter_the_board_lacks_is_reported_once_and_the_rest_works(workdir
         assert len(opened) == 1  # one session: no reconnect loop
     finally:
         stop()
+
+
+def test_one_poll_reaches_the_daemon_as_one_batch(workdir):
+    """A poll's readbacks are handed over together: a drain of the daemon's inbox between the
+    `Status` and the `VMon` of one poll once published ON with the VMon of the poll before (CI)."""
+    path = write_lab(
+        workdir / "batch.yml", mqtt_port=1, ca_port=1, **{"crates.0.backend": "caenwrapper"}
+    )
+    cfg = load_config(path)
+    crate = cfg.crates[0]
+    model = SimCrate(boards_of(crate), noise=0)
+    alive = threading.Event()
+    alive.set()
+    addresses = [ChannelAddress(c.board, c.channel) for c in cfg.channels_of(crate.name)]
+    backend = CaenWrapperBackend(crate, addresses, lambda _c: Device(model, alive), 0.01, 0.1)
+
+    class Sink:
+        def __init__(self) -> None:
+            self.batches: list[list] = []
+            self.connected: set[ChannelAddress] = set()
+
+        def on_readback(self, addr, param, value):
+            raise AssertionError(f"{param} of {addr} handed over alone")
+
+        def on_readbacks(self, batch):
+            self.batches.append(list(batch))
+
+        def on_connection(self, addr, connected):
+            self.connected.add(addr)
+
+        def on_absent(self, addr, param):
+            pass
+
+        def on_invalid(self, addr, reason):
+            pass
+
+    sink = Sink()
+    backend.start(sink)
+    try:
+        wait_for(lambda: sink.connected == set(addresses), timeout=5)
+        first = {(addr, param) for addr, param, _ in sink.batches[0]}
+        monitored = {(a, p.name) for a in addresses for p in backend.models[a].monitored}
+        assert first == monitored  # the first poll: every readback of every channel, at once
+    finally:
+        backend.stop()

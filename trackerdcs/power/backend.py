@@ -11,6 +11,7 @@ parameter the configured model has but the crate does not serve is reported once
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +31,10 @@ class BackendSink(Protocol):
     """Receives what a backend observes. Called from the backend's threads."""
 
     def on_readback(self, addr: ChannelAddress, param: str, value: float | int | str) -> None: ...
+
+    def on_readbacks(self, batch: Sequence[tuple[ChannelAddress, str, float | int | str]]) -> None:
+        """Readbacks taken together, `(address, parameter, value)` from one poll of the crate:
+        handled as one, so no status is published with some of them and not the others."""
 
     def on_connection(self, addr: ChannelAddress, connected: bool) -> None: ...
 

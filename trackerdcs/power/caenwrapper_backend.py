@@ -4,7 +4,9 @@ The library (`caen_libs.caenhvwrapper`, which loads CAEN's proprietary `libcaenh
 imported only when this backend starts. One thread owns the crate session — the only safe way to
 use the library (one session per crate) — and alternates writes, which go first, with reading
 every monitored parameter of a board in one call per parameter. Polling more often than every
-15 s also keeps the crate from dropping an idle session.
+15 s also keeps the crate from dropping an idle session. What changed in one poll reaches the
+daemon as one batch (`BackendSink.on_readbacks`), so a status never pairs a channel's new `Status`
+with the `VMon` of the poll before.
 
 What is read and written per channel is the board's model (`trackerdcs.power.boards`). When a
 session opens, each board is asked what it serves (`get_ch_param_info`) and how each parameter
@@ -300,6 +302,7 @@ class CaenWrapperBackend:
 
     def _poll(self) -> None:
         sink = self._sink
+        changed: list[tuple[ChannelAddress, str, float | int | str]] = []
         for board, channels in self._boards.items():
             for param in self._model(board).monitored:
                 if (board, param.name) in self._absent:
@@ -309,7 +312,9 @@ class CaenWrapperBackend:
                     key = (ChannelAddress(board, ch), param.name)
                     if self._last.get(key) != value:
                         self._last[key] = value
-                        sink.on_readback(key[0], param.name, value)
+                        changed.append((key[0], param.name, value))
+        if changed:  # one poll, one batch: a status never pairs this Status with the last VMon
+            sink.on_readbacks(changed)
         if not self._connected:
             self._connected = True
             self._report_absent()

@@ -107,8 +107,12 @@ class CrateDaemon:
     # -- BackendSink, called from the backend's threads -------------------------------------------
     def on_readback(self, addr: ChannelAddress, param: str, value) -> None:
         """Queue a readback; one wake-up of the loop drains every readback queued meanwhile."""
+        self.on_readbacks(((addr, param, value),))
+
+    def on_readbacks(self, batch) -> None:
+        """Queue readbacks taken together (one poll); they are drained in the same wake-up."""
         with self._inbox_lock:
-            self._inbox.append((addr, param, value))
+            self._inbox.extend(batch)
             wake = not self._drain_scheduled
             self._drain_scheduled = True
         if wake:
