@@ -59,6 +59,13 @@ LATENCY_FIGURES = (
     # the command's p99 against the bare broker round trip's p99 of the same run (issue 21)
     Figure("command_latency_p99_per_roundtrip", "x", 3.0),
     Figure("command_latency_p50_per_roundtrip", "x"),
+    # put -> monitor to the simulated crate alone, a bare pyepics client (`bench.ca_roundtrip`):
+    # the crate's part of the setv path, which the daemon cannot go below
+    Figure("crate_roundtrip_p50_ms", "ms"),
+    Figure("crate_roundtrip_p99_ms", "ms"),
+    # the broker round trip plus the crate's, against the broker round trip: the floor of
+    # command_latency_p50_per_roundtrip before the daemon does anything
+    Figure("command_latency_floor_p50_per_roundtrip", "x"),
 )
 SCALE_FIGURES = (
     Figure("scale_first_status_s", "s", 10.0),  # daemon spawned -> complete /hv and /lv status
@@ -180,6 +187,7 @@ def command_latency(opts: Options) -> list[Result]:
                     roundtrips.append(roundtrip * 1e3)
                     responses.append((answer - t0) * 1e3)
                 time.sleep(pace)
+        crate_trips = bare_ca_roundtrips(wd, lab, count // 2)  # the daemon idle, same crate
     return results(
         LATENCY_FIGURES,
         {
@@ -193,6 +201,10 @@ def command_latency(opts: Options) -> list[Result]:
             / percentile(roundtrips, 99),
             "command_latency_p50_per_roundtrip": percentile(latencies, 50)
             / percentile(roundtrips, 50),
+            "crate_roundtrip_p50_ms": percentile(crate_trips, 50),
+            "crate_roundtrip_p99_ms": percentile(crate_trips, 99),
+            "command_latency_floor_p50_per_roundtrip": 1
+            + percentile(crate_trips, 50) / percentile(roundtrips, 50),
         },
     )
 
@@ -229,23 +241,38 @@ class StatusWatch:
             return self.messages, self.bytes
 
 
-def bare_ca_connect(workdir: Path, lab: Path) -> dict[str, float]:
-    """`bench.ca_connect` against the crate: the CA floor under the daemon's start-up."""
+def _bare_ca_client(workdir: Path, module: str, args: list[str], timeout: float) -> dict:
+    """Run `module` (a bare pyepics client of the bench) to its end; its last JSON line."""
+    name = module.removeprefix("bench.")
     proc = python_process(
-        "bare CA client",
-        "bench.ca_connect",
-        ["--config", str(lab)],
-        workdir / "ca-connect.log",
+        f"bare CA client {name}",
+        module,
+        args,
+        workdir / f"{name.replace('_', '-')}.log",
         env={"EPICS_CA_REPEATER_PORT": str(free_port())},
         cwd=ROOT,
     )
     with running(proc):
         proc.start()
-        wait_until(lambda: not proc.alive, 90, "the bare CA client")
+        wait_until(lambda: not proc.alive, timeout, f"the bare CA client {name}")
     lines = [line for line in proc.output().splitlines() if line.startswith("{")]
     if not lines:
-        raise RuntimeError(f"bench.ca_connect failed: {proc.tail()}")
+        raise RuntimeError(f"{module} failed: {proc.tail()}")
     return json.loads(lines[-1])
+
+
+def bare_ca_roundtrips(workdir: Path, lab: Path, count: int) -> list[float]:
+    """`bench.ca_roundtrip` against the crate: put -> monitor round trips in ms."""
+    args = ["--config", str(lab), "--count", str(count)]
+    report = _bare_ca_client(workdir, "bench.ca_roundtrip", args, 120)
+    if "roundtrips_ms" not in report:
+        raise RuntimeError(f"bench.ca_roundtrip failed: {report}")
+    return report["roundtrips_ms"]
+
+
+def bare_ca_connect(workdir: Path, lab: Path) -> dict[str, float]:
+    """`bench.ca_connect` against the crate: the CA floor under the daemon's start-up."""
+    return _bare_ca_client(workdir, "bench.ca_connect", ["--config", str(lab)], 90)
 
 
 def _startup_phases(log: str, wall0: float) -> dict[str, float]:

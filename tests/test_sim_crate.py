@@ -287,8 +287,8 @@ def test_ready_line_and_pv_count(sim):
     assert sim.system == "simlab"
     hv, lv = BOARD_MODELS["A1515TG"], BOARD_MODELS["A2519"]  # the example crate's boards
     per_channel = {m.name: len(m.params) + 2 for m in (hv, lv)}  # + SimLeak, SimInvalid
-    assert sim.pv_count == 16 * per_channel["A1515TG"] + 8 * per_channel["A2519"] + 2 + 4
-    assert ca_get(sim.port, "simlab:02:007:ChName") == "CH007"  # 2 BdStatus, 4 system PVs
+    assert sim.pv_count == 16 * per_channel["A1515TG"] + 8 * per_channel["A2519"] + 2 + 5
+    assert ca_get(sim.port, "simlab:02:007:ChName") == "CH007"  # 2 BdStatus, 5 system PVs
     assert ca_get(sim.port, "simlab:02:007:I0Set") == 2.5
 
 
@@ -332,9 +332,15 @@ def test_ca_write_counter_and_last_write(sim):
     ca_put(sim.port, "simlab:02:001:V0Set", 5.0)  # unchanged, still a write
     ca_put(sim.port, "simlab:02:001:SimLeak", 0.0)  # backdoor: not counted
     ca_put(sim.port, "simlab:Sim:TempFactor", 1.0)
+    sent = time.monotonic()
     ca_put(sim.port, "simlab:02:001:Pw", 0)
+    done = time.monotonic()
     assert sim.writes() == before + 3
     assert ca_get(sim.port, "simlab:Sim:LastWrite") == "simlab:02:001:Pw=Off"
+    # the same put with the time it reached the simulator, on the machine's monotonic clock
+    chars = bytes(ca_get(sim.port, "simlab:Sim:LastWriteAt")).split(b"\0")[0].decode()
+    stamp, what = chars.split(" ", 1)
+    assert what == "simlab:02:001:Pw=Off" and sent <= float(stamp) <= done
 
 
 def test_ca_leak_trips_channel_until_clear_alarm(sim):

@@ -21,6 +21,10 @@ Backdoor PVs (simulator only, never on a real crate; puts to them are not counte
   Trip, SVMax, PDwn, ClearAlarm), counted even when the value is unchanged or rejected.
   Writable: put 0 to reset.
 - `<SYS>:Sim:LastWrite` (string, read-only): `PVNAME=value` of the last such put.
+- `<SYS>:Sim:LastWriteAt` (char array, read-only, as a long string): `<t> PVNAME=value` of the
+  last such put, `t` the `time.monotonic()` seconds when it reached the simulator. Linux's
+  CLOCK_MONOTONIC is one clock for every process of the machine, so a benchmark times a
+  reaction up to the crate itself, without the delay of its own monitor on the crate.
 - `<SYS>:<SS>:<CCC>:SimLeak` (double, writable): extra load current (µA HV, A LV), fault injection.
 - `<SYS>:Sim:TempFactor` (double, writable): crate-wide HV leakage multiplier.
 - `<SYS>:<SS>:<CCC>:SimInvalid` (int, writable): 1 gives the channel's VMon and IMon INVALID
@@ -43,6 +47,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -50,6 +55,7 @@ from caproto import (
     AccessRights,
     AlarmSeverity,
     AlarmStatus,
+    ChannelChar,
     ChannelData,
     ChannelDouble,
     ChannelEnum,
@@ -121,6 +127,13 @@ class SimString(_Hooked, ChannelString):
     pass
 
 
+class SimChar(_Hooked, ChannelChar):
+    pass
+
+
+LAST_WRITE_AT_LENGTH = 256  # chars of `Sim:LastWriteAt`: a stamp and the longest PV=value
+
+
 def _make_pv(param: Param, value: Any, on_put: PutHook | None) -> ChannelData:
     """A PV for one parameter of a board model, holding `value`."""
     if param.type is ParamType.FLOAT:
@@ -171,6 +184,7 @@ class CrateServer:
         self.writes_pv = SimInteger(value=0)
         self.writes_pv.on_put = self._put_writes
         self.last_write_pv = SimString(value="")
+        self.last_write_at_pv = SimChar(value="", max_length=LAST_WRITE_AT_LENGTH)
         self.temp_pv = SimDouble(value=model.temperature_factor, precision=3)
         self.temp_pv.on_put = self._put_temperature
         clear = SimEnum(value="No", enum_strings=NO_YES)
@@ -178,6 +192,7 @@ class CrateServer:
         self.pvdb[system_pv(system, "ClearAlarm")] = clear
         self.pvdb[system_pv(system, "Sim:Writes")] = self.writes_pv
         self.pvdb[system_pv(system, "Sim:LastWrite")] = self.last_write_pv
+        self.pvdb[system_pv(system, "Sim:LastWriteAt")] = self.last_write_at_pv
         self.pvdb[system_pv(system, "Sim:TempFactor")] = self.temp_pv
 
     def _add_channel(self, ch: SimChannel) -> dict[str, ChannelData]:
@@ -197,10 +212,11 @@ class CrateServer:
 
     def _channel_hook(self, ch: SimChannel, param: Param, pvname: str) -> PutHook:
         async def on_put(value: Any) -> Any:
+            arrived = time.monotonic()
             try:
                 stored = self.model.write(ch.board, ch.channel, param.name, value)
             finally:
-                await self._record_write(pvname, _format(value, param.states))
+                await self._record_write(pvname, _format(value, param.states), arrived)
             await self.sync([ch], skip=param.name)
             return stored
 
@@ -225,10 +241,13 @@ class CrateServer:
         return on_put
 
     async def _put_clear_alarm(self, value: Any) -> str:
+        arrived = time.monotonic()
         try:
             changed = self.model.write_system("ClearAlarm", value)
         finally:
-            await self._record_write(system_pv(self.system, "ClearAlarm"), _format(value, NO_YES))
+            await self._record_write(
+                system_pv(self.system, "ClearAlarm"), _format(value, NO_YES), arrived
+            )
         await self.sync(changed)
         return "No"  # a momentary command: it reads No once done
 
@@ -243,9 +262,13 @@ class CrateServer:
         self.model.temperature_factor = factor
         return factor
 
-    async def _record_write(self, pvname: str, text: str) -> None:
+    async def _record_write(self, pvname: str, text: str, arrived: float) -> None:
+        """Count a put and name it in `Sim:LastWrite`, and with `arrived` (monotonic s) in
+        `Sim:LastWriteAt`."""
         await _post(self.writes_pv, self.model.writes)
         await _post(self.last_write_pv, f"{pvname}={text}"[:39])  # DBR_STRING: 40 bytes
+        stamped = f"{arrived:.6f} {pvname}={text}"[: LAST_WRITE_AT_LENGTH - 1]
+        await self.last_write_at_pv.write(stamped, verify_value=False)  # posted on every put
 
     async def sync(
         self,
