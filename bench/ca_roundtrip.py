@@ -4,9 +4,10 @@ python -m bench.ca_roundtrip --config LAB [--count N] [--warmup N] [--pace S]
 
 Puts to the simulated crate's `Sim:TempFactor` (a backdoor PV: not counted as a crate write,
 and with every channel off it changes no reading), alternating two values, and times each put
-until its monitor update arrives. Prints one JSON line: the round trips in ms. That is the
-crate's part of a command's latency, which the power daemon cannot go below: the `setv` path
-holds this round trip plus two broker hops. Reaches the crate's address only.
+until its monitor update arrives. Prints one JSON line: the round trips in ms. That is about the
+crate's part of a command's latency (a `V0Set` put costs the simulator a little more), which the
+power daemon cannot go below: the `setv` path holds this round trip plus two broker hops.
+Reaches the crate's address only.
 """
 
 from __future__ import annotations

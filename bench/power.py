@@ -63,8 +63,8 @@ LATENCY_FIGURES = (
     # the crate's part of the setv path, which the daemon cannot go below
     Figure("crate_roundtrip_p50_ms", "ms"),
     Figure("crate_roundtrip_p99_ms", "ms"),
-    # the broker round trip plus the crate's, against the broker round trip: the floor of
-    # command_latency_p50_per_roundtrip before the daemon does anything
+    # 1 + crate / broker round trip (p50s): an approximate lower bound of
+    # command_latency_p50_per_roundtrip whatever the daemon does (bench/README.md)
     Figure("command_latency_floor_p50_per_roundtrip", "x"),
 )
 SCALE_FIGURES = (

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,8 +132,8 @@ def _ca_environment(port: int) -> Iterator[None]:
 
 class CrateWrites:
     """A Channel Access monitor on the crate's `Sim:LastWriteAt`: every write, with when it
-    reached the crate (its stamp) and when the monitor delivered it here (both
-    `time.monotonic()` s)."""
+    reached the crate (its stamp, `time.monotonic()`) and when the monitor delivered it here
+    (`time.perf_counter()`): one clock on Linux, checked in `interlock`."""
 
     def __init__(self, port: int, pv: str) -> None:
         from caproto.threading.client import Context, SharedBroadcaster
@@ -148,13 +149,18 @@ class CrateWrites:
         self._sub.add_callback(self._on_update)
 
     def _on_update(self, sub: Any, response: Any) -> None:
-        seen = time.monotonic()
+        seen = time.perf_counter()
         chars = bytes(response.data).split(b"\0", 1)[0].decode("latin-1")
         if not chars:  # the PV's initial value, before any write
             return
-        stamp, text = chars.split(" ", 1)
+        stamp, _, text = chars.partition(" ")
+        try:
+            at = float(stamp)
+        except ValueError:  # caproto's callback thread would swallow it: say it, and go on
+            print(f"CrateWrites: a Sim:LastWriteAt without a stamp: {chars!r}", file=sys.stderr)
+            return
         with self._cond:
-            self.writes.append((float(stamp), seen, text))
+            self.writes.append((at, seen, text))
             self._cond.notify_all()
 
     def mark(self) -> int:
@@ -333,6 +339,8 @@ def _reaction_trials(
         t0 = time.perf_counter()
         client.publish("/temp_m1/status", sensor_status("temp_m1", "M1", 35.0))
         at_crate, seen_here = writes.wait(f"{pw}=Off", mark)
+        if not t0 <= at_crate <= seen_here:  # the crate's clock is not the bench's
+            raise RuntimeError(f"the crate's stamp {at_crate} is outside [{t0}, {seen_here}]")
         reactions.append((at_crate - t0) * 1e3)
         seen.append((seen_here - t0) * 1e3)
         _, t2 = inbox.wait("/hv/cmd/kill/M1", lambda p: True, since)

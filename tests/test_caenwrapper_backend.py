@@ -14,14 +14,15 @@ import threading
 
 import pytest
 
-from tests.conftest import PowerLab, write_lab
+from tests.conftest import PowerLab
 from tests.fake_caenhv import Device, Error
-from tests.labdata import EXAMPLE
+from tests.labdata import EXAMPLE, EXAMPLE_LAB
 from tests.simca import wait_for
 from trackerdcs.config import load_config
 from trackerdcs.power.backend import ChannelAddress
 from trackerdcs.power.caenwrapper_backend import CaenWrapperBackend
 from trackerdcs.power.daemon import CrateDaemon
+from trackerdcs.power.status import ChannelStatus as S
 from trackerdcs.sim.crate import boards_of
 from trackerdcs.sim.crate_model import SimCrate
 from trackerdcs.stack.process import wait_until
@@ -188,27 +189,48 @@ def test_a_parameter_the_board_lacks_is_reported_once_and_the_rest_works(workdir
         stop()
 
 
-def test_one_poll_reaches_the_daemon_as_one_batch(workdir):
-    """A poll's readbacks are handed over together: a drain of the daemon's inbox between the
-    `Status` and the `VMon` of one poll once published ON with the VMon of the poll before (CI)."""
-    path = write_lab(
-        workdir / "batch.yml", mqtt_port=1, ca_port=1, **{"crates.0.backend": "caenwrapper"}
-    )
-    cfg = load_config(path)
+class SlowCrate(Device):
+    """The stand-in on a crate that takes `STEP` s of its own time per call: the physics moves
+    between two reads of one poll, as a real crate's does (and as it did on a loaded CI machine,
+    which published ON beside a VMon still ramping)."""
+
+    STEP = 0.05
+
+    def __init__(self, model: SimCrate, alive: threading.Event) -> None:
+        super().__init__(model, alive)
+        self.reads: list[tuple[int, str]] = []  # get_ch_param: (slot, parameter), in order
+
+    def get_ch_param(self, slot: int, channels: list[int], name: str) -> list:
+        self.reads.append((slot, name))
+        return super().get_ch_param(slot, channels, name)
+
+    def _step(self) -> None:
+        self.model.step(self.STEP)
+
+
+def test_a_poll_is_one_picture_the_state_read_before_the_readings(workdir):
+    cfg = load_config(EXAMPLE_LAB)
     crate = cfg.crates[0]
     model = SimCrate(boards_of(crate), noise=0)
     alive = threading.Event()
     alive.set()
     addresses = [ChannelAddress(c.board, c.channel) for c in cfg.channels_of(crate.name)]
-    backend = CaenWrapperBackend(crate, addresses, lambda _c: Device(model, alive), 0.01, 0.1)
+    devices: list[SlowCrate] = []
+
+    def opener(_crate):
+        devices.append(SlowCrate(model, alive))
+        return devices[-1]
+
+    backend = CaenWrapperBackend(crate, addresses, opener, 0.001, 0.1)
 
     class Sink:
         def __init__(self) -> None:
             self.batches: list[list] = []
+            self.alone: list = []  # readbacks handed over one by one: none expected
             self.connected: set[ChannelAddress] = set()
 
         def on_readback(self, addr, param, value):
-            raise AssertionError(f"{param} of {addr} handed over alone")
+            self.alone.append((addr, param, value))
 
         def on_readbacks(self, batch):
             self.batches.append(list(batch))
@@ -223,11 +245,41 @@ def test_one_poll_reaches_the_daemon_as_one_batch(workdir):
             pass
 
     sink = Sink()
+    hv = ChannelAddress(*HV[0].place)
+
+    def ended() -> int:
+        """Statuses the daemon could publish between two batches with hv's ramp ended; each
+        checked: its VMon is at the set point, not the VMon of a poll before."""
+        seen: dict[str, float | int] = {}
+        count = 0
+        for batch in list(sink.batches):
+            seen.update({param: value for addr, param, value in batch if addr == hv})
+            status = int(seen.get("Status", 0))
+            if status & S.ON and not status & (S.RAMP_UP | S.RAMP_DOWN):
+                count += 1
+                assert seen["VMon"] == seen["V0Set"] == 80.0, seen
+        return count
+
     backend.start(sink)
     try:
         wait_for(lambda: sink.connected == set(addresses), timeout=5)
         first = {(addr, param) for addr, param, _ in sink.batches[0]}
         monitored = {(a, p.name) for a in addresses for p in backend.models[a].monitored}
         assert first == monitored  # the first poll: every readback of every channel, at once
+        backend.write(hv, "V0Set", 80.0)
+        backend.write(hv, "Pw", "On")
+        wait_for(lambda: ended() > 0, timeout=10)  # the ramp seen to end
     finally:
         backend.stop()
+    assert ended() and not sink.alone
+    # by construction, not by luck of timing: on every board, in every poll, the state (Pw,
+    # Status) is read before the readings it qualifies (VMon, IMon)
+    reads = devices[-1].reads
+    for slot in {a.board for a in addresses}:
+        names = [name for s, name in reads if s == slot]
+        poll = len(backend.models[next(a for a in addresses if a.board == slot)].monitored)
+        for start in range(0, len(names) - poll + 1, poll):
+            one = names[start : start + poll]
+            assert max(one.index("Pw"), one.index("Status")) < min(
+                one.index("VMon"), one.index("IMon")
+            ), one

@@ -4,9 +4,14 @@ The library (`caen_libs.caenhvwrapper`, which loads CAEN's proprietary `libcaenh
 imported only when this backend starts. One thread owns the crate session — the only safe way to
 use the library (one session per crate) — and alternates writes, which go first, with reading
 every monitored parameter of a board in one call per parameter. Polling more often than every
-15 s also keeps the crate from dropping an idle session. What changed in one poll reaches the
-daemon as one batch (`BackendSink.on_readbacks`), so a status never pairs a channel's new `Status`
-with the `VMon` of the poll before.
+15 s also keeps the crate from dropping an idle session.
+
+One poll is one consistent picture of a channel, as far as reading parameter by parameter
+allows: `Pw` and `Status` are read before the values they qualify (`POLL_ORDER`), so a `Status`
+that says the ramp has ended comes with a `VMon` read after it ended; and what changed in the
+poll reaches the daemon as one batch (`BackendSink.on_readbacks`), so no status is published with
+the poll's new `Status` and the `VMon` of the poll before. (Read `VMon` first and a crate slow
+between two calls gives `ON` beside a `VMon` still ramping: seen in CI.)
 
 What is read and written per channel is the board's model (`trackerdcs.power.boards`). When a
 session opens, each board is asked what it serves (`get_ch_param_info`) and how each parameter
@@ -54,6 +59,16 @@ DeviceOpener = Callable[[CrateConfig], Any]
 NUMERIC, ONOFF, CHSTATUS, BDSTATUS, BINARY, STRING, ENUM, CMD = range(8)
 # caen_libs.caenhvwrapper.Error.Code values meaning "no such parameter"
 PARAM_NOT_FOUND_CODES = frozenset({21, 22})  # PARAMPROPNOTFOUND, PARAMNOTFOUND
+# The states first, then the readings they qualify (the rest keep the board model's order).
+POLL_FIRST = ("Pw", "Status")
+
+
+def poll_order(model: BoardModel) -> tuple[Param, ...]:
+    """The monitored parameters of a board in the order one poll reads them."""
+    first = [p for p in model.monitored if p.name in POLL_FIRST]
+    return (*first, *(p for p in model.monitored if p.name not in POLL_FIRST))
+
+
 _TABLE_TYPE = {ParamType.FLOAT: NUMERIC, ParamType.ONOFF: ONOFF, ParamType.ENUM: ENUM,
                ParamType.BITMASK: BINARY, ParamType.STRING: STRING}  # fmt: skip
 
@@ -137,6 +152,7 @@ class CaenWrapperBackend:
         self._boards: dict[int, list[int]] = defaultdict(list)
         for addr in self.addresses:
             self._boards[addr.board].append(addr.channel)
+        self._poll_order = {slot: poll_order(self._model(slot)) for slot in self._boards}
         self._writes: queue.Queue[tuple[str, tuple]] = queue.Queue()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -304,7 +320,7 @@ class CaenWrapperBackend:
         sink = self._sink
         changed: list[tuple[ChannelAddress, str, float | int | str]] = []
         for board, channels in self._boards.items():
-            for param in self._model(board).monitored:
+            for param in self._poll_order[board]:
                 if (board, param.name) in self._absent:
                     continue
                 values = self._device.get_ch_param(board, channels, param.name)
@@ -313,7 +329,7 @@ class CaenWrapperBackend:
                     if self._last.get(key) != value:
                         self._last[key] = value
                         changed.append((key[0], param.name, value))
-        if changed:  # one poll, one batch: a status never pairs this Status with the last VMon
+        if changed:  # one poll, one batch (module docstring)
             sink.on_readbacks(changed)
         if not self._connected:
             self._connected = True

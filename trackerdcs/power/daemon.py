@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 from trackerdcs.clientids import client_id
 from trackerdcs.commands import ALWAYS_EXECUTED
@@ -109,7 +110,7 @@ class CrateDaemon:
         """Queue a readback; one wake-up of the loop drains every readback queued meanwhile."""
         self.on_readbacks(((addr, param, value),))
 
-    def on_readbacks(self, batch) -> None:
+    def on_readbacks(self, batch: Sequence[tuple[ChannelAddress, str, float | int | str]]) -> None:
         """Queue readbacks taken together (one poll); they are drained in the same wake-up."""
         with self._inbox_lock:
             self._inbox.extend(batch)

@@ -83,6 +83,7 @@ from trackerdcs.sim.crate_model import (
 log = logging.getLogger("trackerdcs.sim.crate")
 
 DEFAULT_CA_PORT = 5064
+LAST_WRITE_AT_LENGTH = 256  # chars of `Sim:LastWriteAt`: a stamp and the longest PV=value
 PutHook = Callable[[Any], Awaitable[Any]]
 
 
@@ -129,9 +130,6 @@ class SimString(_Hooked, ChannelString):
 
 class SimChar(_Hooked, ChannelChar):
     pass
-
-
-LAST_WRITE_AT_LENGTH = 256  # chars of `Sim:LastWriteAt`: a stamp and the longest PV=value
 
 
 def _make_pv(param: Param, value: Any, on_put: PutHook | None) -> ChannelData:
