@@ -7,7 +7,7 @@ every monitored parameter of a board in one call per parameter. Polling more oft
 15 s also keeps the crate from dropping an idle session.
 
 One poll is one consistent picture of a channel, as far as reading parameter by parameter
-allows: `Pw` and `Status` are read before the values they qualify (`POLL_ORDER`), so a `Status`
+allows: `Pw` and `Status` are read before the values they qualify (`POLL_FIRST`), so a `Status`
 that says the ramp has ended comes with a `VMon` read after it ended; and what changed in the
 poll reaches the daemon as one batch (`BackendSink.on_readbacks`), so no status is published with
 the poll's new `Status` and the `VMon` of the poll before. (Read `VMon` first and a crate slow
