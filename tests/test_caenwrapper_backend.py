@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes as ct
+import logging
 import threading
 
 import pytest
@@ -189,6 +190,33 @@ def test_a_parameter_the_board_lacks_is_reported_once_and_the_rest_works(workdir
         stop()
 
 
+class RecordingSink:
+    """A `BackendSink` that keeps what the backend hands over, on the backend's thread."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.alone: list = []  # readbacks handed over one by one: none expected
+        self.connected: set[ChannelAddress] = set()
+
+    def on_readback(self, addr, param, value):
+        self.alone.append((addr, param, value))
+
+    def on_readbacks(self, batch):
+        self.batches.append(list(batch))
+
+    def on_connection(self, addr, connected):
+        if connected:
+            self.connected.add(addr)
+        else:
+            self.connected.discard(addr)
+
+    def on_absent(self, addr, param):
+        pass
+
+    def on_invalid(self, addr, reason):
+        pass
+
+
 class SlowCrate(Device):
     """The stand-in on a crate that takes `STEP` s of its own time per call: the physics moves
     between two reads of one poll, as a real crate's does (and as it did on a loaded CI machine,
@@ -223,28 +251,7 @@ def test_a_poll_is_one_picture_the_state_read_before_the_readings(workdir):
 
     backend = CaenWrapperBackend(crate, addresses, opener, 0.001, 0.1)
 
-    class Sink:
-        def __init__(self) -> None:
-            self.batches: list[list] = []
-            self.alone: list = []  # readbacks handed over one by one: none expected
-            self.connected: set[ChannelAddress] = set()
-
-        def on_readback(self, addr, param, value):
-            self.alone.append((addr, param, value))
-
-        def on_readbacks(self, batch):
-            self.batches.append(list(batch))
-
-        def on_connection(self, addr, connected):
-            self.connected.add(addr)
-
-        def on_absent(self, addr, param):
-            pass
-
-        def on_invalid(self, addr, reason):
-            pass
-
-    sink = Sink()
+    sink = RecordingSink()
     hv = ChannelAddress(*HV[0].place)
 
     def ended() -> int:
@@ -283,3 +290,35 @@ def test_a_poll_is_one_picture_the_state_read_before_the_readings(workdir):
             assert max(one.index("Pw"), one.index("Status")) < min(
                 one.index("VMon"), one.index("IMon")
             ), one
+
+
+def test_a_reconnect_asked_for_opens_a_new_session_without_an_error(caplog):
+    """`reconnect` closes the session and the next cycle opens one: the poll that followed the
+    close used to run on the closed session and log a misleading library error."""
+    cfg = load_config(EXAMPLE_LAB)
+    crate = cfg.crates[0]
+    model = SimCrate(boards_of(crate), noise=0)
+    alive = threading.Event()
+    alive.set()
+    opened: list[Device] = []
+
+    def opener(_crate):
+        opened.append(Device(model, alive))
+        return opened[-1]
+
+    addresses = [ChannelAddress(c.board, c.channel) for c in cfg.channels_of(crate.name)]
+    backend = CaenWrapperBackend(crate, addresses, opener, 0.01, 0.1)
+    sink = RecordingSink()
+    backend.start(sink)
+    try:
+        wait_for(lambda: sink.connected == set(addresses), timeout=5)
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger=CaenWrapperBackend.__module__)
+        backend.reconnect()
+        wait_for(lambda: len(opened) == 2 and sink.connected == set(addresses), timeout=5)
+        assert opened[0].closed and not opened[1].closed
+    finally:
+        backend.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert any("to open a new one" in r.getMessage() for r in caplog.records)

@@ -235,7 +235,8 @@ class CaenWrapperBackend:
             self._stop.wait(self.retry_interval)
             return
         try:
-            self._drain_writes()
+            if not self._drain_writes():
+                return  # closed as asked: the next cycle opens a new session at once
             self._read_at = time.time()
             self._poll()
         except Exception as exc:  # the library raises its own error types
@@ -287,19 +288,22 @@ class CaenWrapperBackend:
         self._wake.wait(timeout)
         self._wake.clear()
 
-    def _drain_writes(self) -> None:
+    def _drain_writes(self) -> bool:
+        """Hand the queued writes to the crate, in order; False if one was a reconnect, which
+        closed the session (the writes after it wait for the new one)."""
         while True:
             try:
                 what, args = self._writes.get_nowait()
             except queue.Empty:
-                return
+                return True
             if what == "set":
                 self._set(*args)
             elif what == "clear":
                 self._device.exec_comm("ClearAlarm")
             elif what == "reconnect":
+                log.info("crate %s: closing the session to open a new one", self.crate.name)
                 self._lost()
-                return
+                return False
 
     def _set(self, addr: ChannelAddress, param: str, value: float | int | str) -> None:
         wire = self._wire.get((addr.board, param))
