@@ -90,6 +90,16 @@ class SafetyLab(VirtualLab):
     def module(self, name: str, value: str) -> dict[str, Any]:
         return self.client.command(f"/dcs/cmd/module/{name}", value, "/dcs/response", 30)
 
+    def current(self, topic: str) -> int:
+        """A `since` from the last live message on `topic`: the state as it was last published,
+        then every change. A state already reached publishes nothing new (the lab is shared by
+        the module's tests), and one reached before a plain mark would be missed."""
+        messages = self.client.messages
+        for index in range(len(messages) - 1, -1, -1):
+            if messages[index].topic == topic and not messages[index].retain:
+                return index
+        return self.client.mark()
+
     def rules(self, predicate: Callable[[dict], bool], timeout: float = 10.0,
               since: int | None = None) -> dict[str, dict]:  # fmt: skip
         status = self.wait("/interlock/status",
@@ -134,9 +144,10 @@ def by_text(alarms: list[dict], text: str) -> list[dict]:
 
 
 def test_chiller_stopped_at_full_hv_ramps_down_latches_and_is_audited(lab: SafetyLab) -> None:
+    since = lab.current("/interlock/status")  # switching on cannot disarm it
     assert lab.command("/julabo/cmd/setpoint", 15)["ok"]
     assert lab.command("/julabo/cmd/switch", "on")["ok"]
-    lab.rules(lambda r: r["chiller_running"]["armed"])
+    lab.rules(lambda r: r["chiller_running"]["armed"], since=since)
     assert (
         lab.command(HV[0].topic("setv", by="module"), 150)["ok"]
         and lab.command(HV[1].topic("setv", by="module"), 150)["ok"]
@@ -319,9 +330,11 @@ def test_power_daemon_cut_from_the_broker_ramps_hv_down_by_itself(lab: SafetyLab
 
 def cooling_with_hv(lab: SafetyLab, *modules: str, volts: float = 100.0) -> int:
     """The chiller running at 15 C (the rule armed), these modules' HV on; a message mark."""
+    since = lab.current("/interlock/status")  # the chiller may run already, the rule armed
     assert lab.command("/julabo/cmd/setpoint", 15)["ok"]
     assert lab.command("/julabo/cmd/switch", "on")["ok"]
-    lab.rules(lambda r: r["chiller_running"]["armed"] and not r["chiller_running"]["active"])
+    lab.rules(lambda r: r["chiller_running"]["armed"] and not r["chiller_running"]["active"],
+              since=since)  # fmt: skip
     for module in modules:
         assert lab.command(f"/hv/cmd/setv/{module}", volts)["ok"]
         assert lab.module(module, "on")["ok"]
