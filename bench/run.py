@@ -20,6 +20,8 @@ from pathlib import Path
 
 from bench import containers, ingest, power, safety, tracker
 from bench.common import Figure, Options, Result
+from trackerdcs.stack.portblocks import claim_block
+from trackerdcs.stack.process import PORT_BLOCK_ENV
 
 Benchmark = Callable[[Options], list[Result]]
 
@@ -96,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = selected(args.only)
+    # ports of its own, handed out in turn (a run inside a test process uses the test's block):
+    # the kernel's pick gave two simulated crates of the tracker lab one port
+    os.environ.setdefault(PORT_BLOCK_ENV, claim_block())
     workdir = Path(tempfile.mkdtemp(prefix="trackerdcs-bench-"))
     opts = Options(workdir=workdir, quick=args.quick, profile=args.profile)
     results: list[Result] = []

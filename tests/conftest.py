@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, settings
 
 from tests.labdata import EXAMPLE, EXAMPLE_LAB, LabData
 from tests.mqttclient import TestClient
-from tests.ports import claim_block
 from tests.simca import SimCrateProcess
 from trackerdcs.guard import FAULTS
 from trackerdcs.stack.mosquitto import mosquitto_process
+from trackerdcs.stack.portblocks import claim_block
 from trackerdcs.stack.process import PORT_BLOCK_ENV, ManagedProcess, free_port
 from trackerdcs.topics import ServiceTopics
 
@@ -62,8 +62,9 @@ class Broker:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """This test process draws its free ports from a block of its own (tests/ports.py); the
-    pytest-xdist controller, which runs no test, claims none."""
+    """This test process draws its free ports from a block of its own
+    (trackerdcs/stack/portblocks.py); the pytest-xdist controller, which runs no test, claims
+    none."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         return
     os.environ[PORT_BLOCK_ENV] = claim_block()

@@ -1,7 +1,8 @@
 """Free loopback ports for parallel test processes: `trackerdcs.stack.process.free_port` with
 TRACKERDCS_PORT_BLOCK set takes ports in turn from that block, free for TCP and UDP, never one
-that is held, and a malformed block is an error naming the variable; tests/ports.py gives each
-test process a block of its own outside the kernel's ephemeral range. In-process."""
+that is held, and a malformed block is an error naming the variable;
+trackerdcs/stack/portblocks.py gives each test process a block of its own outside the kernel's
+ephemeral range. In-process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import socket
 
 import pytest
 
-from tests.ports import BLOCK_SIZE, LOWEST, candidate_blocks, claim_block
+from trackerdcs.stack.portblocks import BLOCK_SIZE, LOWEST, candidate_blocks, claim_block
 from trackerdcs.stack.process import PORT_BLOCK_ENV, _free, free_port, port_block
 
 
@@ -81,5 +82,5 @@ def test_each_process_claims_a_block_of_its_own(tmp_path) -> None:
     few = (10_000 + 2 * BLOCK_SIZE, 65_535)  # two blocks below, none above
     first, second = claim_block(tmp_path, few), claim_block(tmp_path, few)
     assert first != second  # the first stays locked while this process lives
-    with pytest.raises(RuntimeError, match="all held by other test processes"):
+    with pytest.raises(RuntimeError, match="all held by other test or benchmark processes"):
         claim_block(tmp_path, few)

@@ -83,8 +83,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     By default the kernel picks it (bind to port 0), from its ephemeral range. With
     `TRACKERDCS_PORT_BLOCK` set (the test suite claims a block for each test process, outside
-    the ephemeral range, 32768-60999 on Linux by default: tests/ports.py), it comes from that
-    block: no outgoing connection's source port and no other test process's port lands on it
+    the ephemeral range, 32768-60999 on Linux by default: trackerdcs/stack/portblocks.py; a
+    benchmark run claims one too), it comes from that block, in turn: no outgoing connection's
+    source port, no other such process's port and no port handed out just before lands on it
     between being chosen and being bound by the server it is for. RuntimeError when none is
     free.
     """

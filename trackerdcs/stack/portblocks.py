@@ -1,12 +1,13 @@
-"""A block of free loopback ports for this test process, claimed machine-wide.
+"""A block of free loopback ports for this process, claimed machine-wide.
 
-Each pytest process (every pytest-xdist worker, and a run without workers) claims one block of
-`BLOCK_SIZE` ports with an `fcntl` lock on a file in the temp directory, held until the process
-ends, and tells `trackerdcs.stack.process.free_port` through TRACKERDCS_PORT_BLOCK. So no two
-test processes on this machine (workers of one run, or two runs at once) draw from the same
-ports, and no block lies in the kernel's ephemeral range (`ip_local_port_range`), where
-outgoing connections take their source ports: a port stays free between being chosen and being
-bound by the server it is for. Children (a bench run) inherit the variable.
+Each test process (every pytest-xdist worker, and a run without workers) and each benchmark run
+claims one block of `BLOCK_SIZE` ports with an `fcntl` lock on a file in the temp directory,
+held until the process ends, and tells `trackerdcs.stack.process.free_port` through
+TRACKERDCS_PORT_BLOCK, which its children inherit. So no two such processes on this machine
+draw from the same ports, `free_port` hands out a block's ports in turn (the kernel's own pick
+can give one number twice in a row), and no block lies in the kernel's ephemeral range
+(`ip_local_port_range`), where outgoing connections take their source ports: a port stays free
+between being chosen and being bound by the server it is for.
 """
 
 from __future__ import annotations
@@ -55,6 +56,6 @@ def claim_block(locks: Path = LOCKS, ephemeral: tuple[int, int] | None = None) -
         _held.append(f)
         return f"{first}-{first + BLOCK_SIZE - 1}"
     raise RuntimeError(
-        f"no free block of {BLOCK_SIZE} test ports: {len(starts)} blocks outside the ephemeral "
-        f"range, all held by other test processes (locks in {locks})"
+        f"no free block of {BLOCK_SIZE} ports: {len(starts)} blocks outside the ephemeral "
+        f"range, all held by other test or benchmark processes (locks in {locks})"
     )
