@@ -236,22 +236,46 @@ class SlowCrate(Device):
         self.model.step(self.STEP)
 
 
-def test_a_poll_is_one_picture_the_state_read_before_the_readings(workdir):
-    cfg = load_config(EXAMPLE_LAB)
-    crate = cfg.crates[0]
-    model = SimCrate(boards_of(crate), noise=0)
-    alive = threading.Event()
-    alive.set()
-    addresses = [ChannelAddress(c.board, c.channel) for c in cfg.channels_of(crate.name)]
-    devices: list[SlowCrate] = []
+class BackendRig:
+    """The wrapper backend alone, in this process, on the example lab's crate: the stand-in
+    `device` class over a `SimCrate` (each session opened is in `opened`), a `RecordingSink`.
+    `with` starts it and waits until every channel is connected, and stops it."""
 
-    def opener(_crate):
-        devices.append(SlowCrate(model, alive))
-        return devices[-1]
+    def __init__(self, device: type[Device] = Device, poll_interval: float = 0.01) -> None:
+        cfg = load_config(EXAMPLE_LAB)
+        crate = cfg.crates[0]
+        self.model = SimCrate(boards_of(crate), noise=0)
+        self.alive = threading.Event()
+        self.alive.set()
+        self.opened: list[Device] = []
+        self.addresses = [ChannelAddress(c.board, c.channel) for c in cfg.channels_of(crate.name)]
+        self.sink = RecordingSink()
 
-    backend = CaenWrapperBackend(crate, addresses, opener, 0.001, 0.1)
+        def opener(_crate):
+            self.opened.append(device(self.model, self.alive))
+            return self.opened[-1]
 
-    sink = RecordingSink()
+        self.backend = CaenWrapperBackend(crate, self.addresses, opener, poll_interval, 0.1)
+
+    def all_connected(self) -> bool:
+        return self.sink.connected == set(self.addresses)
+
+    def __enter__(self) -> BackendRig:
+        self.backend.start(self.sink)
+        try:
+            wait_for(self.all_connected, timeout=5)
+        except BaseException:
+            self.backend.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend.stop()
+
+
+def test_a_poll_is_one_picture_the_state_read_before_the_readings():
+    rig = BackendRig(SlowCrate, poll_interval=0.001)
+    backend, sink, addresses = rig.backend, rig.sink, rig.addresses
     hv = ChannelAddress(*HV[0].place)
 
     def ended() -> int:
@@ -267,21 +291,17 @@ def test_a_poll_is_one_picture_the_state_read_before_the_readings(workdir):
                 assert seen["VMon"] == seen["V0Set"] == 80.0, seen
         return count
 
-    backend.start(sink)
-    try:
-        wait_for(lambda: sink.connected == set(addresses), timeout=5)
+    with rig:
         first = {(addr, param) for addr, param, _ in sink.batches[0]}
         monitored = {(a, p.name) for a in addresses for p in backend.models[a].monitored}
         assert first == monitored  # the first poll: every readback of every channel, at once
         backend.write(hv, "V0Set", 80.0)
         backend.write(hv, "Pw", "On")
         wait_for(lambda: ended() > 0, timeout=10)  # the ramp seen to end
-    finally:
-        backend.stop()
     assert ended() and not sink.alone
     # by construction, not by luck of timing: on every board, in every poll, the state (Pw,
     # Status) is read before the readings it qualifies (VMon, IMon)
-    reads = devices[-1].reads
+    reads = rig.opened[-1].reads
     for slot in {a.board for a in addresses}:
         names = [name for s, name in reads if s == slot]
         poll = len(backend.models[next(a for a in addresses if a.board == slot)].monitored)
@@ -295,30 +315,13 @@ def test_a_poll_is_one_picture_the_state_read_before_the_readings(workdir):
 def test_a_reconnect_asked_for_opens_a_new_session_without_an_error(caplog):
     """`reconnect` closes the session and the next cycle opens one: the poll that followed the
     close used to run on the closed session and log a misleading library error."""
-    cfg = load_config(EXAMPLE_LAB)
-    crate = cfg.crates[0]
-    model = SimCrate(boards_of(crate), noise=0)
-    alive = threading.Event()
-    alive.set()
-    opened: list[Device] = []
-
-    def opener(_crate):
-        opened.append(Device(model, alive))
-        return opened[-1]
-
-    addresses = [ChannelAddress(c.board, c.channel) for c in cfg.channels_of(crate.name)]
-    backend = CaenWrapperBackend(crate, addresses, opener, 0.01, 0.1)
-    sink = RecordingSink()
-    backend.start(sink)
-    try:
-        wait_for(lambda: sink.connected == set(addresses), timeout=5)
+    with BackendRig() as rig:
+        opened = rig.opened
         caplog.clear()
         caplog.set_level(logging.INFO, logger=CaenWrapperBackend.__module__)
-        backend.reconnect()
-        wait_for(lambda: len(opened) == 2 and sink.connected == set(addresses), timeout=5)
+        rig.backend.reconnect()
+        wait_for(lambda: len(opened) == 2 and rig.all_connected(), timeout=5)
         assert opened[0].closed and not opened[1].closed
-    finally:
-        backend.stop()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
     assert any("to open a new one" in r.getMessage() for r in caplog.records)
