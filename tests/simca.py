@@ -13,6 +13,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,7 +91,7 @@ class CAMonitor:
         from caproto.threading.client import Context, SharedBroadcaster
 
         self.values: list[Any] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         with ca_environment(port):
             self._broadcaster = SharedBroadcaster()
             self._context = Context(self._broadcaster)
@@ -102,6 +103,21 @@ class CAMonitor:
     def _on_update(self, sub: Any, response: Any) -> None:
         with self._lock:
             self.values.append(_scalar(response.data))
+            self._lock.notify_all()
+
+    def quiet(self, gap: float, timeout: float) -> Any:
+        """The PV's value once no update came for `gap` s (its first, the value at subscribing,
+        awaited too); TimeoutError if updates keep coming for `timeout` s."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            seen = -1
+            while seen != len(self.values) or not self.values:
+                seen = len(self.values)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self._pv.name} still updating after {timeout} s")
+                self._lock.wait(min(gap, left))
+            return self.values[-1]
 
     def snapshot(self) -> list[Any]:
         with self._lock:

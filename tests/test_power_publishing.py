@@ -13,6 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import EXAMPLE_LAB, PowerLab
 from tests.labdata import EXAMPLE
+from tests.simca import CAMonitor
 from trackerdcs.config import ChannelKind, load_config
 from trackerdcs.power.channel import PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
@@ -166,17 +167,10 @@ def quiet(client, topic: str, gap: float, timeout: float) -> int:
 
 def settled_writes(lab, gap: float, timeout: float) -> int:
     """The crate's write count once no write came for `gap` s (the daemon may still be writing
-    settings a crate PV connected late to): TimeoutError if writes never stop."""
-    deadline = time.monotonic() + timeout
-    last, since = lab.writes(), time.monotonic()
-    while time.monotonic() - since < gap:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the crate is still being written after {timeout} s")
-        time.sleep(0.05)  # polling a counter (the event: it stops moving)
-        now = lab.writes()
-        if now != last:
-            last, since = now, time.monotonic()
-    return last
+    settings a crate PV connected late to), from a monitor on the counter: TimeoutError if
+    writes never stop."""
+    with CAMonitor(lab.crate.port, f"{lab.crate.system}:Sim:Writes") as writes:
+        return int(writes.quiet(gap, timeout))
 
 
 def test_a_client_echoing_the_status_back_as_a_set_point_dies_out(power_lab):
