@@ -55,6 +55,9 @@ class _Info:
     def wait_for_publish(self, timeout: float | None = None) -> bool:
         return True
 
+    def is_published(self) -> bool:
+        return True
+
 
 def command(prefix: str, action: str, payload: str) -> Command:
     return Command(topic=f"{prefix}/cmd/{action}", action=action, payload=payload, arrived=0.0)

@@ -16,10 +16,13 @@
 Other subscriptions are plain: there the retain flag means "stored by the broker" (delivered at
 subscription), as MQTT defines it, which is how the safety services tell live data from stale.
 
-Callbacks run on paho's network thread, or, given the service's asyncio loop (`MqttLink(loop=)`),
-are handed to that loop by the link (`call_soon_threadsafe`): the service's state is then only
-touched from its loop, and no service writes its own hand-off. The gate runs on the network
-thread either way (a refused command is answered there and never reaches the loop). An unexpected
+Given the service's asyncio loop (`MqttLink(loop=)`), the client's network runs on that loop
+(`trackerdcs.mqttloop.LoopNetwork`: paho's external-loop API, no thread of paho's own): messages
+are read there, the gate runs there, and each callback runs as a callback of its own on the
+loop, so the service's state is only touched from its loop and no service writes its own
+hand-off. A publish from another thread is handed to the loop. Without a loop, paho runs its own
+network thread (`loop_start`) and the callbacks run there. A refused command is answered by the
+gate and never reaches the service. An unexpected
 exception in a callback never reaches paho (it would end the network thread): it is reported to
 `trackerdcs.guard.FAULTS` (logged with its message, counted); on the loop, the daemon's loop
 exception handler reports it (`trackerdcs.runner`). A command handler runs through
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import socket
@@ -51,6 +55,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from trackerdcs.commands import always_executed, sender_of
 from trackerdcs.config import MqttConfig
 from trackerdcs.guard import FAULTS, Faults, JsonError, clip, finite_number, loads, shorten
+from trackerdcs.mqttloop import LoopNetwork
 from trackerdcs.payloads import OFFLINE, ONLINE, answer_payload
 from trackerdcs.topics import ServiceTopics, is_command
 
@@ -361,9 +366,9 @@ ConnectionHandler = Callable[[bool], None]
 class MqttLink:
     """A service's connection to the broker for one topic prefix.
 
-    `loop`: the service's asyncio loop. Given, `on_command` (through `execute`),
-    `on_connection` and `on_message` run on it, scheduled by the link from paho's thread; else
-    they run on paho's network thread.
+    `loop`: the service's asyncio loop. Given, the network runs on it (`LoopNetwork`), and
+    `on_command` (through `execute`), `on_connection` and `on_message` run on it, each as a
+    callback of its own; else paho runs its own network thread and they run there.
     """
 
     def __init__(
@@ -400,6 +405,12 @@ class MqttLink:
         self._stopping = False
         self._executing: dict[int, bool] = {}  # id(cmd) -> answered, while its handler runs
         self._client = self._make_client()
+        self._net: LoopNetwork | None = None
+        if loop is not None:
+            self._net = LoopNetwork(
+                self._client, loop, min_delay=cfg.reconnect_min_delay,
+                max_delay=cfg.reconnect_max_delay, name=client_id, on_socket_open=disable_nagle,
+            )  # fmt: skip
 
     # -- set-up ---------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -424,17 +435,36 @@ class MqttLink:
         """Connect in the background; paho retries until the broker answers."""
         log.info("connecting to mqtt://%s:%d as %s", self.cfg.host, self.cfg.port, self.client_id)
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
-        self._client.loop_start()
+        if self._net is not None:
+            self._net.start()
+        else:
+            self._client.loop_start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Publish `offline`, wait for it to leave, disconnect and stop the network thread."""
+        """Publish `offline`, wait up to `timeout` s for it to leave, disconnect, and stop the
+        network (paho's thread, or the link's part of the service's loop). From any thread; on
+        the loop's, it blocks the loop meanwhile."""
         self._stopping = True
-        if self._connected.is_set():
-            info = self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout)
-        self._client.disconnect()
-        self._client.loop_stop()
+        net = self._net
+        if net is None:
+            if self._connected.is_set():
+                info = self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
+                with contextlib.suppress(RuntimeError, ValueError):
+                    info.wait_for_publish(timeout)
+            self._client.disconnect()
+            self._client.loop_stop()
+            return
+
+        def close() -> None:
+            net.halt(timeout)
+            if self._connected.is_set():
+                info = self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
+                net.drain(lambda: _published(info), timeout)
+            self._client.disconnect()
+            net.drain(lambda: self._client.socket() is None, timeout)
+            net.close()
+
+        net.run(close, 2 * timeout + 1.0)
 
     @property
     def connected(self) -> bool:
@@ -443,12 +473,14 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    # -- paho callbacks (network thread) --------------------------------------------------------
+    # -- paho callbacks (network thread, or the loop) -------------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
         log.info("connected to the broker")
+        if self._net is not None:
+            self._net.connected()
         topics = [self.topics.commands] if self._on_command else []
         topics += self._extra_subscriptions
         if topics:
@@ -494,7 +526,7 @@ class MqttLink:
                 if self.loop is None:
                     self._on_command(cmd)
                 else:
-                    self.loop.call_soon_threadsafe(self.execute, self._on_command, cmd)
+                    self._soon(self.execute, self._on_command, cmd)
         elif self._on_message:
             self._deliver(self._on_message, msg, where="message", data=msg)
 
@@ -507,9 +539,16 @@ class MqttLink:
         if self.loop is None:
             callback(*args)
         elif where is None:
-            self.loop.call_soon_threadsafe(callback, *args)
+            self._soon(callback, *args)
         else:
-            self.loop.call_soon_threadsafe(self._run_guarded, where, data, callback, *args)
+            self._soon(self._run_guarded, where, data, callback, *args)
+
+    def _soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """`callback(*args)` as a callback of its own on the service's loop, from any thread."""
+        if self._net is not None and self._net.on_loop():
+            self._net.loop.call_soon(callback, *args)
+        else:
+            self.loop.call_soon_threadsafe(callback, *args)
 
     def _run_guarded(self, what: str, data: Any, callback: Callable[..., Any], *args: Any) -> None:
         where = f"the MQTT {what} callback of {self.prefix}"
@@ -565,8 +604,16 @@ class MqttLink:
 
     # -- publishing (any thread) ----------------------------------------------------------------
     def publish(self, topic: str, payload: str | bytes, *, qos: int = 0, retain: bool = False):
-        """Publish now (dropped with a debug line while disconnected, unless retained state)."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        """Publish now (dropped with a debug line while disconnected, unless retained state).
+        Returns paho's `MQTTMessageInfo`; None when handed to the loop from another thread."""
+        return self._send(topic, payload, qos=qos, retain=retain)
+
+    def _send(self, topic: str, payload: str | bytes, **options: Any) -> Any:
+        net = self._net
+        if net is not None and net.started and not net.on_loop():
+            net.call(functools.partial(self._send, topic, payload, **options))
+            return None
+        info = self._client.publish(topic, payload, **options)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
         return info
@@ -591,7 +638,7 @@ class MqttLink:
             props = Properties(PacketTypes.PUBLISH)
             if cmd.correlation_data is not None:
                 props.CorrelationData = cmd.correlation_data
-            self._client.publish(cmd.response_topic, data, qos=1, properties=props)
+            self._send(cmd.response_topic, data, qos=1, properties=props)
         if id(cmd) in self._executing:  # answered: only once it is sent
             self._executing[id(cmd)] = True
         if ok:
@@ -600,3 +647,11 @@ class MqttLink:
             reason = (error or "").removeprefix("refused: ")  # the gate's errors say it
             log.warning("command %s %r refused: %s", cmd.topic, cmd.payload, reason)
         return answer
+
+
+def _published(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether a publish has left (its PUBACK came, for QoS 1), or never will."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):  # not queued, or the connection went
+        return True
