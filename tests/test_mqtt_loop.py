@@ -1,5 +1,7 @@
-"""The MQTT link hands its callbacks to the service's asyncio loop (`MqttLink(loop=)`):
-in-process, a link never started (no broker), paho's callbacks called from a thread."""
+"""The MQTT link runs its callbacks on the service's asyncio loop (`MqttLink(loop=)`), each as a
+callback of its own: in-process, a link never started (no broker), paho's callbacks called from
+another thread (where a link without a loop runs them: paho's network thread). The network on
+the loop itself, against a real broker: tests/test_mqtt_network.py."""
 
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def running_loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def test_a_command_runs_on_the_services_loop(running_loop) -> None:
-    """The handler runs on the loop's thread, not on paho's (the test's thread here)."""
+    """The handler runs on the loop's thread, not on the one that read the message (the
+    test's here)."""
     ran: list[tuple[str, str]] = []
     done = threading.Event()
 
@@ -85,7 +88,7 @@ def test_a_handler_that_fails_on_the_loop_still_answers(loop) -> None:
     assert FAULTS.total == 1
 
 
-def test_the_gate_refuses_on_pahos_thread_and_nothing_reaches_the_loop(loop) -> None:
+def test_the_gate_refuses_where_the_message_is_read_and_nothing_reaches_the_loop(loop) -> None:
     handled: list[Command] = []
     link = RecordingLink(example_lab(), "/hv", on_command=handled.append, loop=loop)
     link._guarded_message(None, None, _message("/hv/cmd/setv/0", b"10", retain=True))

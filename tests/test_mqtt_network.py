@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import Broker
 from trackerdcs.config import MqttConfig, TlsConfig
+from trackerdcs.guard import FAULTS
 from trackerdcs.mqtt import Command, MqttLink
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.process import free_port, wait_until
@@ -45,15 +46,30 @@ class Service:
             on_command=self._command, on_connection=self._connection,
             subscribe=("/burst/#",), on_message=self._message,
         )  # fmt: skip
-        self.paho_threads: set[str] = set()
+        self.paho_threads: set[str] = set()  # threads that used the client, but to connect
+        self.overlaps: list[str] = []  # a method called while another thread was in one
+        self._inside: dict[str, int] = {}  # thread -> methods of the client it is in
+        self._inside_lock = threading.Lock()
         client = self.link._client
-        for name in ("publish", "loop_read", "loop_write", "loop_misc", "subscribe"):
-            setattr(client, name, self._recorded(getattr(client, name)))
+        for name in ("publish", "subscribe", "loop_read", "loop_write", "loop_misc",
+                     "reconnect", "disconnect"):  # fmt: skip
+            setattr(client, name, self._recorded(name, getattr(client, name)))
 
-    def _recorded(self, method: Callable[..., Any]) -> Callable[..., Any]:
+    def _recorded(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kw: Any) -> Any:
-            self.paho_threads.add(threading.current_thread().name)
-            return method(*args, **kw)
+            me = threading.current_thread().name
+            with self._inside_lock:
+                others = [t for t, n in self._inside.items() if n and t != me]
+                if others:
+                    self.overlaps.append(f"{name} on {me} while {others} used the client")
+                self._inside[me] = self._inside.get(me, 0) + 1
+                if name != "reconnect":
+                    self.paho_threads.add(me)
+            try:
+                return method(*args, **kw)
+            finally:
+                with self._inside_lock:
+                    self._inside[me] -= 1
 
         return call
 
@@ -124,7 +140,7 @@ def test_the_network_runs_on_the_loop_and_paho_is_used_there_only(service, clien
     client.wait_for("/net/status", lambda m: m.text == "from the test's thread", timeout=TIMEOUT)
     client.wait_for("/net/state", lambda m: m.text == "kept", timeout=TIMEOUT)
     assert service.paho_threads == {"service-loop"}
-    assert paho_threads_of(service.link) == []
+    assert paho_threads_of(service.link) == [] and service.overlaps == []
 
 
 def test_an_absent_broker_is_retried_until_it_is_there(workdir, caplog) -> None:
@@ -180,7 +196,7 @@ def test_a_frozen_broker_is_lost_by_keepalive_and_found_again(workdir) -> None:
         service.wait(lambda: service.connections == [True], "connected")
         broker.process.freeze()
         try:
-            service.wait(lambda: service.connections == [True, False], "the loss seen", 8.0)
+            service.wait(lambda: service.connections == [True, False], "the loss seen")
         finally:
             broker.process.thaw()
         service.wait(lambda: service.connections[-1:] == [True], "reconnected")
@@ -194,9 +210,9 @@ def test_a_stop_on_the_loop_leaves_offline_and_watches_nothing(service, client) 
     service.wait(lambda: service.connections == [True], "connected")
     mark = client.mark()
     service.on_loop(service.link.stop)
-    client.wait_for("/net/availability", lambda m: m.text == "offline", since=mark, timeout=1.0)
+    client.wait_for("/net/availability", lambda m: m.text == "offline", since=mark, timeout=TIMEOUT)
     net = service.link._net
-    assert service.link._client.socket() is None and net is not None and not net._fds
+    assert service.link._client.socket() is None and net is not None and net._sock is None
     assert service.connections == [True, False]
 
 
@@ -240,3 +256,109 @@ def test_a_burst_over_tls_is_read_whole(tls_broker) -> None:
         sender.disconnect()
         sender.loop_stop()
         service.close()
+
+
+class Gate:
+    """Holds a connect attempt inside paho's `reconnect()`, its socket open and CONNECT not yet
+    queued (the link's `on_socket_open`), until `release()`: the gap a slow thread switch or a
+    TLS handshake makes."""
+
+    def __init__(self, service: Service) -> None:
+        net = service.link._net
+        assert net is not None
+        self.entered, self.opened = threading.Event(), threading.Event()
+        inner = net._on_socket_open
+
+        def held(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+            self.entered.set()
+            assert self.opened.wait(TIMEOUT), "the test never released the connect attempt"
+            if inner is not None:
+                inner(client, userdata, sock)
+
+        net._on_socket_open = held
+
+    def release(self) -> None:
+        self.opened.set()
+
+
+def test_publishes_during_a_connect_attempt_wait_for_it(workdir) -> None:
+    """The loop publishes while an attempt is inside `reconnect()`: nothing touches the client
+    meanwhile, CONNECT goes first, and the publishes follow in order once connected (no stall
+    until the keepalive, here a minute)."""
+    broker = Broker(workdir).start()
+    service = Service(mqtt_config(broker.port, keepalive=60))
+    gate = Gate(service)
+    watcher = broker.client()
+    try:
+        service.link.start()
+        assert gate.entered.wait(TIMEOUT)
+        service.on_loop(lambda: service.link.publish_state("/net/state", "during the attempt"))
+        service.on_loop(lambda: service.link.publish("/net/event", "first", qos=1))
+        service.link.publish("/net/event", "second", qos=1)  # from another thread
+        gate.release()
+        service.wait(lambda: service.connections == [True], "connected", TIMEOUT)
+        watcher.wait_for("/net/state", lambda m: m.text == "during the attempt", timeout=TIMEOUT)
+        watcher.wait_for("/net/event", lambda m: m.text == "second", timeout=TIMEOUT)
+        events = [m.text for m in watcher.messages if m.topic == "/net/event"]
+        assert events == ["first", "second"] and service.overlaps == []
+    finally:
+        gate.release()
+        watcher.close()
+        service.close()
+        broker.stop()
+
+
+def test_a_stop_during_a_connect_attempt_leaves_nothing_behind(workdir) -> None:
+    """The daemon stops while an attempt is inside `reconnect()`: the stop waits for it, closes
+    its socket, and no error, watched socket or `online` is left."""
+    broker = Broker(workdir).start()
+    service = Service(mqtt_config(broker.port))
+    gate = Gate(service)
+    watcher = broker.client()
+    net = service.link._net
+    assert net is not None
+    try:
+        service.link.start()
+        assert gate.entered.wait(TIMEOUT)
+        releaser = threading.Thread(
+            target=lambda: (wait_until(lambda: net._stopping, TIMEOUT, "the stop"), gate.release())
+        )
+        releaser.start()
+        service.on_loop(service.link.stop)
+        releaser.join(TIMEOUT)
+        service.on_loop(lambda: None)  # whatever the attempt handed to the loop has run
+        assert net._sock is None and service.link._client.socket() is None
+        assert service.connections == [] and FAULTS.total == 0
+        assert [m.text for m in watcher.messages if m.topic == "/net/availability"] in (
+            [],
+            ["offline"],
+        )
+    finally:
+        gate.release()
+        watcher.close()
+        service.close()
+        broker.stop()
+
+
+def test_what_another_thread_publishes_during_the_stop_leaves_before_offline(
+    service, client
+) -> None:
+    """A daemon's stop runs on its loop and ends a worker thread that publishes its last words
+    (a recipe's abort, an IV scan's event): they are sent, before `offline`."""
+    service.link.start()
+    service.wait(lambda: service.connections == [True], "connected")
+    mark = client.mark()
+
+    def stop() -> None:
+        worker = threading.Thread(
+            target=lambda: service.link.publish("/net/event", "last words", qos=1)
+        )
+        worker.start()
+        worker.join(TIMEOUT)  # the loop is busy stopping: the publish waits in the queue
+        service.link.stop()
+
+    service.on_loop(stop)
+    client.wait_for("/net/availability", lambda m: m.text == "offline", since=mark,
+                    timeout=TIMEOUT)  # fmt: skip
+    order = [(m.topic, m.text) for m in client.messages[mark:]]
+    assert order.index(("/net/event", "last words")) < order.index(("/net/availability", "offline"))

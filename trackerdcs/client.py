@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from trackerdcs.commands import CommandError
 from trackerdcs.config import (
     ChannelConfig,
     ChannelKind,
@@ -155,12 +156,13 @@ class Lab:
     `config`: the lab YAML (a path) or a loaded `LabConfig`. `name` is the sender the audit log
     shows (the part of every command id before `:`). `timeout` (s) bounds the waits that have no
     timeout of their own: connecting, a daemon's answer, the first status of a source.
+    `sync_topic`: a topic of this client's own that it may publish to, for `sync`.
     Nothing connects before `connect()` (or `with Lab(...) as lab:`).
     """
 
     def __init__(
         self, config: LabConfig | str | Path, *, name: str = "script", timeout: float = 10.0,
-        client_id: str | None = None,
+        client_id: str | None = None, sync_topic: str | None = None,
     ) -> None:  # fmt: skip
         if not name or ":" in name:
             raise ValueError(f"name must be a non-empty word without ':', got {name!r}")
@@ -178,6 +180,9 @@ class Lab:
         self._waiting: set[str] = set()
         self._numbers = itertools.count(1)
         self._subscribed = threading.Event()
+        self.sync_topic = sync_topic
+        self._marks = itertools.count(1)
+        self._synced = 0  # the last of this client's sync markers received
         self._closed = False
         self._client: mqtt.Client | None = None
 
@@ -191,6 +196,8 @@ class Lab:
         topics += [ServiceTopics(s.prefix).status for s in self.lab.sensors]
         topics += [DCS.status, DCS.response, IVSCAN_STATUS, RECIPE_STATUS]
         topics.append(self.lab.power.interlock_topic)
+        if self.sync_topic is not None:
+            topics.append(self.sync_topic)
         return topics
 
     def connect(self, timeout: float | None = None, wait: bool = True) -> Lab:
@@ -247,13 +254,37 @@ class Lab:
         except ValueError:
             return
         with self._cond:
-            if msg.topic.endswith("/response"):
+            if msg.topic == self.sync_topic:
+                if isinstance(data, int) and not isinstance(data, bool):
+                    self._synced = max(self._synced, data)
+            elif msg.topic.endswith("/response"):
                 rid = data.get("id") if isinstance(data, dict) else None
                 if rid in self._waiting:
                     self._answers[rid] = data
             else:
                 self._status[msg.topic] = data
             self._cond.notify_all()
+
+    def sync(self, timeout: float | None = None) -> None:
+        """Return once this client has received every message the broker had sent it when
+        `sync` was called: a marker published to the client's `sync_topic` comes back after
+        them (Mosquitto sends a connection its messages in the order it handled them). For a
+        decision from what this client has seen, on a command that came by another
+        connection (a daemon's), which may be ahead of it. At once without a `sync_topic`.
+        `NoAnswer` after `timeout` s (default: the client's), `NotConnected`."""
+        if self.sync_topic is None:
+            return
+        if self._client is None or self._closed:
+            raise NotConnected("not connected: call connect() first")
+        mark = next(self._marks)
+        limit = self.timeout if timeout is None else timeout
+        self._client.publish(self.sync_topic, str(mark), qos=1)
+        try:
+            self.wait_until(lambda: True if self._synced >= mark else None, limit,
+                            f"the marker on {self.sync_topic}")  # fmt: skip
+        except WaitTimeout as exc:
+            raise NoAnswer(f"{self.sync_topic}: the broker did not send the marker back "
+                           f"within {limit:g} s") from exc  # fmt: skip
 
     def wake(self) -> None:
         """Make every wait re-check its condition now (e.g. after an abort flag was set)."""
@@ -764,3 +795,17 @@ class Lab:
     def abort_recipe(self) -> dict[str, Any]:
         """Abort the running recipe: its scans stopped, its modules switched off."""
         return self.command(DCS.command("recipe/abort"), "")
+
+
+SYNC_TIMEOUT = 2.0  # s a daemon's loop waits for `Lab.sync` before it judges a command
+
+
+def sync_or_refuse(client: Lab, timeout: float = SYNC_TIMEOUT) -> None:
+    """`client.sync(timeout)` in a daemon (its loop waits), before a command is judged on what
+    `client` has seen: the command came by the daemon's own connection, and a state published
+    just before it (an interlock cleared) may not have reached `client` yet. `CommandError`
+    (the refusal) when the broker does not send the marker back."""
+    try:
+        client.sync(timeout)
+    except DcsError as exc:
+        raise CommandError(f"cannot bring the lab's state up to date: {exc}") from None

@@ -456,7 +456,11 @@ class MqttLink:
             return
 
         def close() -> None:
-            net.halt(timeout)
+            if not net.halt(timeout):
+                log.warning("stopping while connecting to the broker: nothing more is sent")
+                net.close()
+                return
+            net.release()  # what was handed over before the stop goes out before `offline`
             if self._connected.is_set():
                 info = self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
                 net.drain(lambda: _published(info), timeout)
@@ -464,7 +468,7 @@ class MqttLink:
             net.drain(lambda: self._client.socket() is None, timeout)
             net.close()
 
-        net.run(close, 2 * timeout + 1.0)
+        net.run(close, 3 * timeout + 1.0)
 
     @property
     def connected(self) -> bool:
@@ -486,6 +490,8 @@ class MqttLink:
         if topics:
             client.subscribe([(t, subscribe_options(t)) for t in topics])
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        if self._net is not None:  # publishes handed over before, ahead of the newest state
+            self._net.release()
         with self._lock:  # one step with publish_state: no state is lost or overtaken
             for topic, payload in self._retained.items():
                 client.publish(topic, payload, qos=1, retain=True)
@@ -610,10 +616,18 @@ class MqttLink:
 
     def _send(self, topic: str, payload: str | bytes, **options: Any) -> Any:
         net = self._net
-        if net is not None and net.started and not net.on_loop():
-            net.call(functools.partial(self._send, topic, payload, **options))
-            return None
+        if net is not None and net.started:
+            sent: list[Any] = []
+            net.submit(functools.partial(self._publish, topic, payload, options, sent))
+            return sent[0] if sent else None
+        return self._publish(topic, payload, options)
+
+    def _publish(
+        self, topic: str, payload: str | bytes, options: dict[str, Any], sent: list | None = None
+    ) -> Any:
         info = self._client.publish(topic, payload, **options)
+        if sent is not None:
+            sent.append(info)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
         return info

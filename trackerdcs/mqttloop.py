@@ -8,32 +8,39 @@ second, `loop_misc` (keepalive). `LoopNetwork` does that on an asyncio loop, so 
 
 - a message is read, and its callbacks run, on the service's loop: no hand-over from paho's
   thread to the loop (about 0.2 ms measured on the command path);
-- a publish from the loop is written at once (inside one of paho's own callbacks, where paho
-  must not write, at the loop's next turn): no wake-up of paho's thread through its socket
+- a publish from the loop is written at once (from inside one of paho's own callbacks, where
+  paho must not write, at the loop's next turn): no wake-up of paho's thread through its socket
   pair (0.4 to 0.5 ms each), and an interlock's kill leaves before the status it then builds;
-- paho is used from one thread, as its client expects (it is not thread-safe,
-  eclipse/paho.mqtt.python#358); a call from another thread is handed to the loop (`call`).
+- paho is used from one thread at a time, as its client expects (it is not thread-safe,
+  eclipse/paho.mqtt.python#358): a publish from another thread is queued and made on the loop
+  (`submit`), in the order submitted.
 
 What paho's own thread did besides, `LoopNetwork` does here:
 
 - connect and reconnect with exponential backoff (`reconnect_delay_set`'s minimum and maximum,
   doubled after each failure, back to the minimum once the broker accepted the connection).
-  `client.reconnect()` blocks (TCP connect, TLS handshake: up to the connect timeout, 5 s, for
-  an unreachable host), so each attempt runs on a short-lived thread while the loop goes on.
-  The client is not touched from the loop meanwhile: its socket is watched only once the
-  attempt has opened it;
+  `client.reconnect()` blocks (TCP connect, TLS handshake: up to paho's connect timeout, 5 s,
+  for an unreachable host), so each attempt runs on a short-lived thread while the loop goes
+  on. Meanwhile the loop leaves the client alone: publishes wait in the queue, the keepalive
+  pauses, and the new socket is watched, and CONNECT written, once the attempt has returned;
 - TLS: bytes that the TLS layer has decrypted already are not seen by the loop's selector, so
   a read that leaves some is followed by another at once;
-- stop: `drain` runs the network synchronously (paho's `loop`) until a condition holds, for a
-  stop that publishes `offline` and disconnects from inside a loop callback.
+- stop (`halt`, `drain`, `close`), from inside a loop callback: the queue is emptied, then the
+  network runs synchronously until the last messages have left.
+
+One difference from paho's own thread: a loop blocked for longer than the keepalive and a half
+(a bug in the service) now loses the connection, and the broker publishes the last will
+(`offline`); paho's thread used to answer the broker's pings meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
+import selectors
 import ssl
 import threading
 import time
@@ -48,7 +55,8 @@ MISC_INTERVAL = 1.0  # s between loop_misc calls, as paho's own loop (its select
 
 
 class LoopNetwork:
-    """Runs `client`'s network on `loop`, connecting to `host:port` (see the module's doc).
+    """Runs `client`'s network on `loop` (see the module's doc); `client.connect_async` has
+    given it the broker's address.
 
     `on_socket_open(client, userdata, sock)`: called for each new socket (e.g. TCP_NODELAY),
     on the thread that opened it. `name`: for the log (the client id).
@@ -74,11 +82,17 @@ class LoopNetwork:
         self._thread_id: int | None = None  # the loop's thread, once started
         self._stopping = False
         self._attempt: threading.Thread | None = None  # a connect in progress
+        self._outcome: Exception | None = None  # the last attempt's error, None if it connected
+        self._abandoned = False  # the stop did not wait for the attempt to end
         self._retry: asyncio.TimerHandle | None = None
         self._misc: asyncio.TimerHandle | None = None
-        self._fds: set[int] = set()  # sockets watched on the loop
+        self._sock: Any = None  # the socket watched on the loop, and its fd
+        self._fd = -1
         self._failures = 0  # connect attempts failed in a row
-        self._in_paho = False  # inside loop_read/loop_misc/loop: paho's callbacks may run
+        self._in_paho = False  # inside loop_read/loop_misc: paho's callbacks may run
+        self._draining = False  # drain writes what paho queues
+        self._held: collections.deque[Callable[[], Any]] = collections.deque()
+        self._held_lock = threading.Lock()
         client.on_socket_open = self._opened
         client.on_socket_close = self._closed
         client.on_socket_register_write = self._want_write
@@ -98,25 +112,41 @@ class LoopNetwork:
         line once the loop is closed)."""
         if self.on_loop():
             fn(*args)
-            return
+        else:
+            self._threadsafe(fn, *args)
+
+    def _threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             self.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed: the service has stopped
             log.debug("%s: loop closed, %s not run", self.name, getattr(fn, "__name__", fn))
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """`fn(*args)` as a callback of its own on the loop, from any thread."""
-        if self.on_loop():
-            self.loop.call_soon(fn, *args)
+    def submit(self, publish: Callable[[], Any]) -> None:
+        """`publish()` on the loop, from any thread, in the order submitted: now when on the
+        loop with nothing waiting; else queued until the loop is free of a connect attempt."""
+        if self.on_loop() and self._attempt is None and not self._held:
+            publish()
             return
-        try:
-            self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            log.debug("%s: loop closed, %s not run", self.name, getattr(fn, "__name__", fn))
+        with self._held_lock:
+            self._held.append(publish)
+        if not self.on_loop():
+            self._threadsafe(self._release)
+
+    def _release(self) -> None:
+        """On the loop: the queued publishes, in order (none while an attempt is running)."""
+        while self._attempt is None:
+            with self._held_lock:
+                if not self._held:
+                    return
+                publish = self._held.popleft()
+            try:
+                publish()
+            except Exception:  # one bad publish (e.g. a payload paho refuses) stops no other
+                log.exception("%s: a queued publish failed", self.name)
 
     def run(self, fn: Callable[[], None], timeout: float) -> None:
-        """`fn()` on the loop's thread, waiting for it up to `timeout` s; here when the loop is
-        not running (nothing else then touches the client)."""
+        """`fn()` on the loop's thread, waiting for it up to `timeout` s (its exception is
+        raised here); here when the loop is not running (nothing else touches the client)."""
         if self.on_loop() or not self.loop.is_running():
             fn()
             return
@@ -132,11 +162,13 @@ class LoopNetwork:
 
         try:
             self.loop.call_soon_threadsafe(step)
-            done.result(timeout)
-        except RuntimeError:  # the loop closed before: run it here
+        except RuntimeError:  # the loop has closed meanwhile
             fn()
+            return
+        try:
+            done.result(timeout)
         except concurrent.futures.TimeoutError:
-            log.warning("%s: the loop did not run the stop within %.1f s", self.name, timeout)
+            log.warning("%s: the loop did not run %s within %.1f s", self.name, fn, timeout)
 
     # -- connecting -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -149,37 +181,52 @@ class LoopNetwork:
             return
         self._misc = self.loop.call_later(MISC_INTERVAL, self._keepalive)
         self._connect()
+        self._release()  # anything published before the start
 
     def _connect(self) -> None:
         self._retry = None
         if self._stopping or self._attempt is not None or self.client.socket() is not None:
             return
-        self._attempt = threading.Thread(
-            target=self._attempt_connect, name=f"mqtt-connect {self.name}", daemon=True
-        )
-        self._attempt.start()
+        attempt = threading.Thread(name=f"mqtt-connect {self.name}", daemon=True)
+        attempt.run = lambda: self._attempt_connect(attempt)  # type: ignore[method-assign]
+        self._attempt = attempt
+        attempt.start()
 
-    def _attempt_connect(self) -> None:
+    def _attempt_connect(self, attempt: threading.Thread) -> None:
         """On the attempt's thread: paho's blocking (re)connect; the outcome to the loop."""
         try:
             self.client.reconnect()
         except Exception as exc:  # OSError, ssl.SSLError, socket.timeout: the broker's reach
-            self.call(self._attempted, exc)
+            self._outcome = exc
         else:
-            self.call(self._attempted, None)
+            self._outcome = None
+        self._threadsafe(self._attempted, attempt)
 
-    def _attempted(self, error: Exception | None) -> None:
-        self._attempt = None
-        if error is None:  # CONNECT sent: paho's on_connect tells the broker's answer
+    def _attempted(self, attempt: threading.Thread) -> None:
+        """On the loop, once an attempt has returned: watch its socket and write its CONNECT,
+        or try again later."""
+        if self._attempt is not attempt:  # settled already, by `halt`
             return
-        self._failures += 1
-        host, port = self.client.host, self.client.port
-        say = log.warning if self._failures == 1 else log.debug
-        say(
-            "%s: cannot reach the broker at %s:%d (%s: %s); retrying, at most every %g s",
-            self.name, host, port, type(error).__name__, error, self.max_delay,
-        )  # fmt: skip
-        self.lost()
+        self._attempt = None
+        error, sock = self._outcome, self.client.socket()
+        if self._stopping:
+            if self._abandoned and sock is not None:  # the stop has gone on without it
+                sock.close()
+            return
+        if error is not None:
+            self._failures += 1
+            say = log.warning if self._failures == 1 else log.debug
+            say(
+                "%s: cannot reach the broker at %s:%d (%s: %s); retrying, at most every %g s",
+                self.name, self.client.host, self.client.port, type(error).__name__, error,
+                self.max_delay,
+            )  # fmt: skip
+        if sock is not None:
+            self._watch(sock)
+            self._flush()  # CONNECT, queued by the attempt
+        self._release()  # without a connection, as paho does: QoS 0 dropped, QoS 1 kept
+        if sock is None:
+            self.lost()
 
     def lost(self) -> None:
         """On the loop: no connection (its socket closed, or an attempt failed), none being
@@ -198,55 +245,54 @@ class LoopNetwork:
             log.info("%s: reached the broker after %d failed attempts", self.name, self._failures)
         self._failures = 0
 
-    # -- paho's socket callbacks (any thread: the loop's, or a connect attempt's) ---------------
+    # -- paho's socket callbacks (on the loop, or on a connect attempt's thread) ----------------
     def _opened(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if self._on_socket_open is not None:
             self._on_socket_open(client, userdata, sock)
-        self.call(self._watch, sock.fileno())
+        # watched by `_attempted`, on the loop
 
     def _closed(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self.call(self._unwatch, sock.fileno())  # called before the socket is closed
-        self.call_soon(self.lost)  # once paho has closed it and called on_disconnect
+        if self.on_loop() and sock is self._sock:  # called before the socket is closed
+            self._unwatch()
+            self.loop.call_soon(self.lost)  # once paho has called on_disconnect
 
     def _want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        fd = sock.fileno()
-        if not self.on_loop():
-            self.call(self._add_writer, fd)
-        elif self._in_paho:  # paho holds its callback lock: write once its call has returned
-            self.loop.call_soon(self._flush, fd)
+        if not self.on_loop() or sock is not self._sock or self._draining:
+            return  # an attempt's CONNECT (`_attempted` writes it), or `drain` writes
+        if self._in_paho:  # paho holds its callback lock: write once its call has returned
+            self.loop.call_soon(self._flush)
         else:
-            self._flush(fd)
+            self._flush()
 
     def _wrote(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        fd = sock.fileno()
-        self.call(self._remove_writer, fd)
+        if self.on_loop() and sock is self._sock:
+            self.loop.remove_writer(self._fd)
 
     # -- on the loop ----------------------------------------------------------------------------
-    def _watch(self, fd: int) -> None:
-        self._fds.add(fd)
+    def _watch(self, sock: Any) -> None:
+        fd = sock.fileno()
         self.loop.add_reader(fd, self._readable)
+        self._sock, self._fd = sock, fd
 
-    def _unwatch(self, fd: int) -> None:
-        self._fds.discard(fd)
+    def _unwatch(self) -> None:
+        if self._sock is None:
+            return
+        fd, self._sock, self._fd = self._fd, None, -1
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(fd)
             self.loop.remove_writer(fd)
 
-    def _add_writer(self, fd: int) -> None:
-        if fd in self._fds:  # not a socket closed meanwhile
-            self.loop.add_writer(fd, self._writable)
-
-    def _remove_writer(self, fd: int) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_writer(fd)
-
-    def _flush(self, fd: int) -> None:
-        """Write what paho has queued, now; the rest once the socket takes more."""
-        if fd not in self._fds:  # closed meanwhile
+    def _flush(self) -> None:
+        """Write what paho has queued, now; the rest once the socket takes more. paho keeps
+        its "write wanted" flag set meanwhile: it is cleared when all has been written."""
+        if self._sock is None:
             return
         self.client.loop_write()
-        if self.client.want_write() and fd in self._fds:
-            self.loop.add_writer(fd, self._writable)
+        if self._sock is not None and self.client.want_write():
+            self.loop.add_writer(self._fd, self._writable)
+
+    def _writable(self) -> None:
+        self.client.loop_write()
 
     def _readable(self) -> None:
         self._in_paho = True
@@ -254,17 +300,14 @@ class LoopNetwork:
             self.client.loop_read()
         finally:
             self._in_paho = False
-        sock = self.client.socket()
+        sock = self._sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted, unseen by epoll
             self.loop.call_soon(self._readable)
-
-    def _writable(self) -> None:
-        self.client.loop_write()
 
     def _keepalive(self) -> None:
         if self._stopping:
             return
-        if self._attempt is None and self.client.socket() is not None:
+        if self._attempt is None and self._sock is not None:
             self._in_paho = True
             try:
                 self.client.loop_misc()  # pings; a broker silent past the keepalive is lost
@@ -275,34 +318,67 @@ class LoopNetwork:
         self._misc = self.loop.call_later(MISC_INTERVAL, self._keepalive)
 
     # -- stopping (on the loop's thread, or with the loop stopped) ------------------------------
-    def halt(self, timeout: float) -> None:
-        """No more connect attempts nor keepalive; an attempt in progress is waited for up to
-        `timeout` s (its socket is then the one to close)."""
+    def halt(self, timeout: float) -> bool:
+        """No more connect attempts nor keepalive. An attempt in progress is waited for up to
+        `timeout` s; False when it is still running (the client must not be used: the
+        attempt closes its socket when it ends)."""
         self._stopping = True
         for handle in (self._retry, self._misc):
             if handle is not None:
                 handle.cancel()
         self._retry = self._misc = None
         attempt = self._attempt
-        if attempt is not None:
-            attempt.join(timeout)
-
-    def drain(self, until: Callable[[], bool], timeout: float) -> bool:
-        """Run the network here (paho's `loop`) until `until()` holds, the socket is closed, or
-        `timeout` s have passed; True when `until()` held."""
-        deadline = time.monotonic() + timeout
-        while not until():
-            left = deadline - time.monotonic()
-            if left <= 0 or self.client.socket() is None:
-                return until()
-            self._in_paho = True
-            try:
-                self.client.loop(min(left, 0.05))
-            finally:
-                self._in_paho = False
+        if attempt is None:
+            return True
+        attempt.join(timeout)
+        if attempt.is_alive():
+            self._abandoned = True
+            return False
+        self._attempt = None  # its socket, if any, is the stop's to close
         return True
 
+    def release(self) -> None:
+        """The queued publishes, now (in a stop, before `offline`)."""
+        self._release()
+
+    def drain(self, until: Callable[[], bool], timeout: float) -> bool:
+        """Run the network here until `until()` holds, the socket is closed, or `timeout` s
+        have passed; True when `until()` held."""
+        deadline = time.monotonic() + timeout
+        self._draining = True
+        try:
+            while not until():
+                sock, left = self.client.socket(), deadline - time.monotonic()
+                if sock is None or left <= 0:
+                    return until()
+                self._drain_once(sock, min(left, 0.05))
+            return True
+        finally:
+            self._draining = False
+
+    def _drain_once(self, sock: Any, timeout: float) -> None:
+        events = selectors.EVENT_READ
+        if self.client.want_write():
+            events |= selectors.EVENT_WRITE
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, events)
+            ready = selector.select(timeout)
+        self._in_paho = True
+        try:
+            for _, mask in ready:
+                if mask & selectors.EVENT_READ:
+                    self.client.loop_read()
+                if mask & selectors.EVENT_WRITE and self.client.socket() is not None:
+                    self.client.loop_write()
+            if self.client.socket() is not None:
+                self.client.loop_misc()
+        finally:
+            self._in_paho = False
+
     def close(self) -> None:
-        """Stop watching every socket (after the client's disconnect)."""
-        for fd in list(self._fds):
-            self._unwatch(fd)
+        """Stop watching the socket, and close it if the broker did not (a drain that timed
+        out)."""
+        self._unwatch()
+        sock = self.client.socket()
+        if sock is not None and not self._abandoned:
+            sock.close()

@@ -75,6 +75,11 @@ class ServiceTopics:
         """`<prefix>/supervision`: the heartbeat of a supervising service."""
         return self.leaf("supervision")
 
+    def reply(self, name: str) -> str:
+        """`<prefix>/reply/<name>`: a topic a client of the service's own answers on (an MQTT 5
+        response topic, a `Lab.sync` marker); the service's user may publish below it."""
+        return f"{self.leaf('reply')}{SEPARATOR}{name}"
+
     @property
     def command_root(self) -> str:
         """`<prefix>/cmd/`: what every command topic of the service starts with."""

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trackerdcs.client import Lab
+from trackerdcs.client import Lab, sync_or_refuse
 from trackerdcs.clientids import client_id
 from trackerdcs.commands import CommandError
 from trackerdcs.config import ChannelKind, LabConfig
@@ -89,8 +89,14 @@ class IvScanService:
         self.results_dir = Path(results_dir or lab.ivscan.results_dir)
         self.busy = busy
         self.clock = clock
-        self.client = Lab(lab, name=SOURCE, timeout=max(lab.sequencer.answer_timeout, 5.0),
-                          client_id=client_id(lab, "ivscan"))  # fmt: skip
+        scans_id = client_id(lab, "ivscan")
+        self.client = Lab(
+            lab,
+            name=SOURCE,
+            timeout=max(lab.sequencer.answer_timeout, 5.0),
+            client_id=scans_id,
+            sync_topic=DCS.reply(f"{scans_id}/sync"),
+        )
         self.modules = [
             m for m, chs in lab.modules().items() if any(c.kind is ChannelKind.HV for c in chs)
         ]
@@ -174,6 +180,7 @@ class IvScanService:
             raise CommandError("channel: only for a scan of one module")
         if not self.client.connected:
             raise CommandError("the IV scan client is not connected to the broker yet")
+        sync_or_refuse(self.client)  # judged on the lab as new as the command
         plans: list[ScanPlan] = []
         for module in modules:
             if self.scanning(module):

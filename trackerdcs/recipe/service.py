@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trackerdcs.client import Lab
+from trackerdcs.client import Lab, sync_or_refuse
 from trackerdcs.clientids import client_id
 from trackerdcs.commands import CommandError, sender_of
 from trackerdcs.config import LabConfig, UnknownChiller
@@ -113,8 +113,14 @@ class RecipeService:
         self.results_dir = results_dir
         self.busy = busy
         self.clock = clock
-        self.client = Lab(lab, name=SOURCE, timeout=max(lab.sequencer.answer_timeout, 5.0),
-                          client_id=client_id(lab, "recipe"))  # fmt: skip
+        recipes_id = client_id(lab, "recipe")
+        self.client = Lab(
+            lab,
+            name=SOURCE,
+            timeout=max(lab.sequencer.answer_timeout, 5.0),
+            client_id=recipes_id,
+            sync_topic=DCS.reply(f"{recipes_id}/sync"),
+        )
         self.run: RecipeRun | None = None  # the latest run
         self.thread: threading.Thread | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -174,6 +180,8 @@ class RecipeService:
                 run.abort(f"by {who}")
                 self.link.respond(cmd, True, None, run=run.run_id)
                 return
+            if parts[1] == "resume":  # judged on the lab as new as the command
+                sync_or_refuse(self.client)
             refusal = run.pause(who) if parts[1] == "pause" else run.resume(who)
             if refusal is not None:
                 raise CommandError(refusal)
@@ -195,6 +203,7 @@ class RecipeService:
             raise CommandError(_one_line(exc)) from None
         if not self.client.connected:
             raise CommandError("the recipe client is not connected to the broker yet")
+        sync_or_refuse(self.client)  # judged on the lab as new as the command
         for module in recipe.modules:
             if why := self.busy(module):
                 raise CommandError(why)
