@@ -4,6 +4,7 @@ connection), and a broker that does not answer is a clear refusal."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,11 +60,19 @@ def test_sync_without_a_topic_returns_and_a_closed_client_says_so(tmp_path, brok
         synced.sync()
 
 
-def test_a_broker_that_does_not_answer_refuses_the_command(tmp_path, workdir) -> None:
+def test_forged_markers_count_for_nothing_and_a_silent_broker_refuses(tmp_path, workdir) -> None:
     frozen = Broker(workdir).start()
     client = Lab(lab_file(tmp_path, frozen.port), name="frozen", timeout=5.0, sync_topic=SYNC)
+    forger = frozen.client(topics=(SYNC,))
     try:
+        # a marker retained before the client subscribed (even with its own token), and
+        # another client's live one
+        forger.publish(SYNC, json.dumps(f"{client._token}:999"), retain=True)
         client.connect()
+        forger.publish(SYNC, json.dumps("someone-else:999"))
+        forger.wait_for(SYNC, lambda m: m.text == '"someone-else:999"', timeout=5.0)
+        client.sync(5.0)  # its own marker, after both: they did not count
+        assert client._synced == 1
         frozen.process.freeze()
         try:
             with pytest.raises(NoAnswer, match=r"did not send the marker back within 0\.2 s"):
@@ -73,5 +82,6 @@ def test_a_broker_that_does_not_answer_refuses_the_command(tmp_path, workdir) ->
         finally:
             frozen.process.thaw()
     finally:
+        forger.close()
         client.close()
         frozen.stop()

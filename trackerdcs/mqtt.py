@@ -490,11 +490,22 @@ class MqttLink:
         if topics:
             client.subscribe([(t, subscribe_options(t)) for t in topics])
         client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
-        if self._net is not None:  # publishes handed over before, ahead of the newest state
-            self._net.release()
+        if self._net is not None and self._net.started:
+            # once paho has resent what it kept unacknowledged (after on_connect returns),
+            # which may hold older states: the newest goes last
+            self._net.loop.call_soon(self._republish, self._net)
+        else:
+            self._republish()
+
+    def _republish(self, net: LoopNetwork | None = None) -> None:
+        """Every retained state again (a restarted broker has lost them), then `connected`."""
+        if net is not None:
+            if not self._client.is_connected():  # lost again meanwhile: the next connect
+                return
+            net.release()  # publishes handed over before, ahead of the newest state
         with self._lock:  # one step with publish_state: no state is lost or overtaken
             for topic, payload in self._retained.items():
-                client.publish(topic, payload, qos=1, retain=True)
+                self._client.publish(topic, payload, qos=1, retain=True)
             self._connected.set()
         if self._on_connection:
             self._deliver(self._on_connection, True, where="connection")
@@ -553,8 +564,11 @@ class MqttLink:
         """`callback(*args)` as a callback of its own on the service's loop, from any thread."""
         if self._net is not None and self._net.on_loop():
             self._net.loop.call_soon(callback, *args)
-        else:
+            return
+        try:
             self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the service has stopped
+            log.debug("%s: loop closed, %s not run", self.prefix, callback)
 
     def _run_guarded(self, what: str, data: Any, callback: Callable[..., Any], *args: Any) -> None:
         where = f"the MQTT {what} callback of {self.prefix}"

@@ -79,7 +79,7 @@ class LoopNetwork:
         self.max_delay = max_delay
         self._delay = min_delay
         self._on_socket_open = on_socket_open
-        self._thread_id: int | None = None  # the loop's thread, once started
+        self._started = False
         self._stopping = False
         self._attempt: threading.Thread | None = None  # a connect in progress
         self._outcome: Exception | None = None  # the last attempt's error, None if it connected
@@ -101,11 +101,14 @@ class LoopNetwork:
     # -- threads --------------------------------------------------------------------------------
     @property
     def started(self) -> bool:
-        return self._thread_id is not None
+        return self._started
 
     def on_loop(self) -> bool:
-        """True on the loop's thread, once started."""
-        return self._thread_id == threading.get_ident()
+        """True on the loop's thread while it runs."""
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:  # no loop runs on this thread
+            return False
 
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """`fn(*args)` on the loop: now on its thread, else handed over (dropped with a debug
@@ -168,15 +171,19 @@ class LoopNetwork:
         try:
             done.result(timeout)
         except concurrent.futures.TimeoutError:
+            if not self.loop.is_running() and not done.done():  # it stopped meanwhile
+                fn()
+                return
             log.warning("%s: the loop did not run %s within %.1f s", self.name, fn, timeout)
 
     # -- connecting -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect, from any thread: the first attempt is made at once on the loop."""
+        """Connect, from any thread: the first attempt is made at once on the loop. From now
+        on, publishes go through the loop (`submit`)."""
+        self._started = True
         self.loop.call_soon_threadsafe(self._begin)
 
     def _begin(self) -> None:
-        self._thread_id = threading.get_ident()
         if self._stopping:
             return
         self._misc = self.loop.call_later(MISC_INTERVAL, self._keepalive)
@@ -254,7 +261,8 @@ class LoopNetwork:
     def _closed(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if self.on_loop() and sock is self._sock:  # called before the socket is closed
             self._unwatch()
-            self.loop.call_soon(self.lost)  # once paho has called on_disconnect
+            if not self._stopping:
+                self.loop.call_soon(self.lost)  # once paho has called on_disconnect
 
     def _want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if not self.on_loop() or sock is not self._sock or self._draining:
@@ -295,6 +303,8 @@ class LoopNetwork:
         self.client.loop_write()
 
     def _readable(self) -> None:
+        if self._sock is None or self._attempt is not None:
+            return
         self._in_paho = True
         try:
             self.client.loop_read()
@@ -307,21 +317,21 @@ class LoopNetwork:
     def _keepalive(self) -> None:
         if self._stopping:
             return
-        if self._attempt is None and self._sock is not None:
-            self._in_paho = True
-            try:
+        try:
+            if self._attempt is None and self._sock is not None:
+                self._in_paho = True
                 self.client.loop_misc()  # pings; a broker silent past the keepalive is lost
-            finally:
-                self._in_paho = False
-        else:
-            self.lost()  # a no-op unless a loss went unnoticed
-        self._misc = self.loop.call_later(MISC_INTERVAL, self._keepalive)
+            else:
+                self.lost()  # a no-op unless a loss went unnoticed
+        finally:
+            self._in_paho = False
+            self._misc = self.loop.call_later(MISC_INTERVAL, self._keepalive)
 
     # -- stopping (on the loop's thread, or with the loop stopped) ------------------------------
     def halt(self, timeout: float) -> bool:
         """No more connect attempts nor keepalive. An attempt in progress is waited for up to
-        `timeout` s; False when it is still running (the client must not be used: the
-        attempt closes its socket when it ends)."""
+        `timeout` s; False when it is still running, or was at an earlier stop (the client
+        must not be used: the attempt closes its socket when it ends)."""
         self._stopping = True
         for handle in (self._retry, self._misc):
             if handle is not None:
@@ -329,7 +339,7 @@ class LoopNetwork:
         self._retry = self._misc = None
         attempt = self._attempt
         if attempt is None:
-            return True
+            return not self._abandoned
         attempt.join(timeout)
         if attempt.is_alive():
             self._abandoned = True
@@ -360,12 +370,15 @@ class LoopNetwork:
         events = selectors.EVENT_READ
         if self.client.want_write():
             events |= selectors.EVENT_WRITE
+        pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0  # decrypted already
         with selectors.DefaultSelector() as selector:
             selector.register(sock, events)
-            ready = selector.select(timeout)
+            ready = [mask for _, mask in selector.select(0.0 if pending else timeout)]
+        if pending and not ready:
+            ready = [selectors.EVENT_READ]
         self._in_paho = True
         try:
-            for _, mask in ready:
+            for mask in ready:
                 if mask & selectors.EVENT_READ:
                     self.client.loop_read()
                 if mask & selectors.EVENT_WRITE and self.client.socket() is not None:
