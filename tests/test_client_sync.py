@@ -67,7 +67,7 @@ def test_forged_markers_count_for_nothing_and_a_silent_broker_refuses(tmp_path, 
     try:
         # a marker retained before the client subscribed (even with its own token), and
         # another client's live one
-        forger.publish(SYNC, json.dumps(f"{client._token}:999"), retain=True)
+        forger.publish(SYNC, json.dumps(f"{client._nonce}:999"), retain=True)
         client.connect()
         forger.publish(SYNC, json.dumps("someone-else:999"))
         forger.wait_for(SYNC, lambda m: m.text == '"someone-else:999"', timeout=5.0)

@@ -182,7 +182,7 @@ class Lab:
         self._subscribed = threading.Event()
         self.sync_topic = sync_topic
         self._marks = itertools.count(1)
-        self._token = os.urandom(8).hex()  # this client's markers: "<token>:<n>"
+        self._nonce = os.urandom(8).hex()  # this client's markers: "<nonce>:<n>"
         self._synced = 0  # the last of this client's sync markers received
         self._closed = False
         self._client: mqtt.Client | None = None
@@ -278,7 +278,7 @@ class Lab:
             raise NotConnected("not connected: call connect() first")
         mark = next(self._marks)
         limit = self.timeout if timeout is None else timeout
-        self._client.publish(self.sync_topic, json.dumps(f"{self._token}:{mark}"), qos=1)
+        self._client.publish(self.sync_topic, json.dumps(f"{self._nonce}:{mark}"), qos=1)
         try:
             self.wait_until(lambda: True if self._synced >= mark else None, limit,
                             f"the marker on {self.sync_topic}")  # fmt: skip
@@ -289,8 +289,8 @@ class Lab:
     def _marker(self, data: Any, retained: bool) -> None:
         """A sync marker (under `_cond`): only this client's own, live (a retained one, or
         anyone else's, says nothing about this client's messages)."""
-        token, _, number = data.partition(":") if isinstance(data, str) else ("", "", "")
-        if not retained and token == self._token and number.isdigit():
+        nonce, _, number = data.partition(":") if isinstance(data, str) else ("", "", "")
+        if not retained and nonce == self._nonce and number.isdigit():
             self._synced = max(self._synced, int(number))
 
     def wake(self) -> None:
