@@ -113,9 +113,17 @@ def test_timeouts_faults_and_aborts_end_a_wait(lab: IvLab, alice: Lab) -> None:
     alice.set_voltage(HV[1].name, 0)
     with pytest.raises(Aborted, match="the operator said so"):
         alice.set_voltage(HV[1].name, 400, abort=lambda: "the operator said so")
-    lab.put(HV[1].name, "SimLeak", 50.0)  # 50 uA over its 10 uA limit: trips in 0.2 s
+    leaked: list[bool] = []
+
+    def leak_once() -> None:
+        """Once the command is sent with the channel on (a trip that came before it would be
+        an off channel's, no fault of the wait's): 50 uA over its 10 uA limit, trips in 0.2 s."""
+        if not leaked:
+            lab.put(HV[1].name, "SimLeak", 50.0)
+            leaked.append(True)
+
     with pytest.raises(ChannelFault, match=f"{HV[1].name} TRIPPED") as fault:
-        alice.set_voltage(HV[1].name, 300)
+        alice.set_voltage(HV[1].name, 300, abort=leak_once)
     assert fault.value.channel.state == "TRIPPED" and "INT_TRIP" in fault.value.channel.flags
     lab.put(HV[1].name, "SimLeak", 0.0)
     with pytest.raises(CommandRefused, match="TRIPPED"):
