@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Broker
 from tests.ingestlab import TELEGRAF_CONF, InfluxServer
 from trackerdcs.config import ConfigError, influx_seconds, parse_config
 from trackerdcs.ingest import consumer as consumer_module
@@ -625,3 +625,31 @@ def test_objects_that_cannot_pass_tagpass_are_not_parsed(monkeypatch):
     assert parsed == [channel]
     consumer.handle("/x/status", json.dumps([channel, 5]).encode())  # not an array of objects
     assert i.rejected == 1
+
+
+def test_the_availability_is_online_again_after_the_broker_restarts(workdir):
+    """The consumer with the last will publishes `online` at every connect: a broker restarted
+    without persistence has lost it (found by a user: `/ingest/availability` was missing after
+    a broker restart while every daemon's was back)."""
+    broker = Broker(workdir).start()
+    conf = parse_telegraf_conf(
+        MINIMAL.replace("tcp://127.0.0.1:1883", f"tcp://127.0.0.1:{broker.port}"), env={}
+    )
+    will = ("/ingest/availability", "offline")
+    consumer = MqttConsumer(conf.inputs[0], conf.agent, MetricBuffer(100, 10), UniqueClock(),
+                            will=will)  # fmt: skip
+    try:
+        consumer.start()
+        assert consumer.connected.wait(10)
+        for restart in range(2):
+            watcher = broker.client(topics=(will[0],))
+            try:
+                watcher.wait_for(will[0], lambda m: m.text == "online", timeout=10)
+            finally:
+                watcher.close()
+            if restart == 0:
+                broker.stop()
+                broker.start()  # nothing retained now: the consumer says it again
+    finally:
+        consumer.stop()
+        broker.stop()

@@ -513,8 +513,8 @@ class MqttLink:
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        if not self._stopping:
-            log.warning("lost the broker (%s); reconnecting", reason_code)
+        if not self._stopping:  # paho may say it twice (paho.mqtt.python#870): logged once
+            (log.warning if was else log.debug)("lost the broker (%s); reconnecting", reason_code)
         if was and self._on_connection:
             self._deliver(self._on_connection, False, where="connection")
 

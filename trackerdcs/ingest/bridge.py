@@ -44,7 +44,7 @@ from trackerdcs.ingest.consumer import MqttConsumer, UniqueClock, shares_connect
 from trackerdcs.ingest.writer import InfluxWriter
 from trackerdcs.logs import setup_logging
 from trackerdcs.mqtt import unix_time
-from trackerdcs.payloads import OFFLINE, ONLINE, IngestStatus, dump
+from trackerdcs.payloads import OFFLINE, IngestStatus, dump
 from trackerdcs.topics import INGEST, ServiceTopics
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,8 @@ class Bridge:
             c.stop()
 
     def _publish_online(self) -> None:
+        """The first status; `online` is the first consumer's, at each of its connects."""
         if self.status_prefix:
-            self.consumers[0].client.publish(
-                ServiceTopics(self.status_prefix).availability, ONLINE, qos=1, retain=True
-            )
             self._publish_status(self.counters())
 
     def _publish_status(self, counters: dict[str, Any]) -> None:

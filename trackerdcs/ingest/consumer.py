@@ -37,6 +37,7 @@ from trackerdcs.ingest.buffer import MetricBuffer
 from trackerdcs.ingest.conf import AgentConf, ConsumerConf
 from trackerdcs.ingest.jsonparse import JsonParser, PayloadError, decode
 from trackerdcs.ingest.lineproto import LineSerializer
+from trackerdcs.payloads import ONLINE
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,11 @@ class ConsumerInput:
 
 class MqttConsumer:
     """One MQTT connection: connects, subscribes, and gives each message to its input(s) (several
-    only when they `shares_connection`), which turn it into buffered lines."""
+    only when they `shares_connection`), which turn it into buffered lines.
+
+    `will`: (availability topic, `offline`), the connection's last will; `online` is then
+    published there, retained, at every connect (a restarted broker has lost it, and a will
+    fired while the connection was lost has replaced it)."""
 
     def __init__(
         self,
@@ -294,6 +299,7 @@ class MqttConsumer:
         )
         if conf.username:
             self.client.username_pw_set(conf.username, conf.password or None)
+        self.availability = will[0] if will is not None else None
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.reconnect_delay_set(1, max(1, int(agent.interval)))
@@ -348,6 +354,8 @@ class MqttConsumer:
             log.error("%s: broker refused the connection: %s", self.name, reason_code)
             return
         client.subscribe([(t, self.conf.qos) for t in self.conf.topics])
+        if self.availability is not None:
+            client.publish(self.availability, ONLINE, qos=1, retain=True)
         self.connected.set()
         log.info("%s: connected, subscribed", self.name)
 

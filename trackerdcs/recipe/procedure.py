@@ -271,7 +271,7 @@ class RecipeRun:
             outcome, reason = "completed", f"completed {self.step} steps"
         except Interrupted as exc:
             outcome = "interlock" if exc.kind == "interlock" else "aborted"
-            reason = exc.reason if exc.kind == "interlock" else f"aborted: {exc.reason}"
+            reason = exc.reason  # `_finish` says the outcome before it
         except DcsError as exc:
             outcome, reason = "failed", str(exc)
         except Exception as exc:  # never end the thread silently
