@@ -4,8 +4,9 @@
 
 - availability: a last will sets the retained `<prefix>/availability` to `offline`; `online` is
   published on every connect, `offline` on a clean stop;
-- reconnect with exponential backoff (paho's own loop), then subscriptions renewed and every
-  retained state topic republished (a restarted broker has lost them);
+- reconnect with exponential backoff (on the service's loop, `trackerdcs.mqttloop`; without
+  one, paho's own thread), then subscriptions renewed and every retained state topic
+  republished (a restarted broker has lost them), after what paho resends of its own;
 - commands: `<prefix>/cmd/#` at QoS 1 with MQTT 5 "retain as published", so that a command
   published with the retain flag shows it even on live delivery; every command passes the
   `CommandGate` (retained, too old, from the future, expired, over the rate limit: answered with
