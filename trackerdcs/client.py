@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from trackerdcs.clientids import client_id
 from trackerdcs.commands import CommandError
 from trackerdcs.config import (
     ChannelConfig,
@@ -805,6 +806,15 @@ class Lab:
 
 
 SYNC_TIMEOUT = 2.0  # s a daemon's loop waits for `Lab.sync` before it judges a command
+
+
+def procedure_client(lab: LabConfig, source: str) -> Lab:
+    """The client a dcs daemon's procedures (`source`: `recipe`, `ivscan`) run on: their
+    sender name, their own connection (`clientids.client_id`), waits of at least 5 s (or the
+    sequencer's answer timeout), and a `sync_topic` below `/dcs/reply/`."""
+    own_id = client_id(lab, source)
+    return Lab(lab, name=source, timeout=max(lab.sequencer.answer_timeout, 5.0),
+               client_id=own_id, sync_topic=DCS.reply(f"{own_id}/sync"))  # fmt: skip
 
 
 def sync_or_refuse(client: Lab, timeout: float = SYNC_TIMEOUT) -> None:

@@ -562,14 +562,10 @@ class MqttLink:
             self._soon(self._run_guarded, where, data, callback, *args)
 
     def _soon(self, callback: Callable[..., Any], *args: Any) -> None:
-        """`callback(*args)` as a callback of its own on the service's loop, from any thread."""
-        if self._net is not None and self._net.on_loop():
-            self._net.loop.call_soon(callback, *args)
-            return
-        try:
-            self.loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: the service has stopped
-            log.debug("%s: loop closed, %s not run", self.prefix, callback)
+        """`callback(*args)` as a callback of its own on the service's loop, from any thread
+        (only for a link with a loop, which has its `LoopNetwork`)."""
+        assert self._net is not None
+        self._net.call_soon(callback, *args)
 
     def _run_guarded(self, what: str, data: Any, callback: Callable[..., Any], *args: Any) -> None:
         where = f"the MQTT {what} callback of {self.prefix}"

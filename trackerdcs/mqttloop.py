@@ -110,11 +110,11 @@ class LoopNetwork:
         except RuntimeError:  # no loop runs on this thread
             return False
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> None:
-        """`fn(*args)` on the loop: now on its thread, else handed over (dropped with a debug
-        line once the loop is closed)."""
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """`fn(*args)` as a callback of its own on the loop, from any thread (dropped with a
+        debug line once the loop is closed)."""
         if self.on_loop():
-            fn(*args)
+            self.loop.call_soon(fn, *args)
         else:
             self._threadsafe(fn, *args)
 
@@ -133,10 +133,11 @@ class LoopNetwork:
         with self._held_lock:
             self._held.append(publish)
         if not self.on_loop():
-            self._threadsafe(self._release)
+            self._threadsafe(self.release)
 
-    def _release(self) -> None:
-        """On the loop: the queued publishes, in order (none while an attempt is running)."""
+    def release(self) -> None:
+        """On the loop: the queued publishes, in order, now (none while an attempt is
+        running); a stop calls it before `offline`."""
         while self._attempt is None:
             with self._held_lock:
                 if not self._held:
@@ -188,7 +189,7 @@ class LoopNetwork:
             return
         self._misc = self.loop.call_later(MISC_INTERVAL, self._keepalive)
         self._connect()
-        self._release()  # anything published before the start
+        self.release()  # anything published before the start
 
     def _connect(self) -> None:
         self._retry = None
@@ -231,7 +232,7 @@ class LoopNetwork:
         if sock is not None:
             self._watch(sock)
             self._flush()  # CONNECT, queued by the attempt
-        self._release()  # without a connection, as paho does: QoS 0 dropped, QoS 1 kept
+        self.release()  # without a connection, as paho does: QoS 0 dropped, QoS 1 kept
         if sock is None:
             self.lost()
 
@@ -346,10 +347,6 @@ class LoopNetwork:
             return False
         self._attempt = None  # its socket, if any, is the stop's to close
         return True
-
-    def release(self) -> None:
-        """The queued publishes, now (in a stop, before `offline`)."""
-        self._release()
 
     def drain(self, until: Callable[[], bool], timeout: float) -> bool:
         """Run the network here until `until()` holds, the socket is closed, or `timeout` s

@@ -30,8 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trackerdcs.client import Lab, sync_or_refuse
-from trackerdcs.clientids import client_id
+from trackerdcs.client import procedure_client, sync_or_refuse
 from trackerdcs.commands import CommandError
 from trackerdcs.config import ChannelKind, LabConfig
 from trackerdcs.ivscan.index import newest_first, result_entry, scan_index
@@ -89,14 +88,7 @@ class IvScanService:
         self.results_dir = Path(results_dir or lab.ivscan.results_dir)
         self.busy = busy
         self.clock = clock
-        scans_id = client_id(lab, "ivscan")
-        self.client = Lab(
-            lab,
-            name=SOURCE,
-            timeout=max(lab.sequencer.answer_timeout, 5.0),
-            client_id=scans_id,
-            sync_topic=DCS.reply(f"{scans_id}/sync"),
-        )
+        self.client = procedure_client(lab, SOURCE)
         self.modules = [
             m for m, chs in lab.modules().items() if any(c.kind is ChannelKind.HV for c in chs)
         ]

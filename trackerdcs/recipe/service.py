@@ -31,8 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trackerdcs.client import Lab, sync_or_refuse
-from trackerdcs.clientids import client_id
+from trackerdcs.client import procedure_client, sync_or_refuse
 from trackerdcs.commands import CommandError, sender_of
 from trackerdcs.config import LabConfig, UnknownChiller
 from trackerdcs.guard import clip
@@ -113,14 +112,7 @@ class RecipeService:
         self.results_dir = results_dir
         self.busy = busy
         self.clock = clock
-        recipes_id = client_id(lab, "recipe")
-        self.client = Lab(
-            lab,
-            name=SOURCE,
-            timeout=max(lab.sequencer.answer_timeout, 5.0),
-            client_id=recipes_id,
-            sync_topic=DCS.reply(f"{recipes_id}/sync"),
-        )
+        self.client = procedure_client(lab, SOURCE)
         self.run: RecipeRun | None = None  # the latest run
         self.thread: threading.Thread | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
