@@ -7,11 +7,13 @@ leaves `offline` behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import Broker
+from tests.mqttclient import TestClient
 from trackerdcs.config import MqttConfig, TlsConfig
 from trackerdcs.guard import FAULTS
 from trackerdcs.mqtt import Command, MqttLink
+from trackerdcs.mqttloop import LoopNetwork
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.process import free_port, wait_until
 
@@ -283,38 +287,22 @@ class Gate:
         self.opened.set()
 
 
-def test_publishes_during_a_connect_attempt_wait_for_it(workdir) -> None:
-    """The loop publishes while an attempt is inside `reconnect()`: nothing touches the client
-    meanwhile, CONNECT goes first, and the publishes follow in order once connected (no stall
-    until the keepalive, here a minute)."""
-    broker = Broker(workdir).start()
-    service = Service(mqtt_config(broker.port, keepalive=60))
-    gate = Gate(service)
-    watcher = broker.client()
-    try:
-        service.link.start()
-        assert gate.entered.wait(TIMEOUT)
-        service.on_loop(lambda: service.link.publish_state("/net/state", "during the attempt"))
-        service.on_loop(lambda: service.link.publish("/net/event", "first", qos=1))
-        service.link.publish("/net/event", "second", qos=1)  # from another thread
-        gate.release()
-        service.wait(lambda: service.connections == [True], "connected", TIMEOUT)
-        watcher.wait_for("/net/state", lambda m: m.text == "during the attempt", timeout=TIMEOUT)
-        watcher.wait_for("/net/event", lambda m: m.text == "second", timeout=TIMEOUT)
-        events = [m.text for m in watcher.messages if m.topic == "/net/event"]
-        assert events == ["first", "second"] and service.overlaps == []
-    finally:
-        gate.release()
-        watcher.close()
-        service.close()
-        broker.stop()
+@dataclass
+class HeldAttempt:
+    """A service whose first connect attempt is held by its `gate`, a watcher on its broker."""
+
+    service: Service
+    gate: Gate
+    watcher: TestClient
+    net: LoopNetwork
 
 
-def test_a_stop_during_a_connect_attempt_leaves_nothing_behind(workdir) -> None:
-    """The daemon stops while an attempt is inside `reconnect()`: the stop waits for it, closes
-    its socket, and no error, watched socket or `online` is left."""
+@contextlib.contextmanager
+def held_attempt(workdir: Path, **cfg: Any) -> Iterator[HeldAttempt]:
+    """A broker of its own, and a service started with its first attempt held in the gate; all
+    released and stopped at the end."""
     broker = Broker(workdir).start()
-    service = Service(mqtt_config(broker.port))
+    service = Service(mqtt_config(broker.port, **cfg))
     gate = Gate(service)
     watcher = broker.client()
     net = service.link._net
@@ -322,6 +310,36 @@ def test_a_stop_during_a_connect_attempt_leaves_nothing_behind(workdir) -> None:
     try:
         service.link.start()
         assert gate.entered.wait(TIMEOUT)
+        yield HeldAttempt(service, gate, watcher, net)
+    finally:
+        gate.release()
+        watcher.close()
+        service.close()
+        broker.stop()
+
+
+def test_publishes_during_a_connect_attempt_wait_for_it(workdir) -> None:
+    """The loop publishes while an attempt is inside `reconnect()`: nothing touches the client
+    meanwhile, CONNECT goes first, and the publishes follow in order once connected (no stall
+    until the keepalive, here a minute)."""
+    with held_attempt(workdir, keepalive=60) as held:
+        service, watcher = held.service, held.watcher
+        service.on_loop(lambda: service.link.publish_state("/net/state", "during the attempt"))
+        service.on_loop(lambda: service.link.publish("/net/event", "first", qos=1))
+        service.link.publish("/net/event", "second", qos=1)  # from another thread
+        held.gate.release()
+        service.wait(lambda: service.connections == [True], "connected", TIMEOUT)
+        watcher.wait_for("/net/state", lambda m: m.text == "during the attempt", timeout=TIMEOUT)
+        watcher.wait_for("/net/event", lambda m: m.text == "second", timeout=TIMEOUT)
+        events = [m.text for m in watcher.messages if m.topic == "/net/event"]
+        assert events == ["first", "second"] and service.overlaps == []
+
+
+def test_a_stop_during_a_connect_attempt_leaves_nothing_behind(workdir) -> None:
+    """The daemon stops while an attempt is inside `reconnect()`: the stop waits for it, closes
+    its socket, and no error, watched socket or `online` is left."""
+    with held_attempt(workdir) as held:
+        service, gate, watcher, net = held.service, held.gate, held.watcher, held.net
         releaser = threading.Thread(
             target=lambda: (wait_until(lambda: net._stopping, TIMEOUT, "the stop"), gate.release())
         )
@@ -332,11 +350,6 @@ def test_a_stop_during_a_connect_attempt_leaves_nothing_behind(workdir) -> None:
         assert net._sock is None and service.link._client.socket() is None
         assert service.connections == [] and FAULTS.total == 0
         assert [m.text for m in watcher.messages if m.topic == "/net/availability"] == []
-    finally:
-        gate.release()
-        watcher.close()
-        service.close()
-        broker.stop()
 
 
 def test_what_another_thread_publishes_during_the_stop_leaves_before_offline(
@@ -367,30 +380,18 @@ def test_a_stop_that_outlasts_a_connect_attempt_leaves_it_to_close_its_socket(wo
     """An attempt still inside `reconnect()` when the stop's wait ends (an unreachable broker
     takes up to 5 s): the stop goes on without touching the client, and the attempt, when it
     returns, closes its socket: nothing is sent, no error counted."""
-    broker = Broker(workdir).start()
-    service = Service(mqtt_config(broker.port))
-    gate = Gate(service)
-    watcher = broker.client()
-    net = service.link._net
-    assert net is not None
-    try:
-        service.link.start()
-        assert gate.entered.wait(TIMEOUT)
+    with held_attempt(workdir) as held:
+        service, watcher, net = held.service, held.watcher, held.net
         attempt = net._attempt
         assert attempt is not None
         service.on_loop(lambda: service.link.stop(timeout=0.2))
-        gate.release()
+        held.gate.release()
         attempt.join(TIMEOUT)
         service.on_loop(lambda: None)  # the attempt's outcome has been handled
         sock = service.link._client.socket()
         assert sock is not None and sock.fileno() == -1  # closed
         assert net._sock is None and FAULTS.total == 0 and service.connections == []
         assert [m.text for m in watcher.messages if m.topic == "/net/availability"] == []
-    finally:
-        gate.release()
-        watcher.close()
-        service.close()
-        broker.stop()
 
 
 def test_after_a_reconnect_the_newest_state_is_the_one_kept(workdir) -> None:
