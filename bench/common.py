@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.process import ManagedProcess, free_port
+from trackerdcs.stack.ready import logged
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_LAB = ROOT / "examples" / "lab.yml"
@@ -175,10 +176,6 @@ def publish_settings(path: Path) -> dict[str, float]:
 
 
 # -- processes --------------------------------------------------------------------------------
-def _logged(text: str) -> Callable[[ManagedProcess], bool]:
-    return lambda proc: text in proc.output()
-
-
 def python_process(name: str, module: str, args: list[str], log: Path, **kw) -> ManagedProcess:
     return ManagedProcess(name, [sys.executable, "-m", module, *args], log_path=log, **kw)
 
@@ -190,7 +187,7 @@ def crate_process(workdir: Path, config: Path, ca_port: int, *extra: str) -> Man
         "trackerdcs.sim.crate",
         ["--config", str(config), "--port", str(ca_port), "--noise", "0", *extra],
         workdir / f"crate-{ca_port}.log",
-        ready=_logged("serving"),
+        ready=logged("serving"),
         ready_timeout=120.0,
         cwd=ROOT,
     )

@@ -32,6 +32,7 @@ from trackerdcs.ingest.consumer import CLIENT_ENV
 from trackerdcs.ingest.influxdb import InfluxClient
 from trackerdcs.stack.influx import influxd_process, setup_database
 from trackerdcs.stack.process import ManagedProcess, free_port, wait_until
+from trackerdcs.stack.ready import logged
 
 TOPIC = "/bench_sensor/status"  # read by telegraf.conf's sensor input (/+/status, kind room)
 SERIES = 100  # distinct sensors (name tag) in the stream
@@ -126,7 +127,7 @@ def _bridge(workdir: Path, mqtt_port: int, influx_url: str, client: str = "") ->
         log_path=workdir / f"ingest-bridge{'-' + client if client else ''}.log",
         env={"TRACKERDCS_MQTT_SERVER": f"tcp://{LOOPBACK}:{mqtt_port}",
              "TRACKERDCS_INFLUX_URL": influx_url, CLIENT_ENV: client},
-        ready=lambda proc: READY in proc.output(),
+        ready=logged(READY),
         cwd=ROOT,
     )  # fmt: skip
 

@@ -54,6 +54,7 @@ from bench.common import (
 from trackerdcs.config import load_config
 from trackerdcs.power.pvnames import channel_pv, system_pv
 from trackerdcs.stack.process import free_port
+from trackerdcs.stack.ready import serving
 
 STALE_TIMEOUT = 0.3  # s: the heartbeat rule's timeout for /temp_m2
 FEED_INTERVAL = 0.05  # s between two /temp_m2 messages while it is alive
@@ -252,7 +253,7 @@ def interlock(opts: Options) -> list[Result]:
     power = daemon_process(wd, lab)
     guard = python_process(
         "interlock daemon", "trackerdcs.safety.interlock_daemon", ["--config", str(lab)],
-        wd / "interlock.log", ready=lambda p: "serving interlocks" in p.output(),
+        wd / "interlock.log", ready=serving("serving interlocks"),
     )  # fmt: skip
     inbox = Inbox()
     topics = ["/hv/status", "/hv/response", "/interlock/status", "bench/echo", "/hv/cmd/kill/M1"]

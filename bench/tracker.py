@@ -58,6 +58,7 @@ from trackerdcs.ingest.bridge import READY
 from trackerdcs.ingest.influxdb import InfluxClient, InfluxError
 from trackerdcs.stack.influx import influxd_process, setup_database
 from trackerdcs.stack.process import ManagedProcess, free_port, wait_until
+from trackerdcs.stack.ready import logged
 
 CRATES = 13
 INGEST_STATUS = "/ingest/status"  # the ingest's counters: the bench counts once it is drained
@@ -167,7 +168,7 @@ def ingest_process(workdir: Path, mqtt_port: int, influx_url: str) -> ManagedPro
         log_path=workdir / "ingest.log",
         env={"TRACKERDCS_MQTT_SERVER": f"tcp://{LOOPBACK}:{mqtt_port}",
              "TRACKERDCS_INFLUX_URL": influx_url},
-        ready=lambda proc: READY in proc.output(),
+        ready=logged(READY),
         cwd=ROOT,
     )  # fmt: skip
 

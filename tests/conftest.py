@@ -21,7 +21,7 @@ from trackerdcs.guard import FAULTS
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.portblocks import claim_block
 from trackerdcs.stack.process import PORT_BLOCK_ENV, ManagedProcess, free_port
-from trackerdcs.topics import ServiceTopics
+from trackerdcs.stack.ready import serving
 
 pytest_plugins = ["tests.pyramid"]  # the in-process / real-process counts at the end of a run
 
@@ -176,22 +176,6 @@ def python_process(name: str, module: str, args: list[str], log: Path, **kw) -> 
     return ManagedProcess(name, [sys.executable, "-m", module, *args], log_path=log, **kw)
 
 
-def _logged(text: str):
-    return lambda proc: text in proc.output()
-
-
-def start_online(process: ManagedProcess, client: TestClient, prefix: str,
-                 timeout: float = 10.0) -> ManagedProcess:  # fmt: skip
-    """Start a daemon and wait for its live `<prefix>/availability` `online`: the link
-    publishes it after subscribing (MqttLink), so a command sent from then on reaches the
-    daemon, where its "serving ..." log line may come before its subscriptions."""
-    since = client.mark()
-    process.start()
-    online = ServiceTopics(prefix).availability
-    client.wait_for(online, lambda m: m.payload == b"online", timeout, since)
-    return process
-
-
 class PowerLab:
     """Broker (shared), a simulated crate and the power daemon, with a test client."""
 
@@ -220,7 +204,7 @@ class PowerLab:
             "trackerdcs.power.daemon",
             ["--config", str(self.config)],
             workdir / f"{name}-daemon.log",
-            ready=_logged("serving crate"),
+            ready=serving("serving crate"),
         )
         self.client: TestClient | None = None
 

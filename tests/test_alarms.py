@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.conftest import ROOT, Broker, _logged, python_process, write_lab
+from tests.conftest import ROOT, Broker, python_process, serving, write_lab
 from tests.labdata import EXAMPLE
 from trackerdcs.safety.alarms import DETECTORS, AlarmBook, Condition
 from trackerdcs.safety.cli import format_record
@@ -187,7 +187,7 @@ class AlarmsLab:
         self.daemon = python_process(
             "alarms", "trackerdcs.safety.alarms_daemon",
             ["--config", str(self.config), "--db", str(self.db)],
-            workdir / f"{name}-alarms.log", ready=_logged("serving alarms"),
+            workdir / f"{name}-alarms.log", ready=serving("serving alarms"),
         )  # fmt: skip
         self.client = broker.client()
 

@@ -57,7 +57,8 @@ def start_wrapper_lab(workdir, broker, name: str, omit=None, **overrides):
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     loop.call_soon_threadsafe(daemon.start)
-    lab.wait_status("/hv", lambda chs: all(c["state"] == "OFF" for c in chs))
+    for prefix in ("/hv", "/lv"):  # each link connects on its own: both, live
+        lab.wait_status(prefix, lambda chs: all(c["state"] == "OFF" for c in chs))
     # the settings written at connection go through the session thread's queue: wait for the
     # last of them (I0Set) on every channel before tests count writes
     wait_for(

@@ -18,9 +18,8 @@ from tests.conftest import (
     EXAMPLE_LAB,
     ROOT,
     Broker,
-    _logged,
     python_process,
-    start_online,
+    serving,
     write_lab,
 )
 from tests.labdata import EXAMPLE
@@ -376,7 +375,7 @@ class InterlockLab:
                                 ca_port=free_port(), lab=name, interlocks=SAFETY)  # fmt: skip
         self.daemon = python_process(
             "interlock", "trackerdcs.safety.interlock_daemon", ["--config", str(self.config)],
-            workdir / f"{name}-interlock.log", ready=_logged("serving interlocks"),
+            workdir / f"{name}-interlock.log", ready=serving("serving interlocks"),
         )  # fmt: skip
         self.client = broker.client()
         self.feeding = threading.Event()
@@ -392,7 +391,7 @@ class InterlockLab:
         self.publish_world()
         self.feeding.set()
         self._feeder.start()
-        start_online(self.daemon, self.client, "/interlock")
+        self.daemon.start()
         self.calm()
         return self
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE_LAB, Broker, _logged, python_process, write_lab
+from tests.conftest import EXAMPLE_LAB, Broker, python_process, serving, write_lab
 from tests.mqttclient import Message, TestClient
 from trackerdcs.julabo.transport import SerialSettings
 from trackerdcs.sim.julabo import JulaboSimulator, SimulatedJulabo
@@ -65,7 +65,7 @@ class ChillerLab:
             "trackerdcs.julabo.daemon",
             ["--config", str(self.config)],
             workdir / f"{name}-julabo.log",
-            ready=_logged("serving chiller"),
+            ready=serving("serving chiller"),
         )
         self.client = broker.client()
 
@@ -648,7 +648,7 @@ def test_silent_unit_is_disconnected_within_2_s(workdir: Path, broker: Broker) -
     )
     daemon = python_process(
         "julabo daemon", "trackerdcs.julabo.daemon", ["--config", str(config)],
-        workdir / "julabo-silent.log", ready=_logged("serving chiller"),
+        workdir / "julabo-silent.log", ready=serving("serving chiller"),
     )  # fmt: skip
     client = TestClient(broker.port)
     try:

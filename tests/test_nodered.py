@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, Broker, PowerLab, _logged, python_process
+from tests.conftest import ROOT, Broker, PowerLab, python_process, serving
 from tests.labdata import EXAMPLE
 from tests.noderedapi import LOGIN
 from tests.noderedapi import api as _http
@@ -112,7 +112,7 @@ class UiLab:
 
         def daemon(what: str, module: str, ready: str, *args: str) -> ManagedProcess:
             log = workdir / f"nodered-{what}.log"
-            return python_process(what, module, [*config, *args], log, ready=_logged(ready))
+            return python_process(what, module, [*config, *args], log, ready=serving(ready))
 
         # the baths move 40 K/min: visible
         self.sims = {name: JulaboSimulator(tick=0.1, speed=20.0) for name in CHILLERS}

@@ -18,6 +18,7 @@ from trackerdcs.mqtt import Command
 from trackerdcs.power.backend import BackendError
 from trackerdcs.power.channel import PowerChannel, make_machine
 from trackerdcs.power.service import PowerService
+from trackerdcs.stack.ready import logged
 
 HV, LV = EXAMPLE.channels("hv"), EXAMPLE.channels("lv")  # the labs below start from it
 
@@ -212,6 +213,7 @@ def test_failsafe_covers_a_daemon_started_without_the_broker(workdir):
         assert lab.get(lab.chpv(HV[0].name, "Pw")) == 1
         lab.client.close()
         broker.stop()
+        lab.daemon.ready = logged("serving crate")  # no broker to say `online` on
         lab.daemon.start()
         wait_for(lambda: lab.get(lab.chpv(HV[0].name, "Pw")) == 0, timeout=5)
         assert "fail-safe armed until the broker connects" in lab.daemon.output()

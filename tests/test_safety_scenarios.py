@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Broker, _logged, python_process
+from tests.conftest import Broker, python_process, serving
 from tests.labdata import EXAMPLE
 from tests.simca import ca_get, ca_put, wait_for
 from tests.test_virtual_lab import VirtualLab
@@ -66,7 +66,7 @@ class SafetyLab(VirtualLab):
         def daemon(what: str, module: str, ready: str) -> ManagedProcess:
             log = workdir / f"{name}-{what}.log"
             return python_process(what, module, ["--config", str(self.config)], log,
-                                  ready=_logged(ready))  # fmt: skip
+                                  ready=serving(ready))  # fmt: skip
 
         self.alarm_daemon = daemon("alarms", "trackerdcs.safety.alarms_daemon", "serving alarms")
         self.processes += [

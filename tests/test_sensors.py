@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker, _logged, python_process, write_lab
+from tests.conftest import Broker, python_process, serving, write_lab
 from tests.labdata import EXAMPLE
 from trackerdcs.config import SensorConfig
 from trackerdcs.sensors.dewpoint import dew_point
@@ -251,7 +251,7 @@ class SensorLab:
         )  # fmt: skip
         self.daemon: ManagedProcess = python_process(
             "sensor daemon", "trackerdcs.sensors.daemon", ["--config", str(self.config)],
-            workdir / f"{name}.log", ready=_logged("serving 3 sensor(s)"),
+            workdir / f"{name}.log", ready=serving("serving 3 sensor(s)"),
         )  # fmt: skip
         self.client = broker.client()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PowerLab, _logged, python_process, start_online
+from tests.conftest import PowerLab, python_process, serving
 from tests.labdata import EXAMPLE
 from trackerdcs.stack.process import ManagedProcess
 
@@ -20,7 +20,7 @@ class SequencerLab:
         self.lab = lab
         self.daemon: ManagedProcess = python_process(
             "dcs", "trackerdcs.safety.dcs_daemon", ["--config", str(lab.config)],
-            workdir / "sequencer-dcs.log", ready=_logged("serving the sequencer"),
+            workdir / "sequencer-dcs.log", ready=serving("serving the sequencer"),
         )  # fmt: skip
 
     def module(self, name: str, value: str, timeout: float = 20.0) -> dict[str, Any]:
@@ -49,7 +49,7 @@ class SequencerLab:
 @pytest.fixture(scope="module")
 def seq(power_lab_module, workdir):
     s = SequencerLab(power_lab_module, workdir)
-    start_online(s.daemon, power_lab_module.client, "/dcs")
+    s.daemon.start()
     yield s
     s.daemon.stop()
 

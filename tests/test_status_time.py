@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import EXAMPLE_LAB, Broker, _logged, python_process, write_lab
+from tests.conftest import EXAMPLE_LAB, Broker, python_process, serving, write_lab
 from tests.ingestlab import InfluxServer, bridge_process, counters
 from trackerdcs.safety.liveness import Liveness, heartbeats
 from trackerdcs.stack.process import free_port, wait_until
@@ -60,11 +60,11 @@ class SensorsAndAlarms:
             "trackerdcs.sensors.daemon",
             args,
             workdir / f"{name}-sensors.log",
-            ready=_logged("serving"),
+            ready=serving("serving"),
         )
         self.alarms = python_process("alarms", "trackerdcs.safety.alarms_daemon", args,
                                      workdir / f"{name}-alarms.log",
-                                     ready=_logged("serving alarms"))  # fmt: skip
+                                     ready=serving("serving alarms"))  # fmt: skip
         self.client = None
 
     def __enter__(self) -> SensorsAndAlarms:
@@ -127,7 +127,7 @@ def test_restarting_the_ingest_path_twice_adds_no_points(workdir: Path):
                        lab="restarts", sensors=sim_sensors(0.2))  # fmt: skip
     sensors = python_process("sensor daemon", "trackerdcs.sensors.daemon",
                              ["--config", str(config)], workdir / "restarts-sensors.log",
-                             ready=_logged("serving"))  # fmt: skip
+                             ready=serving("serving"))  # fmt: skip
     client = broker.client()
     db = influx.client
     try:

@@ -32,8 +32,8 @@ from tests.conftest import (
     ROOT,
     Broker,
     PowerLab,
-    _logged,
     python_process,
+    serving,
     write_lab,
 )
 from tests.labdata import EXAMPLE
@@ -286,7 +286,7 @@ SUPERVISED = {"broker_timeout": 30, "supervisors": ["/interlock"], "supervision_
 def interlock_daemon(config: Path, log: Path):
     return python_process("interlock", "trackerdcs.safety.interlock_daemon",
                           ["--config", str(config)], log,
-                          ready=_logged("serving interlocks"))  # fmt: skip
+                          ready=serving("serving interlocks"))  # fmt: skip
 
 
 def test_the_power_daemon_ramps_hv_down_when_the_interlock_service_dies(workdir) -> None:

@@ -189,7 +189,7 @@ def check_safety_object(obj: dict, table: str) -> None:
 
 @pytest.fixture(scope="module")
 def safety_lab(workdir):
-    from tests.conftest import Broker, PowerLab, _logged, python_process
+    from tests.conftest import Broker, PowerLab, python_process, serving
 
     broker = Broker(workdir).start()
     lab = PowerLab(workdir, broker, "contract-safety", interlocks=CONTRACT_INTERLOCKS,
@@ -198,16 +198,13 @@ def safety_lab(workdir):
                            "readings": 2, "interval": 0.1})  # fmt: skip
     daemons = [
         python_process(name, f"trackerdcs.safety.{name}_daemon", ["--config", str(lab.config)],
-                       workdir / f"contract-safety-{name}.log", ready=_logged(ready))
+                       workdir / f"contract-safety-{name}.log", ready=serving(ready))
         for name, ready in (("interlock", "serving interlocks"), ("alarms", "serving alarms"),
                             ("dcs", "serving the sequencer"))
     ]  # fmt: skip
     lab.start()
-    since = lab.client.mark()
     for daemon in daemons:
-        daemon.start()
-    for prefix in ("/interlock", "/alarms", "/dcs"):  # connected and subscribed: `online` goes
-        lab.client.wait_for(f"{prefix}/availability", lambda m: m.text == "online", 10, since)
+        daemon.start()  # ready: connected and subscribed, its prefixes `online`
     yield lab
     for daemon in reversed(daemons):
         daemon.stop()

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, Broker, PowerLab, _logged, python_process
+from tests.conftest import ROOT, Broker, PowerLab, python_process, serving
 from tests.labdata import EXAMPLE
 from tests.noderedapi import LOGIN, api, request
 from tests.test_nodered import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT
@@ -82,7 +82,7 @@ class AccessLab:
         self.power = PowerLab(workdir, broker, "uiaccess", **overrides)
         self.alarms = python_process(
             "alarms", "trackerdcs.safety.alarms_daemon", ["--config", str(self.power.config)],
-            workdir / "uiaccess-alarms.log", ready=_logged("serving alarms"),
+            workdir / "uiaccess-alarms.log", ready=serving("serving alarms"),
         )  # fmt: skip
         self.ui = NodeRed(load_config(self.power.config), workdir / "uiaccess-ui", port=free_port(),
                           login=True, users=USERS, config_path=self.power.config,

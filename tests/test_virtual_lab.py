@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE_LAB, FAST_DEFAULTS, Broker, _logged, python_process, write_lab
+from tests.conftest import EXAMPLE_LAB, FAST_DEFAULTS, Broker, python_process, serving, write_lab
 from tests.labdata import EXAMPLE, LabData
 from trackerdcs.sensors.dewpoint import dew_point
 from trackerdcs.stack.process import ManagedProcess, free_port
@@ -69,7 +69,7 @@ class VirtualLab:
         ) -> ManagedProcess:
             log = log or module.rsplit(".", 2)[-2]
             return python_process(what, module, [*config, *args], workdir / f"{name}-{log}.log",
-                                  ready=_logged(ready))  # fmt: skip
+                                  ready=serving(ready))  # fmt: skip
 
         if chillers == 2:
             self.chiller_prefixes = [prefix for prefix, _ in TWO_CHILLERS.values()]

@@ -24,6 +24,7 @@ from trackerdcs.ingest.influxdb import (
     quote_string,
 )
 from trackerdcs.stack.process import ManagedProcess
+from trackerdcs.stack.ready import logged
 
 RAW_RP = "raw"
 DOWNSAMPLED_RP = "downsampled"
@@ -261,9 +262,7 @@ def data_path_processes(
     processes.append(
         DataProcess(
             name,
-            lambda: ManagedProcess(
-                name, argv, log_path=log, env=env, ready=lambda p: ready in p.output()
-            ),
+            lambda: ManagedProcess(name, argv, log_path=log, env=env, ready=logged(ready)),
             f"MQTT -> {DATABASE}",
             what,
             details=[f"runs {telegraf_conf}"]

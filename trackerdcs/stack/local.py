@@ -25,6 +25,7 @@ from trackerdcs.stack.leftovers import check_leftovers, clear_state, write_state
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.nodered import NodeRed
 from trackerdcs.stack.process import ManagedProcess, port_open
+from trackerdcs.stack.ready import logged, serving
 from trackerdcs.topics import ServiceTopics
 
 MAX_RESTARTS = 5
@@ -45,11 +46,6 @@ class StackEntry:
     details: list[str] = field(default_factory=list)  # more endpoints, under the summary line
 
 
-def _logged(text: str) -> Callable[[ManagedProcess], bool]:
-    """Ready when the process has logged `text` since it started."""
-    return lambda proc: text in proc.output()
-
-
 def _loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0] if ":" in address else address
     return host in ("127.0.0.1", "localhost")
@@ -59,12 +55,13 @@ def _python_entry(
     name: str, module: str, config_path: Path, logs: Path, ready: str, endpoint: str, what: str,
     details: tuple[str, ...] = (), args: tuple[str, ...] = (),
 ) -> StackEntry:  # fmt: skip
-    """A trackerdcs process `python -m MODULE --config FILE [ARGS]`, ready when it logs `ready`."""
+    """A trackerdcs process `python -m MODULE --config FILE [ARGS]`, ready when it logs `ready`
+    and, a daemon, its prefixes are online (`trackerdcs.stack.ready.serving`)."""
     argv = [PY, "-m", module, "--config", str(config_path), *args]
     log = logs / f"{name}.log"
     return StackEntry(
         name,
-        lambda: ManagedProcess(name, argv, log_path=log, ready=_logged(ready)),
+        lambda: ManagedProcess(name, argv, log_path=log, ready=serving(ready)),
         endpoint,
         what,
         details=list(details),
@@ -125,7 +122,7 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
                 StackEntry(
                     f"sim-crate-{crate.name}",
                     lambda argv=argv, log=log: ManagedProcess(
-                        "sim crate", argv, log_path=log, ready=_logged("serving")
+                        "sim crate", argv, log_path=log, ready=logged("serving")
                     ),
                     f"ca://{crate.address}",
                     f"simulated SY4527 '{crate.system}' (Channel Access)",
@@ -139,7 +136,7 @@ def build_entries(cfg: LabConfig, config_path: Path, run_dir: Path) -> list[Stac
             StackEntry(
                 f"power-{crate.name}",
                 lambda argv=argv, log=log: ManagedProcess(
-                    "power daemon", argv, log_path=log, ready=_logged("serving crate")
+                    "power daemon", argv, log_path=log, ready=serving("serving crate")
                 ),
                 prefixes,
                 f"power-supply daemon for crate {crate.name}",
