@@ -15,7 +15,8 @@ from trackerdcs.stack.ready import logged, serving
 
 
 def not_started(workdir, name: str, argv: list[str], line: str = "") -> ManagedProcess:
-    """A process as the ready check sees it: its command line and what it has logged."""
+    """A process as the ready check sees it: its command line, its directory, what it has
+    logged."""
     proc = ManagedProcess(name, argv, log_path=workdir / f"ready-{name}.log")
     proc.log_path.write_text(line)
     return proc
@@ -36,6 +37,9 @@ def test_a_daemon_is_ready_when_it_has_logged_its_line_and_every_prefix_is_onlin
     assert not ready(proc)
     client.publish("/audit/availability", "online", retain=True)
     assert ready(proc)
+    relative = not_started(workdir, "alarms-here", [*argv[:-1], config.name], "serving alarms\n")
+    relative.cwd = config.parent  # the lab YAML named from the process's own directory
+    assert serving("serving alarms")(relative)
     for topic in ("/alarms/availability", "/audit/availability"):
         client.publish(topic, "", retain=True)  # cleared: the retained copies gone
     assert not ready(proc)  # silent is not online

@@ -10,7 +10,8 @@ healthcheck.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from pathlib import Path
 
 from trackerdcs import health
 from trackerdcs.stack.process import ManagedProcess
@@ -41,26 +42,28 @@ def serving(text: str) -> Ready:
         if not seen_line(proc):
             return False
         if not check:
-            check.append(_daemon_check(proc.argv))
+            check.append(_daemon_check(proc))
         return check[0]()
 
     return ready
 
 
-def _daemon_check(argv: Sequence[str]) -> Callable[[], bool]:
+def _daemon_check(proc: ManagedProcess) -> Callable[[], bool]:
     try:
-        target = health.target_from_argv(list(argv))
+        target = health.target_from_argv(proc.argv)
     except health.HealthError:  # not a daemon: a simulator, the ingest, Node-RED
         return lambda: True
     if target.service not in health.SERVICES or target.service.startswith("sim-"):
         return lambda: True
-    if not target.config:
+    if not target.config:  # a daemon needs one: it has exited, which `start` reports
         return lambda: True
+    if proc.cwd is not None:  # a relative lab YAML is the process's, from its directory
+        target.config = str(Path(proc.cwd) / target.config)
     lab = health.load_config(target.config)
     try:  # now, not at every look: options that name nothing will never be ready
         served = health.prefixes(lab, target)
     except health.HealthError as exc:
-        raise RuntimeError(f"cannot tell when {' '.join(argv)} is ready: {exc}") from None
+        raise RuntimeError(f"cannot tell when {proc.name} is ready: {exc}") from None
     if not served:
         return lambda: True
 
