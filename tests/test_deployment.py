@@ -722,3 +722,26 @@ def test_influx_setup_creates_users_with_least_privilege(tmp_path: Path, monkeyp
 
         with pytest.raises(DeployError, match="TRACKERDCS_INFLUX_PASSWORD_GRAFANA"):
             influx_setup(cfg, users, wait=10, say=said.append)
+
+
+def test_health_knows_every_option_of_the_daemons_that_takes_a_value(monkeypatch) -> None:
+    """`trackerdcs-health` reads a daemon's command line with `health.daemon_options`: an
+    option it did not know would have its value taken for the lab file. Each daemon's parser,
+    as its `main` builds it (through `daemon_main`), against that list."""
+    import argparse
+    import importlib
+
+    known = {s for a in health.daemon_options()._actions for s in a.option_strings}
+    daemons = {module: service for module, service in health._script_modules().items()
+               if service in health.SERVICES and not service.startswith("sim-")}  # fmt: skip
+    assert set(daemons.values()) == {s for s in health.SERVICES if not s.startswith("sim-")}
+    for module_name, service in daemons.items():
+        module = importlib.import_module(module_name)
+        seen: list[Any] = []
+        monkeypatch.setattr(module, "daemon_main", lambda *a, seen=seen, **kw: seen.append(kw) or 0)
+        module.main([])
+        parser = argparse.ArgumentParser(add_help=False)
+        if seen[0].get("add_arguments"):
+            seen[0]["add_arguments"](parser)
+        taking = {s for a in parser._actions if a.nargs != 0 for s in a.option_strings}
+        assert taking <= known, f"{service}: {sorted(taking - known)} unknown to health"

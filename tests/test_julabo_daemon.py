@@ -331,12 +331,15 @@ def test_the_daemon_on_each_model(
     unit = SimulatedJulabo(model=unit_model, setpoint_range=(-40.0, 90.0))
     unit.pid["xp_internal"] = 3.0
     name = f"julabo-model-{model}-{unit_model}"
-    # a query asked three times: two slow replies in a row on a loaded machine are no lost line
+    # a query asked three times, each waited for 0.6 s: slow replies on a loaded machine are no
+    # lost line, nor a refused command (the `generic` guesses the unit never answers cost 1.8 s
+    # each in the first poll)
+    timing = {**FAST, "timeout": 0.6}
     lab = ChillerLab(workdir, broker, name, "tcp", prefix=f"/{name}", unit=unit, model=model,
-                     retries=2, **FAST)  # fmt: skip
+                     retries=2, **timing)  # fmt: skip
     try:
         lab.start()
-        status = lab.wait_status(lambda s: s["bath_temp"] is not None)
+        status = lab.wait_status(lambda s: s["bath_temp"] is not None, timeout=20)
         assert status["model"] == model and status["error"] is None
         present = {k for k in OPTIONAL_READINGS if status[k] is not None}
         assert present == MODEL_READINGS[(model, unit_model)], status

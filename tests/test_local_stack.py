@@ -7,6 +7,7 @@ the README's commands do: stop a running `make run` before running the tests.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -25,6 +26,8 @@ import yaml
 from tests.conftest import ROOT
 from tests.labdata import EXAMPLE
 from tests.mqttclient import TestClient
+from trackerdcs import health
+from trackerdcs.config import load_config
 from trackerdcs.stack.process import port_open, wait_until
 
 README = ROOT / "README.md"
@@ -118,6 +121,11 @@ def test_make_run_stack_and_the_readme_commands(stack, tmp_path):
         assert re.search(rf"{name}\s+\d+\s+{re.escape(where)}", summary), summary
     pids = [int(p) for p in re.findall(r"ok: pid (\d+)", summary)]
     assert len(pids) == 11  # the seven above, interlock, alarms, dcs and node-red
+    # ready means subscribed: by the summary, every prefix of every daemon says `online`
+    lab = load_config(ROOT / "examples" / "lab.yml")
+    served = [prefix for service in ("power", "julabo", "sensors", "interlock", "alarms", "dcs")
+              for prefix in health.prefixes(lab, health.Target(service))]  # fmt: skip
+    assert set(health.availability(lab.mqtt, served, 5).values()) == {"online"}, served
 
     client = TestClient(1883)
     try:
@@ -208,8 +216,9 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_readme_cooling_commands(stack):
-    """The README's chiller commands, run as written against `make run`'s stack."""
+def test_readme_cooling_commands(stack, tmp_path):
+    """The README's chiller commands, run as written against `make run`'s stack; then the
+    chiller daemon killed: restarted, it answers again once its `online` is back."""
     commands = readme_example("cooling")
     documented = next(
         json.loads(line.split(" ", 1)[1])
@@ -246,6 +255,21 @@ def test_readme_cooling_commands(stack):
             "/julabo/status", lambda m: m.json["state"] == "RUNNING", 5, since
         ).json
         assert status["setpoint"] == -10.0
+
+        _, out = stack
+        state = json.loads((tmp_path / "run" / "stack.json").read_text())
+        pid = next(p["pid"] for p in state["processes"] if p["name"] == "julabo")
+        since = client.mark()
+        os.kill(pid, signal.SIGKILL)
+        out.wait(r"! julabo exited \(-9\); restart 1/5", 10)
+        client.wait_for("/julabo/availability", lambda m: m.text == "offline", 10, since)  # will
+        client.wait_for("/julabo/availability", lambda m: m.text == "online", 20, since)
+        # subscribed once `online`: answered at once, refused while the line is not yet open
+        answer = client.command("/julabo/cmd/setpoint", -12, "/julabo/response")
+        assert answer["ok"] or "DISCONNECTED" in answer["error"], answer
+        client.wait_for("/julabo/status", lambda m: m.json["state"] == "RUNNING", 10, since)
+        assert client.command("/julabo/cmd/setpoint", -12, "/julabo/response")["ok"]
+        assert not any("failed to restart" in line for line in out.lines)
     finally:
         client.close()
 
@@ -283,7 +307,6 @@ def test_a_killed_stack_leaves_nothing_behind(stack, tmp_path):
     """The supervisor killed as the OOM killer would (SIGKILL: no handler runs): every process
     of the stack ends with it, mosquitto, influxd and node included, and the ports are free;
     its `run/stack.json` stays behind and a new `make run` finds nothing alive in it."""
-    from trackerdcs.config import load_config
     from trackerdcs.stack.leftovers import find_leftovers
     from trackerdcs.stack.local import stack_ports
 

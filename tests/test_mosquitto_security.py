@@ -42,6 +42,7 @@ from tests.test_deployment import DUMMY, SCRIPTS, argv_of, compose_config
 from trackerdcs.config import load_config
 from trackerdcs.safety.interlock import interlock_prefix
 from trackerdcs.stack.process import ManagedProcess, free_port, port_open, wait_until
+from trackerdcs.stack.ready import serving
 
 MOSQUITTO_DIR = ROOT / "mosquitto"
 ACL = MOSQUITTO_DIR / "acl"
@@ -527,6 +528,8 @@ class Stack:
                 log_path=tmp / f"{name}.log",
                 env=env,
                 cwd=tmp,
+                # online on every prefix, as checked with the login in its own environment
+                ready=serving("serving"),
             )
 
     def start(self) -> Stack:

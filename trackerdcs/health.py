@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -79,6 +80,23 @@ def _script_modules() -> dict[str, str]:
     }
 
 
+def daemon_options() -> argparse.ArgumentParser:
+    """The daemons' options as the check reads them: the ones it needs, and every other one
+    that takes a value (so that the value is not taken for a bare lab file).
+    `tests/test_deployment.py` keeps it equal to the daemons' own parsers."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config")
+    p.add_argument("file", nargs="?")  # the daemon's lab file given bare
+    p.add_argument("--crate")
+    p.add_argument("--sensor", action="append", default=[])
+    p.add_argument("--chiller")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    for other in ("--db", "--results-dir", "--recipes-dir"):  # the other daemons' options
+        p.add_argument(other)
+    return p
+
+
 def target_from_argv(argv: list[str]) -> Target:
     """The daemon a command line runs, and the options the check needs."""
     service, rest = None, []
@@ -93,17 +111,7 @@ def target_from_argv(argv: list[str]) -> Target:
             break
     if service is None:
         raise HealthError(f"not a trackerdcs daemon: {' '.join(argv) or '(empty command line)'}")
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--config")
-    p.add_argument("file", nargs="?")  # the daemon's lab file given bare
-    p.add_argument("--crate")
-    p.add_argument("--sensor", action="append", default=[])
-    p.add_argument("--chiller")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    for other in ("--db", "--results-dir"):  # the other daemons' options with a value
-        p.add_argument(other)
-    opts, _ = p.parse_known_args(rest)
+    opts, _ = daemon_options().parse_known_args(rest)
     return Target(
         service,
         opts.config or opts.file,
@@ -187,8 +195,11 @@ def check_ports(host: str, ports: list[int], timeout: float) -> list[str]:
     return problems
 
 
-def availability(cfg: MqttConfig, prefixes: list[str], timeout: float) -> dict[str, str | None]:
-    """`<prefix>/availability` of each prefix (None: nothing within `timeout`).
+def availability(
+    cfg: MqttConfig, prefixes: list[str], timeout: float, env: Mapping[str, str] | None = None
+) -> dict[str, str | None]:
+    """`<prefix>/availability` of each prefix (None: nothing within `timeout`); the credentials
+    from `env` (default: this process's environment).
 
     Raises OSError when the broker cannot be reached or refuses the login.
     """
@@ -199,7 +210,7 @@ def availability(cfg: MqttConfig, prefixes: list[str], timeout: float) -> dict[s
     seen: dict[str, str | None] = dict.fromkeys(prefixes)
     done, refused = threading.Event(), []
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
-    apply_broker_settings(client, cfg)
+    apply_broker_settings(client, cfg, env)
 
     def on_connect(c, userdata, flags, reason, props) -> None:
         if reason.is_failure:
@@ -227,8 +238,11 @@ def availability(cfg: MqttConfig, prefixes: list[str], timeout: float) -> dict[s
     return seen
 
 
-def check(lab: LabConfig, target: Target, timeout: float) -> tuple[bool, str]:
-    """(healthy, one line that says so)."""
+def check(
+    lab: LabConfig, target: Target, timeout: float, env: Mapping[str, str] | None = None
+) -> tuple[bool, str]:
+    """(healthy, one line that says so); the login's credentials from `env` (default: this
+    process's environment)."""
     if target.service in ("sim-lab", "sim-crate"):
         host = target.host if target.host not in (None, "0.0.0.0", "") else "127.0.0.1"
         ports = simulator_ports(lab, target)
@@ -240,7 +254,7 @@ def check(lab: LabConfig, target: Target, timeout: float) -> tuple[bool, str]:
     if not wanted:
         raise HealthError(f"{target.service} serves no prefix in this lab")
     try:
-        seen = availability(lab.mqtt, wanted, timeout)
+        seen = availability(lab.mqtt, wanted, timeout, env)
     except OSError as exc:
         return False, f"{target.service} unhealthy: broker {lab.mqtt.host}:{lab.mqtt.port}: {exc}"
     bad = [f"{p} {v}" if v is not None else f"{p} silent" for p, v in seen.items() if v != ONLINE]

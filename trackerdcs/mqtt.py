@@ -43,7 +43,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -340,10 +340,17 @@ def disable_nagle(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def apply_broker_settings(client: mqtt.Client, cfg: MqttConfig) -> None:
-    """Credentials (from the environment) and TLS of the lab's broker, for any paho client."""
-    if cfg.username:
-        client.username_pw_set(cfg.username, cfg.password)
+def apply_broker_settings(
+    client: mqtt.Client, cfg: MqttConfig, env: Mapping[str, str] | None = None
+) -> None:
+    """Credentials (from the environment variables the lab names, in `env`, by default this
+    process's) and TLS of the lab's broker, for any paho client."""
+    username, password = cfg.username, cfg.password
+    if env is not None:
+        username = env.get(cfg.username_env) or None
+        password = env.get(cfg.password_env) or None
+    if username:
+        client.username_pw_set(username, password)
     if cfg.tls.enabled:
         client.tls_set(
             ca_certs=cfg.tls.ca_file,

@@ -25,7 +25,7 @@ from trackerdcs.stack.leftovers import check_leftovers, clear_state, write_state
 from trackerdcs.stack.mosquitto import mosquitto_process
 from trackerdcs.stack.nodered import NodeRed
 from trackerdcs.stack.process import ManagedProcess, port_open
-from trackerdcs.stack.ready import logged, serving
+from trackerdcs.stack.ready import Serving, logged, serving
 from trackerdcs.topics import ServiceTopics
 
 MAX_RESTARTS = 5
@@ -273,7 +273,7 @@ class LocalStack:
             entry.process = entry.make()
             try:
                 entry.process.start()
-            except (RuntimeError, TimeoutError) as exc:
+            except Exception as exc:  # whatever it is, nothing started is left running
                 self.say(f"      failed: {exc}\n{entry.process.tail()}")
                 self.stop()
                 raise
@@ -324,9 +324,11 @@ class LocalStack:
                     f"! {entry.name} exited ({code}); restart {entry.restarts}/{MAX_RESTARTS}; "
                     f"log {proc.log_path}"
                 )
+                if isinstance(proc.ready, Serving):  # its line only: it connects by itself,
+                    proc.ready = proc.ready.line  # and a broker down meanwhile waits for no one
                 try:
                     proc.start()
-                except (RuntimeError, TimeoutError) as exc:
+                except Exception as exc:  # the others are still watched
                     self.say(f"! {entry.name} failed to restart: {exc}")
                 self.record()
 

@@ -10,14 +10,18 @@ healthcheck.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from trackerdcs import health
+from trackerdcs.config import ConfigError
 from trackerdcs.stack.process import ManagedProcess
 
 Ready = Callable[[ManagedProcess], bool]
-CHECK_TIMEOUT = 0.5  # s per look at the retained availability; the look is repeated
+CHECK_TIMEOUT = 0.5  # s: one look at the retained availability (a live `online` ends it)
+CHECK_INTERVAL = 0.2  # s between two looks (each is a connection to the broker)
 
 
 def logged(text: str) -> Ready:
@@ -25,30 +29,42 @@ def logged(text: str) -> Ready:
     return lambda proc: text in proc.output()
 
 
-def serving(text: str) -> Ready:
+def serving(text: str) -> Serving:
+    """Ready when the process has logged `text` and, a daemon, its prefixes are online."""
+    return Serving(text)
+
+
+class Serving:
     """Ready when the process has logged `text` and, when its command line runs a trackerdcs
-    daemon that serves MQTT prefixes, every one of them is `online` (`trackerdcs.health.check`,
-    with the lab YAML and options of that command line). Any other process: `logged(text)`.
+    daemon that serves MQTT prefixes, every one of them is `online` (`trackerdcs.health.check`
+    with the lab YAML and options of that command line, the process's directory for a relative
+    lab YAML, and the process's environment for the login). Any other process: `line`.
 
-    The lab YAML is read at the first look, after the process has logged `text` (so it had
-    read the file too). A broker that cannot be reached, or refuses the login, is not ready.
-    Raises RuntimeError when the options name no crate, chiller or sensor of the lab
-    (`ManagedProcess.start` then stops the process and raises it).
+    The lab YAML is read at the first look, once the process has logged `text` (it has read the
+    file too). A broker that cannot be reached, or refuses the login, is not ready. Raises
+    RuntimeError when the lab YAML cannot be read, or the options name no crate or chiller of
+    the lab (`ManagedProcess.start` then stops the process and raises it).
     """
-    seen_line = logged(text)
-    check: list[Callable[[], bool]] = []  # made at the first look
 
-    def ready(proc: ManagedProcess) -> bool:
-        if not seen_line(proc):
+    def __init__(self, text: str) -> None:
+        self.line = logged(text)  # the process's own line only, without the broker
+        self._online: Callable[[], bool] | None = None  # made at the first look
+        self._next_look = 0.0
+        self._last = False
+
+    def __call__(self, proc: ManagedProcess) -> bool:
+        if not self.line(proc):
             return False
-        if not check:
-            check.append(_daemon_check(proc))
-        return check[0]()
+        if self._online is None:
+            self._online = _online_check(proc)
+        now = time.monotonic()
+        if now >= self._next_look:  # else the last look's answer
+            self._last = self._online()
+            self._next_look = time.monotonic() + CHECK_INTERVAL
+        return self._last
 
-    return ready
 
-
-def _daemon_check(proc: ManagedProcess) -> Callable[[], bool]:
+def _online_check(proc: ManagedProcess) -> Callable[[], bool]:
     try:
         target = health.target_from_argv(proc.argv)
     except health.HealthError:  # not a daemon: a simulator, the ingest, Node-RED
@@ -59,16 +75,17 @@ def _daemon_check(proc: ManagedProcess) -> Callable[[], bool]:
         return lambda: True
     if proc.cwd is not None:  # a relative lab YAML is the process's, from its directory
         target.config = str(Path(proc.cwd) / target.config)
-    lab = health.load_config(target.config)
-    try:  # now, not at every look: options that name nothing will never be ready
+    try:  # now, not at every look: it will not get better
+        lab = health.load_config(target.config)
         served = health.prefixes(lab, target)
-    except health.HealthError as exc:
+    except (health.HealthError, ConfigError, OSError) as exc:
         raise RuntimeError(f"cannot tell when {proc.name} is ready: {exc}") from None
     if not served:
         return lambda: True
+    env = {**os.environ, **proc.env} if proc.env else None
 
     def online() -> bool:
-        ok, _ = health.check(lab, target, CHECK_TIMEOUT)
+        ok, _ = health.check(lab, target, CHECK_TIMEOUT, env)
         return ok
 
     return online
