@@ -21,7 +21,8 @@ the daemon (docs/topics.md, "Command safety"). Every call waits at most its time
 Errors (all `DcsError`):
 - `CommandRefused` — the daemon said no; `error` is its text (`450 V exceeds the maximum 400 V
   of hv_m4`), nothing was written;
-- `NoAnswer` — no answer within the timeout (the daemon or the broker is away);
+- `NoAnswer` — no answer within the timeout (the daemon or the broker is away; the text says
+  what the service's `<prefix>/availability` said last: `offline`, or never `online`);
 - `WaitTimeout` — the command was accepted but the readback did not get there in time;
 - `ChannelFault` — a channel tripped, failed or disconnected while waited for;
 - `Aborted` — the caller's `abort` callable asked to stop waiting;
@@ -58,6 +59,7 @@ from trackerdcs.config import (
     load_config,
 )
 from trackerdcs.mqtt import apply_broker_settings, disable_nagle, unix_time
+from trackerdcs.payloads import ONLINE
 from trackerdcs.topics import DCS, IVSCAN, RECIPE, ServiceTopics
 
 T = TypeVar("T")
@@ -177,6 +179,7 @@ class Lab:
         self._power_prefixes = {p: k for c in self.lab.crates for k, p in c.prefixes.items()}
         self._cond = threading.Condition()
         self._status: dict[str, Any] = {}  # topic -> latest JSON
+        self._availability: dict[str, str] = {}  # prefix -> latest `online` / `offline`
         self._answers: dict[str, dict[str, Any]] = {}  # request id -> answer
         self._waiting: set[str] = set()
         self._numbers = itertools.count(1)
@@ -194,9 +197,9 @@ class Lab:
         prefixes = sorted(self._power_prefixes)
         prefixes += [c.prefix for c in self.lab.chillers]
         services = [ServiceTopics(p) for p in prefixes]
-        topics = [t for s in services for t in (s.status, s.response)]
+        topics = [t for s in services for t in (s.status, s.response, s.availability)]
         topics += [ServiceTopics(s.prefix).status for s in self.lab.sensors]
-        topics += [DCS.status, DCS.response, IVSCAN_STATUS, RECIPE_STATUS]
+        topics += [DCS.status, DCS.response, DCS.availability, IVSCAN_STATUS, RECIPE_STATUS]
         topics.append(self.lab.power.interlock_topic)
         if self.sync_topic is not None:
             topics.append(self.sync_topic)
@@ -251,6 +254,15 @@ class Lab:
             client.subscribe([(t, 1) for t in self.topics()])
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        prefix = msg.topic.rpartition("/")[0]
+        if msg.topic == ServiceTopics(prefix).availability:  # plain text, not JSON
+            with self._cond:
+                if msg.payload:
+                    self._availability[prefix] = msg.payload.decode(errors="replace")
+                else:  # the retained copy cleared: nothing known
+                    self._availability.pop(prefix, None)
+                self._cond.notify_all()
+            return
         try:
             data = json.loads(msg.payload) if msg.payload else None
         except ValueError:
@@ -265,6 +277,23 @@ class Lab:
             else:
                 self._status[msg.topic] = data
             self._cond.notify_all()
+
+    def availability(self, prefix: str) -> str | None:
+        """What `<prefix>/availability` said last (`online`, `offline`), for the services this
+        client commands (power prefixes, chillers, `/dcs`); None before anything came."""
+        with self._cond:
+            return self._availability.get(prefix)
+
+    def _why_silent(self, prefix: str) -> str:
+        """Why a service may not have answered, from its availability: '' when unknown."""
+        if ServiceTopics(prefix).availability not in self.topics():
+            return ""
+        said = self.availability(prefix)
+        if said is None:
+            return f": {prefix} has never said online (is its daemon running on this broker?)"
+        if said != ONLINE:
+            return f": {prefix} is {said} (its daemon stopped, or lost the broker)"
+        return ""
 
     def sync(self, timeout: float | None = None) -> None:
         """Return once this client has received every message the broker had sent it when
@@ -451,7 +480,8 @@ class Lab:
                 f"an answer to {topic} on {ServiceTopics(prefix).response}",
             )  # fmt: skip
         except WaitTimeout as exc:
-            raise NoAnswer(f"{topic}: no answer from {prefix} within {limit:g} s") from exc
+            raise NoAnswer(f"{topic}: no answer from {prefix} within {limit:g} s"
+                           f"{self._why_silent(prefix)}") from exc  # fmt: skip
         finally:
             with self._cond:
                 self._waiting.discard(request_id)
