@@ -222,9 +222,11 @@ TODAYS_TOPICS = {
     "ivscan": "/dcs/ivscan/status /dcs/ivscan/points /dcs/ivscan/action /dcs/ivscan/results",
     "recipe": "/dcs/recipe/status /dcs/recipe/action",
     "client": (
-        "/hv/status /hv/response /lv/status /lv/response /julabo/status /julabo/response "
+        "/hv/status /hv/response /hv/availability /lv/status /lv/response /lv/availability "
+        "/julabo/status /julabo/response /julabo/availability "
         "/sensor_1/status /temp_m1/status /temp_m2/status /temp_m3/status /temp_m4/status "
-        "/dcs/status /dcs/response /dcs/ivscan/status /dcs/recipe/status /interlock/status"
+        "/dcs/status /dcs/response /dcs/availability /dcs/ivscan/status /dcs/recipe/status "
+        "/interlock/status"
     ),
     "export": (
         "/hv/status /lv/status /sensor_1/status /temp_m1/status /temp_m2/status "
