@@ -129,7 +129,8 @@ class ChillerLab:
 
 @pytest.fixture(scope="module", params=["pty", "tcp"])
 def chiller_module(request, workdir, broker) -> Iterator[ChillerLab]:
-    lab = ChillerLab(workdir, broker, f"julabo-{request.param}", request.param, **FAST).start()
+    # these tests never lose the line on purpose: a slow reply under load must not lose it
+    lab = ChillerLab(workdir, broker, f"julabo-{request.param}", request.param, **STEADY).start()
     yield lab
     lab.stop()
 
