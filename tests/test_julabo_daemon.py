@@ -393,7 +393,8 @@ def test_a_second_client_is_refused_and_the_daemon_keeps_its_line(
     workdir: Path, broker: Broker
 ) -> None:
     """ser2net's behaviour: a second TCP client is turned away; the first keeps the line."""
-    lab = ChillerLab(workdir, broker, "julabo-intruder", "tcp", prefix="/julabo-intruder", **FAST)
+    lab = ChillerLab(workdir, broker, "julabo-intruder", "tcp", prefix="/julabo-intruder",
+                     **STEADY)  # fmt: skip
     try:
         lab.start()
         since = lab.client.mark()

@@ -97,9 +97,9 @@ def check_nullable_object(obj: dict, table: str) -> None:
 
 @pytest.fixture(scope="module")
 def contract_chiller(workdir, broker):
-    from tests.test_julabo_daemon import FAST, ChillerLab
+    from tests.test_julabo_daemon import STEADY, ChillerLab
 
-    lab = ChillerLab(workdir, broker, "contract-julabo", "tcp", **FAST).start()
+    lab = ChillerLab(workdir, broker, "contract-julabo", "tcp", **STEADY).start()  # line kept
     yield lab
     lab.stop()
 
