@@ -180,6 +180,8 @@ class Lab:
         self._cond = threading.Condition()
         self._status: dict[str, Any] = {}  # topic -> latest JSON
         self._availability: dict[str, str] = {}  # prefix -> latest `online` / `offline`
+        commanded = [*self._service_prefixes(), DCS.prefix]  # whose availability it follows
+        self._availability_topics = {ServiceTopics(p).availability: p for p in commanded}
         self._answers: dict[str, dict[str, Any]] = {}  # request id -> answer
         self._waiting: set[str] = set()
         self._numbers = itertools.count(1)
@@ -192,11 +194,13 @@ class Lab:
         self._client: mqtt.Client | None = None
 
     # -- connection -------------------------------------------------------------------------------
+    def _service_prefixes(self) -> list[str]:
+        """The power prefixes and the chillers' (the services besides `/dcs` it commands)."""
+        return [*sorted(self._power_prefixes), *(c.prefix for c in self.lab.chillers)]
+
     def topics(self) -> list[str]:
         """What the client follows: every status and answer it reads."""
-        prefixes = sorted(self._power_prefixes)
-        prefixes += [c.prefix for c in self.lab.chillers]
-        services = [ServiceTopics(p) for p in prefixes]
+        services = [ServiceTopics(p) for p in self._service_prefixes()]
         topics = [t for s in services for t in (s.status, s.response, s.availability)]
         topics += [ServiceTopics(s.prefix).status for s in self.lab.sensors]
         topics += [DCS.status, DCS.response, DCS.availability, IVSCAN_STATUS, RECIPE_STATUS]
@@ -254,8 +258,8 @@ class Lab:
             client.subscribe([(t, 1) for t in self.topics()])
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        prefix = msg.topic.rpartition("/")[0]
-        if msg.topic == ServiceTopics(prefix).availability:  # plain text, not JSON
+        prefix = self._availability_topics.get(msg.topic)
+        if prefix is not None:  # plain text, not JSON
             with self._cond:
                 if msg.payload:
                     self._availability[prefix] = msg.payload.decode(errors="replace")
@@ -286,7 +290,7 @@ class Lab:
 
     def _why_silent(self, prefix: str) -> str:
         """Why a service may not have answered, from its availability: '' when unknown."""
-        if ServiceTopics(prefix).availability not in self.topics():
+        if prefix not in self._availability_topics.values():
             return ""
         said = self.availability(prefix)
         if said is None:

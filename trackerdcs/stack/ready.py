@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trackerdcs import health
-from trackerdcs.config import ConfigError
+from trackerdcs.config import ConfigError, load_config
 from trackerdcs.stack.process import ManagedProcess
 
 Ready = Callable[[ManagedProcess], bool]
@@ -40,28 +40,29 @@ class Serving:
     with the lab YAML and options of that command line, the process's directory for a relative
     lab YAML, and the process's environment for the login). Any other process: `line`.
 
-    The lab YAML is read at the first look, once the process has logged `text` (it has read the
-    file too). A broker that cannot be reached, or refuses the login, is not ready. Raises
-    RuntimeError when the lab YAML cannot be read, or the options name no crate or chiller of
-    the lab (`ManagedProcess.start` then stops the process and raises it).
+    Asked again within `CHECK_INTERVAL` of a look, it answers False (not looked yet): it is
+    asked until it says True. The lab YAML is read at the first look, once the process has
+    logged `text` (it has read the file too). A broker that cannot be reached, or refuses the
+    login, is not ready. Raises RuntimeError when the lab YAML cannot be read, or the options
+    name no crate or chiller of the lab (`ManagedProcess.start` then stops the process and
+    raises it).
     """
 
     def __init__(self, text: str) -> None:
         self.line = logged(text)  # the process's own line only, without the broker
         self._online: Callable[[], bool] | None = None  # made at the first look
         self._next_look = 0.0
-        self._last = False
 
     def __call__(self, proc: ManagedProcess) -> bool:
         if not self.line(proc):
             return False
         if self._online is None:
             self._online = _online_check(proc)
-        now = time.monotonic()
-        if now >= self._next_look:  # else the last look's answer
-            self._last = self._online()
-            self._next_look = time.monotonic() + CHECK_INTERVAL
-        return self._last
+        if time.monotonic() < self._next_look:  # looked less than CHECK_INTERVAL ago: not yet
+            return False
+        ready = self._online()
+        self._next_look = time.monotonic() + CHECK_INTERVAL
+        return ready
 
 
 def _online_check(proc: ManagedProcess) -> Callable[[], bool]:
@@ -76,7 +77,7 @@ def _online_check(proc: ManagedProcess) -> Callable[[], bool]:
     if proc.cwd is not None:  # a relative lab YAML is the process's, from its directory
         target.config = str(Path(proc.cwd) / target.config)
     try:  # now, not at every look: it will not get better
-        lab = health.load_config(target.config)
+        lab = load_config(target.config)
         served = health.prefixes(lab, target)
     except (health.HealthError, ConfigError, OSError) as exc:
         raise RuntimeError(f"cannot tell when {proc.name} is ready: {exc}") from None
